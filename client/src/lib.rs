@@ -1,0 +1,6 @@
+//! Strand's client crate: the wire types that broker and clients share, and (with the broker
+//! server issue) the async client and the `strand` CLI.
+//!
+//! - [`batch`]: Kafka RecordBatch v2, the unit Strand stores, checks and serves unchanged.
+
+pub mod batch;
