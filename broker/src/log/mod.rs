@@ -1,0 +1,791 @@
+//! The partition log: an append-only sequence of record batches in segment files.
+//!
+//! - [`Log`] is the one writer of a partition (`&mut self` appends, rolls, retention, close).
+//! - [`LogReader`] is a cheap clonable handle for any number of concurrent readers; it also
+//!   waits for new data (long-poll) and for durability (group commit).
+//! - `segment`: one `.log` file with its indexes; `index`: the memory-mapped indexes;
+//!   `recovery`: validating and cutting after a crash; `config`: limits and [`FsyncPolicy`].
+//!
+//! Offsets are assigned here: a producer's batch comes in with any base offset and is stored
+//! with the next offset of the log written over it.
+
+mod config;
+mod error;
+mod index;
+mod recovery;
+mod segment;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use strand_client::batch::{self, OffsetDeltas, Records};
+use tokio::sync::watch;
+
+pub use config::{FsyncPolicy, LogConfig};
+pub use error::{LogError, Result};
+pub(crate) use recovery::{sync_dir, write_atomically as write_file_atomically};
+pub use recovery::{RecoveryReport, Truncation};
+
+use error::IoContext;
+use recovery::CLEAN_SHUTDOWN_FILE;
+use segment::{IndexMode, Indexer, Segment, LOG_SUFFIX};
+
+/// Where an appended batch landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendInfo {
+    pub base_offset: u64,
+    pub last_offset: u64,
+    pub max_timestamp: i64,
+}
+
+/// Whole stored batches returned by a read, with the log's bounds at the time of the read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadResult {
+    /// Concatenated batches exactly as stored; empty when the offset is the high watermark.
+    pub batches: Bytes,
+    pub high_watermark: u64,
+    pub log_start_offset: u64,
+}
+
+/// What a retention pass removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RetentionReport {
+    pub segments_deleted: usize,
+    pub bytes_deleted: u64,
+    pub log_start_offset: u64,
+}
+
+/// State of the durable prefix, published to waiters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Durable {
+    /// Every offset below this is on stable storage.
+    offset: u64,
+    /// Set once a write or fsync failed.
+    poisoned: Option<String>,
+}
+
+#[derive(Debug, Default)]
+struct FlushRequest {
+    requested: bool,
+    stop: bool,
+}
+
+/// State shared by the writer, readers and the flusher thread.
+#[derive(Debug)]
+struct Shared {
+    dir: PathBuf,
+    config: LogConfig,
+    /// Replaced as a whole on roll and retention; readers clone the `Arc` and let go.
+    segments: RwLock<Arc<Vec<Arc<Segment>>>>,
+    high_watermark: AtomicU64,
+    log_start_offset: AtomicU64,
+    /// The high watermark again, for readers that wait for new data.
+    appended: watch::Sender<u64>,
+    durable: watch::Sender<Durable>,
+    flush: Mutex<FlushRequest>,
+    flush_wake: Condvar,
+    /// Held while syncing, so that only one fsync pass runs at a time.
+    sync_lock: Mutex<()>,
+    /// Set by a roll: the next sync also seals the checkpoint past the sealed segments.
+    checkpoint_due: AtomicU64,
+}
+
+impl Shared {
+    fn segments(&self) -> Arc<Vec<Arc<Segment>>> {
+        self.segments.read().expect("segment list lock").clone()
+    }
+
+    fn poisoned(&self) -> Option<String> {
+        self.durable.borrow().poisoned.clone()
+    }
+
+    fn poison(&self, reason: String) {
+        tracing::error!(dir = %self.dir.display(), %reason, "partition log poisoned: refusing further writes");
+        self.durable.send_modify(|d| {
+            d.poisoned.get_or_insert(reason);
+        });
+    }
+
+    fn request_flush(&self) {
+        let mut flush = self.flush.lock().expect("flush lock");
+        flush.requested = true;
+        self.flush_wake.notify_one();
+    }
+
+    /// One group-commit pass: fsync every segment with unsynced bytes, then publish the high
+    /// watermark read before the pass as durable. Appends that race with the pass are covered by
+    /// the next one.
+    fn sync(&self) -> Result<u64> {
+        let _one_at_a_time = self.sync_lock.lock().expect("sync lock");
+        if let Some(reason) = self.poisoned() {
+            return Err(LogError::Poisoned {
+                path: self.dir.clone(),
+                reason,
+            });
+        }
+        // The watermark is read before the segment list, so every segment holding offsets
+        // below it is in the list (the writer publishes a segment before writing to it).
+        let target = self.high_watermark.load(Ordering::Acquire);
+        let checkpoint = self.checkpoint_due.load(Ordering::Acquire);
+        let started = Instant::now();
+        let mut synced = 0usize;
+        for segment in self.segments().iter() {
+            match segment.sync() {
+                Ok(did) => synced += usize::from(did),
+                Err(e) => {
+                    self.poison(e.to_string());
+                    return Err(e);
+                }
+            }
+        }
+        if checkpoint > 0 {
+            if let Err(e) = recovery::write_checkpoint(&self.dir, checkpoint) {
+                self.poison(e.to_string());
+                return Err(e);
+            }
+            let _ = self.checkpoint_due.compare_exchange(
+                checkpoint,
+                0,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            );
+        }
+        tracing::trace!(dir = %self.dir.display(), target, synced, elapsed_us = started.elapsed().as_micros() as u64, "log synced");
+        self.durable.send_if_modified(|d| {
+            let advanced = target > d.offset;
+            d.offset = d.offset.max(target);
+            advanced
+        });
+        Ok(target)
+    }
+
+    fn flusher_loop(self: Arc<Self>) {
+        let interval = self.config.fsync_interval();
+        loop {
+            {
+                let mut flush = self.flush.lock().expect("flush lock");
+                let deadline = interval.map(|i| Instant::now() + i);
+                while !flush.requested && !flush.stop {
+                    match deadline {
+                        None => flush = self.flush_wake.wait(flush).expect("flush lock"),
+                        Some(deadline) => {
+                            let left = deadline.saturating_duration_since(Instant::now());
+                            if left.is_zero() {
+                                break;
+                            }
+                            flush = self
+                                .flush_wake
+                                .wait_timeout(flush, left)
+                                .expect("flush lock")
+                                .0;
+                        }
+                    }
+                }
+                if flush.stop {
+                    return;
+                }
+                flush.requested = false;
+            }
+            let dirty = self.durable.borrow().offset < self.high_watermark.load(Ordering::Acquire)
+                || self.checkpoint_due.load(Ordering::Acquire) > 0;
+            if dirty && self.poisoned().is_none() {
+                // A failure poisons the log and wakes every waiter with the error.
+                let _ = self.sync();
+            }
+        }
+    }
+}
+
+/// The single writer of one partition's log.
+#[derive(Debug)]
+pub struct Log {
+    shared: Arc<Shared>,
+    /// The last segment of the list, kept here so appends need not read the list.
+    active: Arc<Segment>,
+    indexer: Indexer,
+    /// When the active segment took its first append in this process, for age-based rolls.
+    active_since: Option<Instant>,
+    flusher: Option<JoinHandle<()>>,
+    closed: bool,
+}
+
+/// A handle for reading a log concurrently with its writer.
+#[derive(Debug, Clone)]
+pub struct LogReader {
+    shared: Arc<Shared>,
+}
+
+impl Log {
+    /// Opens the log in `dir` (creating it if needed), recovering from an unclean shutdown.
+    pub fn open(dir: impl AsRef<Path>, config: LogConfig) -> Result<(Log, RecoveryReport)> {
+        config.validate().map_err(LogError::Config)?;
+        let dir = dir.as_ref().to_path_buf();
+        std::fs::create_dir_all(&dir).ctx("create log folder", &dir)?;
+        let marker = dir.join(CLEAN_SHUTDOWN_FILE);
+        let clean = marker.exists();
+        let mut report = RecoveryReport {
+            clean_shutdown: clean,
+            ..RecoveryReport::default()
+        };
+        let segments = open_segments(&dir, &config, clean, &mut report)?;
+        // From here on the log may change, so the next start must not trust the old marker.
+        if clean {
+            std::fs::remove_file(&marker).ctx("remove clean-shutdown marker", &marker)?;
+            recovery::sync_dir(&dir)?;
+        }
+        let active = segments.last().expect("at least one segment").clone();
+        let high_watermark = active.next_offset();
+        let log_start = segments[0].base_offset;
+        let indexer = Indexer::resume(&active, config.index_interval_bytes);
+        let (appended, _) = watch::channel(high_watermark);
+        let (durable, _) = watch::channel(Durable {
+            offset: log_start,
+            poisoned: None,
+        });
+        let shared = Arc::new(Shared {
+            dir,
+            config,
+            segments: RwLock::new(Arc::new(segments)),
+            high_watermark: AtomicU64::new(high_watermark),
+            log_start_offset: AtomicU64::new(log_start),
+            appended,
+            durable,
+            flush: Mutex::new(FlushRequest::default()),
+            flush_wake: Condvar::new(),
+            sync_lock: Mutex::new(()),
+            checkpoint_due: AtomicU64::new(0),
+        });
+        // Scanned segments may hold bytes that only reached the page cache before a crash; make
+        // them durable before anything is reported as such.
+        shared.sync()?;
+        let flusher = {
+            let for_thread = shared.clone();
+            std::thread::Builder::new()
+                .name("strand-log-flush".into())
+                .spawn(move || for_thread.flusher_loop())
+                .ctx("spawn flusher thread", &shared.dir)?
+        };
+        Ok((
+            Log {
+                shared,
+                active,
+                indexer,
+                active_since: None,
+                flusher: Some(flusher),
+                closed: false,
+            },
+            report,
+        ))
+    }
+
+    pub fn reader(&self) -> LogReader {
+        LogReader {
+            shared: self.shared.clone(),
+        }
+    }
+
+    pub fn config(&self) -> &LogConfig {
+        &self.shared.config
+    }
+
+    pub fn high_watermark(&self) -> u64 {
+        self.shared.high_watermark.load(Ordering::Acquire)
+    }
+
+    pub fn log_start_offset(&self) -> u64 {
+        self.shared.log_start_offset.load(Ordering::Acquire)
+    }
+
+    /// Validates `batch`, assigns it the next offsets (rewriting its base offset in place) and
+    /// appends it. A rejected batch leaves the log untouched.
+    pub fn append(&mut self, batch: &mut [u8]) -> Result<AppendInfo> {
+        if self.closed {
+            return Err(LogError::Closed {
+                path: self.shared.dir.clone(),
+            });
+        }
+        let header = batch::validate(
+            batch,
+            self.shared.config.batch_bytes_max,
+            OffsetDeltas::Contiguous,
+        )?;
+        if let Some(reason) = self.shared.poisoned() {
+            return Err(LogError::Poisoned {
+                path: self.shared.dir.clone(),
+                reason,
+            });
+        }
+        if self.should_roll(batch.len() as u64, header.last_offset_delta as u64) {
+            self.roll()?;
+        }
+        let base_offset = self.high_watermark();
+        batch::set_base_offset(batch, base_offset as i64);
+        let header = batch::BatchHeader {
+            base_offset: base_offset as i64,
+            ..header
+        };
+        let active = &self.active;
+        let position = match active.append(batch, &header) {
+            Ok(position) => position,
+            Err(failure) => {
+                if !failure.file_restored {
+                    self.shared.poison(format!(
+                        "{} and the partial write could not be cut off",
+                        failure.error
+                    ));
+                }
+                return Err(failure.error);
+            }
+        };
+        self.active_since.get_or_insert_with(Instant::now);
+        self.indexer.on_batch(
+            active,
+            base_offset,
+            position,
+            batch.len() as u64,
+            header.max_timestamp,
+        );
+        let next = header.last_offset() as u64 + 1;
+        self.shared.high_watermark.store(next, Ordering::Release);
+        self.shared.appended.send_replace(next);
+        if self.shared.config.fsync == FsyncPolicy::Always {
+            self.shared.request_flush();
+        }
+        Ok(AppendInfo {
+            base_offset,
+            last_offset: next - 1,
+            max_timestamp: header.max_timestamp,
+        })
+    }
+
+    fn should_roll(&self, batch_bytes: u64, last_offset_delta: u64) -> bool {
+        let active = &self.active;
+        if active.size() == 0 {
+            return false;
+        }
+        let config = &self.shared.config;
+        let relative_end = self.high_watermark() - active.base_offset + last_offset_delta;
+        active.size() + batch_bytes > config.segment_bytes_max
+            || active.index.is_full()
+            || active.time_index.is_full()
+            || relative_end > u64::from(u32::MAX)
+            || self
+                .active_since
+                .is_some_and(|t| t.elapsed() >= Duration::from_millis(config.segment_ms_max))
+    }
+
+    /// Seals the active segment and starts a new one at the high watermark. The sealed
+    /// segment's data is fsynced by the flusher, which then moves the recovery checkpoint.
+    pub fn roll(&mut self) -> Result<()> {
+        let active = &self.active;
+        if active.size() == 0 {
+            return Ok(());
+        }
+        let base = self.high_watermark();
+        let segment = Arc::new(Segment::create(
+            &self.shared.dir,
+            base,
+            &self.shared.config,
+        )?);
+        recovery::sync_dir(&self.shared.dir)?;
+        if let Err(e) = active.seal() {
+            self.shared.poison(e.to_string());
+            return Err(e);
+        }
+        {
+            let mut list = self.shared.segments.write().expect("segment list lock");
+            let mut next = Vec::clone(&list);
+            next.push(segment.clone());
+            *list = Arc::new(next);
+        }
+        self.active = segment;
+        tracing::debug!(dir = %self.shared.dir.display(), base_offset = base, "rolled segment");
+        self.indexer = Indexer::new(self.shared.config.index_interval_bytes);
+        self.active_since = None;
+        self.shared.checkpoint_due.store(base, Ordering::Release);
+        self.shared.request_flush();
+        Ok(())
+    }
+
+    /// fsyncs everything appended so far and returns the durable high watermark.
+    pub fn flush(&self) -> Result<u64> {
+        self.shared.sync()
+    }
+
+    /// Deletes sealed segments past the retention limits, oldest first, never the active one.
+    /// Time is the wall clock in milliseconds since the Unix epoch, compared with the batches'
+    /// own max timestamps.
+    pub fn enforce_retention(&mut self, now_ms: i64) -> Result<RetentionReport> {
+        let config = &self.shared.config;
+        let segments = self.shared.segments();
+        let mut total: u64 = segments.iter().map(|s| s.size()).sum();
+        let mut n_delete = 0;
+        for segment in &segments[..segments.len() - 1] {
+            let too_old = config
+                .retention_ms
+                .is_some_and(|ms| segment.max_timestamp() < now_ms.saturating_sub(ms as i64));
+            let too_big = config
+                .retention_bytes
+                .is_some_and(|max| total - segment.size() >= max);
+            if !(too_old || too_big) {
+                break;
+            }
+            total -= segment.size();
+            n_delete += 1;
+        }
+        let mut report = RetentionReport {
+            log_start_offset: self.log_start_offset(),
+            ..RetentionReport::default()
+        };
+        if n_delete == 0 {
+            return Ok(report);
+        }
+        let new_start = segments[n_delete].base_offset;
+        // Readers check the start offset first, so they stop asking for the removed segments
+        // before the list loses them.
+        self.shared
+            .log_start_offset
+            .store(new_start, Ordering::Release);
+        *self.shared.segments.write().expect("segment list lock") =
+            Arc::new(segments[n_delete..].to_vec());
+        for segment in &segments[..n_delete] {
+            segment.delete_files(&self.shared.dir)?;
+            report.segments_deleted += 1;
+            report.bytes_deleted += segment.size();
+            tracing::info!(path = %segment.log_path.display(), bytes = segment.size(), "retention deleted segment");
+        }
+        recovery::sync_dir(&self.shared.dir)?;
+        report.log_start_offset = new_start;
+        Ok(report)
+    }
+
+    /// [`Log::enforce_retention`] at the current wall-clock time.
+    pub fn enforce_retention_now(&mut self) -> Result<RetentionReport> {
+        self.enforce_retention(now_ms())
+    }
+
+    /// Closes cleanly: fsync, seal the indexes' state, write the checkpoint and the marker that
+    /// lets the next open skip recovery.
+    ///
+    /// Takes `&mut self` so that a log shared behind a lock can be closed where it stands; after
+    /// this every append is refused with [`LogError::Closed`].
+    pub fn close(&mut self) -> Result<()> {
+        if self.closed {
+            return Ok(());
+        }
+        self.closed = true;
+        self.stop_flusher();
+        self.shared.sync()?;
+        let dir = &self.shared.dir;
+        self.active.seal()?;
+        recovery::write_checkpoint(dir, self.high_watermark())?;
+        recovery::write_atomically(dir, CLEAN_SHUTDOWN_FILE, b"")?;
+        Ok(())
+    }
+
+    fn stop_flusher(&mut self) {
+        if let Some(handle) = self.flusher.take() {
+            {
+                let mut flush = self.shared.flush.lock().expect("flush lock");
+                flush.stop = true;
+                self.shared.flush_wake.notify_one();
+            }
+            let _ = handle.join();
+        }
+    }
+}
+
+impl Drop for Log {
+    fn drop(&mut self) {
+        self.stop_flusher();
+        self.shared.durable.send_modify(|d| {
+            d.poisoned.get_or_insert_with(|| "log closed".into());
+        });
+    }
+}
+
+impl LogReader {
+    pub fn high_watermark(&self) -> u64 {
+        self.shared.high_watermark.load(Ordering::Acquire)
+    }
+
+    pub fn log_start_offset(&self) -> u64 {
+        self.shared.log_start_offset.load(Ordering::Acquire)
+    }
+
+    /// Every offset below the returned one is on stable storage.
+    pub fn durable_offset(&self) -> u64 {
+        self.shared.durable.borrow().offset
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.shared.dir
+    }
+
+    /// Whole stored batches starting with the one holding `offset`, at most `max_bytes` in all
+    /// except that the first batch is returned whole whatever its size.
+    pub fn read(&self, offset: u64, max_bytes: usize) -> Result<ReadResult> {
+        // Watermark first, then the list: see `Shared::sync` for why this order is safe.
+        let high_watermark = self.high_watermark();
+        let log_start_offset = self.log_start_offset();
+        let out_of_range = || LogError::OffsetOutOfRange {
+            offset,
+            log_start_offset,
+            high_watermark,
+        };
+        if offset < log_start_offset || offset > high_watermark {
+            return Err(out_of_range());
+        }
+        let mut result = ReadResult {
+            batches: Bytes::new(),
+            high_watermark,
+            log_start_offset,
+        };
+        if offset == high_watermark {
+            return Ok(result);
+        }
+        let segments = self.shared.segments();
+        let first = segments.partition_point(|s| s.base_offset <= offset);
+        let Some(first) = first.checked_sub(1) else {
+            // Retention removed the segment between the checks above and the list read.
+            return Err(out_of_range());
+        };
+        for segment in &segments[first..] {
+            if let Some(batches) = segment.read(offset, max_bytes)? {
+                result.batches = batches;
+                return Ok(result);
+            }
+        }
+        Ok(result)
+    }
+
+    /// The offset of the first record whose timestamp is at least `ts`, or `None` if every
+    /// record is older. Exact for uncompressed batches; for a compressed batch it is the
+    /// batch's base offset (its records are not decompressed for the lookup).
+    pub fn offset_for_timestamp(&self, ts: i64) -> Result<Option<u64>> {
+        let segments = self.shared.segments();
+        for segment in segments.iter().filter(|s| s.max_timestamp() >= ts) {
+            let Some((position, header)) = segment.find_timestamp(ts)? else {
+                continue;
+            };
+            let base = header.base_offset as u64;
+            if header.compression()? != batch::Compression::None {
+                return Ok(Some(base));
+            }
+            let bytes = segment.read_exact(position, header.total_len())?;
+            for record in Records::new(&bytes, &header) {
+                let record = record?;
+                if header.base_timestamp.saturating_add(record.timestamp_delta) >= ts {
+                    return Ok(Some(base + record.offset_delta as u64));
+                }
+            }
+            return Ok(Some(base));
+        }
+        Ok(None)
+    }
+
+    /// Waits until the high watermark passes `offset` (there is data at `offset`) and returns
+    /// the new high watermark. It waits as long as it takes: callers bound it with their own
+    /// timeout (a fetch's max wait) or shutdown signal. `None` only if the log is gone.
+    pub async fn wait_for_data(&self, offset: u64) -> Option<u64> {
+        let mut rx = self.shared.appended.subscribe();
+        let hw = rx.wait_for(|hw| *hw > offset).await.ok()?;
+        Some(*hw)
+    }
+
+    /// Waits until every offset below `end` is on stable storage, asking the flusher for a
+    /// sync if none is on its way. Fails if the log is poisoned or closed first.
+    pub async fn wait_durable(&self, end: u64) -> Result<()> {
+        let mut rx = self.shared.durable.subscribe();
+        if rx.borrow().offset < end {
+            self.shared.request_flush();
+        }
+        let state = rx
+            .wait_for(|d| d.offset >= end || d.poisoned.is_some())
+            .await
+            .map_err(|_| LogError::Closed {
+                path: self.shared.dir.clone(),
+            })?;
+        if state.offset >= end {
+            return Ok(());
+        }
+        Err(LogError::Poisoned {
+            path: self.shared.dir.clone(),
+            reason: state.poisoned.clone().unwrap_or_default(),
+        })
+    }
+}
+
+/// Milliseconds since the Unix epoch on the wall clock.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Opens every segment in `dir`, scanning those a crash may have damaged, and cutting at the
+/// first damage (removing any later segments, since offsets must stay contiguous).
+fn open_segments(
+    dir: &Path,
+    config: &LogConfig,
+    clean: bool,
+    report: &mut RecoveryReport,
+) -> Result<Vec<Arc<Segment>>> {
+    let mut bases = Vec::new();
+    for entry in std::fs::read_dir(dir).ctx("list log folder", dir)? {
+        let entry = entry.ctx("list log folder", dir)?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if let Some(base) = segment::parse_base_offset(&name, LOG_SUFFIX) {
+            bases.push(base);
+        } else if name.ends_with(".tmp") {
+            let path = entry.path();
+            std::fs::remove_file(&path).ctx("remove leftover temporary file", &path)?;
+        }
+    }
+    bases.sort_unstable();
+    if bases.is_empty() {
+        let segment = Segment::create(dir, 0, config)?;
+        recovery::sync_dir(dir)?;
+        return Ok(vec![Arc::new(segment)]);
+    }
+    let checkpoint = if clean {
+        u64::MAX
+    } else {
+        recovery::read_checkpoint(dir)
+    };
+    let mut segments: Vec<Arc<Segment>> = Vec::with_capacity(bases.len());
+    let mut expected = bases[0];
+    for (i, &base) in bases.iter().enumerate() {
+        let is_last = i + 1 == bases.len();
+        // A segment may hold offsets at or past the checkpoint unless the next one starts
+        // at or below it.
+        let past_checkpoint = bases.get(i + 1).is_none_or(|&next| next > checkpoint);
+        let must_scan = !clean && past_checkpoint;
+        let (segment, damage) = if must_scan {
+            let segment = Segment::open(dir, base, config, IndexMode::Rebuild, is_last)?;
+            report.segments_scanned += 1;
+            let scan = recovery::scan(&segment, expected.max(base), config.index_interval_bytes)?;
+            finish_scan(&segment, &scan, is_last, report)?;
+            (segment, scan.damage.is_some())
+        } else {
+            open_trusted(dir, base, config, is_last, expected, report)?
+        };
+        expected = segment.next_offset();
+        segments.push(Arc::new(segment));
+        if damage {
+            for &later in &bases[i + 1..] {
+                let doomed = Segment::open(dir, later, config, IndexMode::Trust, false)?;
+                doomed.delete_files(dir)?;
+                tracing::warn!(path = %doomed.log_path.display(), "removed segment after a cut earlier in the log");
+                report.segments_removed.push(doomed.log_path.clone());
+            }
+            recovery::sync_dir(dir)?;
+            break;
+        }
+    }
+    let active = segments.last().expect("at least one segment");
+    if active.is_sealed() {
+        // The last segment was opened as sealed (after a cut); reopen it to take appends.
+        let base = active.base_offset;
+        let (size, next, max_ts) = (active.size(), active.next_offset(), active.max_timestamp());
+        segments.pop();
+        let reopened = Segment::open(dir, base, config, IndexMode::Trust, true)?;
+        reopened.set_scanned(size, next, max_ts);
+        segments.push(Arc::new(reopened));
+    }
+    Ok(segments)
+}
+
+/// Applies a scan's findings: cut the damaged tail, and seal a rebuilt sealed segment.
+fn finish_scan(
+    segment: &Segment,
+    scan: &recovery::Scan,
+    is_last: bool,
+    report: &mut RecoveryReport,
+) -> Result<()> {
+    segment.set_scanned(scan.valid_bytes, scan.next_offset, scan.max_timestamp);
+    if let Some(reason) = &scan.damage {
+        let cut = scan.file_bytes - scan.valid_bytes;
+        tracing::warn!(
+            path = %segment.log_path.display(),
+            position = scan.valid_bytes,
+            bytes_cut = cut,
+            next_offset = scan.next_offset,
+            %reason,
+            "recovery cut the log: kept every whole batch before this position"
+        );
+        segment.truncate_to(scan.valid_bytes, scan.next_offset)?;
+        report.truncations.push(Truncation {
+            segment: segment.log_path.clone(),
+            position: scan.valid_bytes,
+            bytes_cut: cut,
+            next_offset: scan.next_offset,
+            reason: reason.clone(),
+        });
+    }
+    if !is_last || scan.damage.is_some() {
+        segment.seal()?;
+    }
+    Ok(())
+}
+
+/// Opens a segment that recovery need not scan, checking its indexes and rebuilding them (which
+/// does scan) if they are missing or damaged. Returns whether the rebuild found damage.
+fn open_trusted(
+    dir: &Path,
+    base: u64,
+    config: &LogConfig,
+    is_last: bool,
+    expected: u64,
+    report: &mut RecoveryReport,
+) -> Result<(Segment, bool)> {
+    let segment = Segment::open(dir, base, config, IndexMode::Trust, is_last)?;
+    let problem = segment
+        .index
+        .check(segment.size())
+        .and_then(|()| segment.time_index.check());
+    match problem {
+        Ok(()) => {
+            let (next, max_ts) = tail_of_trusted(&segment)?;
+            segment.set_scanned(segment.size(), next, max_ts);
+            segment.mark_synced();
+            Ok((segment, false))
+        }
+        Err(reason) => {
+            let index_path = segment::segment_path(dir, base, segment::INDEX_SUFFIX);
+            tracing::warn!(path = %index_path.display(), %reason, "rebuilding index from the log");
+            report.indexes_rebuilt.push(index_path);
+            drop(segment);
+            let segment = Segment::open(dir, base, config, IndexMode::Rebuild, is_last)?;
+            report.segments_scanned += 1;
+            let scan = recovery::scan(&segment, expected.max(base), config.index_interval_bytes)?;
+            finish_scan(&segment, &scan, is_last, report)?;
+            let damaged = scan.damage.is_some();
+            Ok((segment, damaged))
+        }
+    }
+}
+
+/// Next offset and max timestamp of a trusted segment, from its last index entries and the
+/// batch headers after them.
+fn tail_of_trusted(segment: &Segment) -> Result<(u64, i64)> {
+    let (_, position) = segment.index.lookup(u64::MAX);
+    let mut position = u64::from(position);
+    let mut next = segment.base_offset;
+    let mut max_ts = segment.time_index.last().map_or(i64::MIN, |(ts, _)| ts);
+    let size = segment.size();
+    while position + batch::BATCH_HEADER_BYTES as u64 <= size {
+        let bytes = segment.read_exact(position, batch::BATCH_HEADER_BYTES)?;
+        let header = batch::BatchHeader::parse(&bytes)?;
+        next = header.last_offset() as u64 + 1;
+        max_ts = max_ts.max(header.max_timestamp);
+        position += header.total_len() as u64;
+    }
+    Ok((next, max_ts))
+}

@@ -1,0 +1,423 @@
+//! One segment: a `.log` file of whole record batches plus its offset and time indexes.
+//!
+//! The writer appends with positioned writes and then publishes the new size; readers use
+//! positioned reads (`pread`) below the published size, so neither waits for the other.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+
+use bytes::Bytes;
+use strand_client::batch::{BatchHeader, BATCH_HEADER_BYTES};
+
+use super::config::LogConfig;
+use super::error::{IoContext, LogError, Result};
+use super::index::{OffsetIndex, TimeIndex};
+
+/// Extension of segment data files.
+pub(crate) const LOG_SUFFIX: &str = "log";
+pub(crate) const INDEX_SUFFIX: &str = "index";
+pub(crate) const TIME_INDEX_SUFFIX: &str = "timeindex";
+
+/// Bytes of a batch header needed to walk batches: base offset, length, epoch, magic, CRC,
+/// attributes and last offset delta.
+const WALK_HEADER_BYTES: usize = 27;
+
+pub(crate) fn segment_path(dir: &Path, base_offset: u64, suffix: &str) -> PathBuf {
+    dir.join(format!("{base_offset:020}.{suffix}"))
+}
+
+/// Parses `00000000000000001234.log` into 1234.
+pub(crate) fn parse_base_offset(file_name: &str, suffix: &str) -> Option<u64> {
+    let stem = file_name.strip_suffix(suffix)?.strip_suffix('.')?;
+    if stem.len() != 20 || !stem.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    stem.parse().ok()
+}
+
+#[derive(Debug)]
+pub(crate) struct Segment {
+    pub(crate) base_offset: u64,
+    pub(crate) log_path: PathBuf,
+    file: File,
+    /// Bytes of whole batches readers may see.
+    size: AtomicU64,
+    /// Bytes known to be on stable storage.
+    synced_size: AtomicU64,
+    /// Offset after the last batch in this segment (the base offset while empty).
+    next_offset: AtomicU64,
+    /// Largest batch max-timestamp in this segment (`i64::MIN` while empty).
+    max_timestamp: AtomicI64,
+    pub(crate) index: OffsetIndex,
+    pub(crate) time_index: TimeIndex,
+    sealed: AtomicBool,
+}
+
+/// How to treat index files found on disk when opening a segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum IndexMode {
+    /// Take the entries in the files as sealed (trimmed) and valid; the caller checks them.
+    Trust,
+    /// Ignore their contents; the caller rebuilds them by scanning the log.
+    Rebuild,
+}
+
+impl Segment {
+    /// Creates the files of a new, empty, active segment.
+    pub(crate) fn create(dir: &Path, base_offset: u64, config: &LogConfig) -> Result<Segment> {
+        let log_path = segment_path(dir, base_offset, LOG_SUFFIX);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&log_path)
+            .ctx("create segment", &log_path)?;
+        Self::with_file(
+            dir,
+            base_offset,
+            file,
+            log_path,
+            config,
+            IndexMode::Rebuild,
+            true,
+        )
+    }
+
+    /// Opens an existing segment. An `active` segment gets room in its indexes for appends.
+    pub(crate) fn open(
+        dir: &Path,
+        base_offset: u64,
+        config: &LogConfig,
+        mode: IndexMode,
+        active: bool,
+    ) -> Result<Segment> {
+        let log_path = segment_path(dir, base_offset, LOG_SUFFIX);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&log_path)
+            .ctx("open segment", &log_path)?;
+        Self::with_file(dir, base_offset, file, log_path, config, mode, active)
+    }
+
+    fn with_file(
+        dir: &Path,
+        base_offset: u64,
+        file: File,
+        log_path: PathBuf,
+        config: &LogConfig,
+        mode: IndexMode,
+        active: bool,
+    ) -> Result<Segment> {
+        let size = file.metadata().ctx("stat segment", &log_path)?.len();
+        let index_path = segment_path(dir, base_offset, INDEX_SUFFIX);
+        let time_path = segment_path(dir, base_offset, TIME_INDEX_SUFFIX);
+        let (n_index, n_time) = match mode {
+            IndexMode::Trust => (
+                OffsetIndex::entries_in_file(&index_path)?.unwrap_or(0),
+                TimeIndex::entries_in_file(&time_path)?.unwrap_or(0),
+            ),
+            IndexMode::Rebuild => (0, 0),
+        };
+        // An active segment needs room to append; one being rebuilt needs room to re-index and is
+        // trimmed when sealed again.
+        let (index_capacity, time_capacity) = if active || mode == IndexMode::Rebuild {
+            (
+                OffsetIndex::capacity_for(config.index_bytes_max).max(n_index),
+                TimeIndex::capacity_for(config.index_bytes_max).max(n_time),
+            )
+        } else {
+            (n_index, n_time)
+        };
+        let index = OffsetIndex::open(&index_path, base_offset, index_capacity, n_index)?;
+        let time_index = TimeIndex::open(&time_path, time_capacity, n_time)?;
+        Ok(Segment {
+            base_offset,
+            log_path,
+            file,
+            size: AtomicU64::new(size),
+            synced_size: AtomicU64::new(0),
+            next_offset: AtomicU64::new(base_offset),
+            max_timestamp: AtomicI64::new(i64::MIN),
+            index,
+            time_index,
+            sealed: AtomicBool::new(!active),
+        })
+    }
+
+    pub(crate) fn size(&self) -> u64 {
+        self.size.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn next_offset(&self) -> u64 {
+        self.next_offset.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn max_timestamp(&self) -> i64 {
+        self.max_timestamp.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn is_sealed(&self) -> bool {
+        self.sealed.load(Ordering::Acquire)
+    }
+
+    /// Sets what a scan of the file found; only while opening, before readers exist.
+    pub(crate) fn set_scanned(&self, size: u64, next_offset: u64, max_timestamp: i64) {
+        self.size.store(size, Ordering::Release);
+        self.next_offset.store(next_offset, Ordering::Release);
+        self.max_timestamp.store(max_timestamp, Ordering::Release);
+    }
+
+    /// Marks the whole file as on stable storage (it was fsynced before a clean close or before
+    /// the recovery checkpoint passed it).
+    pub(crate) fn mark_synced(&self) {
+        self.synced_size.store(self.size(), Ordering::Release);
+    }
+
+    /// Writer only: writes a whole batch at the end and publishes it. On a failed write the
+    /// partial bytes are cut off again; if even that fails the error says so and the caller
+    /// poisons the log.
+    pub(crate) fn append(&self, batch: &[u8], header: &BatchHeader) -> Result<u64, AppendFailure> {
+        let position = self.size.load(Ordering::Relaxed);
+        if let Err(source) = self.file.write_all_at(batch, position) {
+            let cut = self.file.set_len(position);
+            return Err(AppendFailure {
+                error: LogError::Io {
+                    op: "write segment",
+                    path: self.log_path.clone(),
+                    source,
+                },
+                file_restored: cut.is_ok(),
+            });
+        }
+        let end = position + batch.len() as u64;
+        self.max_timestamp
+            .fetch_max(header.max_timestamp, Ordering::AcqRel);
+        self.next_offset
+            .store(header.last_offset() as u64 + 1, Ordering::Release);
+        self.size.store(end, Ordering::Release);
+        Ok(position)
+    }
+
+    /// fsyncs the data written so far if anything is new. Returns whether it synced.
+    pub(crate) fn sync(&self) -> Result<bool> {
+        let size = self.size();
+        if self.synced_size.load(Ordering::Acquire) >= size {
+            return Ok(false);
+        }
+        self.file.sync_data().ctx("fsync segment", &self.log_path)?;
+        self.synced_size.fetch_max(size, Ordering::AcqRel);
+        Ok(true)
+    }
+
+    /// Writer only: records the segment's final timestamp entry, trims and fsyncs its indexes.
+    pub(crate) fn seal(&self) -> Result<()> {
+        let max_ts = self.max_timestamp();
+        let last_entry_ts = self.time_index.last().map(|(ts, _)| ts);
+        if self.size() > 0 && last_entry_ts.is_none_or(|ts| max_ts > ts) {
+            // The offset is the segment's last batch start, the latest batch that may carry it.
+            let last_batch = self.last_batch_offset().unwrap_or(self.base_offset);
+            if self.time_index.last().is_none_or(|(_, o)| last_batch > o) {
+                self.time_index.push(max_ts, last_batch);
+            }
+        }
+        self.index.seal()?;
+        self.time_index.seal()?;
+        self.sealed.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// Writer only: cuts the file back to `size` bytes (after recovery found damage there).
+    pub(crate) fn truncate_to(&self, size: u64, next_offset: u64) -> Result<()> {
+        self.file
+            .set_len(size)
+            .ctx("truncate segment", &self.log_path)?;
+        self.file.sync_all().ctx("fsync segment", &self.log_path)?;
+        self.index.truncate(self.index.entries_below(size));
+        self.time_index.truncate_from_offset(next_offset);
+        self.size.store(size, Ordering::Release);
+        self.synced_size.store(size, Ordering::Release);
+        self.next_offset.store(next_offset, Ordering::Release);
+        Ok(())
+    }
+
+    /// Base offset of the last batch, found by walking headers from the last index entry.
+    fn last_batch_offset(&self) -> Option<u64> {
+        let size = self.size();
+        let (_, mut position) = self.index.lookup(u64::MAX);
+        let mut last = None;
+        while u64::from(position) < size {
+            let header = self.walk_header(u64::from(position)).ok()?;
+            last = Some(header.0);
+            position += header.1 as u32;
+        }
+        last
+    }
+
+    /// Reads `(base_offset, total_len, last_offset)` of the batch at `position`.
+    fn walk_header(&self, position: u64) -> Result<(u64, usize, u64)> {
+        let mut buf = [0u8; WALK_HEADER_BYTES];
+        self.file
+            .read_exact_at(&mut buf, position)
+            .ctx("read segment", &self.log_path)?;
+        let base = i64::from_be_bytes(buf[0..8].try_into().expect("8 bytes")) as u64;
+        let len = 12 + i32::from_be_bytes(buf[8..12].try_into().expect("4 bytes")).max(0) as usize;
+        let delta = i32::from_be_bytes(buf[23..27].try_into().expect("4 bytes"));
+        Ok((base, len, base + delta.max(0) as u64))
+    }
+
+    /// Finds the batch holding `offset` (or the first batch after it), returning its position,
+    /// or `None` if no batch in the visible part of this segment ends at or after `offset`.
+    fn locate(&self, offset: u64, visible: u64) -> Result<Option<u64>> {
+        let (_, start) = self.index.lookup(offset);
+        let mut position = u64::from(start);
+        while position + (BATCH_HEADER_BYTES as u64) <= visible {
+            let (_, len, last) = self.walk_header(position)?;
+            if last >= offset {
+                return Ok(Some(position));
+            }
+            position += len as u64;
+        }
+        Ok(None)
+    }
+
+    /// Whole batches starting at the one that holds `offset`, up to `max_bytes` in all but at
+    /// least one batch, so that a consumer with a small limit still makes progress.
+    pub(crate) fn read(&self, offset: u64, max_bytes: usize) -> Result<Option<Bytes>> {
+        let visible = self.size();
+        let Some(position) = self.locate(offset, visible)? else {
+            return Ok(None);
+        };
+        let (_, first_len, _) = self.walk_header(position)?;
+        let want = (max_bytes.max(first_len) as u64).min(visible - position) as usize;
+        let mut buf = vec![0u8; want];
+        self.file
+            .read_exact_at(&mut buf, position)
+            .ctx("read segment", &self.log_path)?;
+        // Cut at the last whole batch.
+        let mut end = 0usize;
+        while end + 12 <= buf.len() {
+            let len = 12
+                + i32::from_be_bytes(buf[end + 8..end + 12].try_into().expect("4 bytes")).max(0)
+                    as usize;
+            if end + len > buf.len() {
+                break;
+            }
+            end += len;
+        }
+        buf.truncate(end);
+        Ok(Some(Bytes::from(buf)))
+    }
+
+    /// Reads `len` bytes at `position` (used by recovery and timestamp lookups).
+    pub(crate) fn read_exact(&self, position: u64, len: usize) -> Result<Vec<u8>> {
+        let mut buf = vec![0u8; len];
+        self.file
+            .read_exact_at(&mut buf, position)
+            .ctx("read segment", &self.log_path)?;
+        Ok(buf)
+    }
+
+    /// First batch whose max timestamp is at least `ts`, as (position, header).
+    pub(crate) fn find_timestamp(&self, ts: i64) -> Result<Option<(u64, BatchHeader)>> {
+        let visible = self.size();
+        let start_offset = self.time_index.scan_start(ts).unwrap_or(self.base_offset);
+        let Some(mut position) = self.locate(start_offset, visible)? else {
+            return Ok(None);
+        };
+        while position + (BATCH_HEADER_BYTES as u64) <= visible {
+            let header_bytes = self.read_exact(position, BATCH_HEADER_BYTES)?;
+            let header = BatchHeader::parse(&header_bytes)?;
+            if header.max_timestamp >= ts {
+                return Ok(Some((position, header)));
+            }
+            position += header.total_len() as u64;
+        }
+        Ok(None)
+    }
+
+    /// Removes this segment's files. The open descriptor stays valid for readers that still
+    /// hold the segment.
+    pub(crate) fn delete_files(&self, dir: &Path) -> Result<()> {
+        for suffix in [LOG_SUFFIX, INDEX_SUFFIX, TIME_INDEX_SUFFIX] {
+            let path = segment_path(dir, self.base_offset, suffix);
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e).ctx("delete segment file", &path),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Keeps both indexes of the segment being written or rebuilt at the configured density: an
+/// offset entry every `index_interval_bytes`, and a time entry alongside whenever the running
+/// maximum timestamp has grown since the last one.
+#[derive(Debug)]
+pub(crate) struct Indexer {
+    interval_bytes: u64,
+    bytes_since_entry: u64,
+    running_max_ts: i64,
+}
+
+impl Indexer {
+    pub(crate) fn new(interval_bytes: u64) -> Indexer {
+        Indexer {
+            interval_bytes,
+            bytes_since_entry: 0,
+            running_max_ts: i64::MIN,
+        }
+    }
+
+    /// Continues after the entries a segment already has (a reopened active segment).
+    pub(crate) fn resume(segment: &Segment, interval_bytes: u64) -> Indexer {
+        let last_position = segment
+            .index
+            .len()
+            .checked_sub(1)
+            .map(|i| segment.index.get(i).1);
+        Indexer {
+            interval_bytes,
+            bytes_since_entry: last_position
+                .map_or(0, |p| segment.size().saturating_sub(u64::from(p))),
+            running_max_ts: segment.max_timestamp(),
+        }
+    }
+
+    /// Records a batch of `len` bytes at `position`. Returns false if an index is full (the
+    /// entry is skipped; lookups stay correct, only slower).
+    pub(crate) fn on_batch(
+        &mut self,
+        segment: &Segment,
+        base_offset: u64,
+        position: u64,
+        len: u64,
+        max_timestamp: i64,
+    ) -> bool {
+        let mut fits = true;
+        self.running_max_ts = self.running_max_ts.max(max_timestamp);
+        if segment.index.len() == 0 || self.bytes_since_entry >= self.interval_bytes {
+            fits &= segment.index.push(base_offset, position as u32);
+            self.bytes_since_entry = 0;
+            let grew = segment
+                .time_index
+                .last()
+                .is_none_or(|(ts, o)| self.running_max_ts > ts && base_offset > o);
+            if grew {
+                fits &= segment.time_index.push(self.running_max_ts, base_offset);
+            }
+        }
+        self.bytes_since_entry += len;
+        fits
+    }
+}
+
+/// A failed append: the IO error, and whether the file was cut back to its previous size.
+#[derive(Debug)]
+pub(crate) struct AppendFailure {
+    pub(crate) error: LogError,
+    pub(crate) file_restored: bool,
+}

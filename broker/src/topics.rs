@@ -1,0 +1,372 @@
+//! The topic registry: which topics exist, their partition counts and settings, and one open
+//! [`Log`] per partition.
+//!
+//! On disk, under the data directory:
+//!
+//! ```text
+//! topics/<name>/topic.json       settings; written last on create, so its presence means "exists"
+//! topics/<name>/<partition>/     one partition log (see `crate::log`)
+//! deleting/<name>-<nanos>/       a topic being deleted; removed on the next start if a crash
+//!                                interrupted the removal
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+
+use serde::{Deserialize, Serialize};
+
+use crate::log::{Log, LogConfig, LogError, LogReader, RecoveryReport};
+
+const TOPICS_DIR: &str = "topics";
+const DELETING_DIR: &str = "deleting";
+const TOPIC_FILE: &str = "topic.json";
+/// Kafka's limit on topic name length.
+pub const TOPIC_NAME_MAX: usize = 249;
+/// A bound on partitions per topic, so a typo cannot create a million folders.
+pub const PARTITIONS_MAX: u32 = 10_000;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TopicError {
+    #[error("invalid topic name {name:?}: {reason}")]
+    InvalidName { name: String, reason: &'static str },
+    #[error("topic {0:?} already exists")]
+    AlreadyExists(String),
+    #[error("topic {0:?} does not exist")]
+    NotFound(String),
+    #[error("invalid topic configuration: {0}")]
+    InvalidConfig(String),
+    #[error("topic metadata {path}: {reason}")]
+    BadMetadata { path: PathBuf, reason: String },
+    #[error(transparent)]
+    Log(#[from] LogError),
+    #[error("{op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> TopicError + 'a {
+    move |source| TopicError::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Per-topic settings. Unset fields take the broker's defaults at the time the topic is opened.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopicConfig {
+    pub partitions: u32,
+    /// Keep only the latest record per key (cleaning arrives with the consumer-groups issue).
+    #[serde(default)]
+    pub compact: bool,
+    /// `Some(-1)` keeps data forever, as Kafka's `retention.ms=-1`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention_ms: Option<i64>,
+    /// `Some(-1)` keeps data of any size, as Kafka's `retention.bytes=-1`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention_bytes: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub segment_bytes_max: Option<u64>,
+}
+
+impl TopicConfig {
+    /// The log settings of this topic's partitions on top of the broker defaults.
+    pub fn log_config(&self, defaults: &LogConfig) -> LogConfig {
+        let limit = |v: i64| u64::try_from(v).ok();
+        LogConfig {
+            retention_ms: self.retention_ms.map_or(defaults.retention_ms, limit),
+            retention_bytes: self.retention_bytes.map_or(defaults.retention_bytes, limit),
+            segment_bytes_max: self.segment_bytes_max.unwrap_or(defaults.segment_bytes_max),
+            ..defaults.clone()
+        }
+    }
+
+    fn validate(&self, defaults: &LogConfig) -> Result<(), TopicError> {
+        if self.partitions == 0 || self.partitions > PARTITIONS_MAX {
+            return Err(TopicError::InvalidConfig(format!(
+                "partitions must be between 1 and {PARTITIONS_MAX}, got {}",
+                self.partitions
+            )));
+        }
+        for (name, value) in [
+            ("retention_ms", self.retention_ms),
+            ("retention_bytes", self.retention_bytes),
+        ] {
+            if value.is_some_and(|v| v < -1) {
+                return Err(TopicError::InvalidConfig(format!(
+                    "{name} must be -1 or more"
+                )));
+            }
+        }
+        self.log_config(defaults)
+            .validate()
+            .map_err(TopicError::InvalidConfig)
+    }
+}
+
+/// Checks a topic name by Kafka's rules, so that any Kafka client's topic fits.
+pub fn validate_topic_name(name: &str) -> Result<(), TopicError> {
+    let bad = |reason| {
+        Err(TopicError::InvalidName {
+            name: name.to_string(),
+            reason,
+        })
+    };
+    if name.is_empty() {
+        return bad("empty");
+    }
+    if name.len() > TOPIC_NAME_MAX {
+        return bad("longer than 249 characters");
+    }
+    if name == "." || name == ".." {
+        return bad("'.' and '..' are reserved");
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    {
+        return bad("only ASCII letters, digits, '.', '_' and '-' are allowed");
+    }
+    Ok(())
+}
+
+/// One partition: its writer, behind a lock held only for the length of an append, and a reader
+/// handle that never takes it.
+#[derive(Debug)]
+pub struct Partition {
+    pub topic: String,
+    pub index: u32,
+    writer: Mutex<Log>,
+    reader: LogReader,
+}
+
+impl Partition {
+    /// Locks the writer. Appends are short (a positioned write and a few atomic stores); fsync
+    /// happens on the flusher thread, outside this lock.
+    pub fn writer(&self) -> MutexGuard<'_, Log> {
+        self.writer.lock().expect("partition writer lock")
+    }
+
+    pub fn reader(&self) -> &LogReader {
+        &self.reader
+    }
+}
+
+#[derive(Debug)]
+pub struct Topic {
+    pub name: String,
+    pub config: TopicConfig,
+    pub partitions: Vec<Arc<Partition>>,
+}
+
+/// All topics of one broker.
+#[derive(Debug)]
+pub struct Topics {
+    data_dir: PathBuf,
+    defaults: LogConfig,
+    topics: RwLock<BTreeMap<String, Arc<Topic>>>,
+}
+
+/// What opening one partition's log found.
+#[derive(Debug)]
+pub struct PartitionRecovery {
+    pub topic: String,
+    pub partition: u32,
+    pub report: RecoveryReport,
+}
+
+impl Topics {
+    /// Opens every topic under `data_dir`, recovering each partition log.
+    pub fn open(
+        data_dir: impl AsRef<Path>,
+        defaults: LogConfig,
+    ) -> Result<(Topics, Vec<PartitionRecovery>), TopicError> {
+        defaults.validate().map_err(TopicError::InvalidConfig)?;
+        let data_dir = data_dir.as_ref().to_path_buf();
+        let topics_dir = data_dir.join(TOPICS_DIR);
+        let deleting_dir = data_dir.join(DELETING_DIR);
+        std::fs::create_dir_all(&topics_dir).map_err(io_err("create", &topics_dir))?;
+        if deleting_dir.exists() {
+            std::fs::remove_dir_all(&deleting_dir)
+                .map_err(io_err("finish deleting", &deleting_dir))?;
+        }
+        let mut topics = BTreeMap::new();
+        let mut reports = Vec::new();
+        let entries = std::fs::read_dir(&topics_dir).map_err(io_err("list", &topics_dir))?;
+        for entry in entries {
+            let entry = entry.map_err(io_err("list", &topics_dir))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let dir = entry.path();
+            let meta_path = dir.join(TOPIC_FILE);
+            if !meta_path.exists() {
+                // A create that crashed before its metadata was written never happened.
+                tracing::warn!(path = %dir.display(), "removing half-created topic");
+                std::fs::remove_dir_all(&dir).map_err(io_err("remove half-created topic", &dir))?;
+                continue;
+            }
+            let raw = std::fs::read(&meta_path).map_err(io_err("read", &meta_path))?;
+            let config: TopicConfig =
+                serde_json::from_slice(&raw).map_err(|e| TopicError::BadMetadata {
+                    path: meta_path.clone(),
+                    reason: e.to_string(),
+                })?;
+            let mut partitions = Vec::with_capacity(config.partitions as usize);
+            for index in 0..config.partitions {
+                let (partition, report) = open_partition(&dir, &name, index, &config, &defaults)?;
+                partitions.push(partition);
+                reports.push(PartitionRecovery {
+                    topic: name.clone(),
+                    partition: index,
+                    report,
+                });
+            }
+            topics.insert(
+                name.clone(),
+                Arc::new(Topic {
+                    name,
+                    config,
+                    partitions,
+                }),
+            );
+        }
+        Ok((
+            Topics {
+                data_dir,
+                defaults,
+                topics: RwLock::new(topics),
+            },
+            reports,
+        ))
+    }
+
+    pub fn defaults(&self) -> &LogConfig {
+        &self.defaults
+    }
+
+    /// Creates a topic and its partition logs; durable when this returns.
+    pub fn create(&self, name: &str, config: TopicConfig) -> Result<Arc<Topic>, TopicError> {
+        validate_topic_name(name)?;
+        config.validate(&self.defaults)?;
+        let mut topics = self.topics.write().expect("topics lock");
+        if topics.contains_key(name) {
+            return Err(TopicError::AlreadyExists(name.to_string()));
+        }
+        let topics_dir = self.data_dir.join(TOPICS_DIR);
+        let dir = topics_dir.join(name);
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).map_err(io_err("remove stale topic folder", &dir))?;
+        }
+        std::fs::create_dir(&dir).map_err(io_err("create topic folder", &dir))?;
+        let mut partitions = Vec::with_capacity(config.partitions as usize);
+        for index in 0..config.partitions {
+            partitions.push(open_partition(&dir, name, index, &config, &self.defaults)?.0);
+        }
+        let json = serde_json::to_vec_pretty(&config).expect("topic config serializes");
+        crate::log::write_file_atomically(&dir, TOPIC_FILE, &json)?;
+        crate::log::sync_dir(&topics_dir)?;
+        let topic = Arc::new(Topic {
+            name: name.to_string(),
+            config,
+            partitions,
+        });
+        topics.insert(name.to_string(), topic.clone());
+        tracing::info!(
+            topic = name,
+            partitions = topic.partitions.len(),
+            "created topic"
+        );
+        Ok(topic)
+    }
+
+    /// Deletes a topic: it disappears at once (an atomic rename), its files right after.
+    pub fn delete(&self, name: &str) -> Result<(), TopicError> {
+        let mut topics = self.topics.write().expect("topics lock");
+        let topic = topics
+            .remove(name)
+            .ok_or_else(|| TopicError::NotFound(name.to_string()))?;
+        let dir = self.data_dir.join(TOPICS_DIR).join(name);
+        let deleting = self.data_dir.join(DELETING_DIR);
+        std::fs::create_dir_all(&deleting).map_err(io_err("create", &deleting))?;
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let target = deleting.join(format!("{name}-{nanos}"));
+        std::fs::rename(&dir, &target).map_err(io_err("move topic to deleting", &dir))?;
+        crate::log::sync_dir(&self.data_dir.join(TOPICS_DIR))?;
+        drop(topic);
+        std::fs::remove_dir_all(&target).map_err(io_err("remove deleted topic", &target))?;
+        tracing::info!(topic = name, "deleted topic");
+        Ok(())
+    }
+
+    pub fn get(&self, name: &str) -> Option<Arc<Topic>> {
+        self.topics.read().expect("topics lock").get(name).cloned()
+    }
+
+    pub fn list(&self) -> Vec<Arc<Topic>> {
+        self.topics
+            .read()
+            .expect("topics lock")
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// Runs retention on every partition, returning how many segments were deleted.
+    pub fn enforce_retention(&self, now_ms: i64) -> Result<usize, TopicError> {
+        let mut deleted = 0;
+        for topic in self.list() {
+            for partition in &topic.partitions {
+                deleted += partition
+                    .writer()
+                    .enforce_retention(now_ms)?
+                    .segments_deleted;
+            }
+        }
+        Ok(deleted)
+    }
+
+    /// Closes every log cleanly so that the next start skips recovery. Partitions still held
+    /// elsewhere are closed too; their later appends are refused.
+    pub fn close(&self) -> Result<(), TopicError> {
+        let topics = std::mem::take(&mut *self.topics.write().expect("topics lock"));
+        let mut first_error = None;
+        for partition in topics.values().flat_map(|t| t.partitions.iter()) {
+            if let Err(e) = partition.writer().close() {
+                tracing::error!(topic = %partition.topic, partition = partition.index, error = %e, "closing partition log failed");
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), |e| Err(e.into()))
+    }
+}
+
+fn open_partition(
+    topic_dir: &Path,
+    topic: &str,
+    index: u32,
+    config: &TopicConfig,
+    defaults: &LogConfig,
+) -> Result<(Arc<Partition>, RecoveryReport), TopicError> {
+    let (log, report) = Log::open(
+        topic_dir.join(index.to_string()),
+        config.log_config(defaults),
+    )?;
+    let reader = log.reader();
+    Ok((
+        Arc::new(Partition {
+            topic: topic.to_string(),
+            index,
+            writer: Mutex::new(log),
+            reader,
+        }),
+        report,
+    ))
+}
