@@ -216,7 +216,7 @@ fn check_records(buf: &[u8], header: &BatchHeader, deltas: OffsetDeltas) -> Resu
     let mut records = Records::new(buf, header);
     let mut previous: Option<i32> = None;
     let mut index = 0usize;
-    while let Some(record) = records.next() {
+    for record in records.by_ref() {
         let record = record?;
         let delta_ok = match (deltas, previous) {
             (OffsetDeltas::Contiguous, _) => record.offset_delta as i64 == index as i64,
