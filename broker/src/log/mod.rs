@@ -92,6 +92,9 @@ struct Shared {
     sync_lock: Mutex<()>,
     /// Set by a roll: the next sync also seals the checkpoint past the sealed segments.
     checkpoint_due: AtomicU64,
+    /// Makes the next fsync fail, to test what a real failure does.
+    #[cfg(test)]
+    fail_next_sync: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -134,7 +137,19 @@ impl Shared {
         let started = Instant::now();
         let mut synced = 0usize;
         for segment in self.segments().iter() {
-            match segment.sync() {
+            #[cfg(test)]
+            let segment_sync = if self.fail_next_sync.swap(false, Ordering::AcqRel) {
+                Err(LogError::Io {
+                    op: "fsync segment",
+                    path: segment.log_path.clone(),
+                    source: std::io::Error::from_raw_os_error(5),
+                })
+            } else {
+                segment.sync()
+            };
+            #[cfg(not(test))]
+            let segment_sync = segment.sync();
+            match segment_sync {
                 Ok(did) => synced += usize::from(did),
                 Err(e) => {
                     self.poison(e.to_string());
@@ -258,6 +273,8 @@ impl Log {
             flush_wake: Condvar::new(),
             sync_lock: Mutex::new(()),
             checkpoint_due: AtomicU64::new(0),
+            #[cfg(test)]
+            fail_next_sync: Default::default(),
         });
         // Scanned segments may hold bytes that only reached the page cache before a crash; make
         // them durable before anything is reported as such.
@@ -788,4 +805,74 @@ fn tail_of_trusted(segment: &Segment) -> Result<(u64, i64)> {
         position += header.total_len() as u64;
     }
     Ok((next, max_ts))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A one-record batch built by hand: the integration tests use an independent encoder.
+    fn one_record_batch() -> Vec<u8> {
+        let record: &[u8] = &[
+            0x12, // length 9 (zigzag varint)
+            0,    // attributes
+            0,    // timestamp delta
+            0,    // offset delta
+            0x01, // key: null
+            0x06, b'a', b'b', b'c', // value "abc"
+            0,    // no headers
+        ];
+        let mut b = Vec::new();
+        b.extend(0i64.to_be_bytes());
+        b.extend(((batch::BATCH_HEADER_BYTES - 12 + record.len()) as i32).to_be_bytes());
+        b.extend((-1i32).to_be_bytes());
+        b.push(2);
+        b.extend([0u8; 4]);
+        b.extend(0i16.to_be_bytes());
+        b.extend(0i32.to_be_bytes());
+        b.extend(7i64.to_be_bytes());
+        b.extend(7i64.to_be_bytes());
+        b.extend((-1i64).to_be_bytes());
+        b.extend((-1i16).to_be_bytes());
+        b.extend((-1i32).to_be_bytes());
+        b.extend(1i32.to_be_bytes());
+        b.extend(record);
+        let crc = crc32c::crc32c(&b[21..]);
+        b[17..21].copy_from_slice(&crc.to_be_bytes());
+        b
+    }
+
+    #[tokio::test]
+    async fn a_failed_fsync_poisons_the_log_and_fails_its_waiters() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = LogConfig {
+            fsync: FsyncPolicy::Never,
+            ..LogConfig::default()
+        };
+        let (mut log, _) = Log::open(dir.path(), config.clone()).unwrap();
+        let info = log.append(&mut one_record_batch()).unwrap();
+        let reader = log.reader();
+        log.shared.fail_next_sync.store(true, Ordering::Release);
+        let waited = reader.wait_durable(info.last_offset + 1).await;
+        assert!(
+            matches!(waited, Err(LogError::Poisoned { .. })),
+            "{waited:?}"
+        );
+        assert_eq!(reader.durable_offset(), 0);
+        assert!(matches!(
+            log.append(&mut one_record_batch()),
+            Err(LogError::Poisoned { .. })
+        ));
+        assert!(matches!(log.flush(), Err(LogError::Poisoned { .. })));
+        assert!(
+            log.close().is_err(),
+            "a poisoned log must not claim a clean shutdown"
+        );
+        drop(log);
+        // Reopening runs recovery, which finds the batch that was written.
+        let (mut log, report) = Log::open(dir.path(), config).unwrap();
+        assert!(!report.clean_shutdown);
+        assert_eq!(log.high_watermark(), 1);
+        assert_eq!(log.append(&mut one_record_batch()).unwrap().base_offset, 1);
+    }
 }
