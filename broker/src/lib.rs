@@ -2,9 +2,14 @@
 //!
 //! - [`log`]: the partition log, a folder of segments holding Kafka RecordBatch v2 bytes as
 //!   clients sent them, with memory-mapped indexes, group-commit fsync, crash recovery and
-//!   retention.
+//!   retention. Storage never touches a socket.
 //! - [`topics`]: the topic registry, which persists names, partition counts and per-topic log
 //!   settings, and owns one log per partition.
+//! - [`config`]: settings from defaults, a TOML file, `STRAND_*` variables and flags.
+//! - [`metrics`]: Prometheus metrics; [`http`]: `/health` and `/metrics`.
 
+pub mod config;
+pub mod http;
 pub mod log;
+pub mod metrics;
 pub mod topics;

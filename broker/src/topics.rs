@@ -16,7 +16,9 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use serde::{Deserialize, Serialize};
 
-use crate::log::{Log, LogConfig, LogError, LogReader, RecoveryReport};
+use crate::log::{
+    FsyncObserver, Log, LogConfig, LogError, LogReader, ObserverSlot, RecoveryReport,
+};
 
 const TOPICS_DIR: &str = "topics";
 const DELETING_DIR: &str = "deleting";
@@ -172,6 +174,7 @@ pub struct Topics {
     data_dir: PathBuf,
     defaults: LogConfig,
     topics: RwLock<BTreeMap<String, Arc<Topic>>>,
+    fsync_observer: ObserverSlot,
 }
 
 /// What opening one partition's log found.
@@ -241,9 +244,21 @@ impl Topics {
                 data_dir,
                 defaults,
                 topics: RwLock::new(topics),
+                fsync_observer: ObserverSlot::default(),
             },
             reports,
         ))
+    }
+
+    /// Reports every partition's fsync durations to `observer`, now and for topics created
+    /// later.
+    pub fn set_fsync_observer(&self, observer: FsyncObserver) {
+        let _ = self.fsync_observer.0.set(observer.clone());
+        for topic in self.list() {
+            for partition in &topic.partitions {
+                partition.writer().set_fsync_observer(observer.clone());
+            }
+        }
     }
 
     pub fn defaults(&self) -> &LogConfig {
@@ -266,7 +281,11 @@ impl Topics {
         std::fs::create_dir(&dir).map_err(io_err("create topic folder", &dir))?;
         let mut partitions = Vec::with_capacity(config.partitions as usize);
         for index in 0..config.partitions {
-            partitions.push(open_partition(&dir, name, index, &config, &self.defaults)?.0);
+            let partition = open_partition(&dir, name, index, &config, &self.defaults)?.0;
+            if let Some(observer) = self.fsync_observer.0.get() {
+                partition.writer().set_fsync_observer(observer.clone());
+            }
+            partitions.push(partition);
         }
         let json = serde_json::to_vec_pretty(&config).expect("topic config serializes");
         crate::log::write_file_atomically(&dir, TOPIC_FILE, &json)?;

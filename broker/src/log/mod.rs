@@ -34,6 +34,23 @@ use error::IoContext;
 use recovery::CLEAN_SHUTDOWN_FILE;
 use segment::{IndexMode, Indexer, Segment, LOG_SUFFIX};
 
+/// Called with the duration of each fsync pass, for metrics.
+pub type FsyncObserver = Arc<dyn Fn(Duration) + Send + Sync>;
+
+/// A settable-once [`FsyncObserver`] (a plain closure has no `Debug`).
+#[derive(Default)]
+pub(crate) struct ObserverSlot(pub(crate) std::sync::OnceLock<FsyncObserver>);
+
+impl std::fmt::Debug for ObserverSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.get().is_some() {
+            "ObserverSlot(set)"
+        } else {
+            "ObserverSlot(unset)"
+        })
+    }
+}
+
 /// Where an appended batch landed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AppendInfo {
@@ -92,6 +109,8 @@ struct Shared {
     sync_lock: Mutex<()>,
     /// Set by a roll: the next sync also seals the checkpoint past the sealed segments.
     checkpoint_due: AtomicU64,
+    /// Told the duration of every fsync pass that synced something (for metrics).
+    fsync_observer: ObserverSlot,
     /// Makes the next fsync fail, to test what a real failure does.
     #[cfg(test)]
     fail_next_sync: std::sync::atomic::AtomicBool,
@@ -168,6 +187,11 @@ impl Shared {
                 Ordering::AcqRel,
                 Ordering::Acquire,
             );
+        }
+        if synced > 0 {
+            if let Some(observe) = self.fsync_observer.0.get() {
+                observe(started.elapsed());
+            }
         }
         tracing::trace!(dir = %self.dir.display(), target, synced, elapsed_us = started.elapsed().as_micros() as u64, "log synced");
         self.durable.send_if_modified(|d| {
@@ -273,6 +297,7 @@ impl Log {
             flush_wake: Condvar::new(),
             sync_lock: Mutex::new(()),
             checkpoint_due: AtomicU64::new(0),
+            fsync_observer: ObserverSlot::default(),
             #[cfg(test)]
             fail_next_sync: Default::default(),
         });
@@ -297,6 +322,12 @@ impl Log {
             },
             report,
         ))
+    }
+
+    /// Reports the duration of every fsync pass to `observer` (set once; later calls are
+    /// ignored).
+    pub fn set_fsync_observer(&self, observer: FsyncObserver) {
+        let _ = self.shared.fsync_observer.0.set(observer);
     }
 
     pub fn reader(&self) -> LogReader {

@@ -1,0 +1,259 @@
+//! Broker configuration: defaults, then a TOML file, then environment variables, then flags.
+//!
+//! Every setting has a TOML key; the common ones also have a flag and a `STRAND_*` variable.
+//! Environment variables and flags are read by clap, which gives a flag precedence over its
+//! variable; both win over the file.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use clap::Parser;
+use serde::{Deserialize, Serialize};
+
+use crate::log::{FsyncPolicy, LogConfig};
+
+/// The broker's settings, with the documented defaults.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BrokerConfig {
+    /// Folder for topics and their logs. Default `./strand-data`.
+    pub data_dir: PathBuf,
+    /// Native protocol listener. Default `127.0.0.1:7171`.
+    pub listen: SocketAddr,
+    /// HTTP listener for `/health` and `/metrics`. Default `127.0.0.1:7180`.
+    pub http_listen: SocketAddr,
+    /// Open client connections at most; more wait in the kernel's accept queue. Default 1024.
+    pub connections_max: usize,
+    /// Requests one connection may have in flight before the broker stops reading from it.
+    /// Default 64.
+    pub in_flight_per_connection_max: usize,
+    /// Largest protocol frame accepted, checked before any allocation. Default 8 MiB.
+    pub frame_bytes_max: usize,
+    /// Longest a fetch may wait for data at the high watermark. Default 30 s.
+    pub fetch_wait_ms_max: u64,
+    /// How often retention runs over every partition. Default 5 minutes, as Kafka.
+    pub retention_check_interval_ms: u64,
+    /// How long a shutdown waits for in-flight requests before closing logs. Default 10 s.
+    pub shutdown_timeout_ms: u64,
+    /// Defaults for every partition log; topics may override some of them.
+    pub log: LogConfig,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig {
+            data_dir: PathBuf::from("./strand-data"),
+            listen: SocketAddr::from(([127, 0, 0, 1], 7171)),
+            http_listen: SocketAddr::from(([127, 0, 0, 1], 7180)),
+            connections_max: 1024,
+            in_flight_per_connection_max: 64,
+            frame_bytes_max: 8 << 20,
+            fetch_wait_ms_max: 30_000,
+            retention_check_interval_ms: 300_000,
+            shutdown_timeout_ms: 10_000,
+            log: LogConfig::default(),
+        }
+    }
+}
+
+/// Command-line flags of `strand-broker`; each also reads its environment variable.
+#[derive(Debug, Clone, Default, Parser)]
+#[command(
+    name = "strand-broker",
+    version,
+    about = "Strand event-streaming broker"
+)]
+pub struct BrokerArgs {
+    /// TOML file with any of the settings; flags and variables override it.
+    #[arg(long, env = "STRAND_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Folder for topics and logs [default: ./strand-data]
+    #[arg(long, env = "STRAND_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Native protocol listener; port 0 picks a free port [default: 127.0.0.1:7171]
+    #[arg(long, env = "STRAND_LISTEN", value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// HTTP listener for /health and /metrics [default: 127.0.0.1:7180]
+    #[arg(long, env = "STRAND_HTTP_LISTEN", value_name = "ADDR")]
+    pub http_listen: Option<SocketAddr>,
+    /// Open client connections at most [default: 1024]
+    #[arg(long, env = "STRAND_CONNECTIONS_MAX")]
+    pub connections_max: Option<usize>,
+    /// Background fsync: never, always, or a number of milliseconds [default: 1000]
+    #[arg(long, env = "STRAND_FSYNC", value_name = "POLICY", value_parser = parse_fsync)]
+    pub fsync: Option<FsyncPolicy>,
+    /// Default segment size in bytes [default: 1073741824]
+    #[arg(long, env = "STRAND_SEGMENT_BYTES_MAX")]
+    pub segment_bytes_max: Option<u64>,
+    /// Default retention by age in ms, -1 for none [default: 604800000]
+    #[arg(long, env = "STRAND_RETENTION_MS", allow_negative_numbers = true)]
+    pub retention_ms: Option<i64>,
+    /// Default retention by size in bytes per partition, -1 for none [default: -1]
+    #[arg(long, env = "STRAND_RETENTION_BYTES", allow_negative_numbers = true)]
+    pub retention_bytes: Option<i64>,
+}
+
+fn parse_fsync(s: &str) -> Result<FsyncPolicy, String> {
+    FsyncPolicy::from_str(s)
+}
+
+impl FromStr for FsyncPolicy {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "never" => Ok(FsyncPolicy::Never),
+            "always" => Ok(FsyncPolicy::Always),
+            ms => ms
+                .strip_suffix("ms")
+                .unwrap_or(ms)
+                .parse::<u64>()
+                .ok()
+                .filter(|&ms| ms > 0)
+                .map(FsyncPolicy::IntervalMs)
+                .ok_or_else(|| {
+                    format!(
+                        "fsync policy must be never, always or a number of ms above 0, got {s:?}"
+                    )
+                }),
+        }
+    }
+}
+
+/// Why the configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    #[error("reading config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: Box<toml::de::Error>,
+    },
+    #[error("invalid setting: {0}")]
+    Invalid(String),
+}
+
+impl BrokerConfig {
+    /// Layers the file named by `args.config` (if any) and then `args` over the defaults.
+    pub fn load(args: &BrokerArgs) -> Result<BrokerConfig, ConfigError> {
+        let mut config = match &args.config {
+            Some(path) => BrokerConfig::from_file(path)?,
+            None => BrokerConfig::default(),
+        };
+        let limit = |v: i64| u64::try_from(v).ok();
+        macro_rules! set {
+            ($field:expr, $value:expr) => {
+                if let Some(v) = $value {
+                    $field = v;
+                }
+            };
+        }
+        set!(config.data_dir, args.data_dir.clone());
+        set!(config.listen, args.listen);
+        set!(config.http_listen, args.http_listen);
+        set!(config.connections_max, args.connections_max);
+        set!(config.log.fsync, args.fsync);
+        set!(config.log.segment_bytes_max, args.segment_bytes_max);
+        set!(config.log.retention_ms, args.retention_ms.map(limit));
+        set!(config.log.retention_bytes, args.retention_bytes.map(limit));
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn from_file(path: &Path) -> Result<BrokerConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_path_buf(),
+            source: Box::new(source),
+        })
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let positive = [
+            ("connections_max", self.connections_max),
+            (
+                "in_flight_per_connection_max",
+                self.in_flight_per_connection_max,
+            ),
+            ("frame_bytes_max", self.frame_bytes_max),
+        ];
+        for (name, value) in positive {
+            if value == 0 {
+                return Err(ConfigError::Invalid(format!("{name} must be above 0")));
+            }
+        }
+        if self.frame_bytes_max < self.log.batch_bytes_max {
+            return Err(ConfigError::Invalid(format!(
+                "frame_bytes_max ({}) must hold the largest batch (log.batch_bytes_max = {})",
+                self.frame_bytes_max, self.log.batch_bytes_max
+            )));
+        }
+        self.log.validate().map_err(ConfigError::Invalid)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_then_flags_override_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("strand.toml");
+        std::fs::write(
+            &file,
+            "data_dir = \"/srv/strand\"\nlisten = \"0.0.0.0:7000\"\n[log]\nfsync = \"always\"\nretention_bytes = 1000000\n",
+        )
+        .unwrap();
+        let args = BrokerArgs::parse_from([
+            "strand-broker",
+            "--config",
+            file.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--retention-ms",
+            "-1",
+        ]);
+        let config = BrokerConfig::load(&args).unwrap();
+        assert_eq!(config.data_dir, PathBuf::from("/srv/strand"));
+        assert_eq!(config.listen, "127.0.0.1:0".parse().unwrap());
+        assert_eq!(config.http_listen, BrokerConfig::default().http_listen);
+        assert_eq!(config.log.fsync, FsyncPolicy::Always);
+        assert_eq!(config.log.retention_bytes, Some(1_000_000));
+        assert_eq!(config.log.retention_ms, None);
+    }
+
+    #[test]
+    fn bad_settings_say_what_is_wrong() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("strand.toml");
+        std::fs::write(&file, "listn = \"x\"\n").unwrap();
+        let err = BrokerConfig::from_file(&file).unwrap_err().to_string();
+        assert!(err.contains("listn"), "{err}");
+        assert!(FsyncPolicy::from_str("sometimes").is_err());
+        assert_eq!(
+            FsyncPolicy::from_str("250ms"),
+            Ok(FsyncPolicy::IntervalMs(250))
+        );
+        let config = BrokerConfig {
+            connections_max: 0,
+            ..BrokerConfig::default()
+        };
+        assert!(config
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("connections_max"));
+    }
+}

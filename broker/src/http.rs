@@ -1,0 +1,49 @@
+//! The broker's HTTP listener: `/health` for orchestrators and load balancers, `/metrics` for
+//! Prometheus. Only this module knows HTTP.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Json, Router};
+
+use crate::metrics::Metrics;
+use crate::topics::Topics;
+
+#[derive(Debug, Clone)]
+pub struct HttpState {
+    pub topics: Arc<Topics>,
+    pub metrics: Arc<Metrics>,
+}
+
+pub fn router(state: HttpState) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+async fn health(State(state): State<HttpState>) -> impl IntoResponse {
+    let topics = state.topics.list();
+    let partitions: usize = topics.iter().map(|t| t.partitions.len()).sum();
+    (
+        StatusCode::OK,
+        Json(serde_json::json!({
+            "status": "ok",
+            "topics": topics.len(),
+            "partitions": partitions,
+        })),
+    )
+}
+
+async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
+}

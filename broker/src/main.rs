@@ -1,0 +1,147 @@
+//! `strand-broker`: opens the data directory (recovering every partition log), serves its
+//! listeners, runs retention, and on SIGINT or SIGTERM closes every log cleanly and exits 0.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use strand_broker::config::{BrokerArgs, BrokerConfig};
+use strand_broker::http::{self, HttpState};
+use strand_broker::metrics::Metrics;
+use strand_broker::topics::Topics;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = BrokerArgs::parse();
+    let config = match BrokerConfig::load(&args) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("strand-broker: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("strand-broker: starting the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("strand-broker: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn run(config: BrokerConfig) -> anyhow::Result<()> {
+    let data_dir = config.data_dir.clone();
+    let log_defaults = config.log.clone();
+    let (topics, reports) =
+        tokio::task::spawn_blocking(move || Topics::open(&data_dir, log_defaults))
+            .await?
+            .with_context(|| format!("opening data directory {}", config.data_dir.display()))?;
+    for r in &reports {
+        if !r.report.truncations.is_empty() || !r.report.segments_removed.is_empty() {
+            tracing::warn!(topic = %r.topic, partition = r.partition, report = ?r.report, "recovery changed a partition log");
+        }
+    }
+    let metrics = Arc::new(Metrics::default());
+    {
+        let metrics = metrics.clone();
+        topics.set_fsync_observer(Arc::new(move |d| metrics.observe_fsync(d)));
+    }
+    let topics = Arc::new(topics);
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+
+    let http_listener = TcpListener::bind(config.http_listen)
+        .await
+        .with_context(|| format!("binding the HTTP listener on {}", config.http_listen))?;
+    let http_addr = http_listener.local_addr()?;
+    tracing::info!(
+        data_dir = %config.data_dir.display(),
+        http = %http_addr,
+        topics = topics.list().len(),
+        "strand-broker listening"
+    );
+
+    let http_task = {
+        let app = http::router(HttpState {
+            topics: topics.clone(),
+            metrics: metrics.clone(),
+        });
+        let mut rx = shutdown_rx.clone();
+        tokio::spawn(async move {
+            axum::serve(http_listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = rx.wait_for(|stop| *stop).await;
+                })
+                .await
+        })
+    };
+    let retention_task = {
+        let topics = topics.clone();
+        let mut rx = shutdown_rx.clone();
+        let every = Duration::from_millis(config.retention_check_interval_ms.max(1));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.tick().await;
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = rx.wait_for(|stop| *stop) => return,
+                }
+                let topics = topics.clone();
+                let result = tokio::task::spawn_blocking(move || {
+                    topics.enforce_retention(strand_broker::log::now_ms())
+                })
+                .await;
+                match result {
+                    Ok(Ok(n)) if n > 0 => {
+                        tracing::info!(segments = n, "retention deleted segments")
+                    }
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => tracing::error!(error = %e, "retention failed"),
+                    Err(e) => tracing::error!(error = %e, "retention task panicked"),
+                }
+            }
+        })
+    };
+
+    shutdown_signal().await;
+    tracing::info!("shutting down: finishing in-flight requests, then closing logs");
+    let _ = shutdown_tx.send(true);
+    let grace = Duration::from_millis(config.shutdown_timeout_ms);
+    if tokio::time::timeout(grace, http_task).await.is_err() {
+        tracing::warn!("HTTP listener did not stop within the shutdown timeout");
+    }
+    let _ = retention_task.await;
+    tokio::task::spawn_blocking(move || topics.close())
+        .await?
+        .context("closing partition logs")?;
+    tracing::info!("stopped cleanly");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,0 +1,126 @@
+//! Prometheus metrics of the broker, served as text on the HTTP listener's `/metrics`.
+
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TopicLabel {
+    pub topic: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabel {
+    pub request: &'static str,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// Latency buckets from 10 µs to about 10 s.
+fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.000_01, 2.0, 21))
+}
+
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    pub connections: Gauge,
+    pub bytes_in: Family<TopicLabel, Counter>,
+    pub records_in: Family<TopicLabel, Counter>,
+    pub bytes_out: Family<TopicLabel, Counter>,
+    pub records_out: Family<TopicLabel, Counter>,
+    pub request_seconds: HistogramFamily<RequestLabel>,
+    pub fsync_seconds: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("strand");
+        let metrics = Metrics {
+            connections: Gauge::default(),
+            bytes_in: Family::default(),
+            records_in: Family::default(),
+            bytes_out: Family::default(),
+            records_out: Family::default(),
+            request_seconds: Family::new_with_constructor(latency_histogram),
+            fsync_seconds: latency_histogram(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "connections",
+            "Open client connections",
+            metrics.connections.clone(),
+        );
+        registry.register(
+            "bytes_in",
+            "Record batch bytes appended",
+            metrics.bytes_in.clone(),
+        );
+        registry.register("records_in", "Records appended", metrics.records_in.clone());
+        registry.register(
+            "bytes_out",
+            "Record batch bytes served to consumers",
+            metrics.bytes_out.clone(),
+        );
+        registry.register(
+            "records_out",
+            "Records served to consumers",
+            metrics.records_out.clone(),
+        );
+        registry.register(
+            "request_duration_seconds",
+            "Time to answer a request",
+            metrics.request_seconds.clone(),
+        );
+        registry.register(
+            "fsync_duration_seconds",
+            "Time of one group-commit fsync pass",
+            metrics.fsync_seconds.clone(),
+        );
+        Metrics {
+            registry,
+            ..metrics
+        }
+    }
+}
+
+impl Metrics {
+    pub fn observe_fsync(&self, elapsed: Duration) {
+        self.fsync_seconds.observe(elapsed.as_secs_f64());
+    }
+
+    pub fn observe_request(&self, request: &'static str, elapsed: Duration) {
+        self.request_seconds
+            .get_or_create(&RequestLabel { request })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    pub fn count_in(&self, topic: &str, bytes: u64, records: u64) {
+        let label = TopicLabel {
+            topic: topic.to_string(),
+        };
+        self.bytes_in.get_or_create(&label).inc_by(bytes);
+        self.records_in.get_or_create(&label).inc_by(records);
+    }
+
+    pub fn count_out(&self, topic: &str, bytes: u64, records: u64) {
+        let label = TopicLabel {
+            topic: topic.to_string(),
+        };
+        self.bytes_out.get_or_create(&label).inc_by(bytes);
+        self.records_out.get_or_create(&label).inc_by(records);
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}
