@@ -351,22 +351,77 @@ impl Log {
     /// Validates `batch`, assigns it the next offsets (rewriting its base offset in place) and
     /// appends it. A rejected batch leaves the log untouched.
     pub fn append(&mut self, batch: &mut [u8]) -> Result<AppendInfo> {
-        if self.closed {
-            return Err(LogError::Closed {
-                path: self.shared.dir.clone(),
-            });
-        }
+        self.check_writable()?;
         let header = batch::validate(
             batch,
             self.shared.config.batch_bytes_max,
             OffsetDeltas::Contiguous,
         )?;
+        self.append_checked(batch, header)
+    }
+
+    /// Appends several batches sent back to back (as a produce request carries them): all are
+    /// validated first, so a bad one anywhere means none is written. Returns the first base
+    /// offset and the last offset of the whole run.
+    pub fn append_all(&mut self, batches: &mut [u8]) -> Result<AppendInfo> {
+        self.check_writable()?;
+        let max = self.shared.config.batch_bytes_max;
+        let mut headers = Vec::new();
+        let mut rest: &[u8] = batches;
+        while !rest.is_empty() {
+            let len = match batch::peek_frame(rest) {
+                Some((_, len)) if len >= 0 && batch::LOG_OVERHEAD + len as usize <= rest.len() => {
+                    batch::LOG_OVERHEAD + len as usize
+                }
+                _ => return Err(batch::BatchError::TooShort { len: rest.len() }.into()),
+            };
+            headers.push(batch::validate(
+                &rest[..len],
+                max,
+                OffsetDeltas::Contiguous,
+            )?);
+            rest = &rest[len..];
+        }
+        let mut first: Option<AppendInfo> = None;
+        let mut at = 0usize;
+        let mut last = None;
+        for header in headers {
+            let len = header.total_len();
+            let info = self.append_checked(&mut batches[at..at + len], header)?;
+            first.get_or_insert(info);
+            last = Some(info);
+            at += len;
+        }
+        match (first, last) {
+            (Some(first), Some(last)) => Ok(AppendInfo {
+                base_offset: first.base_offset,
+                last_offset: last.last_offset,
+                max_timestamp: first.max_timestamp.max(last.max_timestamp),
+            }),
+            _ => Err(batch::BatchError::TooShort { len: 0 }.into()),
+        }
+    }
+
+    fn check_writable(&self) -> Result<()> {
+        if self.closed {
+            return Err(LogError::Closed {
+                path: self.shared.dir.clone(),
+            });
+        }
         if let Some(reason) = self.shared.poisoned() {
             return Err(LogError::Poisoned {
                 path: self.shared.dir.clone(),
                 reason,
             });
         }
+        Ok(())
+    }
+
+    fn append_checked(
+        &mut self,
+        batch: &mut [u8],
+        header: batch::BatchHeader,
+    ) -> Result<AppendInfo> {
         if self.should_roll(batch.len() as u64, header.last_offset_delta as u64) {
             self.roll()?;
         }

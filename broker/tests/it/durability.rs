@@ -108,3 +108,25 @@ fn rejected_batches_leave_the_log_untouched() {
         before
     );
 }
+
+#[test]
+fn a_run_of_batches_is_appended_whole_or_not_at_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut log, _) = Log::open(dir.path(), small_config()).unwrap();
+    let mut run = batch(&values("a", 2, 10), 0);
+    run.extend(batch(&values("b", 3, 10), 0));
+    let info = log.append_all(&mut run).unwrap();
+    assert_eq!((info.base_offset, info.last_offset), (0, 4));
+    let mut bad = batch(&values("c", 1, 10), 0);
+    let mut corrupt = batch(&values("d", 1, 10), 0);
+    *corrupt.last_mut().unwrap() ^= 0x55;
+    bad.extend(corrupt);
+    assert!(log.append_all(&mut bad).is_err());
+    let mut torn = batch(&values("e", 1, 10), 0);
+    torn.extend_from_slice(&[0, 0, 0]);
+    assert!(log.append_all(&mut torn).is_err());
+    assert!(log.append_all(&mut []).is_err());
+    assert_eq!(log.high_watermark(), 5);
+    let records = super::support::read_all(&log.reader(), 0);
+    assert_eq!(records.len(), 5);
+}
