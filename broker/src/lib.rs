@@ -6,10 +6,12 @@
 //! - [`topics`]: the topic registry, which persists names, partition counts and per-topic log
 //!   settings, and owns one log per partition.
 //! - [`config`]: settings from defaults, a TOML file, `STRAND_*` variables and flags.
+//! - [`service`]: what the broker does for a request, whatever protocol carried it.
 //! - [`metrics`]: Prometheus metrics; [`http`]: `/health` and `/metrics`.
 
 pub mod config;
 pub mod http;
 pub mod log;
 pub mod metrics;
+pub mod service;
 pub mod topics;

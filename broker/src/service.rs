@@ -1,0 +1,255 @@
+//! What the broker does for a request, whatever protocol carried it: the native listener and
+//! (later) the Kafka listener both call these, so topics, data and offsets are the same ones.
+//!
+//! Blocking storage work (appends, reads, topic files) runs on tokio's blocking pool; nothing
+//! here holds a partition's writer lock across an `.await`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use strand_client::batch::Batches;
+
+use crate::log::{LogError, ReadResult};
+use crate::metrics::Metrics;
+use crate::topics::{Partition, Topic, TopicConfig, TopicError, Topics};
+
+/// How long a produce waits before it is acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Acks {
+    /// No answer at all: fire and forget.
+    None,
+    /// After the batches are written to the log (in the kernel; survives a process crash).
+    Leader,
+    /// After an fsync covering the batches succeeded (survives power loss).
+    Durable,
+}
+
+/// Where to start, for a list-offsets request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OffsetSpec {
+    Earliest,
+    Latest,
+    /// First offset whose record timestamp is at least this (ms since the epoch).
+    Timestamp(i64),
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServiceError {
+    #[error("unknown topic or partition: {topic}/{partition}")]
+    UnknownTopicOrPartition { topic: String, partition: u32 },
+    #[error(transparent)]
+    Topic(#[from] TopicError),
+    #[error(transparent)]
+    Log(#[from] LogError),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// A partition's state as admin requests report it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionInfo {
+    pub partition: u32,
+    pub log_start_offset: u64,
+    pub high_watermark: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicInfo {
+    pub name: String,
+    pub config: TopicConfig,
+    pub partitions: Vec<PartitionInfo>,
+}
+
+/// The broker's operations over its topics.
+#[derive(Debug, Clone)]
+pub struct Broker {
+    pub topics: Arc<Topics>,
+    pub metrics: Arc<Metrics>,
+    /// Upper bound on a fetch's long-poll wait.
+    pub fetch_wait_max: Duration,
+}
+
+impl Broker {
+    fn partition(&self, topic: &str, partition: u32) -> Result<Arc<Partition>, ServiceError> {
+        self.topics
+            .get(topic)
+            .and_then(|t| t.partitions.get(partition as usize).cloned())
+            .ok_or_else(|| ServiceError::UnknownTopicOrPartition {
+                topic: topic.to_string(),
+                partition,
+            })
+    }
+
+    pub async fn create_topic(
+        &self,
+        name: String,
+        config: TopicConfig,
+    ) -> Result<TopicInfo, ServiceError> {
+        let topics = self.topics.clone();
+        let topic = blocking(move || topics.create(&name, config)).await??;
+        Ok(describe(&topic))
+    }
+
+    pub async fn delete_topic(&self, name: String) -> Result<(), ServiceError> {
+        let topics = self.topics.clone();
+        blocking(move || topics.delete(&name)).await??;
+        Ok(())
+    }
+
+    pub fn list_topics(&self) -> Vec<TopicInfo> {
+        self.topics.list().iter().map(|t| describe(t)).collect()
+    }
+
+    pub fn describe_topic(&self, name: &str) -> Result<TopicInfo, ServiceError> {
+        let topic = self
+            .topics
+            .get(name)
+            .ok_or_else(|| TopicError::NotFound(name.to_string()))?;
+        Ok(describe(&topic))
+    }
+
+    /// Appends a run of batches (all validated before any is written) and waits as `acks`
+    /// says. Returns the base offset of the first batch and the last offset.
+    pub async fn produce(
+        &self,
+        topic: &str,
+        partition: u32,
+        acks: Acks,
+        batches: Vec<u8>,
+    ) -> Result<(u64, u64), ServiceError> {
+        let started = Instant::now();
+        let target = self.partition(topic, partition)?;
+        let n_bytes = batches.len() as u64;
+        let n_records: u64 = Batches::new(&batches)
+            .map(|(h, _)| h.record_count.max(0) as u64)
+            .sum();
+        let writer = target.clone();
+        let info = blocking(move || {
+            let mut batches = batches;
+            writer.writer().append_all(&mut batches)
+        })
+        .await??;
+        if acks == Acks::Durable {
+            target.reader().wait_durable(info.last_offset + 1).await?;
+        }
+        self.metrics.count_in(topic, n_bytes, n_records);
+        self.metrics.observe_request("produce", started.elapsed());
+        Ok((info.base_offset, info.last_offset))
+    }
+
+    /// Reads whole batches from `offset`; when there is nothing yet, waits up to `max_wait` for
+    /// data to arrive (long-poll) and returns what is there then (maybe nothing).
+    pub async fn fetch(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+        max_bytes: usize,
+        max_wait: Duration,
+    ) -> Result<ReadResult, ServiceError> {
+        let started = Instant::now();
+        let target = self.partition(topic, partition)?;
+        let deadline = tokio::time::Instant::now() + max_wait.min(self.fetch_wait_max);
+        let result = loop {
+            let reader = target.reader().clone();
+            let result = blocking(move || reader.read(offset, max_bytes)).await??;
+            if !result.batches.is_empty() || tokio::time::Instant::now() >= deadline {
+                break result;
+            }
+            let reader = target.reader();
+            if tokio::time::timeout_at(deadline, reader.wait_for_data(offset))
+                .await
+                .is_err()
+            {
+                break result;
+            }
+        };
+        let n_records: u64 = Batches::new(&result.batches)
+            .map(|(h, _)| h.record_count.max(0) as u64)
+            .sum();
+        self.metrics
+            .count_out(topic, result.batches.len() as u64, n_records);
+        self.metrics.observe_request("fetch", started.elapsed());
+        Ok(result)
+    }
+
+    /// Reads without waiting, for push subscriptions that already know data is there.
+    pub async fn read(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+        max_bytes: usize,
+    ) -> Result<ReadResult, ServiceError> {
+        self.fetch(topic, partition, offset, max_bytes, Duration::ZERO)
+            .await
+    }
+
+    /// Waits until `partition` has data at `offset` (its high watermark passes it).
+    pub async fn wait_for_data(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+    ) -> Result<u64, ServiceError> {
+        let target = self.partition(topic, partition)?;
+        target
+            .reader()
+            .wait_for_data(offset)
+            .await
+            .ok_or_else(|| ServiceError::Internal("log closed".into()))
+    }
+
+    /// Resolves an offset spec to an offset (`None` when no record is that new).
+    pub async fn list_offset(
+        &self,
+        topic: &str,
+        partition: u32,
+        spec: OffsetSpec,
+    ) -> Result<Option<u64>, ServiceError> {
+        let target = self.partition(topic, partition)?;
+        let reader = target.reader().clone();
+        Ok(match spec {
+            OffsetSpec::Earliest => Some(reader.log_start_offset()),
+            OffsetSpec::Latest => Some(reader.high_watermark()),
+            OffsetSpec::Timestamp(ts) => {
+                blocking(move || reader.offset_for_timestamp(ts)).await??
+            }
+        })
+    }
+
+    /// The partition's current bounds.
+    pub fn partition_info(
+        &self,
+        topic: &str,
+        partition: u32,
+    ) -> Result<PartitionInfo, ServiceError> {
+        let target = self.partition(topic, partition)?;
+        Ok(partition_info(&target))
+    }
+}
+
+fn partition_info(p: &Partition) -> PartitionInfo {
+    PartitionInfo {
+        partition: p.index,
+        log_start_offset: p.reader().log_start_offset(),
+        high_watermark: p.reader().high_watermark(),
+    }
+}
+
+fn describe(topic: &Topic) -> TopicInfo {
+    TopicInfo {
+        name: topic.name.clone(),
+        config: topic.config.clone(),
+        partitions: topic.partitions.iter().map(|p| partition_info(p)).collect(),
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ServiceError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ServiceError::Internal(format!("storage task failed: {e}")))
+}
