@@ -1,0 +1,92 @@
+//! Error codes carried in responses, and the codec's own errors.
+
+/// A response's error code. The numbers are part of the protocol: never renumber.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorCode {
+    None = 0,
+    /// The broker failed in a way the client cannot fix; the message says more.
+    Internal = 1,
+    /// A record batch failed validation (length, magic, CRC-32C, record count, offset deltas).
+    CorruptBatch = 2,
+    UnknownTopicOrPartition = 3,
+    OffsetOutOfRange = 4,
+    TopicAlreadyExists = 5,
+    InvalidTopic = 6,
+    InvalidConfig = 7,
+    /// A batch or a frame is over the broker's size limit.
+    TooLarge = 8,
+    /// The request type is unknown to this broker.
+    UnsupportedRequest = 9,
+    UnsupportedVersion = 10,
+    /// The request body could not be decoded.
+    InvalidRequest = 11,
+    /// The partition's storage failed (for example an fsync); it refuses writes until restart.
+    StorageError = 12,
+    ShuttingDown = 13,
+    /// No subscription with that id on this connection.
+    UnknownSubscription = 14,
+}
+
+impl ErrorCode {
+    pub fn from_u16(code: u16) -> ErrorCode {
+        use ErrorCode::*;
+        match code {
+            0 => None,
+            2 => CorruptBatch,
+            3 => UnknownTopicOrPartition,
+            4 => OffsetOutOfRange,
+            5 => TopicAlreadyExists,
+            6 => InvalidTopic,
+            7 => InvalidConfig,
+            8 => TooLarge,
+            9 => UnsupportedRequest,
+            10 => UnsupportedVersion,
+            11 => InvalidRequest,
+            12 => StorageError,
+            13 => ShuttingDown,
+            14 => UnknownSubscription,
+            _ => Internal,
+        }
+    }
+
+    /// Whether retrying the same request later may succeed.
+    pub fn is_retriable(self) -> bool {
+        matches!(self, ErrorCode::ShuttingDown | ErrorCode::Internal)
+    }
+}
+
+/// Why a frame or body could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DecodeError {
+    #[error("frame of {len} bytes is over the limit of {max}")]
+    FrameTooLarge { len: usize, max: usize },
+    #[error("frame of {len} bytes is too short for its header")]
+    FrameTooShort { len: usize },
+    #[error("field {field} runs past the end of the frame")]
+    Truncated { field: &'static str },
+    #[error("field {field}: {reason}")]
+    Invalid {
+        field: &'static str,
+        reason: &'static str,
+    },
+    #[error("{n} bytes left over after the last field")]
+    TrailingBytes { n: usize },
+    #[error("unknown request type {api_key}")]
+    UnknownRequest { api_key: u16 },
+    #[error("request type {api_key} has no version {version}")]
+    UnsupportedVersion { api_key: u16, version: u16 },
+}
+
+impl DecodeError {
+    /// The error code a server answers a request with when its body fails to decode.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            DecodeError::FrameTooLarge { .. } => ErrorCode::TooLarge,
+            DecodeError::UnknownRequest { .. } => ErrorCode::UnsupportedRequest,
+            DecodeError::UnsupportedVersion { .. } => ErrorCode::UnsupportedVersion,
+            _ => ErrorCode::InvalidRequest,
+        }
+    }
+}

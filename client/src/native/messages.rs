@@ -1,0 +1,646 @@
+//! Every request and response of the native protocol, with their encodings. The layouts are
+//! specified in `docs/native-protocol.md`; keep the two in step.
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use super::codec::{put_bytes, put_string, Reader};
+use super::error::{DecodeError, ErrorCode};
+use super::frame::{self, RequestHeader, ServerFrameKind, ServerHeader};
+
+/// Request types. The numbers are part of the protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ApiKey {
+    Handshake = 0,
+    CreateTopic = 1,
+    DeleteTopic = 2,
+    ListTopics = 3,
+    DescribeTopic = 4,
+    Produce = 5,
+    Fetch = 6,
+    ListOffsets = 7,
+    Subscribe = 8,
+    AddCredit = 9,
+    Unsubscribe = 10,
+}
+
+impl ApiKey {
+    pub const ALL: [ApiKey; 11] = [
+        ApiKey::Handshake,
+        ApiKey::CreateTopic,
+        ApiKey::DeleteTopic,
+        ApiKey::ListTopics,
+        ApiKey::DescribeTopic,
+        ApiKey::Produce,
+        ApiKey::Fetch,
+        ApiKey::ListOffsets,
+        ApiKey::Subscribe,
+        ApiKey::AddCredit,
+        ApiKey::Unsubscribe,
+    ];
+
+    pub fn from_u16(key: u16) -> Option<ApiKey> {
+        ApiKey::ALL.get(key as usize).copied()
+    }
+
+    /// Versions of this request this implementation speaks.
+    pub fn versions(self) -> (u16, u16) {
+        (0, 0)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ApiKey::Handshake => "handshake",
+            ApiKey::CreateTopic => "create_topic",
+            ApiKey::DeleteTopic => "delete_topic",
+            ApiKey::ListTopics => "list_topics",
+            ApiKey::DescribeTopic => "describe_topic",
+            ApiKey::Produce => "produce",
+            ApiKey::Fetch => "fetch",
+            ApiKey::ListOffsets => "list_offsets",
+            ApiKey::Subscribe => "subscribe",
+            ApiKey::AddCredit => "add_credit",
+            ApiKey::Unsubscribe => "unsubscribe",
+        }
+    }
+}
+
+/// Acknowledgement level of a produce.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Acks {
+    /// No response is sent.
+    None = 0,
+    /// Acknowledged once written to the log.
+    Leader = 1,
+    /// Acknowledged once an fsync covering the batches succeeded.
+    Durable = 2,
+}
+
+/// Which offset a ListOffsets request asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OffsetQuery {
+    Earliest,
+    Latest,
+    /// First offset whose record timestamp is at least this many ms since the epoch.
+    Timestamp(i64),
+}
+
+/// Topic settings in CreateTopic; `None` takes the broker default.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TopicSettings {
+    pub partitions: u32,
+    pub compact: bool,
+    /// -1 keeps data forever.
+    pub retention_ms: Option<i64>,
+    /// -1 keeps data of any size.
+    pub retention_bytes: Option<i64>,
+    pub segment_bytes: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    Handshake {
+        client: String,
+        versions: Vec<(u16, u16, u16)>,
+    },
+    CreateTopic {
+        name: String,
+        settings: TopicSettings,
+    },
+    DeleteTopic {
+        name: String,
+    },
+    ListTopics,
+    DescribeTopic {
+        name: String,
+    },
+    Produce {
+        topic: String,
+        partition: u32,
+        acks: Acks,
+        records: Bytes,
+    },
+    Fetch {
+        topic: String,
+        partition: u32,
+        offset: u64,
+        max_bytes: u32,
+        max_wait_ms: u32,
+    },
+    ListOffsets {
+        topic: String,
+        partition: u32,
+        query: OffsetQuery,
+    },
+    Subscribe {
+        topic: String,
+        partition: u32,
+        offset: u64,
+        credit_bytes: u32,
+    },
+    AddCredit {
+        subscription: u32,
+        credit_bytes: u32,
+    },
+    Unsubscribe {
+        subscription: u32,
+    },
+}
+
+/// Sentinel for "broker default" in optional i64 settings.
+const DEFAULT_SETTING: i64 = -2;
+
+fn put_opt(buf: &mut BytesMut, v: Option<i64>) {
+    buf.put_i64(v.unwrap_or(DEFAULT_SETTING));
+}
+
+fn get_opt(r: &mut Reader, what: &'static str) -> Result<Option<i64>, DecodeError> {
+    let v = r.i64(what)?;
+    Ok((v != DEFAULT_SETTING).then_some(v))
+}
+
+impl Request {
+    pub fn api_key(&self) -> ApiKey {
+        match self {
+            Request::Handshake { .. } => ApiKey::Handshake,
+            Request::CreateTopic { .. } => ApiKey::CreateTopic,
+            Request::DeleteTopic { .. } => ApiKey::DeleteTopic,
+            Request::ListTopics => ApiKey::ListTopics,
+            Request::DescribeTopic { .. } => ApiKey::DescribeTopic,
+            Request::Produce { .. } => ApiKey::Produce,
+            Request::Fetch { .. } => ApiKey::Fetch,
+            Request::ListOffsets { .. } => ApiKey::ListOffsets,
+            Request::Subscribe { .. } => ApiKey::Subscribe,
+            Request::AddCredit { .. } => ApiKey::AddCredit,
+            Request::Unsubscribe { .. } => ApiKey::Unsubscribe,
+        }
+    }
+
+    /// Whether the server answers this request (acks=none produce and AddCredit get none).
+    pub fn expects_response(&self) -> bool {
+        !matches!(
+            self,
+            Request::Produce {
+                acks: Acks::None,
+                ..
+            } | Request::AddCredit { .. }
+        )
+    }
+
+    /// Appends the whole frame (length prefix included) to `buf`.
+    pub fn encode(&self, correlation_id: u32, buf: &mut BytesMut) {
+        let at = frame::begin_frame(buf);
+        frame::put_request_header(
+            buf,
+            RequestHeader {
+                api_key: self.api_key() as u16,
+                version: 0,
+                correlation_id,
+            },
+        );
+        match self {
+            Request::Handshake { client, versions } => {
+                put_string(buf, client);
+                buf.put_u32(versions.len() as u32);
+                for (key, min, max) in versions {
+                    buf.put_u16(*key);
+                    buf.put_u16(*min);
+                    buf.put_u16(*max);
+                }
+            }
+            Request::CreateTopic { name, settings } => {
+                put_string(buf, name);
+                buf.put_u32(settings.partitions);
+                buf.put_u8(settings.compact.into());
+                put_opt(buf, settings.retention_ms);
+                put_opt(buf, settings.retention_bytes);
+                put_opt(buf, settings.segment_bytes);
+            }
+            Request::DeleteTopic { name } | Request::DescribeTopic { name } => {
+                put_string(buf, name)
+            }
+            Request::ListTopics => {}
+            Request::Produce {
+                topic,
+                partition,
+                acks,
+                records,
+            } => {
+                put_string(buf, topic);
+                buf.put_u32(*partition);
+                buf.put_u8(*acks as u8);
+                put_bytes(buf, records);
+            }
+            Request::Fetch {
+                topic,
+                partition,
+                offset,
+                max_bytes,
+                max_wait_ms,
+            } => {
+                put_string(buf, topic);
+                buf.put_u32(*partition);
+                buf.put_u64(*offset);
+                buf.put_u32(*max_bytes);
+                buf.put_u32(*max_wait_ms);
+            }
+            Request::ListOffsets {
+                topic,
+                partition,
+                query,
+            } => {
+                put_string(buf, topic);
+                buf.put_u32(*partition);
+                let (kind, ts) = match query {
+                    OffsetQuery::Earliest => (0, 0),
+                    OffsetQuery::Latest => (1, 0),
+                    OffsetQuery::Timestamp(ts) => (2, *ts),
+                };
+                buf.put_u8(kind);
+                buf.put_i64(ts);
+            }
+            Request::Subscribe {
+                topic,
+                partition,
+                offset,
+                credit_bytes,
+            } => {
+                put_string(buf, topic);
+                buf.put_u32(*partition);
+                buf.put_u64(*offset);
+                buf.put_u32(*credit_bytes);
+            }
+            Request::AddCredit {
+                subscription,
+                credit_bytes,
+            } => {
+                buf.put_u32(*subscription);
+                buf.put_u32(*credit_bytes);
+            }
+            Request::Unsubscribe { subscription } => buf.put_u32(*subscription),
+        }
+        frame::end_frame(buf, at);
+    }
+
+    /// Decodes a request body whose header has been read.
+    pub fn decode(header: &RequestHeader, body: Bytes) -> Result<Request, DecodeError> {
+        let key = ApiKey::from_u16(header.api_key).ok_or(DecodeError::UnknownRequest {
+            api_key: header.api_key,
+        })?;
+        let (min, max) = key.versions();
+        if header.version < min || header.version > max {
+            return Err(DecodeError::UnsupportedVersion {
+                api_key: header.api_key,
+                version: header.version,
+            });
+        }
+        let mut r = Reader::new(body);
+        let request = match key {
+            ApiKey::Handshake => {
+                let client = r.string("client")?;
+                let n = r.count("versions", 6)?;
+                let mut versions = Vec::with_capacity(n);
+                for _ in 0..n {
+                    versions.push((
+                        r.u16("api_key")?,
+                        r.u16("min_version")?,
+                        r.u16("max_version")?,
+                    ));
+                }
+                Request::Handshake { client, versions }
+            }
+            ApiKey::CreateTopic => Request::CreateTopic {
+                name: r.string("name")?,
+                settings: TopicSettings {
+                    partitions: r.u32("partitions")?,
+                    compact: r.bool("compact")?,
+                    retention_ms: get_opt(&mut r, "retention_ms")?,
+                    retention_bytes: get_opt(&mut r, "retention_bytes")?,
+                    segment_bytes: get_opt(&mut r, "segment_bytes")?,
+                },
+            },
+            ApiKey::DeleteTopic => Request::DeleteTopic {
+                name: r.string("name")?,
+            },
+            ApiKey::ListTopics => Request::ListTopics,
+            ApiKey::DescribeTopic => Request::DescribeTopic {
+                name: r.string("name")?,
+            },
+            ApiKey::Produce => Request::Produce {
+                topic: r.string("topic")?,
+                partition: r.u32("partition")?,
+                acks: match r.u8("acks")? {
+                    0 => Acks::None,
+                    1 => Acks::Leader,
+                    2 => Acks::Durable,
+                    _ => {
+                        return Err(DecodeError::Invalid {
+                            field: "acks",
+                            reason: "must be 0, 1 or 2",
+                        })
+                    }
+                },
+                records: r.bytes("records")?,
+            },
+            ApiKey::Fetch => Request::Fetch {
+                topic: r.string("topic")?,
+                partition: r.u32("partition")?,
+                offset: r.u64("offset")?,
+                max_bytes: r.u32("max_bytes")?,
+                max_wait_ms: r.u32("max_wait_ms")?,
+            },
+            ApiKey::ListOffsets => {
+                let topic = r.string("topic")?;
+                let partition = r.u32("partition")?;
+                let kind = r.u8("query")?;
+                let ts = r.i64("timestamp")?;
+                let query = match kind {
+                    0 => OffsetQuery::Earliest,
+                    1 => OffsetQuery::Latest,
+                    2 => OffsetQuery::Timestamp(ts),
+                    _ => {
+                        return Err(DecodeError::Invalid {
+                            field: "query",
+                            reason: "must be 0, 1 or 2",
+                        })
+                    }
+                };
+                Request::ListOffsets {
+                    topic,
+                    partition,
+                    query,
+                }
+            }
+            ApiKey::Subscribe => Request::Subscribe {
+                topic: r.string("topic")?,
+                partition: r.u32("partition")?,
+                offset: r.u64("offset")?,
+                credit_bytes: r.u32("credit_bytes")?,
+            },
+            ApiKey::AddCredit => Request::AddCredit {
+                subscription: r.u32("subscription")?,
+                credit_bytes: r.u32("credit_bytes")?,
+            },
+            ApiKey::Unsubscribe => Request::Unsubscribe {
+                subscription: r.u32("subscription")?,
+            },
+        };
+        r.finish()?;
+        Ok(request)
+    }
+}
+
+/// One partition's bounds, in topic descriptions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionState {
+    pub partition: u32,
+    pub log_start_offset: u64,
+    pub high_watermark: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicDescription {
+    pub name: String,
+    pub compact: bool,
+    /// Effective retention; -1 for none.
+    pub retention_ms: i64,
+    pub retention_bytes: i64,
+    pub partitions: Vec<PartitionState>,
+}
+
+/// The body of a successful response, by request type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ResponseBody {
+    Handshake {
+        server: String,
+        versions: Vec<(u16, u16, u16)>,
+        frame_bytes_max: u32,
+        in_flight_max: u32,
+    },
+    /// CreateTopic, DeleteTopic, Unsubscribe and Subscribe answer with no fields.
+    Empty,
+    Topics(Vec<TopicDescription>),
+    Topic(TopicDescription),
+    Produced {
+        base_offset: u64,
+        last_offset: u64,
+    },
+    Fetched {
+        high_watermark: u64,
+        log_start_offset: u64,
+        records: Bytes,
+    },
+    /// `None` when no record is as new as the timestamp asked for.
+    Offset(Option<u64>),
+}
+
+/// A response: an error code with a human message, then the body when the code is `None`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Response {
+    Ok(ResponseBody),
+    Err { code: ErrorCode, message: String },
+}
+
+fn put_description(buf: &mut BytesMut, t: &TopicDescription) {
+    put_string(buf, &t.name);
+    buf.put_u8(t.compact.into());
+    buf.put_i64(t.retention_ms);
+    buf.put_i64(t.retention_bytes);
+    buf.put_u32(t.partitions.len() as u32);
+    for p in &t.partitions {
+        buf.put_u32(p.partition);
+        buf.put_u64(p.log_start_offset);
+        buf.put_u64(p.high_watermark);
+    }
+}
+
+fn get_description(r: &mut Reader) -> Result<TopicDescription, DecodeError> {
+    let name = r.string("name")?;
+    let compact = r.bool("compact")?;
+    let retention_ms = r.i64("retention_ms")?;
+    let retention_bytes = r.i64("retention_bytes")?;
+    let n = r.count("partitions", 20)?;
+    let mut partitions = Vec::with_capacity(n);
+    for _ in 0..n {
+        partitions.push(PartitionState {
+            partition: r.u32("partition")?,
+            log_start_offset: r.u64("log_start_offset")?,
+            high_watermark: r.u64("high_watermark")?,
+        });
+    }
+    Ok(TopicDescription {
+        name,
+        compact,
+        retention_ms,
+        retention_bytes,
+        partitions,
+    })
+}
+
+impl Response {
+    pub fn error(code: ErrorCode, message: impl Into<String>) -> Response {
+        Response::Err {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// Appends the whole response frame to `buf`.
+    pub fn encode(&self, correlation_id: u32, buf: &mut BytesMut) {
+        let at = frame::begin_frame(buf);
+        frame::put_server_header(
+            buf,
+            ServerHeader {
+                kind: ServerFrameKind::Response,
+                correlation_id,
+            },
+        );
+        match self {
+            Response::Err { code, message } => {
+                buf.put_u16(*code as u16);
+                put_string(buf, message);
+            }
+            Response::Ok(body) => {
+                buf.put_u16(ErrorCode::None as u16);
+                put_string(buf, "");
+                match body {
+                    ResponseBody::Handshake {
+                        server,
+                        versions,
+                        frame_bytes_max,
+                        in_flight_max,
+                    } => {
+                        put_string(buf, server);
+                        buf.put_u32(versions.len() as u32);
+                        for (key, min, max) in versions {
+                            buf.put_u16(*key);
+                            buf.put_u16(*min);
+                            buf.put_u16(*max);
+                        }
+                        buf.put_u32(*frame_bytes_max);
+                        buf.put_u32(*in_flight_max);
+                    }
+                    ResponseBody::Empty => {}
+                    ResponseBody::Topics(topics) => {
+                        buf.put_u32(topics.len() as u32);
+                        for t in topics {
+                            put_description(buf, t);
+                        }
+                    }
+                    ResponseBody::Topic(t) => put_description(buf, t),
+                    ResponseBody::Produced {
+                        base_offset,
+                        last_offset,
+                    } => {
+                        buf.put_u64(*base_offset);
+                        buf.put_u64(*last_offset);
+                    }
+                    ResponseBody::Fetched {
+                        high_watermark,
+                        log_start_offset,
+                        records,
+                    } => {
+                        buf.put_u64(*high_watermark);
+                        buf.put_u64(*log_start_offset);
+                        put_bytes(buf, records);
+                    }
+                    ResponseBody::Offset(offset) => buf.put_i64(offset.map_or(-1, |o| o as i64)),
+                }
+            }
+        }
+        frame::end_frame(buf, at);
+    }
+
+    /// Decodes the body of a response to a request of type `key`.
+    pub fn decode(key: ApiKey, body: Bytes) -> Result<Response, DecodeError> {
+        let mut r = Reader::new(body);
+        let code = ErrorCode::from_u16(r.u16("error_code")?);
+        let message = r.string("error_message")?;
+        if code != ErrorCode::None {
+            r.finish()?;
+            return Ok(Response::Err { code, message });
+        }
+        let body = match key {
+            ApiKey::Handshake => {
+                let server = r.string("server")?;
+                let n = r.count("versions", 6)?;
+                let mut versions = Vec::with_capacity(n);
+                for _ in 0..n {
+                    versions.push((
+                        r.u16("api_key")?,
+                        r.u16("min_version")?,
+                        r.u16("max_version")?,
+                    ));
+                }
+                ResponseBody::Handshake {
+                    server,
+                    versions,
+                    frame_bytes_max: r.u32("frame_bytes_max")?,
+                    in_flight_max: r.u32("in_flight_max")?,
+                }
+            }
+            ApiKey::CreateTopic
+            | ApiKey::DeleteTopic
+            | ApiKey::Subscribe
+            | ApiKey::Unsubscribe
+            | ApiKey::AddCredit => ResponseBody::Empty,
+            ApiKey::ListTopics => {
+                let n = r.count("topics", 23)?;
+                let mut topics = Vec::with_capacity(n);
+                for _ in 0..n {
+                    topics.push(get_description(&mut r)?);
+                }
+                ResponseBody::Topics(topics)
+            }
+            ApiKey::DescribeTopic => ResponseBody::Topic(get_description(&mut r)?),
+            ApiKey::Produce => ResponseBody::Produced {
+                base_offset: r.u64("base_offset")?,
+                last_offset: r.u64("last_offset")?,
+            },
+            ApiKey::Fetch => ResponseBody::Fetched {
+                high_watermark: r.u64("high_watermark")?,
+                log_start_offset: r.u64("log_start_offset")?,
+                records: r.bytes("records")?,
+            },
+            ApiKey::ListOffsets => {
+                let offset = r.i64("offset")?;
+                ResponseBody::Offset((offset >= 0).then_some(offset as u64))
+            }
+        };
+        r.finish()?;
+        Ok(Response::Ok(body))
+    }
+}
+
+/// Data the server pushes on a subscription: whole batches from the next offset, and the
+/// partition's high watermark when they were read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Push {
+    pub high_watermark: u64,
+    pub records: Bytes,
+}
+
+impl Push {
+    pub fn encode(&self, subscription: u32, buf: &mut BytesMut) {
+        let at = frame::begin_frame(buf);
+        frame::put_server_header(
+            buf,
+            ServerHeader {
+                kind: ServerFrameKind::Push,
+                correlation_id: subscription,
+            },
+        );
+        buf.put_u64(self.high_watermark);
+        put_bytes(buf, &self.records);
+        frame::end_frame(buf, at);
+    }
+
+    pub fn decode(body: Bytes) -> Result<Push, DecodeError> {
+        let mut r = Reader::new(body);
+        let push = Push {
+            high_watermark: r.u64("high_watermark")?,
+            records: r.bytes("records")?,
+        };
+        r.finish()?;
+        Ok(push)
+    }
+}
