@@ -13,5 +13,6 @@ pub mod config;
 pub mod http;
 pub mod log;
 pub mod metrics;
+pub mod server;
 pub mod service;
 pub mod topics;

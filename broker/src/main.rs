@@ -10,6 +10,8 @@ use clap::Parser;
 use strand_broker::config::{BrokerArgs, BrokerConfig};
 use strand_broker::http::{self, HttpState};
 use strand_broker::metrics::Metrics;
+use strand_broker::server::{self, ServerConfig};
+use strand_broker::service::Broker;
 use strand_broker::topics::Topics;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -68,16 +70,39 @@ async fn run(config: BrokerConfig) -> anyhow::Result<()> {
     let topics = Arc::new(topics);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
+    let native_listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding the native listener on {}", config.listen))?;
     let http_listener = TcpListener::bind(config.http_listen)
         .await
         .with_context(|| format!("binding the HTTP listener on {}", config.http_listen))?;
+    let native_addr = native_listener.local_addr()?;
     let http_addr = http_listener.local_addr()?;
+    // One line with every bound address, before serving: tests and scripts wait for it.
     tracing::info!(
-        data_dir = %config.data_dir.display(),
+        native = %native_addr,
         http = %http_addr,
+        data_dir = %config.data_dir.display(),
         topics = topics.list().len(),
         "strand-broker listening"
     );
+
+    let broker = Broker {
+        topics: topics.clone(),
+        metrics: metrics.clone(),
+        fetch_wait_max: Duration::from_millis(config.fetch_wait_ms_max),
+    };
+    let server_task = tokio::spawn(server::serve(
+        native_listener,
+        broker,
+        ServerConfig {
+            connections_max: config.connections_max,
+            in_flight_per_connection_max: config.in_flight_per_connection_max,
+            frame_bytes_max: config.frame_bytes_max,
+            ..ServerConfig::default()
+        },
+        shutdown_rx.clone(),
+    ));
 
     let http_task = {
         let app = http::router(HttpState {
@@ -126,6 +151,9 @@ async fn run(config: BrokerConfig) -> anyhow::Result<()> {
     tracing::info!("shutting down: finishing in-flight requests, then closing logs");
     let _ = shutdown_tx.send(true);
     let grace = Duration::from_millis(config.shutdown_timeout_ms);
+    if tokio::time::timeout(grace, server_task).await.is_err() {
+        tracing::warn!("connections did not finish within the shutdown timeout");
+    }
     if tokio::time::timeout(grace, http_task).await.is_err() {
         tracing::warn!("HTTP listener did not stop within the shutdown timeout");
     }

@@ -5,11 +5,11 @@
 //! here holds a partition's writer lock across an `.await`.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use strand_client::batch::Batches;
 
-use crate::log::{LogError, ReadResult};
+use crate::log::{AppendInfo, LogError, ReadResult};
 use crate::metrics::Metrics;
 use crate::topics::{Partition, Topic, TopicConfig, TopicError, Topics};
 
@@ -109,32 +109,51 @@ impl Broker {
         Ok(describe(&topic))
     }
 
-    /// Appends a run of batches (all validated before any is written) and waits as `acks`
-    /// says. Returns the base offset of the first batch and the last offset.
+    /// Appends a run of batches (all validated before any is written) and returns where they
+    /// landed. Synchronous and short (a positioned write into the page cache), so a connection
+    /// can append its produce requests in the order they came.
+    pub fn append(
+        &self,
+        topic: &str,
+        partition: u32,
+        batches: &mut [u8],
+    ) -> Result<AppendInfo, ServiceError> {
+        let target = self.partition(topic, partition)?;
+        let n_records: u64 = Batches::new(batches)
+            .map(|(h, _)| h.record_count.max(0) as u64)
+            .sum();
+        let info = target.writer().append_all(batches)?;
+        self.metrics
+            .count_in(topic, batches.len() as u64, n_records);
+        Ok(info)
+    }
+
+    /// Waits until every offset up to `last_offset` is on stable storage.
+    pub async fn wait_durable(
+        &self,
+        topic: &str,
+        partition: u32,
+        last_offset: u64,
+    ) -> Result<(), ServiceError> {
+        let target = self.partition(topic, partition)?;
+        target.reader().wait_durable(last_offset + 1).await?;
+        Ok(())
+    }
+
+    /// [`Broker::append`], then waits as `acks` says. Returns the base offset of the first
+    /// batch and the last offset.
     pub async fn produce(
         &self,
         topic: &str,
         partition: u32,
         acks: Acks,
-        batches: Vec<u8>,
+        mut batches: Vec<u8>,
     ) -> Result<(u64, u64), ServiceError> {
-        let started = Instant::now();
-        let target = self.partition(topic, partition)?;
-        let n_bytes = batches.len() as u64;
-        let n_records: u64 = Batches::new(&batches)
-            .map(|(h, _)| h.record_count.max(0) as u64)
-            .sum();
-        let writer = target.clone();
-        let info = blocking(move || {
-            let mut batches = batches;
-            writer.writer().append_all(&mut batches)
-        })
-        .await??;
+        let info = self.append(topic, partition, &mut batches)?;
         if acks == Acks::Durable {
-            target.reader().wait_durable(info.last_offset + 1).await?;
+            self.wait_durable(topic, partition, info.last_offset)
+                .await?;
         }
-        self.metrics.count_in(topic, n_bytes, n_records);
-        self.metrics.observe_request("produce", started.elapsed());
         Ok((info.base_offset, info.last_offset))
     }
 
@@ -148,7 +167,6 @@ impl Broker {
         max_bytes: usize,
         max_wait: Duration,
     ) -> Result<ReadResult, ServiceError> {
-        let started = Instant::now();
         let target = self.partition(topic, partition)?;
         let deadline = tokio::time::Instant::now() + max_wait.min(self.fetch_wait_max);
         let result = loop {
@@ -170,7 +188,6 @@ impl Broker {
             .sum();
         self.metrics
             .count_out(topic, result.batches.len() as u64, n_records);
-        self.metrics.observe_request("fetch", started.elapsed());
         Ok(result)
     }
 

@@ -1,11 +1,24 @@
-//! Strand's client crate: the wire types that broker and clients share, and (with the broker
-//! server issue) the async client and the `strand` CLI.
+//! Strand's client crate: the wire types that broker and clients share, the async client, and
+//! the `strand` CLI (`src/bin/strand.rs`).
 //!
 //! - [`batch`]: Kafka RecordBatch v2, the unit Strand stores, checks and serves unchanged, and
 //!   a builder for producers.
 //! - [`partitioner`]: Kafka's murmur2 key partitioner.
 //! - [`native`]: the native TCP protocol (frames, requests, responses, pushes).
+//! - [`connection`]: one pipelined connection; [`client`]: reconnecting [`Client`] and [`Admin`].
+//! - [`producer`]: batching [`Producer`] with delivery futures; [`consumer`]: [`Consumer`].
 
 pub mod batch;
+pub mod client;
+pub mod connection;
+pub mod consumer;
+pub mod error;
 pub mod native;
 pub mod partitioner;
+pub mod producer;
+
+pub use client::{Admin, Client, ClientConfig};
+pub use consumer::{Consumer, ConsumerConfig, Record, StartFrom};
+pub use error::ClientError;
+pub use native::{Acks, TopicSettings};
+pub use producer::{Producer, ProducerConfig, ProducerRecord};

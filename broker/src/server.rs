@@ -1,0 +1,612 @@
+//! The native protocol listener (see `docs/native-protocol.md`).
+//!
+//! Shaped like mini-redis: a semaphore bounds connections before `accept`; each connection has
+//! a reader (framing, decoding, dispatch) and a writer task fed by a bounded channel. Produce
+//! requests are appended in the order they arrive on the connection; everything that waits
+//! (durable acks, long-polls, admin work) runs in its own task under a per-connection in-flight
+//! semaphore, so answers can complete out of order and a client that stops reading stalls only
+//! itself. Shutdown stops accepting and reading, lets in-flight requests finish, and returns
+//! when every connection has closed.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use strand_client::batch::Batches;
+use strand_client::native::frame::{self, REQUEST_HEADER_BYTES};
+use strand_client::native::messages::{PartitionState, TopicDescription};
+use strand_client::native::{
+    Acks, ApiKey, ErrorCode, OffsetQuery, Push, Request, Response, ResponseBody,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch, Notify, Semaphore};
+use tokio::task::JoinSet;
+
+use crate::log::LogError;
+use crate::service::{Broker, OffsetSpec, ServiceError, TopicInfo};
+use crate::topics::{TopicConfig, TopicError};
+
+/// Limits of the native listener.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub connections_max: usize,
+    pub in_flight_per_connection_max: usize,
+    pub frame_bytes_max: usize,
+    /// Push subscriptions one connection may hold.
+    pub subscriptions_per_connection_max: usize,
+    /// A frame that has started arriving must be complete within this, or the connection is
+    /// closed (slowloris).
+    pub frame_read_timeout: Duration,
+    /// A connection with no request for this long is closed.
+    pub idle_timeout: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            connections_max: 1024,
+            in_flight_per_connection_max: 64,
+            frame_bytes_max: frame::FRAME_BYTES_MAX_DEFAULT,
+            subscriptions_per_connection_max: 64,
+            frame_read_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(600),
+        }
+    }
+}
+
+/// Serves connections from `listener` until `shutdown` turns true, then waits for them to end.
+pub async fn serve(
+    listener: TcpListener,
+    broker: Broker,
+    config: ServerConfig,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let config = Arc::new(config);
+    let permits = Arc::new(Semaphore::new(config.connections_max));
+    let mut connections = JoinSet::new();
+    loop {
+        let permit = tokio::select! {
+            permit = permits.clone().acquire_owned() => permit.expect("semaphore never closed"),
+            _ = stopped(&mut shutdown) => break,
+        };
+        let (socket, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = stopped(&mut shutdown) => break,
+        };
+        let _ = socket.set_nodelay(true);
+        let connection = Connection {
+            broker: broker.clone(),
+            config: config.clone(),
+            shutdown: shutdown.clone(),
+        };
+        let metrics = broker.metrics.clone();
+        connections.spawn(async move {
+            metrics.connections.inc();
+            if let Err(reason) = connection.run(socket).await {
+                tracing::info!(%peer, %reason, "closed connection");
+            }
+            metrics.connections.dec();
+            drop(permit);
+        });
+        // Reap finished connections so the set does not grow with the connection count.
+        while connections.try_join_next().is_some() {}
+    }
+    drop(listener);
+    while connections.join_next().await.is_some() {}
+}
+
+struct Connection {
+    broker: Broker,
+    config: Arc<ServerConfig>,
+    shutdown: watch::Receiver<bool>,
+}
+
+/// A push subscription's credit in bytes (it may dip below zero by at most one batch) and a
+/// wake-up for grants, shared by the connection (which adds credit) and the pushing task.
+struct Credit {
+    bytes: AtomicI64,
+    granted: Notify,
+}
+
+struct Subscription {
+    credit: Arc<Credit>,
+    task: tokio::task::AbortHandle,
+}
+
+impl Connection {
+    async fn run(mut self, socket: TcpStream) -> Result<(), String> {
+        let (mut reader, writer) = socket.into_split();
+        // Room for every in-flight answer plus pushes; the channel holds encoded frames.
+        let (out_tx, out_rx) = mpsc::channel::<Bytes>(self.config.in_flight_per_connection_max * 2);
+        let writer_task = tokio::spawn(write_frames(writer, out_rx));
+        let in_flight = Arc::new(Semaphore::new(self.config.in_flight_per_connection_max));
+        let mut tasks = JoinSet::new();
+        let mut subscriptions: HashMap<u32, Subscription> = HashMap::new();
+        let mut buf = BytesMut::with_capacity(64 * 1024);
+        let result = loop {
+            // Take every whole frame buffered so far.
+            let frame = match frame::check(&buf, self.config.frame_bytes_max, REQUEST_HEADER_BYTES)
+            {
+                Ok(Some(len)) => Some(buf.split_to(len).freeze()),
+                Ok(None) => None,
+                Err(e) => break Err(format!("unframeable input: {e}")),
+            };
+            if let Some(frame) = frame {
+                let permit = tokio::select! {
+                    permit = in_flight.clone().acquire_owned() => permit.expect("never closed"),
+                    _ = stopped(&mut self.shutdown) => break Ok(()),
+                };
+                let (header, body) = frame::split_request(frame);
+                let request = match Request::decode(&header, body) {
+                    Ok(request) => request,
+                    Err(e) => {
+                        tracing::debug!(correlation_id = header.correlation_id, error = %e, "undecodable request");
+                        let response = Response::error(e.code(), e.to_string());
+                        if send(&out_tx, &response, header.correlation_id)
+                            .await
+                            .is_err()
+                        {
+                            break Err("writer gone".into());
+                        }
+                        continue;
+                    }
+                };
+                self.dispatch(
+                    request,
+                    header.correlation_id,
+                    permit,
+                    &out_tx,
+                    &mut tasks,
+                    &mut subscriptions,
+                )
+                .await;
+                while tasks.try_join_next().is_some() {}
+                continue;
+            }
+            // Need more bytes. A partial frame must finish within the frame timeout; an idle
+            // connection may wait for the idle timeout.
+            let limit = if buf.is_empty() {
+                self.config.idle_timeout
+            } else {
+                self.config.frame_read_timeout
+            };
+            if buf.capacity() - buf.len() < 4096 {
+                buf.reserve(64 * 1024);
+            }
+            let read = tokio::select! {
+                read = tokio::time::timeout(limit, reader.read_buf(&mut buf)) => read,
+                _ = stopped(&mut self.shutdown) => break Ok(()),
+            };
+            match read {
+                Err(_) if buf.is_empty() => break Err("idle timeout".into()),
+                Err(_) => break Err(format!("frame not completed within {:?}", limit)),
+                Ok(Ok(0)) if buf.is_empty() => break Ok(()),
+                Ok(Ok(0)) => {
+                    break Err(format!(
+                        "peer closed mid-frame with {} bytes pending",
+                        buf.len()
+                    ))
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => break Err(format!("read failed: {e}")),
+            }
+        };
+        for subscription in subscriptions.values() {
+            subscription.task.abort();
+        }
+        // Finish what is in flight, then let the writer drain and close.
+        while tasks.join_next().await.is_some() {}
+        drop(out_tx);
+        let _ = writer_task.await;
+        result
+    }
+
+    async fn dispatch(
+        &mut self,
+        request: Request,
+        correlation_id: u32,
+        permit: tokio::sync::OwnedSemaphorePermit,
+        out: &mpsc::Sender<Bytes>,
+        tasks: &mut JoinSet<()>,
+        subscriptions: &mut HashMap<u32, Subscription>,
+    ) {
+        let started = Instant::now();
+        let key = request.api_key();
+        let broker = self.broker.clone();
+        let out = out.clone();
+        match request {
+            Request::Produce {
+                topic,
+                partition,
+                acks,
+                records,
+            } => {
+                // Appended here, in arrival order; only the wait runs apart.
+                let mut records = records.to_vec();
+                let appended = broker.append(&topic, partition, &mut records);
+                if acks == Acks::None {
+                    if let Err(e) = appended {
+                        tracing::debug!(%topic, partition, error = %e, "acks=none produce failed");
+                    }
+                    return;
+                }
+                tasks.spawn(async move {
+                    let result = match appended {
+                        Ok(info) if acks == Acks::Durable => broker
+                            .wait_durable(&topic, partition, info.last_offset)
+                            .await
+                            .map(|()| info),
+                        other => other,
+                    };
+                    let response = match result {
+                        Ok(info) => Response::Ok(ResponseBody::Produced {
+                            base_offset: info.base_offset,
+                            last_offset: info.last_offset,
+                        }),
+                        Err(e) => error_response(&e),
+                    };
+                    broker
+                        .metrics
+                        .observe_request(key.name(), started.elapsed());
+                    let _ = send(&out, &response, correlation_id).await;
+                    drop(permit);
+                });
+            }
+            Request::Subscribe {
+                topic,
+                partition,
+                offset,
+                credit_bytes,
+            } => {
+                let response = if subscriptions.len()
+                    >= self.config.subscriptions_per_connection_max
+                {
+                    Response::error(
+                        ErrorCode::TooLarge,
+                        "too many subscriptions on this connection",
+                    )
+                } else if subscriptions.contains_key(&correlation_id) {
+                    Response::error(
+                        ErrorCode::InvalidRequest,
+                        "subscription id already in use on this connection",
+                    )
+                } else {
+                    match broker.partition_info(&topic, partition) {
+                        Err(e) => error_response(&e),
+                        Ok(info)
+                            if offset < info.log_start_offset || offset > info.high_watermark =>
+                        {
+                            error_response(&ServiceError::Log(LogError::OffsetOutOfRange {
+                                offset,
+                                log_start_offset: info.log_start_offset,
+                                high_watermark: info.high_watermark,
+                            }))
+                        }
+                        Ok(_) => Response::Ok(ResponseBody::Empty),
+                    }
+                };
+                let ok = matches!(response, Response::Ok(_));
+                if send(&out, &response, correlation_id).await.is_err() || !ok {
+                    return;
+                }
+                let credit = Arc::new(Credit {
+                    bytes: AtomicI64::new(i64::from(credit_bytes)),
+                    granted: Notify::new(),
+                });
+                let task = tokio::spawn(run_subscription(
+                    broker,
+                    topic,
+                    partition,
+                    offset,
+                    correlation_id,
+                    credit.clone(),
+                    out,
+                    self.config.frame_bytes_max,
+                ));
+                subscriptions.insert(
+                    correlation_id,
+                    Subscription {
+                        credit,
+                        task: task.abort_handle(),
+                    },
+                );
+                drop(permit);
+            }
+            Request::AddCredit {
+                subscription,
+                credit_bytes,
+            } => {
+                if let Some(s) = subscriptions.get(&subscription) {
+                    s.credit
+                        .bytes
+                        .fetch_add(i64::from(credit_bytes), Ordering::AcqRel);
+                    s.credit.granted.notify_one();
+                }
+                drop(permit);
+            }
+            Request::Unsubscribe { subscription } => {
+                let response = match subscriptions.remove(&subscription) {
+                    Some(s) => {
+                        s.task.abort();
+                        Response::Ok(ResponseBody::Empty)
+                    }
+                    None => Response::error(
+                        ErrorCode::UnknownSubscription,
+                        format!("no subscription {subscription}"),
+                    ),
+                };
+                let _ = send(&out, &response, correlation_id).await;
+                drop(permit);
+            }
+            other => {
+                let frame_max = self.config.frame_bytes_max;
+                let in_flight_max = self.config.in_flight_per_connection_max;
+                tasks.spawn(async move {
+                    let response = handle(&broker, other, frame_max, in_flight_max).await;
+                    broker
+                        .metrics
+                        .observe_request(key.name(), started.elapsed());
+                    let _ = send(&out, &response, correlation_id).await;
+                    drop(permit);
+                });
+            }
+        }
+    }
+}
+
+/// Pushes batches from `offset` while there is credit, waiting for data at the high watermark
+/// and for credit when it runs out. Ends with an error response if the partition fails.
+#[allow(clippy::too_many_arguments)]
+async fn run_subscription(
+    broker: Broker,
+    topic: String,
+    partition: u32,
+    mut offset: u64,
+    subscription: u32,
+    credit: Arc<Credit>,
+    out: mpsc::Sender<Bytes>,
+    frame_bytes_max: usize,
+) {
+    // Room for the push header and lengths inside a frame.
+    let records_max = frame_bytes_max.saturating_sub(64).max(1);
+    loop {
+        let available = credit.bytes.load(Ordering::Acquire);
+        if available <= 0 {
+            credit.granted.notified().await;
+            continue;
+        }
+        let max_bytes = (available as usize).min(records_max);
+        let result = match broker.read(&topic, partition, offset, max_bytes).await {
+            Ok(result) => result,
+            Err(e) => {
+                let _ = send(&out, &error_response(&e), subscription).await;
+                return;
+            }
+        };
+        let Some((last, _)) = Batches::new(&result.batches).last() else {
+            if broker
+                .wait_for_data(&topic, partition, offset)
+                .await
+                .is_err()
+            {
+                return;
+            }
+            continue;
+        };
+        offset = (last.last_offset() as u64 + 1).max(offset);
+        credit
+            .bytes
+            .fetch_sub(result.batches.len() as i64, Ordering::AcqRel);
+        let n_records: u64 = Batches::new(&result.batches)
+            .map(|(h, _)| h.record_count.max(0) as u64)
+            .sum();
+        broker
+            .metrics
+            .count_out(&topic, result.batches.len() as u64, n_records);
+        let push = Push {
+            high_watermark: result.high_watermark,
+            records: result.batches,
+        };
+        let mut buf = BytesMut::with_capacity(push.records.len() + 32);
+        push.encode(subscription, &mut buf);
+        if out.send(buf.freeze()).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Answers every request that needs no connection state.
+async fn handle(
+    broker: &Broker,
+    request: Request,
+    frame_bytes_max: usize,
+    in_flight_max: usize,
+) -> Response {
+    let result: Result<ResponseBody, ServiceError> = async {
+        Ok(match request {
+            Request::Handshake { .. } => ResponseBody::Handshake {
+                server: format!("strand-broker {}", env!("CARGO_PKG_VERSION")),
+                versions: ApiKey::ALL
+                    .iter()
+                    .map(|k| {
+                        let (min, max) = k.versions();
+                        (*k as u16, min, max)
+                    })
+                    .collect(),
+                frame_bytes_max: frame_bytes_max as u32,
+                in_flight_max: in_flight_max as u32,
+            },
+            Request::CreateTopic { name, settings } => {
+                let partitions = settings.partitions;
+                let config = TopicConfig {
+                    partitions,
+                    compact: settings.compact,
+                    retention_ms: settings.retention_ms,
+                    retention_bytes: settings.retention_bytes,
+                    segment_bytes_max: match settings.segment_bytes {
+                        None => None,
+                        Some(b) => Some(u64::try_from(b).map_err(|_| {
+                            ServiceError::Topic(TopicError::InvalidConfig(
+                                "segment_bytes must be positive".into(),
+                            ))
+                        })?),
+                    },
+                };
+                broker.create_topic(name, config).await?;
+                ResponseBody::Empty
+            }
+            Request::DeleteTopic { name } => {
+                broker.delete_topic(name).await?;
+                ResponseBody::Empty
+            }
+            Request::ListTopics => ResponseBody::Topics(
+                broker
+                    .list_topics()
+                    .iter()
+                    .map(|t| description(broker, t))
+                    .collect(),
+            ),
+            Request::DescribeTopic { name } => {
+                ResponseBody::Topic(description(broker, &broker.describe_topic(&name)?))
+            }
+            Request::Fetch {
+                topic,
+                partition,
+                offset,
+                max_bytes,
+                max_wait_ms,
+            } => {
+                // A fetch answer must fit in a frame.
+                let max_bytes = (max_bytes as usize)
+                    .min(frame_bytes_max.saturating_sub(64))
+                    .max(1);
+                let result = broker
+                    .fetch(
+                        &topic,
+                        partition,
+                        offset,
+                        max_bytes,
+                        Duration::from_millis(max_wait_ms.into()),
+                    )
+                    .await?;
+                ResponseBody::Fetched {
+                    high_watermark: result.high_watermark,
+                    log_start_offset: result.log_start_offset,
+                    records: result.batches,
+                }
+            }
+            Request::ListOffsets {
+                topic,
+                partition,
+                query,
+            } => {
+                let spec = match query {
+                    OffsetQuery::Earliest => OffsetSpec::Earliest,
+                    OffsetQuery::Latest => OffsetSpec::Latest,
+                    OffsetQuery::Timestamp(ts) => OffsetSpec::Timestamp(ts),
+                };
+                ResponseBody::Offset(broker.list_offset(&topic, partition, spec).await?)
+            }
+            Request::Produce { .. }
+            | Request::Subscribe { .. }
+            | Request::AddCredit { .. }
+            | Request::Unsubscribe { .. } => {
+                unreachable!("connection-level requests are dispatched by the connection")
+            }
+        })
+    }
+    .await;
+    match result {
+        Ok(body) => Response::Ok(body),
+        Err(e) => error_response(&e),
+    }
+}
+
+fn description(broker: &Broker, topic: &TopicInfo) -> TopicDescription {
+    let log = topic.config.log_config(broker.topics.defaults());
+    let limit = |v: Option<u64>| v.map_or(-1, |v| v as i64);
+    TopicDescription {
+        name: topic.name.clone(),
+        compact: topic.config.compact,
+        retention_ms: limit(log.retention_ms),
+        retention_bytes: limit(log.retention_bytes),
+        partitions: topic
+            .partitions
+            .iter()
+            .map(|p| PartitionState {
+                partition: p.partition,
+                log_start_offset: p.log_start_offset,
+                high_watermark: p.high_watermark,
+            })
+            .collect(),
+    }
+}
+
+/// The protocol's error code for a broker error. Internal detail is logged, not sent.
+fn error_response(e: &ServiceError) -> Response {
+    use strand_client::batch::BatchError;
+    let code = match e {
+        ServiceError::UnknownTopicOrPartition { .. }
+        | ServiceError::Topic(TopicError::NotFound(_)) => ErrorCode::UnknownTopicOrPartition,
+        ServiceError::Topic(TopicError::AlreadyExists(_)) => ErrorCode::TopicAlreadyExists,
+        ServiceError::Topic(TopicError::InvalidName { .. }) => ErrorCode::InvalidTopic,
+        ServiceError::Topic(TopicError::InvalidConfig(_)) => ErrorCode::InvalidConfig,
+        ServiceError::Log(LogError::InvalidBatch(BatchError::TooLarge { .. })) => {
+            ErrorCode::TooLarge
+        }
+        ServiceError::Log(LogError::InvalidBatch(_)) => ErrorCode::CorruptBatch,
+        ServiceError::Log(LogError::OffsetOutOfRange { .. }) => ErrorCode::OffsetOutOfRange,
+        ServiceError::Log(LogError::Closed { .. }) => ErrorCode::ShuttingDown,
+        ServiceError::Log(LogError::Poisoned { .. } | LogError::Io { .. })
+        | ServiceError::Topic(TopicError::Log(_) | TopicError::Io { .. }) => {
+            ErrorCode::StorageError
+        }
+        _ => ErrorCode::Internal,
+    };
+    if matches!(code, ErrorCode::Internal | ErrorCode::StorageError) {
+        tracing::error!(error = %e, "request failed");
+    }
+    Response::error(code, e.to_string())
+}
+
+async fn send(
+    out: &mpsc::Sender<Bytes>,
+    response: &Response,
+    correlation_id: u32,
+) -> Result<(), ()> {
+    let mut buf = BytesMut::with_capacity(64);
+    response.encode(correlation_id, &mut buf);
+    out.send(buf.freeze()).await.map_err(|_| ())
+}
+
+/// Writes frames as they come, flushing when no more are queued, so that a burst of small
+/// answers goes out in few system calls.
+async fn write_frames(writer: tokio::net::tcp::OwnedWriteHalf, mut frames: mpsc::Receiver<Bytes>) {
+    let mut writer = BufWriter::with_capacity(64 * 1024, writer);
+    while let Some(frame) = frames.recv().await {
+        if writer.write_all(&frame).await.is_err() {
+            return;
+        }
+        if frames.is_empty() && writer.flush().await.is_err() {
+            return;
+        }
+    }
+    let _ = writer.flush().await;
+    let _ = writer.shutdown().await;
+}
+
+/// Resolves once shutdown has been signalled (or its sender is gone).
+async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await;
+}

@@ -1,0 +1,380 @@
+//! `strand`: the command-line client, in the spirit of kcat and kafka-topics.
+//!
+//! ```text
+//! seq 1 100000 | strand produce t
+//! strand consume t --from earliest --count 100000
+//! ```
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use bytes::Bytes;
+use clap::{Parser, Subcommand, ValueEnum};
+use strand_client::consumer::Delivery;
+use strand_client::native::TopicDescription;
+use strand_client::{
+    Acks, Client, ClientConfig, Consumer, ConsumerConfig, Producer, ProducerConfig, ProducerRecord,
+    StartFrom, TopicSettings,
+};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "strand",
+    version,
+    about = "Command-line client for the Strand broker"
+)]
+struct Cli {
+    /// Broker address (native protocol).
+    #[arg(
+        long,
+        env = "STRAND_BROKER",
+        default_value = "127.0.0.1:7171",
+        global = true
+    )]
+    broker: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create, list, describe and delete topics.
+    Topic {
+        #[command(subcommand)]
+        command: TopicCommand,
+    },
+    /// Produce one record per line of standard input.
+    Produce {
+        topic: String,
+        /// Split each line at the first SEP into key and value.
+        #[arg(long, value_name = "SEP")]
+        key_separator: Option<String>,
+        #[arg(long, value_enum, default_value_t = AcksArg::Leader)]
+        acks: AcksArg,
+        /// Send every record to this partition instead of partitioning by key.
+        #[arg(long)]
+        partition: Option<u32>,
+        /// Batch linger in milliseconds.
+        #[arg(long, default_value_t = 5)]
+        linger_ms: u64,
+    },
+    /// Print records of a topic, one per line.
+    Consume {
+        topic: String,
+        /// earliest, latest, or an offset.
+        #[arg(long, default_value = "earliest")]
+        from: String,
+        /// Stop after this many records.
+        #[arg(long)]
+        count: Option<u64>,
+        /// Keep waiting for new records instead of stopping at the end.
+        #[arg(long)]
+        follow: bool,
+        #[arg(long, value_enum, default_value_t = Format::Raw)]
+        format: Format,
+        /// Only this partition.
+        #[arg(long)]
+        partition: Option<u32>,
+        /// Receive records by push subscription instead of polling.
+        #[arg(long)]
+        push: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TopicCommand {
+    Create {
+        name: String,
+        #[arg(long, default_value_t = 1)]
+        partitions: u32,
+        /// Retention by age in ms (-1: keep forever).
+        #[arg(long, allow_negative_numbers = true)]
+        retention_ms: Option<i64>,
+        /// Retention by size per partition in bytes (-1: no limit).
+        #[arg(long, allow_negative_numbers = true)]
+        retention_bytes: Option<i64>,
+        /// Keep only the latest record per key.
+        #[arg(long)]
+        compact: bool,
+    },
+    List,
+    Describe {
+        name: String,
+    },
+    Delete {
+        name: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum AcksArg {
+    None,
+    Leader,
+    Durable,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Format {
+    Raw,
+    Json,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("strand: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("strand: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let client = Client::connect(cli.broker.clone(), ClientConfig::default())
+        .await
+        .with_context(|| format!("connecting to {}", cli.broker))?;
+    match cli.command {
+        Command::Topic { command } => topic(client, command).await,
+        Command::Produce {
+            topic,
+            key_separator,
+            acks,
+            partition,
+            linger_ms,
+        } => produce(client, topic, key_separator, acks, partition, linger_ms).await,
+        Command::Consume {
+            topic,
+            from,
+            count,
+            follow,
+            format,
+            partition,
+            push,
+        } => consume(client, topic, from, count, follow, format, partition, push).await,
+    }
+}
+
+async fn topic(client: Client, command: TopicCommand) -> anyhow::Result<()> {
+    let admin = client.admin();
+    match command {
+        TopicCommand::Create {
+            name,
+            partitions,
+            retention_ms,
+            retention_bytes,
+            compact,
+        } => {
+            let settings = TopicSettings {
+                partitions,
+                compact,
+                retention_ms,
+                retention_bytes,
+                segment_bytes: None,
+            };
+            admin.create_topic(&name, settings).await?;
+            println!("created topic {name} with {partitions} partitions");
+        }
+        TopicCommand::List => {
+            for topic in admin.list_topics().await? {
+                println!("{}", topic.name);
+            }
+        }
+        TopicCommand::Describe { name } => print_description(&admin.describe_topic(&name).await?),
+        TopicCommand::Delete { name } => {
+            admin.delete_topic(&name).await?;
+            println!("deleted topic {name}");
+        }
+    }
+    Ok(())
+}
+
+fn print_description(topic: &TopicDescription) {
+    let limit = |v: i64| {
+        if v < 0 {
+            "none".to_string()
+        } else {
+            v.to_string()
+        }
+    };
+    println!(
+        "topic {}  partitions {}  compact {}  retention_ms {}  retention_bytes {}",
+        topic.name,
+        topic.partitions.len(),
+        topic.compact,
+        limit(topic.retention_ms),
+        limit(topic.retention_bytes)
+    );
+    println!(
+        "{:>9} {:>16} {:>16} {:>12}",
+        "partition", "log_start", "high_watermark", "records"
+    );
+    for p in &topic.partitions {
+        println!(
+            "{:>9} {:>16} {:>16} {:>12}",
+            p.partition,
+            p.log_start_offset,
+            p.high_watermark,
+            p.high_watermark - p.log_start_offset
+        );
+    }
+}
+
+async fn produce(
+    client: Client,
+    topic: String,
+    key_separator: Option<String>,
+    acks: AcksArg,
+    partition: Option<u32>,
+    linger_ms: u64,
+) -> anyhow::Result<()> {
+    let acks = match acks {
+        AcksArg::None => Acks::None,
+        AcksArg::Leader => Acks::Leader,
+        AcksArg::Durable => Acks::Durable,
+    };
+    // Fail early and clearly on an unknown topic.
+    client
+        .admin()
+        .describe_topic(&topic)
+        .await
+        .with_context(|| format!("topic {topic}"))?;
+    let producer = Producer::new(
+        client,
+        ProducerConfig {
+            acks,
+            linger: std::time::Duration::from_millis(linger_ms),
+            ..ProducerConfig::default()
+        },
+    );
+    let mut lines = BufReader::with_capacity(1 << 20, tokio::io::stdin()).lines();
+    let mut deliveries = Vec::new();
+    let mut n = 0u64;
+    while let Some(line) = lines.next_line().await.context("reading standard input")? {
+        let (key, value) = match &key_separator {
+            Some(sep) => match line.split_once(sep.as_str()) {
+                Some((k, v)) => (Some(Bytes::from(k.to_string())), v.to_string()),
+                None => (None, line),
+            },
+            None => (None, line),
+        };
+        let record = ProducerRecord {
+            topic: topic.clone(),
+            partition,
+            key,
+            value: Some(Bytes::from(value)),
+            ..Default::default()
+        };
+        deliveries.push(producer.send(record).await?);
+        n += 1;
+        // Check delivery reports as we go, so memory stays bounded on long inputs.
+        if deliveries.len() >= 100_000 {
+            for delivery in deliveries.drain(..) {
+                delivery.await?;
+            }
+        }
+    }
+    producer.flush().await?;
+    for delivery in deliveries {
+        delivery.await?;
+    }
+    producer.close().await?;
+    eprintln!("produced {n} records to {topic}");
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn consume(
+    client: Client,
+    topic: String,
+    from: String,
+    count: Option<u64>,
+    follow: bool,
+    format: Format,
+    partition: Option<u32>,
+    push: bool,
+) -> anyhow::Result<()> {
+    let start = match from.as_str() {
+        "earliest" => StartFrom::Earliest,
+        "latest" => StartFrom::Latest,
+        offset => match offset.parse() {
+            Ok(offset) => StartFrom::Offset(offset),
+            Err(_) => bail!("--from must be earliest, latest or an offset, got {offset:?}"),
+        },
+    };
+    let description = client
+        .admin()
+        .describe_topic(&topic)
+        .await
+        .with_context(|| format!("topic {topic}"))?;
+    // Without --follow, stop at the end of each partition as it was when we started.
+    let ends: Vec<(u32, u64)> = description
+        .partitions
+        .iter()
+        .filter(|p| partition.is_none_or(|only| only == p.partition))
+        .map(|p| (p.partition, p.high_watermark))
+        .collect();
+    let partitions = partition.map(|p| vec![p]);
+    let config = ConsumerConfig {
+        start,
+        delivery: if push {
+            Delivery::Push
+        } else {
+            Delivery::Fetch
+        },
+        fetch_wait: std::time::Duration::from_millis(if follow { 1000 } else { 100 }),
+        ..ConsumerConfig::default()
+    };
+    let mut consumer = Consumer::new(client, &topic, partitions, config).await?;
+    let at_end = |consumer: &Consumer| {
+        consumer
+            .positions()
+            .iter()
+            .all(|(p, pos)| ends.iter().any(|(q, end)| q == p && pos >= end))
+    };
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::with_capacity(1 << 16, stdout.lock());
+    let mut n = 0u64;
+    while count.is_none_or(|c| n < c) {
+        if !follow && count.is_none() && at_end(&consumer) {
+            break;
+        }
+        let record = consumer.next().await?;
+        match format {
+            Format::Raw => {
+                out.write_all(record.value.as_deref().unwrap_or_default())?;
+                out.write_all(b"\n")?;
+            }
+            Format::Json => {
+                let text =
+                    |b: &Option<Bytes>| b.as_ref().map(|b| String::from_utf8_lossy(b).into_owned());
+                let line = serde_json::json!({
+                    "partition": record.partition,
+                    "offset": record.offset,
+                    "timestamp": record.timestamp,
+                    "key": text(&record.key),
+                    "value": text(&record.value),
+                });
+                writeln!(out, "{line}")?;
+            }
+        }
+        n += 1;
+        if follow {
+            out.flush()?;
+        }
+    }
+    out.flush()?;
+    Ok(())
+}

@@ -1,0 +1,283 @@
+//! `Consumer`: reads a topic's partitions from a starting point, either by long-polling fetches
+//! or through push subscriptions with credit-based flow control, and yields records in offset
+//! order per partition. Also available as a `Stream`.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::stream::{FuturesUnordered, StreamExt};
+use futures::Stream;
+use tokio::sync::mpsc;
+
+use crate::batch::{self, Batches, Compression, OffsetDeltas, Records};
+use crate::client::Client;
+use crate::error::ClientError;
+use crate::native::{OffsetQuery, Push, Request, ResponseBody};
+
+/// Where a consumer starts in each partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartFrom {
+    Earliest,
+    Latest,
+    Offset(u64),
+}
+
+/// How records reach the consumer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// Long-polling fetch requests.
+    Fetch,
+    /// A push subscription per partition: lowest latency, no polling.
+    Push,
+}
+
+#[derive(Debug, Clone)]
+pub struct ConsumerConfig {
+    pub start: StartFrom,
+    pub delivery: Delivery,
+    /// Most bytes one fetch returns. Default 1 MiB.
+    pub fetch_bytes_max: u32,
+    /// Longest a fetch waits at the end of the log. Default 500 ms.
+    pub fetch_wait: Duration,
+    /// Bytes a subscription may push ahead of what was consumed. Default 4 MiB.
+    pub credit_bytes: u32,
+}
+
+impl Default for ConsumerConfig {
+    fn default() -> Self {
+        ConsumerConfig {
+            start: StartFrom::Earliest,
+            delivery: Delivery::Fetch,
+            fetch_bytes_max: 1 << 20,
+            fetch_wait: Duration::from_millis(500),
+            credit_bytes: 4 << 20,
+        }
+    }
+}
+
+/// One consumed record. Keys, values and header values share the fetched buffer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub topic: String,
+    pub partition: u32,
+    pub offset: u64,
+    pub timestamp: i64,
+    pub key: Option<Bytes>,
+    pub value: Option<Bytes>,
+    pub headers: Vec<(Bytes, Option<Bytes>)>,
+}
+
+type FetchFuture =
+    Pin<Box<dyn std::future::Future<Output = (usize, Result<ResponseBody, ClientError>)> + Send>>;
+
+struct Subscription {
+    id: u32,
+    pushes: mpsc::UnboundedReceiver<Result<Push, ClientError>>,
+}
+
+/// Reads one topic.
+pub struct Consumer {
+    client: Client,
+    topic: String,
+    config: ConsumerConfig,
+    /// (partition, next offset to yield)
+    positions: Vec<(u32, u64)>,
+    buffer: VecDeque<Record>,
+    fetches: FuturesUnordered<FetchFuture>,
+    subscriptions: Vec<Subscription>,
+}
+
+impl std::fmt::Debug for Consumer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Consumer")
+            .field("topic", &self.topic)
+            .field("positions", &self.positions)
+            .finish()
+    }
+}
+
+impl Consumer {
+    /// Starts consuming `partitions` of `topic` (all of them when `None`).
+    pub async fn new(
+        client: Client,
+        topic: &str,
+        partitions: Option<Vec<u32>>,
+        config: ConsumerConfig,
+    ) -> Result<Consumer, ClientError> {
+        let admin = client.admin();
+        let partitions = match partitions {
+            Some(p) => p,
+            None => admin
+                .describe_topic(topic)
+                .await?
+                .partitions
+                .iter()
+                .map(|p| p.partition)
+                .collect(),
+        };
+        let mut positions = Vec::with_capacity(partitions.len());
+        for partition in partitions {
+            let offset = match config.start {
+                StartFrom::Offset(offset) => offset,
+                StartFrom::Earliest => admin
+                    .list_offset(topic, partition, OffsetQuery::Earliest)
+                    .await?
+                    .unwrap_or(0),
+                StartFrom::Latest => admin
+                    .list_offset(topic, partition, OffsetQuery::Latest)
+                    .await?
+                    .unwrap_or(0),
+            };
+            positions.push((partition, offset));
+        }
+        let mut consumer = Consumer {
+            client,
+            topic: topic.to_string(),
+            config,
+            positions,
+            buffer: VecDeque::new(),
+            fetches: FuturesUnordered::new(),
+            subscriptions: Vec::new(),
+        };
+        match consumer.config.delivery {
+            Delivery::Fetch => {
+                for idx in 0..consumer.positions.len() {
+                    consumer.start_fetch(idx);
+                }
+            }
+            Delivery::Push => {
+                let connection = consumer.client.connection().await?;
+                for &(partition, offset) in &consumer.positions {
+                    let (id, pushes) = connection
+                        .subscribe(
+                            &consumer.topic,
+                            partition,
+                            offset,
+                            consumer.config.credit_bytes,
+                        )
+                        .await?;
+                    consumer.subscriptions.push(Subscription { id, pushes });
+                }
+            }
+        }
+        Ok(consumer)
+    }
+
+    /// Next offset to be yielded for each partition.
+    pub fn positions(&self) -> &[(u32, u64)] {
+        &self.positions
+    }
+
+    fn start_fetch(&mut self, idx: usize) {
+        let (partition, offset) = self.positions[idx];
+        let client = self.client.clone();
+        let request = Request::Fetch {
+            topic: self.topic.clone(),
+            partition,
+            offset,
+            max_bytes: self.config.fetch_bytes_max,
+            max_wait_ms: self.config.fetch_wait.as_millis() as u32,
+        };
+        self.fetches.push(Box::pin(
+            async move { (idx, client.request(request).await) },
+        ));
+    }
+
+    /// The next record, waiting for one to be produced if need be.
+    pub async fn next(&mut self) -> Result<Record, ClientError> {
+        loop {
+            if let Some(record) = self.buffer.pop_front() {
+                return Ok(record);
+            }
+            match self.config.delivery {
+                Delivery::Fetch => {
+                    let Some((idx, result)) = self.fetches.next().await else {
+                        return Err(ClientError::Invalid("no partitions to consume".into()));
+                    };
+                    let outcome = match result {
+                        Ok(ResponseBody::Fetched { records, .. }) => {
+                            self.take_batches(idx, records)
+                        }
+                        Ok(other) => Err(ClientError::Invalid(format!(
+                            "unexpected answer: {other:?}"
+                        ))),
+                        Err(e) => Err(e),
+                    };
+                    // Keep the partition's fetch going whatever happened; report the failure.
+                    self.start_fetch(idx);
+                    outcome?;
+                }
+                Delivery::Push => {
+                    if self.subscriptions.is_empty() {
+                        return Err(ClientError::Invalid("no partitions to consume".into()));
+                    }
+                    let receivers = self
+                        .subscriptions
+                        .iter_mut()
+                        .enumerate()
+                        .map(|(idx, s)| Box::pin(async move { (idx, s.pushes.recv().await) }));
+                    let ((idx, push), _, _) = futures::future::select_all(receivers).await;
+                    let push = push.ok_or(ClientError::Closed)??;
+                    let consumed = push.records.len() as u32;
+                    self.take_batches(idx, push.records)?;
+                    let connection = self.client.connection().await?;
+                    connection
+                        .send_only(Request::AddCredit {
+                            subscription: self.subscriptions[idx].id,
+                            credit_bytes: consumed,
+                        })
+                        .await?;
+                }
+            }
+        }
+    }
+
+    /// Checks and unpacks fetched batches of the partition at `idx` into the buffer, skipping
+    /// records before its position (a fetch starts with the whole batch holding the offset).
+    fn take_batches(&mut self, idx: usize, records: Bytes) -> Result<(), ClientError> {
+        let (partition, mut position) = self.positions[idx];
+        for (header, bytes) in Batches::new(&records) {
+            batch::validate(bytes, usize::MAX, OffsetDeltas::Increasing)?;
+            if header.compression()? != Compression::None {
+                return Err(ClientError::Invalid(format!(
+                    "{}/{partition} offset {}: compressed batches are not decompressed by the native consumer yet",
+                    self.topic, header.base_offset
+                )));
+            }
+            for record in Records::new(bytes, &header) {
+                let record = record?;
+                let offset = header.base_offset as u64 + record.offset_delta as u64;
+                if offset < position {
+                    continue;
+                }
+                let share = |b: &[u8]| records.slice_ref(b);
+                self.buffer.push_back(Record {
+                    topic: self.topic.clone(),
+                    partition,
+                    offset,
+                    timestamp: header.base_timestamp + record.timestamp_delta,
+                    key: record.key.map(share),
+                    value: record.value.map(share),
+                    headers: record
+                        .headers()
+                        .map(|(k, v)| (share(k), v.map(share)))
+                        .collect(),
+                });
+                position = offset + 1;
+            }
+            position = position.max(header.last_offset() as u64 + 1);
+        }
+        self.positions[idx].1 = position;
+        Ok(())
+    }
+
+    /// The consumer as a `Stream` of records.
+    pub fn into_stream(self) -> impl Stream<Item = Result<Record, ClientError>> {
+        futures::stream::unfold(self, |mut consumer| async move {
+            let item = consumer.next().await;
+            Some((item, consumer))
+        })
+    }
+}
