@@ -1,8 +1,10 @@
 //! Integration tests of the broker crate, one binary with a module per subject.
 
+mod broker_process;
 mod corruption;
 mod crash;
 mod durability;
 mod log_model;
+mod server;
 mod support;
 mod topics;

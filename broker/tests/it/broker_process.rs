@@ -1,0 +1,204 @@
+//! The real `strand-broker` binary as a child process: `kill -9` while producing with
+//! acks=durable loses no acknowledged record; SIGTERM shuts down cleanly with exit code 0.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use strand_client::{
+    Acks, Client, ClientConfig, Consumer, ConsumerConfig, Producer, ProducerConfig, ProducerRecord,
+    TopicSettings,
+};
+
+struct BrokerProcess {
+    child: Child,
+    addr: String,
+}
+
+fn start_broker(data_dir: &std::path::Path) -> BrokerProcess {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_strand-broker"))
+        .args([
+            "--data-dir",
+            data_dir.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+        ])
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut tx = Some(tx);
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if line.contains("strand-broker listening") {
+                let addr = line
+                    .split("native=")
+                    .nth(1)
+                    .unwrap()
+                    .split(' ')
+                    .next()
+                    .unwrap()
+                    .to_string();
+                if let Some(tx) = tx.take() {
+                    let _ = tx.send(addr);
+                }
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("broker never said where it listens");
+    BrokerProcess { child, addr }
+}
+
+async fn client(addr: &str) -> Client {
+    Client::connect(addr.to_string(), ClientConfig::default())
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_loses_no_durably_acknowledged_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = start_broker(dir.path());
+    let c = client(&broker.addr).await;
+    c.admin()
+        .create_topic(
+            "t",
+            TopicSettings {
+                partitions: 3,
+                ..TopicSettings::default()
+            },
+        )
+        .await
+        .unwrap();
+    let acked: Arc<Mutex<Vec<String>>> = Arc::default();
+    let producing = {
+        let acked = acked.clone();
+        tokio::spawn(async move {
+            let config = ProducerConfig {
+                acks: Acks::Durable,
+                retries: 0,
+                linger: Duration::from_millis(1),
+                ..ProducerConfig::default()
+            };
+            let producer = Producer::new(c, config);
+            let mut n = 0u64;
+            loop {
+                let mut deliveries = Vec::new();
+                for _ in 0..200 {
+                    let value = format!("record-{n}");
+                    n += 1;
+                    let Ok(d) = producer
+                        .send(ProducerRecord::new("t", value.clone()).key(value.clone()))
+                        .await
+                    else {
+                        return;
+                    };
+                    deliveries.push((value, d));
+                }
+                for (value, d) in deliveries {
+                    if d.await.is_ok() {
+                        acked.lock().unwrap().push(value);
+                    }
+                }
+            }
+        })
+    };
+    // Let some records be acknowledged, then kill the broker mid-stream.
+    let started = std::time::Instant::now();
+    while acked.lock().unwrap().len() < 2000 {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "too slow to acknowledge"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(fastrand::u64(0..200))).await;
+    broker.child.kill().unwrap(); // SIGKILL
+    broker.child.wait().unwrap();
+    let acked = acked.lock().unwrap().clone();
+    producing.abort();
+
+    let broker = start_broker(dir.path());
+    let c = client(&broker.addr).await;
+    let total: u64 = c
+        .admin()
+        .describe_topic("t")
+        .await
+        .unwrap()
+        .partitions
+        .iter()
+        .map(|p| p.high_watermark)
+        .sum();
+    assert!(
+        total >= acked.len() as u64,
+        "{total} records stored, {} acknowledged",
+        acked.len()
+    );
+    let mut consumer = Consumer::new(c, "t", None, ConsumerConfig::default())
+        .await
+        .unwrap();
+    let mut stored = std::collections::HashSet::new();
+    for _ in 0..total {
+        let record = tokio::time::timeout(Duration::from_secs(20), consumer.next())
+            .await
+            .unwrap()
+            .unwrap();
+        stored.insert(String::from_utf8(record.value.unwrap().to_vec()).unwrap());
+    }
+    let lost: Vec<_> = acked
+        .iter()
+        .filter(|v| !stored.contains(*v))
+        .take(5)
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "acknowledged records lost: {lost:?} (of {})",
+        acked.len()
+    );
+    stop(broker);
+}
+
+fn stop(mut broker: BrokerProcess) -> std::process::ExitStatus {
+    let status = Command::new("kill")
+        .args(["-TERM", &broker.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    broker.child.wait().unwrap()
+}
+
+#[tokio::test]
+async fn sigterm_shuts_down_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start_broker(dir.path());
+    let c = client(&broker.addr).await;
+    c.admin()
+        .create_topic(
+            "t",
+            TopicSettings {
+                partitions: 1,
+                ..TopicSettings::default()
+            },
+        )
+        .await
+        .unwrap();
+    let status = stop(broker);
+    assert!(status.success(), "exit status {status:?}");
+    assert!(
+        dir.path().join("topics/t/0/clean-shutdown").exists(),
+        "no clean-shutdown marker"
+    );
+    let output = Command::new(env!("CARGO_BIN_EXE_strand-broker"))
+        .args(["--fsync", "sometimes"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2), "usage errors exit with 2");
+}
