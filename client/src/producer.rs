@@ -210,17 +210,32 @@ impl Accumulator {
                 }
             };
             while self.in_flight.try_join_next().is_some() {}
-            match command {
-                None => {
-                    self.flush_all().await;
-                    return;
-                }
-                Some(Command::Flush(done)) => {
-                    self.flush_all().await;
-                    let _ = done.send(());
-                }
-                Some(Command::Send(record, waiter)) => self.add(record, waiter).await,
+            let Some(command) = command else {
+                self.flush_all().await;
+                return;
+            };
+            self.handle(command).await;
+            // Take whatever else is already queued before deciding what to send, so that a
+            // burst becomes one batch even without linger.
+            while let Ok(command) = rx.try_recv() {
+                self.handle(command).await;
             }
+            if self.config.linger.is_zero() {
+                let keys: Vec<_> = self.pending.keys().cloned().collect();
+                for key in keys {
+                    self.dispatch(key).await;
+                }
+            }
+        }
+    }
+
+    async fn handle(&mut self, command: Command) {
+        match command {
+            Command::Flush(done) => {
+                self.flush_all().await;
+                let _ = done.send(());
+            }
+            Command::Send(record, waiter) => self.add(record, waiter).await,
         }
     }
 
