@@ -84,6 +84,8 @@ pub struct Consumer {
     config: ConsumerConfig,
     /// (partition, next offset to yield)
     positions: Vec<(u32, u64)>,
+    /// Next offset to fetch per partition (ahead of `positions` by what is buffered).
+    fetch_offsets: Vec<u64>,
     buffer: VecDeque<Record>,
     fetches: FuturesUnordered<FetchFuture>,
     subscriptions: Vec<Subscription>,
@@ -132,11 +134,13 @@ impl Consumer {
             };
             positions.push((partition, offset));
         }
+        let fetch_offsets = positions.iter().map(|(_, offset)| *offset).collect();
         let mut consumer = Consumer {
             client,
             topic: topic.to_string(),
             config,
             positions,
+            fetch_offsets,
             buffer: VecDeque::new(),
             fetches: FuturesUnordered::new(),
             subscriptions: Vec::new(),
@@ -171,7 +175,8 @@ impl Consumer {
     }
 
     fn start_fetch(&mut self, idx: usize) {
-        let (partition, offset) = self.positions[idx];
+        let (partition, _) = self.positions[idx];
+        let offset = self.fetch_offsets[idx];
         let client = self.client.clone();
         let request = Request::Fetch {
             topic: self.topic.clone(),
@@ -189,6 +194,13 @@ impl Consumer {
     pub async fn next(&mut self) -> Result<Record, ClientError> {
         loop {
             if let Some(record) = self.buffer.pop_front() {
+                if let Some(position) = self
+                    .positions
+                    .iter_mut()
+                    .find(|(p, _)| *p == record.partition)
+                {
+                    position.1 = record.offset + 1;
+                }
                 return Ok(record);
             }
             match self.config.delivery {
@@ -237,7 +249,8 @@ impl Consumer {
     /// Checks and unpacks fetched batches of the partition at `idx` into the buffer, skipping
     /// records before its position (a fetch starts with the whole batch holding the offset).
     fn take_batches(&mut self, idx: usize, records: Bytes) -> Result<(), ClientError> {
-        let (partition, mut position) = self.positions[idx];
+        let partition = self.positions[idx].0;
+        let mut position = self.fetch_offsets[idx];
         for (header, bytes) in Batches::new(&records) {
             batch::validate(bytes, usize::MAX, OffsetDeltas::Increasing)?;
             if header.compression()? != Compression::None {
@@ -269,7 +282,7 @@ impl Consumer {
             }
             position = position.max(header.last_offset() as u64 + 1);
         }
-        self.positions[idx].1 = position;
+        self.fetch_offsets[idx] = position;
         Ok(())
     }
 

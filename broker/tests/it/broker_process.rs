@@ -202,3 +202,102 @@ async fn sigterm_shuts_down_cleanly() {
         .unwrap();
     assert_eq!(output.status.code(), Some(2), "usage errors exit with 2");
 }
+
+/// The `strand` CLI binary, which a workspace test run builds next to `strand-broker`.
+/// (Building it from here would wait forever on the build-folder lock the test run holds.)
+fn strand_cli() -> std::path::PathBuf {
+    let broker = std::path::PathBuf::from(env!("CARGO_BIN_EXE_strand-broker"));
+    let cli = broker.with_file_name("strand");
+    assert!(
+        cli.exists(),
+        "{} is missing: run the tests with --workspace, which builds every binary",
+        cli.display()
+    );
+    cli
+}
+
+#[test]
+fn cli_pipeline_round_trips_100k_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start_broker(dir.path());
+    let cli = strand_cli();
+    let run = |args: &[&str], input: Option<&[u8]>| {
+        // coreutils' timeout bounds every run, so a hang fails the test instead of CI.
+        let mut child = Command::new("timeout")
+            .arg("120")
+            .arg(&cli)
+            .args(["--broker", &broker.addr])
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        if let Some(input) = input {
+            std::io::Write::write_all(&mut stdin, input).unwrap();
+        }
+        drop(stdin);
+        child.wait_with_output().unwrap()
+    };
+    assert!(run(&["topic", "create", "t", "--partitions", "3"], None)
+        .status
+        .success());
+    let lines: String = (1..=100_000).map(|i| format!("{i}\n")).collect();
+    let produced = run(&["produce", "t"], Some(lines.as_bytes()));
+    assert!(
+        produced.status.success(),
+        "{}",
+        String::from_utf8_lossy(&produced.stderr)
+    );
+    let consumed = run(
+        &["consume", "t", "--from", "earliest", "--count", "100000"],
+        None,
+    );
+    assert!(
+        consumed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&consumed.stderr)
+    );
+    let mut got: Vec<u64> = String::from_utf8(consumed.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect();
+    got.sort_unstable();
+    assert_eq!(got, (1..=100_000).collect::<Vec<u64>>());
+    // Without --count it stops at the end of the log as it was when it started.
+    let all = run(&["consume", "t"], None);
+    assert_eq!(
+        String::from_utf8(all.stdout).unwrap().lines().count(),
+        100_000
+    );
+    // Keys split at the separator land where Kafka's partitioner puts them.
+    let keyed = run(
+        &["produce", "t", "--key-separator", ":"],
+        Some(b"alpha:1\nbeta:2\n"),
+    );
+    assert!(keyed.status.success());
+    let json = run(
+        &["consume", "t", "--from", "earliest", "--format", "json"],
+        None,
+    );
+    let text = String::from_utf8(json.stdout).unwrap();
+    let alpha = text
+        .lines()
+        .find(|l| l.contains("\"alpha\""))
+        .expect("keyed record consumed");
+    let expected = strand_client::partitioner::partition_for_key(b"alpha", 3);
+    assert!(
+        alpha.contains(&format!("\"partition\":{expected}")),
+        "{alpha}"
+    );
+    // Errors: one line on stderr, exit 1; usage errors exit 2.
+    let missing = run(&["consume", "nope"], None);
+    assert_eq!(missing.status.code(), Some(1));
+    let stderr = String::from_utf8(missing.stderr).unwrap();
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("does not exist"), "{stderr}");
+    assert_eq!(run(&["topic", "frobnicate"], None).status.code(), Some(2));
+    stop(broker);
+}
