@@ -34,13 +34,17 @@ pub struct TestBroker {
 
 impl TestBroker {
     pub async fn start(dir: &std::path::Path, config: ServerConfig) -> TestBroker {
+        TestBroker::start_at(dir, config, "127.0.0.1:0").await
+    }
+
+    pub async fn start_at(dir: &std::path::Path, config: ServerConfig, addr: &str) -> TestBroker {
         let defaults = LogConfig {
             retention_ms: None,
             ..LogConfig::default()
         };
         let (topics, _) = Topics::open(dir, defaults).unwrap();
         let topics = Arc::new(topics);
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let (shutdown, rx) = watch::channel(false);
         let metrics = Arc::new(Metrics::default());
@@ -621,4 +625,50 @@ fn fetches_handled(metrics: &Metrics) -> u64 {
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn the_client_reconnects_after_a_broker_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = TestBroker::start(dir.path(), ServerConfig::default()).await;
+    let addr = broker.addr.clone();
+    let client = broker.client().await;
+    client.admin().create_topic("t", settings(1)).await.unwrap();
+    let producer = Producer::new(client.clone(), ProducerConfig::default());
+    producer
+        .send(ProducerRecord::new("t", "before"))
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    broker.stop().await;
+    // The same address comes back a little later; the client's backoff bridges the gap.
+    let restart = {
+        let dir = dir.path().to_path_buf();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            TestBroker::start_at(&dir, ServerConfig::default(), &addr).await
+        })
+    };
+    let delivery = producer
+        .send(ProducerRecord::new("t", "after"))
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    assert_eq!(delivery.offset, 1);
+    let broker = restart.await.unwrap();
+    producer.close().await.unwrap();
+    let mut consumer = Consumer::new(client, "t", None, ConsumerConfig::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        consumer.next().await.unwrap().value.unwrap(),
+        Bytes::from_static(b"before")
+    );
+    assert_eq!(
+        consumer.next().await.unwrap().value.unwrap(),
+        Bytes::from_static(b"after")
+    );
+    broker.stop().await;
 }
