@@ -203,8 +203,9 @@ async fn sigterm_shuts_down_cleanly() {
     assert_eq!(output.status.code(), Some(2), "usage errors exit with 2");
 }
 
-/// The `strand` CLI binary, which a workspace test run builds next to `strand-broker`.
-/// (Building it from here would wait forever on the build-folder lock the test run holds.)
+/// The `strand` CLI binary next to `strand-broker`: a workspace test run builds it because the
+/// client crate's integration tests need it. (Building it from here would wait forever on the
+/// build-folder lock the test run holds.)
 fn strand_cli() -> std::path::PathBuf {
     let broker = std::path::PathBuf::from(env!("CARGO_BIN_EXE_strand-broker"));
     let cli = broker.with_file_name("strand");
