@@ -34,6 +34,8 @@ pub struct BrokerConfig {
     pub fetch_wait_ms_max: u64,
     /// How often retention runs over every partition. Default 5 minutes, as Kafka.
     pub retention_check_interval_ms: u64,
+    /// How often the cleaner compacts the sealed segments of compacted topics. Default 15 s.
+    pub cleaner_interval_ms: u64,
     /// How long a shutdown waits for in-flight requests before closing logs. Default 10 s.
     pub shutdown_timeout_ms: u64,
     /// Defaults for every partition log; topics may override some of them.
@@ -51,6 +53,7 @@ impl Default for BrokerConfig {
             frame_bytes_max: 8 << 20,
             fetch_wait_ms_max: 30_000,
             retention_check_interval_ms: 300_000,
+            cleaner_interval_ms: 15_000,
             shutdown_timeout_ms: 10_000,
             log: LogConfig::default(),
         }

@@ -12,7 +12,7 @@ use strand_broker::http::{self, HttpState};
 use strand_broker::metrics::Metrics;
 use strand_broker::server::{self, ServerConfig};
 use strand_broker::service::Broker;
-use strand_broker::topics::Topics;
+use strand_broker::topics::{TopicError, Topics};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -119,34 +119,30 @@ async fn run(config: BrokerConfig) -> anyhow::Result<()> {
                 .await
         })
     };
-    let retention_task = {
-        let topics = topics.clone();
-        let mut rx = shutdown_rx.clone();
-        let every = Duration::from_millis(config.retention_check_interval_ms.max(1));
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            tick.tick().await;
-            loop {
-                tokio::select! {
-                    _ = tick.tick() => {}
-                    _ = rx.wait_for(|stop| *stop) => return,
-                }
-                let topics = topics.clone();
-                let result = tokio::task::spawn_blocking(move || {
-                    topics.enforce_retention(strand_broker::log::now_ms())
-                })
-                .await;
-                match result {
-                    Ok(Ok(n)) if n > 0 => {
-                        tracing::info!(segments = n, "retention deleted segments")
-                    }
-                    Ok(Ok(_)) => {}
-                    Ok(Err(e)) => tracing::error!(error = %e, "retention failed"),
-                    Err(e) => tracing::error!(error = %e, "retention task panicked"),
-                }
+    let retention_task = spawn_periodic(
+        "retention",
+        config.retention_check_interval_ms,
+        topics.clone(),
+        shutdown_rx.clone(),
+        |topics, now| topics.enforce_retention(now),
+        |n| {
+            if n > 0 {
+                tracing::info!(segments = n, "retention deleted segments");
             }
-        })
-    };
+        },
+    );
+    let cleaner_task = spawn_periodic(
+        "compaction",
+        config.cleaner_interval_ms,
+        topics.clone(),
+        shutdown_rx.clone(),
+        |topics, now| topics.clean_compacted(now),
+        |report| {
+            if report.segments_rewritten > 0 {
+                tracing::info!(?report, "compacted");
+            }
+        },
+    );
 
     shutdown_signal().await;
     tracing::info!("shutting down: finishing in-flight requests, then closing logs");
@@ -159,11 +155,41 @@ async fn run(config: BrokerConfig) -> anyhow::Result<()> {
         tracing::warn!("HTTP listener did not stop within the shutdown timeout");
     }
     let _ = retention_task.await;
+    let _ = cleaner_task.await;
     tokio::task::spawn_blocking(move || topics.close())
         .await?
         .context("closing partition logs")?;
     tracing::info!("stopped cleanly");
     Ok(())
+}
+
+/// Runs `job` over every topic every `interval_ms` on the blocking pool until shutdown.
+fn spawn_periodic<T: Send + 'static>(
+    what: &'static str,
+    interval_ms: u64,
+    topics: Arc<Topics>,
+    mut shutdown: watch::Receiver<bool>,
+    job: fn(&Topics, i64) -> Result<T, TopicError>,
+    report: fn(T),
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(interval_ms.max(1)));
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.wait_for(|stop| *stop) => return,
+            }
+            let topics = topics.clone();
+            match tokio::task::spawn_blocking(move || job(&topics, strand_broker::log::now_ms()))
+                .await
+            {
+                Ok(Ok(outcome)) => report(outcome),
+                Ok(Err(e)) => tracing::error!(error = %e, "{what} failed"),
+                Err(e) => tracing::error!(error = %e, "{what} task panicked"),
+            }
+        }
+    })
 }
 
 async fn shutdown_signal() {

@@ -17,7 +17,8 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use serde::{Deserialize, Serialize};
 
 use crate::log::{
-    FsyncObserver, Log, LogConfig, LogError, LogReader, ObserverSlot, RecoveryReport,
+    CleanReport, FsyncObserver, Log, LogCleaner, LogConfig, LogError, LogReader, ObserverSlot,
+    RecoveryReport,
 };
 
 const TOPICS_DIR: &str = "topics";
@@ -147,6 +148,8 @@ pub struct Partition {
     pub index: u32,
     writer: Mutex<Log>,
     reader: LogReader,
+    cleaner: LogCleaner,
+    tombstone_retention_ms: u64,
 }
 
 impl Partition {
@@ -352,6 +355,25 @@ impl Topics {
         Ok(deleted)
     }
 
+    /// Compacts the sealed segments of every partition of every compacted topic. Runs beside
+    /// appends: it never takes a partition's writer lock.
+    pub fn clean_compacted(&self, now_ms: i64) -> Result<CleanReport, TopicError> {
+        let mut total = CleanReport::default();
+        for topic in self.list().iter().filter(|t| t.config.compact) {
+            for partition in &topic.partitions {
+                let report = partition
+                    .cleaner
+                    .clean(now_ms, partition.tombstone_retention_ms)?;
+                total.segments_rewritten += report.segments_rewritten;
+                total.bytes_before += report.bytes_before;
+                total.bytes_after += report.bytes_after;
+                total.records_removed += report.records_removed;
+                total.tombstones_removed += report.tombstones_removed;
+            }
+        }
+        Ok(total)
+    }
+
     /// Closes every log cleanly so that the next start skips recovery. Partitions still held
     /// elsewhere are closed too; their later appends are refused.
     pub fn close(&self) -> Result<(), TopicError> {
@@ -379,12 +401,16 @@ fn open_partition(
         config.log_config(defaults),
     )?;
     let reader = log.reader();
+    let cleaner = log.cleaner();
+    let tombstone_retention_ms = log.config().tombstone_retention_ms;
     Ok((
         Arc::new(Partition {
             topic: topic.to_string(),
             index,
             writer: Mutex::new(log),
             reader,
+            cleaner,
+            tombstone_retention_ms,
         }),
         report,
     ))

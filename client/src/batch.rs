@@ -58,8 +58,8 @@ pub enum BatchError {
 pub enum OffsetDeltas {
     /// A batch from a producer: deltas are exactly `0..record_count`.
     Contiguous,
-    /// A stored batch that compaction may have thinned: deltas strictly increase and the last one
-    /// equals `last_offset_delta`.
+    /// A stored batch that compaction may have thinned: deltas strictly increase and none is
+    /// past `last_offset_delta`.
     Increasing,
 }
 
@@ -238,10 +238,16 @@ fn check_records(buf: &[u8], header: &BatchHeader, deltas: OffsetDeltas) -> Resu
             reason: "fewer records than the record count",
         });
     }
-    if previous != Some(header.last_offset_delta) {
+    // Compaction may remove a batch's last record but keeps last_offset_delta, so that the
+    // offsets after the batch stay where they were.
+    let last_fits = match deltas {
+        OffsetDeltas::Contiguous => previous == Some(header.last_offset_delta),
+        OffsetDeltas::Increasing => previous.is_some_and(|p| p <= header.last_offset_delta),
+    };
+    if !last_fits {
         return Err(BatchError::MalformedRecord {
             index: index - 1,
-            reason: "last record's offset delta differs from last_offset_delta",
+            reason: "last record's offset delta does not fit last_offset_delta",
         });
     }
     if records.pos != buf.len() {
@@ -269,6 +275,10 @@ pub struct RecordView<'a> {
     /// Number of headers, and their encoded bytes (walk them with [`Headers`]).
     pub n_headers: usize,
     pub headers: &'a [u8],
+    /// The whole encoded record, length prefix included: a record is self-contained (its
+    /// offset and timestamp are deltas from the batch's base), so a compacted batch can be
+    /// rebuilt by copying the surviving records' bytes.
+    pub raw: &'a [u8],
 }
 
 impl fmt::Debug for RecordView<'_> {
@@ -316,6 +326,7 @@ impl<'a> Records<'a> {
     }
 
     fn read_record(&mut self) -> Result<RecordView<'a>, &'static str> {
+        let start = self.pos;
         let mut cur = Cursor {
             buf: self.buf,
             pos: self.pos,
@@ -361,6 +372,7 @@ impl<'a> Records<'a> {
             value,
             n_headers: n_headers as usize,
             headers: &self.buf[headers_start..end],
+            raw: &self.buf[start..end],
         })
     }
 }
@@ -498,6 +510,25 @@ fn i64_at(buf: &[u8], at: usize) -> i64 {
 
 fn i32_at(buf: &[u8], at: usize) -> i32 {
     i32::from_be_bytes(buf[at..at + 4].try_into().expect("4 bytes"))
+}
+
+/// Rebuilds a stored uncompressed batch keeping only some of its records (log compaction).
+/// Everything in the header stays (base offset, last offset delta, timestamps, producer
+/// fields) except the length, record count and CRC, so offsets never change.
+pub fn retain_records(batch: &[u8], header: &BatchHeader, kept: &[&[u8]]) -> Vec<u8> {
+    let body: usize = kept.iter().map(|r| r.len()).sum();
+    let mut out = Vec::with_capacity(BATCH_HEADER_BYTES + body);
+    out.extend_from_slice(&batch[..BATCH_HEADER_BYTES]);
+    for record in kept {
+        out.extend_from_slice(record);
+    }
+    let len = (out.len() - LOG_OVERHEAD) as i32;
+    out[8..12].copy_from_slice(&len.to_be_bytes());
+    out[57..61].copy_from_slice(&(kept.len() as i32).to_be_bytes());
+    let crc = crc32c::crc32c(&out[CRC_START..]);
+    out[17..21].copy_from_slice(&crc.to_be_bytes());
+    debug_assert!(header.record_count >= kept.len() as i32);
+    out
 }
 
 /// Builds an uncompressed v2 batch record by record, as a producer does while it lingers.

@@ -47,6 +47,10 @@ pub struct LogConfig {
     pub retention_ms: Option<u64>,
     /// Background fsync policy. Default every 1000 ms.
     pub fsync: FsyncPolicy,
+    /// In compacted topics, how long a tombstone (a null value) stays readable before the
+    /// cleaner may drop it, so that consumers see deletions. Default 1 day, as Kafka's
+    /// `delete.retention.ms`.
+    pub tombstone_retention_ms: u64,
 }
 
 impl Default for LogConfig {
@@ -61,6 +65,7 @@ impl Default for LogConfig {
             retention_bytes: None,
             retention_ms: Some(WEEK_MS),
             fsync: FsyncPolicy::IntervalMs(1000),
+            tombstone_retention_ms: 24 * 3600 * 1000,
         }
     }
 }

@@ -9,6 +9,7 @@
 //! Offsets are assigned here: a producer's batch comes in with any base offset and is stored
 //! with the next offset of the log written over it.
 
+mod cleaner;
 mod config;
 mod error;
 mod index;
@@ -25,6 +26,7 @@ use bytes::Bytes;
 use strand_client::batch::{self, OffsetDeltas, Records};
 use tokio::sync::watch;
 
+pub use cleaner::{CleanReport, LogCleaner};
 pub use config::{FsyncPolicy, LogConfig};
 pub use error::{LogError, Result};
 pub(crate) use recovery::{sync_dir, write_atomically as write_file_atomically};
@@ -93,7 +95,7 @@ struct FlushRequest {
 
 /// State shared by the writer, readers and the flusher thread.
 #[derive(Debug)]
-struct Shared {
+pub(crate) struct Shared {
     dir: PathBuf,
     config: LogConfig,
     /// Replaced as a whole on roll and retention; readers clone the `Arc` and let go.
@@ -107,6 +109,9 @@ struct Shared {
     flush_wake: Condvar,
     /// Held while syncing, so that only one fsync pass runs at a time.
     sync_lock: Mutex<()>,
+    /// Held by a cleaning pass and by retention, which must not delete a segment that is being
+    /// rewritten.
+    maintenance: Mutex<()>,
     /// Set by a roll: the next sync also seals the checkpoint past the sealed segments.
     checkpoint_due: AtomicU64,
     /// Told the duration of every fsync pass that synced something (for metrics).
@@ -296,6 +301,7 @@ impl Log {
             flush: Mutex::new(FlushRequest::default()),
             flush_wake: Condvar::new(),
             sync_lock: Mutex::new(()),
+            maintenance: Mutex::new(()),
             checkpoint_due: AtomicU64::new(0),
             fsync_observer: ObserverSlot::default(),
             #[cfg(test)]
@@ -328,6 +334,13 @@ impl Log {
     /// ignored).
     pub fn set_fsync_observer(&self, observer: FsyncObserver) {
         let _ = self.shared.fsync_observer.0.set(observer);
+    }
+
+    /// A handle for compacting this log's sealed segments from another thread.
+    pub fn cleaner(&self) -> LogCleaner {
+        LogCleaner {
+            shared: self.shared.clone(),
+        }
     }
 
     pub fn reader(&self) -> LogReader {
@@ -523,6 +536,15 @@ impl Log {
     /// Time is the wall clock in milliseconds since the Unix epoch, compared with the batches'
     /// own max timestamps.
     pub fn enforce_retention(&mut self, now_ms: i64) -> Result<RetentionReport> {
+        let shared = self.shared.clone();
+        // A cleaning pass is rewriting sealed segments: leave them to it and try next time,
+        // rather than holding up appends.
+        let Ok(_maintenance) = shared.maintenance.try_lock() else {
+            return Ok(RetentionReport {
+                log_start_offset: self.log_start_offset(),
+                ..RetentionReport::default()
+            });
+        };
         let config = &self.shared.config;
         let segments = self.shared.segments();
         let mut total: u64 = segments.iter().map(|s| s.size()).sum();
@@ -746,7 +768,9 @@ fn open_segments(
         let name = name.to_string_lossy();
         if let Some(base) = segment::parse_base_offset(&name, LOG_SUFFIX) {
             bases.push(base);
-        } else if name.ends_with(".tmp") {
+        } else if name.ends_with(".tmp") || name.ends_with(&format!(".{}", cleaner::CLEANED_SUFFIX))
+        {
+            // A write or a cleaning pass that a crash interrupted; the original is intact.
             let path = entry.path();
             std::fs::remove_file(&path).ctx("remove leftover temporary file", &path)?;
         }

@@ -1,6 +1,7 @@
 //! Integration tests of the broker crate, one binary with a module per subject.
 
 mod broker_process;
+mod compaction;
 mod corruption;
 mod crash;
 mod durability;

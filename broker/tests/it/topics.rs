@@ -148,3 +148,47 @@ fn a_create_interrupted_before_its_metadata_is_forgotten() {
     assert!(topics.list().is_empty());
     assert!(!dir.path().join("topics/half").exists());
 }
+
+#[test]
+fn only_compacted_topics_are_cleaned() {
+    let dir = tempfile::tempdir().unwrap();
+    let (topics, _) = Topics::open(dir.path(), defaults()).unwrap();
+    let small = |compact| TopicConfig {
+        partitions: 1,
+        compact,
+        segment_bytes_max: Some(2048),
+        ..TopicConfig::default()
+    };
+    topics.create("kept", small(false)).unwrap();
+    topics.create("compacted", small(true)).unwrap();
+    for name in ["kept", "compacted"] {
+        let topic = topics.get(name).unwrap();
+        for i in 0..100 {
+            // The same key over and over ("key-0" from the support encoder).
+            topic.partitions[0]
+                .writer()
+                .append(&mut batch(&values(&format!("v{i}"), 1, 100), i))
+                .unwrap();
+        }
+    }
+    let report = topics.clean_compacted(1_000_000).unwrap();
+    assert!(
+        report.segments_rewritten > 0 && report.records_removed > 0,
+        "{report:?}"
+    );
+    assert_eq!(
+        read_all(topics.get("kept").unwrap().partitions[0].reader(), 0).len(),
+        100
+    );
+    let left = read_all(topics.get("compacted").unwrap().partitions[0].reader(), 0);
+    assert!(
+        left.len() < 20,
+        "{} records left after compaction",
+        left.len()
+    );
+    assert_eq!(
+        left.last().unwrap().0,
+        99,
+        "the newest record keeps its offset"
+    );
+}
