@@ -42,6 +42,9 @@ pub struct ServerConfig {
     pub frame_read_timeout: Duration,
     /// A connection with no request for this long is closed.
     pub idle_timeout: Duration,
+    /// A connection whose client takes longer than this to accept one frame is closed, so a
+    /// client that stops reading cannot hold its connection (and its queued answers) forever.
+    pub write_timeout: Duration,
 }
 
 impl Default for ServerConfig {
@@ -53,6 +56,7 @@ impl Default for ServerConfig {
             subscriptions_per_connection_max: 64,
             frame_read_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(600),
+            write_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -129,12 +133,15 @@ impl Connection {
         let (mut reader, writer) = socket.into_split();
         // Room for every in-flight answer plus pushes; the channel holds encoded frames.
         let (out_tx, out_rx) = mpsc::channel::<Bytes>(self.config.in_flight_per_connection_max * 2);
-        let writer_task = tokio::spawn(write_frames(writer, out_rx));
+        let writer_task = tokio::spawn(write_frames(writer, out_rx, self.config.write_timeout));
         let in_flight = Arc::new(Semaphore::new(self.config.in_flight_per_connection_max));
         let mut tasks = JoinSet::new();
         let mut subscriptions: HashMap<u32, Subscription> = HashMap::new();
         let mut buf = BytesMut::with_capacity(64 * 1024);
         let result = loop {
+            if out_tx.is_closed() {
+                break Err("answers could not be written".into());
+            }
             // Take every whole frame buffered so far.
             let frame = match frame::check(&buf, self.config.frame_bytes_max, REQUEST_HEADER_BYTES)
             {
@@ -592,13 +599,24 @@ async fn send(
 
 /// Writes frames as they come, flushing when no more are queued, so that a burst of small
 /// answers goes out in few system calls.
-async fn write_frames(writer: tokio::net::tcp::OwnedWriteHalf, mut frames: mpsc::Receiver<Bytes>) {
+async fn write_frames(
+    writer: tokio::net::tcp::OwnedWriteHalf,
+    mut frames: mpsc::Receiver<Bytes>,
+    timeout: Duration,
+) {
     let mut writer = BufWriter::with_capacity(64 * 1024, writer);
     while let Some(frame) = frames.recv().await {
-        if writer.write_all(&frame).await.is_err() {
-            return;
-        }
-        if frames.is_empty() && writer.flush().await.is_err() {
+        let written = tokio::time::timeout(timeout, async {
+            writer.write_all(&frame).await?;
+            if frames.is_empty() {
+                writer.flush().await?;
+            }
+            std::io::Result::Ok(())
+        })
+        .await;
+        if !matches!(written, Ok(Ok(()))) {
+            // Dropping the receiver fails every pending send, so the connection's tasks end.
+            tracing::info!("closing a connection whose client does not read its answers");
             return;
         }
     }

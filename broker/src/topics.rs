@@ -26,8 +26,9 @@ const DELETING_DIR: &str = "deleting";
 const TOPIC_FILE: &str = "topic.json";
 /// Kafka's limit on topic name length.
 pub const TOPIC_NAME_MAX: usize = 249;
-/// A bound on partitions per topic, so a typo cannot create a million folders.
-pub const PARTITIONS_MAX: u32 = 10_000;
+/// A bound on partitions per topic, so a typo cannot create a million folders. Each partition
+/// log has its own flusher thread today, which is what keeps this bound modest.
+pub const PARTITIONS_MAX: u32 = 1024;
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

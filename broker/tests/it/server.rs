@@ -503,6 +503,7 @@ async fn a_client_that_never_reads_is_throttled_not_buffered() {
     let dir = tempfile::tempdir().unwrap();
     let config = ServerConfig {
         in_flight_per_connection_max: 4,
+        write_timeout: Duration::from_millis(500),
         ..ServerConfig::default()
     };
     let broker = TestBroker::start(dir.path(), config).await;
@@ -535,8 +536,8 @@ async fn a_client_that_never_reads_is_throttled_not_buffered() {
     );
     let mut sent = 0usize;
     let writing = async {
-        loop {
-            s.write_all(&fetch).await.unwrap();
+        // Until the writes stall, or the server gives up on this client (write timeout).
+        while s.write_all(&fetch).await.is_ok() {
             sent += 1;
         }
     };
@@ -559,6 +560,18 @@ async fn a_client_that_never_reads_is_throttled_not_buffered() {
         other.admin().describe_topic("t").await.unwrap().partitions[0].high_watermark,
         400
     );
+    // And the stalled connection is closed once a write has waited past the write timeout:
+    // only the two well-behaved clients stay connected.
+    let mut waited = 0;
+    while gauge(&broker.metrics, "strand_connections") != 2 {
+        waited += 1;
+        assert!(
+            waited < 200,
+            "stalled connection still open: {}",
+            gauge(&broker.metrics, "strand_connections")
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     drop(s);
     broker.stop().await;
 }
@@ -671,4 +684,14 @@ async fn the_client_reconnects_after_a_broker_restart() {
         Bytes::from_static(b"after")
     );
     broker.stop().await;
+}
+
+fn gauge(metrics: &Metrics, name: &str) -> i64 {
+    metrics
+        .render()
+        .lines()
+        .find(|l| l.starts_with(&format!("{name} ")))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(-1)
 }
