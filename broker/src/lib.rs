@@ -10,6 +10,7 @@
 //! - [`metrics`]: Prometheus metrics; [`http`]: `/health` and `/metrics`.
 
 pub mod config;
+pub mod group;
 pub mod http;
 pub mod log;
 pub mod metrics;

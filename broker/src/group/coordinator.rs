@@ -1,0 +1,803 @@
+//! The consumer-group coordinator as a pure state machine: `handle(input, now_ms)` returns what
+//! to answer, and the network layer does the IO. Time is passed in, so every join, timeout and
+//! rebalance sequence is tested without sockets or sleeps.
+//!
+//! Protocol (broker-side assignment, for native clients):
+//! - A member joins (a new one gets an id). A join into a stable group starts a rebalance; the
+//!   rebalance completes when every known member has (re)joined, or at the rebalance deadline,
+//!   when members that did not rejoin are dropped. Completion bumps the generation, computes the
+//!   assignment and answers every pending join with it.
+//! - Members heartbeat with their generation; during a rebalance the answer tells them to
+//!   rejoin. A member silent for its session timeout is removed, which starts a rebalance.
+//! - Commits carry the member's id and generation: a stale generation is fenced
+//!   (`IllegalGeneration`), so a member that lost its partitions cannot overwrite the commits of
+//!   the member that took them. Commits from the current generation are accepted during a
+//!   rebalance, so members can commit before they rejoin.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use super::assignor::{self, Assignor, MemberSubscription, TopicPartition};
+
+/// Identifies a request whose answer the coordinator may hold back (a join).
+pub type RequestId = u64;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupError {
+    UnknownMember,
+    IllegalGeneration,
+    /// The group is rebalancing: rejoin.
+    RebalanceInProgress,
+    InvalidSessionTimeout,
+    /// The member left (or was removed) while its join was pending.
+    MemberRemoved,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JoinResult {
+    pub member_id: String,
+    pub generation: u32,
+    pub assignment: Vec<TopicPartition>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommittedOffset {
+    pub offset: u64,
+    pub metadata: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Input {
+    Join {
+        request: RequestId,
+        group: String,
+        /// `None` for a new member.
+        member_id: Option<String>,
+        client_id: String,
+        topics: BTreeSet<String>,
+        session_timeout_ms: u64,
+        rebalance_timeout_ms: u64,
+        assignor: Assignor,
+    },
+    Heartbeat {
+        group: String,
+        member_id: String,
+        generation: u32,
+    },
+    Leave {
+        group: String,
+        member_id: String,
+    },
+    /// `member_id` empty with generation 0: a commit from outside any membership (an admin
+    /// reset), accepted only while the group has no members.
+    Commit {
+        group: String,
+        member_id: String,
+        generation: u32,
+        offsets: Vec<(TopicPartition, CommittedOffset)>,
+    },
+    /// Partition counts of the topics groups subscribe to (sent when they change).
+    Partitions(BTreeMap<String, u32>),
+    /// Time passes: session timeouts and rebalance deadlines.
+    Tick,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    Joined {
+        request: RequestId,
+        result: Result<JoinResult, GroupError>,
+    },
+    Heartbeat(Result<(), GroupError>),
+    Left(Result<(), GroupError>),
+    /// The commit passed fencing: persist it, then answer success.
+    CommitAccepted {
+        group: String,
+        offsets: Vec<(TopicPartition, CommittedOffset)>,
+    },
+    CommitRejected(GroupError),
+    /// A rebalance finished (for logs and metrics).
+    Rebalanced {
+        group: String,
+        generation: u32,
+        n_members: usize,
+    },
+    /// A member was removed after its session timeout.
+    Expired {
+        group: String,
+        member_id: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupState {
+    Empty,
+    Rebalancing,
+    Stable,
+}
+
+#[derive(Debug, Clone)]
+struct Member {
+    client_id: String,
+    topics: BTreeSet<String>,
+    session_timeout_ms: u64,
+    rebalance_timeout_ms: u64,
+    last_seen_ms: i64,
+    assignment: Vec<TopicPartition>,
+    pending_join: Option<RequestId>,
+}
+
+#[derive(Debug, Clone)]
+struct Group {
+    generation: u32,
+    state: GroupState,
+    assignor: Assignor,
+    members: BTreeMap<String, Member>,
+    rebalance_deadline_ms: i64,
+    committed: BTreeMap<TopicPartition, CommittedOffset>,
+}
+
+impl Group {
+    fn new() -> Group {
+        Group {
+            generation: 0,
+            state: GroupState::Empty,
+            assignor: Assignor::default(),
+            members: BTreeMap::new(),
+            rebalance_deadline_ms: 0,
+            committed: BTreeMap::new(),
+        }
+    }
+}
+
+/// Limits on what members may ask for.
+#[derive(Debug, Clone)]
+pub struct CoordinatorConfig {
+    pub session_timeout_ms_min: u64,
+    pub session_timeout_ms_max: u64,
+}
+
+impl Default for CoordinatorConfig {
+    fn default() -> Self {
+        // Kafka's group.min.session.timeout.ms and group.max.session.timeout.ms.
+        CoordinatorConfig {
+            session_timeout_ms_min: 6_000,
+            session_timeout_ms_max: 1_800_000,
+        }
+    }
+}
+
+/// A member as `describe` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberDescription {
+    pub member_id: String,
+    pub client_id: String,
+    pub assignment: Vec<TopicPartition>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupDescription {
+    pub group: String,
+    pub state: GroupState,
+    pub generation: u32,
+    pub assignor: Assignor,
+    pub members: Vec<MemberDescription>,
+    pub committed: BTreeMap<TopicPartition, CommittedOffset>,
+}
+
+#[derive(Debug, Default)]
+pub struct Coordinator {
+    config: CoordinatorConfig,
+    groups: BTreeMap<String, Group>,
+    partitions: BTreeMap<String, u32>,
+    next_member: u64,
+}
+
+impl Coordinator {
+    pub fn new(config: CoordinatorConfig) -> Coordinator {
+        Coordinator {
+            config,
+            ..Coordinator::default()
+        }
+    }
+
+    /// Loads committed offsets (from the offsets topic) at start.
+    pub fn restore_commit(&mut self, group: &str, tp: TopicPartition, committed: CommittedOffset) {
+        self.groups
+            .entry(group.to_string())
+            .or_insert_with(Group::new)
+            .committed
+            .insert(tp, committed);
+    }
+
+    pub fn committed(&self, group: &str, tp: &TopicPartition) -> Option<&CommittedOffset> {
+        self.groups.get(group)?.committed.get(tp)
+    }
+
+    pub fn groups(&self) -> impl Iterator<Item = &str> {
+        self.groups.keys().map(String::as_str)
+    }
+
+    pub fn describe(&self, group: &str) -> Option<GroupDescription> {
+        let g = self.groups.get(group)?;
+        Some(GroupDescription {
+            group: group.to_string(),
+            state: g.state,
+            generation: g.generation,
+            assignor: g.assignor,
+            members: g
+                .members
+                .iter()
+                .map(|(id, m)| MemberDescription {
+                    member_id: id.clone(),
+                    client_id: m.client_id.clone(),
+                    assignment: m.assignment.clone(),
+                })
+                .collect(),
+            committed: g.committed.clone(),
+        })
+    }
+
+    pub fn handle(&mut self, input: Input, now_ms: i64) -> Vec<Output> {
+        let mut out = Vec::new();
+        match input {
+            Input::Join {
+                request,
+                group,
+                member_id,
+                client_id,
+                topics,
+                session_timeout_ms,
+                rebalance_timeout_ms,
+                assignor,
+            } => {
+                if session_timeout_ms < self.config.session_timeout_ms_min
+                    || session_timeout_ms > self.config.session_timeout_ms_max
+                {
+                    out.push(Output::Joined {
+                        request,
+                        result: Err(GroupError::InvalidSessionTimeout),
+                    });
+                    return out;
+                }
+                let member_id = match member_id {
+                    Some(id) => {
+                        if !self
+                            .groups
+                            .get(&group)
+                            .is_some_and(|g| g.members.contains_key(&id))
+                        {
+                            out.push(Output::Joined {
+                                request,
+                                result: Err(GroupError::UnknownMember),
+                            });
+                            return out;
+                        }
+                        id
+                    }
+                    None => {
+                        self.next_member += 1;
+                        format!("{client_id}-{}", self.next_member)
+                    }
+                };
+                let g = self.groups.entry(group.clone()).or_insert_with(Group::new);
+                if g.members.is_empty() {
+                    g.assignor = assignor;
+                }
+                let member = g
+                    .members
+                    .entry(member_id.clone())
+                    .or_insert_with(|| Member {
+                        client_id: client_id.clone(),
+                        topics: BTreeSet::new(),
+                        session_timeout_ms,
+                        rebalance_timeout_ms,
+                        last_seen_ms: now_ms,
+                        assignment: Vec::new(),
+                        pending_join: None,
+                    });
+                let changed = member.topics != topics || member.pending_join.is_some();
+                if let Some(previous) = member.pending_join.replace(request) {
+                    // A second join from the same member replaces its first.
+                    out.push(Output::Joined {
+                        request: previous,
+                        result: Err(GroupError::RebalanceInProgress),
+                    });
+                }
+                member.topics = topics;
+                member.session_timeout_ms = session_timeout_ms;
+                member.rebalance_timeout_ms = rebalance_timeout_ms;
+                member.last_seen_ms = now_ms;
+                if g.state != GroupState::Rebalancing || changed {
+                    start_rebalance(g, now_ms);
+                }
+            }
+            Input::Heartbeat {
+                group,
+                member_id,
+                generation,
+            } => {
+                let result = match self.groups.get_mut(&group) {
+                    None => Err(GroupError::UnknownMember),
+                    Some(g) => match g.members.get_mut(&member_id) {
+                        None => Err(GroupError::UnknownMember),
+                        Some(m) => {
+                            m.last_seen_ms = now_ms;
+                            if g.state == GroupState::Rebalancing {
+                                Err(GroupError::RebalanceInProgress)
+                            } else if generation != g.generation {
+                                Err(GroupError::IllegalGeneration)
+                            } else {
+                                Ok(())
+                            }
+                        }
+                    },
+                };
+                out.push(Output::Heartbeat(result));
+            }
+            Input::Leave { group, member_id } => {
+                let result = match self
+                    .groups
+                    .get_mut(&group)
+                    .and_then(|g| g.members.remove(&member_id).map(|m| (g, m)))
+                {
+                    None => Err(GroupError::UnknownMember),
+                    Some((g, member)) => {
+                        if let Some(request) = member.pending_join {
+                            out.push(Output::Joined {
+                                request,
+                                result: Err(GroupError::MemberRemoved),
+                            });
+                        }
+                        start_rebalance(g, now_ms);
+                        Ok(())
+                    }
+                };
+                out.push(Output::Left(result));
+            }
+            Input::Commit {
+                group,
+                member_id,
+                generation,
+                offsets,
+            } => {
+                let g = self.groups.entry(group.clone()).or_insert_with(Group::new);
+                let verdict = if member_id.is_empty() && generation == 0 {
+                    if g.members.is_empty() {
+                        Ok(())
+                    } else {
+                        Err(GroupError::RebalanceInProgress)
+                    }
+                } else if !g.members.contains_key(&member_id) {
+                    Err(GroupError::UnknownMember)
+                } else if generation != g.generation {
+                    Err(GroupError::IllegalGeneration)
+                } else {
+                    Ok(())
+                };
+                match verdict {
+                    Ok(()) => {
+                        if let Some(m) = g.members.get_mut(&member_id) {
+                            m.last_seen_ms = now_ms;
+                        }
+                        for (tp, committed) in &offsets {
+                            g.committed.insert(tp.clone(), committed.clone());
+                        }
+                        out.push(Output::CommitAccepted { group, offsets });
+                    }
+                    Err(e) => out.push(Output::CommitRejected(e)),
+                }
+            }
+            Input::Partitions(partitions) => {
+                if partitions != self.partitions {
+                    self.partitions = partitions;
+                    // A partition-count change moves partitions: every group rebalances.
+                    for g in self
+                        .groups
+                        .values_mut()
+                        .filter(|g| g.state == GroupState::Stable)
+                    {
+                        start_rebalance(g, now_ms);
+                    }
+                }
+            }
+            Input::Tick => {}
+        }
+        self.expire_and_complete(now_ms, &mut out);
+        out
+    }
+
+    fn expire_and_complete(&mut self, now_ms: i64, out: &mut Vec<Output>) {
+        for (name, g) in self.groups.iter_mut() {
+            if g.state == GroupState::Stable {
+                let expired: Vec<String> = g
+                    .members
+                    .iter()
+                    .filter(|(_, m)| now_ms - m.last_seen_ms > m.session_timeout_ms as i64)
+                    .map(|(id, _)| id.clone())
+                    .collect();
+                if !expired.is_empty() {
+                    for member_id in expired {
+                        g.members.remove(&member_id);
+                        out.push(Output::Expired {
+                            group: name.clone(),
+                            member_id,
+                        });
+                    }
+                    start_rebalance(g, now_ms);
+                }
+            }
+            if g.state == GroupState::Rebalancing {
+                let all_joined = g.members.values().all(|m| m.pending_join.is_some());
+                if !all_joined && now_ms < g.rebalance_deadline_ms {
+                    continue;
+                }
+                // Members that did not rejoin in time are gone.
+                let stragglers: Vec<String> = g
+                    .members
+                    .iter()
+                    .filter(|(_, m)| m.pending_join.is_none())
+                    .map(|(id, _)| id.clone())
+                    .collect();
+                for member_id in stragglers {
+                    g.members.remove(&member_id);
+                    out.push(Output::Expired {
+                        group: name.clone(),
+                        member_id,
+                    });
+                }
+                complete_rebalance(name, g, &self.partitions, now_ms, out);
+            }
+        }
+    }
+}
+
+fn start_rebalance(g: &mut Group, now_ms: i64) {
+    if g.members.is_empty() {
+        g.state = GroupState::Empty;
+        return;
+    }
+    if g.state != GroupState::Rebalancing {
+        g.state = GroupState::Rebalancing;
+        let longest = g
+            .members
+            .values()
+            .map(|m| m.rebalance_timeout_ms)
+            .max()
+            .unwrap_or(0);
+        g.rebalance_deadline_ms = now_ms + longest as i64;
+    }
+}
+
+fn complete_rebalance(
+    name: &str,
+    g: &mut Group,
+    partitions: &BTreeMap<String, u32>,
+    now_ms: i64,
+    out: &mut Vec<Output>,
+) {
+    if g.members.is_empty() {
+        g.state = GroupState::Empty;
+        return;
+    }
+    g.generation += 1;
+    let subscriptions: Vec<MemberSubscription> = g
+        .members
+        .iter()
+        .map(|(id, m)| MemberSubscription {
+            member_id: id.clone(),
+            topics: m.topics.clone(),
+            owned: m.assignment.clone(),
+        })
+        .collect();
+    let mut assignment: HashMap<String, Vec<TopicPartition>> =
+        assignor::assign(g.assignor, &subscriptions, partitions)
+            .into_iter()
+            .collect();
+    for (id, m) in g.members.iter_mut() {
+        m.assignment = assignment.remove(id).unwrap_or_default();
+        m.last_seen_ms = now_ms;
+        if let Some(request) = m.pending_join.take() {
+            out.push(Output::Joined {
+                request,
+                result: Ok(JoinResult {
+                    member_id: id.clone(),
+                    generation: g.generation,
+                    assignment: m.assignment.clone(),
+                }),
+            });
+        }
+    }
+    g.state = GroupState::Stable;
+    out.push(Output::Rebalanced {
+        group: name.to_string(),
+        generation: g.generation,
+        n_members: g.members.len(),
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SESSION: u64 = 10_000;
+    const REBALANCE: u64 = 30_000;
+
+    fn coordinator(partitions: u32) -> Coordinator {
+        let mut c = Coordinator::new(CoordinatorConfig::default());
+        c.handle(Input::Partitions([("t".to_string(), partitions)].into()), 0);
+        c
+    }
+
+    fn join(
+        c: &mut Coordinator,
+        request: RequestId,
+        member: Option<&str>,
+        assignor: Assignor,
+        now: i64,
+    ) -> Vec<Output> {
+        c.handle(
+            Input::Join {
+                request,
+                group: "g".into(),
+                member_id: member.map(String::from),
+                client_id: "client".into(),
+                topics: ["t".to_string()].into(),
+                session_timeout_ms: SESSION,
+                rebalance_timeout_ms: REBALANCE,
+                assignor,
+            },
+            now,
+        )
+    }
+
+    fn joined(outputs: &[Output], request: RequestId) -> Result<JoinResult, GroupError> {
+        outputs
+            .iter()
+            .find_map(|o| match o {
+                Output::Joined { request: r, result } if *r == request => Some(result.clone()),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("no answer to join {request} in {outputs:?}"))
+    }
+
+    fn heartbeat(
+        c: &mut Coordinator,
+        member: &str,
+        generation: u32,
+        now: i64,
+    ) -> Result<(), GroupError> {
+        match c
+            .handle(
+                Input::Heartbeat {
+                    group: "g".into(),
+                    member_id: member.into(),
+                    generation,
+                },
+                now,
+            )
+            .first()
+        {
+            Some(Output::Heartbeat(r)) => *r,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn commit(c: &mut Coordinator, member: &str, generation: u32, offset: u64) -> Output {
+        let offsets = vec![(
+            ("t".to_string(), 0),
+            CommittedOffset {
+                offset,
+                metadata: String::new(),
+            },
+        )];
+        c.handle(
+            Input::Commit {
+                group: "g".into(),
+                member_id: member.into(),
+                generation,
+                offsets,
+            },
+            0,
+        )
+        .remove(0)
+    }
+
+    /// Two members of a six-partition group, stable at generation 2.
+    fn two_members(assignor: Assignor) -> (Coordinator, JoinResult, JoinResult) {
+        let mut c = coordinator(6);
+        let a = joined(&join(&mut c, 1, None, assignor, 0), 1).unwrap();
+        assert_eq!((a.generation, a.assignment.len()), (1, 6));
+        // A second member starts a rebalance; the first learns of it by heartbeat and rejoins.
+        let pending = join(&mut c, 2, None, assignor, 100);
+        assert!(
+            pending.iter().all(|o| !matches!(o, Output::Joined { .. })),
+            "completed without the first member"
+        );
+        assert_eq!(
+            heartbeat(&mut c, &a.member_id, 1, 200),
+            Err(GroupError::RebalanceInProgress)
+        );
+        let out = join(&mut c, 3, Some(&a.member_id), assignor, 300);
+        let (a, b) = (joined(&out, 3).unwrap(), joined(&out, 2).unwrap());
+        (c, a, b)
+    }
+
+    #[test]
+    fn members_join_and_share_the_partitions() {
+        let (mut c, a, b) = two_members(Assignor::Range);
+        assert_eq!((a.generation, b.generation), (2, 2));
+        let mut all: Vec<_> = a.assignment.iter().chain(&b.assignment).cloned().collect();
+        all.sort();
+        assert_eq!(
+            all,
+            (0..6).map(|p| ("t".to_string(), p)).collect::<Vec<_>>()
+        );
+        assert_eq!(heartbeat(&mut c, &a.member_id, 2, 400), Ok(()));
+        assert_eq!(c.describe("g").unwrap().state, GroupState::Stable);
+    }
+
+    #[test]
+    fn a_silent_member_is_removed_after_its_session_timeout() {
+        let (mut c, a, b) = two_members(Assignor::Range);
+        // a keeps heartbeating, b goes silent.
+        for t in (1000..=10_000).step_by(1000) {
+            assert_eq!(heartbeat(&mut c, &a.member_id, 2, t), Ok(()));
+        }
+        let out = c.handle(Input::Tick, 10_301);
+        assert!(
+            out.contains(&Output::Expired {
+                group: "g".into(),
+                member_id: b.member_id.clone()
+            }),
+            "{out:?}"
+        );
+        assert_eq!(
+            heartbeat(&mut c, &a.member_id, 2, 10_400),
+            Err(GroupError::RebalanceInProgress)
+        );
+        let a2 = joined(
+            &join(&mut c, 9, Some(&a.member_id), Assignor::Range, 10_500),
+            9,
+        )
+        .unwrap();
+        assert_eq!((a2.generation, a2.assignment.len()), (3, 6));
+        // b's late heartbeat finds it gone.
+        assert_eq!(
+            heartbeat(&mut c, &b.member_id, 2, 10_600),
+            Err(GroupError::UnknownMember)
+        );
+    }
+
+    #[test]
+    fn commits_from_stale_generations_or_strangers_are_fenced() {
+        let (mut c, a, _b) = two_members(Assignor::Range);
+        assert!(matches!(
+            commit(&mut c, &a.member_id, 2, 10),
+            Output::CommitAccepted { .. }
+        ));
+        assert_eq!(
+            commit(&mut c, &a.member_id, 1, 5),
+            Output::CommitRejected(GroupError::IllegalGeneration)
+        );
+        assert_eq!(
+            commit(&mut c, "nobody", 2, 5),
+            Output::CommitRejected(GroupError::UnknownMember)
+        );
+        // An outside commit (an admin reset) is refused while the group has members.
+        assert_eq!(
+            commit(&mut c, "", 0, 0),
+            Output::CommitRejected(GroupError::RebalanceInProgress)
+        );
+        assert_eq!(c.committed("g", &("t".into(), 0)).unwrap().offset, 10);
+    }
+
+    #[test]
+    fn leaving_rebalances_and_answers_a_pending_join() {
+        let (mut c, a, b) = two_members(Assignor::Range);
+        // b rejoins (pending, waiting for a), then leaves before the rebalance completes.
+        let out = join(&mut c, 20, Some(&b.member_id), Assignor::Range, 1000);
+        assert!(out.iter().all(|o| !matches!(o, Output::Joined { .. })));
+        let out = c.handle(
+            Input::Leave {
+                group: "g".into(),
+                member_id: b.member_id.clone(),
+            },
+            1100,
+        );
+        assert_eq!(joined(&out, 20), Err(GroupError::MemberRemoved));
+        assert!(out.contains(&Output::Left(Ok(()))));
+        let a2 = joined(
+            &join(&mut c, 21, Some(&a.member_id), Assignor::Range, 1200),
+            21,
+        )
+        .unwrap();
+        assert_eq!((a2.generation, a2.assignment.len()), (3, 6));
+    }
+
+    #[test]
+    fn members_that_do_not_rejoin_by_the_deadline_are_dropped() {
+        let (mut c, a, b) = two_members(Assignor::Range);
+        let newcomer = join(&mut c, 30, None, Assignor::Range, 1000);
+        assert!(newcomer.iter().all(|o| !matches!(o, Output::Joined { .. })));
+        // Only a rejoins; b never does.
+        let out = join(&mut c, 31, Some(&a.member_id), Assignor::Range, 2000);
+        assert!(out.iter().all(|o| !matches!(o, Output::Joined { .. })));
+        let out = c.handle(Input::Tick, 1000 + REBALANCE as i64);
+        assert!(out.contains(&Output::Expired {
+            group: "g".into(),
+            member_id: b.member_id.clone()
+        }));
+        let (a3, c3) = (joined(&out, 31).unwrap(), joined(&out, 30).unwrap());
+        assert_eq!(
+            (a3.generation, a3.assignment.len() + c3.assignment.len()),
+            (3, 6)
+        );
+    }
+
+    #[test]
+    fn cooperative_rebalance_moves_only_what_it_must() {
+        let (mut c, a, b) = two_members(Assignor::CooperativeSticky);
+        join(&mut c, 40, None, Assignor::CooperativeSticky, 1000);
+        let out_a = join(
+            &mut c,
+            41,
+            Some(&a.member_id),
+            Assignor::CooperativeSticky,
+            1100,
+        );
+        assert!(out_a.iter().all(|o| !matches!(o, Output::Joined { .. })));
+        let out = join(
+            &mut c,
+            42,
+            Some(&b.member_id),
+            Assignor::CooperativeSticky,
+            1200,
+        );
+        let (a2, b2, n2) = (
+            joined(&out, 41).unwrap(),
+            joined(&out, 42).unwrap(),
+            joined(&out, 40).unwrap(),
+        );
+        assert_eq!(
+            [
+                a2.assignment.len(),
+                b2.assignment.len(),
+                n2.assignment.len()
+            ],
+            [2, 2, 2]
+        );
+        // a and b each kept two of their three and gave one to the newcomer.
+        assert!(a2.assignment.iter().all(|tp| a.assignment.contains(tp)));
+        assert!(b2.assignment.iter().all(|tp| b.assignment.contains(tp)));
+    }
+
+    #[test]
+    fn out_of_range_session_timeouts_are_refused() {
+        let mut c = coordinator(1);
+        let out = c.handle(
+            Input::Join {
+                request: 1,
+                group: "g".into(),
+                member_id: None,
+                client_id: "c".into(),
+                topics: ["t".to_string()].into(),
+                session_timeout_ms: 10,
+                rebalance_timeout_ms: 10,
+                assignor: Assignor::Range,
+            },
+            0,
+        );
+        assert_eq!(joined(&out, 1), Err(GroupError::InvalidSessionTimeout));
+        assert!(c.describe("g").is_none());
+    }
+
+    #[test]
+    fn a_partition_count_change_rebalances_stable_groups() {
+        let (mut c, a, _b) = two_members(Assignor::Range);
+        c.handle(Input::Partitions([("t".to_string(), 8)].into()), 500);
+        assert_eq!(
+            heartbeat(&mut c, &a.member_id, 2, 600),
+            Err(GroupError::RebalanceInProgress)
+        );
+    }
+}
