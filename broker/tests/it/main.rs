@@ -5,6 +5,7 @@ mod compaction;
 mod corruption;
 mod crash;
 mod durability;
+mod groups;
 mod log_model;
 mod server;
 mod support;

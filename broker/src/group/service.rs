@@ -1,0 +1,239 @@
+//! `Groups`: the coordinator driven for real: joins wait for their rebalance to complete, time
+//! comes from a ticker, partition counts from the topic registry, and accepted commits are
+//! written to the offsets topic before they are acknowledged.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{oneshot, watch};
+
+use super::coordinator::{
+    Coordinator, CoordinatorConfig, GroupDescription, GroupError, Input, JoinResult, Output,
+    RequestId,
+};
+use super::offsets::OffsetStore;
+use super::{Assignor, CommittedOffset, TopicPartition};
+use crate::log::now_ms;
+use crate::service::ServiceError;
+use crate::topics::{TopicError, Topics};
+
+/// Why a commit failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CommitError {
+    #[error("commit refused: {0:?}")]
+    Fenced(GroupError),
+    #[error(transparent)]
+    Storage(#[from] ServiceError),
+}
+
+/// A join as a member asks for it.
+#[derive(Debug, Clone)]
+pub struct JoinRequest {
+    pub group: String,
+    pub member_id: Option<String>,
+    pub client_id: String,
+    pub topics: BTreeSet<String>,
+    pub session_timeout_ms: u64,
+    pub rebalance_timeout_ms: u64,
+    pub assignor: Assignor,
+}
+
+#[derive(Debug)]
+struct State {
+    coordinator: Coordinator,
+    next_request: RequestId,
+    joins: HashMap<RequestId, oneshot::Sender<Result<JoinResult, GroupError>>>,
+}
+
+#[derive(Debug)]
+pub struct Groups {
+    state: Mutex<State>,
+    store: OffsetStore,
+    topics: Arc<Topics>,
+}
+
+impl Groups {
+    /// Opens the offsets topic and restores every committed offset.
+    pub fn open(topics: Arc<Topics>, config: CoordinatorConfig) -> Result<Groups, TopicError> {
+        let (store, commits) = OffsetStore::open(&topics)?;
+        let mut coordinator = Coordinator::new(config);
+        let n_commits = commits.len();
+        for (group, tp, committed) in commits {
+            coordinator.restore_commit(&group, tp, committed);
+        }
+        tracing::info!(commits = n_commits, "restored committed offsets");
+        Ok(Groups {
+            state: Mutex::new(State {
+                coordinator,
+                next_request: 0,
+                joins: HashMap::new(),
+            }),
+            store,
+            topics,
+        })
+    }
+
+    fn partition_counts(&self) -> BTreeMap<String, u32> {
+        self.topics
+            .list()
+            .iter()
+            .map(|t| (t.name.clone(), t.partitions.len() as u32))
+            .collect()
+    }
+
+    /// Runs one input through the coordinator and delivers join answers to their waiters.
+    fn drive(&self, state: &mut State, input: Input) -> Vec<Output> {
+        let now = now_ms();
+        let mut outputs = state
+            .coordinator
+            .handle(Input::Partitions(self.partition_counts()), now);
+        outputs.extend(state.coordinator.handle(input, now));
+        outputs.retain(|output| match output {
+            Output::Joined { request, result } => {
+                if let Some(waiter) = state.joins.remove(request) {
+                    let _ = waiter.send(result.clone());
+                }
+                false
+            }
+            Output::Rebalanced {
+                group,
+                generation,
+                n_members,
+            } => {
+                tracing::info!(%group, generation, members = n_members, "group rebalanced");
+                false
+            }
+            Output::Expired { group, member_id } => {
+                tracing::info!(%group, %member_id, "member removed: session or rebalance timeout");
+                false
+            }
+            _ => true,
+        });
+        outputs
+    }
+
+    /// Joins (or rejoins) and waits until the rebalance completes with this member's share.
+    pub async fn join(&self, join: JoinRequest) -> Result<JoinResult, GroupError> {
+        let rx = {
+            let mut state = self.state.lock().expect("groups lock");
+            state.next_request += 1;
+            let request = state.next_request;
+            let (tx, rx) = oneshot::channel();
+            state.joins.insert(request, tx);
+            let input = Input::Join {
+                request,
+                group: join.group,
+                member_id: join.member_id,
+                client_id: join.client_id,
+                topics: join.topics,
+                session_timeout_ms: join.session_timeout_ms,
+                rebalance_timeout_ms: join.rebalance_timeout_ms,
+                assignor: join.assignor,
+            };
+            self.drive(&mut state, input);
+            rx
+        };
+        rx.await.unwrap_or(Err(GroupError::MemberRemoved))
+    }
+
+    pub fn heartbeat(
+        &self,
+        group: &str,
+        member_id: &str,
+        generation: u32,
+    ) -> Result<(), GroupError> {
+        let mut state = self.state.lock().expect("groups lock");
+        let input = Input::Heartbeat {
+            group: group.into(),
+            member_id: member_id.into(),
+            generation,
+        };
+        match self.drive(&mut state, input).first() {
+            Some(Output::Heartbeat(result)) => *result,
+            _ => Err(GroupError::UnknownMember),
+        }
+    }
+
+    pub fn leave(&self, group: &str, member_id: &str) -> Result<(), GroupError> {
+        let mut state = self.state.lock().expect("groups lock");
+        let input = Input::Leave {
+            group: group.into(),
+            member_id: member_id.into(),
+        };
+        match self.drive(&mut state, input).first() {
+            Some(Output::Left(result)) => *result,
+            _ => Err(GroupError::UnknownMember),
+        }
+    }
+
+    /// Fences the commit by member and generation, then makes it durable.
+    pub async fn commit(
+        &self,
+        group: &str,
+        member_id: &str,
+        generation: u32,
+        offsets: Vec<(TopicPartition, CommittedOffset)>,
+    ) -> Result<(), CommitError> {
+        let accepted = {
+            let mut state = self.state.lock().expect("groups lock");
+            let input = Input::Commit {
+                group: group.into(),
+                member_id: member_id.into(),
+                generation,
+                offsets,
+            };
+            match self.drive(&mut state, input).into_iter().next() {
+                Some(Output::CommitAccepted { offsets, .. }) => offsets,
+                Some(Output::CommitRejected(e)) => return Err(CommitError::Fenced(e)),
+                _ => return Err(CommitError::Fenced(GroupError::UnknownMember)),
+            }
+        };
+        self.store.persist(group, &accepted).await?;
+        Ok(())
+    }
+
+    pub fn committed(&self, group: &str, tp: &TopicPartition) -> Option<CommittedOffset> {
+        self.state
+            .lock()
+            .expect("groups lock")
+            .coordinator
+            .committed(group, tp)
+            .cloned()
+    }
+
+    pub fn describe(&self, group: &str) -> Option<GroupDescription> {
+        self.state
+            .lock()
+            .expect("groups lock")
+            .coordinator
+            .describe(group)
+    }
+
+    pub fn list(&self) -> Vec<String> {
+        self.state
+            .lock()
+            .expect("groups lock")
+            .coordinator
+            .groups()
+            .map(String::from)
+            .collect()
+    }
+
+    /// Advances time: session timeouts and rebalance deadlines.
+    pub fn tick(&self) {
+        let mut state = self.state.lock().expect("groups lock");
+        self.drive(&mut state, Input::Tick);
+    }
+
+    /// Ticks every `every` until shutdown.
+    pub async fn run_ticker(self: Arc<Self>, every: Duration, mut shutdown: watch::Receiver<bool>) {
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => self.tick(),
+                _ = shutdown.wait_for(|stop| *stop) => return,
+            }
+        }
+    }
+}
