@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use strand_broker::config::{BrokerArgs, BrokerConfig};
+use strand_broker::group::CoordinatorConfig;
 use strand_broker::http::{self, HttpState};
 use strand_broker::metrics::Metrics;
 use strand_broker::server::{self, ServerConfig};
@@ -88,11 +89,17 @@ async fn run(config: BrokerConfig) -> anyhow::Result<()> {
         "strand-broker listening"
     );
 
-    let broker = Broker {
-        topics: topics.clone(),
-        metrics: metrics.clone(),
-        fetch_wait_max: Duration::from_millis(config.fetch_wait_ms_max),
+    let broker = {
+        let topics = topics.clone();
+        let metrics = metrics.clone();
+        let wait = Duration::from_millis(config.fetch_wait_ms_max);
+        tokio::task::spawn_blocking(move || {
+            Broker::new(topics, metrics, CoordinatorConfig::default(), wait)
+        })
+        .await?
+        .context("opening the group coordinator")?
     };
+    let ticker_task = broker.spawn_group_ticker(shutdown_rx.clone());
     let server_task = tokio::spawn(server::serve(
         native_listener,
         broker,
@@ -155,6 +162,7 @@ async fn run(config: BrokerConfig) -> anyhow::Result<()> {
         tracing::warn!("HTTP listener did not stop within the shutdown timeout");
     }
     let _ = retention_task.await;
+    let _ = ticker_task.await;
     let _ = cleaner_task.await;
     tokio::task::spawn_blocking(move || topics.close())
         .await?

@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use strand_client::batch::Batches;
 use strand_client::native::frame::{self, REQUEST_HEADER_BYTES};
-use strand_client::native::messages::{PartitionState, TopicDescription};
+use strand_client::native::messages::{
+    GroupInfo, GroupMember, GroupOffset, OffsetEntry, PartitionState, TopicDescription,
+};
 use strand_client::native::{
     Acks, ApiKey, ErrorCode, OffsetQuery, Push, Request, Response, ResponseBody,
 };
@@ -25,6 +27,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, Notify, Semaphore};
 use tokio::task::JoinSet;
 
+use crate::group::{
+    Assignor, CommitError, CommittedOffset, GroupDescription, GroupError, GroupState, JoinRequest,
+};
 use crate::log::LogError;
 use crate::service::{Broker, OffsetSpec, ServiceError, TopicInfo};
 use crate::topics::{TopicConfig, TopicError};
@@ -525,6 +530,104 @@ async fn handle(
                 };
                 ResponseBody::Offset(broker.list_offset(&topic, partition, spec).await?)
             }
+            Request::JoinGroup {
+                group,
+                member_id,
+                client_id,
+                topics,
+                session_timeout_ms,
+                rebalance_timeout_ms,
+                assignor,
+            } => {
+                let assignor = assignor
+                    .parse::<Assignor>()
+                    .map_err(|reason| ServiceError::Topic(TopicError::InvalidConfig(reason)))?;
+                let joined = broker
+                    .groups
+                    .join(JoinRequest {
+                        group,
+                        member_id: (!member_id.is_empty()).then_some(member_id),
+                        client_id,
+                        topics: topics.into_iter().collect(),
+                        session_timeout_ms: session_timeout_ms.into(),
+                        rebalance_timeout_ms: rebalance_timeout_ms.into(),
+                        assignor,
+                    })
+                    .await
+                    .map_err(ServiceError::Group)?;
+                ResponseBody::Joined {
+                    member_id: joined.member_id,
+                    generation: joined.generation,
+                    assignment: joined.assignment,
+                }
+            }
+            Request::Heartbeat {
+                group,
+                member_id,
+                generation,
+            } => {
+                broker
+                    .groups
+                    .heartbeat(&group, &member_id, generation)
+                    .map_err(ServiceError::Group)?;
+                ResponseBody::Empty
+            }
+            Request::LeaveGroup { group, member_id } => {
+                broker
+                    .groups
+                    .leave(&group, &member_id)
+                    .map_err(ServiceError::Group)?;
+                ResponseBody::Empty
+            }
+            Request::OffsetCommit {
+                group,
+                member_id,
+                generation,
+                offsets,
+            } => {
+                let offsets = offsets
+                    .into_iter()
+                    .map(|o| {
+                        (
+                            (o.topic, o.partition),
+                            CommittedOffset {
+                                offset: o.offset,
+                                metadata: o.metadata,
+                            },
+                        )
+                    })
+                    .collect();
+                broker
+                    .groups
+                    .commit(&group, &member_id, generation, offsets)
+                    .await
+                    .map_err(|e| match e {
+                        CommitError::Fenced(e) => ServiceError::Group(e),
+                        CommitError::Storage(e) => e,
+                    })?;
+                ResponseBody::Empty
+            }
+            Request::OffsetFetch { group, partitions } => ResponseBody::Committed(
+                partitions
+                    .into_iter()
+                    .map(|tp| {
+                        broker.groups.committed(&group, &tp).map(|c| OffsetEntry {
+                            topic: tp.0,
+                            partition: tp.1,
+                            offset: c.offset,
+                            metadata: c.metadata,
+                        })
+                    })
+                    .collect(),
+            ),
+            Request::ListGroups => ResponseBody::Groups(broker.groups.list()),
+            Request::DescribeGroup { group } => {
+                let described = broker
+                    .groups
+                    .describe(&group)
+                    .ok_or_else(|| ServiceError::UnknownGroup(group.clone()))?;
+                ResponseBody::Group(group_info(broker, described))
+            }
             Request::Produce { .. }
             | Request::Subscribe { .. }
             | Request::AddCredit { .. }
@@ -537,6 +640,44 @@ async fn handle(
     match result {
         Ok(body) => Response::Ok(body),
         Err(e) => error_response(&e),
+    }
+}
+
+fn group_info(broker: &Broker, g: GroupDescription) -> GroupInfo {
+    let state = match g.state {
+        GroupState::Empty => "empty",
+        GroupState::Rebalancing => "rebalancing",
+        GroupState::Stable => "stable",
+    };
+    GroupInfo {
+        group: g.group,
+        state: state.into(),
+        generation: g.generation,
+        assignor: format!("{:?}", g.assignor),
+        members: g
+            .members
+            .into_iter()
+            .map(|m| GroupMember {
+                member_id: m.member_id,
+                client_id: m.client_id,
+                assignment: m.assignment,
+            })
+            .collect(),
+        offsets: g
+            .committed
+            .into_iter()
+            .map(|((topic, partition), c)| {
+                let lag = broker
+                    .partition_info(&topic, partition)
+                    .map_or(-1, |p| p.high_watermark as i64 - c.offset as i64);
+                GroupOffset {
+                    topic,
+                    partition,
+                    offset: c.offset,
+                    lag,
+                }
+            })
+            .collect(),
     }
 }
 
@@ -579,6 +720,13 @@ fn error_response(e: &ServiceError) -> Response {
         | ServiceError::Topic(TopicError::Log(_) | TopicError::Io { .. }) => {
             ErrorCode::StorageError
         }
+        ServiceError::Group(GroupError::UnknownMember | GroupError::MemberRemoved) => {
+            ErrorCode::UnknownMember
+        }
+        ServiceError::Group(GroupError::IllegalGeneration) => ErrorCode::IllegalGeneration,
+        ServiceError::Group(GroupError::RebalanceInProgress) => ErrorCode::RebalanceInProgress,
+        ServiceError::Group(GroupError::InvalidSessionTimeout) => ErrorCode::InvalidSessionTimeout,
+        ServiceError::UnknownGroup(_) => ErrorCode::UnknownGroup,
         _ => ErrorCode::Internal,
     };
     if matches!(code, ErrorCode::Internal | ErrorCode::StorageError) {

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use strand_client::batch::Batches;
 
+use crate::group::{CoordinatorConfig, GroupError, Groups};
 use crate::log::{AppendInfo, LogError, ReadResult};
 use crate::metrics::Metrics;
 use crate::topics::{Partition, Topic, TopicConfig, TopicError, Topics};
@@ -42,6 +43,10 @@ pub enum ServiceError {
     Topic(#[from] TopicError),
     #[error(transparent)]
     Log(#[from] LogError),
+    #[error("group: {0:?}")]
+    Group(GroupError),
+    #[error("unknown group {0:?}")]
+    UnknownGroup(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -66,11 +71,41 @@ pub struct TopicInfo {
 pub struct Broker {
     pub topics: Arc<Topics>,
     pub metrics: Arc<Metrics>,
+    pub groups: Arc<Groups>,
     /// Upper bound on a fetch's long-poll wait.
     pub fetch_wait_max: Duration,
 }
 
 impl Broker {
+    /// Opens the group coordinator over `topics` (restoring committed offsets).
+    pub fn new(
+        topics: Arc<Topics>,
+        metrics: Arc<Metrics>,
+        coordinator: CoordinatorConfig,
+        fetch_wait_max: Duration,
+    ) -> Result<Broker, TopicError> {
+        let groups = Arc::new(Groups::open(topics.clone(), coordinator)?);
+        Ok(Broker {
+            topics,
+            metrics,
+            groups,
+            fetch_wait_max,
+        })
+    }
+
+    /// Advances the group coordinator's clock (session timeouts, rebalance deadlines) until
+    /// shutdown.
+    pub fn spawn_group_ticker(
+        &self,
+        shutdown: tokio::sync::watch::Receiver<bool>,
+    ) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(
+            self.groups
+                .clone()
+                .run_ticker(Duration::from_millis(100), shutdown),
+        )
+    }
+
     fn partition(&self, topic: &str, partition: u32) -> Result<Arc<Partition>, ServiceError> {
         self.topics
             .get(topic)

@@ -122,6 +122,11 @@ impl Connection {
     pub async fn request(&self, request: Request) -> Result<ResponseBody, ClientError> {
         let wait = match &request {
             Request::Fetch { max_wait_ms, .. } => Duration::from_millis((*max_wait_ms).into()),
+            // A join is answered when the rebalance completes, within the rebalance timeout.
+            Request::JoinGroup {
+                rebalance_timeout_ms,
+                ..
+            } => Duration::from_millis((*rebalance_timeout_ms).into()),
             _ => Duration::ZERO,
         };
         let _permit = self

@@ -134,6 +134,16 @@ impl Consumer {
             };
             positions.push((partition, offset));
         }
+        Consumer::at_positions(client, topic, positions, config).await
+    }
+
+    /// Starts consuming each listed partition of `topic` at its own offset.
+    pub async fn at_positions(
+        client: Client,
+        topic: &str,
+        positions: Vec<(u32, u64)>,
+        config: ConsumerConfig,
+    ) -> Result<Consumer, ClientError> {
         let fetch_offsets = positions.iter().map(|(_, offset)| *offset).collect();
         let mut consumer = Consumer {
             client,
@@ -167,6 +177,10 @@ impl Consumer {
             }
         }
         Ok(consumer)
+    }
+
+    pub fn topic(&self) -> &str {
+        &self.topic
     }
 
     /// Next offset to be yielded for each partition.

@@ -6,13 +6,15 @@
 //! - [`partitioner`]: Kafka's murmur2 key partitioner.
 //! - [`native`]: the native TCP protocol (frames, requests, responses, pushes).
 //! - [`connection`]: one pipelined connection; [`client`]: reconnecting [`Client`] and [`Admin`].
-//! - [`producer`]: batching [`Producer`] with delivery futures; [`consumer`]: [`Consumer`].
+//! - [`producer`]: batching [`Producer`] with delivery futures; [`consumer`]: [`Consumer`];
+//!   [`group`]: [`GroupConsumer`], a consumer-group member.
 
 pub mod batch;
 pub mod client;
 pub mod connection;
 pub mod consumer;
 pub mod error;
+pub mod group;
 pub mod native;
 pub mod partitioner;
 pub mod producer;
@@ -20,5 +22,6 @@ pub mod producer;
 pub use client::{Admin, Client, ClientConfig};
 pub use consumer::{Consumer, ConsumerConfig, Record, StartFrom};
 pub use error::ClientError;
+pub use group::{GroupConfig, GroupConsumer, OffsetReset};
 pub use native::{Acks, TopicSettings};
 pub use producer::{Producer, ProducerConfig, ProducerRecord};

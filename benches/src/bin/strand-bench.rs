@@ -147,11 +147,16 @@ impl EmbeddedBroker {
         let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
         let addr = listener.local_addr()?.to_string();
         let (shutdown, rx) = tokio::sync::watch::channel(false);
-        let broker = Broker {
-            topics: topics.clone(),
-            metrics: Arc::new(Metrics::default()),
-            fetch_wait_max: Duration::from_secs(30),
-        };
+        let broker = Broker::new(
+            topics.clone(),
+            Arc::new(Metrics::default()),
+            strand_broker::group::CoordinatorConfig::default(),
+            Duration::from_secs(30),
+        )?;
+        {
+            let _context = runtime.enter();
+            broker.spawn_group_ticker(rx.clone());
+        }
         let task = runtime.spawn(server::serve(listener, broker, ServerConfig::default(), rx));
         Ok(EmbeddedBroker {
             addr,

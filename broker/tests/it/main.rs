@@ -5,6 +5,7 @@ mod compaction;
 mod corruption;
 mod crash;
 mod durability;
+mod group_consumers;
 mod groups;
 mod log_model;
 mod server;

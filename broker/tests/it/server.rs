@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use strand_broker::group::CoordinatorConfig;
 use strand_broker::log::LogConfig;
 use strand_broker::metrics::Metrics;
 use strand_broker::server::{self, ServerConfig};
@@ -48,11 +49,18 @@ impl TestBroker {
         let addr = listener.local_addr().unwrap().to_string();
         let (shutdown, rx) = watch::channel(false);
         let metrics = Arc::new(Metrics::default());
-        let broker = Broker {
-            topics: topics.clone(),
-            metrics: metrics.clone(),
-            fetch_wait_max: Duration::from_secs(30),
+        let coordinator = CoordinatorConfig {
+            session_timeout_ms_min: 10,
+            ..CoordinatorConfig::default()
         };
+        let broker = Broker::new(
+            topics.clone(),
+            metrics.clone(),
+            coordinator,
+            Duration::from_secs(30),
+        )
+        .unwrap();
+        broker.spawn_group_ticker(rx.clone());
         let task = tokio::spawn(server::serve(listener, broker, config, rx));
         TestBroker {
             addr,

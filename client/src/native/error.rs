@@ -26,6 +26,14 @@ pub enum ErrorCode {
     ShuttingDown = 13,
     /// No subscription with that id on this connection.
     UnknownSubscription = 14,
+    /// The group does not know this member (it left, or its session expired): join anew.
+    UnknownMember = 15,
+    /// The member's generation is stale: it must rejoin before committing.
+    IllegalGeneration = 16,
+    /// The group is rebalancing: rejoin to get the new assignment.
+    RebalanceInProgress = 17,
+    InvalidSessionTimeout = 18,
+    UnknownGroup = 19,
 }
 
 impl ErrorCode {
@@ -46,6 +54,11 @@ impl ErrorCode {
             12 => StorageError,
             13 => ShuttingDown,
             14 => UnknownSubscription,
+            15 => UnknownMember,
+            16 => IllegalGeneration,
+            17 => RebalanceInProgress,
+            18 => InvalidSessionTimeout,
+            19 => UnknownGroup,
             _ => Internal,
         }
     }

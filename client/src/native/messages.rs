@@ -21,10 +21,17 @@ pub enum ApiKey {
     Subscribe = 8,
     AddCredit = 9,
     Unsubscribe = 10,
+    JoinGroup = 11,
+    Heartbeat = 12,
+    LeaveGroup = 13,
+    OffsetCommit = 14,
+    OffsetFetch = 15,
+    ListGroups = 16,
+    DescribeGroup = 17,
 }
 
 impl ApiKey {
-    pub const ALL: [ApiKey; 11] = [
+    pub const ALL: [ApiKey; 18] = [
         ApiKey::Handshake,
         ApiKey::CreateTopic,
         ApiKey::DeleteTopic,
@@ -36,6 +43,13 @@ impl ApiKey {
         ApiKey::Subscribe,
         ApiKey::AddCredit,
         ApiKey::Unsubscribe,
+        ApiKey::JoinGroup,
+        ApiKey::Heartbeat,
+        ApiKey::LeaveGroup,
+        ApiKey::OffsetCommit,
+        ApiKey::OffsetFetch,
+        ApiKey::ListGroups,
+        ApiKey::DescribeGroup,
     ];
 
     pub fn from_u16(key: u16) -> Option<ApiKey> {
@@ -60,6 +74,13 @@ impl ApiKey {
             ApiKey::Subscribe => "subscribe",
             ApiKey::AddCredit => "add_credit",
             ApiKey::Unsubscribe => "unsubscribe",
+            ApiKey::JoinGroup => "join_group",
+            ApiKey::Heartbeat => "heartbeat",
+            ApiKey::LeaveGroup => "leave_group",
+            ApiKey::OffsetCommit => "offset_commit",
+            ApiKey::OffsetFetch => "offset_fetch",
+            ApiKey::ListGroups => "list_groups",
+            ApiKey::DescribeGroup => "describe_group",
         }
     }
 }
@@ -144,6 +165,112 @@ pub enum Request {
     Unsubscribe {
         subscription: u32,
     },
+    /// Joins (empty `member_id` for a new member) and waits for the rebalance to complete.
+    JoinGroup {
+        group: String,
+        member_id: String,
+        client_id: String,
+        topics: Vec<String>,
+        session_timeout_ms: u32,
+        rebalance_timeout_ms: u32,
+        /// range, round-robin or cooperative-sticky
+        assignor: String,
+    },
+    Heartbeat {
+        group: String,
+        member_id: String,
+        generation: u32,
+    },
+    LeaveGroup {
+        group: String,
+        member_id: String,
+    },
+    /// Empty `member_id` and generation 0: an admin commit, allowed while the group is empty.
+    OffsetCommit {
+        group: String,
+        member_id: String,
+        generation: u32,
+        offsets: Vec<OffsetEntry>,
+    },
+    OffsetFetch {
+        group: String,
+        partitions: Vec<(String, u32)>,
+    },
+    ListGroups,
+    DescribeGroup {
+        group: String,
+    },
+}
+
+/// One partition's committed offset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OffsetEntry {
+    pub topic: String,
+    pub partition: u32,
+    pub offset: u64,
+    pub metadata: String,
+}
+
+/// A member in a group description.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupMember {
+    pub member_id: String,
+    pub client_id: String,
+    pub assignment: Vec<(String, u32)>,
+}
+
+/// A committed offset with the partition's lag (high watermark minus committed offset).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupOffset {
+    pub topic: String,
+    pub partition: u32,
+    pub offset: u64,
+    /// -1 when the partition no longer exists.
+    pub lag: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupInfo {
+    pub group: String,
+    /// empty, rebalancing or stable
+    pub state: String,
+    pub generation: u32,
+    pub assignor: String,
+    pub members: Vec<GroupMember>,
+    pub offsets: Vec<GroupOffset>,
+}
+
+fn put_tps(buf: &mut BytesMut, tps: &[(String, u32)]) {
+    buf.put_u32(tps.len() as u32);
+    for (topic, partition) in tps {
+        put_string(buf, topic);
+        buf.put_u32(*partition);
+    }
+}
+
+fn get_tps(r: &mut Reader, what: &'static str) -> Result<Vec<(String, u32)>, DecodeError> {
+    let n = r.count(what, 6)?;
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        out.push((r.string("topic")?, r.u32("partition")?));
+    }
+    Ok(out)
+}
+
+fn put_strings(buf: &mut BytesMut, items: &[String]) {
+    buf.put_u32(items.len() as u32);
+    for item in items {
+        put_string(buf, item);
+    }
+}
+
+fn get_strings(r: &mut Reader, what: &'static str) -> Result<Vec<String>, DecodeError> {
+    let n = r.count(what, 2)?;
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        out.push(r.string(what)?);
+    }
+    Ok(out)
 }
 
 /// Sentinel for "broker default" in optional i64 settings.
@@ -172,6 +299,13 @@ impl Request {
             Request::Subscribe { .. } => ApiKey::Subscribe,
             Request::AddCredit { .. } => ApiKey::AddCredit,
             Request::Unsubscribe { .. } => ApiKey::Unsubscribe,
+            Request::JoinGroup { .. } => ApiKey::JoinGroup,
+            Request::Heartbeat { .. } => ApiKey::Heartbeat,
+            Request::LeaveGroup { .. } => ApiKey::LeaveGroup,
+            Request::OffsetCommit { .. } => ApiKey::OffsetCommit,
+            Request::OffsetFetch { .. } => ApiKey::OffsetFetch,
+            Request::ListGroups => ApiKey::ListGroups,
+            Request::DescribeGroup { .. } => ApiKey::DescribeGroup,
         }
     }
 
@@ -277,6 +411,59 @@ impl Request {
                 buf.put_u32(*credit_bytes);
             }
             Request::Unsubscribe { subscription } => buf.put_u32(*subscription),
+            Request::JoinGroup {
+                group,
+                member_id,
+                client_id,
+                topics,
+                session_timeout_ms,
+                rebalance_timeout_ms,
+                assignor,
+            } => {
+                put_string(buf, group);
+                put_string(buf, member_id);
+                put_string(buf, client_id);
+                put_strings(buf, topics);
+                buf.put_u32(*session_timeout_ms);
+                buf.put_u32(*rebalance_timeout_ms);
+                put_string(buf, assignor);
+            }
+            Request::Heartbeat {
+                group,
+                member_id,
+                generation,
+            } => {
+                put_string(buf, group);
+                put_string(buf, member_id);
+                buf.put_u32(*generation);
+            }
+            Request::LeaveGroup { group, member_id } => {
+                put_string(buf, group);
+                put_string(buf, member_id);
+            }
+            Request::OffsetCommit {
+                group,
+                member_id,
+                generation,
+                offsets,
+            } => {
+                put_string(buf, group);
+                put_string(buf, member_id);
+                buf.put_u32(*generation);
+                buf.put_u32(offsets.len() as u32);
+                for o in offsets {
+                    put_string(buf, &o.topic);
+                    buf.put_u32(o.partition);
+                    buf.put_u64(o.offset);
+                    put_string(buf, &o.metadata);
+                }
+            }
+            Request::OffsetFetch { group, partitions } => {
+                put_string(buf, group);
+                put_tps(buf, partitions);
+            }
+            Request::ListGroups => {}
+            Request::DescribeGroup { group } => put_string(buf, group),
         }
         frame::end_frame(buf, at);
     }
@@ -383,6 +570,53 @@ impl Request {
             ApiKey::Unsubscribe => Request::Unsubscribe {
                 subscription: r.u32("subscription")?,
             },
+            ApiKey::JoinGroup => Request::JoinGroup {
+                group: r.string("group")?,
+                member_id: r.string("member_id")?,
+                client_id: r.string("client_id")?,
+                topics: get_strings(&mut r, "topics")?,
+                session_timeout_ms: r.u32("session_timeout_ms")?,
+                rebalance_timeout_ms: r.u32("rebalance_timeout_ms")?,
+                assignor: r.string("assignor")?,
+            },
+            ApiKey::Heartbeat => Request::Heartbeat {
+                group: r.string("group")?,
+                member_id: r.string("member_id")?,
+                generation: r.u32("generation")?,
+            },
+            ApiKey::LeaveGroup => Request::LeaveGroup {
+                group: r.string("group")?,
+                member_id: r.string("member_id")?,
+            },
+            ApiKey::OffsetCommit => {
+                let group = r.string("group")?;
+                let member_id = r.string("member_id")?;
+                let generation = r.u32("generation")?;
+                let n = r.count("offsets", 18)?;
+                let mut offsets = Vec::with_capacity(n);
+                for _ in 0..n {
+                    offsets.push(OffsetEntry {
+                        topic: r.string("topic")?,
+                        partition: r.u32("partition")?,
+                        offset: r.u64("offset")?,
+                        metadata: r.string("metadata")?,
+                    });
+                }
+                Request::OffsetCommit {
+                    group,
+                    member_id,
+                    generation,
+                    offsets,
+                }
+            }
+            ApiKey::OffsetFetch => Request::OffsetFetch {
+                group: r.string("group")?,
+                partitions: get_tps(&mut r, "partitions")?,
+            },
+            ApiKey::ListGroups => Request::ListGroups,
+            ApiKey::DescribeGroup => Request::DescribeGroup {
+                group: r.string("group")?,
+            },
         };
         r.finish()?;
         Ok(request)
@@ -431,6 +665,15 @@ pub enum ResponseBody {
     },
     /// `None` when no record is as new as the timestamp asked for.
     Offset(Option<u64>),
+    Joined {
+        member_id: String,
+        generation: u32,
+        assignment: Vec<(String, u32)>,
+    },
+    /// Committed offsets in request order; `None` where the group has none.
+    Committed(Vec<Option<OffsetEntry>>),
+    Groups(Vec<String>),
+    Group(GroupInfo),
 }
 
 /// A response: an error code with a human message, then the body when the code is `None`.
@@ -544,6 +787,50 @@ impl Response {
                         put_bytes(buf, records);
                     }
                     ResponseBody::Offset(offset) => buf.put_i64(offset.map_or(-1, |o| o as i64)),
+                    ResponseBody::Joined {
+                        member_id,
+                        generation,
+                        assignment,
+                    } => {
+                        put_string(buf, member_id);
+                        buf.put_u32(*generation);
+                        put_tps(buf, assignment);
+                    }
+                    ResponseBody::Committed(entries) => {
+                        buf.put_u32(entries.len() as u32);
+                        for entry in entries {
+                            match entry {
+                                None => buf.put_u8(0),
+                                Some(o) => {
+                                    buf.put_u8(1);
+                                    put_string(buf, &o.topic);
+                                    buf.put_u32(o.partition);
+                                    buf.put_u64(o.offset);
+                                    put_string(buf, &o.metadata);
+                                }
+                            }
+                        }
+                    }
+                    ResponseBody::Groups(groups) => put_strings(buf, groups),
+                    ResponseBody::Group(g) => {
+                        put_string(buf, &g.group);
+                        put_string(buf, &g.state);
+                        buf.put_u32(g.generation);
+                        put_string(buf, &g.assignor);
+                        buf.put_u32(g.members.len() as u32);
+                        for m in &g.members {
+                            put_string(buf, &m.member_id);
+                            put_string(buf, &m.client_id);
+                            put_tps(buf, &m.assignment);
+                        }
+                        buf.put_u32(g.offsets.len() as u32);
+                        for o in &g.offsets {
+                            put_string(buf, &o.topic);
+                            buf.put_u32(o.partition);
+                            buf.put_u64(o.offset);
+                            buf.put_i64(o.lag);
+                        }
+                    }
                 }
             }
         }
@@ -604,6 +891,68 @@ impl Response {
             ApiKey::ListOffsets => {
                 let offset = r.i64("offset")?;
                 ResponseBody::Offset((offset >= 0).then_some(offset as u64))
+            }
+            ApiKey::Heartbeat | ApiKey::LeaveGroup | ApiKey::OffsetCommit => ResponseBody::Empty,
+            ApiKey::JoinGroup => ResponseBody::Joined {
+                member_id: r.string("member_id")?,
+                generation: r.u32("generation")?,
+                assignment: get_tps(&mut r, "assignment")?,
+            },
+            ApiKey::OffsetFetch => {
+                let n = r.count("offsets", 1)?;
+                let mut entries = Vec::with_capacity(n);
+                for _ in 0..n {
+                    entries.push(match r.u8("present")? {
+                        0 => None,
+                        1 => Some(OffsetEntry {
+                            topic: r.string("topic")?,
+                            partition: r.u32("partition")?,
+                            offset: r.u64("offset")?,
+                            metadata: r.string("metadata")?,
+                        }),
+                        _ => {
+                            return Err(DecodeError::Invalid {
+                                field: "present",
+                                reason: "must be 0 or 1",
+                            })
+                        }
+                    });
+                }
+                ResponseBody::Committed(entries)
+            }
+            ApiKey::ListGroups => ResponseBody::Groups(get_strings(&mut r, "groups")?),
+            ApiKey::DescribeGroup => {
+                let group = r.string("group")?;
+                let state = r.string("state")?;
+                let generation = r.u32("generation")?;
+                let assignor = r.string("assignor")?;
+                let n = r.count("members", 8)?;
+                let mut members = Vec::with_capacity(n);
+                for _ in 0..n {
+                    members.push(GroupMember {
+                        member_id: r.string("member_id")?,
+                        client_id: r.string("client_id")?,
+                        assignment: get_tps(&mut r, "assignment")?,
+                    });
+                }
+                let n = r.count("offsets", 22)?;
+                let mut offsets = Vec::with_capacity(n);
+                for _ in 0..n {
+                    offsets.push(GroupOffset {
+                        topic: r.string("topic")?,
+                        partition: r.u32("partition")?,
+                        offset: r.u64("offset")?,
+                        lag: r.i64("lag")?,
+                    });
+                }
+                ResponseBody::Group(GroupInfo {
+                    group,
+                    state,
+                    generation,
+                    assignor,
+                    members,
+                    offsets,
+                })
             }
         };
         r.finish()?;

@@ -120,7 +120,119 @@ mod tests {
                 }
             }),
             any::<u32>().prop_map(|subscription| Request::Unsubscribe { subscription }),
+            (
+                name(),
+                name(),
+                name(),
+                proptest::collection::vec(name(), 0..4),
+                any::<u32>(),
+                any::<u32>(),
+                name()
+            )
+                .prop_map(
+                    |(
+                        group,
+                        member_id,
+                        client_id,
+                        topics,
+                        session_timeout_ms,
+                        rebalance_timeout_ms,
+                        assignor,
+                    )| Request::JoinGroup {
+                        group,
+                        member_id,
+                        client_id,
+                        topics,
+                        session_timeout_ms,
+                        rebalance_timeout_ms,
+                        assignor
+                    }
+                ),
+            (name(), name(), any::<u32>()).prop_map(|(group, member_id, generation)| {
+                Request::Heartbeat {
+                    group,
+                    member_id,
+                    generation,
+                }
+            }),
+            (name(), name())
+                .prop_map(|(group, member_id)| Request::LeaveGroup { group, member_id }),
+            (
+                name(),
+                name(),
+                any::<u32>(),
+                proptest::collection::vec(offset_entry(), 0..4)
+            )
+                .prop_map(|(group, member_id, generation, offsets)| {
+                    Request::OffsetCommit {
+                        group,
+                        member_id,
+                        generation,
+                        offsets,
+                    }
+                }),
+            (
+                name(),
+                proptest::collection::vec((name(), any::<u32>()), 0..4)
+            )
+                .prop_map(|(group, partitions)| Request::OffsetFetch { group, partitions }),
+            Just(Request::ListGroups),
+            name().prop_map(|group| Request::DescribeGroup { group }),
         ]
+    }
+
+    fn offset_entry() -> impl Strategy<Value = messages::OffsetEntry> {
+        (name(), any::<u32>(), any::<u64>(), name()).prop_map(
+            |(topic, partition, offset, metadata)| messages::OffsetEntry {
+                topic,
+                partition,
+                offset,
+                metadata,
+            },
+        )
+    }
+
+    fn group_info() -> impl Strategy<Value = messages::GroupInfo> {
+        (
+            name(),
+            name(),
+            any::<u32>(),
+            name(),
+            proptest::collection::vec(
+                (
+                    name(),
+                    name(),
+                    proptest::collection::vec((name(), any::<u32>()), 0..3),
+                ),
+                0..3,
+            ),
+            proptest::collection::vec((name(), any::<u32>(), any::<u64>(), any::<i64>()), 0..3),
+        )
+            .prop_map(|(group, state, generation, assignor, members, offsets)| {
+                messages::GroupInfo {
+                    group,
+                    state,
+                    generation,
+                    assignor,
+                    members: members
+                        .into_iter()
+                        .map(|(member_id, client_id, assignment)| messages::GroupMember {
+                            member_id,
+                            client_id,
+                            assignment,
+                        })
+                        .collect(),
+                    offsets: offsets
+                        .into_iter()
+                        .map(|(topic, partition, offset, lag)| messages::GroupOffset {
+                            topic,
+                            partition,
+                            offset,
+                            lag,
+                        })
+                        .collect(),
+                }
+            })
     }
 
     fn description() -> impl Strategy<Value = TopicDescription> {
@@ -195,7 +307,26 @@ mod tests {
             ),
             proptest::option::of(0u64..i64::MAX as u64)
                 .prop_map(move |o| ok(ApiKey::ListOffsets, ResponseBody::Offset(o))),
-            (0usize..ApiKey::ALL.len(), 1u16..15, name()).prop_map(|(k, code, message)| (
+            (
+                name(),
+                any::<u32>(),
+                proptest::collection::vec((name(), any::<u32>()), 0..4)
+            )
+                .prop_map(move |(member_id, generation, assignment)| ok(
+                    ApiKey::JoinGroup,
+                    ResponseBody::Joined {
+                        member_id,
+                        generation,
+                        assignment
+                    }
+                )),
+            Just(ok(ApiKey::Heartbeat, ResponseBody::Empty)),
+            proptest::collection::vec(proptest::option::of(offset_entry()), 0..4)
+                .prop_map(move |entries| ok(ApiKey::OffsetFetch, ResponseBody::Committed(entries))),
+            proptest::collection::vec(name(), 0..4)
+                .prop_map(move |groups| ok(ApiKey::ListGroups, ResponseBody::Groups(groups))),
+            group_info().prop_map(move |g| ok(ApiKey::DescribeGroup, ResponseBody::Group(g))),
+            (0usize..ApiKey::ALL.len(), 1u16..20, name()).prop_map(|(k, code, message)| (
                 ApiKey::ALL[k],
                 Response::Err {
                     code: ErrorCode::from_u16(code),
@@ -253,7 +384,7 @@ mod tests {
         }
 
         #[test]
-        fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..400), key in 0u16..12, version in 0u16..2) {
+        fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..400), key in 0u16..20, version in 0u16..2) {
             let header = RequestHeader { api_key: key, version, correlation_id: 1 };
             let _ = Request::decode(&header, Bytes::from(bytes.clone()));
             for k in ApiKey::ALL {
