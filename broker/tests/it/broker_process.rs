@@ -16,6 +16,14 @@ struct BrokerProcess {
     addr: String,
 }
 
+impl Drop for BrokerProcess {
+    /// A failing test must not leave a broker running.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 fn start_broker(data_dir: &std::path::Path) -> BrokerProcess {
     let mut child = Command::new(env!("CARGO_BIN_EXE_strand-broker"))
         .args([
@@ -300,5 +308,104 @@ fn cli_pipeline_round_trips_100k_lines() {
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.contains("does not exist"), "{stderr}");
     assert_eq!(run(&["topic", "frobnicate"], None).status.code(), Some(2));
+    stop(broker);
+}
+
+#[test]
+fn cli_group_members_share_a_topic_and_survive_a_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start_broker(dir.path());
+    let cli = strand_cli();
+    let run = |args: &[&str], input: &[u8]| {
+        let mut child = Command::new("timeout")
+            .arg("120")
+            .arg(&cli)
+            .args(["--broker", &broker.addr])
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(&mut child.stdin.take().unwrap(), input).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    run(&["topic", "create", "orders", "--partitions", "6"], b"");
+    let first: String = (0..3000).map(|i| format!("a{i}\n")).collect();
+    run(&["produce", "orders"], first.as_bytes());
+
+    // Three members, each printing what it gets.
+    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    let mut members = Vec::new();
+    for _ in 0..3 {
+        let mut child = Command::new(&cli)
+            .args([
+                "--broker",
+                &broker.addr,
+                "consume",
+                "orders",
+                "--group",
+                "g",
+                "--follow",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let seen = seen.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                seen.lock().unwrap().push(line);
+            }
+        });
+        members.push(child);
+    }
+    let wait_for = |n: usize| {
+        let started = std::time::Instant::now();
+        loop {
+            let distinct: std::collections::HashSet<String> =
+                seen.lock().unwrap().iter().cloned().collect();
+            if distinct.len() >= n {
+                return distinct;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(90),
+                "only {} of {n} records consumed",
+                distinct.len()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    wait_for(3000);
+    // kill -9 one member; records produced afterwards still all arrive (its partitions move to
+    // the others after its session timeout).
+    members[0].kill().unwrap();
+    members[0].wait().unwrap();
+    let second: String = (0..3000).map(|i| format!("b{i}\n")).collect();
+    run(&["produce", "orders"], second.as_bytes());
+    let distinct = wait_for(6000);
+    assert_eq!(distinct.len(), 6000);
+    assert!(run(&["group", "list"], b"").lines().any(|l| l == "g"));
+    let described = run(&["group", "describe", "g"], b"");
+    assert!(described.contains("state stable"), "{described}");
+    assert_eq!(
+        described
+            .lines()
+            .filter(|l| l.starts_with("member "))
+            .count(),
+        2,
+        "{described}"
+    );
+    for mut member in members.into_iter().skip(1) {
+        let _ = member.kill();
+        let _ = member.wait();
+    }
     stop(broker);
 }

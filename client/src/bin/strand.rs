@@ -12,10 +12,11 @@ use anyhow::{bail, Context};
 use bytes::Bytes;
 use clap::{Parser, Subcommand, ValueEnum};
 use strand_client::consumer::Delivery;
-use strand_client::native::TopicDescription;
+use strand_client::native::messages::OffsetEntry;
+use strand_client::native::{Request, ResponseBody, TopicDescription};
 use strand_client::{
-    Acks, Client, ClientConfig, Consumer, ConsumerConfig, Producer, ProducerConfig, ProducerRecord,
-    StartFrom, TopicSettings,
+    Acks, Client, ClientConfig, Consumer, ConsumerConfig, GroupConfig, GroupConsumer, OffsetReset,
+    Producer, ProducerConfig, ProducerRecord, StartFrom, TopicSettings,
 };
 use tokio::io::{AsyncBufReadExt, BufReader};
 
@@ -80,6 +81,34 @@ enum Command {
         /// Receive records by push subscription instead of polling.
         #[arg(long)]
         push: bool,
+        /// Consume as a member of this consumer group (partitions assigned by the broker,
+        /// offsets committed); --from then applies only where the group has no commit.
+        #[arg(long)]
+        group: Option<String>,
+    },
+    /// List, describe and reset consumer groups.
+    Group {
+        #[command(subcommand)]
+        command: GroupCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum GroupCommand {
+    List,
+    /// Members, assignments, committed offsets and lag.
+    Describe {
+        group: String,
+    },
+    /// Move the group's committed offsets (only while the group has no members).
+    ResetOffsets {
+        group: String,
+        /// earliest, latest, or an offset.
+        #[arg(long)]
+        to: String,
+        /// The topic to reset (all of it); default: every topic the group has commits for.
+        #[arg(long)]
+        topic: Option<String>,
     },
 }
 
@@ -163,7 +192,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             format,
             partition,
             push,
+            group: Some(group),
+        } => {
+            if partition.is_some() || push {
+                bail!("--group cannot be combined with --partition or --push");
+            }
+            consume_group(client, topic, group, from, count, follow, format).await
+        }
+        Command::Consume {
+            topic,
+            from,
+            count,
+            follow,
+            format,
+            partition,
+            push,
+            group: None,
         } => consume(client, topic, from, count, follow, format, partition, push).await,
+        Command::Group { command } => group(client, command).await,
     }
 }
 
@@ -295,6 +341,178 @@ async fn produce(
     Ok(())
 }
 
+fn print_record(
+    out: &mut impl Write,
+    format: Format,
+    record: &strand_client::Record,
+) -> std::io::Result<()> {
+    match format {
+        Format::Raw => {
+            out.write_all(record.value.as_deref().unwrap_or_default())?;
+            out.write_all(b"\n")
+        }
+        Format::Json => {
+            let text =
+                |b: &Option<Bytes>| b.as_ref().map(|b| String::from_utf8_lossy(b).into_owned());
+            let line = serde_json::json!({
+                "partition": record.partition,
+                "offset": record.offset,
+                "timestamp": record.timestamp,
+                "key": text(&record.key),
+                "value": text(&record.value),
+            });
+            writeln!(out, "{line}")
+        }
+    }
+}
+
+async fn consume_group(
+    client: Client,
+    topic: String,
+    group: String,
+    from: String,
+    count: Option<u64>,
+    follow: bool,
+    format: Format,
+) -> anyhow::Result<()> {
+    let reset = match from.as_str() {
+        "earliest" => OffsetReset::Earliest,
+        "latest" => OffsetReset::Latest,
+        other => bail!("with --group, --from must be earliest or latest, got {other:?}"),
+    };
+    client
+        .admin()
+        .describe_topic(&topic)
+        .await
+        .with_context(|| format!("topic {topic}"))?;
+    let config = GroupConfig {
+        reset,
+        ..GroupConfig::new(group, vec![topic])
+    };
+    let mut consumer = GroupConsumer::join(client, config).await?;
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::with_capacity(1 << 16, stdout.lock());
+    let mut n = 0u64;
+    // Without --count or --follow, stop once no record has come for a while: a member's end of
+    // the log is a moving target (partitions move between members).
+    let idle = std::time::Duration::from_secs(2);
+    while count.is_none_or(|c| n < c) {
+        let record = if follow || count.is_some() {
+            consumer.next().await?
+        } else {
+            match tokio::time::timeout(idle, consumer.next()).await {
+                Ok(record) => record?,
+                Err(_) => break,
+            }
+        };
+        print_record(&mut out, format, &record)?;
+        n += 1;
+        if follow {
+            out.flush()?;
+        }
+    }
+    out.flush()?;
+    // What was printed is committed on the way out.
+    consumer.close().await?;
+    Ok(())
+}
+
+async fn group(client: Client, command: GroupCommand) -> anyhow::Result<()> {
+    match command {
+        GroupCommand::List => {
+            let ResponseBody::Groups(groups) = client.request(Request::ListGroups).await? else {
+                bail!("unexpected answer from the broker");
+            };
+            for group in groups {
+                println!("{group}");
+            }
+        }
+        GroupCommand::Describe { group } => {
+            let ResponseBody::Group(g) = client.request(Request::DescribeGroup { group }).await?
+            else {
+                bail!("unexpected answer from the broker");
+            };
+            println!(
+                "group {}  state {}  generation {}  assignor {}",
+                g.group, g.state, g.generation, g.assignor
+            );
+            for m in &g.members {
+                let parts: Vec<String> = m
+                    .assignment
+                    .iter()
+                    .map(|(t, p)| format!("{t}/{p}"))
+                    .collect();
+                println!(
+                    "member {}  client {}  partitions {}",
+                    m.member_id,
+                    m.client_id,
+                    parts.join(",")
+                );
+            }
+            println!(
+                "{:<24} {:>9} {:>16} {:>12}",
+                "topic", "partition", "committed", "lag"
+            );
+            for o in &g.offsets {
+                println!(
+                    "{:<24} {:>9} {:>16} {:>12}",
+                    o.topic, o.partition, o.offset, o.lag
+                );
+            }
+        }
+        GroupCommand::ResetOffsets { group, to, topic } => {
+            let admin = client.admin();
+            let topics: Vec<String> = match topic {
+                Some(topic) => vec![topic],
+                None => {
+                    let ResponseBody::Group(g) = client
+                        .request(Request::DescribeGroup {
+                            group: group.clone(),
+                        })
+                        .await?
+                    else {
+                        bail!("unexpected answer from the broker");
+                    };
+                    let mut topics: Vec<String> =
+                        g.offsets.iter().map(|o| o.topic.clone()).collect();
+                    topics.dedup();
+                    topics
+                }
+            };
+            let mut offsets = Vec::new();
+            for topic in topics {
+                for p in admin.describe_topic(&topic).await?.partitions {
+                    let offset = match to.as_str() {
+                        "earliest" => p.log_start_offset,
+                        "latest" => p.high_watermark,
+                        n => n.parse().map_err(|_| {
+                            anyhow::anyhow!("--to must be earliest, latest or an offset, got {n:?}")
+                        })?,
+                    };
+                    offsets.push(OffsetEntry {
+                        topic: topic.clone(),
+                        partition: p.partition,
+                        offset,
+                        metadata: String::new(),
+                    });
+                }
+            }
+            let n = offsets.len();
+            client
+                .request(Request::OffsetCommit {
+                    group: group.clone(),
+                    member_id: String::new(),
+                    generation: 0,
+                    offsets,
+                })
+                .await
+                .with_context(|| format!("resetting group {group} (it must have no members)"))?;
+            println!("reset {n} partitions of group {group} to {to}");
+        }
+    }
+    Ok(())
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn consume(
     client: Client,
@@ -352,24 +570,7 @@ async fn consume(
             break;
         }
         let record = consumer.next().await?;
-        match format {
-            Format::Raw => {
-                out.write_all(record.value.as_deref().unwrap_or_default())?;
-                out.write_all(b"\n")?;
-            }
-            Format::Json => {
-                let text =
-                    |b: &Option<Bytes>| b.as_ref().map(|b| String::from_utf8_lossy(b).into_owned());
-                let line = serde_json::json!({
-                    "partition": record.partition,
-                    "offset": record.offset,
-                    "timestamp": record.timestamp,
-                    "key": text(&record.key),
-                    "value": text(&record.value),
-                });
-                writeln!(out, "{line}")?;
-            }
-        }
+        print_record(&mut out, format, &record)?;
         n += 1;
         if follow {
             out.flush()?;
