@@ -82,7 +82,12 @@ pub struct GroupConsumer {
     listener: Option<Listener>,
     /// Positions last committed, so unchanged ones are not committed again.
     committed: BTreeMap<(String, u32), u64>,
+    /// A rejoin under way; consuming goes on meanwhile (cooperative rebalancing).
+    pending_join: Option<JoinFuture>,
 }
+
+type JoinFuture =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<ResponseBody, ClientError>> + Send>>;
 
 impl std::fmt::Debug for GroupConsumer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -109,6 +114,7 @@ impl GroupConsumer {
             next_heartbeat: Instant::now(),
             listener: None,
             committed: BTreeMap::new(),
+            pending_join: None,
         };
         consumer.rejoin().await?;
         Ok(consumer)
@@ -131,26 +137,45 @@ impl GroupConsumer {
         &self.assignment
     }
 
+    fn join_request(&self) -> Request {
+        Request::JoinGroup {
+            group: self.config.group.clone(),
+            member_id: self.member_id.clone(),
+            client_id: self.config.client_id.clone(),
+            topics: self.config.topics.clone(),
+            session_timeout_ms: self.config.session_timeout.as_millis() as u32,
+            rebalance_timeout_ms: self.config.rebalance_timeout.as_millis() as u32,
+            assignor: self.config.assignor.clone(),
+        }
+    }
+
+    /// Joins and waits for the assignment (used when nothing is being consumed yet).
     async fn rejoin(&mut self) -> Result<(), ClientError> {
-        let request = |member_id: String, config: &GroupConfig| Request::JoinGroup {
-            group: config.group.clone(),
-            member_id,
-            client_id: config.client_id.clone(),
-            topics: config.topics.clone(),
-            session_timeout_ms: config.session_timeout.as_millis() as u32,
-            rebalance_timeout_ms: config.rebalance_timeout.as_millis() as u32,
-            assignor: config.assignor.clone(),
-        };
-        let answer = match self
-            .client
-            .request(request(self.member_id.clone(), &self.config))
-            .await
-        {
+        let answer = self.client.request(self.join_request()).await;
+        self.apply_join(answer).await
+    }
+
+    /// Sends a join in the background; the member keeps consuming what it has meanwhile.
+    fn start_join(&mut self) {
+        if self.pending_join.is_some() {
+            return;
+        }
+        let client = self.client.clone();
+        let request = self.join_request();
+        self.pending_join = Some(Box::pin(async move { client.request(request).await }));
+    }
+
+    /// Takes a join's answer: keeps consuming kept partitions from where they are, starts newly
+    /// assigned ones at the group's committed offsets, and drops revoked ones.
+    async fn apply_join(
+        &mut self,
+        answer: Result<ResponseBody, ClientError>,
+    ) -> Result<(), ClientError> {
+        let answer = match answer {
             // Our membership expired: join as a new member.
-            Err(e) if e.code() == Some(ErrorCode::UnknownMember) => {
-                self.client
-                    .request(request(String::new(), &self.config))
-                    .await?
+            Err(e) if e.code() == Some(ErrorCode::UnknownMember) && !self.member_id.is_empty() => {
+                self.member_id.clear();
+                self.client.request(self.join_request()).await?
             }
             other => other?,
         };
@@ -173,69 +198,39 @@ impl GroupConsumer {
             .filter(|tp| !self.assignment.contains(tp))
             .cloned()
             .collect();
+        // Where the kept partitions are now.
+        let mut current: BTreeMap<(String, u32), u64> = BTreeMap::new();
+        for consumer in &self.consumers {
+            for &(partition, position) in consumer.positions() {
+                current.insert((consumer.topic().to_string(), partition), position);
+            }
+        }
         self.member_id = member_id;
         self.generation = generation;
         self.assignment = assignment;
         self.next_heartbeat = Instant::now() + self.config.heartbeat_interval;
         self.committed.retain(|tp, _| self.assignment.contains(tp));
-        self.start_consumers().await?;
-        let rebalance = Rebalance {
-            generation,
-            assigned,
-            revoked,
-        };
-        if let Some(listener) = self.listener.as_mut() {
-            listener(&rebalance);
-        }
-        Ok(())
-    }
-
-    /// (Re)starts fetching every assigned partition from the group's committed offset.
-    async fn start_consumers(&mut self) -> Result<(), ClientError> {
-        self.consumers.clear();
-        let partitions: Vec<(String, u32)> = self.assignment.clone();
-        let committed = match self
-            .client
-            .request(Request::OffsetFetch {
-                group: self.config.group.clone(),
-                partitions: partitions.clone(),
-            })
-            .await?
-        {
-            ResponseBody::Committed(entries) => entries,
-            other => {
-                return Err(ClientError::Invalid(format!(
-                    "unexpected answer: {other:?}"
-                )))
-            }
-        };
-        let admin = self.client.admin();
+        let starts = starting_offsets(
+            &self.client,
+            &self.config.group,
+            self.config.reset,
+            &assigned,
+        )
+        .await?;
         let mut by_topic: BTreeMap<String, Vec<(u32, u64)>> = BTreeMap::new();
-        for ((topic, partition), entry) in partitions.into_iter().zip(committed) {
-            let start = match entry {
-                Some(entry) => entry.offset,
-                None => {
-                    let query = match self.config.reset {
-                        OffsetReset::Earliest => OffsetQuery::Earliest,
-                        OffsetReset::Latest => OffsetQuery::Latest,
-                        OffsetReset::Error => {
-                            return Err(ClientError::Invalid(format!(
-                                "group {} has no committed offset for {topic}/{partition}",
-                                self.config.group
-                            )))
-                        }
-                    };
-                    admin
-                        .list_offset(&topic, partition, query)
-                        .await?
-                        .unwrap_or(0)
-                }
-            };
-            self.committed
-                .entry((topic.clone(), partition))
-                .or_insert(start);
-            by_topic.entry(topic).or_default().push((partition, start));
+        for tp in &self.assignment {
+            let offset = current
+                .get(tp)
+                .or_else(|| starts.get(tp))
+                .copied()
+                .unwrap_or(0);
+            self.committed.entry(tp.clone()).or_insert(offset);
+            by_topic
+                .entry(tp.0.clone())
+                .or_default()
+                .push((tp.1, offset));
         }
+        self.consumers.clear();
         for (topic, positions) in by_topic {
             let consumer = Consumer::at_positions(
                 self.client.clone(),
@@ -245,6 +240,14 @@ impl GroupConsumer {
             )
             .await?;
             self.consumers.push(consumer);
+        }
+        let rebalance = Rebalance {
+            generation,
+            assigned,
+            revoked,
+        };
+        if let Some(listener) = self.listener.as_mut() {
+            listener(&rebalance);
         }
         Ok(())
     }
@@ -281,9 +284,9 @@ impl GroupConsumer {
         Ok(())
     }
 
-    /// Heartbeats when due; on a rebalance, commits what it consumed and rejoins.
+    /// Heartbeats when due; on a rebalance, commits what it consumed and starts rejoining.
     async fn keep_membership(&mut self) -> Result<(), ClientError> {
-        if Instant::now() < self.next_heartbeat {
+        if Instant::now() < self.next_heartbeat || self.pending_join.is_some() {
             return Ok(());
         }
         self.next_heartbeat = Instant::now() + self.config.heartbeat_interval;
@@ -295,13 +298,12 @@ impl GroupConsumer {
         match self.client.request(heartbeat).await {
             Ok(_) => Ok(()),
             Err(e) if e.code() == Some(ErrorCode::RebalanceInProgress) => {
-                // Still a member of the current generation: commit before the partitions move.
+                // Still a member of the current generation: commit before partitions move.
                 if self.config.auto_commit.is_some() {
-                    if let Err(e) = self.commit().await {
-                        tracing::debug!(error = %e, "commit before rejoining failed");
-                    }
+                    self.commit_quietly().await?;
                 }
-                self.rejoin().await
+                self.start_join();
+                Ok(())
             }
             Err(e)
                 if matches!(
@@ -309,10 +311,32 @@ impl GroupConsumer {
                     Some(ErrorCode::UnknownMember | ErrorCode::IllegalGeneration)
                 ) =>
             {
-                // Fenced: what we consumed since the last commit will be delivered again.
-                self.rejoin().await
+                // Fenced: what was consumed since the last commit will be delivered again.
+                self.start_join();
+                Ok(())
             }
             Err(e) => Err(e),
+        }
+    }
+
+    /// Commits, treating a fenced commit (the group moved on) as nothing to do: those records
+    /// will be delivered again, which at-least-once allows.
+    async fn commit_quietly(&mut self) -> Result<(), ClientError> {
+        match self.commit().await {
+            Err(e)
+                if matches!(
+                    e.code(),
+                    Some(
+                        ErrorCode::IllegalGeneration
+                            | ErrorCode::UnknownMember
+                            | ErrorCode::RebalanceInProgress
+                    )
+                ) =>
+            {
+                tracing::debug!(error = %e, "commit fenced by a rebalance");
+                Ok(())
+            }
+            other => other,
         }
     }
 
@@ -322,20 +346,30 @@ impl GroupConsumer {
         loop {
             if let Some(due) = self.next_commit {
                 if Instant::now() >= due {
-                    self.commit().await?;
+                    self.commit_quietly().await?;
                     self.next_commit = self.config.auto_commit.map(|d| Instant::now() + d);
                 }
             }
             self.keep_membership().await?;
-            if self.consumers.is_empty() {
-                tokio::time::sleep_until(self.next_heartbeat).await;
-                continue;
-            }
             let until = self.next_heartbeat;
-            let polls = self.consumers.iter_mut().map(|c| Box::pin(c.next()));
-            match tokio::time::timeout_at(until, futures::future::select_all(polls)).await {
-                Ok((record, _, _)) => return record,
-                Err(_) => continue,
+            let pending = &mut self.pending_join;
+            let consumers = &mut self.consumers;
+            let has_consumers = !consumers.is_empty();
+            let has_pending = pending.is_some();
+            let step = tokio::select! {
+                answer = async { pending.as_mut().expect("checked").await }, if has_pending => Step::Joined(answer),
+                (record, _, _) = futures::future::select_all(consumers.iter_mut().map(|c| Box::pin(c.next()))), if has_consumers => {
+                    Step::Record(record)
+                }
+                _ = tokio::time::sleep_until(until) => Step::Tick,
+            };
+            match step {
+                Step::Joined(answer) => {
+                    self.pending_join = None;
+                    self.apply_join(answer).await?;
+                }
+                Step::Record(record) => return record,
+                Step::Tick => {}
             }
         }
     }
@@ -351,4 +385,60 @@ impl GroupConsumer {
             .await?;
         Ok(())
     }
+}
+
+/// What woke `GroupConsumer::next`.
+enum Step {
+    Joined(Result<ResponseBody, ClientError>),
+    Record(Result<Record, ClientError>),
+    Tick,
+}
+
+/// The group's committed offset for each partition, or the reset policy's where none.
+async fn starting_offsets(
+    client: &Client,
+    group: &str,
+    reset: OffsetReset,
+    partitions: &[(String, u32)],
+) -> Result<BTreeMap<(String, u32), u64>, ClientError> {
+    let mut starts = BTreeMap::new();
+    if partitions.is_empty() {
+        return Ok(starts);
+    }
+    let request = Request::OffsetFetch {
+        group: group.to_string(),
+        partitions: partitions.to_vec(),
+    };
+    let committed = match client.request(request).await? {
+        ResponseBody::Committed(entries) => entries,
+        other => {
+            return Err(ClientError::Invalid(format!(
+                "unexpected answer: {other:?}"
+            )))
+        }
+    };
+    let admin = client.admin();
+    for ((topic, partition), entry) in partitions.iter().cloned().zip(committed) {
+        let start = match entry {
+            Some(entry) => entry.offset,
+            None => {
+                let query = match reset {
+                    OffsetReset::Earliest => OffsetQuery::Earliest,
+                    OffsetReset::Latest => OffsetQuery::Latest,
+                    OffsetReset::Error => {
+                        return Err(ClientError::Invalid(format!(
+                            "group {} has no committed offset for {topic}/{partition}",
+                            group
+                        )))
+                    }
+                };
+                admin
+                    .list_offset(&topic, partition, query)
+                    .await?
+                    .unwrap_or(0)
+            }
+        };
+        starts.insert((topic, partition), start);
+    }
+    Ok(starts)
 }

@@ -502,7 +502,8 @@ async fn bad_input_gets_clear_errors_and_changes_nothing() {
     drop(s);
 
     // The broker is still serving.
-    assert_eq!(client.admin().list_topics().await.unwrap().len(), 1);
+    let topics = client.admin().list_topics().await.unwrap();
+    assert!(topics.iter().any(|t| t.name == "t"), "{topics:?}");
     broker.stop().await;
 }
 
