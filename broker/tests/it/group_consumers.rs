@@ -117,9 +117,10 @@ async fn a_group_shares_partitions_survives_a_dead_member_and_resumes_after_rest
                     .await
                     .unwrap();
                 drop(d);
-                // Spread over about three seconds, so records keep coming across the failover.
+                // Spread over about six seconds, so records keep coming across the failover
+                // (which takes the 1.5 s session timeout plus a rejoin).
                 if n % 500 == 0 {
-                    tokio::time::sleep(Duration::from_millis(75)).await;
+                    tokio::time::sleep(Duration::from_millis(150)).await;
                 }
             }
             producer.close().await.unwrap();
