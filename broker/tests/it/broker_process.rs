@@ -225,29 +225,30 @@ fn strand_cli() -> std::path::PathBuf {
     cli
 }
 
+/// Runs the CLI against the broker at `addr` with `input` on its standard input. coreutils'
+/// timeout bounds every run, so a hang fails the test instead of CI.
+fn run_cli(cli: &std::path::Path, addr: &str, args: &[&str], input: &[u8]) -> std::process::Output {
+    let mut child = Command::new("timeout")
+        .arg("120")
+        .arg(cli)
+        .args(["--broker", addr])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), input).unwrap();
+    child.wait_with_output().unwrap()
+}
+
 #[test]
 fn cli_pipeline_round_trips_100k_lines() {
     let dir = tempfile::tempdir().unwrap();
     let broker = start_broker(dir.path());
     let cli = strand_cli();
     let run = |args: &[&str], input: Option<&[u8]>| {
-        // coreutils' timeout bounds every run, so a hang fails the test instead of CI.
-        let mut child = Command::new("timeout")
-            .arg("120")
-            .arg(&cli)
-            .args(["--broker", &broker.addr])
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut stdin = child.stdin.take().unwrap();
-        if let Some(input) = input {
-            std::io::Write::write_all(&mut stdin, input).unwrap();
-        }
-        drop(stdin);
-        child.wait_with_output().unwrap()
+        run_cli(&cli, &broker.addr, args, input.unwrap_or_default())
     };
     assert!(run(&["topic", "create", "t", "--partitions", "3"], None)
         .status
@@ -317,18 +318,7 @@ fn cli_group_members_share_a_topic_and_survive_a_kill_9() {
     let broker = start_broker(dir.path());
     let cli = strand_cli();
     let run = |args: &[&str], input: &[u8]| {
-        let mut child = Command::new("timeout")
-            .arg("120")
-            .arg(&cli)
-            .args(["--broker", &broker.addr])
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        std::io::Write::write_all(&mut child.stdin.take().unwrap(), input).unwrap();
-        let out = child.wait_with_output().unwrap();
+        let out = run_cli(&cli, &broker.addr, args, input);
         assert!(
             out.status.success(),
             "{args:?}: {}",
