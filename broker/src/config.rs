@@ -21,6 +21,8 @@ pub struct BrokerConfig {
     pub data_dir: PathBuf,
     /// Native protocol listener. Default `127.0.0.1:7171`.
     pub listen: SocketAddr,
+    /// Kafka-protocol listener. Default `127.0.0.1:9092`.
+    pub kafka_listen: SocketAddr,
     /// HTTP listener for `/health` and `/metrics`. Default `127.0.0.1:7180`.
     pub http_listen: SocketAddr,
     /// Open client connections at most; more wait in the kernel's accept queue. Default 1024.
@@ -47,6 +49,7 @@ impl Default for BrokerConfig {
         BrokerConfig {
             data_dir: PathBuf::from("./strand-data"),
             listen: SocketAddr::from(([127, 0, 0, 1], 7171)),
+            kafka_listen: SocketAddr::from(([127, 0, 0, 1], 9092)),
             http_listen: SocketAddr::from(([127, 0, 0, 1], 7180)),
             connections_max: 1024,
             in_flight_per_connection_max: 64,
@@ -77,6 +80,9 @@ pub struct BrokerArgs {
     /// Native protocol listener; port 0 picks a free port [default: 127.0.0.1:7171]
     #[arg(long, env = "STRAND_LISTEN", value_name = "ADDR")]
     pub listen: Option<SocketAddr>,
+    /// Kafka-protocol listener; port 0 picks a free port [default: 127.0.0.1:9092]
+    #[arg(long, env = "STRAND_KAFKA_LISTEN", value_name = "ADDR")]
+    pub kafka_listen: Option<SocketAddr>,
     /// HTTP listener for /health and /metrics [default: 127.0.0.1:7180]
     #[arg(long, env = "STRAND_HTTP_LISTEN", value_name = "ADDR")]
     pub http_listen: Option<SocketAddr>,
@@ -161,6 +167,7 @@ impl BrokerConfig {
         }
         set!(config.data_dir, args.data_dir.clone());
         set!(config.listen, args.listen);
+        set!(config.kafka_listen, args.kafka_listen);
         set!(config.http_listen, args.http_listen);
         set!(config.connections_max, args.connections_max);
         set!(config.log.fsync, args.fsync);

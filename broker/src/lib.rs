@@ -6,12 +6,14 @@
 //! - [`topics`]: the topic registry, which persists names, partition counts and per-topic log
 //!   settings, and owns one log per partition.
 //! - [`config`]: settings from defaults, a TOML file, `STRAND_*` variables and flags.
+//! - [`kafka`]: the Kafka-protocol listener (metadata, produce, fetch, list offsets so far).
 //! - [`service`]: what the broker does for a request, whatever protocol carried it.
 //! - [`metrics`]: Prometheus metrics; [`http`]: `/health` and `/metrics`.
 
 pub mod config;
 pub mod group;
 pub mod http;
+pub mod kafka;
 pub mod log;
 pub mod metrics;
 pub mod server;

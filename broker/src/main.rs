@@ -75,14 +75,19 @@ async fn run(config: BrokerConfig) -> anyhow::Result<()> {
     let native_listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding the native listener on {}", config.listen))?;
+    let kafka_listener = TcpListener::bind(config.kafka_listen)
+        .await
+        .with_context(|| format!("binding the Kafka listener on {}", config.kafka_listen))?;
     let http_listener = TcpListener::bind(config.http_listen)
         .await
         .with_context(|| format!("binding the HTTP listener on {}", config.http_listen))?;
     let native_addr = native_listener.local_addr()?;
+    let kafka_addr = kafka_listener.local_addr()?;
     let http_addr = http_listener.local_addr()?;
     // One line with every bound address, before serving: tests and scripts wait for it.
     tracing::info!(
         native = %native_addr,
+        kafka = %kafka_addr,
         http = %http_addr,
         data_dir = %config.data_dir.display(),
         topics = topics.list().len(),
@@ -100,6 +105,15 @@ async fn run(config: BrokerConfig) -> anyhow::Result<()> {
         .context("opening the group coordinator")?
     };
     let ticker_task = broker.spawn_group_ticker(shutdown_rx.clone());
+    let kafka_task = tokio::spawn(strand_broker::kafka::serve(
+        kafka_listener,
+        broker.clone(),
+        strand_broker::kafka::KafkaConfig {
+            connections_max: config.connections_max,
+            ..Default::default()
+        },
+        shutdown_rx.clone(),
+    ));
     let server_task = tokio::spawn(server::serve(
         native_listener,
         broker,
@@ -157,6 +171,9 @@ async fn run(config: BrokerConfig) -> anyhow::Result<()> {
     let grace = Duration::from_millis(config.shutdown_timeout_ms);
     if tokio::time::timeout(grace, server_task).await.is_err() {
         tracing::warn!("connections did not finish within the shutdown timeout");
+    }
+    if tokio::time::timeout(grace, kafka_task).await.is_err() {
+        tracing::warn!("Kafka connections did not finish within the shutdown timeout");
     }
     if tokio::time::timeout(grace, http_task).await.is_err() {
         tracing::warn!("HTTP listener did not stop within the shutdown timeout");

@@ -762,10 +762,17 @@ async fn write_frames(
             std::io::Result::Ok(())
         })
         .await;
-        if !matches!(written, Ok(Ok(()))) {
-            // Dropping the receiver fails every pending send, so the connection's tasks end.
-            tracing::info!("closing a connection whose client does not read its answers");
-            return;
+        match written {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                // The client went away; dropping the receiver ends the connection's tasks.
+                tracing::debug!(error = %e, "writing an answer failed");
+                return;
+            }
+            Err(_) => {
+                tracing::info!("closing a connection whose client does not read its answers");
+                return;
+            }
         }
     }
     let _ = writer.flush().await;

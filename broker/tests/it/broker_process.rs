@@ -14,6 +14,7 @@ use strand_client::{
 struct BrokerProcess {
     child: Child,
     addr: String,
+    kafka_addr: String,
 }
 
 impl Drop for BrokerProcess {
@@ -31,6 +32,8 @@ fn start_broker(data_dir: &std::path::Path) -> BrokerProcess {
             data_dir.to_str().unwrap(),
             "--listen",
             "127.0.0.1:0",
+            "--kafka-listen",
+            "127.0.0.1:0",
             "--http-listen",
             "127.0.0.1:0",
         ])
@@ -45,24 +48,24 @@ fn start_broker(data_dir: &std::path::Path) -> BrokerProcess {
         for line in BufReader::new(stderr).lines() {
             let Ok(line) = line else { break };
             if line.contains("strand-broker listening") {
-                let addr = line
-                    .split("native=")
-                    .nth(1)
-                    .unwrap()
-                    .split(' ')
-                    .next()
-                    .unwrap()
-                    .to_string();
+                let field = |name: &str| {
+                    let tail = line.split(&format!("{name}=")).nth(1).unwrap();
+                    tail.split(' ').next().unwrap().to_string()
+                };
                 if let Some(tx) = tx.take() {
-                    let _ = tx.send(addr);
+                    let _ = tx.send((field("native"), field("kafka")));
                 }
             }
         }
     });
-    let addr = rx
+    let (addr, kafka_addr) = rx
         .recv_timeout(Duration::from_secs(60))
         .expect("broker never said where it listens");
-    BrokerProcess { child, addr }
+    BrokerProcess {
+        child,
+        addr,
+        kafka_addr,
+    }
 }
 
 async fn client(addr: &str) -> Client {
@@ -405,5 +408,99 @@ fn cli_group_members_share_a_topic_and_survive_a_kill_9() {
         let _ = member.kill();
         let _ = member.wait();
     }
+    stop(broker);
+}
+
+/// kcat (librdkafka 2.0.2 in Debian) against the Kafka listener, crossed with the native CLI.
+#[test]
+fn kcat_reads_metadata_produces_and_consumes_across_protocols() {
+    let kcat_present = Command::new("kcat")
+        .arg("-V")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        kcat_present,
+        "kcat is missing: install Debian's kcat (bash .ci/run does)"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start_broker(dir.path());
+    let cli = strand_cli();
+    let kcat = |args: &[&str], input: &[u8]| {
+        let mut child = Command::new("timeout")
+            .args(["60", "kcat", "-b", &broker.kafka_addr])
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(&mut child.stdin.take().unwrap(), input).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "kcat {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let strand = |args: &[&str], input: &[u8]| {
+        let out = run_cli(&cli, &broker.addr, args, input);
+        assert!(
+            out.status.success(),
+            "strand {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    strand(&["topic", "create", "events", "--partitions", "3"], b"");
+    let metadata = kcat(&["-L"], b"");
+    assert!(
+        metadata.contains("topic \"events\" with 3 partitions"),
+        "{metadata}"
+    );
+    // kcat produces, both kcat and strand consume it all.
+    let lines: String = (0..1000)
+        .map(|i| format!("k{i}:from-kafka-{i}\n"))
+        .collect();
+    kcat(&["-P", "-t", "events", "-K", ":"], lines.as_bytes());
+    let consumed = kcat(&["-C", "-t", "events", "-o", "beginning", "-e", "-q"], b"");
+    assert_eq!(consumed.lines().count(), 1000);
+    let mut by_strand: Vec<String> = strand(&["consume", "events", "--format", "json"], b"")
+        .lines()
+        .map(String::from)
+        .collect();
+    assert_eq!(by_strand.len(), 1000);
+    // Every record kept its key and value across the protocols.
+    by_strand.sort();
+    assert!(by_strand
+        .iter()
+        .all(|l| l.contains("\"key\":\"k") && l.contains("from-kafka-")));
+    // strand produces, kcat consumes.
+    strand(&["produce", "events"], b"from-strand-1\nfrom-strand-2\n");
+    let consumed = kcat(&["-C", "-t", "events", "-o", "beginning", "-e", "-q"], b"");
+    assert_eq!(
+        consumed
+            .lines()
+            .filter(|l| l.starts_with("from-strand-"))
+            .count(),
+        2
+    );
+    assert_eq!(consumed.lines().count(), 1002);
+    // An unknown topic is the protocol's error, not a hang.
+    let out = Command::new("timeout")
+        .args([
+            "30",
+            "kcat",
+            "-b",
+            &broker.kafka_addr,
+            "-C",
+            "-t",
+            "nope",
+            "-e",
+            "-q",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
     stop(broker);
 }
