@@ -20,10 +20,11 @@ COPY --from=build /out/ /usr/local/bin/
 USER strand
 ENV STRAND_DATA_DIR=/var/lib/strand \
     STRAND_LISTEN=0.0.0.0:7171 \
+    STRAND_KAFKA_LISTEN=0.0.0.0:9092 \
     STRAND_HTTP_LISTEN=0.0.0.0:7180 \
     RUST_LOG=info
 VOLUME ["/var/lib/strand"]
-EXPOSE 7171 7180
+EXPOSE 7171 9092 7180
 HEALTHCHECK --interval=10s --timeout=3s --retries=3 \
     CMD curl -fsS http://127.0.0.1:7180/health || exit 1
 ENTRYPOINT ["strand-broker"]

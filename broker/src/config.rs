@@ -23,6 +23,9 @@ pub struct BrokerConfig {
     pub listen: SocketAddr,
     /// Kafka-protocol listener. Default `127.0.0.1:9092`.
     pub kafka_listen: SocketAddr,
+    /// `host:port` Kafka clients are told to connect to; default: the Kafka listener's address
+    /// (127.0.0.1 when it binds 0.0.0.0). Set it when clients reach Strand by another name.
+    pub kafka_advertised: Option<String>,
     /// HTTP listener for `/health` and `/metrics`. Default `127.0.0.1:7180`.
     pub http_listen: SocketAddr,
     /// Open client connections at most; more wait in the kernel's accept queue. Default 1024.
@@ -50,6 +53,7 @@ impl Default for BrokerConfig {
             data_dir: PathBuf::from("./strand-data"),
             listen: SocketAddr::from(([127, 0, 0, 1], 7171)),
             kafka_listen: SocketAddr::from(([127, 0, 0, 1], 9092)),
+            kafka_advertised: None,
             http_listen: SocketAddr::from(([127, 0, 0, 1], 7180)),
             connections_max: 1024,
             in_flight_per_connection_max: 64,
@@ -83,6 +87,9 @@ pub struct BrokerArgs {
     /// Kafka-protocol listener; port 0 picks a free port [default: 127.0.0.1:9092]
     #[arg(long, env = "STRAND_KAFKA_LISTEN", value_name = "ADDR")]
     pub kafka_listen: Option<SocketAddr>,
+    /// host:port advertised to Kafka clients [default: the Kafka listener's address]
+    #[arg(long, env = "STRAND_KAFKA_ADVERTISED", value_name = "HOST:PORT")]
+    pub kafka_advertised: Option<String>,
     /// HTTP listener for /health and /metrics [default: 127.0.0.1:7180]
     #[arg(long, env = "STRAND_HTTP_LISTEN", value_name = "ADDR")]
     pub http_listen: Option<SocketAddr>,
@@ -168,6 +175,9 @@ impl BrokerConfig {
         set!(config.data_dir, args.data_dir.clone());
         set!(config.listen, args.listen);
         set!(config.kafka_listen, args.kafka_listen);
+        if let Some(advertised) = &args.kafka_advertised {
+            config.kafka_advertised = Some(advertised.clone());
+        }
         set!(config.http_listen, args.http_listen);
         set!(config.connections_max, args.connections_max);
         set!(config.log.fsync, args.fsync);

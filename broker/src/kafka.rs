@@ -63,8 +63,9 @@ const SUPPORTED: [(ApiKey, i16, i16); 5] = [
 pub struct KafkaConfig {
     pub connections_max: usize,
     pub frame_bytes_max: usize,
-    /// The address clients are told to connect to (Metadata); the bound address by default.
-    pub advertised: Option<SocketAddr>,
+    /// `host:port` clients are told to connect to (Metadata). By default the bound address,
+    /// with 127.0.0.1 in place of an unspecified IP (0.0.0.0 cannot be connected to).
+    pub advertised: Option<String>,
 }
 
 impl Default for KafkaConfig {
@@ -84,9 +85,10 @@ pub async fn serve(
     config: KafkaConfig,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let advertised = config
-        .advertised
-        .unwrap_or_else(|| listener.local_addr().expect("bound listener"));
+    let advertised = advertised_address(
+        config.advertised.as_deref(),
+        listener.local_addr().expect("bound listener"),
+    );
     let config = Arc::new(config);
     let permits = Arc::new(Semaphore::new(config.connections_max));
     let mut connections = JoinSet::new();
@@ -110,6 +112,7 @@ pub async fn serve(
         let broker = broker.clone();
         let config = config.clone();
         let shutdown = shutdown.clone();
+        let advertised = advertised.clone();
         connections.spawn(async move {
             if let Err(reason) = connection(socket, broker, &config, advertised, shutdown).await {
                 tracing::info!(%peer, %reason, "closed kafka connection");
@@ -121,11 +124,29 @@ pub async fn serve(
     while connections.join_next().await.is_some() {}
 }
 
+/// The (host, port) to advertise.
+fn advertised_address(configured: Option<&str>, bound: SocketAddr) -> Arc<(String, i32)> {
+    if let Some((host, port)) = configured.and_then(|a| a.rsplit_once(':')) {
+        if let Ok(port) = port.parse() {
+            return Arc::new((host.to_string(), port));
+        }
+    }
+    if configured.is_some() {
+        tracing::warn!(advertised = ?configured, "ignoring an advertised address that is not host:port");
+    }
+    let host = if bound.ip().is_unspecified() {
+        "127.0.0.1".to_string()
+    } else {
+        bound.ip().to_string()
+    };
+    Arc::new((host, bound.port() as i32))
+}
+
 async fn connection(
     mut socket: TcpStream,
     broker: Broker,
     config: &KafkaConfig,
-    advertised: SocketAddr,
+    advertised: Arc<(String, i32)>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), String> {
     loop {
@@ -175,7 +196,7 @@ async fn connection(
         } else {
             let request = RequestKind::decode(api_key, &mut frame, version)
                 .map_err(|e| format!("bad {api_key:?} v{version}: {e}"))?;
-            match handle(&broker, request, advertised).await {
+            match handle(&broker, request, &advertised).await {
                 Some(response) => (response, version),
                 // acks=0: no answer at all.
                 None => continue,
@@ -237,7 +258,7 @@ fn error_code(e: &ServiceError) -> i16 {
 async fn handle(
     broker: &Broker,
     request: RequestKind,
-    advertised: SocketAddr,
+    advertised: &(String, i32),
 ) -> Option<ResponseKind> {
     Some(match request {
         RequestKind::ApiVersions(_) => ResponseKind::ApiVersions(api_versions(code::NONE)),
@@ -270,8 +291,8 @@ async fn handle(
                 MetadataResponse::default()
                     .with_brokers(vec![MetadataResponseBroker::default()
                         .with_node_id(BrokerId(NODE_ID))
-                        .with_host(StrBytes::from_string(advertised.ip().to_string()))
-                        .with_port(advertised.port() as i32)])
+                        .with_host(StrBytes::from_string(advertised.0.clone()))
+                        .with_port(advertised.1)])
                     .with_cluster_id(Some(StrBytes::from_static_str("strand")))
                     .with_controller_id(BrokerId(NODE_ID))
                     .with_topics(topics),

@@ -110,6 +110,7 @@ async fn run(config: BrokerConfig) -> anyhow::Result<()> {
         broker.clone(),
         strand_broker::kafka::KafkaConfig {
             connections_max: config.connections_max,
+            advertised: config.kafka_advertised.clone(),
             ..Default::default()
         },
         shutdown_rx.clone(),
