@@ -72,7 +72,7 @@ impl Default for KafkaConfig {
     fn default() -> Self {
         KafkaConfig {
             connections_max: 1024,
-            frame_bytes_max: 100 << 20,
+            frame_bytes_max: 8 << 20,
             advertised: None,
         }
     }

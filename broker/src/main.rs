@@ -110,8 +110,8 @@ async fn run(config: BrokerConfig) -> anyhow::Result<()> {
         broker.clone(),
         strand_broker::kafka::KafkaConfig {
             connections_max: config.connections_max,
+            frame_bytes_max: config.frame_bytes_max,
             advertised: config.kafka_advertised.clone(),
-            ..Default::default()
         },
         shutdown_rx.clone(),
     ));
