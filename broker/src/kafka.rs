@@ -55,7 +55,7 @@ const SUPPORTED: [(ApiKey, i16, i16); 5] = [
     (ApiKey::Produce, 3, 9),
     (ApiKey::Fetch, 4, 12),
     (ApiKey::ListOffsets, 1, 7),
-    (ApiKey::Metadata, 1, 12),
+    (ApiKey::Metadata, 0, 12),
     (ApiKey::ApiVersions, 0, 3),
 ];
 
@@ -196,7 +196,7 @@ async fn connection(
         } else {
             let request = RequestKind::decode(api_key, &mut frame, version)
                 .map_err(|e| format!("bad {api_key:?} v{version}: {e}"))?;
-            match handle(&broker, request, &advertised).await {
+            match handle(&broker, request, version, &advertised).await {
                 Some(response) => (response, version),
                 // acks=0: no answer at all.
                 None => continue,
@@ -258,18 +258,23 @@ fn error_code(e: &ServiceError) -> i16 {
 async fn handle(
     broker: &Broker,
     request: RequestKind,
+    version: i16,
     advertised: &(String, i32),
 ) -> Option<ResponseKind> {
     Some(match request {
         RequestKind::ApiVersions(_) => ResponseKind::ApiVersions(api_versions(code::NONE)),
         RequestKind::Metadata(request) => {
             let all = broker.list_topics();
-            let wanted: Option<Vec<String>> = request.topics.map(|topics| {
-                topics
-                    .into_iter()
-                    .filter_map(|t| t.name.map(|n| n.0.to_string()))
-                    .collect()
-            });
+            // Metadata v0 has no null list: an empty one means every topic.
+            let wanted: Option<Vec<String>> = request
+                .topics
+                .filter(|topics| !(version == 0 && topics.is_empty()))
+                .map(|topics| {
+                    topics
+                        .into_iter()
+                        .filter_map(|t| t.name.map(|n| n.0.to_string()))
+                        .collect()
+                });
             let topics = match wanted {
                 None => all
                     .iter()
@@ -400,7 +405,7 @@ async fn handle(
                     )
                     .await;
                     let again = RequestKind::Fetch(request.with_max_wait_ms(0));
-                    return Box::pin(handle(broker, again, advertised)).await;
+                    return Box::pin(handle(broker, again, version, advertised)).await;
                 }
             }
             ResponseKind::Fetch(FetchResponse::default().with_responses(responses))

@@ -504,3 +504,59 @@ fn kcat_reads_metadata_produces_and_consumes_across_protocols() {
     assert!(!out.status.success());
     stop(broker);
 }
+
+/// kafka-python, a client nobody here wrote, produces JSON order events with acks=all and reads
+/// them back through the Kafka listener; `strand consume` sees the same records.
+#[test]
+fn kafka_python_produces_and_consumes_order_events() {
+    // Debian's interpreter, where python3-kafka lives (bash .ci/run installs it).
+    let python = "/usr/bin/python3";
+    let has_client = Command::new(python)
+        .args(["-c", "import kafka"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        has_client,
+        "kafka-python is missing: install Debian's python3-kafka (bash .ci/run does)"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start_broker(dir.path());
+    let cli = strand_cli();
+    let created = run_cli(
+        &cli,
+        &broker.addr,
+        &["topic", "create", "order-events", "--partitions", "3"],
+        b"",
+    );
+    assert!(created.status.success());
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/peers/kafka_python_roundtrip.py"
+    );
+    let out = Command::new("timeout")
+        .args([
+            "120",
+            python,
+            script,
+            &broker.kafka_addr,
+            "order-events",
+            "500",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "kafka-python failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(stdout.trim(), "500 True");
+    let consumed = run_cli(&cli, &broker.addr, &["consume", "order-events"], b"");
+    let lines = String::from_utf8(consumed.stdout).unwrap();
+    assert_eq!(lines.lines().count(), 500);
+    assert!(
+        lines.lines().all(|l| l.contains("\"status\": \"created\"")),
+        "{lines}"
+    );
+    stop(broker);
+}
