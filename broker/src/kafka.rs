@@ -14,6 +14,7 @@ use std::time::Duration;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::api_versions_response::ApiVersion;
 use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+use kafka_protocol::messages::find_coordinator_response::Coordinator;
 use kafka_protocol::messages::list_offsets_response::{
     ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
 };
@@ -22,8 +23,9 @@ use kafka_protocol::messages::metadata_response::{
 };
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{
-    ApiKey, ApiVersionsResponse, BrokerId, FetchResponse, ListOffsetsResponse, MetadataResponse,
-    ProduceResponse, RequestHeader, RequestKind, ResponseHeader, ResponseKind, TopicName,
+    ApiKey, ApiVersionsResponse, BrokerId, FetchResponse, FindCoordinatorResponse,
+    ListOffsetsResponse, MetadataResponse, ProduceResponse, RequestHeader, RequestKind,
+    ResponseHeader, ResponseKind, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -51,12 +53,18 @@ mod code {
 const NODE_ID: i32 = 0;
 
 /// Requests served, with the versions this listener speaks (within what the crate encodes).
-const SUPPORTED: [(ApiKey, i16, i16); 5] = [
-    (ApiKey::Produce, 3, 9),
+const SUPPORTED: [(ApiKey, i16, i16); 6] = [
+    // Advertised from v0 although v0-v2 (legacy message sets) are refused: librdkafka up to
+    // 2.11 enables gzip, snappy and lz4 only when the broker lists Produce v0 (it checks the
+    // range [0, 0]); with v3 as the minimum it silently sends everything uncompressed.
+    (ApiKey::Produce, 0, 9),
     (ApiKey::Fetch, 4, 12),
     (ApiKey::ListOffsets, 1, 7),
     (ApiKey::Metadata, 0, 12),
     (ApiKey::ApiVersions, 0, 3),
+    // Strand is every group's coordinator. librdkafka also takes support for FindCoordinator as
+    // the sign of a broker new enough for compressed batches, so it must be advertised.
+    (ApiKey::FindCoordinator, 0, 4),
 ];
 
 #[derive(Debug, Clone)]
@@ -228,10 +236,11 @@ fn api_versions(error_code: i16) -> ApiVersionsResponse {
             SUPPORTED
                 .iter()
                 .map(|(key, min, max)| {
+                    // The advertised minimum may go below what the crate decodes (see Produce).
                     let valid = key.valid_versions();
                     ApiVersion::default()
                         .with_api_key(*key as i16)
-                        .with_min_version((*min).max(valid.min))
+                        .with_min_version(*min)
                         .with_max_version((*max).min(valid.max))
                 })
                 .collect(),
@@ -263,6 +272,27 @@ async fn handle(
 ) -> Option<ResponseKind> {
     Some(match request {
         RequestKind::ApiVersions(_) => ResponseKind::ApiVersions(api_versions(code::NONE)),
+        RequestKind::FindCoordinator(request) => {
+            let host = StrBytes::from_string(advertised.0.clone());
+            let coordinators = request
+                .coordinator_keys
+                .into_iter()
+                .map(|key| {
+                    Coordinator::default()
+                        .with_key(key)
+                        .with_node_id(BrokerId(NODE_ID))
+                        .with_host(host.clone())
+                        .with_port(advertised.1)
+                })
+                .collect();
+            ResponseKind::FindCoordinator(
+                FindCoordinatorResponse::default()
+                    .with_node_id(BrokerId(NODE_ID))
+                    .with_host(host)
+                    .with_port(advertised.1)
+                    .with_coordinators(coordinators),
+            )
+        }
         RequestKind::Metadata(request) => {
             let all = broker.list_topics();
             // Metadata v0 has no null list: an empty one means every topic.
