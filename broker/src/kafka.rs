@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::api_versions_response::ApiVersion;
 use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
 use kafka_protocol::messages::find_coordinator_response::Coordinator;
@@ -179,37 +179,25 @@ async fn connection(
             .read_exact(&mut frame)
             .await
             .map_err(|e| format!("read failed: {e}"))?;
-        let mut frame = Bytes::from(frame);
-        let (key, version) = (
-            i16::from_be_bytes([frame[0], frame[1]]),
-            i16::from_be_bytes([frame[2], frame[3]]),
-        );
-        let Ok(api_key) = ApiKey::try_from(key) else {
-            return Err(format!("unknown api key {key}"));
-        };
-        let supported = SUPPORTED.iter().find(|(k, _, _)| *k == api_key);
-        let header =
-            RequestHeader::decode(&mut frame, api_key.request_header_version(version.max(0)))
-                .map_err(|e| format!("bad request header: {e}"))?;
-        let in_range = supported.is_some_and(|(_, min, max)| (*min..=*max).contains(&version));
-        let (response, response_version) = if api_key == ApiKey::ApiVersions && !in_range {
-            // Clients try their newest ApiVersions first; an answer in v0 with the error tells
-            // them which versions to use (the ApiVersions fallback).
-            (
+        let (header, response, response_version) = match decode_request(Bytes::from(frame))? {
+            Decoded::ApiVersionsFallback { header } => (
+                header,
                 ResponseKind::ApiVersions(api_versions(code::UNSUPPORTED_VERSION)),
                 0,
-            )
-        } else if !in_range {
-            return Err(format!("unsupported request {api_key:?} v{version}"));
-        } else {
-            let request = RequestKind::decode(api_key, &mut frame, version)
-                .map_err(|e| format!("bad {api_key:?} v{version}: {e}"))?;
-            match handle(&broker, request, version, &advertised).await {
-                Some(response) => (response, version),
-                // acks=0: no answer at all.
-                None => continue,
+            ),
+            Decoded::Request {
+                header,
+                version,
+                request,
+            } => {
+                match handle(&broker, request, version, &advertised).await {
+                    Some(response) => (header, response, version),
+                    // acks=0: no answer at all.
+                    None => continue,
+                }
             }
         };
+        let api_key = ApiKey::try_from(header.request_api_key).expect("checked when decoded");
         let mut out = BytesMut::new();
         out.put_i32(0);
         let response_header = ResponseHeader::default().with_correlation_id(header.correlation_id);
@@ -225,8 +213,53 @@ async fn connection(
             .write_all(&out)
             .await
             .map_err(|e| format!("write failed: {e}"))?;
-        let _ = frame.remaining();
     }
+}
+
+/// A request frame, decoded.
+#[derive(Debug)]
+enum Decoded {
+    /// ApiVersions in a version this listener does not speak: clients try their newest first,
+    /// and an answer in v0 with UNSUPPORTED_VERSION tells them which versions to use.
+    ApiVersionsFallback { header: RequestHeader },
+    Request {
+        header: RequestHeader,
+        version: i16,
+        request: RequestKind,
+    },
+}
+
+/// Decodes one request frame (without its length prefix). Never panics on any input; what
+/// cannot be served is an `Err` with the reason the connection is closed for.
+fn decode_request(mut frame: Bytes) -> Result<Decoded, String> {
+    if frame.len() < 8 {
+        return Err(format!(
+            "frame of {} bytes is shorter than a request header",
+            frame.len()
+        ));
+    }
+    let key = i16::from_be_bytes([frame[0], frame[1]]);
+    let version = i16::from_be_bytes([frame[2], frame[3]]);
+    let Ok(api_key) = ApiKey::try_from(key) else {
+        return Err(format!("unknown api key {key}"));
+    };
+    let header = RequestHeader::decode(&mut frame, api_key.request_header_version(version.max(0)))
+        .map_err(|e| format!("bad request header: {e}"))?;
+    let supported = SUPPORTED.iter().find(|(k, _, _)| *k == api_key);
+    let in_range = supported.is_some_and(|(_, min, max)| (*min..=*max).contains(&version));
+    if api_key == ApiKey::ApiVersions && !in_range {
+        return Ok(Decoded::ApiVersionsFallback { header });
+    }
+    if !in_range {
+        return Err(format!("unsupported request {api_key:?} v{version}"));
+    }
+    let request = RequestKind::decode(api_key, &mut frame, version)
+        .map_err(|e| format!("bad {api_key:?} v{version}: {e}"))?;
+    Ok(Decoded::Request {
+        header,
+        version,
+        request,
+    })
 }
 
 fn api_versions(error_code: i16) -> ApiVersionsResponse {
@@ -500,4 +533,72 @@ fn metadata_topic(name: &str, partitions: Option<usize>) -> MetadataResponseTopi
 
 async fn stopped(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|stop| *stop).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kafka_protocol::messages::{ApiVersionsRequest, MetadataRequest};
+    use proptest::prelude::*;
+
+    fn frame(api_key: ApiKey, version: i16, body: &impl Encodable) -> Bytes {
+        let mut buf = BytesMut::new();
+        RequestHeader::default()
+            .with_request_api_key(api_key as i16)
+            .with_request_api_version(version)
+            .with_correlation_id(7)
+            .with_client_id(Some(StrBytes::from_static_str("test")))
+            .encode(&mut buf, api_key.request_header_version(version))
+            .unwrap();
+        body.encode(&mut buf, version).unwrap();
+        buf.freeze()
+    }
+
+    #[test]
+    fn real_requests_decode_and_unknown_versions_fall_back() {
+        let decoded = decode_request(frame(
+            ApiKey::ApiVersions,
+            3,
+            &ApiVersionsRequest::default(),
+        ))
+        .unwrap();
+        assert!(matches!(decoded, Decoded::Request { version: 3, .. }));
+        // A newer ApiVersions than we speak: the v0 fallback, keeping the correlation id.
+        let mut newer = frame(ApiKey::ApiVersions, 3, &ApiVersionsRequest::default()).to_vec();
+        newer[2..4].copy_from_slice(&9i16.to_be_bytes());
+        match decode_request(Bytes::from(newer)).unwrap() {
+            Decoded::ApiVersionsFallback { header } => assert_eq!(header.correlation_id, 7),
+            other => panic!("{other:?}"),
+        }
+        let metadata =
+            decode_request(frame(ApiKey::Metadata, 12, &MetadataRequest::default())).unwrap();
+        assert!(matches!(metadata, Decoded::Request { version: 12, .. }));
+        assert!(decode_request(frame(ApiKey::Metadata, 13, &MetadataRequest::default())).is_err());
+        assert!(decode_request(Bytes::from_static(&[0, 0, 0])).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = decode_request(Bytes::from(bytes));
+        }
+
+        #[test]
+        fn damaged_real_requests_never_panic(
+            key in prop_oneof![Just(ApiKey::Metadata), Just(ApiKey::ApiVersions)],
+            at in any::<prop::sample::Index>(),
+            byte in any::<u8>(),
+            cut in any::<prop::sample::Index>(),
+        ) {
+            let good = match key {
+                ApiKey::Metadata => frame(ApiKey::Metadata, 9, &MetadataRequest::default()),
+                _ => frame(ApiKey::ApiVersions, 3, &ApiVersionsRequest::default()),
+            };
+            let mut bytes = good.to_vec();
+            let i = at.index(bytes.len());
+            bytes[i] = byte;
+            bytes.truncate(cut.index(bytes.len() + 1));
+            let _ = decode_request(Bytes::from(bytes));
+        }
+    }
 }
