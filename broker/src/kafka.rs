@@ -190,7 +190,7 @@ async fn connection(
                 version,
                 request,
             } => {
-                match handle(&broker, request, version, &advertised).await {
+                match handle(&broker, *request, version, &advertised).await {
                     Some(response) => (header, response, version),
                     // acks=0: no answer at all.
                     None => continue,
@@ -225,7 +225,7 @@ enum Decoded {
     Request {
         header: RequestHeader,
         version: i16,
-        request: RequestKind,
+        request: Box<RequestKind>,
     },
 }
 
@@ -258,7 +258,7 @@ fn decode_request(mut frame: Bytes) -> Result<Decoded, String> {
     Ok(Decoded::Request {
         header,
         version,
-        request,
+        request: Box::new(request),
     })
 }
 
