@@ -1,30 +1,40 @@
-# Multi-stage build of Strand's binaries. Build: docker build -t strand:latest .
+# Multi-stage build of Strand's binaries: `docker build -t strand:latest .` (or `docker compose build`).
+# Plain Dockerfile syntax, so it builds with BuildKit and with the classic builder alike.
+
+# --- build: every binary target of the workspace, in release mode -------------------------------
 FROM rust:1-bookworm AS build
-RUN apt-get update \
-    && apt-get install -y --no-install-recommends cmake libcurl4-openssl-dev pkg-config \
-    && rm -rf /var/lib/apt/lists/*
+# The image already has gcc and make for the C parts (lz4, zstd). When the rdkafka crate arrives,
+# add: RUN apt-get update && apt-get install -y --no-install-recommends cmake libcurl4-openssl-dev \
+#          pkg-config && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
-RUN --mount=type=cache,target=/usr/local/cargo/registry \
-    --mount=type=cache,target=/src/target \
-    cargo build --release --locked --bins \
+RUN cargo build --release --locked --bins \
     && mkdir -p /out \
-    && find target/release -maxdepth 1 -type f -executable -name 'strand*' -exec cp {} /out/ \;
+    && find target/release -maxdepth 1 -type f -executable -name 'strand*' -exec cp {} /out/ \; \
+    && test -x /out/strand-broker \
+    && ls -l /out
 
+# --- runtime: the binaries on a slim Debian, run as the unprivileged user `strand` ---------------
 FROM debian:bookworm-slim
+# curl serves the HEALTHCHECK below; ca-certificates is for TLS to Kafka clusters (the bridge).
 RUN apt-get update \
     && apt-get install -y --no-install-recommends ca-certificates curl \
     && rm -rf /var/lib/apt/lists/* \
-    && useradd --system --uid 10001 --home-dir /var/lib/strand --create-home strand
+    && useradd --system --uid 10001 --user-group --no-create-home \
+        --home-dir /var/lib/strand --shell /usr/sbin/nologin strand \
+    && install -d -o strand -g strand -m 0750 /var/lib/strand
+# strand-broker now; strand-saga, strand-bridge, the `strand` CLI and strand-bench as they exist.
 COPY --from=build /out/ /usr/local/bin/
 USER strand
+WORKDIR /var/lib/strand
 ENV STRAND_DATA_DIR=/var/lib/strand \
     STRAND_LISTEN=0.0.0.0:7171 \
     STRAND_KAFKA_LISTEN=0.0.0.0:9092 \
     STRAND_HTTP_LISTEN=0.0.0.0:7180 \
     RUST_LOG=info
 VOLUME ["/var/lib/strand"]
+# 7171 native protocol, 9092 Kafka protocol, 7180 HTTP (/health, /metrics)
 EXPOSE 7171 9092 7180
-HEALTHCHECK --interval=10s --timeout=3s --retries=3 \
-    CMD curl -fsS http://127.0.0.1:7180/health || exit 1
+HEALTHCHECK --interval=10s --timeout=3s --start-period=60s --retries=3 \
+    CMD curl -fsS -o /dev/null http://127.0.0.1:7180/health || exit 1
 ENTRYPOINT ["strand-broker"]
