@@ -93,6 +93,19 @@ impl Client {
         }
     }
 
+    /// Puts `request` on the wire now, in call order, and returns the answer to await later;
+    /// tries a fresh connection once if the old one had broken.
+    pub async fn send(
+        &self,
+        request: Request,
+    ) -> Result<crate::connection::PendingResponse, ClientError> {
+        let connection = self.connection().await?;
+        match connection.send(request.clone()).await {
+            Err(ClientError::Closed) => self.connection().await?.send(request).await,
+            other => other,
+        }
+    }
+
     pub fn admin(&self) -> Admin {
         Admin {
             client: self.clone(),

@@ -120,6 +120,13 @@ impl Connection {
 
     /// Sends a request and waits for its answer.
     pub async fn request(&self, request: Request) -> Result<ResponseBody, ClientError> {
+        self.send(request).await?.wait().await
+    }
+
+    /// Puts the request on the wire (in call order) and returns a handle to await its answer
+    /// with. Two requests sent one after the other reach the broker in that order, which is what
+    /// keeps a partition's produce requests in order while several are in flight.
+    pub async fn send(&self, request: Request) -> Result<PendingResponse, ClientError> {
         let wait = match &request {
             Request::Fetch { max_wait_ms, .. } => Duration::from_millis((*max_wait_ms).into()),
             // A join is answered when the rebalance completes, within the rebalance timeout.
@@ -129,9 +136,10 @@ impl Connection {
             } => Duration::from_millis((*rebalance_timeout_ms).into()),
             _ => Duration::ZERO,
         };
-        let _permit = self
+        let permit = self
             .in_flight
-            .acquire()
+            .clone()
+            .acquire_owned()
             .await
             .map_err(|_| ClientError::Closed)?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -144,19 +152,14 @@ impl Connection {
                 .insert(id, (request.api_key(), tx));
         }
         self.send_frame(&request, id).await?;
-        let answer = tokio::time::timeout(self.config.request_timeout + wait, rx).await;
-        let response = match answer {
-            Ok(Ok(response)) => response?,
-            Ok(Err(_)) => return Err(ClientError::Closed),
-            Err(_) => {
-                self.forget(id);
-                return Err(ClientError::Timeout(request.api_key().name()));
-            }
-        };
-        match response {
-            Response::Ok(body) => Ok(body),
-            Response::Err { code, message } => Err(ClientError::Broker { code, message }),
-        }
+        Ok(PendingResponse {
+            connection: self.clone(),
+            id,
+            name: request.api_key().name(),
+            timeout: self.config.request_timeout + wait,
+            rx,
+            _permit: permit,
+        })
     }
 
     /// Sends a request that gets no answer (acks=none produce, AddCredit).
@@ -327,4 +330,40 @@ fn route(frame: Bytes, shared: &Shared) -> Result<(), ClientError> {
         }
     }
     Ok(())
+}
+
+/// A request on the wire, waiting for its answer.
+pub struct PendingResponse {
+    connection: Connection,
+    id: u32,
+    name: &'static str,
+    timeout: Duration,
+    rx: oneshot::Receiver<Result<Response, ClientError>>,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl std::fmt::Debug for PendingResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PendingResponse")
+            .field("id", &self.id)
+            .field("request", &self.name)
+            .finish()
+    }
+}
+
+impl PendingResponse {
+    pub async fn wait(self) -> Result<ResponseBody, ClientError> {
+        let response = match tokio::time::timeout(self.timeout, self.rx).await {
+            Ok(Ok(response)) => response?,
+            Ok(Err(_)) => return Err(ClientError::Closed),
+            Err(_) => {
+                self.connection.forget(self.id);
+                return Err(ClientError::Timeout(self.name));
+            }
+        };
+        match response {
+            Response::Ok(body) => Ok(body),
+            Response::Err { code, message } => Err(ClientError::Broker { code, message }),
+        }
+    }
 }

@@ -353,9 +353,27 @@ impl Accumulator {
         let batch = Bytes::from(pending.builder.finish());
         let client = self.client.clone();
         let config = self.config.clone();
+        let (topic, partition) = key;
+        let request = Request::Produce {
+            topic: topic.clone(),
+            partition,
+            acks: config.acks,
+            records: batch,
+        };
+        // The first attempt goes on the wire here, in dispatch order, so that a partition's
+        // batches reach the broker in the order they were filled even with several in flight.
+        // Only the wait for the answer (and any retry) happens in the spawned task.
+        let first = if config.acks == Acks::None {
+            match client.connection().await {
+                Ok(connection) => connection.send_only(request.clone()).await.map(|()| None),
+                Err(e) => Err(e),
+            }
+        } else {
+            client.send(request.clone()).await.map(Some)
+        };
         self.in_flight.spawn(async move {
-            let (topic, partition) = key;
-            let result = send_with_retries(&client, &config, &topic, partition, batch).await;
+            let result =
+                send_with_retries(&client, &config, &topic, partition, request, first).await;
             for (i, waiter) in pending.waiters.drain(..).enumerate() {
                 let report = match &result {
                     Ok(base) => Ok(Delivery {
@@ -371,29 +389,25 @@ impl Accumulator {
     }
 }
 
+/// Finishes a produce whose first attempt is `first`, retrying retriable failures with backoff.
+/// A retry can land after a later batch of the same partition (as with a Kafka producer that is
+/// not idempotent); without failures, order is kept.
 async fn send_with_retries(
     client: &Client,
     config: &ProducerConfig,
     topic: &str,
     partition: u32,
-    records: Bytes,
+    request: Request,
+    first: Result<Option<crate::connection::PendingResponse>, ClientError>,
 ) -> Result<u64, ClientError> {
-    let request = Request::Produce {
-        topic: topic.to_string(),
-        partition,
-        acks: config.acks,
-        records,
-    };
     let mut backoff = config.retry_backoff;
     let mut attempt = 0;
+    let mut sent = first;
     loop {
-        let result = if config.acks == Acks::None {
-            match client.connection().await {
-                Ok(connection) => connection.send_only(request.clone()).await.map(|()| None),
-                Err(e) => Err(e),
-            }
-        } else {
-            client.request(request.clone()).await.map(Some)
+        let result = match sent {
+            Ok(Some(pending)) => pending.wait().await.map(Some),
+            Ok(None) => Ok(None),
+            Err(e) => Err(e),
         };
         match result {
             // With acks=none there is no offset to report; the batch's position is unknown.
@@ -409,6 +423,16 @@ async fn send_with_retries(
                 tracing::debug!(%topic, partition, attempt, error = %e, "retrying produce");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(config.retry_backoff_max);
+                sent = if config.acks == Acks::None {
+                    match client.connection().await {
+                        Ok(connection) => {
+                            connection.send_only(request.clone()).await.map(|()| None)
+                        }
+                        Err(e) => Err(e),
+                    }
+                } else {
+                    client.send(request.clone()).await.map(Some)
+                };
             }
             Err(e) => return Err(e),
         }
