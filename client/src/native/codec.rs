@@ -6,6 +6,10 @@ use bytes::{Buf, BufMut, Bytes};
 
 use super::error::DecodeError;
 
+/// Most items any array in a message may have. Decoded items are at most about a hundred bytes,
+/// so a frame's arrays stay within a few MiB of memory whatever the frame says.
+pub const ARRAY_ITEMS_MAX: usize = 65_536;
+
 /// Reads fields from a frame body; `Bytes` so that blobs are zero-copy slices of the frame.
 #[derive(Debug)]
 pub struct Reader {
@@ -77,9 +81,17 @@ impl Reader {
     }
 
     /// An array count, bounded by the bytes left (each element takes at least `min_element`
-    /// bytes), so a lying count cannot make the decoder reserve memory.
+    /// bytes) and by [`ARRAY_ITEMS_MAX`], so a lying count cannot make the decoder reserve
+    /// memory, and many tiny elements (an empty string is 2 bytes on the wire but 24 in memory)
+    /// cannot multiply a frame's size in memory.
     pub fn count(&mut self, what: &'static str, min_element: usize) -> Result<usize, DecodeError> {
         let n = self.u32(what)? as usize;
+        if n > ARRAY_ITEMS_MAX {
+            return Err(DecodeError::Invalid {
+                field: what,
+                reason: "more items than the protocol allows (65,536)",
+            });
+        }
         if n.saturating_mul(min_element.max(1)) > self.buf.remaining() {
             return Err(DecodeError::Truncated { field: what });
         }

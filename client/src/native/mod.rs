@@ -438,6 +438,30 @@ mod tests {
     }
 
     #[test]
+    fn arrays_of_tiny_items_are_capped() {
+        // 100,000 empty topic names: 200 KB on the wire, 2.4 MB of Strings if decoded.
+        let mut buf = BytesMut::new();
+        Request::JoinGroup {
+            group: "g".into(),
+            member_id: String::new(),
+            client_id: "c".into(),
+            topics: vec![String::new(); 100_000],
+            session_timeout_ms: 10_000,
+            rebalance_timeout_ms: 10_000,
+            assignor: "range".into(),
+        }
+        .encode(1, &mut buf);
+        let (header, body) = frame::split_request(buf.freeze());
+        assert!(matches!(
+            Request::decode(&header, body),
+            Err(DecodeError::Invalid {
+                field: "topics",
+                ..
+            })
+        ));
+    }
+
+    #[test]
     fn lying_lengths_inside_a_frame_are_errors_not_allocations() {
         let mut buf = BytesMut::new();
         Request::Produce {
