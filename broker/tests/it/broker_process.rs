@@ -335,7 +335,8 @@ fn cli_group_members_share_a_topic_and_survive_a_kill_9() {
 
     // Three members, each printing what it gets.
     let seen: Arc<Mutex<Vec<String>>> = Arc::default();
-    let mut members = Vec::new();
+    // Killed on drop, so a failing assertion leaves no consumer running.
+    let mut members = Members(Vec::new());
     for _ in 0..3 {
         let mut child = Command::new(&cli)
             .args([
@@ -358,7 +359,7 @@ fn cli_group_members_share_a_topic_and_survive_a_kill_9() {
                 seen.lock().unwrap().push(line);
             }
         });
-        members.push(child);
+        members.0.push(child);
     }
     let wait_for = |n: usize| {
         let started = std::time::Instant::now();
@@ -379,8 +380,8 @@ fn cli_group_members_share_a_topic_and_survive_a_kill_9() {
     wait_for(3000);
     // kill -9 one member; records produced afterwards still all arrive (its partitions move to
     // the others after its session timeout).
-    members[0].kill().unwrap();
-    members[0].wait().unwrap();
+    members.0[0].kill().unwrap();
+    members.0[0].wait().unwrap();
     let second: String = (0..3000).map(|i| format!("b{i}\n")).collect();
     run(&["produce", "orders"], second.as_bytes());
     let distinct = wait_for(6000);
@@ -404,10 +405,7 @@ fn cli_group_members_share_a_topic_and_survive_a_kill_9() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    for mut member in members.into_iter().skip(1) {
-        let _ = member.kill();
-        let _ = member.wait();
-    }
+    drop(members);
     stop(broker);
 }
 
@@ -582,4 +580,16 @@ fn kafka_python_produces_and_consumes_order_events() {
         "{lines}"
     );
     stop(broker);
+}
+
+/// Child processes killed when dropped.
+struct Members(Vec<Child>);
+
+impl Drop for Members {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }
