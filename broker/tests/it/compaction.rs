@@ -4,47 +4,19 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use bytes::{Bytes, BytesMut};
-use kafka_protocol::indexmap::IndexMap;
-use kafka_protocol::records::{
-    Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-};
+use bytes::Bytes;
+use kafka_protocol::records::{Compression, RecordBatchDecoder};
 use strand_broker::log::{Log, LogReader};
 
-use super::support::small_config;
+use super::support::{encode_records, small_config, KeyValue};
 
 /// A batch of (key, value) records; `None` values are tombstones.
 fn keyed_batch(records: &[(String, Option<String>)], ts: i64) -> Vec<u8> {
-    let records: Vec<Record> = records
+    let records: Vec<KeyValue> = records
         .iter()
-        .enumerate()
-        .map(|(i, (k, v))| Record {
-            transactional: false,
-            control: false,
-            partition_leader_epoch: -1,
-            producer_id: -1,
-            producer_epoch: -1,
-            timestamp_type: TimestampType::Creation,
-            offset: i as i64,
-            sequence: i as i32 - 1,
-            timestamp: ts,
-            key: Some(Bytes::from(k.clone())),
-            value: v.clone().map(Bytes::from),
-            headers: IndexMap::new(),
-            delete_horizon: false,
-        })
+        .map(|(k, v)| (Some(Bytes::from(k.clone())), v.clone().map(Bytes::from), ts))
         .collect();
-    let mut buf = BytesMut::new();
-    RecordBatchEncoder::encode(
-        &mut buf,
-        &records,
-        &RecordEncodeOptions {
-            version: 2,
-            compression: Compression::None,
-        },
-    )
-    .unwrap();
-    buf.to_vec()
+    encode_records(&records, Compression::None)
 }
 
 /// Every record from the log start: (offset, key, value).

@@ -157,15 +157,20 @@ fn damage_in_an_older_segment_cuts_there_and_removes_later_segments() {
     assert_eq!(report.segments_removed.len(), logs.len() - 2);
 }
 
-#[test]
-fn missing_or_damaged_index_is_rebuilt_even_after_a_clean_shutdown() {
-    let dir = tempfile::tempdir().unwrap();
-    let (mut log, _) = Log::open(dir.path(), small_config()).unwrap();
-    for i in 0..30 {
+/// Appends `n` batches of one 300-byte record each and closes cleanly.
+fn closed_log(dir: &Path, n: i64) {
+    let (mut log, _) = Log::open(dir, small_config()).unwrap();
+    for i in 0..n {
         log.append(&mut batch(&values(&format!("b{i}"), 1, 300), i))
             .unwrap();
     }
     log.close().unwrap();
+}
+
+#[test]
+fn missing_or_damaged_index_is_rebuilt_even_after_a_clean_shutdown() {
+    let dir = tempfile::tempdir().unwrap();
+    closed_log(dir.path(), 30);
     let indexes = segments(dir.path(), "index");
     std::fs::remove_file(&indexes[0]).unwrap();
     std::fs::write(&indexes[1], b"not an index").unwrap();
@@ -193,12 +198,7 @@ fn missing_or_damaged_index_is_rebuilt_even_after_a_clean_shutdown() {
 #[test]
 fn clean_shutdown_skips_the_scan() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut log, _) = Log::open(dir.path(), small_config()).unwrap();
-    for i in 0..30 {
-        log.append(&mut batch(&values(&format!("b{i}"), 1, 300), i))
-            .unwrap();
-    }
-    log.close().unwrap();
+    closed_log(dir.path(), 30);
     let (log, report) = reopen(dir.path());
     assert!(report.clean_shutdown);
     assert_eq!(report.segments_scanned, 0);

@@ -14,10 +14,29 @@ pub fn batch(values: &[Vec<u8>], ts: i64) -> Vec<u8> {
 }
 
 pub fn batch_with(values: &[Vec<u8>], ts: i64, compression: Compression) -> Vec<u8> {
-    let records: Vec<Record> = values
+    let records: Vec<KeyValue> = values
         .iter()
         .enumerate()
-        .map(|(i, v)| Record {
+        .map(|(i, v)| {
+            (
+                Some(Bytes::from(format!("key-{i}"))),
+                Some(Bytes::copy_from_slice(v)),
+                ts + i as i64,
+            )
+        })
+        .collect();
+    encode_records(&records, compression)
+}
+
+/// A record to encode: key, value (`None` is a tombstone) and timestamp.
+pub type KeyValue = (Option<Bytes>, Option<Bytes>, i64);
+
+/// One batch of `records`, offset deltas from 0, encoded by `kafka-protocol`.
+pub fn encode_records(records: &[KeyValue], compression: Compression) -> Vec<u8> {
+    let records: Vec<Record> = records
+        .iter()
+        .enumerate()
+        .map(|(i, (key, value, timestamp))| Record {
             transactional: false,
             control: false,
             partition_leader_epoch: -1,
@@ -25,10 +44,11 @@ pub fn batch_with(values: &[Vec<u8>], ts: i64, compression: Compression) -> Vec<
             producer_epoch: -1,
             timestamp_type: TimestampType::Creation,
             offset: i as i64,
+            // The encoder starts a new batch wherever offset minus sequence changes.
             sequence: i as i32 - 1,
-            timestamp: ts + i as i64,
-            key: Some(Bytes::from(format!("key-{i}"))),
-            value: Some(Bytes::copy_from_slice(v)),
+            timestamp: *timestamp,
+            key: key.clone(),
+            value: value.clone(),
             headers: IndexMap::new(),
             delete_horizon: false,
         })
