@@ -552,6 +552,7 @@ async fn handle(
                         session_timeout_ms: session_timeout_ms.into(),
                         rebalance_timeout_ms: rebalance_timeout_ms.into(),
                         assignor,
+                        client_protocol: None,
                     })
                     .await
                     .map_err(ServiceError::Group)?;
@@ -647,6 +648,7 @@ fn group_info(broker: &Broker, g: GroupDescription) -> GroupInfo {
     let state = match g.state {
         GroupState::Empty => "empty",
         GroupState::Rebalancing => "rebalancing",
+        GroupState::AwaitingSync => "awaiting-sync",
         GroupState::Stable => "stable",
     };
     GroupInfo {
@@ -727,6 +729,9 @@ fn error_response(e: &ServiceError) -> Response {
         ServiceError::Group(GroupError::RebalanceInProgress) => ErrorCode::RebalanceInProgress,
         ServiceError::Group(GroupError::InvalidSessionTimeout) => ErrorCode::InvalidSessionTimeout,
         ServiceError::UnknownGroup(_) => ErrorCode::UnknownGroup,
+        ServiceError::Group(GroupError::InconsistentGroupProtocol) => {
+            ErrorCode::InconsistentGroupProtocol
+        }
         _ => ErrorCode::Internal,
     };
     if matches!(code, ErrorCode::Internal | ErrorCode::StorageError) {

@@ -13,6 +13,14 @@
 //!   (`IllegalGeneration`), so a member that lost its partitions cannot overwrite the commits of
 //!   the member that took them. Commits from the current generation are accepted during a
 //!   rebalance, so members can commit before they rejoin.
+//!
+//! Kafka's classic protocol assigns on the client instead: members join with their protocols
+//! (assignor names and opaque metadata), the coordinator picks a protocol every member supports
+//! and a leader, answers the leader's join with every member's metadata, and waits in
+//! `AwaitingSync` until the leader's Sync carries the assignment, which it hands to every member's
+//! Sync. Generations, fencing, timers and committed offsets are the same for both kinds; a group
+//! is one kind or the other (a member of the other kind is refused with
+//! `InconsistentGroupProtocol`).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -30,13 +38,46 @@ pub enum GroupError {
     InvalidSessionTimeout,
     /// The member left (or was removed) while its join was pending.
     MemberRemoved,
+    /// The member's protocol type or protocols match none of the group's.
+    InconsistentGroupProtocol,
+}
+
+/// How a Kafka client-assigned member joins: its protocol type (`consumer`) and the protocols it
+/// supports, in preference order, each with its opaque metadata.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientProtocol {
+    pub protocol_type: String,
+    pub protocols: Vec<(String, Vec<u8>)>,
+}
+
+/// What a client-assigned member learns from its join.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientJoin {
+    pub protocol_type: String,
+    pub protocol_name: String,
+    pub leader: String,
+    /// Every member's metadata for the chosen protocol; only the leader gets it.
+    pub members: Vec<(String, Vec<u8>)>,
+}
+
+/// One member's assignment in the leader's Sync: the opaque bytes handed to the member, and the
+/// partitions they name (decoded by the protocol layer) for describe and for metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncAssignment {
+    pub member_id: String,
+    pub assignment: Vec<u8>,
+    pub partitions: Vec<TopicPartition>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JoinResult {
     pub member_id: String,
     pub generation: u32,
+    /// Broker-assigned groups: this member's partitions. Empty for client-assigned groups, whose
+    /// members learn their share from Sync.
     pub assignment: Vec<TopicPartition>,
+    /// Client-assigned groups: the chosen protocol and leader.
+    pub client: Option<ClientJoin>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,6 +98,16 @@ pub enum Input {
         session_timeout_ms: u64,
         rebalance_timeout_ms: u64,
         assignor: Assignor,
+        /// `Some` for a Kafka client-assigned member (then `assignor` is not used).
+        client_protocol: Option<ClientProtocol>,
+    },
+    /// A client-assigned member asks for its assignment; the leader brings everyone's.
+    Sync {
+        request: RequestId,
+        group: String,
+        member_id: String,
+        generation: u32,
+        assignments: Vec<SyncAssignment>,
     },
     Heartbeat {
         group: String,
@@ -87,6 +138,11 @@ pub enum Output {
         request: RequestId,
         result: Result<JoinResult, GroupError>,
     },
+    /// The answer to a Sync: the member's assignment bytes.
+    Synced {
+        request: RequestId,
+        result: Result<Vec<u8>, GroupError>,
+    },
     Heartbeat(Result<(), GroupError>),
     Left(Result<(), GroupError>),
     /// The commit passed fencing: persist it, then answer success.
@@ -112,6 +168,9 @@ pub enum Output {
 pub enum GroupState {
     Empty,
     Rebalancing,
+    /// Client-assigned groups between the joins' answers and the leader's Sync (Kafka's
+    /// CompletingRebalance).
+    AwaitingSync,
     Stable,
 }
 
@@ -124,6 +183,9 @@ struct Member {
     last_seen_ms: i64,
     assignment: Vec<TopicPartition>,
     pending_join: Option<RequestId>,
+    protocols: Vec<(String, Vec<u8>)>,
+    assignment_bytes: Vec<u8>,
+    pending_sync: Option<RequestId>,
 }
 
 #[derive(Debug, Clone)]
@@ -134,6 +196,10 @@ struct Group {
     members: BTreeMap<String, Member>,
     rebalance_deadline_ms: i64,
     committed: BTreeMap<TopicPartition, CommittedOffset>,
+    /// `Some(protocol type)` while the group is client-assigned.
+    protocol_type: Option<String>,
+    protocol_name: String,
+    leader: Option<String>,
 }
 
 impl Group {
@@ -145,6 +211,31 @@ impl Group {
             members: BTreeMap::new(),
             rebalance_deadline_ms: 0,
             committed: BTreeMap::new(),
+            protocol_type: None,
+            protocol_name: String::new(),
+            leader: None,
+        }
+    }
+
+    /// Whether a joining member fits the group's kind and shares a protocol with every member.
+    fn accepts(&self, member_id: &str, client: Option<&ClientProtocol>) -> bool {
+        let others = || {
+            self.members
+                .iter()
+                .filter(|(id, _)| id.as_str() != member_id)
+        };
+        if others().next().is_none() {
+            return true;
+        }
+        match (client, &self.protocol_type) {
+            (None, None) => true,
+            (Some(c), Some(t)) => {
+                &c.protocol_type == t
+                    && c.protocols.iter().any(|(name, _)| {
+                        others().all(|(_, m)| m.protocols.iter().any(|(n, _)| n == name))
+                    })
+            }
+            _ => false,
         }
     }
 }
@@ -180,6 +271,8 @@ pub struct GroupDescription {
     pub state: GroupState,
     pub generation: u32,
     pub assignor: Assignor,
+    /// Client-assigned groups: the protocol type and the chosen protocol (assignor) name.
+    pub protocol: Option<(String, String)>,
     pub members: Vec<MemberDescription>,
     pub committed: BTreeMap<TopicPartition, CommittedOffset>,
 }
@@ -224,6 +317,10 @@ impl Coordinator {
             state: g.state,
             generation: g.generation,
             assignor: g.assignor,
+            protocol: g
+                .protocol_type
+                .clone()
+                .map(|t| (t, g.protocol_name.clone())),
             members: g
                 .members
                 .iter()
@@ -249,6 +346,7 @@ impl Coordinator {
                 session_timeout_ms,
                 rebalance_timeout_ms,
                 assignor,
+                client_protocol,
             } => {
                 if session_timeout_ms < self.config.session_timeout_ms_min
                     || session_timeout_ms > self.config.session_timeout_ms_max
@@ -280,8 +378,17 @@ impl Coordinator {
                     }
                 };
                 let g = self.groups.entry(group.clone()).or_insert_with(Group::new);
+                if !g.accepts(&member_id, client_protocol.as_ref()) {
+                    out.push(Output::Joined {
+                        request,
+                        result: Err(GroupError::InconsistentGroupProtocol),
+                    });
+                    return out;
+                }
                 if g.members.is_empty() {
                     g.assignor = assignor;
+                    g.protocol_type = client_protocol.as_ref().map(|c| c.protocol_type.clone());
+                    g.leader = None;
                 }
                 let member = g
                     .members
@@ -294,8 +401,15 @@ impl Coordinator {
                         last_seen_ms: now_ms,
                         assignment: Vec::new(),
                         pending_join: None,
+                        protocols: Vec::new(),
+                        assignment_bytes: Vec::new(),
+                        pending_sync: None,
                     });
-                let changed = member.topics != topics || member.pending_join.is_some();
+                let protocols = client_protocol.map(|c| c.protocols).unwrap_or_default();
+                let changed = member.topics != topics
+                    || member.protocols != protocols
+                    || member.pending_join.is_some();
+                member.protocols = protocols;
                 if let Some(previous) = member.pending_join.replace(request) {
                     // A second join from the same member replaces its first.
                     out.push(Output::Joined {
@@ -308,7 +422,36 @@ impl Coordinator {
                 member.rebalance_timeout_ms = rebalance_timeout_ms;
                 member.last_seen_ms = now_ms;
                 if g.state != GroupState::Rebalancing || changed {
-                    start_rebalance(g, now_ms);
+                    start_rebalance(g, now_ms, &mut out);
+                }
+            }
+            Input::Sync {
+                request,
+                group,
+                member_id,
+                generation,
+                assignments,
+            } => {
+                let g = self.groups.get_mut(&group);
+                let verdict = match &g {
+                    None => Err(GroupError::UnknownMember),
+                    Some(g) if !g.members.contains_key(&member_id) => {
+                        Err(GroupError::UnknownMember)
+                    }
+                    Some(g) if g.state == GroupState::Rebalancing => {
+                        Err(GroupError::RebalanceInProgress)
+                    }
+                    Some(g) if generation != g.generation => Err(GroupError::IllegalGeneration),
+                    Some(_) => Ok(()),
+                };
+                match (verdict, g) {
+                    (Ok(()), Some(g)) => {
+                        sync(g, request, &member_id, assignments, now_ms, &mut out)
+                    }
+                    (verdict, _) => out.push(Output::Synced {
+                        request,
+                        result: verdict.map(|()| Vec::new()),
+                    }),
                 }
             }
             Input::Heartbeat {
@@ -322,6 +465,8 @@ impl Coordinator {
                         None => Err(GroupError::UnknownMember),
                         Some(m) => {
                             m.last_seen_ms = now_ms;
+                            // Kafka answers heartbeats normally while the leader computes the
+                            // assignment (the join answers already carried the generation).
                             if g.state == GroupState::Rebalancing {
                                 Err(GroupError::RebalanceInProgress)
                             } else if generation != g.generation {
@@ -348,7 +493,13 @@ impl Coordinator {
                                 result: Err(GroupError::MemberRemoved),
                             });
                         }
-                        start_rebalance(g, now_ms);
+                        if let Some(request) = member.pending_sync {
+                            out.push(Output::Synced {
+                                request,
+                                result: Err(GroupError::MemberRemoved),
+                            });
+                        }
+                        start_rebalance(g, now_ms, &mut out);
                         Ok(())
                     }
                 };
@@ -396,7 +547,7 @@ impl Coordinator {
                         .values_mut()
                         .filter(|g| g.state == GroupState::Stable)
                     {
-                        start_rebalance(g, now_ms);
+                        start_rebalance(g, now_ms, &mut out);
                     }
                 }
             }
@@ -408,7 +559,11 @@ impl Coordinator {
 
     fn expire_and_complete(&mut self, now_ms: i64, out: &mut Vec<Output>) {
         for (name, g) in self.groups.iter_mut() {
-            if g.state == GroupState::Stable {
+            if g.state == GroupState::AwaitingSync && now_ms >= g.rebalance_deadline_ms {
+                // The leader never sent the assignment: try again with whoever rejoins.
+                start_rebalance(g, now_ms, out);
+            }
+            if matches!(g.state, GroupState::Stable | GroupState::AwaitingSync) {
                 let expired: Vec<String> = g
                     .members
                     .iter()
@@ -417,13 +572,20 @@ impl Coordinator {
                     .collect();
                 if !expired.is_empty() {
                     for member_id in expired {
-                        g.members.remove(&member_id);
+                        if let Some(request) =
+                            g.members.remove(&member_id).and_then(|m| m.pending_sync)
+                        {
+                            out.push(Output::Synced {
+                                request,
+                                result: Err(GroupError::MemberRemoved),
+                            });
+                        }
                         out.push(Output::Expired {
                             group: name.clone(),
                             member_id,
                         });
                     }
-                    start_rebalance(g, now_ms);
+                    start_rebalance(g, now_ms, out);
                 }
             }
             if g.state == GroupState::Rebalancing {
@@ -451,9 +613,19 @@ impl Coordinator {
     }
 }
 
-fn start_rebalance(g: &mut Group, now_ms: i64) {
+fn start_rebalance(g: &mut Group, now_ms: i64, out: &mut Vec<Output>) {
+    // Syncs waiting for an assignment that will not come: their members must rejoin.
+    for m in g.members.values_mut() {
+        if let Some(request) = m.pending_sync.take() {
+            out.push(Output::Synced {
+                request,
+                result: Err(GroupError::RebalanceInProgress),
+            });
+        }
+    }
     if g.members.is_empty() {
         g.state = GroupState::Empty;
+        g.protocol_type = None;
         return;
     }
     if g.state != GroupState::Rebalancing {
@@ -477,9 +649,14 @@ fn complete_rebalance(
 ) {
     if g.members.is_empty() {
         g.state = GroupState::Empty;
+        g.protocol_type = None;
         return;
     }
     g.generation += 1;
+    if let Some(protocol_type) = g.protocol_type.clone() {
+        complete_client_rebalance(name, g, protocol_type, now_ms, out);
+        return;
+    }
     let subscriptions: Vec<MemberSubscription> = g
         .members
         .iter()
@@ -503,6 +680,7 @@ fn complete_rebalance(
                     member_id: id.clone(),
                     generation: g.generation,
                     assignment: m.assignment.clone(),
+                    client: None,
                 }),
             });
         }
@@ -513,6 +691,137 @@ fn complete_rebalance(
         generation: g.generation,
         n_members: g.members.len(),
     });
+}
+
+/// Picks the protocol and leader, answers every join, and waits for the leader's Sync.
+fn complete_client_rebalance(
+    name: &str,
+    g: &mut Group,
+    protocol_type: String,
+    now_ms: i64,
+    out: &mut Vec<Output>,
+) {
+    let leader = match g.leader.take() {
+        Some(leader) if g.members.contains_key(&leader) => leader,
+        _ => g.members.keys().next().expect("members checked").clone(),
+    };
+    // The leader's most preferred protocol that every member supports (joins were checked to
+    // share at least one).
+    let supported = |name: &str| {
+        g.members
+            .values()
+            .all(|m| m.protocols.iter().any(|(n, _)| n == name))
+    };
+    let protocol_name = g.members[&leader]
+        .protocols
+        .iter()
+        .map(|(n, _)| n.clone())
+        .find(|n| supported(n))
+        .unwrap_or_default();
+    let metadata: Vec<(String, Vec<u8>)> = g
+        .members
+        .iter()
+        .map(|(id, m)| {
+            let bytes = m
+                .protocols
+                .iter()
+                .find(|(n, _)| *n == protocol_name)
+                .map(|(_, b)| b.clone())
+                .unwrap_or_default();
+            (id.clone(), bytes)
+        })
+        .collect();
+    for (id, m) in g.members.iter_mut() {
+        m.assignment.clear();
+        m.assignment_bytes.clear();
+        m.last_seen_ms = now_ms;
+        if let Some(request) = m.pending_join.take() {
+            out.push(Output::Joined {
+                request,
+                result: Ok(JoinResult {
+                    member_id: id.clone(),
+                    generation: g.generation,
+                    assignment: Vec::new(),
+                    client: Some(ClientJoin {
+                        protocol_type: protocol_type.clone(),
+                        protocol_name: protocol_name.clone(),
+                        leader: leader.clone(),
+                        members: if *id == leader {
+                            metadata.clone()
+                        } else {
+                            Vec::new()
+                        },
+                    }),
+                }),
+            });
+        }
+    }
+    let longest = g
+        .members
+        .values()
+        .map(|m| m.rebalance_timeout_ms)
+        .max()
+        .unwrap_or(0);
+    g.rebalance_deadline_ms = now_ms + longest as i64;
+    g.protocol_name = protocol_name;
+    g.leader = Some(leader);
+    g.state = GroupState::AwaitingSync;
+    out.push(Output::Rebalanced {
+        group: name.to_string(),
+        generation: g.generation,
+        n_members: g.members.len(),
+    });
+}
+
+/// A Sync that passed fencing. The leader's assignment makes the group stable and answers every
+/// waiting member; a Sync in a stable group is answered from the stored assignment.
+fn sync(
+    g: &mut Group,
+    request: RequestId,
+    member_id: &str,
+    assignments: Vec<SyncAssignment>,
+    now_ms: i64,
+    out: &mut Vec<Output>,
+) {
+    if let Some(m) = g.members.get_mut(member_id) {
+        m.last_seen_ms = now_ms;
+    }
+    if g.state != GroupState::AwaitingSync {
+        let bytes = g.members[member_id].assignment_bytes.clone();
+        out.push(Output::Synced {
+            request,
+            result: Ok(bytes),
+        });
+        return;
+    }
+    if let Some(previous) = g
+        .members
+        .get_mut(member_id)
+        .and_then(|m| m.pending_sync.replace(request))
+    {
+        out.push(Output::Synced {
+            request: previous,
+            result: Err(GroupError::RebalanceInProgress),
+        });
+    }
+    if g.leader.as_deref() != Some(member_id) {
+        return;
+    }
+    for a in assignments {
+        if let Some(m) = g.members.get_mut(&a.member_id) {
+            m.assignment_bytes = a.assignment;
+            m.assignment = a.partitions;
+        }
+    }
+    g.state = GroupState::Stable;
+    for m in g.members.values_mut() {
+        if let Some(request) = m.pending_sync.take() {
+            out.push(Output::Synced {
+                request,
+                result: Ok(m.assignment_bytes.clone()),
+            });
+        }
+    }
 }
 
 #[cfg(test)]
@@ -545,6 +854,7 @@ mod tests {
                 session_timeout_ms: SESSION,
                 rebalance_timeout_ms: REBALANCE,
                 assignor,
+                client_protocol: None,
             },
             now,
         )
@@ -784,6 +1094,7 @@ mod tests {
                 session_timeout_ms: 10,
                 rebalance_timeout_ms: 10,
                 assignor: Assignor::Range,
+                client_protocol: None,
             },
             0,
         );
@@ -799,5 +1110,203 @@ mod tests {
             heartbeat(&mut c, &a.member_id, 2, 600),
             Err(GroupError::RebalanceInProgress)
         );
+    }
+
+    fn client_join(
+        c: &mut Coordinator,
+        request: RequestId,
+        member: Option<&str>,
+        protocols: &[&str],
+        now: i64,
+    ) -> Vec<Output> {
+        c.handle(
+            Input::Join {
+                request,
+                group: "k".into(),
+                member_id: member.map(String::from),
+                client_id: "rdkafka".into(),
+                topics: BTreeSet::new(),
+                session_timeout_ms: SESSION,
+                rebalance_timeout_ms: REBALANCE,
+                assignor: Assignor::Range,
+                client_protocol: Some(ClientProtocol {
+                    protocol_type: "consumer".into(),
+                    protocols: protocols
+                        .iter()
+                        .map(|p| (p.to_string(), format!("meta-{p}-{request}").into_bytes()))
+                        .collect(),
+                }),
+            },
+            now,
+        )
+    }
+
+    fn synced(outputs: &[Output], request: RequestId) -> Option<Result<Vec<u8>, GroupError>> {
+        outputs.iter().find_map(|o| match o {
+            Output::Synced { request: r, result } if *r == request => Some(result.clone()),
+            _ => None,
+        })
+    }
+
+    fn sync_input(
+        request: RequestId,
+        member: &str,
+        generation: u32,
+        assignments: Vec<SyncAssignment>,
+    ) -> Input {
+        Input::Sync {
+            request,
+            group: "k".into(),
+            member_id: member.into(),
+            generation,
+            assignments,
+        }
+    }
+
+    /// Two Kafka members: the leader gets both members' metadata for the protocol they share,
+    /// the follower's Sync waits for the leader's, and each gets its own assignment bytes.
+    #[test]
+    fn client_assignment_goes_through_the_leader() {
+        let mut c = coordinator(4);
+        let a = joined(
+            &client_join(&mut c, 1, None, &["range", "roundrobin"], 0),
+            1,
+        )
+        .unwrap();
+        assert_eq!(a.client.as_ref().unwrap().leader, a.member_id);
+        let out = c.handle(sync_input(2, &a.member_id, a.generation, vec![]), 10);
+        assert_eq!(synced(&out, 2), Some(Ok(Vec::new())));
+
+        // A second member that only speaks roundrobin: the group moves to roundrobin.
+        let pending = client_join(&mut c, 3, None, &["roundrobin"], 100);
+        assert!(pending.iter().all(|o| !matches!(o, Output::Joined { .. })));
+        assert_eq!(
+            heartbeat_k(&mut c, &a.member_id, a.generation, 200),
+            Err(GroupError::RebalanceInProgress)
+        );
+        let out = client_join(&mut c, 4, Some(&a.member_id), &["range", "roundrobin"], 300);
+        let a2 = joined(&out, 4).unwrap();
+        let b = joined(&out, 3).unwrap();
+        assert_eq!(a2.generation, 2);
+        let lead = a2.client.unwrap();
+        assert_eq!(lead.protocol_name, "roundrobin");
+        assert_eq!(lead.leader, a.member_id);
+        assert_eq!(
+            lead.members,
+            vec![
+                (a.member_id.clone(), b"meta-roundrobin-4".to_vec()),
+                (b.member_id.clone(), b"meta-roundrobin-3".to_vec())
+            ]
+        );
+        assert!(
+            b.client.unwrap().members.is_empty(),
+            "followers get no metadata"
+        );
+        assert_eq!(c.describe("k").unwrap().state, GroupState::AwaitingSync);
+        // Heartbeats are fine while the leader assigns.
+        assert_eq!(heartbeat_k(&mut c, &b.member_id, 2, 350), Ok(()));
+
+        let out = c.handle(sync_input(5, &b.member_id, 2, vec![]), 400);
+        assert_eq!(synced(&out, 5), None, "the follower waits for the leader");
+        let assignments = vec![
+            SyncAssignment {
+                member_id: a.member_id.clone(),
+                assignment: b"A".to_vec(),
+                partitions: vec![("t".into(), 0), ("t".into(), 1)],
+            },
+            SyncAssignment {
+                member_id: b.member_id.clone(),
+                assignment: b"B".to_vec(),
+                partitions: vec![("t".into(), 2), ("t".into(), 3)],
+            },
+        ];
+        let out = c.handle(sync_input(6, &a.member_id, 2, assignments), 500);
+        assert_eq!(synced(&out, 5), Some(Ok(b"B".to_vec())));
+        assert_eq!(synced(&out, 6), Some(Ok(b"A".to_vec())));
+        let d = c.describe("k").unwrap();
+        assert_eq!(d.state, GroupState::Stable);
+        assert_eq!(d.protocol, Some(("consumer".into(), "roundrobin".into())));
+        assert_eq!(
+            d.members[1].assignment,
+            vec![("t".into(), 2), ("t".into(), 3)]
+        );
+        // A stale generation is fenced.
+        let out = c.handle(sync_input(7, &b.member_id, 1, vec![]), 600);
+        assert_eq!(synced(&out, 7), Some(Err(GroupError::IllegalGeneration)));
+    }
+
+    #[test]
+    fn a_leader_that_never_syncs_restarts_the_rebalance() {
+        let mut c = coordinator(2);
+        let a = joined(&client_join(&mut c, 1, None, &["range"], 0), 1).unwrap();
+        client_join(&mut c, 2, None, &["range"], 10);
+        let out = client_join(&mut c, 3, Some(&a.member_id), &["range"], 20);
+        let follower = joined(&out, 2).unwrap();
+        let out = c.handle(sync_input(4, &follower.member_id, 2, vec![]), 30);
+        assert_eq!(synced(&out, 4), None);
+        // The leader keeps heartbeating but never syncs: past the rebalance timeout, the
+        // waiting follower is told to rejoin.
+        for now in (1_000..REBALANCE as i64).step_by(1_000) {
+            assert_eq!(heartbeat_k(&mut c, &a.member_id, 2, now), Ok(()));
+            assert_eq!(heartbeat_k(&mut c, &follower.member_id, 2, now), Ok(()));
+        }
+        let out = c.handle(Input::Tick, REBALANCE as i64 + 100);
+        assert_eq!(synced(&out, 4), Some(Err(GroupError::RebalanceInProgress)));
+        assert_eq!(c.describe("k").unwrap().state, GroupState::Rebalancing);
+    }
+
+    #[test]
+    fn kafka_and_native_members_do_not_mix() {
+        let mut c = coordinator(2);
+        let a = joined(&client_join(&mut c, 1, None, &["range"], 0), 1).unwrap();
+        let out = c.handle(
+            Input::Join {
+                request: 2,
+                group: "k".into(),
+                member_id: None,
+                client_id: "native".into(),
+                topics: ["t".to_string()].into(),
+                session_timeout_ms: SESSION,
+                rebalance_timeout_ms: REBALANCE,
+                assignor: Assignor::Range,
+                client_protocol: None,
+            },
+            10,
+        );
+        assert_eq!(joined(&out, 2), Err(GroupError::InconsistentGroupProtocol));
+        let out = client_join(&mut c, 3, None, &["cooperative-sticky"], 20);
+        assert_eq!(joined(&out, 3), Err(GroupError::InconsistentGroupProtocol));
+        // Once the Kafka member leaves, the group may change kind.
+        c.handle(
+            Input::Leave {
+                group: "k".into(),
+                member_id: a.member_id,
+            },
+            30,
+        );
+        let out = client_join(&mut c, 4, None, &["cooperative-sticky"], 40);
+        assert!(joined(&out, 4).is_ok());
+    }
+
+    fn heartbeat_k(
+        c: &mut Coordinator,
+        member: &str,
+        generation: u32,
+        now: i64,
+    ) -> Result<(), GroupError> {
+        match c
+            .handle(
+                Input::Heartbeat {
+                    group: "k".into(),
+                    member_id: member.into(),
+                    generation,
+                },
+                now,
+            )
+            .first()
+        {
+            Some(Output::Heartbeat(r)) => *r,
+            other => panic!("{other:?}"),
+        }
     }
 }

@@ -12,7 +12,7 @@ pub mod service;
 
 pub use assignor::{Assignor, TopicPartition};
 pub use coordinator::{
-    CommittedOffset, Coordinator, CoordinatorConfig, GroupDescription, GroupError, GroupState,
-    Input, JoinResult, Output,
+    ClientJoin, ClientProtocol, CommittedOffset, Coordinator, CoordinatorConfig, GroupDescription,
+    GroupError, GroupState, Input, JoinResult, Output, SyncAssignment,
 };
 pub use service::{CommitError, Groups, JoinRequest};

@@ -9,8 +9,8 @@ use std::time::Duration;
 use tokio::sync::{oneshot, watch};
 
 use super::coordinator::{
-    Coordinator, CoordinatorConfig, GroupDescription, GroupError, Input, JoinResult, Output,
-    RequestId,
+    ClientProtocol, Coordinator, CoordinatorConfig, GroupDescription, GroupError, Input,
+    JoinResult, Output, RequestId, SyncAssignment,
 };
 use super::offsets::OffsetStore;
 use super::{Assignor, CommittedOffset, TopicPartition};
@@ -37,6 +37,8 @@ pub struct JoinRequest {
     pub session_timeout_ms: u64,
     pub rebalance_timeout_ms: u64,
     pub assignor: Assignor,
+    /// `Some` for a Kafka member that assigns on the client.
+    pub client_protocol: Option<ClientProtocol>,
 }
 
 #[derive(Debug)]
@@ -44,6 +46,7 @@ struct State {
     coordinator: Coordinator,
     next_request: RequestId,
     joins: HashMap<RequestId, oneshot::Sender<Result<JoinResult, GroupError>>>,
+    syncs: HashMap<RequestId, oneshot::Sender<Result<Vec<u8>, GroupError>>>,
 }
 
 #[derive(Debug)]
@@ -68,6 +71,7 @@ impl Groups {
                 coordinator,
                 next_request: 0,
                 joins: HashMap::new(),
+                syncs: HashMap::new(),
             }),
             store,
             topics,
@@ -92,6 +96,12 @@ impl Groups {
         outputs.retain(|output| match output {
             Output::Joined { request, result } => {
                 if let Some(waiter) = state.joins.remove(request) {
+                    let _ = waiter.send(result.clone());
+                }
+                false
+            }
+            Output::Synced { request, result } => {
+                if let Some(waiter) = state.syncs.remove(request) {
                     let _ = waiter.send(result.clone());
                 }
                 false
@@ -130,6 +140,35 @@ impl Groups {
                 session_timeout_ms: join.session_timeout_ms,
                 rebalance_timeout_ms: join.rebalance_timeout_ms,
                 assignor: join.assignor,
+                client_protocol: join.client_protocol,
+            };
+            self.drive(&mut state, input);
+            rx
+        };
+        rx.await.unwrap_or(Err(GroupError::MemberRemoved))
+    }
+
+    /// A client-assigned member's Sync: waits until the leader's assignment arrives (the
+    /// leader's own Sync brings it) and returns this member's assignment bytes.
+    pub async fn sync(
+        &self,
+        group: &str,
+        member_id: &str,
+        generation: u32,
+        assignments: Vec<SyncAssignment>,
+    ) -> Result<Vec<u8>, GroupError> {
+        let rx = {
+            let mut state = self.state.lock().expect("groups lock");
+            state.next_request += 1;
+            let request = state.next_request;
+            let (tx, rx) = oneshot::channel();
+            state.syncs.insert(request, tx);
+            let input = Input::Sync {
+                request,
+                group: group.into(),
+                member_id: member_id.into(),
+                generation,
+                assignments,
             };
             self.drive(&mut state, input);
             rx

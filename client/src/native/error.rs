@@ -34,6 +34,8 @@ pub enum ErrorCode {
     RebalanceInProgress = 17,
     InvalidSessionTimeout = 18,
     UnknownGroup = 19,
+    /// The group is used by Kafka clients that assign partitions themselves (or the other way).
+    InconsistentGroupProtocol = 20,
 }
 
 impl ErrorCode {
@@ -59,6 +61,7 @@ impl ErrorCode {
             17 => RebalanceInProgress,
             18 => InvalidSessionTimeout,
             19 => UnknownGroup,
+            20 => InconsistentGroupProtocol,
             _ => Internal,
         }
     }
