@@ -26,6 +26,12 @@ pub struct BrokerConfig {
     /// `host:port` Kafka clients are told to connect to; default: the Kafka listener's address
     /// (127.0.0.1 when it binds 0.0.0.0). Set it when clients reach Strand by another name.
     pub kafka_advertised: Option<String>,
+    /// Create a topic when a Kafka client asks for one that does not exist (Metadata), as
+    /// Kafka's `auto.create.topics.enable`. Default true.
+    pub auto_create_topics: bool,
+    /// Partitions of auto-created topics and of Kafka CreateTopics asking for the default
+    /// (-1), as Kafka's `num.partitions`. Default 1.
+    pub default_partitions: u32,
     /// HTTP listener for `/health` and `/metrics`. Default `127.0.0.1:7180`.
     pub http_listen: SocketAddr,
     /// Open client connections at most; more wait in the kernel's accept queue. Default 1024.
@@ -54,6 +60,8 @@ impl Default for BrokerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 7171)),
             kafka_listen: SocketAddr::from(([127, 0, 0, 1], 9092)),
             kafka_advertised: None,
+            auto_create_topics: true,
+            default_partitions: 1,
             http_listen: SocketAddr::from(([127, 0, 0, 1], 7180)),
             connections_max: 1024,
             in_flight_per_connection_max: 64,
@@ -90,6 +98,12 @@ pub struct BrokerArgs {
     /// host:port advertised to Kafka clients [default: the Kafka listener's address]
     #[arg(long, env = "STRAND_KAFKA_ADVERTISED", value_name = "HOST:PORT")]
     pub kafka_advertised: Option<String>,
+    /// Create topics Kafka clients ask for that do not exist [default: true]
+    #[arg(long, env = "STRAND_AUTO_CREATE_TOPICS", value_name = "BOOL")]
+    pub auto_create_topics: Option<bool>,
+    /// Partitions of auto-created topics [default: 1]
+    #[arg(long, env = "STRAND_DEFAULT_PARTITIONS", value_name = "N")]
+    pub default_partitions: Option<u32>,
     /// HTTP listener for /health and /metrics [default: 127.0.0.1:7180]
     #[arg(long, env = "STRAND_HTTP_LISTEN", value_name = "ADDR")]
     pub http_listen: Option<SocketAddr>,
@@ -178,6 +192,8 @@ impl BrokerConfig {
         if let Some(advertised) = &args.kafka_advertised {
             config.kafka_advertised = Some(advertised.clone());
         }
+        set!(config.auto_create_topics, args.auto_create_topics);
+        set!(config.default_partitions, args.default_partitions);
         set!(config.http_listen, args.http_listen);
         set!(config.connections_max, args.connections_max);
         set!(config.log.fsync, args.fsync);
@@ -207,6 +223,7 @@ impl BrokerConfig {
                 self.in_flight_per_connection_max,
             ),
             ("frame_bytes_max", self.frame_bytes_max),
+            ("default_partitions", self.default_partitions as usize),
         ];
         for (name, value) in positive {
             if value == 0 {

@@ -7,6 +7,7 @@
 //!   settings, and owns one log per partition.
 //! - [`config`]: settings from defaults, a TOML file, `STRAND_*` variables and flags.
 //! - [`kafka`]: the Kafka-protocol listener (metadata, produce, fetch, list offsets so far).
+//! - [`producers`]: idempotent producers' sequence numbers per partition.
 //! - [`service`]: what the broker does for a request, whatever protocol carried it.
 //! - [`metrics`]: Prometheus metrics; [`http`]: `/health` and `/metrics`.
 
@@ -16,6 +17,7 @@ pub mod http;
 pub mod kafka;
 pub mod log;
 pub mod metrics;
+pub mod producers;
 pub mod server;
 pub mod service;
 pub mod topics;

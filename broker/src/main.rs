@@ -112,6 +112,8 @@ async fn run(config: BrokerConfig) -> anyhow::Result<()> {
             connections_max: config.connections_max,
             frame_bytes_max: config.frame_bytes_max,
             advertised: config.kafka_advertised.clone(),
+            auto_create_topics: config.auto_create_topics,
+            default_partitions: config.default_partitions,
         },
         shutdown_rx.clone(),
     ));

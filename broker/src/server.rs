@@ -729,6 +729,7 @@ fn error_response(e: &ServiceError) -> Response {
         ServiceError::Group(GroupError::RebalanceInProgress) => ErrorCode::RebalanceInProgress,
         ServiceError::Group(GroupError::InvalidSessionTimeout) => ErrorCode::InvalidSessionTimeout,
         ServiceError::UnknownGroup(_) => ErrorCode::UnknownGroup,
+        ServiceError::Sequence(_) | ServiceError::IdempotentBatchCount => ErrorCode::InvalidRequest,
         ServiceError::Group(GroupError::InconsistentGroupProtocol) => {
             ErrorCode::InconsistentGroupProtocol
         }

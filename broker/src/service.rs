@@ -12,6 +12,7 @@ use strand_client::batch::Batches;
 use crate::group::{CoordinatorConfig, GroupError, Groups};
 use crate::log::{AppendInfo, LogError, ReadResult};
 use crate::metrics::Metrics;
+use crate::producers::{BatchSequence, SequenceCheck, SequenceError};
 use crate::topics::{Partition, Topic, TopicConfig, TopicError, Topics};
 
 /// How long a produce waits before it is acknowledged.
@@ -47,6 +48,10 @@ pub enum ServiceError {
     Group(GroupError),
     #[error("unknown group {0:?}")]
     UnknownGroup(String),
+    #[error(transparent)]
+    Sequence(#[from] SequenceError),
+    #[error("a produce carrying an idempotent batch must carry exactly one batch")]
+    IdempotentBatchCount,
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -147,6 +152,10 @@ impl Broker {
     /// Appends a run of batches (all validated before any is written) and returns where they
     /// landed. Synchronous and short (a positioned write into the page cache), so a connection
     /// can append its produce requests in the order they came.
+    ///
+    /// A batch from an idempotent producer (producer id set) passes the partition's sequence
+    /// check first: a retry of a batch already written is answered with its first offsets and
+    /// not written again; one that skips sequences is refused.
     pub fn append(
         &self,
         topic: &str,
@@ -154,10 +163,46 @@ impl Broker {
         batches: &mut [u8],
     ) -> Result<AppendInfo, ServiceError> {
         let target = self.partition(topic, partition)?;
-        let n_records: u64 = Batches::new(batches)
-            .map(|(h, _)| h.record_count.max(0) as u64)
-            .sum();
-        let info = target.writer().append_all(batches)?;
+        let mut n_records = 0u64;
+        let mut n_batches = 0usize;
+        let mut sequence = None;
+        for (h, _) in Batches::new(batches) {
+            n_records += h.record_count.max(0) as u64;
+            n_batches += 1;
+            if h.producer_id >= 0 && h.base_sequence >= 0 {
+                sequence = Some(BatchSequence {
+                    producer_id: h.producer_id,
+                    epoch: h.producer_epoch,
+                    first_seq: h.base_sequence,
+                    record_count: h.record_count.max(1),
+                });
+            }
+        }
+        let info = match sequence {
+            None => target.writer().append_all(batches)?,
+            Some(_) if n_batches != 1 => return Err(ServiceError::IdempotentBatchCount),
+            Some(sequence) => {
+                let mut log = target.writer();
+                let mut producers = target.producers();
+                match producers.check(&sequence)? {
+                    SequenceCheck::Duplicate {
+                        base_offset,
+                        last_offset,
+                    } => {
+                        return Ok(AppendInfo {
+                            base_offset,
+                            last_offset,
+                            max_timestamp: -1,
+                        })
+                    }
+                    SequenceCheck::Append => {
+                        let info = log.append_all(batches)?;
+                        producers.record(&sequence, info.base_offset, info.last_offset);
+                        info
+                    }
+                }
+            }
+        };
         self.metrics
             .count_in(topic, batches.len() as u64, n_records);
         Ok(info)

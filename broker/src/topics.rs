@@ -20,6 +20,7 @@ use crate::log::{
     CleanReport, FsyncObserver, Log, LogCleaner, LogConfig, LogError, LogReader, ObserverSlot,
     RecoveryReport,
 };
+use crate::producers::ProducerTable;
 
 const TOPICS_DIR: &str = "topics";
 const DELETING_DIR: &str = "deleting";
@@ -151,6 +152,7 @@ pub struct Partition {
     reader: LogReader,
     cleaner: LogCleaner,
     tombstone_retention_ms: u64,
+    producers: Mutex<ProducerTable>,
 }
 
 impl Partition {
@@ -162,6 +164,12 @@ impl Partition {
 
     pub fn reader(&self) -> &LogReader {
         &self.reader
+    }
+
+    /// The idempotent producers' sequences. Lock it while holding the writer, so a check and
+    /// the append it allows are one step.
+    pub fn producers(&self) -> MutexGuard<'_, ProducerTable> {
+        self.producers.lock().expect("partition producers lock")
     }
 }
 
@@ -412,6 +420,7 @@ fn open_partition(
             reader,
             cleaner,
             tombstone_retention_ms,
+            producers: Mutex::new(ProducerTable::default()),
         }),
         report,
     ))

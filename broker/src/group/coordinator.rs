@@ -51,7 +51,7 @@ pub struct ClientProtocol {
 }
 
 /// What a client-assigned member learns from its join.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ClientJoin {
     pub protocol_type: String,
     pub protocol_name: String,

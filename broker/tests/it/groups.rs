@@ -37,6 +37,7 @@ fn join(group: &str, member: Option<String>) -> JoinRequest {
         session_timeout_ms: 10_000,
         rebalance_timeout_ms: 5_000,
         assignor: Assignor::CooperativeSticky,
+        client_protocol: None,
     }
 }
 

@@ -1,0 +1,226 @@
+//! CreateTopics, DeleteTopics and InitProducerId.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::create_topics_request::CreatableTopic;
+use kafka_protocol::messages::create_topics_response::CreatableTopicResult;
+use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
+use kafka_protocol::messages::{
+    CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest, DeleteTopicsResponse,
+    InitProducerIdRequest, InitProducerIdResponse, ProducerId, TopicName,
+};
+use kafka_protocol::protocol::StrBytes;
+
+use super::{error_code, Context};
+use crate::log::now_ms;
+use crate::topics::{validate_topic_name, TopicConfig};
+
+/// Kafka topic settings that do not apply to a single broker without replication; accepted
+/// (so tools that always send them work) and ignored.
+const IGNORED_CONFIGS: [&str; 8] = [
+    "min.insync.replicas",
+    "unclean.leader.election.enable",
+    "message.timestamp.type",
+    "compression.type",
+    "max.message.bytes",
+    "segment.ms",
+    "delete.retention.ms",
+    "preallocate",
+];
+
+/// Why a CreateTopics entry is refused: the Kafka code and a message for the client.
+type Refusal = (ResponseError, String);
+
+/// The topic settings a CreateTopics entry asks for, or why it is refused.
+fn topic_config(topic: &CreatableTopic, default_partitions: u32) -> Result<TopicConfig, Refusal> {
+    let name = topic.name.0.as_str();
+    validate_topic_name(name).map_err(|e| (ResponseError::InvalidTopicException, e.to_string()))?;
+    if name.starts_with("__") {
+        return Err((
+            ResponseError::InvalidTopicException,
+            "names starting with '__' are reserved for internal topics".into(),
+        ));
+    }
+    let partitions = match topic.num_partitions {
+        -1 => default_partitions,
+        n if n >= 1 => n as u32,
+        n => {
+            return Err((
+                ResponseError::InvalidPartitions,
+                format!("{n} partitions: give at least 1, or -1 for the default"),
+            ))
+        }
+    };
+    if !matches!(topic.replication_factor, -1 | 1) {
+        return Err((
+            ResponseError::InvalidReplicationFactor,
+            format!(
+                "replication factor {}: Strand is a single broker, use 1 (or -1)",
+                topic.replication_factor
+            ),
+        ));
+    }
+    if !topic.assignments.is_empty() {
+        return Err((
+            ResponseError::InvalidReplicaAssignment,
+            "manual replica assignment is not supported".into(),
+        ));
+    }
+    let mut config = TopicConfig {
+        partitions,
+        ..TopicConfig::default()
+    };
+    for c in &topic.configs {
+        let key = c.name.as_str();
+        let value = c.value.as_ref().map_or("", |v| v.as_str());
+        let bad = || {
+            (
+                ResponseError::InvalidConfig,
+                format!("{key}={value:?} is not valid"),
+            )
+        };
+        match key {
+            "cleanup.policy" => {
+                config.compact = match value {
+                    "compact" => true,
+                    "delete" => false,
+                    _ => return Err(bad()),
+                }
+            }
+            "retention.ms" => config.retention_ms = Some(value.parse().map_err(|_| bad())?),
+            "retention.bytes" => config.retention_bytes = Some(value.parse().map_err(|_| bad())?),
+            "segment.bytes" => config.segment_bytes_max = Some(value.parse().map_err(|_| bad())?),
+            k if IGNORED_CONFIGS.contains(&k) => {}
+            _ => {
+                return Err((
+                    ResponseError::InvalidConfig,
+                    format!("unknown topic config {key:?}"),
+                ))
+            }
+        }
+    }
+    Ok(config)
+}
+
+pub(super) async fn create_topics(
+    cx: &Context,
+    request: CreateTopicsRequest,
+) -> CreateTopicsResponse {
+    let mut results = Vec::new();
+    for topic in request.topics {
+        let result = CreatableTopicResult::default().with_name(topic.name.clone());
+        let outcome = match topic_config(&topic, cx.config.default_partitions) {
+            Err(refusal) => Err(refusal),
+            Ok(config) if request.validate_only => {
+                if cx.broker.topics.get(&topic.name.0).is_some() {
+                    Err((
+                        ResponseError::TopicAlreadyExists,
+                        format!("topic {:?} already exists", topic.name.0.as_str()),
+                    ))
+                } else {
+                    Ok(config.partitions)
+                }
+            }
+            Ok(config) => {
+                let partitions = config.partitions;
+                match cx
+                    .broker
+                    .create_topic(topic.name.0.to_string(), config)
+                    .await
+                {
+                    Ok(_) => Ok(partitions),
+                    Err(e) => Err((
+                        ResponseError::try_from_code(error_code(&e))
+                            .unwrap_or(ResponseError::UnknownServerError),
+                        e.to_string(),
+                    )),
+                }
+            }
+        };
+        results.push(match outcome {
+            Ok(partitions) => result
+                .with_num_partitions(partitions as i32)
+                .with_replication_factor(1),
+            Err((error, message)) => result
+                .with_error_code(error.code())
+                .with_error_message(Some(StrBytes::from_string(message)))
+                .with_num_partitions(-1)
+                .with_replication_factor(-1),
+        });
+    }
+    CreateTopicsResponse::default().with_topics(results)
+}
+
+pub(super) async fn delete_topics(
+    cx: &Context,
+    request: DeleteTopicsRequest,
+    version: i16,
+) -> DeleteTopicsResponse {
+    // v6 names topics in `topics` (by name; topic ids are not used by Strand).
+    let names: Vec<Option<TopicName>> = if version >= 6 {
+        request.topics.into_iter().map(|t| t.name).collect()
+    } else {
+        request.topic_names.into_iter().map(Some).collect()
+    };
+    let mut responses = Vec::new();
+    for name in names {
+        let result = DeletableTopicResult::default().with_name(name.clone());
+        let outcome = match &name {
+            None => Err((
+                ResponseError::UnknownTopicId,
+                "topics are deleted by name on Strand".to_string(),
+            )),
+            Some(n) if n.0.starts_with("__") => Err((
+                ResponseError::InvalidRequest,
+                "internal topics cannot be deleted".to_string(),
+            )),
+            Some(n) => cx.broker.delete_topic(n.0.to_string()).await.map_err(|e| {
+                (
+                    ResponseError::try_from_code(error_code(&e))
+                        .unwrap_or(ResponseError::UnknownServerError),
+                    e.to_string(),
+                )
+            }),
+        };
+        responses.push(match outcome {
+            Ok(()) => result,
+            Err((error, message)) => result
+                .with_error_code(error.code())
+                .with_error_message(Some(StrBytes::from_string(message))),
+        });
+    }
+    DeleteTopicsResponse::default().with_responses(responses)
+}
+
+/// Producer ids are unique across restarts without being stored: each run starts at its
+/// start time in milliseconds shifted left by 16 bits, so two runs would overlap only if one
+/// handed out more than 65,536 ids per millisecond it ran.
+fn next_producer_id() -> i64 {
+    static NEXT: AtomicI64 = AtomicI64::new(-1);
+    let _ = NEXT.compare_exchange(-1, now_ms() << 16, Ordering::Relaxed, Ordering::Relaxed);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+pub(super) fn init_producer_id(request: InitProducerIdRequest) -> InitProducerIdResponse {
+    if request.transactional_id.is_some() {
+        tracing::info!("refused a transactional producer: Strand does not support transactions");
+        return InitProducerIdResponse::default()
+            .with_error_code(ResponseError::UnsupportedVersion.code())
+            .with_producer_id(ProducerId(-1))
+            .with_producer_epoch(-1);
+    }
+    // A producer that had an id asks for a new epoch (after a timeout or a sequence error):
+    // bump it while the epoch has room, otherwise give a fresh id.
+    let (id, epoch) = if request.producer_id.0 >= 0
+        && request.producer_epoch >= 0
+        && request.producer_epoch < i16::MAX - 1
+    {
+        (request.producer_id.0, request.producer_epoch + 1)
+    } else {
+        (next_producer_id(), 0)
+    };
+    InitProducerIdResponse::default()
+        .with_producer_id(ProducerId(id))
+        .with_producer_epoch(epoch)
+}

@@ -1,0 +1,283 @@
+//! Metadata, Produce, Fetch and ListOffsets: the data path. Batches are stored and served as
+//! the clients sent them (compressed or not); nothing is re-encoded.
+
+use std::time::Duration;
+
+use futures::future::{select_all, FutureExt};
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::describe_cluster_response::DescribeClusterBroker;
+use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+use kafka_protocol::messages::list_offsets_response::{
+    ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
+};
+use kafka_protocol::messages::metadata_response::{
+    MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
+};
+use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::{
+    BrokerId, DescribeClusterResponse, FetchRequest, FetchResponse, ListOffsetsRequest,
+    ListOffsetsResponse, MetadataRequest, MetadataResponse, ProduceRequest, ProduceResponse,
+    TopicName,
+};
+use kafka_protocol::protocol::StrBytes;
+
+use super::{error_code, Context, NODE_ID};
+use crate::service::OffsetSpec;
+use crate::topics::{validate_topic_name, TopicConfig};
+
+const CLUSTER_ID: &str = "strand";
+
+/// A partition index from the wire; a negative one names no partition.
+pub(super) fn partition_index(index: i32) -> u32 {
+    u32::try_from(index).unwrap_or(u32::MAX)
+}
+
+pub(super) async fn metadata(
+    cx: &Context,
+    request: MetadataRequest,
+    version: i16,
+) -> MetadataResponse {
+    // Metadata v0 has no null list: an empty one means every topic.
+    let wanted: Option<Vec<String>> = request
+        .topics
+        .filter(|topics| !(version == 0 && topics.is_empty()))
+        .map(|topics| {
+            topics
+                .into_iter()
+                .filter_map(|t| t.name.map(|n| n.0.to_string()))
+                .collect()
+        });
+    // Before v4 there is no flag and Kafka always auto-creates.
+    let auto_create =
+        cx.config.auto_create_topics && (version < 4 || request.allow_auto_topic_creation);
+    if let (Some(names), true) = (&wanted, auto_create) {
+        for name in names {
+            if cx.broker.topics.get(name).is_some()
+                || name.starts_with("__")
+                || validate_topic_name(name).is_err()
+            {
+                continue;
+            }
+            let config = TopicConfig {
+                partitions: cx.config.default_partitions,
+                ..TopicConfig::default()
+            };
+            match cx.broker.create_topic(name.clone(), config).await {
+                Ok(_) => tracing::info!(topic = %name, "auto-created topic for a kafka client"),
+                Err(e) => tracing::debug!(topic = %name, error = %e, "auto-create failed"),
+            }
+        }
+    }
+    let all = cx.broker.list_topics();
+    let topics = match wanted {
+        None => all
+            .iter()
+            .map(|t| metadata_topic(&t.name, Some(t.partitions.len())))
+            .collect(),
+        Some(names) => names
+            .iter()
+            .map(|name| {
+                let found = all.iter().find(|t| &t.name == name);
+                match found {
+                    Some(t) => metadata_topic(name, Some(t.partitions.len())),
+                    None if validate_topic_name(name).is_err() => metadata_topic(name, None)
+                        .with_error_code(ResponseError::InvalidTopicException.code()),
+                    None => metadata_topic(name, None),
+                }
+            })
+            .collect(),
+    };
+    MetadataResponse::default()
+        .with_brokers(vec![MetadataResponseBroker::default()
+            .with_node_id(BrokerId(NODE_ID))
+            .with_host(StrBytes::from_string(cx.advertised.0.clone()))
+            .with_port(cx.advertised.1)])
+        .with_cluster_id(Some(StrBytes::from_static_str(CLUSTER_ID)))
+        .with_controller_id(BrokerId(NODE_ID))
+        .with_topics(topics)
+}
+
+fn metadata_topic(name: &str, partitions: Option<usize>) -> MetadataResponseTopic {
+    let topic = MetadataResponseTopic::default()
+        .with_name(Some(TopicName(StrBytes::from_string(name.to_string()))))
+        .with_is_internal(name.starts_with("__"));
+    match partitions {
+        None => topic.with_error_code(ResponseError::UnknownTopicOrPartition.code()),
+        Some(n) => topic.with_partitions(
+            (0..n as i32)
+                .map(|p| {
+                    MetadataResponsePartition::default()
+                        .with_partition_index(p)
+                        .with_leader_id(BrokerId(NODE_ID))
+                        .with_replica_nodes(vec![BrokerId(NODE_ID)])
+                        .with_isr_nodes(vec![BrokerId(NODE_ID)])
+                })
+                .collect(),
+        ),
+    }
+}
+
+pub(super) fn describe_cluster(cx: &Context) -> DescribeClusterResponse {
+    DescribeClusterResponse::default()
+        .with_cluster_id(StrBytes::from_static_str(CLUSTER_ID))
+        .with_controller_id(BrokerId(NODE_ID))
+        .with_brokers(vec![DescribeClusterBroker::default()
+            .with_broker_id(BrokerId(NODE_ID))
+            .with_host(StrBytes::from_string(cx.advertised.0.clone()))
+            .with_port(cx.advertised.1)])
+}
+
+/// Appends each partition's batches in request order; `None` for acks=0 (no answer).
+pub(super) async fn produce(cx: &Context, request: ProduceRequest) -> Option<ProduceResponse> {
+    let broker = &cx.broker;
+    let mut topics = Vec::new();
+    for topic in request.topic_data {
+        let name = topic.name.0.to_string();
+        let mut partitions = Vec::new();
+        for data in topic.partition_data {
+            let mut response = PartitionProduceResponse::default()
+                .with_index(data.index)
+                .with_log_append_time_ms(-1);
+            let records = data.records.unwrap_or_default();
+            let index = partition_index(data.index);
+            let result = broker.append(&name, index, &mut records.to_vec());
+            let result = match result {
+                Ok(info) if request.acks == -1 => broker
+                    .wait_durable(&name, index, info.last_offset)
+                    .await
+                    .map(|()| info),
+                other => other,
+            };
+            response = match result {
+                Ok(info) => response
+                    .with_base_offset(info.base_offset as i64)
+                    .with_log_start_offset(
+                        broker
+                            .partition_info(&name, index)
+                            .map_or(0, |p| p.log_start_offset as i64),
+                    ),
+                Err(e) => {
+                    tracing::debug!(topic = %name, partition = data.index, error = %e, "kafka produce failed");
+                    response
+                        .with_error_code(error_code(&e))
+                        .with_error_message(Some(StrBytes::from_string(e.to_string())))
+                        .with_base_offset(-1)
+                }
+            };
+            partitions.push(response);
+        }
+        topics.push(
+            TopicProduceResponse::default()
+                .with_name(topic.name)
+                .with_partition_responses(partitions),
+        );
+    }
+    (request.acks != 0).then(|| ProduceResponse::default().with_responses(topics))
+}
+
+/// Reads every asked partition; when none has data, waits (up to the request's max wait and
+/// the broker's limit) for data on any of them and reads again.
+pub(super) async fn fetch(cx: &Context, request: FetchRequest) -> FetchResponse {
+    let max_wait =
+        Duration::from_millis(request.max_wait_ms.max(0) as u64).min(cx.broker.fetch_wait_max);
+    let (response, n_bytes) = fetch_once(cx, &request).await;
+    if n_bytes > 0 || max_wait.is_zero() {
+        return response;
+    }
+    let waits: Vec<_> = request
+        .topics
+        .iter()
+        .flat_map(|t| {
+            let name = t.topic.0.to_string();
+            t.partitions.iter().map(move |p| {
+                let name = name.clone();
+                let partition = partition_index(p.partition);
+                let offset = p.fetch_offset.max(0) as u64;
+                async move { cx.broker.wait_for_data(&name, partition, offset).await }.boxed()
+            })
+        })
+        .collect();
+    if waits.is_empty() {
+        return response;
+    }
+    if tokio::time::timeout(max_wait, select_all(waits))
+        .await
+        .is_err()
+    {
+        return response;
+    }
+    fetch_once(cx, &request).await.0
+}
+
+async fn fetch_once(cx: &Context, request: &FetchRequest) -> (FetchResponse, usize) {
+    let mut responses = Vec::new();
+    let mut total = 0usize;
+    let request_max = request.max_bytes.max(1) as usize;
+    for topic in &request.topics {
+        let name = topic.topic.0.to_string();
+        let mut partitions = Vec::new();
+        for p in &topic.partitions {
+            // Kafka returns at least one batch even past max_bytes, so a client never stalls
+            // on a batch larger than its limit.
+            let max_bytes = (p.partition_max_bytes.max(1) as usize)
+                .min(request_max.saturating_sub(total).max(1));
+            let index = partition_index(p.partition);
+            let result = cx
+                .broker
+                .read(&name, index, p.fetch_offset.max(0) as u64, max_bytes)
+                .await;
+            let data = match result {
+                Ok(read) => {
+                    total += read.batches.len();
+                    PartitionData::default()
+                        .with_partition_index(p.partition)
+                        .with_high_watermark(read.high_watermark as i64)
+                        .with_last_stable_offset(read.high_watermark as i64)
+                        .with_log_start_offset(read.log_start_offset as i64)
+                        .with_records(Some(read.batches))
+                }
+                Err(e) => PartitionData::default()
+                    .with_partition_index(p.partition)
+                    .with_error_code(error_code(&e))
+                    .with_high_watermark(-1)
+                    .with_last_stable_offset(-1),
+            };
+            partitions.push(data);
+        }
+        responses.push(
+            FetchableTopicResponse::default()
+                .with_topic(topic.topic.clone())
+                .with_partitions(partitions),
+        );
+    }
+    (FetchResponse::default().with_responses(responses), total)
+}
+
+pub(super) async fn list_offsets(cx: &Context, request: ListOffsetsRequest) -> ListOffsetsResponse {
+    let mut topics = Vec::new();
+    for topic in request.topics {
+        let name = topic.name.0.to_string();
+        let mut partitions = Vec::new();
+        for p in topic.partitions {
+            let spec = match p.timestamp {
+                -2 => OffsetSpec::Earliest,
+                -1 => OffsetSpec::Latest,
+                ts => OffsetSpec::Timestamp(ts),
+            };
+            let response = ListOffsetsPartitionResponse::default()
+                .with_partition_index(p.partition_index)
+                .with_timestamp(-1);
+            let index = partition_index(p.partition_index);
+            partitions.push(match cx.broker.list_offset(&name, index, spec).await {
+                Ok(offset) => response.with_offset(offset.map_or(-1, |o| o as i64)),
+                Err(e) => response.with_error_code(error_code(&e)).with_offset(-1),
+            });
+        }
+        topics.push(
+            ListOffsetsTopicResponse::default()
+                .with_name(topic.name)
+                .with_partitions(partitions),
+        );
+    }
+    ListOffsetsResponse::default().with_topics(topics)
+}

@@ -1,0 +1,580 @@
+//! Kafka's classic group protocol on the broker's one coordinator ([`crate::group::Groups`]):
+//! Kafka members assign partitions on the client (the leader's SyncGroup brings the
+//! assignment); generations, fencing, session timeouts and committed offsets are the same ones
+//! native members get, and the coordinator's errors become the Kafka codes that make clients
+//! rejoin.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::consumer_protocol_assignment::TopicPartition as AssignedPartitions;
+use kafka_protocol::messages::describe_groups_response::{DescribedGroup, DescribedGroupMember};
+use kafka_protocol::messages::find_coordinator_response::Coordinator;
+use kafka_protocol::messages::join_group_response::JoinGroupResponseMember;
+use kafka_protocol::messages::leave_group_response::MemberResponse;
+use kafka_protocol::messages::list_groups_response::ListedGroup;
+use kafka_protocol::messages::offset_commit_response::{
+    OffsetCommitResponsePartition, OffsetCommitResponseTopic,
+};
+use kafka_protocol::messages::offset_fetch_response::{
+    OffsetFetchResponseGroup, OffsetFetchResponsePartition, OffsetFetchResponsePartitions,
+    OffsetFetchResponseTopic, OffsetFetchResponseTopics,
+};
+use kafka_protocol::messages::{
+    BrokerId, ConsumerProtocolAssignment, ConsumerProtocolSubscription, DescribeGroupsRequest,
+    DescribeGroupsResponse, FindCoordinatorRequest, FindCoordinatorResponse, GroupId,
+    HeartbeatRequest, HeartbeatResponse, JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest,
+    LeaveGroupResponse, ListGroupsResponse, OffsetCommitRequest, OffsetCommitResponse,
+    OffsetFetchRequest, OffsetFetchResponse, SyncGroupRequest, SyncGroupResponse, TopicName,
+};
+use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+
+use super::data::partition_index;
+use super::{Context, NODE_ID};
+use crate::group::{
+    Assignor, ClientProtocol, CommitError, CommittedOffset, GroupError, GroupState, JoinRequest,
+    SyncAssignment, TopicPartition,
+};
+
+/// Per topic, each partition with its committed offset (if any).
+type TopicOffsets = Vec<(TopicName, Vec<(i32, Option<CommittedOffset>)>)>;
+
+/// Per topic, each partition with the error found while checking it (if any).
+type TopicChecks = Vec<(TopicName, Vec<(i32, Option<i16>)>)>;
+
+/// Longest commit metadata kept, as Kafka's `offset.metadata.max.bytes`.
+const COMMIT_METADATA_BYTES_MAX: usize = 4096;
+
+fn group_code(e: GroupError) -> i16 {
+    match e {
+        GroupError::UnknownMember | GroupError::MemberRemoved => ResponseError::UnknownMemberId,
+        GroupError::IllegalGeneration => ResponseError::IllegalGeneration,
+        GroupError::RebalanceInProgress => ResponseError::RebalanceInProgress,
+        GroupError::InvalidSessionTimeout => ResponseError::InvalidSessionTimeout,
+        GroupError::InconsistentGroupProtocol => ResponseError::InconsistentGroupProtocol,
+    }
+    .code()
+}
+
+/// A generation from the wire; a negative one matches no generation.
+fn generation(g: i32) -> u32 {
+    u32::try_from(g).unwrap_or(u32::MAX)
+}
+
+fn str_bytes(s: impl Into<String>) -> StrBytes {
+    StrBytes::from_string(s.into())
+}
+
+/// Strand is every group's coordinator.
+pub(super) fn find_coordinator(
+    cx: &Context,
+    request: FindCoordinatorRequest,
+) -> FindCoordinatorResponse {
+    let host = str_bytes(cx.advertised.0.clone());
+    let coordinators = request
+        .coordinator_keys
+        .into_iter()
+        .map(|key| {
+            Coordinator::default()
+                .with_key(key)
+                .with_node_id(BrokerId(NODE_ID))
+                .with_host(host.clone())
+                .with_port(cx.advertised.1)
+        })
+        .collect();
+    FindCoordinatorResponse::default()
+        .with_node_id(BrokerId(NODE_ID))
+        .with_host(host)
+        .with_port(cx.advertised.1)
+        .with_coordinators(coordinators)
+}
+
+/// The topics a `consumer` member subscribes to, from its protocol metadata (a version, then
+/// ConsumerProtocolSubscription). Used for describe only; the leader does the assigning.
+fn subscribed_topics(metadata: &Bytes) -> Vec<String> {
+    let mut buf = metadata.clone();
+    if buf.remaining() < 2 {
+        return Vec::new();
+    }
+    let version = buf.get_i16().clamp(0, 3);
+    ConsumerProtocolSubscription::decode(&mut buf, version)
+        .map(|s| s.topics.into_iter().map(|t| t.to_string()).collect())
+        .unwrap_or_default()
+}
+
+/// The partitions an assignment names (a version, then ConsumerProtocolAssignment).
+fn assigned_partitions(assignment: &Bytes) -> Vec<TopicPartition> {
+    let mut buf = assignment.clone();
+    if buf.remaining() < 2 {
+        return Vec::new();
+    }
+    let version = buf.get_i16().clamp(0, 3);
+    ConsumerProtocolAssignment::decode(&mut buf, version)
+        .map(|a| {
+            a.assigned_partitions
+                .into_iter()
+                .flat_map(|t| {
+                    let topic = t.topic.0.to_string();
+                    t.partitions
+                        .into_iter()
+                        .filter_map(move |p| Some((topic.clone(), u32::try_from(p).ok()?)))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Encodes partitions as a v0 consumer assignment, so Kafka tools can show any group's members.
+fn encode_assignment(partitions: &[TopicPartition]) -> Bytes {
+    let mut by_topic: Vec<AssignedPartitions> = Vec::new();
+    for (topic, p) in partitions {
+        match by_topic.last_mut() {
+            Some(t) if t.topic.0.as_str() == topic => t.partitions.push(*p as i32),
+            _ => by_topic.push(
+                AssignedPartitions::default()
+                    .with_topic(TopicName(str_bytes(topic.clone())))
+                    .with_partitions(vec![*p as i32]),
+            ),
+        }
+    }
+    let mut buf = BytesMut::new();
+    buf.put_i16(0);
+    match ConsumerProtocolAssignment::default()
+        .with_assigned_partitions(by_topic)
+        .encode(&mut buf, 0)
+    {
+        Ok(()) => buf.freeze(),
+        Err(_) => Bytes::new(),
+    }
+}
+
+pub(super) async fn join(
+    cx: &Context,
+    request: JoinGroupRequest,
+    version: i16,
+    client_id: String,
+) -> JoinGroupResponse {
+    let failed = |code: i16| {
+        JoinGroupResponse::default()
+            .with_error_code(code)
+            .with_generation_id(-1)
+            .with_protocol_name(Some(StrBytes::default()))
+            .with_member_id(request.member_id.clone())
+    };
+    if request.group_id.0.is_empty() {
+        return failed(ResponseError::InvalidGroupId.code());
+    }
+    let session_timeout_ms = u64::try_from(request.session_timeout_ms).unwrap_or(0);
+    // JoinGroup v0 has no rebalance timeout: the session timeout stands in, as in Kafka.
+    let rebalance_timeout_ms = match u64::try_from(request.rebalance_timeout_ms) {
+        Ok(ms) if version >= 1 && ms > 0 => ms,
+        _ => session_timeout_ms,
+    };
+    let topics = match (request.protocol_type.as_str(), request.protocols.first()) {
+        ("consumer", Some(p)) => subscribed_topics(&p.metadata).into_iter().collect(),
+        _ => Default::default(),
+    };
+    let join = JoinRequest {
+        group: request.group_id.0.to_string(),
+        member_id: (!request.member_id.is_empty()).then(|| request.member_id.to_string()),
+        client_id,
+        topics,
+        session_timeout_ms,
+        rebalance_timeout_ms,
+        assignor: Assignor::default(),
+        client_protocol: Some(ClientProtocol {
+            protocol_type: request.protocol_type.to_string(),
+            protocols: request
+                .protocols
+                .iter()
+                .map(|p| (p.name.to_string(), p.metadata.to_vec()))
+                .collect(),
+        }),
+    };
+    match cx.broker.groups.join(join).await {
+        Err(e) => failed(group_code(e)),
+        Ok(joined) => {
+            let client = joined.client.unwrap_or_default();
+            JoinGroupResponse::default()
+                .with_generation_id(joined.generation as i32)
+                .with_protocol_type(Some(str_bytes(client.protocol_type)))
+                .with_protocol_name(Some(str_bytes(client.protocol_name)))
+                .with_leader(str_bytes(client.leader))
+                .with_member_id(str_bytes(joined.member_id))
+                .with_members(
+                    client
+                        .members
+                        .into_iter()
+                        .map(|(id, metadata)| {
+                            JoinGroupResponseMember::default()
+                                .with_member_id(str_bytes(id))
+                                .with_metadata(Bytes::from(metadata))
+                        })
+                        .collect(),
+                )
+        }
+    }
+}
+
+pub(super) async fn sync(cx: &Context, request: SyncGroupRequest) -> SyncGroupResponse {
+    let assignments = request
+        .assignments
+        .iter()
+        .map(|a| SyncAssignment {
+            member_id: a.member_id.to_string(),
+            assignment: a.assignment.to_vec(),
+            partitions: assigned_partitions(&a.assignment),
+        })
+        .collect();
+    let result = cx
+        .broker
+        .groups
+        .sync(
+            &request.group_id.0,
+            &request.member_id,
+            generation(request.generation_id),
+            assignments,
+        )
+        .await;
+    let response = SyncGroupResponse::default()
+        .with_protocol_type(request.protocol_type)
+        .with_protocol_name(request.protocol_name);
+    match result {
+        Ok(bytes) => response.with_assignment(Bytes::from(bytes)),
+        Err(e) => response.with_error_code(group_code(e)),
+    }
+}
+
+pub(super) fn heartbeat(cx: &Context, request: HeartbeatRequest) -> HeartbeatResponse {
+    let result = cx.broker.groups.heartbeat(
+        &request.group_id.0,
+        &request.member_id,
+        generation(request.generation_id),
+    );
+    HeartbeatResponse::default().with_error_code(result.err().map_or(0, group_code))
+}
+
+pub(super) fn leave(cx: &Context, request: LeaveGroupRequest) -> LeaveGroupResponse {
+    let group = request.group_id.0.to_string();
+    if request.members.is_empty() {
+        // v0-v2: one member, the sender.
+        let result = cx.broker.groups.leave(&group, &request.member_id);
+        return LeaveGroupResponse::default().with_error_code(result.err().map_or(0, group_code));
+    }
+    let members = request
+        .members
+        .into_iter()
+        .map(|m| {
+            let result = cx.broker.groups.leave(&group, &m.member_id);
+            MemberResponse::default()
+                .with_member_id(m.member_id)
+                .with_group_instance_id(m.group_instance_id)
+                .with_error_code(result.err().map_or(0, group_code))
+        })
+        .collect();
+    LeaveGroupResponse::default().with_members(members)
+}
+
+pub(super) async fn offset_commit(
+    cx: &Context,
+    request: OffsetCommitRequest,
+) -> OffsetCommitResponse {
+    // Per partition: the error found while checking it, else the commit's outcome.
+    let mut checked: TopicChecks = Vec::new();
+    let mut offsets = Vec::new();
+    for topic in &request.topics {
+        let name = topic.name.0.to_string();
+        let n_partitions = cx.broker.topics.get(&name).map(|t| t.partitions.len());
+        let mut partitions = Vec::new();
+        for p in &topic.partitions {
+            let metadata = p
+                .committed_metadata
+                .as_ref()
+                .map_or_else(String::new, |m| m.to_string());
+            let known =
+                n_partitions.is_some_and(|n| (partition_index(p.partition_index) as usize) < n);
+            let error = if !known {
+                Some(ResponseError::UnknownTopicOrPartition.code())
+            } else if metadata.len() > COMMIT_METADATA_BYTES_MAX {
+                Some(ResponseError::OffsetMetadataTooLarge.code())
+            } else if p.committed_offset < 0 {
+                Some(ResponseError::InvalidCommitOffsetSize.code())
+            } else {
+                offsets.push((
+                    (name.clone(), p.partition_index as u32),
+                    CommittedOffset {
+                        offset: p.committed_offset as u64,
+                        metadata,
+                    },
+                ));
+                None
+            };
+            partitions.push((p.partition_index, error));
+        }
+        checked.push((topic.name.clone(), partitions));
+    }
+    let outcome = if request.group_id.0.is_empty() {
+        ResponseError::InvalidGroupId.code()
+    } else if offsets.is_empty() {
+        0
+    } else {
+        // Generation -1 with no member id: a commit from outside any membership (a consumer
+        // with manually assigned partitions), accepted while the group has no members.
+        let (member, generation) =
+            if request.generation_id_or_member_epoch < 0 && request.member_id.is_empty() {
+                (String::new(), 0)
+            } else {
+                (
+                    request.member_id.to_string(),
+                    generation(request.generation_id_or_member_epoch),
+                )
+            };
+        match cx
+            .broker
+            .groups
+            .commit(&request.group_id.0, &member, generation, offsets)
+            .await
+        {
+            Ok(()) => 0,
+            Err(CommitError::Fenced(e)) => group_code(e),
+            Err(CommitError::Storage(e)) => {
+                tracing::error!(error = %e, "persisting kafka commit failed");
+                ResponseError::CoordinatorNotAvailable.code()
+            }
+        }
+    };
+    let topics = checked
+        .into_iter()
+        .map(|(name, partitions)| {
+            OffsetCommitResponseTopic::default()
+                .with_name(name)
+                .with_partitions(
+                    partitions
+                        .into_iter()
+                        .map(|(index, error)| {
+                            OffsetCommitResponsePartition::default()
+                                .with_partition_index(index)
+                                .with_error_code(error.unwrap_or(outcome))
+                        })
+                        .collect(),
+                )
+        })
+        .collect();
+    OffsetCommitResponse::default().with_topics(topics)
+}
+
+/// One group's committed offsets for the asked topics (all of its commits when `None`).
+fn committed_offsets(
+    cx: &Context,
+    group: &str,
+    topics: Option<Vec<(TopicName, Vec<i32>)>>,
+) -> TopicOffsets {
+    match topics {
+        Some(topics) => topics
+            .into_iter()
+            .map(|(name, partitions)| {
+                let offsets = partitions
+                    .into_iter()
+                    .map(|p| {
+                        let tp = (name.0.to_string(), partition_index(p));
+                        (p, cx.broker.groups.committed(group, &tp))
+                    })
+                    .collect();
+                (name, offsets)
+            })
+            .collect(),
+        None => {
+            let mut all: TopicOffsets = Vec::new();
+            let committed = cx
+                .broker
+                .groups
+                .describe(group)
+                .map(|d| d.committed)
+                .unwrap_or_default();
+            for ((topic, p), offset) in committed {
+                match all.last_mut() {
+                    Some((name, list)) if name.0.as_str() == topic => {
+                        list.push((p as i32, Some(offset)))
+                    }
+                    _ => all.push((TopicName(str_bytes(topic)), vec![(p as i32, Some(offset))])),
+                }
+            }
+            all
+        }
+    }
+}
+
+pub(super) fn offset_fetch(
+    cx: &Context,
+    request: OffsetFetchRequest,
+    version: i16,
+) -> OffsetFetchResponse {
+    fn fields(offset: &Option<CommittedOffset>) -> (i64, StrBytes) {
+        match offset {
+            Some(c) => (c.offset as i64, str_bytes(c.metadata.clone())),
+            None => (-1, StrBytes::default()),
+        }
+    }
+    if version >= 8 {
+        let groups = request
+            .groups
+            .into_iter()
+            .map(|g| {
+                let topics = g.topics.map(|ts| {
+                    ts.into_iter()
+                        .map(|t| (t.name, t.partition_indexes))
+                        .collect()
+                });
+                let topics = committed_offsets(cx, &g.group_id.0, topics)
+                    .into_iter()
+                    .map(|(name, partitions)| {
+                        OffsetFetchResponseTopics::default()
+                            .with_name(name)
+                            .with_partitions(
+                                partitions
+                                    .iter()
+                                    .map(|(index, offset)| {
+                                        let (committed, metadata) = fields(offset);
+                                        OffsetFetchResponsePartitions::default()
+                                            .with_partition_index(*index)
+                                            .with_committed_offset(committed)
+                                            .with_metadata(Some(metadata))
+                                    })
+                                    .collect(),
+                            )
+                    })
+                    .collect();
+                OffsetFetchResponseGroup::default()
+                    .with_group_id(g.group_id)
+                    .with_topics(topics)
+            })
+            .collect();
+        return OffsetFetchResponse::default().with_groups(groups);
+    }
+    let topics = request.topics.map(|ts| {
+        ts.into_iter()
+            .map(|t| (t.name, t.partition_indexes))
+            .collect()
+    });
+    let topics = committed_offsets(cx, &request.group_id.0, topics)
+        .into_iter()
+        .map(|(name, partitions)| {
+            OffsetFetchResponseTopic::default()
+                .with_name(name)
+                .with_partitions(
+                    partitions
+                        .iter()
+                        .map(|(index, offset)| {
+                            let (committed, metadata) = fields(offset);
+                            OffsetFetchResponsePartition::default()
+                                .with_partition_index(*index)
+                                .with_committed_offset(committed)
+                                .with_metadata(Some(metadata))
+                        })
+                        .collect(),
+                )
+        })
+        .collect();
+    OffsetFetchResponse::default().with_topics(topics)
+}
+
+fn state_name(state: GroupState) -> &'static str {
+    match state {
+        GroupState::Empty => "Empty",
+        GroupState::Rebalancing => "PreparingRebalance",
+        GroupState::AwaitingSync => "CompletingRebalance",
+        GroupState::Stable => "Stable",
+    }
+}
+
+pub(super) fn list(cx: &Context) -> ListGroupsResponse {
+    let groups = cx
+        .broker
+        .groups
+        .list()
+        .into_iter()
+        .filter_map(|name| cx.broker.groups.describe(&name))
+        .map(|d| {
+            let protocol_type = d
+                .protocol
+                .map_or_else(|| "consumer".to_string(), |(t, _)| t);
+            ListedGroup::default()
+                .with_group_id(GroupId(str_bytes(d.group)))
+                .with_protocol_type(str_bytes(protocol_type))
+                .with_group_state(StrBytes::from_static_str(state_name(d.state)))
+        })
+        .collect();
+    ListGroupsResponse::default().with_groups(groups)
+}
+
+pub(super) fn describe(cx: &Context, request: DescribeGroupsRequest) -> DescribeGroupsResponse {
+    let groups = request
+        .groups
+        .into_iter()
+        .map(|name| match cx.broker.groups.describe(&name.0) {
+            // Kafka describes a group it does not know as Dead, without an error.
+            None => DescribedGroup::default()
+                .with_group_id(name)
+                .with_group_state(StrBytes::from_static_str("Dead")),
+            Some(d) => {
+                let (protocol_type, protocol) = d.protocol.unwrap_or_else(|| {
+                    // Native groups assign on the broker; name the assignor like Kafka's.
+                    let assignor = match d.assignor {
+                        Assignor::Range => "range",
+                        Assignor::RoundRobin => "roundrobin",
+                        Assignor::CooperativeSticky => "cooperative-sticky",
+                    };
+                    ("consumer".to_string(), assignor.to_string())
+                });
+                DescribedGroup::default()
+                    .with_group_id(name)
+                    .with_group_state(StrBytes::from_static_str(state_name(d.state)))
+                    .with_protocol_type(str_bytes(protocol_type))
+                    .with_protocol_data(str_bytes(protocol))
+                    .with_members(
+                        d.members
+                            .into_iter()
+                            .map(|m| {
+                                DescribedGroupMember::default()
+                                    .with_member_assignment(encode_assignment(&m.assignment))
+                                    .with_member_id(str_bytes(m.member_id))
+                                    .with_client_id(str_bytes(m.client_id))
+                            })
+                            .collect(),
+                    )
+            }
+        })
+        .collect();
+    DescribeGroupsResponse::default().with_groups(groups)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn assignments_round_trip_through_the_consumer_protocol() {
+        let partitions = vec![
+            ("orders".to_string(), 0),
+            ("orders".to_string(), 2),
+            ("payments".to_string(), 1),
+        ];
+        assert_eq!(
+            assigned_partitions(&encode_assignment(&partitions)),
+            partitions
+        );
+        assert!(assigned_partitions(&Bytes::from_static(b"\x00")).is_empty());
+        assert!(assigned_partitions(&Bytes::from_static(b"\x00\x00\xff\xff\xff")).is_empty());
+    }
+
+    #[test]
+    fn subscriptions_decode_and_garbage_gives_nothing() {
+        let mut buf = BytesMut::new();
+        buf.put_i16(1);
+        ConsumerProtocolSubscription::default()
+            .with_topics(vec![StrBytes::from_static_str("order-events")])
+            .encode(&mut buf, 1)
+            .unwrap();
+        assert_eq!(subscribed_topics(&buf.freeze()), vec!["order-events"]);
+        assert!(subscribed_topics(&Bytes::from_static(b"\x00\x00\x7f")).is_empty());
+    }
+}

@@ -1,0 +1,276 @@
+//! Idempotent producers: per partition, the sequence numbers each producer id has written, so a
+//! retried batch is answered with its original offsets instead of being written twice, and a
+//! batch that skips ahead (a lost one before it) is refused.
+//!
+//! Kafka's rules, as clients expect them: a producer id comes with an epoch; a batch carries
+//! its first sequence number and covers `record_count` sequences. A batch is a duplicate when it
+//! matches one of the last [`BATCHES_KEPT`] batches of its producer exactly; it is in order when
+//! it starts right after the last one (sequences wrap from `i32::MAX` to 0); a new epoch starts
+//! at sequence 0; an older epoch is fenced.
+//!
+//! The table lives in memory. After a broker restart a producer's first batch is taken at
+//! whatever sequence it carries (as Kafka does once a producer's state has expired), so a retry
+//! that straddles a restart is not recognised as a duplicate.
+
+use std::collections::{HashMap, VecDeque};
+
+/// Batches remembered per producer and partition: Kafka clients keep at most five in flight.
+pub const BATCHES_KEPT: usize = 5;
+
+/// Producers remembered per partition; the least recently used is forgotten past this.
+pub const PRODUCERS_MAX: usize = 10_000;
+
+/// Where an idempotent batch goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SequenceCheck {
+    /// New and in order: append it, then [`ProducerTable::record`] it.
+    Append,
+    /// Already written: answer with where it went the first time.
+    Duplicate { base_offset: u64, last_offset: u64 },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SequenceError {
+    #[error("producer {producer_id}: epoch {epoch} is older than the current {current}")]
+    FencedEpoch {
+        producer_id: i64,
+        epoch: i16,
+        current: i16,
+    },
+    #[error("producer {producer_id}: sequence {got} where {expected} was expected")]
+    OutOfOrder {
+        producer_id: i64,
+        expected: i32,
+        got: i32,
+    },
+}
+
+/// One batch's identity: producer, epoch and the sequences it covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchSequence {
+    pub producer_id: i64,
+    pub epoch: i16,
+    pub first_seq: i32,
+    pub record_count: i32,
+}
+
+impl BatchSequence {
+    fn last_seq(&self) -> i32 {
+        next_seq(self.first_seq, self.record_count - 1)
+    }
+}
+
+fn next_seq(seq: i32, n: i32) -> i32 {
+    // Sequences wrap to 0 after i32::MAX.
+    ((seq as i64 + n as i64) % (i32::MAX as i64 + 1)) as i32
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Written {
+    first_seq: i32,
+    last_seq: i32,
+    base_offset: u64,
+    last_offset: u64,
+}
+
+#[derive(Debug)]
+struct Producer {
+    epoch: i16,
+    recent: VecDeque<Written>,
+    last_used: u64,
+}
+
+/// The sequence state of one partition.
+#[derive(Debug, Default)]
+pub struct ProducerTable {
+    producers: HashMap<i64, Producer>,
+    clock: u64,
+}
+
+impl ProducerTable {
+    /// Decides what to do with a batch; changes nothing.
+    pub fn check(&self, batch: &BatchSequence) -> Result<SequenceCheck, SequenceError> {
+        let Some(p) = self.producers.get(&batch.producer_id) else {
+            return Ok(SequenceCheck::Append);
+        };
+        if batch.epoch < p.epoch {
+            return Err(SequenceError::FencedEpoch {
+                producer_id: batch.producer_id,
+                epoch: batch.epoch,
+                current: p.epoch,
+            });
+        }
+        if batch.epoch > p.epoch {
+            return if batch.first_seq == 0 {
+                Ok(SequenceCheck::Append)
+            } else {
+                Err(SequenceError::OutOfOrder {
+                    producer_id: batch.producer_id,
+                    expected: 0,
+                    got: batch.first_seq,
+                })
+            };
+        }
+        let last_seq = batch.last_seq();
+        if let Some(w) = p
+            .recent
+            .iter()
+            .find(|w| w.first_seq == batch.first_seq && w.last_seq == last_seq)
+        {
+            return Ok(SequenceCheck::Duplicate {
+                base_offset: w.base_offset,
+                last_offset: w.last_offset,
+            });
+        }
+        let expected = p.recent.back().map_or(0, |w| next_seq(w.last_seq, 1));
+        if batch.first_seq == expected {
+            Ok(SequenceCheck::Append)
+        } else {
+            Err(SequenceError::OutOfOrder {
+                producer_id: batch.producer_id,
+                expected,
+                got: batch.first_seq,
+            })
+        }
+    }
+
+    /// Remembers a batch that was appended at `base_offset..=last_offset`.
+    pub fn record(&mut self, batch: &BatchSequence, base_offset: u64, last_offset: u64) {
+        self.clock += 1;
+        if !self.producers.contains_key(&batch.producer_id) && self.producers.len() >= PRODUCERS_MAX
+        {
+            if let Some(oldest) = self
+                .producers
+                .iter()
+                .min_by_key(|(_, p)| p.last_used)
+                .map(|(id, _)| *id)
+            {
+                self.producers.remove(&oldest);
+            }
+        }
+        let p = self
+            .producers
+            .entry(batch.producer_id)
+            .or_insert_with(|| Producer {
+                epoch: batch.epoch,
+                recent: VecDeque::new(),
+                last_used: 0,
+            });
+        if batch.epoch != p.epoch {
+            p.epoch = batch.epoch;
+            p.recent.clear();
+        }
+        p.last_used = self.clock;
+        if p.recent.len() == BATCHES_KEPT {
+            p.recent.pop_front();
+        }
+        p.recent.push_back(Written {
+            first_seq: batch.first_seq,
+            last_seq: batch.last_seq(),
+            base_offset,
+            last_offset,
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(epoch: i16, first_seq: i32, record_count: i32) -> BatchSequence {
+        BatchSequence {
+            producer_id: 7,
+            epoch,
+            first_seq,
+            record_count,
+        }
+    }
+
+    #[test]
+    fn in_order_batches_append_and_retries_get_their_first_offsets() {
+        let mut t = ProducerTable::default();
+        let mut offset = 0;
+        for i in 0..8 {
+            let b = batch(0, i * 10, 10);
+            assert_eq!(t.check(&b), Ok(SequenceCheck::Append));
+            t.record(&b, offset, offset + 9);
+            offset += 10;
+        }
+        // The last five are remembered: a retry of any gets its original offsets.
+        assert_eq!(
+            t.check(&batch(0, 70, 10)),
+            Ok(SequenceCheck::Duplicate {
+                base_offset: 70,
+                last_offset: 79
+            })
+        );
+        assert_eq!(
+            t.check(&batch(0, 30, 10)),
+            Ok(SequenceCheck::Duplicate {
+                base_offset: 30,
+                last_offset: 39
+            })
+        );
+        // Older than that is out of order, and so is a gap.
+        assert!(matches!(
+            t.check(&batch(0, 10, 10)),
+            Err(SequenceError::OutOfOrder { expected: 80, .. })
+        ));
+        assert!(matches!(
+            t.check(&batch(0, 90, 10)),
+            Err(SequenceError::OutOfOrder { expected: 80, .. })
+        ));
+        assert_eq!(t.check(&batch(0, 80, 1)), Ok(SequenceCheck::Append));
+    }
+
+    #[test]
+    fn epochs_fence_and_restart_sequences() {
+        let mut t = ProducerTable::default();
+        t.record(&batch(3, 0, 5), 0, 4);
+        assert!(matches!(
+            t.check(&batch(2, 5, 1)),
+            Err(SequenceError::FencedEpoch { current: 3, .. })
+        ));
+        assert!(matches!(
+            t.check(&batch(4, 5, 1)),
+            Err(SequenceError::OutOfOrder { expected: 0, .. })
+        ));
+        assert_eq!(t.check(&batch(4, 0, 1)), Ok(SequenceCheck::Append));
+        t.record(&batch(4, 0, 1), 5, 5);
+        assert!(matches!(
+            t.check(&batch(3, 5, 1)),
+            Err(SequenceError::FencedEpoch { .. })
+        ));
+    }
+
+    #[test]
+    fn sequences_wrap_after_i32_max() {
+        let mut t = ProducerTable::default();
+        let b = batch(0, i32::MAX - 1, 2);
+        t.record(&b, 0, 1);
+        assert_eq!(t.check(&batch(0, 0, 1)), Ok(SequenceCheck::Append));
+        let wrapping = batch(0, 0, 1);
+        t.record(&wrapping, 2, 2);
+        assert_eq!(t.check(&batch(0, 1, 3)), Ok(SequenceCheck::Append));
+    }
+
+    #[test]
+    fn unknown_producers_start_anywhere_and_the_table_is_bounded() {
+        let mut t = ProducerTable::default();
+        for id in 0..PRODUCERS_MAX as i64 + 10 {
+            let b = BatchSequence {
+                producer_id: id,
+                epoch: 0,
+                first_seq: 42,
+                record_count: 1,
+            };
+            assert_eq!(t.check(&b), Ok(SequenceCheck::Append));
+            t.record(&b, id as u64, id as u64);
+        }
+        assert_eq!(t.producers.len(), PRODUCERS_MAX);
+        assert!(
+            !t.producers.contains_key(&0),
+            "the least recently used went"
+        );
+    }
+}
