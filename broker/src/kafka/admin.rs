@@ -203,7 +203,11 @@ fn next_producer_id() -> i64 {
 }
 
 pub(super) fn init_producer_id(request: InitProducerIdRequest) -> InitProducerIdResponse {
-    if request.transactional_id.is_some() {
+    if request
+        .transactional_id
+        .as_ref()
+        .is_some_and(|id| !id.0.is_empty())
+    {
         tracing::info!("refused a transactional producer: Strand does not support transactions");
         return InitProducerIdResponse::default()
             .with_error_code(ResponseError::UnsupportedVersion.code())

@@ -11,10 +11,10 @@ use strand_client::{
     TopicSettings,
 };
 
-struct BrokerProcess {
-    child: Child,
-    addr: String,
-    kafka_addr: String,
+pub(crate) struct BrokerProcess {
+    pub child: Child,
+    pub addr: String,
+    pub kafka_addr: String,
 }
 
 impl Drop for BrokerProcess {
@@ -25,7 +25,7 @@ impl Drop for BrokerProcess {
     }
 }
 
-fn start_broker(data_dir: &std::path::Path) -> BrokerProcess {
+pub(crate) fn start_broker(data_dir: &std::path::Path) -> BrokerProcess {
     let mut child = Command::new(env!("CARGO_BIN_EXE_strand-broker"))
         .args([
             "--data-dir",
@@ -68,7 +68,7 @@ fn start_broker(data_dir: &std::path::Path) -> BrokerProcess {
     }
 }
 
-async fn client(addr: &str) -> Client {
+pub(crate) async fn client(addr: &str) -> Client {
     Client::connect(addr.to_string(), ClientConfig::default())
         .await
         .unwrap()
@@ -177,7 +177,7 @@ async fn kill_9_loses_no_durably_acknowledged_record() {
     stop(broker);
 }
 
-fn stop(mut broker: BrokerProcess) -> std::process::ExitStatus {
+pub(crate) fn stop(mut broker: BrokerProcess) -> std::process::ExitStatus {
     let status = Command::new("kill")
         .args(["-TERM", &broker.child.id().to_string()])
         .status()
@@ -217,7 +217,7 @@ async fn sigterm_shuts_down_cleanly() {
 /// The `strand` CLI binary next to `strand-broker`: a workspace test run builds it because the
 /// client crate's integration tests need it. (Building it from here would wait forever on the
 /// build-folder lock the test run holds.)
-fn strand_cli() -> std::path::PathBuf {
+pub(crate) fn strand_cli() -> std::path::PathBuf {
     let broker = std::path::PathBuf::from(env!("CARGO_BIN_EXE_strand-broker"));
     let cli = broker.with_file_name("strand");
     assert!(
@@ -230,7 +230,12 @@ fn strand_cli() -> std::path::PathBuf {
 
 /// Runs the CLI against the broker at `addr` with `input` on its standard input. coreutils'
 /// timeout bounds every run, so a hang fails the test instead of CI.
-fn run_cli(cli: &std::path::Path, addr: &str, args: &[&str], input: &[u8]) -> std::process::Output {
+pub(crate) fn run_cli(
+    cli: &std::path::Path,
+    addr: &str,
+    args: &[&str],
+    input: &[u8],
+) -> std::process::Output {
     let mut child = Command::new("timeout")
         .arg("120")
         .arg(cli)

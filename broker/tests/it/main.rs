@@ -7,6 +7,7 @@ mod crash;
 mod durability;
 mod group_consumers;
 mod groups;
+mod kafka_clients;
 mod log_model;
 mod server;
 mod support;
