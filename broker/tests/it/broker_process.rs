@@ -532,18 +532,36 @@ fn kcat_reads_metadata_produces_and_consumes_across_protocols() {
 }
 
 /// kafka-python, a client nobody here wrote, produces JSON order events with acks=all and reads
-/// them back through the Kafka listener; `strand consume` sees the same records.
+/// them back in group `order-processor`, committing; `strand consume` sees the same records.
 #[test]
 fn kafka_python_produces_and_consumes_order_events() {
-    // Debian's interpreter, where python3-kafka lives (bash .ci/run installs it).
+    python_order_events(
+        "kafka",
+        "Debian's python3-kafka",
+        "kafka_python_roundtrip.py",
+    );
+}
+
+/// aiokafka (PyPI) runs its README's producer and group consumer pattern unchanged.
+#[test]
+fn aiokafka_produces_and_consumes_order_events() {
+    python_order_events("aiokafka", "aiokafka from PyPI", "aiokafka_order_events.py");
+}
+
+/// Runs a Python peer script (`tests/peers/`) against a fresh broker: it produces 500 order
+/// events and 10 more, consumes them through group `order-processor` and prints
+/// "500 True" when every order came back once and the group's commits held.
+fn python_order_events(module: &str, what: &str, script: &str) {
+    // Debian's interpreter, where python3-kafka lives and where `bash .ci/run` installs
+    // aiokafka (pip --user).
     let python = "/usr/bin/python3";
     let has_client = Command::new(python)
-        .args(["-c", "import kafka"])
+        .args(["-c", &format!("import {module}")])
         .output()
         .is_ok_and(|o| o.status.success());
     assert!(
         has_client,
-        "kafka-python is missing: install Debian's python3-kafka (bash .ci/run does)"
+        "{what} is missing for {python}: bash .ci/run installs it"
     );
     let dir = tempfile::tempdir().unwrap();
     let broker = start_broker(dir.path());
@@ -555,15 +573,12 @@ fn kafka_python_produces_and_consumes_order_events() {
         b"",
     );
     assert!(created.status.success());
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/peers/kafka_python_roundtrip.py"
-    );
+    let script = format!("{}/tests/peers/{script}", env!("CARGO_MANIFEST_DIR"));
     let out = Command::new("timeout")
         .args([
-            "120",
+            "180",
             python,
-            script,
+            &script,
             &broker.kafka_addr,
             "order-events",
             "500",
@@ -573,17 +588,25 @@ fn kafka_python_produces_and_consumes_order_events() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
-        "kafka-python failed: {stdout}\n{}",
+        "{what} failed: {stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(stdout.trim(), "500 True");
     let consumed = run_cli(&cli, &broker.addr, &["consume", "order-events"], b"");
     let lines = String::from_utf8(consumed.stdout).unwrap();
-    assert_eq!(lines.lines().count(), 500);
+    assert_eq!(lines.lines().count(), 510);
     assert!(
         lines.lines().all(|l| l.contains("\"status\": \"created\"")),
         "{lines}"
     );
+    let described = run_cli(
+        &cli,
+        &broker.addr,
+        &["group", "describe", "order-processor"],
+        b"",
+    );
+    let described = String::from_utf8_lossy(&described.stdout);
+    assert!(described.contains("order-events"), "{described}");
     stop(broker);
 }
 
