@@ -503,6 +503,39 @@ mod tests {
         assert!(decode_request(Bytes::from_static(&[0, 0, 0])).is_err());
     }
 
+    fn join_group() -> kafka_protocol::messages::JoinGroupRequest {
+        use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
+        kafka_protocol::messages::JoinGroupRequest::default()
+            .with_group_id(StrBytes::from_static_str("g").into())
+            .with_session_timeout_ms(10_000)
+            .with_protocol_type(StrBytes::from_static_str("consumer"))
+            .with_protocols(vec![JoinGroupRequestProtocol::default()
+                .with_name(StrBytes::from_static_str("range"))
+                .with_metadata(Bytes::from_static(b"\x00\x01\x00\x00\x00\x01\x00\x01t"))])
+    }
+
+    fn offset_commit() -> kafka_protocol::messages::OffsetCommitRequest {
+        use kafka_protocol::messages::offset_commit_request::{
+            OffsetCommitRequestPartition, OffsetCommitRequestTopic,
+        };
+        kafka_protocol::messages::OffsetCommitRequest::default()
+            .with_group_id(StrBytes::from_static_str("g").into())
+            .with_topics(vec![OffsetCommitRequestTopic::default()
+                .with_name(StrBytes::from_static_str("t").into())
+                .with_partitions(vec![OffsetCommitRequestPartition::default()
+                    .with_committed_offset(42)])])
+    }
+
+    fn produce() -> kafka_protocol::messages::ProduceRequest {
+        use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+        kafka_protocol::messages::ProduceRequest::default()
+            .with_acks(-1)
+            .with_topic_data(vec![TopicProduceData::default()
+                .with_name(StrBytes::from_static_str("t").into())
+                .with_partition_data(vec![PartitionProduceData::default()
+                    .with_records(Some(Bytes::from_static(&[0u8; 70])))])])
+    }
+
     proptest! {
         #[test]
         fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
@@ -511,13 +544,22 @@ mod tests {
 
         #[test]
         fn damaged_real_requests_never_panic(
-            key in prop_oneof![Just(ApiKey::Metadata), Just(ApiKey::ApiVersions)],
+            key in prop_oneof![
+                Just(ApiKey::Metadata),
+                Just(ApiKey::ApiVersions),
+                Just(ApiKey::JoinGroup),
+                Just(ApiKey::OffsetCommit),
+                Just(ApiKey::Produce),
+            ],
             at in any::<prop::sample::Index>(),
             byte in any::<u8>(),
             cut in any::<prop::sample::Index>(),
         ) {
             let good = match key {
                 ApiKey::Metadata => frame(ApiKey::Metadata, 9, &MetadataRequest::default()),
+                ApiKey::JoinGroup => frame(ApiKey::JoinGroup, 5, &join_group()),
+                ApiKey::OffsetCommit => frame(ApiKey::OffsetCommit, 8, &offset_commit()),
+                ApiKey::Produce => frame(ApiKey::Produce, 9, &produce()),
                 _ => frame(ApiKey::ApiVersions, 3, &ApiVersionsRequest::default()),
             };
             let mut bytes = good.to_vec();
