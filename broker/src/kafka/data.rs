@@ -180,7 +180,19 @@ pub(super) async fn produce(cx: &Context, request: ProduceRequest) -> Option<Pro
 pub(super) async fn fetch(cx: &Context, request: FetchRequest) -> FetchResponse {
     let max_wait =
         Duration::from_millis(request.max_wait_ms.max(0) as u64).min(cx.broker.fetch_wait_max);
+    let started = std::time::Instant::now();
     let (response, n_bytes) = fetch_once(cx, &request).await;
+    tracing::debug!(
+        n_bytes,
+        n_partitions = request
+            .topics
+            .iter()
+            .map(|t| t.partitions.len())
+            .sum::<usize>(),
+        max_bytes = request.max_bytes,
+        elapsed_us = started.elapsed().as_micros() as u64,
+        "fetch"
+    );
     if n_bytes > 0 || max_wait.is_zero() {
         return response;
     }
@@ -210,24 +222,38 @@ pub(super) async fn fetch(cx: &Context, request: FetchRequest) -> FetchResponse 
 }
 
 async fn fetch_once(cx: &Context, request: &FetchRequest) -> (FetchResponse, usize) {
+    // Every partition is read at once (each read is a blocking-pool task); the request's byte
+    // limit is applied afterwards, in request order, keeping at least the first data so a
+    // client never stalls on a batch larger than its limits (as Kafka does, KIP-74).
+    let reads = request.topics.iter().flat_map(|topic| {
+        let name = topic.topic.0.to_string();
+        topic.partitions.iter().map(move |p| {
+            let name = name.clone();
+            let max_bytes = p.partition_max_bytes.max(1) as usize;
+            async move {
+                cx.broker
+                    .read(
+                        &name,
+                        partition_index(p.partition),
+                        p.fetch_offset.max(0) as u64,
+                        max_bytes,
+                    )
+                    .await
+            }
+        })
+    });
+    let mut results = futures::future::join_all(reads).await.into_iter();
+    let request_max = request.max_bytes.max(1) as usize;
     let mut responses = Vec::new();
     let mut total = 0usize;
-    let request_max = request.max_bytes.max(1) as usize;
     for topic in &request.topics {
-        let name = topic.topic.0.to_string();
         let mut partitions = Vec::new();
         for p in &topic.partitions {
-            // Kafka returns at least one batch even past max_bytes, so a client never stalls
-            // on a batch larger than its limit.
-            let max_bytes = (p.partition_max_bytes.max(1) as usize)
-                .min(request_max.saturating_sub(total).max(1));
-            let index = partition_index(p.partition);
-            let result = cx
-                .broker
-                .read(&name, index, p.fetch_offset.max(0) as u64, max_bytes)
-                .await;
-            let data = match result {
-                Ok(read) => {
+            let data = match results.next().expect("one read per partition") {
+                Ok(mut read) => {
+                    if total > 0 && total + read.batches.len() > request_max {
+                        read.batches = Default::default();
+                    }
                     total += read.batches.len();
                     PartitionData::default()
                         .with_partition_index(p.partition)

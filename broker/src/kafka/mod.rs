@@ -511,7 +511,9 @@ mod tests {
             .with_protocol_type(StrBytes::from_static_str("consumer"))
             .with_protocols(vec![JoinGroupRequestProtocol::default()
                 .with_name(StrBytes::from_static_str("range"))
-                .with_metadata(Bytes::from_static(b"\x00\x01\x00\x00\x00\x01\x00\x01t"))])
+                .with_metadata(Bytes::from_static(
+                    b"\x00\x01\x00\x00\x00\x01\x00\x01t",
+                ))])
     }
 
     fn offset_commit() -> kafka_protocol::messages::OffsetCommitRequest {
@@ -522,8 +524,9 @@ mod tests {
             .with_group_id(StrBytes::from_static_str("g").into())
             .with_topics(vec![OffsetCommitRequestTopic::default()
                 .with_name(StrBytes::from_static_str("t").into())
-                .with_partitions(vec![OffsetCommitRequestPartition::default()
-                    .with_committed_offset(42)])])
+                .with_partitions(vec![
+                    OffsetCommitRequestPartition::default().with_committed_offset(42)
+                ])])
     }
 
     fn produce() -> kafka_protocol::messages::ProduceRequest {

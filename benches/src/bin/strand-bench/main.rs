@@ -7,7 +7,10 @@
 //! ```text
 //! strand-bench throughput --records 2000000 --record-bytes 100
 //! strand-bench latency --rate 10000 --seconds 10 --record-bytes 100
+//! strand-bench kafka --records 1000000 --record-bytes 100
 //! ```
+
+mod kafka;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -31,9 +34,12 @@ use strand_client::{
 #[derive(Debug, Parser)]
 #[command(name = "strand-bench", about = "Load generator for the Strand broker")]
 struct Cli {
-    /// Broker to load; without it, one is started in-process.
+    /// Broker to load (native protocol); without it, one is started in-process.
     #[arg(long, global = true)]
     broker: Option<String>,
+    /// The same broker's Kafka listener, for `kafka` with `--broker`.
+    #[arg(long, global = true)]
+    kafka_broker: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -52,6 +58,21 @@ enum Command {
         #[arg(long, default_value_t = 2)]
         producers: usize,
         /// none, leader or durable.
+        #[arg(long, default_value = "leader")]
+        acks: String,
+        #[arg(long, default_value_t = 5)]
+        linger_ms: u64,
+    },
+    /// The throughput run twice on one broker: native client, then librdkafka through the
+    /// Kafka listener; prints both and their ratio.
+    Kafka {
+        #[arg(long, default_value_t = 1_000_000)]
+        records: u64,
+        #[arg(long, default_value_t = 100)]
+        record_bytes: usize,
+        #[arg(long, default_value_t = 4)]
+        partitions: u32,
+        /// none, leader or durable (librdkafka acks 0, 1 or all).
         #[arg(long, default_value = "leader")]
         acks: String,
         #[arg(long, default_value_t = 5)]
@@ -82,9 +103,33 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
+    let kafka_addr = cli
+        .kafka_broker
+        .clone()
+        .or_else(|| embedded.as_ref().map(|e| e.kafka_addr.clone()));
     let result = runtime.block_on(async {
         let client = Client::connect(addr.clone(), ClientConfig::default()).await?;
         match cli.command {
+            Command::Kafka {
+                records,
+                record_bytes,
+                partitions,
+                acks,
+                linger_ms,
+            } => {
+                let kafka_addr = kafka_addr.context("--kafka-broker is needed with --broker")?;
+                compare_kafka(
+                    &addr,
+                    &kafka_addr,
+                    client,
+                    records,
+                    record_bytes,
+                    partitions,
+                    &acks,
+                    linger_ms,
+                )
+                .await
+            }
             Command::Throughput {
                 records,
                 record_bytes,
@@ -92,19 +137,18 @@ fn main() -> anyhow::Result<()> {
                 producers,
                 acks,
                 linger_ms,
-            } => {
-                throughput(
-                    &addr,
-                    client,
-                    records,
-                    record_bytes,
-                    partitions,
-                    producers,
-                    &acks,
-                    linger_ms,
-                )
-                .await
-            }
+            } => throughput(
+                &addr,
+                client,
+                records,
+                record_bytes,
+                partitions,
+                producers,
+                &acks,
+                linger_ms,
+            )
+            .await
+            .map(|_| ()),
             Command::Latency {
                 rate,
                 seconds,
@@ -121,6 +165,7 @@ fn main() -> anyhow::Result<()> {
 
 struct EmbeddedBroker {
     addr: String,
+    kafka_addr: String,
     runtime: tokio::runtime::Runtime,
     shutdown: tokio::sync::watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
@@ -146,6 +191,8 @@ impl EmbeddedBroker {
         let topics = Arc::new(topics);
         let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
         let addr = listener.local_addr()?.to_string();
+        let kafka_listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
+        let kafka_addr = kafka_listener.local_addr()?.to_string();
         let (shutdown, rx) = tokio::sync::watch::channel(false);
         let broker = Broker::new(
             topics.clone(),
@@ -157,9 +204,21 @@ impl EmbeddedBroker {
             let _context = runtime.enter();
             broker.spawn_group_ticker(rx.clone());
         }
-        let task = runtime.spawn(server::serve(listener, broker, ServerConfig::default(), rx));
+        let kafka_task = runtime.spawn(strand_broker::kafka::serve(
+            kafka_listener,
+            broker.clone(),
+            strand_broker::kafka::KafkaConfig::default(),
+            rx.clone(),
+        ));
+        let native_task =
+            runtime.spawn(server::serve(listener, broker, ServerConfig::default(), rx));
+        let task = runtime.spawn(async move {
+            let _ = native_task.await;
+            let _ = kafka_task.await;
+        });
         Ok(EmbeddedBroker {
             addr,
+            kafka_addr,
             runtime,
             shutdown,
             task,
@@ -187,6 +246,91 @@ fn bar(len: u64, what: &str) -> ProgressBar {
     bar
 }
 
+/// Records per second of a throughput run.
+#[derive(Debug, Clone, Copy)]
+pub struct Rates {
+    pub produce: f64,
+    pub consume: f64,
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn compare_kafka(
+    addr: &str,
+    kafka_addr: &str,
+    client: Client,
+    n_records: u64,
+    record_bytes: usize,
+    partitions: u32,
+    acks: &str,
+    linger_ms: u64,
+) -> anyhow::Result<()> {
+    println!("native client, one producer:");
+    let native = throughput(
+        addr,
+        client.clone(),
+        n_records,
+        record_bytes,
+        partitions,
+        1,
+        acks,
+        linger_ms,
+    )
+    .await?;
+    let native_topic = format!("bench-{}", std::process::id());
+    let topic = format!("kafka-bench-{}", std::process::id());
+    client
+        .admin()
+        .create_topic(
+            &topic,
+            TopicSettings {
+                partitions,
+                ..TopicSettings::default()
+            },
+        )
+        .await?;
+    let (bootstrap, acks_owned, kafka_topic) =
+        (kafka_addr.to_string(), acks.to_string(), topic.clone());
+    let rdkafka = tokio::task::spawn_blocking(move || {
+        kafka::throughput(
+            &bootstrap,
+            &kafka_topic,
+            n_records,
+            record_bytes,
+            partitions,
+            &acks_owned,
+            linger_ms,
+        )
+    })
+    .await??;
+    println!(
+        "librdkafka {} through the Kafka listener:",
+        rdkafka::util::get_rdkafka_version().1
+    );
+    let mb = |rate: f64| rate * record_bytes as f64 / 1e6;
+    for (what, n, k) in [
+        ("produce", native.produce, rdkafka.produce),
+        ("consume", native.consume, rdkafka.consume),
+    ] {
+        println!(
+            "{what}: native {n:.0} records/s ({:.1} MB/s), librdkafka {k:.0} records/s ({:.1} MB/s): kafka/native = {:.2}",
+            mb(n),
+            mb(k),
+            k / n
+        );
+    }
+    // The protocols alone: fetch the same records again on each, counting from batch headers.
+    let raw_native =
+        kafka::raw_native_consume(&client, &native_topic, partitions, n_records).await?;
+    let raw_kafka = kafka::raw_kafka_consume(kafka_addr, &topic, partitions, n_records).await?;
+    println!(
+        "consume, protocol only (records counted from batch headers): native {raw_native:.0} records/s ({:.1} MB/s), kafka {raw_kafka:.0} records/s ({:.1} MB/s): kafka/native = {:.2}",
+        mb(raw_native),
+        mb(raw_kafka),
+        raw_kafka / raw_native
+    );
+    Ok(())
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn throughput(
     addr: &str,
@@ -197,7 +341,7 @@ async fn throughput(
     n_producers: usize,
     acks: &str,
     linger_ms: u64,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Rates> {
     let acks = match acks {
         "none" => Acks::None,
         "leader" => Acks::Leader,
@@ -287,7 +431,10 @@ async fn throughput(
             wire_bytes / secs / 1e6
         );
     }
-    Ok(())
+    Ok(Rates {
+        produce: n_records as f64 / produce_time.as_secs_f64(),
+        consume: n_records as f64 / consume_time.as_secs_f64(),
+    })
 }
 
 async fn latency(
