@@ -535,8 +535,9 @@ fn kcat_reads_metadata_produces_and_consumes_across_protocols() {
 /// them back in group `order-processor`, committing; `strand consume` sees the same records.
 #[test]
 fn kafka_python_produces_and_consumes_order_events() {
-    python_order_events(
-        "kafka",
+    peer_order_events(
+        PYTHON,
+        &["-c", "import kafka"],
         "Debian's python3-kafka",
         "kafka_python_roundtrip.py",
     );
@@ -545,23 +546,41 @@ fn kafka_python_produces_and_consumes_order_events() {
 /// aiokafka (PyPI) runs its README's producer and group consumer pattern unchanged.
 #[test]
 fn aiokafka_produces_and_consumes_order_events() {
-    python_order_events("aiokafka", "aiokafka from PyPI", "aiokafka_order_events.py");
+    peer_order_events(
+        PYTHON,
+        &["-c", "import aiokafka"],
+        "aiokafka from PyPI",
+        "aiokafka_order_events.py",
+    );
 }
 
-/// Runs a Python peer script (`tests/peers/`) against a fresh broker: it produces 500 order
-/// events and 10 more, consumes them through group `order-processor` and prints
+/// kafkajs (npm) does the same: admin-free, idempotent producer, group consumer, commits.
+#[test]
+fn kafkajs_produces_and_consumes_order_events() {
+    let peers = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers");
+    peer_order_events(
+        "node",
+        &["-e", &format!("require('{peers}/node_modules/kafkajs')")],
+        "kafkajs from npm (npm ci in broker/tests/peers)",
+        "kafkajs_order_events.js",
+    );
+}
+
+/// Debian's interpreter, where python3-kafka lives and where `bash .ci/run` installs aiokafka
+/// (pip --user).
+const PYTHON: &str = "/usr/bin/python3";
+
+/// Runs a peer script (`tests/peers/`) with `program` against a fresh broker: it produces 500
+/// order events and 10 more, consumes them through group `order-processor` and prints
 /// "500 True" when every order came back once and the group's commits held.
-fn python_order_events(module: &str, what: &str, script: &str) {
-    // Debian's interpreter, where python3-kafka lives and where `bash .ci/run` installs
-    // aiokafka (pip --user).
-    let python = "/usr/bin/python3";
-    let has_client = Command::new(python)
-        .args(["-c", &format!("import {module}")])
+fn peer_order_events(program: &str, check: &[&str], what: &str, script: &str) {
+    let has_client = Command::new(program)
+        .args(check)
         .output()
         .is_ok_and(|o| o.status.success());
     assert!(
         has_client,
-        "{what} is missing for {python}: bash .ci/run installs it"
+        "{what} is missing for {program}: bash .ci/run installs it"
     );
     let dir = tempfile::tempdir().unwrap();
     let broker = start_broker(dir.path());
@@ -577,7 +596,7 @@ fn python_order_events(module: &str, what: &str, script: &str) {
     let out = Command::new("timeout")
         .args([
             "180",
-            python,
+            program,
             &script,
             &broker.kafka_addr,
             "order-events",
@@ -596,7 +615,9 @@ fn python_order_events(module: &str, what: &str, script: &str) {
     let lines = String::from_utf8(consumed.stdout).unwrap();
     assert_eq!(lines.lines().count(), 510);
     assert!(
-        lines.lines().all(|l| l.contains("\"status\": \"created\"")),
+        lines
+            .lines()
+            .all(|l| l.contains("order_id") && l.contains("\"created\"")),
         "{lines}"
     );
     let described = run_cli(
