@@ -1,5 +1,11 @@
 //! Strand's saga orchestrator.
 //!
-//! The engine, journal, participants and HTTP API arrive with the saga issue; this crate exists
-//! now so that the workspace has its final shape and the dependency direction
-//! (`client` <- `broker` <- `saga`) is fixed from the start.
+//! - `definition`: saga definitions (JSON), versions and their validation.
+//! - `template`: minijinja templates in participant URLs, headers and bodies.
+//! - `engine`: one saga as a pure event-sourced state machine (decide, apply, replay).
+//! - `breaker`: a circuit breaker per participant endpoint.
+
+pub mod breaker;
+pub mod definition;
+pub mod engine;
+pub mod template;

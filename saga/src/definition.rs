@@ -1,0 +1,510 @@
+//! Saga definitions as users submit them (JSON), and their validation.
+//!
+//! A definition is an ordered list of steps. Each step has an action and, unless it comes after
+//! the pivot, a compensation; each is an HTTP call or a command on a broker topic. Kinds follow
+//! the saga literature: steps before the pivot are `compensatable` (they must be undoable), the
+//! `pivot` is the point of no return, and steps after it are `retriable` (retried until they
+//! succeed, never compensated). A definition without a pivot is all compensatable steps.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::template;
+
+/// Longest step or saga timeout accepted.
+pub const TIMEOUT_MS_MAX: u64 = 3_600_000;
+/// Most steps in one definition.
+pub const STEPS_MAX: usize = 64;
+/// Most attempts of one action or compensation.
+pub const ATTEMPTS_MAX: u32 = 100;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum StepKind {
+    /// Undone by its compensation when a later step fails.
+    Compensatable,
+    /// The point of no return: once it succeeds, the saga only goes forward.
+    Pivot,
+    /// After the pivot: retried until it succeeds, never compensated.
+    Retriable,
+}
+
+/// Exponential backoff between attempts, with jitter.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetryPolicy {
+    /// Attempts in all, the first included.
+    pub max_attempts: u32,
+    pub initial_backoff_ms: u64,
+    pub max_backoff_ms: u64,
+    pub multiplier: f64,
+    /// Fraction of the delay drawn at random and taken off (0 to 1), so retries spread out.
+    pub jitter: f64,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_attempts: 3,
+            initial_backoff_ms: 100,
+            max_backoff_ms: 10_000,
+            multiplier: 2.0,
+            jitter: 0.2,
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The delay before retry number `retry` (1 for the first retry); `random_unit` in [0, 1).
+    pub fn backoff_ms(&self, retry: u32, random_unit: f64) -> u64 {
+        let exponent = retry.saturating_sub(1).min(64) as i32;
+        let base = (self.initial_backoff_ms as f64 * self.multiplier.powi(exponent))
+            .min(self.max_backoff_ms as f64);
+        let jittered = base * (1.0 - self.jitter * random_unit.clamp(0.0, 1.0));
+        jittered.max(0.0).round() as u64
+    }
+}
+
+/// Who performs an action or a compensation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Participant {
+    /// An HTTP call; URL, header values and every string in the body are templates. A 2xx
+    /// answer is success (its JSON body, if any, is the step's output); anything else fails.
+    Http {
+        #[serde(default = "default_method")]
+        method: String,
+        url: String,
+        #[serde(default)]
+        headers: BTreeMap<String, String>,
+        #[serde(default)]
+        #[schema(value_type = Object)]
+        body: Option<serde_json::Value>,
+    },
+    /// A command record on a broker topic; the participant answers on `reply_topic` with a
+    /// record carrying the same `saga-attempt-id` header and a JSON value
+    /// `{"ok": true, "output": ...}` or `{"ok": false, "error": "..."}`.
+    Broker {
+        topic: String,
+        reply_topic: String,
+        #[serde(default)]
+        #[schema(value_type = Object)]
+        body: Option<serde_json::Value>,
+    },
+}
+
+fn default_method() -> String {
+    "POST".into()
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StepSpec {
+    pub name: String,
+    #[serde(default = "default_kind")]
+    pub kind: StepKind,
+    pub action: Participant,
+    #[serde(default)]
+    pub compensation: Option<Participant>,
+    /// How long one attempt may take before it counts as timed out.
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+    #[serde(default)]
+    pub retry: RetryPolicy,
+}
+
+fn default_kind() -> StepKind {
+    StepKind::Compensatable
+}
+
+fn default_timeout_ms() -> u64 {
+    10_000
+}
+
+/// Start one saga per record of a topic, as a member of a consumer group.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TriggerSpec {
+    pub topic: String,
+    pub group: String,
+    /// Field of the record's JSON value that is the saga's idempotency key; without it the
+    /// key is `topic/partition/offset`.
+    #[serde(default)]
+    pub idempotency_field: Option<String>,
+}
+
+/// A definition as submitted with `PUT /definitions/{name}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DefinitionSpec {
+    #[serde(default)]
+    pub description: Option<String>,
+    pub steps: Vec<StepSpec>,
+    /// The whole saga's time limit; past it, a saga that has not passed its pivot compensates.
+    #[serde(default)]
+    pub deadline_ms: Option<u64>,
+    #[serde(default)]
+    pub trigger: Option<TriggerSpec>,
+    /// Topic every finished saga's outcome is published to.
+    #[serde(default)]
+    pub outcome_topic: Option<String>,
+}
+
+/// A stored definition version.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Definition {
+    pub name: String,
+    pub version: u32,
+    #[serde(flatten)]
+    pub spec: DefinitionSpec,
+}
+
+impl Definition {
+    /// Index of the pivot step, if any.
+    pub fn pivot(&self) -> Option<usize> {
+        self.spec
+            .steps
+            .iter()
+            .position(|s| s.kind == StepKind::Pivot)
+    }
+}
+
+/// One thing wrong with a definition: where (a JSON path) and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct FieldError {
+    pub path: String,
+    pub reason: String,
+}
+
+/// Checks a definition and returns every problem found, not just the first.
+pub fn validate(spec: &DefinitionSpec) -> Result<(), Vec<FieldError>> {
+    let mut errors = Vec::new();
+    let mut err = |path: String, reason: String| errors.push(FieldError { path, reason });
+    if spec.steps.is_empty() {
+        err("steps".into(), "at least one step is needed".into());
+    }
+    if spec.steps.len() > STEPS_MAX {
+        err("steps".into(), format!("at most {STEPS_MAX} steps"));
+    }
+    if let Some(ms) = spec.deadline_ms {
+        if ms == 0 || ms > TIMEOUT_MS_MAX {
+            err(
+                "deadline_ms".into(),
+                format!("must be 1..={TIMEOUT_MS_MAX}"),
+            );
+        }
+    }
+    let pivots: Vec<usize> = spec
+        .steps
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| s.kind == StepKind::Pivot)
+        .map(|(i, _)| i)
+        .collect();
+    if pivots.len() > 1 {
+        err(
+            format!("steps[{}].kind", pivots[1]),
+            "a definition has at most one pivot".into(),
+        );
+    }
+    let pivot = pivots.first().copied();
+    let mut names = BTreeSet::new();
+    for (i, step) in spec.steps.iter().enumerate() {
+        let at = |field: &str| format!("steps[{i}].{field}");
+        if step.name.is_empty()
+            || !step
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        {
+            err(
+                at("name"),
+                "must be non-empty letters, digits, '_' or '-'".into(),
+            );
+        } else if !names.insert(step.name.as_str()) {
+            err(
+                at("name"),
+                format!("{:?} is used by an earlier step", step.name),
+            );
+        }
+        match (step.kind, pivot) {
+            (StepKind::Compensatable, Some(p)) if i > p => {
+                err(at("kind"), "steps after the pivot must be retriable".into())
+            }
+            (StepKind::Retriable, None) => err(
+                at("kind"),
+                "retriable steps come after a pivot; this definition has none".into(),
+            ),
+            (StepKind::Retriable, Some(p)) if i < p => err(
+                at("kind"),
+                "steps before the pivot must be compensatable".into(),
+            ),
+            _ => {}
+        }
+        match step.kind {
+            StepKind::Compensatable if step.compensation.is_none() => err(
+                at("compensation"),
+                "a compensatable step needs a compensation".into(),
+            ),
+            StepKind::Retriable | StepKind::Pivot if step.compensation.is_some() => err(
+                at("compensation"),
+                "only compensatable steps have a compensation".into(),
+            ),
+            _ => {}
+        }
+        if step.timeout_ms == 0 || step.timeout_ms > TIMEOUT_MS_MAX {
+            err(at("timeout_ms"), format!("must be 1..={TIMEOUT_MS_MAX}"));
+        }
+        let r = &step.retry;
+        if r.max_attempts == 0 || r.max_attempts > ATTEMPTS_MAX {
+            err(
+                at("retry.max_attempts"),
+                format!("must be 1..={ATTEMPTS_MAX}"),
+            );
+        }
+        if r.initial_backoff_ms > r.max_backoff_ms || r.max_backoff_ms > TIMEOUT_MS_MAX {
+            err(
+                at("retry.max_backoff_ms"),
+                format!("must be at least initial_backoff_ms and at most {TIMEOUT_MS_MAX}"),
+            );
+        }
+        if !(r.multiplier.is_finite() && (1.0..=10.0).contains(&r.multiplier)) {
+            err(at("retry.multiplier"), "must be 1 to 10".into());
+        }
+        if !(0.0..=1.0).contains(&r.jitter) {
+            err(at("retry.jitter"), "must be 0 to 1".into());
+        }
+        let earlier: Vec<&str> = spec.steps[..i].iter().map(|s| s.name.as_str()).collect();
+        check_participant(&step.action, &at("action"), &earlier, &mut err);
+        if let Some(c) = &step.compensation {
+            // A compensation may also use its own step's output.
+            let mut visible = earlier.clone();
+            visible.push(&step.name);
+            check_participant(c, &at("compensation"), &visible, &mut err);
+        }
+    }
+    if let Some(t) = &spec.trigger {
+        if t.topic.is_empty() {
+            err("trigger.topic".into(), "must not be empty".into());
+        }
+        if t.group.is_empty() {
+            err("trigger.group".into(), "must not be empty".into());
+        }
+    }
+    if spec.outcome_topic.as_deref() == Some("") {
+        err("outcome_topic".into(), "must not be empty".into());
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors)
+    }
+}
+
+fn check_participant(
+    p: &Participant,
+    path: &str,
+    visible_steps: &[&str],
+    err: &mut impl FnMut(String, String),
+) {
+    let mut templates: Vec<(String, &str)> = Vec::new();
+    let body = match p {
+        Participant::Http {
+            method,
+            url,
+            headers,
+            body,
+        } => {
+            if !matches!(method.as_str(), "GET" | "POST" | "PUT" | "PATCH" | "DELETE") {
+                err(
+                    format!("{path}.method"),
+                    "must be GET, POST, PUT, PATCH or DELETE".into(),
+                );
+            }
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                err(
+                    format!("{path}.url"),
+                    "must start with http:// or https://".into(),
+                );
+            }
+            templates.push((format!("{path}.url"), url));
+            for (k, v) in headers {
+                templates.push((format!("{path}.headers.{k}"), v));
+            }
+            body
+        }
+        Participant::Broker {
+            topic,
+            reply_topic,
+            body,
+        } => {
+            for (field, value) in [("topic", topic), ("reply_topic", reply_topic)] {
+                if value.is_empty() {
+                    err(format!("{path}.{field}"), "must not be empty".into());
+                }
+            }
+            body
+        }
+    };
+    if let Some(body) = body {
+        template::strings(body, &format!("{path}.body"), &mut |at, s| {
+            templates.push((at, s))
+        });
+    }
+    for (at, source) in templates {
+        match template::references(source) {
+            Err(e) => err(at, format!("bad template: {e}")),
+            Ok(refs) => {
+                for r in refs {
+                    match r.split('.').collect::<Vec<_>>().as_slice() {
+                        ["input", ..] | ["saga_id"] => {}
+                        ["steps", name, rest @ ..] => {
+                            if !visible_steps.contains(name) {
+                                err(
+                                    at.clone(),
+                                    format!("{{{{{r}}}}} names step {name:?}, which does not run before this one"),
+                                );
+                            } else if rest.first() != Some(&"output") {
+                                err(at.clone(), format!("{{{{{r}}}}}: use steps.{name}.output"));
+                            }
+                        }
+                        _ => err(
+                            at.clone(),
+                            format!("{{{{{r}}}}}: templates may use input, saga_id and steps.<name>.output"),
+                        ),
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn http(url: &str) -> serde_json::Value {
+        json!({"type": "http", "url": url})
+    }
+
+    fn spec(steps: serde_json::Value) -> DefinitionSpec {
+        serde_json::from_value(json!({ "steps": steps })).unwrap()
+    }
+
+    fn paths(spec: &DefinitionSpec) -> Vec<String> {
+        validate(spec)
+            .unwrap_err()
+            .into_iter()
+            .map(|e| e.path)
+            .collect()
+    }
+
+    #[test]
+    fn a_valid_order_saga_passes() {
+        let s = spec(json!([
+            {"name": "order", "action": http("http://o/orders"), "compensation": http("http://o/cancel")},
+            {"name": "charge", "action": {"type": "http", "url": "http://p/charge",
+                "body": {"order": "{{ steps.order.output.id }}", "amount": "{{ input.amount }}"}},
+             "compensation": {"type": "http", "url": "http://p/refund",
+                "body": {"payment": "{{ steps.charge.output.payment_id }}"}}},
+            {"name": "ship", "kind": "pivot", "action": http("http://s/ship")},
+            {"name": "notify", "kind": "retriable", "action": {"type": "broker", "topic": "mail", "reply_topic": "mail-replies"}}
+        ]));
+        assert_eq!(validate(&s), Ok(()));
+    }
+
+    #[test]
+    fn pivot_rules_are_enforced_with_paths() {
+        // A compensatable step without compensation, a retriable one before the pivot, a pivot
+        // with a compensation, a compensatable step after the pivot, a second pivot.
+        let s = spec(json!([
+            {"name": "a", "action": http("http://x/a")},
+            {"name": "b", "kind": "retriable", "action": http("http://x/b")},
+            {"name": "c", "kind": "pivot", "action": http("http://x/c"), "compensation": http("http://x/c")},
+            {"name": "d", "action": http("http://x/d"), "compensation": http("http://x/d")},
+            {"name": "e", "kind": "pivot", "action": http("http://x/e")}
+        ]));
+        assert_eq!(
+            paths(&s),
+            vec![
+                "steps[4].kind",
+                "steps[0].compensation",
+                "steps[1].kind",
+                "steps[2].compensation",
+                "steps[3].kind",
+            ]
+        );
+        let no_pivot =
+            spec(json!([{"name": "a", "kind": "retriable", "action": http("http://x/a")}]));
+        assert_eq!(paths(&no_pivot), vec!["steps[0].kind"]);
+    }
+
+    #[test]
+    fn every_field_problem_is_reported() {
+        let s = spec(json!([
+            {"name": "a b", "action": {"type": "http", "method": "TRACE", "url": "ftp://x"},
+             "compensation": http("http://x/c"), "timeout_ms": 0,
+             "retry": {"max_attempts": 0, "initial_backoff_ms": 50, "max_backoff_ms": 10, "multiplier": 0.5, "jitter": 2.0}},
+            {"name": "b", "action": {"type": "http", "url": "http://x/{{ steps.later.output.id }}"},
+             "compensation": {"type": "broker", "topic": "", "reply_topic": "r", "body": {"x": "{{ oops }}"}}},
+            {"name": "later", "action": http("http://x/{{ input.id"), "compensation": http("http://x")}
+        ]));
+        assert_eq!(
+            paths(&s),
+            vec![
+                "steps[0].name",
+                "steps[0].timeout_ms",
+                "steps[0].retry.max_attempts",
+                "steps[0].retry.max_backoff_ms",
+                "steps[0].retry.multiplier",
+                "steps[0].retry.jitter",
+                "steps[0].action.method",
+                "steps[0].action.url",
+                "steps[1].action.url",
+                "steps[1].compensation.topic",
+                "steps[1].compensation.body.x",
+                "steps[2].action.url",
+            ]
+        );
+        assert_eq!(paths(&spec(json!([]))), vec!["steps"]);
+    }
+
+    #[test]
+    fn backoff_grows_caps_and_jitters_down() {
+        let r = RetryPolicy {
+            max_attempts: 10,
+            initial_backoff_ms: 100,
+            max_backoff_ms: 1_000,
+            multiplier: 2.0,
+            jitter: 0.5,
+        };
+        assert_eq!(r.backoff_ms(1, 0.0), 100);
+        assert_eq!(r.backoff_ms(2, 0.0), 200);
+        assert_eq!(r.backoff_ms(3, 0.0), 400);
+        assert_eq!(r.backoff_ms(5, 0.0), 1_000);
+        assert_eq!(r.backoff_ms(50, 0.0), 1_000);
+        assert_eq!(r.backoff_ms(2, 1.0), 100);
+        assert_eq!(r.backoff_ms(2, 0.5), 150);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn backoff_stays_within_its_bounds(
+            initial in 1u64..5_000,
+            extra in 0u64..60_000,
+            multiplier in 1.0f64..10.0,
+            jitter in 0.0f64..=1.0,
+            retry in 1u32..200,
+            unit in 0.0f64..1.0,
+        ) {
+            let r = RetryPolicy { max_attempts: 5, initial_backoff_ms: initial, max_backoff_ms: initial + extra, multiplier, jitter };
+            let d = r.backoff_ms(retry, unit);
+            proptest::prop_assert!(d <= initial + extra);
+            let undelayed = r.backoff_ms(retry, 0.0);
+            proptest::prop_assert!(d as f64 >= (undelayed as f64 * (1.0 - jitter)).floor() - 1.0);
+        }
+    }
+}

@@ -1,0 +1,886 @@
+//! One saga instance as a pure, event-sourced state machine.
+//!
+//! [`Saga::decide`] looks at the state and an [`Input`] (a reply, time passing, an operator's
+//! abort or retry) and returns the [`Event`]s that follow, without changing anything;
+//! [`Saga::apply`] changes the state by one event. The driver journals the events durably
+//! *before* it acts on them (calls the participant a `Dispatched` event announces, publishes
+//! the outcome of a terminal one), and replaying a saga's journal through `apply` rebuilds
+//! exactly the state it had. Time and randomness are passed in; nothing here does IO.
+//!
+//! Rules:
+//! - Steps run in order. A failed or timed-out attempt is retried with the step's backoff until
+//!   its attempts are spent.
+//! - When a step before the pivot (or the pivot) finally fails, the saga compensates: every step
+//!   whose action succeeded or *may* have happened (timed out, or in flight when the saga was
+//!   aborted or passed its deadline) is compensated, last first. A step whose last attempt
+//!   failed with an answer did not happen and is not compensated.
+//! - A compensation is retried the same way; when its attempts are spent the saga is `failed`:
+//!   held, visible, and resumed by an operator's retry, which grants a fresh budget.
+//! - After the pivot succeeded the saga only goes forward: abort and the deadline no longer
+//!   apply, and a retriable step that spends its attempts holds the saga in `failed` as well.
+//! - A reply counts only for the attempt in flight; replies of superseded attempts are ignored.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use utoipa::ToSchema;
+
+use crate::definition::{Definition, Participant};
+use crate::template;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    Action,
+    Compensation,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Action => "action",
+            Phase::Compensation => "compensation",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SagaState {
+    Running,
+    Compensating,
+    Completed,
+    Compensated,
+    /// A compensation (or a step past the pivot) spent its attempts: held for an operator.
+    Failed,
+}
+
+impl SagaState {
+    /// Completed and compensated sagas never change again.
+    pub fn is_finished(self) -> bool {
+        matches!(self, SagaState::Completed | SagaState::Compensated)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SagaState::Running => "running",
+            SagaState::Compensating => "compensating",
+            SagaState::Completed => "completed",
+            SagaState::Compensated => "compensated",
+            SagaState::Failed => "failed",
+        }
+    }
+}
+
+impl std::str::FromStr for SagaState {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(match s {
+            "running" => SagaState::Running,
+            "compensating" => SagaState::Compensating,
+            "completed" => SagaState::Completed,
+            "compensated" => SagaState::Compensated,
+            "failed" => SagaState::Failed,
+            other => return Err(format!("unknown saga state {other:?}")),
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum StepState {
+    Pending,
+    /// The action is in flight.
+    Dispatched,
+    Succeeded,
+    /// The last action attempt was answered with an error (a retry may be scheduled).
+    Failed,
+    /// The last action attempt got no answer in time: it may have happened.
+    TimedOut,
+    /// The compensation is in flight or waiting for its retry.
+    Compensating,
+    Compensated,
+    /// The compensation spent its attempts.
+    CompensationFailed,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Attempt {
+    pub phase: Phase,
+    pub attempt: u32,
+    pub attempt_id: String,
+    pub started_at_ms: i64,
+    pub ended_at_ms: Option<i64>,
+    /// succeeded, failed, timed_out or abandoned (superseded by compensation or a restart).
+    pub outcome: Option<String>,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct StepRecord {
+    pub name: String,
+    pub state: StepState,
+    pub attempts: Vec<Attempt>,
+    #[schema(value_type = Option<Object>)]
+    pub output: Option<Value>,
+    pub error: Option<String>,
+    /// When the next attempt is due, while one is scheduled.
+    pub retry_at_ms: Option<i64>,
+    /// When the attempt in flight times out.
+    pub timeout_at_ms: Option<i64>,
+    /// Attempts made in the current phase since the budget was last granted.
+    pub budget_used: u32,
+}
+
+/// One journal record: what happened to which saga, and when.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Entry {
+    pub saga_id: String,
+    pub at_ms: i64,
+    #[serde(flatten)]
+    pub event: Event,
+}
+
+/// A transition of a saga, as journaled.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Event {
+    Started {
+        definition: String,
+        version: u32,
+        #[schema(value_type = Object)]
+        input: Value,
+        idempotency_key: Option<String>,
+        deadline_at_ms: Option<i64>,
+    },
+    Dispatched {
+        step: usize,
+        phase: Phase,
+        attempt: u32,
+        timeout_at_ms: i64,
+    },
+    Succeeded {
+        step: usize,
+        phase: Phase,
+        attempt: u32,
+        #[schema(value_type = Object)]
+        output: Value,
+    },
+    Failed {
+        step: usize,
+        phase: Phase,
+        attempt: u32,
+        error: String,
+        retry_at_ms: Option<i64>,
+    },
+    TimedOut {
+        step: usize,
+        phase: Phase,
+        attempt: u32,
+        retry_at_ms: Option<i64>,
+    },
+    CompensationStarted {
+        reason: String,
+    },
+    Completed,
+    Compensated,
+    /// Attempts spent: the saga is held in `failed` for an operator.
+    Stuck {
+        step: usize,
+        phase: Phase,
+        error: String,
+    },
+    /// An operator's retry: a fresh budget for the stuck step.
+    Resumed,
+}
+
+impl Event {
+    /// Whether this event ends the saga for good (its outcome is published).
+    pub fn is_terminal(&self) -> bool {
+        matches!(self, Event::Completed | Event::Compensated)
+    }
+}
+
+/// What drives a saga forward.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Input {
+    /// Dispatch the first step (right after `Started`).
+    Start,
+    /// A participant answered an attempt.
+    Reply {
+        step: usize,
+        phase: Phase,
+        attempt: u32,
+        result: Result<Value, String>,
+    },
+    /// Time passed: timeouts, due retries, the deadline.
+    Tick,
+    /// An operator asks to compensate now.
+    Abort,
+    /// An operator resumes a `failed` saga.
+    Retry,
+    /// After a restart: send every attempt that was in flight again, as a new attempt.
+    Redispatch,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EngineError {
+    #[error("saga {id} is {state}: {reason}")]
+    Conflict {
+        id: String,
+        state: &'static str,
+        reason: &'static str,
+    },
+}
+
+/// A call to make: the participant with every template rendered.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Call {
+    pub saga_id: String,
+    pub step: usize,
+    pub step_name: String,
+    pub phase: Phase,
+    pub attempt: u32,
+    /// The same for every attempt of this step's action (or compensation).
+    pub idempotency_key: String,
+    /// Unique per attempt: replies carry it back.
+    pub attempt_id: String,
+    pub timeout_at_ms: i64,
+    /// The participant with templates rendered, or why they could not be.
+    pub participant: Result<Participant, String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Saga {
+    pub id: String,
+    pub definition: String,
+    pub version: u32,
+    #[schema(value_type = Object)]
+    pub input: Value,
+    pub idempotency_key: Option<String>,
+    pub state: SagaState,
+    pub steps: Vec<StepRecord>,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+    pub deadline_at_ms: Option<i64>,
+    /// Why compensation started, when it did.
+    pub compensation_reason: Option<String>,
+    /// What holds a `failed` saga.
+    pub error: Option<String>,
+    /// Every transition, oldest first.
+    pub history: Vec<Entry>,
+    #[serde(skip)]
+    #[schema(ignore)]
+    def: Option<Arc<Definition>>,
+}
+
+impl PartialEq for Saga {
+    fn eq(&self, other: &Saga) -> bool {
+        serde_json::to_value(self).ok() == serde_json::to_value(other).ok()
+    }
+}
+
+pub fn idempotency_key(saga_id: &str, step_name: &str, phase: Phase) -> String {
+    format!("{saga_id}:{step_name}:{}", phase.as_str())
+}
+
+pub fn attempt_id(saga_id: &str, step_name: &str, phase: Phase, attempt: u32) -> String {
+    format!("{saga_id}:{step_name}:{}:{attempt}", phase.as_str())
+}
+
+impl Saga {
+    /// A saga before its first event; `Started` fills it in.
+    pub fn new(id: String, definition: Arc<Definition>) -> Saga {
+        Saga {
+            id,
+            definition: definition.name.clone(),
+            version: definition.version,
+            input: Value::Null,
+            idempotency_key: None,
+            state: SagaState::Running,
+            steps: Vec::new(),
+            created_at_ms: 0,
+            updated_at_ms: 0,
+            deadline_at_ms: None,
+            compensation_reason: None,
+            error: None,
+            history: Vec::new(),
+            def: Some(definition),
+        }
+    }
+
+    /// The events that start a saga: `Started`, then the first dispatch.
+    pub fn start(
+        id: String,
+        definition: Arc<Definition>,
+        input: Value,
+        idempotency_key: Option<String>,
+        now_ms: i64,
+    ) -> (Saga, Vec<Entry>) {
+        let mut saga = Saga::new(id, definition.clone());
+        let started = Event::Started {
+            definition: definition.name.clone(),
+            version: definition.version,
+            input,
+            idempotency_key,
+            deadline_at_ms: definition.spec.deadline_ms.map(|d| now_ms + d as i64),
+        };
+        let mut entries = vec![saga.entry(started, now_ms)];
+        saga.apply(&entries[0]);
+        entries.extend(saga.handle(Input::Start, now_ms, 0.0).expect("start"));
+        (saga, entries)
+    }
+
+    /// Rebuilds a saga from its journal.
+    pub fn replay<'a>(
+        id: String,
+        definition: Arc<Definition>,
+        entries: impl IntoIterator<Item = &'a Entry>,
+    ) -> Saga {
+        let mut saga = Saga::new(id, definition);
+        for e in entries {
+            saga.apply(e);
+        }
+        saga
+    }
+
+    pub fn definition(&self) -> &Definition {
+        self.def.as_ref().expect("definition attached")
+    }
+
+    /// Attaches the definition after deserializing a snapshot.
+    pub fn attach(&mut self, definition: Arc<Definition>) {
+        self.def = Some(definition);
+    }
+
+    fn entry(&self, event: Event, now_ms: i64) -> Entry {
+        Entry {
+            saga_id: self.id.clone(),
+            at_ms: now_ms,
+            event,
+        }
+    }
+
+    /// `decide`, then `apply` each event; returns the events to journal.
+    pub fn handle(
+        &mut self,
+        input: Input,
+        now_ms: i64,
+        random_unit: f64,
+    ) -> Result<Vec<Entry>, EngineError> {
+        let mut out = Vec::new();
+        // Decisions are made one event at a time against the state as it becomes, so a
+        // decision never has to predict the effect of the ones before it.
+        let mut next = Some(input);
+        while let Some(input) = next.take() {
+            for event in self.decide(input, now_ms, random_unit)? {
+                let entry = self.entry(event, now_ms);
+                self.apply(&entry);
+                out.push(entry);
+            }
+            // After a step finished or compensation began, move on.
+            if let Some(last) = out.last() {
+                if self.needs_advance(&last.event) {
+                    next = Some(Input::Tick);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn needs_advance(&self, event: &Event) -> bool {
+        !self.state.is_finished()
+            && self.in_flight().is_none()
+            && matches!(
+                event,
+                Event::Succeeded { .. }
+                    | Event::CompensationStarted { .. }
+                    | Event::Failed {
+                        retry_at_ms: None,
+                        ..
+                    }
+                    | Event::TimedOut {
+                        retry_at_ms: None,
+                        ..
+                    }
+                    | Event::Resumed
+            )
+    }
+
+    /// The step and phase with an attempt in flight, if any.
+    pub fn in_flight(&self) -> Option<(usize, Phase, u32)> {
+        self.steps.iter().enumerate().find_map(|(i, s)| {
+            let a = s.attempts.last()?;
+            (a.outcome.is_none()).then_some((i, a.phase, a.attempt))
+        })
+    }
+
+    fn pivot_passed(&self) -> bool {
+        self.definition()
+            .pivot()
+            .is_some_and(|p| self.steps.get(p).map(|s| s.state) == Some(StepState::Succeeded))
+    }
+
+    /// The next step to compensate: the last one whose action may have happened.
+    fn next_compensation(&self) -> Option<usize> {
+        let def = self.definition();
+        (0..self.steps.len()).rev().find(|&i| {
+            def.spec.steps[i].compensation.is_some()
+                && matches!(
+                    self.steps[i].state,
+                    StepState::Succeeded | StepState::TimedOut | StepState::Dispatched
+                )
+        })
+    }
+
+    fn dispatch(&self, step: usize, phase: Phase, now_ms: i64) -> Event {
+        let attempt = self.steps[step].attempts.len() as u32 + 1;
+        Event::Dispatched {
+            step,
+            phase,
+            attempt,
+            timeout_at_ms: now_ms + self.definition().spec.steps[step].timeout_ms as i64,
+        }
+    }
+
+    /// When a failed attempt of `step` may be retried, or `None` when its attempts are spent.
+    fn retry_at(&self, step: usize, now_ms: i64, random_unit: f64) -> Option<i64> {
+        let policy = &self.definition().spec.steps[step].retry;
+        let used = self.steps[step].budget_used;
+        (used < policy.max_attempts).then(|| now_ms + policy.backoff_ms(used, random_unit) as i64)
+    }
+
+    /// What follows once `step`'s `phase` spent its attempts.
+    fn exhausted(&self, step: usize, phase: Phase, error: String) -> Vec<Event> {
+        match phase {
+            Phase::Action if !self.pivot_passed() => vec![Event::CompensationStarted {
+                reason: format!("step {} failed: {error}", self.steps[step].name),
+            }],
+            _ => vec![Event::Stuck { step, phase, error }],
+        }
+    }
+
+    /// The events that follow `input`; changes nothing.
+    pub fn decide(
+        &self,
+        input: Input,
+        now_ms: i64,
+        random_unit: f64,
+    ) -> Result<Vec<Event>, EngineError> {
+        let conflict = |reason| EngineError::Conflict {
+            id: self.id.clone(),
+            state: self.state.as_str(),
+            reason,
+        };
+        let mut events = Vec::new();
+        match input {
+            Input::Start => {
+                if self.state == SagaState::Running
+                    && self.steps.first().is_some_and(|s| s.attempts.is_empty())
+                {
+                    events.push(self.dispatch(0, Phase::Action, now_ms));
+                }
+            }
+            Input::Reply {
+                step,
+                phase,
+                attempt,
+                result,
+            } => {
+                if self.in_flight() != Some((step, phase, attempt)) {
+                    return Ok(events); // superseded or unknown attempt
+                }
+                match result {
+                    Ok(output) => events.push(Event::Succeeded {
+                        step,
+                        phase,
+                        attempt,
+                        output,
+                    }),
+                    Err(error) => {
+                        let retry_at_ms = self.retry_at(step, now_ms, random_unit);
+                        events.push(Event::Failed {
+                            step,
+                            phase,
+                            attempt,
+                            error: error.clone(),
+                            retry_at_ms,
+                        });
+                        if retry_at_ms.is_none() {
+                            events.extend(self.exhausted(step, phase, error));
+                        }
+                    }
+                }
+            }
+            Input::Tick => events = self.tick(now_ms, random_unit),
+            Input::Abort => {
+                if self.state != SagaState::Running {
+                    return Err(conflict("only a running saga can be aborted"));
+                }
+                if self.pivot_passed() {
+                    return Err(conflict("past its pivot, a saga only goes forward"));
+                }
+                events.push(Event::CompensationStarted {
+                    reason: "aborted by an operator".into(),
+                });
+            }
+            Input::Retry => {
+                if self.state != SagaState::Failed {
+                    return Err(conflict("only a failed saga can be retried"));
+                }
+                events.push(Event::Resumed);
+            }
+            Input::Redispatch => {
+                if let Some((step, phase, _)) = self.in_flight() {
+                    events.push(self.dispatch(step, phase, now_ms));
+                }
+            }
+        }
+        Ok(events)
+    }
+
+    fn tick(&self, now_ms: i64, random_unit: f64) -> Vec<Event> {
+        let mut events = Vec::new();
+        if self.state.is_finished() || self.state == SagaState::Failed {
+            return events;
+        }
+        if self.state == SagaState::Running
+            && !self.pivot_passed()
+            && self.deadline_at_ms.is_some_and(|d| now_ms >= d)
+        {
+            events.push(Event::CompensationStarted {
+                reason: "the saga's deadline passed".into(),
+            });
+            return events;
+        }
+        if let Some((step, phase, attempt)) = self.in_flight() {
+            if self.steps[step].timeout_at_ms.is_some_and(|t| now_ms >= t) {
+                let retry_at_ms = self.retry_at(step, now_ms, random_unit);
+                events.push(Event::TimedOut {
+                    step,
+                    phase,
+                    attempt,
+                    retry_at_ms,
+                });
+                if retry_at_ms.is_none() {
+                    events.extend(self.exhausted(step, phase, "timed out".into()));
+                }
+            }
+            return events;
+        }
+        if let Some((step, s)) = self
+            .steps
+            .iter()
+            .enumerate()
+            .find(|(_, s)| s.retry_at_ms.is_some())
+        {
+            if s.retry_at_ms.is_some_and(|t| now_ms >= t) {
+                let phase = s.attempts.last().map_or(Phase::Action, |a| a.phase);
+                events.push(self.dispatch(step, phase, now_ms));
+            }
+            return events;
+        }
+        match self.state {
+            SagaState::Running => {
+                // The next pending step, or done.
+                match self
+                    .steps
+                    .iter()
+                    .position(|s| s.state == StepState::Pending)
+                {
+                    Some(next) => events.push(self.dispatch(next, Phase::Action, now_ms)),
+                    None => events.push(Event::Completed),
+                }
+            }
+            SagaState::Compensating => match self.next_compensation() {
+                Some(step) => events.push(self.dispatch(step, Phase::Compensation, now_ms)),
+                None => events.push(Event::Compensated),
+            },
+            _ => {}
+        }
+        events
+    }
+
+    /// Changes the state by one journaled event.
+    pub fn apply(&mut self, entry: &Entry) {
+        let now = entry.at_ms;
+        self.updated_at_ms = now;
+        match &entry.event {
+            Event::Started {
+                definition,
+                version,
+                input,
+                idempotency_key,
+                deadline_at_ms,
+            } => {
+                self.definition = definition.clone();
+                self.version = *version;
+                self.input = input.clone();
+                self.idempotency_key = idempotency_key.clone();
+                self.deadline_at_ms = *deadline_at_ms;
+                self.created_at_ms = now;
+                self.state = SagaState::Running;
+                self.steps = self
+                    .definition()
+                    .spec
+                    .steps
+                    .iter()
+                    .map(|s| StepRecord {
+                        name: s.name.clone(),
+                        state: StepState::Pending,
+                        attempts: Vec::new(),
+                        output: None,
+                        error: None,
+                        retry_at_ms: None,
+                        timeout_at_ms: None,
+                        budget_used: 0,
+                    })
+                    .collect();
+            }
+            Event::Dispatched {
+                step,
+                phase,
+                attempt,
+                timeout_at_ms,
+            } => {
+                let id = self.id.clone();
+                let s = &mut self.steps[*step];
+                if let Some(last) = s.attempts.last_mut() {
+                    if last.outcome.is_none() {
+                        last.outcome = Some("abandoned".into());
+                        last.ended_at_ms = Some(now);
+                    }
+                    if last.phase != *phase {
+                        s.budget_used = 0;
+                    }
+                }
+                s.budget_used += 1;
+                s.state = match phase {
+                    Phase::Action => StepState::Dispatched,
+                    Phase::Compensation => StepState::Compensating,
+                };
+                s.retry_at_ms = None;
+                s.timeout_at_ms = Some(*timeout_at_ms);
+                s.attempts.push(Attempt {
+                    phase: *phase,
+                    attempt: *attempt,
+                    attempt_id: attempt_id(&id, &s.name, *phase, *attempt),
+                    started_at_ms: now,
+                    ended_at_ms: None,
+                    outcome: None,
+                    error: None,
+                });
+            }
+            Event::Succeeded {
+                step,
+                phase,
+                output,
+                ..
+            } => {
+                let s = &mut self.steps[*step];
+                end_attempt(s, now, "succeeded", None);
+                s.timeout_at_ms = None;
+                s.error = None;
+                match phase {
+                    Phase::Action => {
+                        s.state = StepState::Succeeded;
+                        s.output = Some(output.clone());
+                    }
+                    Phase::Compensation => s.state = StepState::Compensated,
+                }
+            }
+            Event::Failed {
+                step,
+                phase,
+                error,
+                retry_at_ms,
+                ..
+            } => {
+                let s = &mut self.steps[*step];
+                end_attempt(s, now, "failed", Some(error.clone()));
+                s.timeout_at_ms = None;
+                s.error = Some(error.clone());
+                s.retry_at_ms = *retry_at_ms;
+                s.state = match (phase, retry_at_ms) {
+                    (Phase::Action, _) => StepState::Failed,
+                    (Phase::Compensation, Some(_)) => StepState::Compensating,
+                    (Phase::Compensation, None) => StepState::CompensationFailed,
+                };
+            }
+            Event::TimedOut {
+                step,
+                phase,
+                retry_at_ms,
+                ..
+            } => {
+                let s = &mut self.steps[*step];
+                end_attempt(s, now, "timed_out", Some("timed out".into()));
+                s.timeout_at_ms = None;
+                s.error = Some("timed out".into());
+                s.retry_at_ms = *retry_at_ms;
+                s.state = match (phase, retry_at_ms) {
+                    (Phase::Action, _) => StepState::TimedOut,
+                    (Phase::Compensation, Some(_)) => StepState::Compensating,
+                    (Phase::Compensation, None) => StepState::CompensationFailed,
+                };
+            }
+            Event::CompensationStarted { reason } => {
+                self.state = SagaState::Compensating;
+                self.compensation_reason = Some(reason.clone());
+                for s in &mut self.steps {
+                    // An action in flight may still happen: it is compensated like one that
+                    // timed out. Scheduled retries of actions are dropped.
+                    if s.state == StepState::Dispatched {
+                        end_attempt(s, now, "abandoned", None);
+                        s.state = StepState::TimedOut;
+                    }
+                    s.timeout_at_ms = None;
+                    s.retry_at_ms = None;
+                }
+            }
+            Event::Completed => self.state = SagaState::Completed,
+            Event::Compensated => self.state = SagaState::Compensated,
+            Event::Stuck { error, step, .. } => {
+                self.state = SagaState::Failed;
+                self.error = Some(format!("step {}: {error}", self.steps[*step].name));
+            }
+            Event::Resumed => {
+                self.error = None;
+                // The stuck step gets a fresh budget and is due now.
+                let compensating = self
+                    .steps
+                    .iter()
+                    .any(|s| s.state == StepState::CompensationFailed);
+                self.state = if compensating {
+                    SagaState::Compensating
+                } else {
+                    SagaState::Running
+                };
+                for s in &mut self.steps {
+                    if s.state == StepState::CompensationFailed
+                        || (!compensating
+                            && matches!(s.state, StepState::Failed | StepState::TimedOut))
+                    {
+                        s.budget_used = 0;
+                        s.retry_at_ms = Some(now);
+                        if s.state == StepState::CompensationFailed {
+                            s.state = StepState::Compensating;
+                        }
+                    }
+                }
+            }
+        }
+        self.history.push(entry.clone());
+    }
+
+    /// The earliest time something is due (a timeout, a retry, the deadline).
+    pub fn next_wakeup_ms(&self) -> Option<i64> {
+        if self.state.is_finished() || self.state == SagaState::Failed {
+            return None;
+        }
+        let mut due = self
+            .steps
+            .iter()
+            .flat_map(|s| [s.timeout_at_ms, s.retry_at_ms])
+            .flatten()
+            .min();
+        if self.state == SagaState::Running && !self.pivot_passed() {
+            if let Some(d) = self.deadline_at_ms {
+                due = Some(due.map_or(d, |t| t.min(d)));
+            }
+        }
+        due
+    }
+
+    /// What templates see: the saga's id and input and the outputs of its steps so far.
+    pub fn template_context(&self) -> Value {
+        let steps: serde_json::Map<String, Value> = self
+            .steps
+            .iter()
+            .filter_map(|s| {
+                let output = s.output.clone()?;
+                Some((s.name.clone(), json!({ "output": output })))
+            })
+            .collect();
+        json!({ "saga_id": self.id, "input": self.input, "steps": steps })
+    }
+
+    /// The call a `Dispatched` event announces, templates rendered.
+    pub fn call(&self, event: &Event) -> Option<Call> {
+        let Event::Dispatched {
+            step,
+            phase,
+            attempt,
+            timeout_at_ms,
+        } = event
+        else {
+            return None;
+        };
+        let spec = &self.definition().spec.steps[*step];
+        let participant = match phase {
+            Phase::Action => Some(&spec.action),
+            Phase::Compensation => spec.compensation.as_ref(),
+        }?;
+        Some(Call {
+            saga_id: self.id.clone(),
+            step: *step,
+            step_name: spec.name.clone(),
+            phase: *phase,
+            attempt: *attempt,
+            idempotency_key: idempotency_key(&self.id, &spec.name, *phase),
+            attempt_id: attempt_id(&self.id, &spec.name, *phase, *attempt),
+            timeout_at_ms: *timeout_at_ms,
+            participant: render(participant, &self.template_context()),
+        })
+    }
+}
+
+fn end_attempt(s: &mut StepRecord, now: i64, outcome: &str, error: Option<String>) {
+    if let Some(a) = s.attempts.last_mut() {
+        if a.outcome.is_none() {
+            a.outcome = Some(outcome.into());
+            a.ended_at_ms = Some(now);
+            a.error = error;
+        }
+    }
+}
+
+/// The participant with its URL, headers and body rendered.
+fn render(p: &Participant, context: &Value) -> Result<Participant, String> {
+    Ok(match p {
+        Participant::Http {
+            method,
+            url,
+            headers,
+            body,
+        } => Participant::Http {
+            method: method.clone(),
+            url: template::render_str(url, context)?,
+            headers: headers
+                .iter()
+                .map(|(k, v)| Ok((k.clone(), template::render_str(v, context)?)))
+                .collect::<Result<_, String>>()?,
+            body: body
+                .as_ref()
+                .map(|b| template::render_value(b, context))
+                .transpose()?,
+        },
+        Participant::Broker {
+            topic,
+            reply_topic,
+            body,
+        } => Participant::Broker {
+            topic: topic.clone(),
+            reply_topic: reply_topic.clone(),
+            body: body
+                .as_ref()
+                .map(|b| template::render_value(b, context))
+                .transpose()?,
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,145 @@
+//! Templates in participant URLs, headers and bodies, rendered with minijinja:
+//! `{{ input.order_id }}`, `{{ steps.charge.output.payment_id }}`, `{{ saga_id }}`.
+//!
+//! Every string in a JSON body is a template. A string that is nothing but one `{{ expression }}`
+//! becomes the expression's value with its JSON type (a number stays a number, an object an
+//! object); any other string renders to a string. A reference to something that does not exist
+//! is an error, never an empty string.
+
+use minijinja::{Environment, UndefinedBehavior};
+use serde_json::Value;
+
+fn environment() -> Environment<'static> {
+    let mut env = Environment::new();
+    env.set_undefined_behavior(UndefinedBehavior::Strict);
+    env
+}
+
+/// Calls `f` with the path and text of every string in `value` (object keys excluded).
+pub fn strings<'a>(value: &'a Value, path: &str, f: &mut impl FnMut(String, &'a str)) {
+    match value {
+        Value::String(s) => f(path.to_string(), s),
+        Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                strings(item, &format!("{path}[{i}]"), f);
+            }
+        }
+        Value::Object(fields) => {
+            for (k, v) in fields {
+                strings(v, &format!("{path}.{k}"), f);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The variables a template refers to, as dotted paths (`steps.charge.output.payment_id`).
+pub fn references(source: &str) -> Result<Vec<String>, String> {
+    let env = environment();
+    let template = env.template_from_str(source).map_err(|e| e.to_string())?;
+    let mut refs: Vec<String> = template.undeclared_variables(true).into_iter().collect();
+    refs.sort();
+    Ok(refs)
+}
+
+/// The single expression a string consists of, if it is exactly `{{ expr }}`.
+fn sole_expression(s: &str) -> Option<&str> {
+    let inner = s.trim().strip_prefix("{{")?.strip_suffix("}}")?;
+    (!inner.contains("{{") && !inner.contains("}}")).then_some(inner.trim())
+}
+
+/// Renders one string template to a string.
+pub fn render_str(source: &str, context: &Value) -> Result<String, String> {
+    environment()
+        .render_str(source, context)
+        .map_err(|e| format!("{e:#}"))
+}
+
+/// Renders every string in `value`, keeping the type of lone expressions.
+pub fn render_value(value: &Value, context: &Value) -> Result<Value, String> {
+    Ok(match value {
+        Value::String(s) => match sole_expression(s) {
+            Some(expr) => {
+                let env = environment();
+                let compiled = env.compile_expression(expr).map_err(|e| format!("{e:#}"))?;
+                let result = compiled.eval(context).map_err(|e| format!("{e:#}"))?;
+                if result.is_undefined() {
+                    return Err(format!("{{{{ {expr} }}}} is undefined"));
+                }
+                serde_json::to_value(&result).map_err(|e| e.to_string())?
+            }
+            None => Value::String(render_str(s, context)?),
+        },
+        Value::Array(items) => Value::Array(
+            items
+                .iter()
+                .map(|v| render_value(v, context))
+                .collect::<Result<_, _>>()?,
+        ),
+        Value::Object(fields) => Value::Object(
+            fields
+                .iter()
+                .map(|(k, v)| Ok((k.clone(), render_value(v, context)?)))
+                .collect::<Result<_, String>>()?,
+        ),
+        other => other.clone(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn context() -> Value {
+        json!({
+            "saga_id": "s1",
+            "input": {"order_id": 42, "customer": {"name": "Ada"}},
+            "steps": {"charge": {"output": {"payment_id": "p-7", "amount": 12.5}}}
+        })
+    }
+
+    #[test]
+    fn lone_expressions_keep_their_type_and_others_render_to_text() {
+        let body = json!({
+            "order": "{{ input.order_id }}",
+            "customer": "{{input.customer}}",
+            "payment": "{{ steps.charge.output.payment_id }}",
+            "note": "order {{ input.order_id }} for {{ input.customer.name }}",
+            "fixed": [1, true, null],
+        });
+        assert_eq!(
+            render_value(&body, &context()).unwrap(),
+            json!({
+                "order": 42,
+                "customer": {"name": "Ada"},
+                "payment": "p-7",
+                "note": "order 42 for Ada",
+                "fixed": [1, true, null],
+            })
+        );
+        assert_eq!(
+            render_str(
+                "http://pay/refund/{{ steps.charge.output.payment_id }}",
+                &context()
+            )
+            .unwrap(),
+            "http://pay/refund/p-7"
+        );
+    }
+
+    #[test]
+    fn missing_references_are_errors() {
+        assert!(render_value(&json!("{{ input.nope }}"), &context()).is_err());
+        assert!(render_value(&json!("x {{ steps.ship.output.id }}"), &context()).is_err());
+    }
+
+    #[test]
+    fn references_are_listed_as_paths() {
+        assert_eq!(
+            references("{{ input.order_id }}/{{ steps.charge.output.payment_id }}").unwrap(),
+            vec!["input.order_id", "steps.charge.output.payment_id"]
+        );
+        assert!(references("{{ input.x").is_err());
+    }
+}
