@@ -9,6 +9,7 @@
 //! - [`kafka`]: the Kafka-protocol listener (metadata, produce, fetch, list offsets so far).
 //! - [`producers`]: idempotent producers' sequence numbers per partition.
 //! - [`service`]: what the broker does for a request, whatever protocol carried it.
+//! - [`run`]: the whole broker as a library (start, stop), for `strand-broker` and embedding.
 //! - [`metrics`]: Prometheus metrics; [`http`]: `/health` and `/metrics`.
 
 pub mod config;
@@ -18,6 +19,7 @@ pub mod kafka;
 pub mod log;
 pub mod metrics;
 pub mod producers;
+pub mod run;
 pub mod server;
 pub mod service;
 pub mod topics;

@@ -1,0 +1,225 @@
+//! The whole broker as a library: open the data directory, bind and serve every listener, run
+//! retention and compaction, and on [`RunningBroker::stop`] drain connections and close every
+//! log cleanly. `strand-broker` runs it until a signal; `strand-saga` embeds it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::BrokerConfig;
+use crate::group::CoordinatorConfig;
+use crate::http::{self, HttpState};
+use crate::metrics::Metrics;
+use crate::server::{self, ServerConfig};
+use crate::service::Broker;
+use crate::topics::{TopicError, Topics};
+
+/// A started broker: its bound addresses, and what `stop` waits for.
+#[derive(Debug)]
+pub struct RunningBroker {
+    pub native_addr: SocketAddr,
+    pub kafka_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    pub broker: Broker,
+    config: BrokerConfig,
+    topics: Arc<Topics>,
+    shutdown: watch::Sender<bool>,
+    server_task: JoinHandle<()>,
+    kafka_task: JoinHandle<()>,
+    http_task: JoinHandle<std::io::Result<()>>,
+    background: Vec<JoinHandle<()>>,
+}
+
+impl RunningBroker {
+    /// Opens the data directory (recovering every log), binds the listeners and serves. Logs
+    /// one line with every bound address ("strand-broker listening"), which tests wait for.
+    pub async fn start(config: BrokerConfig) -> anyhow::Result<RunningBroker> {
+        let data_dir = config.data_dir.clone();
+        let log_defaults = config.log.clone();
+        let (topics, reports) =
+            tokio::task::spawn_blocking(move || Topics::open(&data_dir, log_defaults))
+                .await?
+                .with_context(|| format!("opening data directory {}", config.data_dir.display()))?;
+        for r in &reports {
+            if !r.report.truncations.is_empty() || !r.report.segments_removed.is_empty() {
+                tracing::warn!(topic = %r.topic, partition = r.partition, report = ?r.report, "recovery changed a partition log");
+            }
+        }
+        let metrics = Arc::new(Metrics::default());
+        {
+            let metrics = metrics.clone();
+            topics.set_fsync_observer(Arc::new(move |d| metrics.observe_fsync(d)));
+        }
+        let topics = Arc::new(topics);
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+
+        let native_listener = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("binding the native listener on {}", config.listen))?;
+        let kafka_listener = TcpListener::bind(config.kafka_listen)
+            .await
+            .with_context(|| format!("binding the Kafka listener on {}", config.kafka_listen))?;
+        let http_listener = TcpListener::bind(config.http_listen)
+            .await
+            .with_context(|| format!("binding the HTTP listener on {}", config.http_listen))?;
+        let native_addr = native_listener.local_addr()?;
+        let kafka_addr = kafka_listener.local_addr()?;
+        let http_addr = http_listener.local_addr()?;
+        // One line with every bound address, before serving: tests and scripts wait for it.
+        tracing::info!(
+            native = %native_addr,
+            kafka = %kafka_addr,
+            http = %http_addr,
+            data_dir = %config.data_dir.display(),
+            topics = topics.list().len(),
+            "strand-broker listening"
+        );
+
+        let broker = {
+            let topics = topics.clone();
+            let metrics = metrics.clone();
+            let wait = Duration::from_millis(config.fetch_wait_ms_max);
+            tokio::task::spawn_blocking(move || {
+                Broker::new(topics, metrics, CoordinatorConfig::default(), wait)
+            })
+            .await?
+            .context("opening the group coordinator")?
+        };
+        let ticker_task = broker.spawn_group_ticker(shutdown_rx.clone());
+        let kafka_task = tokio::spawn(crate::kafka::serve(
+            kafka_listener,
+            broker.clone(),
+            crate::kafka::KafkaConfig {
+                connections_max: config.connections_max,
+                frame_bytes_max: config.frame_bytes_max,
+                advertised: config.kafka_advertised.clone(),
+                auto_create_topics: config.auto_create_topics,
+                default_partitions: config.default_partitions,
+            },
+            shutdown_rx.clone(),
+        ));
+        let broker_handle = broker.clone();
+        let server_task = tokio::spawn(server::serve(
+            native_listener,
+            broker,
+            ServerConfig {
+                connections_max: config.connections_max,
+                in_flight_per_connection_max: config.in_flight_per_connection_max,
+                frame_bytes_max: config.frame_bytes_max,
+                ..ServerConfig::default()
+            },
+            shutdown_rx.clone(),
+        ));
+
+        let http_task = {
+            let app = http::router(HttpState {
+                topics: topics.clone(),
+                metrics: metrics.clone(),
+            });
+            let mut rx = shutdown_rx.clone();
+            tokio::spawn(async move {
+                axum::serve(http_listener, app)
+                    .with_graceful_shutdown(async move {
+                        let _ = rx.wait_for(|stop| *stop).await;
+                    })
+                    .await
+            })
+        };
+        let retention_task = spawn_periodic(
+            "retention",
+            config.retention_check_interval_ms,
+            topics.clone(),
+            shutdown_rx.clone(),
+            |topics, now| topics.enforce_retention(now),
+            |n| {
+                if n > 0 {
+                    tracing::info!(segments = n, "retention deleted segments");
+                }
+            },
+        );
+        let cleaner_task = spawn_periodic(
+            "compaction",
+            config.cleaner_interval_ms,
+            topics.clone(),
+            shutdown_rx.clone(),
+            |topics, now| topics.clean_compacted(now),
+            |report| {
+                if report.segments_rewritten > 0 {
+                    tracing::info!(?report, "compacted");
+                }
+            },
+        );
+
+        Ok(RunningBroker {
+            native_addr,
+            kafka_addr,
+            http_addr,
+            broker: broker_handle,
+            config,
+            topics,
+            shutdown: shutdown_tx,
+            server_task,
+            kafka_task,
+            http_task,
+            background: vec![retention_task, ticker_task, cleaner_task],
+        })
+    }
+
+    /// Stops accepting, lets in-flight requests finish (up to the shutdown timeout), then
+    /// closes every log cleanly (the next start skips recovery).
+    pub async fn stop(self) -> anyhow::Result<()> {
+        tracing::info!("shutting down: finishing in-flight requests, then closing logs");
+        let _ = self.shutdown.send(true);
+        let grace = Duration::from_millis(self.config.shutdown_timeout_ms);
+        if tokio::time::timeout(grace, self.server_task).await.is_err() {
+            tracing::warn!("connections did not finish within the shutdown timeout");
+        }
+        if tokio::time::timeout(grace, self.kafka_task).await.is_err() {
+            tracing::warn!("Kafka connections did not finish within the shutdown timeout");
+        }
+        if tokio::time::timeout(grace, self.http_task).await.is_err() {
+            tracing::warn!("HTTP listener did not stop within the shutdown timeout");
+        }
+        for task in self.background {
+            let _ = task.await;
+        }
+        let topics = self.topics;
+        tokio::task::spawn_blocking(move || topics.close())
+            .await?
+            .context("closing partition logs")?;
+        tracing::info!("stopped cleanly");
+        Ok(())
+    }
+}
+
+/// Runs `job` over every topic every `interval_ms` on the blocking pool until shutdown.
+fn spawn_periodic<T: Send + 'static>(
+    what: &'static str,
+    interval_ms: u64,
+    topics: Arc<Topics>,
+    mut shutdown: watch::Receiver<bool>,
+    job: fn(&Topics, i64) -> Result<T, TopicError>,
+    report: fn(T),
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(interval_ms.max(1)));
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.wait_for(|stop| *stop) => return,
+            }
+            let topics = topics.clone();
+            match tokio::task::spawn_blocking(move || job(&topics, crate::log::now_ms())).await {
+                Ok(Ok(outcome)) => report(outcome),
+                Ok(Err(e)) => tracing::error!(error = %e, "{what} failed"),
+                Err(e) => tracing::error!(error = %e, "{what} task panicked"),
+            }
+        }
+    })
+}
