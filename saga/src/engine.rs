@@ -194,6 +194,8 @@ pub enum Event {
     },
     /// An operator's retry: a fresh budget for the stuck step.
     Resumed,
+    /// The outcome of a finished saga was published to the definition's outcome topic.
+    OutcomePublished,
 }
 
 impl Event {
@@ -269,6 +271,9 @@ pub struct Saga {
     pub compensation_reason: Option<String>,
     /// What holds a `failed` saga.
     pub error: Option<String>,
+    /// Whether the outcome of a finished saga reached its outcome topic.
+    #[serde(default)]
+    pub outcome_published: bool,
     /// Every transition, oldest first.
     pub history: Vec<Entry>,
     #[serde(skip)]
@@ -306,6 +311,7 @@ impl Saga {
             deadline_at_ms: None,
             compensation_reason: None,
             error: None,
+            outcome_published: false,
             history: Vec::new(),
             def: Some(definition),
         }
@@ -740,6 +746,7 @@ impl Saga {
                     s.retry_at_ms = None;
                 }
             }
+            Event::OutcomePublished => self.outcome_published = true,
             Event::Completed => self.state = SagaState::Completed,
             Event::Compensated => self.state = SagaState::Compensated,
             Event::Stuck { error, step, .. } => {

@@ -1,0 +1,330 @@
+//! The orchestrator's HTTP API (axum, JSON) and its OpenAPI document (utoipa, generated from
+//! these handlers and types). Only this module knows HTTP.
+//!
+//! Every error is a JSON body `{"error": "...", "details": [...]}`: 400 for a body that is not
+//! the expected JSON, 404 for unknown names and ids, 409 for conflicts (an idempotency key
+//! reused with another request, an abort or retry in the wrong state), 413 for an oversized
+//! body, 422 for an invalid definition (one detail per problem, with its JSON path), 503 when
+//! the orchestrator is overloaded or stopped.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::error_handling::HandleErrorLayer;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use tower::ServiceBuilder;
+use utoipa::{IntoParams, OpenApi, ToSchema};
+
+use crate::breaker::Breaker;
+use crate::definition::{Definition, DefinitionSpec, FieldError};
+use crate::engine::{Saga, SagaState};
+use crate::orchestrator::{ApiError, Handle, ListQuery, SagaPage, StartRequest};
+
+/// Limits of the HTTP listener.
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    pub body_bytes_max: usize,
+    pub requests_in_flight_max: usize,
+    pub request_timeout: Duration,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            body_bytes_max: 1 << 20,
+            requests_in_flight_max: 1024,
+            request_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The shape of every error answer.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub details: Vec<FieldError>,
+}
+
+/// An error as an HTTP answer: one status per kind.
+#[derive(Debug)]
+pub struct AppError(StatusCode, ErrorBody);
+
+impl AppError {
+    fn new(status: StatusCode, error: impl Into<String>) -> AppError {
+        AppError(
+            status,
+            ErrorBody {
+                error: error.into(),
+                details: Vec::new(),
+            },
+        )
+    }
+}
+
+impl From<ApiError> for AppError {
+    fn from(e: ApiError) -> AppError {
+        match e {
+            ApiError::NotFound(m) => AppError::new(StatusCode::NOT_FOUND, m),
+            ApiError::Conflict(m) => AppError::new(StatusCode::CONFLICT, m),
+            ApiError::BadRequest(m) => AppError::new(StatusCode::BAD_REQUEST, m),
+            ApiError::Unavailable(m) => AppError::new(StatusCode::SERVICE_UNAVAILABLE, m),
+            ApiError::Invalid(details) => AppError(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                ErrorBody {
+                    error: "invalid definition".into(),
+                    details,
+                },
+            ),
+        }
+    }
+}
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        (self.0, Json(self.1)).into_response()
+    }
+}
+
+/// Parses a JSON body into `T`, answering 400 with serde's reason (and where) when it is not.
+fn json_body<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, AppError> {
+    serde_json::from_slice(body).map_err(|e| {
+        AppError::new(
+            StatusCode::BAD_REQUEST,
+            format!("request body is not valid: {e}"),
+        )
+    })
+}
+
+#[derive(Debug, OpenApi)]
+#[openapi(
+    info(title = "Strand saga orchestrator", description = "Saga definitions, instances and their journal"),
+    paths(
+        put_definition,
+        list_definitions,
+        get_definition,
+        get_definition_version,
+        start_saga,
+        list_sagas,
+        get_saga,
+        abort_saga,
+        retry_saga,
+        breakers,
+        health
+    ),
+    components(schemas(ErrorBody, FieldError, Definition, DefinitionSpec, StartRequest, Saga, SagaPage, Breaker))
+)]
+pub struct ApiDoc;
+
+pub fn router(handle: Handle, config: &HttpConfig) -> Router {
+    Router::new()
+        .route("/definitions", get(list_definitions))
+        .route("/definitions/{name}", put(put_definition).get(get_definition))
+        .route(
+            "/definitions/{name}/versions/{version}",
+            get(get_definition_version),
+        )
+        .route("/sagas", post(start_saga).get(list_sagas))
+        .route("/sagas/{id}", get(get_saga))
+        .route("/sagas/{id}/abort", post(abort_saga))
+        .route("/sagas/{id}/retry", post(retry_saga))
+        .route("/breakers", get(breakers))
+        .route("/health", get(health))
+        .route("/openapi.json", get(openapi))
+        .with_state(handle)
+        .layer(
+            ServiceBuilder::new()
+                .layer(HandleErrorLayer::new(|e: tower::BoxError| async move {
+                    if e.is::<tower::load_shed::error::Overloaded>() {
+                        AppError::new(StatusCode::SERVICE_UNAVAILABLE, "too many requests in flight")
+                    } else if e.is::<tower::timeout::error::Elapsed>() {
+                        AppError::new(StatusCode::REQUEST_TIMEOUT, "request timed out")
+                    } else {
+                        AppError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
+                    }
+                }))
+                .load_shed()
+                .concurrency_limit(config.requests_in_flight_max)
+                .timeout(config.request_timeout),
+        )
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(
+            config.body_bytes_max,
+        ))
+}
+
+async fn openapi() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}
+
+#[utoipa::path(get, path = "/health", responses((status = 200, description = "serving")))]
+async fn health() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "status": "ok" }))
+}
+
+/// Stores a new version of a definition.
+#[utoipa::path(
+    put, path = "/definitions/{name}",
+    params(("name" = String, Path, description = "definition name")),
+    request_body = DefinitionSpec,
+    responses(
+        (status = 201, description = "the new version", body = Definition),
+        (status = 400, description = "not a definition", body = ErrorBody),
+        (status = 422, description = "invalid, with every problem", body = ErrorBody),
+    )
+)]
+async fn put_definition(
+    State(handle): State<Handle>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<(StatusCode, Json<Definition>), AppError> {
+    let spec: DefinitionSpec = json_body(&body)?;
+    let def = handle.put_definition(name, spec).await?;
+    Ok((StatusCode::CREATED, Json(def)))
+}
+
+/// The latest version of every definition.
+#[utoipa::path(get, path = "/definitions", responses((status = 200, body = Vec<Definition>)))]
+async fn list_definitions(State(handle): State<Handle>) -> Result<Json<Vec<Definition>>, AppError> {
+    Ok(Json(handle.definitions().await?))
+}
+
+/// The latest version of a definition.
+#[utoipa::path(
+    get, path = "/definitions/{name}",
+    params(("name" = String, Path,)),
+    responses((status = 200, body = Definition), (status = 404, body = ErrorBody))
+)]
+async fn get_definition(
+    State(handle): State<Handle>,
+    Path(name): Path<String>,
+) -> Result<Json<Definition>, AppError> {
+    Ok(Json(handle.definition(name, None).await?))
+}
+
+/// One version of a definition.
+#[utoipa::path(
+    get, path = "/definitions/{name}/versions/{version}",
+    params(("name" = String, Path,), ("version" = u32, Path,)),
+    responses((status = 200, body = Definition), (status = 404, body = ErrorBody))
+)]
+async fn get_definition_version(
+    State(handle): State<Handle>,
+    Path((name, version)): Path<(String, u32)>,
+) -> Result<Json<Definition>, AppError> {
+    Ok(Json(handle.definition(name, Some(version)).await?))
+}
+
+/// Starts a saga. With an idempotency key already used: the same request returns the saga it
+/// started (200), a different one is a conflict (409).
+#[utoipa::path(
+    post, path = "/sagas",
+    request_body = StartRequest,
+    responses(
+        (status = 201, description = "started (journaled)", body = Saga),
+        (status = 200, description = "started before with this idempotency key", body = Saga),
+        (status = 404, description = "unknown definition", body = ErrorBody),
+        (status = 409, description = "idempotency key used by another request", body = ErrorBody),
+    )
+)]
+async fn start_saga(
+    State(handle): State<Handle>,
+    body: Bytes,
+) -> Result<(StatusCode, Json<Saga>), AppError> {
+    let request: StartRequest = json_body(&body)?;
+    let (saga, created) = handle.start(request).await?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(saga)))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct ListParams {
+    /// running, compensating, completed, compensated or failed
+    state: Option<String>,
+    definition: Option<String>,
+    /// At most 1000; default 100.
+    limit: Option<usize>,
+    cursor: Option<String>,
+}
+
+/// Sagas, oldest first, filtered and paged.
+#[utoipa::path(
+    get, path = "/sagas", params(ListParams),
+    responses((status = 200, body = SagaPage), (status = 400, body = ErrorBody))
+)]
+async fn list_sagas(
+    State(handle): State<Handle>,
+    Query(params): Query<ListParams>,
+) -> Result<Json<SagaPage>, AppError> {
+    let state = params
+        .state
+        .map(|s| s.parse::<SagaState>())
+        .transpose()
+        .map_err(|e| AppError::new(StatusCode::BAD_REQUEST, e))?;
+    let query = ListQuery {
+        state,
+        definition: params.definition,
+        limit: params.limit.unwrap_or(100),
+        cursor: params.cursor,
+    };
+    Ok(Json(handle.list(query).await?))
+}
+
+/// A saga with every step, its attempts, outputs and errors, and its full history.
+#[utoipa::path(
+    get, path = "/sagas/{id}", params(("id" = String, Path,)),
+    responses((status = 200, body = Saga), (status = 404, body = ErrorBody))
+)]
+async fn get_saga(
+    State(handle): State<Handle>,
+    Path(id): Path<String>,
+) -> Result<Json<Saga>, AppError> {
+    Ok(Json(handle.get(id).await?))
+}
+
+/// Compensates a running saga now.
+#[utoipa::path(
+    post, path = "/sagas/{id}/abort", params(("id" = String, Path,)),
+    responses(
+        (status = 202, description = "compensating (journaled)", body = Saga),
+        (status = 404, body = ErrorBody),
+        (status = 409, description = "not running, or past its pivot", body = ErrorBody),
+    )
+)]
+async fn abort_saga(
+    State(handle): State<Handle>,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<Saga>), AppError> {
+    Ok((StatusCode::ACCEPTED, Json(handle.abort(id).await?)))
+}
+
+/// Resumes a failed (stuck) saga with a fresh attempt budget for the step that held it.
+#[utoipa::path(
+    post, path = "/sagas/{id}/retry", params(("id" = String, Path,)),
+    responses(
+        (status = 202, description = "resumed (journaled)", body = Saga),
+        (status = 404, body = ErrorBody),
+        (status = 409, description = "not failed", body = ErrorBody),
+    )
+)]
+async fn retry_saga(
+    State(handle): State<Handle>,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<Saga>), AppError> {
+    Ok((StatusCode::ACCEPTED, Json(handle.retry(id).await?)))
+}
+
+/// Every participant endpoint's circuit breaker.
+#[utoipa::path(get, path = "/breakers", responses((status = 200, body = BTreeMap<String, Breaker>)))]
+async fn breakers(State(handle): State<Handle>) -> Json<BTreeMap<String, Breaker>> {
+    Json(handle.breakers())
+}
