@@ -104,7 +104,10 @@ fn json_body<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, AppError
 
 #[derive(Debug, OpenApi)]
 #[openapi(
-    info(title = "Strand saga orchestrator", description = "Saga definitions, instances and their journal"),
+    info(
+        title = "Strand saga orchestrator",
+        description = "Saga definitions, instances and their journal"
+    ),
     paths(
         put_definition,
         list_definitions,
@@ -118,14 +121,26 @@ fn json_body<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, AppError
         breakers,
         health
     ),
-    components(schemas(ErrorBody, FieldError, Definition, DefinitionSpec, StartRequest, Saga, SagaPage, Breaker))
+    components(schemas(
+        ErrorBody,
+        FieldError,
+        Definition,
+        DefinitionSpec,
+        StartRequest,
+        Saga,
+        SagaPage,
+        Breaker
+    ))
 )]
 pub struct ApiDoc;
 
 pub fn router(handle: Handle, config: &HttpConfig) -> Router {
     Router::new()
         .route("/definitions", get(list_definitions))
-        .route("/definitions/{name}", put(put_definition).get(get_definition))
+        .route(
+            "/definitions/{name}",
+            put(put_definition).get(get_definition),
+        )
         .route(
             "/definitions/{name}/versions/{version}",
             get(get_definition_version),
@@ -142,7 +157,10 @@ pub fn router(handle: Handle, config: &HttpConfig) -> Router {
             ServiceBuilder::new()
                 .layer(HandleErrorLayer::new(|e: tower::BoxError| async move {
                     if e.is::<tower::load_shed::error::Overloaded>() {
-                        AppError::new(StatusCode::SERVICE_UNAVAILABLE, "too many requests in flight")
+                        AppError::new(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "too many requests in flight",
+                        )
                     } else if e.is::<tower::timeout::error::Elapsed>() {
                         AppError::new(StatusCode::REQUEST_TIMEOUT, "request timed out")
                     } else {

@@ -137,7 +137,11 @@ impl Journal {
             d.await?;
         }
         let checkpoint = Checkpoint {
-            journal_offsets: journal.partitions.iter().map(|p| p.high_watermark).collect(),
+            journal_offsets: journal
+                .partitions
+                .iter()
+                .map(|p| p.high_watermark)
+                .collect(),
         };
         // One record under a fixed key: compaction keeps the latest.
         let value = serde_json::to_vec(&checkpoint).expect("checkpoint serializes");
@@ -238,18 +242,18 @@ async fn read_to_end(
             fetch_wait: Duration::from_millis(100),
             ..ConsumerConfig::default()
         };
-        let mut consumer = Consumer::at_positions(
-            client.clone(),
-            topic,
-            vec![(p.partition, start)],
-            config,
-        )
-        .await?;
+        let mut consumer =
+            Consumer::at_positions(client.clone(), topic, vec![(p.partition, start)], config)
+                .await?;
         loop {
             // The last offsets may be gone (compaction): a quiet second means the end.
             let Ok(record) = tokio::time::timeout(Duration::from_secs(1), consumer.next()).await
             else {
-                tracing::warn!(topic, partition = p.partition, "stopped short of the high watermark");
+                tracing::warn!(
+                    topic,
+                    partition = p.partition,
+                    "stopped short of the high watermark"
+                );
                 break;
             };
             let record = record?;

@@ -25,13 +25,22 @@ struct Args {
     #[arg(long, env = "STRAND_SAGA_BROKER", value_name = "HOST:PORT")]
     broker: Option<String>,
     /// The orchestrator's HTTP API [default: 127.0.0.1:7190]
-    #[arg(long, env = "STRAND_SAGA_API_LISTEN", value_name = "ADDR", default_value = "127.0.0.1:7190")]
+    #[arg(
+        long,
+        env = "STRAND_SAGA_API_LISTEN",
+        value_name = "ADDR",
+        default_value = "127.0.0.1:7190"
+    )]
     api_listen: SocketAddr,
     /// Journal partitions (sagas are spread over them by id) [default: 8]
     #[arg(long, env = "STRAND_SAGA_JOURNAL_PARTITIONS", default_value_t = 8)]
     journal_partitions: u32,
     /// How often changed sagas are snapshotted, in ms [default: 30000]
-    #[arg(long, env = "STRAND_SAGA_SNAPSHOT_INTERVAL_MS", default_value_t = 30_000)]
+    #[arg(
+        long,
+        env = "STRAND_SAGA_SNAPSHOT_INTERVAL_MS",
+        default_value_t = 30_000
+    )]
     snapshot_interval_ms: u64,
     /// Consecutive failures that open a participant endpoint's circuit breaker [default: 5]
     #[arg(long, env = "STRAND_SAGA_BREAKER_FAILURES", default_value_t = 5)]

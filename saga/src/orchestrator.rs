@@ -154,16 +154,14 @@ pub struct Handle {
 impl Handle {
     async fn ask<T>(&self, make: impl FnOnce(Respond<T>) -> Command) -> Result<T, ApiError> {
         let (tx, rx) = oneshot::channel();
-        self.tx
-            .try_send(make(tx))
-            .map_err(|e| match e {
-                mpsc::error::TrySendError::Full(_) => {
-                    ApiError::Unavailable("the orchestrator is overloaded; retry later".into())
-                }
-                mpsc::error::TrySendError::Closed(_) => {
-                    ApiError::Unavailable("the orchestrator stopped".into())
-                }
-            })?;
+        self.tx.try_send(make(tx)).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => {
+                ApiError::Unavailable("the orchestrator is overloaded; retry later".into())
+            }
+            mpsc::error::TrySendError::Closed(_) => {
+                ApiError::Unavailable("the orchestrator stopped".into())
+            }
+        })?;
         rx.await
             .map_err(|_| ApiError::Unavailable("the orchestrator stopped".into()))?
     }
@@ -177,7 +175,11 @@ impl Handle {
             .await
     }
 
-    pub async fn definition(&self, name: String, version: Option<u32>) -> Result<Definition, ApiError> {
+    pub async fn definition(
+        &self,
+        name: String,
+        version: Option<u32>,
+    ) -> Result<Definition, ApiError> {
         self.ask(|r| Command::GetDefinition(name, version, r)).await
     }
 
@@ -562,7 +564,11 @@ impl Orchestrator {
         if self.dirty.is_empty() {
             return Ok(());
         }
-        let dirty: Vec<&Saga> = self.dirty.iter().filter_map(|id| self.sagas.get(id)).collect();
+        let dirty: Vec<&Saga> = self
+            .dirty
+            .iter()
+            .filter_map(|id| self.sagas.get(id))
+            .collect();
         self.journal.checkpoint(&dirty).await?;
         tracing::debug!(sagas = dirty.len(), "checkpoint written");
         self.dirty.clear();
@@ -584,9 +590,11 @@ impl Orchestrator {
     }
 
     async fn reply(&mut self, reply: Reply) {
-        let Some(step) = self.sagas.get(&reply.saga_id).and_then(|s| {
-            s.steps.iter().position(|st| st.name == reply.step_name)
-        }) else {
+        let Some(step) = self
+            .sagas
+            .get(&reply.saga_id)
+            .and_then(|s| s.steps.iter().position(|st| st.name == reply.step_name))
+        else {
             return;
         };
         let input = Input::Reply {
@@ -610,10 +618,12 @@ impl Orchestrator {
                 let result = self
                     .find_definition(&name, version)
                     .map(|d| (*d).clone())
-                    .ok_or_else(|| ApiError::NotFound(match version {
-                        Some(v) => format!("no definition {name:?} version {v}"),
-                        None => format!("no definition {name:?}"),
-                    }));
+                    .ok_or_else(|| {
+                        ApiError::NotFound(match version {
+                            Some(v) => format!("no definition {name:?} version {v}"),
+                            None => format!("no definition {name:?}"),
+                        })
+                    });
                 let _ = respond.send(result);
             }
             Command::ListDefinitions(respond) => {
@@ -681,7 +691,11 @@ impl Orchestrator {
         self.after_durable(durable, effects, Some((respond, snapshot)));
     }
 
-    async fn put_definition(&mut self, name: String, spec: DefinitionSpec) -> Result<Definition, ApiError> {
+    async fn put_definition(
+        &mut self,
+        name: String,
+        spec: DefinitionSpec,
+    ) -> Result<Definition, ApiError> {
         if name.is_empty()
             || !name
                 .bytes()
@@ -757,7 +771,10 @@ impl Orchestrator {
             let _ = respond.send(Err(ApiError::NotFound(format!(
                 "no definition {:?}{}",
                 request.definition,
-                request.version.map(|v| format!(" version {v}")).unwrap_or_default()
+                request
+                    .version
+                    .map(|v| format!(" version {v}"))
+                    .unwrap_or_default()
             ))));
             return;
         };

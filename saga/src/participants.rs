@@ -175,7 +175,8 @@ impl Participants {
         if !allowed {
             return self.reply(call, Err(format!("circuit open for {endpoint}")));
         }
-        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap_or(reqwest::Method::POST);
+        let method =
+            reqwest::Method::from_bytes(method.as_bytes()).unwrap_or(reqwest::Method::POST);
         let timeout = Duration::from_millis((call.timeout_at_ms - now).max(1) as u64);
         let mut request = self
             .http

@@ -110,7 +110,11 @@ async fn run(
     definition: Arc<Definition>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let trigger = definition.spec.trigger.clone().expect("installed with a trigger");
+    let trigger = definition
+        .spec
+        .trigger
+        .clone()
+        .expect("installed with a trigger");
     loop {
         let mut config = GroupConfig::new(trigger.group.clone(), vec![trigger.topic.clone()]);
         config.client_id = format!("strand-saga-trigger-{}", definition.name);

@@ -1,0 +1,178 @@
+//! The real `strand-saga` binary (with its embedded broker) killed with SIGKILL while 200 sagas
+//! run, then restarted on the same data: every saga that was acknowledged ends completed or
+//! compensated, and the participants saw every effect applied once per idempotency key, with
+//! compensation exactly for the sagas that did not complete.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use super::support::{order_definition, wait_for_state, Participants};
+
+pub struct SagaProcess {
+    pub child: Child,
+    pub api: String,
+    pub broker: String,
+}
+
+impl Drop for SagaProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `strand-saga` with an embedded broker on `dir`, every port picked by the kernel.
+pub fn start_saga(dir: &std::path::Path) -> SagaProcess {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_strand-saga"))
+        .args(["--data-dir", dir.to_str().unwrap()])
+        .args(["--listen", "127.0.0.1:0", "--kafka-listen", "127.0.0.1:0"])
+        .args([
+            "--http-listen",
+            "127.0.0.1:0",
+            "--api-listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--snapshot-interval-ms", "500"])
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut tx = Some(tx);
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if line.contains("strand-saga listening") {
+                let field = |name: &str| {
+                    let tail = line.split(&format!("{name}=")).nth(1).unwrap();
+                    tail.split(' ').next().unwrap().to_string()
+                };
+                if let Some(tx) = tx.take() {
+                    let _ = tx.send((field("api"), field("broker")));
+                }
+            }
+        }
+    });
+    let (api, broker) = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("strand-saga never said where it listens");
+    SagaProcess {
+        child,
+        api: format!("http://{api}"),
+        broker,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_flight_loses_no_saga_and_applies_each_effect_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let participants = Participants::default();
+    let addr = participants.serve().await;
+    let http = reqwest::Client::new();
+    let mut saga = start_saga(dir.path());
+    let mut definition = order_definition(addr, 5);
+    for step in definition["steps"].as_array_mut().unwrap() {
+        step["timeout_ms"] = json!(1000);
+    }
+    let r = http
+        .put(format!("{}/definitions/order", saga.api))
+        .json(&definition)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+
+    // 200 sagas: every third fails at inventory (compensates), some are slow at payment, some
+    // flaky at order. Starts go out concurrently; a start counts once it was acknowledged.
+    let mut starts = Vec::new();
+    for i in 0..200 {
+        let input = match i % 6 {
+            0 | 3 => json!({"n": i, "fail": "reserve"}),
+            1 => json!({"n": i, "slow": "charge", "slow_ms": 300}),
+            2 => json!({"n": i, "flaky": "order"}),
+            _ => json!({"n": i}),
+        };
+        let request =
+            json!({"definition": "order", "input": input, "idempotency_key": format!("order-{i}")});
+        let (http, api) = (http.clone(), saga.api.clone());
+        starts.push(tokio::spawn(async move {
+            let r = http
+                .post(format!("{api}/sagas"))
+                .json(&request)
+                .send()
+                .await
+                .ok()?;
+            if r.status() != 201 {
+                return None;
+            }
+            let body: Value = r.json().await.ok()?;
+            Some((i, body["id"].as_str()?.to_string()))
+        }));
+    }
+    let mut acked: BTreeMap<usize, String> = BTreeMap::new();
+    for s in starts {
+        if let Some((i, id)) = s.await.unwrap() {
+            acked.insert(i, id);
+        }
+    }
+    assert_eq!(acked.len(), 200, "every start acknowledged before the kill");
+    // Let some sagas finish and others be mid-flight, then SIGKILL.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let calls_before_kill = participants.ledger.lock().unwrap().calls.len();
+    saga.child.kill().unwrap();
+    saga.child.wait().unwrap();
+    drop(saga);
+
+    let saga = start_saga(dir.path());
+    let mut outcomes: HashMap<String, String> = HashMap::new();
+    for (i, id) in &acked {
+        let done = wait_for_state(&http, &saga.api, id, &["completed", "compensated"]).await;
+        let state = done["state"].as_str().unwrap().to_string();
+        let expected = if i % 6 == 0 || i % 6 == 3 {
+            "compensated"
+        } else {
+            "completed"
+        };
+        assert_eq!(state, expected, "saga {i} ({id})");
+        outcomes.insert(id.clone(), state);
+    }
+
+    // Per saga, what the participants applied matches how it ended, each effect once.
+    let effects = participants.effects();
+    for (id, state) in &outcomes {
+        let applied = |step: &str, phase: &str| {
+            effects
+                .get(&(id.clone(), step.to_string(), phase.to_string()))
+                .copied()
+                .unwrap_or(0)
+        };
+        if state == "completed" {
+            for step in ["order", "charge", "reserve"] {
+                assert_eq!(applied(step, "action"), 1, "{id} {step}");
+                assert_eq!(applied(step, "compensation"), 0, "{id} {step}");
+            }
+        } else {
+            for step in ["order", "charge"] {
+                assert_eq!(applied(step, "action"), 1, "{id} {step}");
+                assert_eq!(applied(step, "compensation"), 1, "{id} {step} undone");
+            }
+            assert_eq!(applied("reserve", "action"), 0, "{id}: inventory refused");
+        }
+    }
+    let ledger = participants.ledger.lock().unwrap();
+    let mut per_key: HashMap<&str, usize> = HashMap::new();
+    for c in &ledger.calls {
+        *per_key.entry(c.idempotency_key.as_str()).or_default() += 1;
+    }
+    let redelivered = per_key.values().filter(|n| **n > 1).count();
+    println!(
+        "calls before the kill: {calls_before_kill}, in all: {}, keys delivered more than once: {redelivered}",
+        ledger.calls.len()
+    );
+    assert!(calls_before_kill > 0 && ledger.calls.len() > calls_before_kill);
+}

@@ -1,0 +1,6 @@
+//! Integration tests of the saga orchestrator, one binary with a module per subject.
+
+mod crash;
+mod http_api;
+mod support;
+mod triggers;
