@@ -34,13 +34,17 @@ pub struct Ledger {
     pub calls: Vec<CallRecord>,
     /// Idempotency key to the answer it got the first time (and how often it was applied).
     pub applied: HashMap<String, (u16, Value, u32)>,
+    /// (saga, step) whose compensation ran: an action arriving later is refused, as a real
+    /// participant does (it would otherwise apply after its own undo).
+    pub undone: std::collections::HashSet<(String, String)>,
 }
 
 /// A participant service for steps named in the path: `POST /{step}/{do|undo}`.
 ///
 /// What it does is read from the saga input it gets in the body: `fail` names a step whose
 /// action answers 422; `fail_undo` a step whose compensation answers 503; `slow` a step whose
-/// action answers after `slow_ms`; `flaky` a step whose first action attempt answers 503.
+/// action answers after `slow_ms`; `flaky` a step whose first action attempt answers 503;
+/// `flaky_undo` a step whose first compensation attempt answers 503.
 /// Each idempotency key is applied once; repeats get the first answer again.
 #[derive(Debug, Clone, Default)]
 pub struct Participants {
@@ -103,18 +107,23 @@ async fn call(
     }
     let mut ledger = p.ledger.lock().unwrap();
     let first_attempt = !ledger.calls.iter().any(|c| c.idempotency_key == key);
+    let saga_step = (header("saga-id"), step.clone());
     ledger.calls.push(record);
     if let Some((status, answer, _)) = ledger.applied.get(&key) {
         if *status == 200 {
             return (StatusCode::OK, Json(answer.clone()));
         }
     }
-    let (status, answer) = if op == "do" && named("fail") {
+    let (status, answer) = if op == "do" && ledger.undone.contains(&saga_step) {
+        (409, json!({"error": "already compensated"}))
+    } else if op == "do" && named("fail") {
         (422, json!({"error": format!("{step} refused")}))
     } else if op == "undo" && named("fail_undo") {
         (503, json!({"error": format!("{step} cannot undo now")}))
     } else if op == "do" && named("flaky") && first_attempt {
         (503, json!({"error": "flaky"}))
+    } else if op == "undo" && named("flaky_undo") && first_attempt {
+        (503, json!({"error": "flaky undo"}))
     } else {
         (
             200,
@@ -129,6 +138,9 @@ async fn call(
     entry.1 = answer.clone();
     if status == 200 {
         entry.2 += 1;
+        if op == "undo" {
+            ledger.undone.insert(saga_step);
+        }
     }
     (StatusCode::from_u16(status).unwrap(), Json(answer))
 }

@@ -7,8 +7,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use strand_client::{
-    Acks, Client, ClientConfig, Consumer, ConsumerConfig, Producer, ProducerConfig,
-    ProducerRecord,
+    Acks, Client, ClientConfig, Consumer, ConsumerConfig, Producer, ProducerConfig, ProducerRecord,
 };
 
 use super::crash::start_saga;
@@ -51,7 +50,8 @@ async fn order_events_start_one_saga_each_across_a_kill_9() {
     let mut saga = start_saga(dir.path());
 
     let mut definition = order_definition(addr, 3);
-    definition["trigger"] = json!({"topic": "order-events", "group": "order-saga", "idempotency_field": "order_id"});
+    definition["trigger"] =
+        json!({"topic": "order-events", "group": "order-saga", "idempotency_field": "order_id"});
     definition["outcome_topic"] = json!("order-outcomes");
     let r = http
         .put(format!("{}/definitions/order", saga.api))
@@ -87,7 +87,10 @@ async fn order_events_start_one_saga_each_across_a_kill_9() {
     // Kill the orchestrator once it started some of them.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while all_sagas(&http, &saga.api).await.len() < 200 {
-        assert!(tokio::time::Instant::now() < deadline, "the trigger started too few sagas");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the trigger started too few sagas"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     saga.child.kill().unwrap();
@@ -137,8 +140,7 @@ async fn order_events_start_one_saga_each_across_a_kill_9() {
             "{} outcomes",
             outcomes.len()
         );
-        let Ok(record) = tokio::time::timeout(Duration::from_secs(5), consumer.next()).await
-        else {
+        let Ok(record) = tokio::time::timeout(Duration::from_secs(5), consumer.next()).await else {
             continue;
         };
         let outcome: Value = serde_json::from_slice(&record.unwrap().value.unwrap()).unwrap();
