@@ -363,6 +363,101 @@ pub async fn consume_replies(
     }
 }
 
+/// A command as a broker participant receives it.
+#[derive(Debug, Clone)]
+pub struct Command {
+    pub topic: String,
+    pub saga_id: String,
+    pub step: String,
+    pub phase: String,
+    /// Stable across attempts: apply the effect once per key.
+    pub idempotency_key: String,
+    pub attempt_id: String,
+    pub reply_topic: String,
+    pub body: Value,
+}
+
+fn header_str(record: &strand_client::Record, name: &str) -> Option<String> {
+    record.headers.iter().find_map(|(k, v)| {
+        (k.as_ref() == name.as_bytes())
+            .then(|| v.as_ref().map(|v| String::from_utf8_lossy(v).into_owned()))
+            .flatten()
+    })
+}
+
+impl Command {
+    /// Reads a command record; `None` when it lacks the saga headers.
+    pub fn from_record(record: &strand_client::Record) -> Option<Command> {
+        Some(Command {
+            topic: record.topic.clone(),
+            saga_id: header_str(record, headers::SAGA_ID)?,
+            step: header_str(record, headers::STEP)?,
+            phase: header_str(record, headers::PHASE)?,
+            idempotency_key: header_str(record, headers::IDEMPOTENCY_KEY)?,
+            attempt_id: header_str(record, headers::ATTEMPT_ID)?,
+            reply_topic: header_str(record, headers::REPLY_TOPIC)?,
+            body: serde_json::from_slice(record.value.as_deref().unwrap_or(b"null"))
+                .unwrap_or(Value::Null),
+        })
+    }
+}
+
+/// Serves broker commands: a member of `group` on `topics` that calls `handler` for each
+/// command and sends its answer to the command's reply topic (the attempt id in a header), for
+/// participants written in Rust. Commits after answering; runs until shutdown.
+pub async fn serve_commands<F>(
+    client: Client,
+    group: String,
+    topics: Vec<String>,
+    handler: F,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), strand_client::ClientError>
+where
+    F: Fn(&Command) -> Result<Value, String> + Send + 'static,
+{
+    let mut config = GroupConfig::new(group, topics);
+    config.client_id = "strand-saga-participant".into();
+    config.auto_commit = Some(Duration::from_millis(200));
+    config.fetch.fetch_wait = Duration::from_millis(50);
+    let mut consumer = GroupConsumer::join(client.clone(), config).await?;
+    let producer = Producer::new(
+        client,
+        ProducerConfig {
+            linger: Duration::from_millis(1),
+            ..ProducerConfig::default()
+        },
+    );
+    loop {
+        let record = tokio::select! {
+            record = consumer.next() => record?,
+            _ = crate::stopped(&mut shutdown) => {
+                producer.flush().await?;
+                return consumer.close().await;
+            }
+        };
+        let Some(command) = Command::from_record(&record) else {
+            tracing::debug!(topic = %record.topic, offset = record.offset, "not a saga command");
+            continue;
+        };
+        let answer = match handler(&command) {
+            Ok(output) => serde_json::json!({"ok": true, "output": output}),
+            Err(error) => serde_json::json!({"ok": false, "error": error}),
+        };
+        let reply = ProducerRecord {
+            topic: command.reply_topic.clone(),
+            key: Some(Bytes::from(command.saga_id.clone())),
+            value: Some(Bytes::from(answer.to_string())),
+            headers: vec![(
+                headers::ATTEMPT_ID.into(),
+                Some(Bytes::from(command.attempt_id.clone())),
+            )],
+            ..ProducerRecord::default()
+        };
+        // Delivery is awaited in the background; the next command does not wait for it.
+        drop(producer.send(reply).await?);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
