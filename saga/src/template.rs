@@ -9,10 +9,15 @@
 use minijinja::{Environment, UndefinedBehavior};
 use serde_json::Value;
 
-fn environment() -> Environment<'static> {
-    let mut env = Environment::new();
-    env.set_undefined_behavior(UndefinedBehavior::Strict);
-    env
+/// One environment for every render: building one registers every builtin filter and test,
+/// which costs more than rendering a small template.
+fn environment() -> &'static Environment<'static> {
+    static ENV: std::sync::OnceLock<Environment<'static>> = std::sync::OnceLock::new();
+    ENV.get_or_init(|| {
+        let mut env = Environment::new();
+        env.set_undefined_behavior(UndefinedBehavior::Strict);
+        env
+    })
 }
 
 /// Calls `f` with the path and text of every string in `value` (object keys excluded).
@@ -35,8 +40,9 @@ pub fn strings<'a>(value: &'a Value, path: &str, f: &mut impl FnMut(String, &'a 
 
 /// The variables a template refers to, as dotted paths (`steps.charge.output.payment_id`).
 pub fn references(source: &str) -> Result<Vec<String>, String> {
-    let env = environment();
-    let template = env.template_from_str(source).map_err(|e| e.to_string())?;
+    let template = environment()
+        .template_from_str(source)
+        .map_err(|e| e.to_string())?;
     let mut refs: Vec<String> = template.undeclared_variables(true).into_iter().collect();
     refs.sort();
     Ok(refs)
@@ -60,8 +66,9 @@ pub fn render_value(value: &Value, context: &Value) -> Result<Value, String> {
     Ok(match value {
         Value::String(s) => match sole_expression(s) {
             Some(expr) => {
-                let env = environment();
-                let compiled = env.compile_expression(expr).map_err(|e| format!("{e:#}"))?;
+                let compiled = environment()
+                    .compile_expression(expr)
+                    .map_err(|e| format!("{e:#}"))?;
                 let result = compiled.eval(context).map_err(|e| format!("{e:#}"))?;
                 if result.is_undefined() {
                     return Err(format!("{{{{ {expr} }}}} is undefined"));

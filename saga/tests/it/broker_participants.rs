@@ -72,7 +72,11 @@ async fn broker_commands_run_and_compensate() {
 
     let mut ids = Vec::new();
     for i in 0..20 {
-        let input = if i % 2 == 0 { json!({"n": i}) } else { json!({"n": i, "fail": "reserve"}) };
+        let input = if i % 2 == 0 {
+            json!({"n": i})
+        } else {
+            json!({"n": i, "fail": "reserve"})
+        };
         let (status, saga) = stack
             .post("/sagas", &json!({"definition": "order", "input": input}))
             .await;
@@ -80,14 +84,21 @@ async fn broker_commands_run_and_compensate() {
         ids.push(saga["id"].as_str().unwrap().to_string());
     }
     for (i, id) in ids.iter().enumerate() {
-        let want = if i % 2 == 0 { "completed" } else { "compensated" };
+        let want = if i % 2 == 0 {
+            "completed"
+        } else {
+            "compensated"
+        };
         let saga = stack.wait_for(id, &["completed", "compensated"]).await;
         assert_eq!(saga["state"], want, "{saga}");
         if want == "completed" {
-            assert_eq!(saga["steps"][2]["output"], json!({"step": "reserve", "op": "do"}));
+            assert_eq!(
+                saga["steps"][2]["output"],
+                json!({"step": "reserve", "op": "do"})
+            );
         }
     }
-    let seen = seen.lock().unwrap();
+    let seen = seen.lock().unwrap().clone();
     let undo: Vec<&str> = seen
         .iter()
         .filter(|c| c.saga_id == ids[1] && c.body["op"] == "undo")
@@ -97,7 +108,6 @@ async fn broker_commands_run_and_compensate() {
     let first = seen.iter().find(|c| c.saga_id == ids[0]).unwrap();
     assert_eq!(first.idempotency_key, format!("{}:order:action", ids[0]));
     assert_eq!(first.phase, "action");
-    drop(seen);
     let _ = stop.send(true);
     participant.await.unwrap().unwrap();
     stack.stop().await;

@@ -11,6 +11,11 @@
 //! ```
 
 mod kafka;
+mod saga;
+
+/// The same allocator as the strand binaries.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -78,6 +83,15 @@ enum Command {
         #[arg(long, default_value_t = 5)]
         linger_ms: u64,
     },
+    /// Sagas of three broker-command steps through an in-process orchestrator with a durable
+    /// journal: completed sagas/s and start-to-outcome latency.
+    Saga {
+        #[arg(long, default_value_t = 20_000)]
+        sagas: u64,
+        /// Unfinished sagas at most.
+        #[arg(long, default_value_t = 500)]
+        concurrency: usize,
+    },
     /// Produce at a fixed rate and measure produce-to-consume latency (push consumer).
     Latency {
         #[arg(long, default_value_t = 10_000)]
@@ -91,6 +105,12 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Command::Saga { sagas, concurrency } = cli.command {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?;
+        return runtime.block_on(saga::run(sagas, concurrency.max(1)));
+    }
     // The embedded broker gets its own runtime so that client and broker do not share workers.
     let embedded = match &cli.broker {
         Some(_) => None,
@@ -154,6 +174,7 @@ fn main() -> anyhow::Result<()> {
                 seconds,
                 record_bytes,
             } => latency(client, rate, seconds, record_bytes).await,
+            Command::Saga { .. } => unreachable!("handled before a broker is started"),
         }
     });
     drop(runtime);

@@ -1,0 +1,189 @@
+//! `strand-bench saga`: a 3-step saga whose participants are broker commands, the journal
+//! durable (acks=durable, fsynced), everything in this process: a broker, the orchestrator,
+//! one participant serving the three command topics, and a consumer of the outcome topic.
+//! Sagas are started through the orchestrator's API (`Handle::start`, what the HTTP handler
+//! calls) with at most `concurrency` unfinished at once; a saga's latency runs from its start
+//! request to its outcome record arriving.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use hdrhistogram::Histogram;
+use serde_json::json;
+use strand_broker::config::BrokerConfig;
+use strand_broker::log::FsyncPolicy;
+use strand_broker::run::RunningBroker;
+use strand_client::{Client, ClientConfig, Consumer, ConsumerConfig, StartFrom};
+use strand_saga::definition::DefinitionSpec;
+use strand_saga::journal::Journal;
+use strand_saga::orchestrator::{self, OrchestratorConfig, StartRequest};
+use strand_saga::participants::serve_commands;
+use tokio::sync::{watch, Semaphore};
+
+fn definition() -> anyhow::Result<DefinitionSpec> {
+    let command = |step: &str, op: &str| {
+        json!({
+            "type": "broker",
+            "topic": format!("bench-{step}"),
+            "reply_topic": "bench-replies",
+            "body": {"op": op, "order": "{{ input.order }}"}
+        })
+    };
+    let steps: Vec<serde_json::Value> = ["order", "charge", "reserve"]
+        .iter()
+        .map(|s| json!({"name": s, "action": command(s, "do"), "compensation": command(s, "undo")}))
+        .collect();
+    Ok(serde_json::from_value(
+        json!({"steps": steps, "outcome_topic": "bench-outcomes"}),
+    )?)
+}
+
+/// Sagas run (and awaited) before measuring.
+const WARM_UP: u64 = 200;
+
+pub async fn run(n_sagas: u64, concurrency: usize) -> anyhow::Result<()> {
+    let dir = tempfile::Builder::new()
+        .prefix(".strand-bench-")
+        .tempdir_in(std::env::current_dir()?)
+        .context("creating the data folder")?;
+    let mut config = BrokerConfig {
+        data_dir: dir.path().to_path_buf(),
+        listen: "127.0.0.1:0".parse()?,
+        kafka_listen: "127.0.0.1:0".parse()?,
+        http_listen: "127.0.0.1:0".parse()?,
+        ..BrokerConfig::default()
+    };
+    config.log.fsync = FsyncPolicy::IntervalMs(1000);
+    let broker = RunningBroker::start(config).await?;
+    let addr = broker.native_addr.to_string();
+    let client = Client::connect(addr.clone(), ClientConfig::default()).await?;
+    let journal = Journal::open(client.clone(), 8).await?;
+    let (stop, stopped) = watch::channel(false);
+    let (handle, orchestrator) =
+        orchestrator::start(journal, OrchestratorConfig::default(), stopped.clone()).await?;
+    handle
+        .put_definition("bench".into(), definition()?)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let participant = tokio::spawn(serve_commands(
+        Client::connect(addr.clone(), ClientConfig::default()).await?,
+        "bench-participants".into(),
+        vec![
+            "bench-order".into(),
+            "bench-charge".into(),
+            "bench-reserve".into(),
+        ],
+        |c| Ok(json!({"step": c.step})),
+        stopped.clone(),
+    ));
+
+    let started_at: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let permits = Arc::new(Semaphore::new(concurrency));
+    let outcomes = {
+        let started_at = started_at.clone();
+        let permits = permits.clone();
+        let client = Client::connect(addr.clone(), ClientConfig::default()).await?;
+        tokio::spawn(async move {
+            let config = ConsumerConfig {
+                start: StartFrom::Latest,
+                fetch_wait: Duration::from_millis(20),
+                ..ConsumerConfig::default()
+            };
+            let mut consumer = Consumer::new(client, "bench-outcomes", None, config).await?;
+            let mut histogram = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?;
+            let mut n = 0u64;
+            while n < n_sagas {
+                let record = consumer.next().await?;
+                let outcome: serde_json::Value =
+                    serde_json::from_slice(record.value.as_deref().unwrap_or_default())?;
+                let key = outcome["idempotency_key"].as_str().unwrap_or_default();
+                if let Some(t) = started_at.lock().expect("lock").remove(key) {
+                    histogram.record(t.elapsed().as_micros().max(1) as u64)?;
+                    n += 1;
+                    permits.add_permits(1);
+                }
+            }
+            anyhow::Ok((histogram, Instant::now()))
+        })
+    };
+    // Warm up (consumer groups joined, connections open): sagas that are not measured.
+    let warm_up: Vec<_> = (0..WARM_UP)
+        .map(|i| {
+            let handle = handle.clone();
+            tokio::spawn(async move {
+                let request = StartRequest {
+                    definition: "bench".into(),
+                    version: None,
+                    input: json!({"order": -(i as i64)}),
+                    idempotency_key: None,
+                };
+                handle.start(request).await
+            })
+        })
+        .collect();
+    for w in warm_up {
+        let (saga, _) = w.await?.map_err(|e| anyhow::anyhow!("{e}"))?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !handle
+            .get(saga.id.clone())
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+            .state
+            .is_finished()
+        {
+            anyhow::ensure!(Instant::now() < deadline, "warm-up saga did not finish");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    let begin = Instant::now();
+    let mut starts = tokio::task::JoinSet::new();
+    for i in 0..n_sagas {
+        permits.acquire().await?.forget();
+        let handle = handle.clone();
+        let started_at = started_at.clone();
+        starts.spawn(async move {
+            let key = format!("bench-{i}");
+            started_at
+                .lock()
+                .expect("lock")
+                .insert(key.clone(), Instant::now());
+            let request = StartRequest {
+                definition: "bench".into(),
+                version: None,
+                input: json!({"order": i}),
+                idempotency_key: Some(key),
+            };
+            handle
+                .start(request)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            anyhow::Ok(())
+        });
+        while let Some(done) = starts.try_join_next() {
+            done??;
+        }
+    }
+    while let Some(done) = starts.join_next().await {
+        done??;
+    }
+    let (histogram, end) = tokio::time::timeout(Duration::from_secs(300), outcomes)
+        .await
+        .context("outcomes did not all arrive in 300 s")???;
+    let secs = (end - begin).as_secs_f64();
+    let ms = |q: f64| histogram.value_at_quantile(q) as f64 / 1000.0;
+    println!(
+        "saga: {n_sagas} sagas of 3 broker steps, {concurrency} at once, journal durable: {:.0} sagas/s; latency p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        n_sagas as f64 / secs,
+        ms(0.5),
+        ms(0.99),
+        histogram.max() as f64 / 1000.0
+    );
+    let _ = stop.send(true);
+    let _ = orchestrator.await;
+    let _ = participant.await;
+    broker.stop().await?;
+    Ok(())
+}
