@@ -9,7 +9,7 @@
 //!
 //! Rules:
 //! - Steps run in order. A failed or timed-out attempt is retried with the step's backoff until
-//!   its attempts are spent.
+//!   its attempts are spent; a failure the participant calls permanent is not retried.
 //! - When a step before the pivot (or the pivot) finally fails, the saga compensates: every step
 //!   whose action succeeded or *may* have happened (timed out, or in flight when the saga was
 //!   aborted or passed its deadline) is compensated, last first. A step whose last attempt
@@ -205,6 +205,35 @@ impl Event {
     }
 }
 
+/// A participant's refusal: what went wrong, and whether trying again may help (a 4xx answer
+/// such as "out of stock" will not; a 503 or a lost connection may).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub error: String,
+    pub retriable: bool,
+    /// The earliest the participant may be tried again (an open circuit breaker says when it
+    /// lets a trial call through); the retry waits at least this long.
+    pub retry_after_ms: u64,
+}
+
+impl Failure {
+    pub fn retriable(error: impl Into<String>) -> Failure {
+        Failure {
+            error: error.into(),
+            retriable: true,
+            retry_after_ms: 0,
+        }
+    }
+
+    pub fn permanent(error: impl Into<String>) -> Failure {
+        Failure {
+            error: error.into(),
+            retriable: false,
+            retry_after_ms: 0,
+        }
+    }
+}
+
 /// What drives a saga forward.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Input {
@@ -215,7 +244,7 @@ pub enum Input {
         step: usize,
         phase: Phase,
         attempt: u32,
-        result: Result<Value, String>,
+        result: Result<Value, Failure>,
     },
     /// Time passed: timeouts, due retries, the deadline.
     Tick,
@@ -505,8 +534,17 @@ impl Saga {
                         attempt,
                         output,
                     }),
-                    Err(error) => {
-                        let retry_at_ms = self.retry_at(step, now_ms, random_unit);
+                    Err(Failure {
+                        error,
+                        retriable,
+                        retry_after_ms,
+                    }) => {
+                        let retry_at_ms = if retriable {
+                            self.retry_at(step, now_ms, random_unit)
+                                .map(|t| t.max(now_ms + retry_after_ms as i64))
+                        } else {
+                            None
+                        };
                         events.push(Event::Failed {
                             step,
                             phase,

@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::breaker::{Breaker, BreakerConfig};
 use crate::definition::Participant;
-use crate::engine::{Call, Phase};
+use crate::engine::{Call, Failure, Phase};
 
 /// Header names on HTTP calls and broker commands.
 pub mod headers {
@@ -39,7 +39,7 @@ pub struct Reply {
     pub step_name: String,
     pub phase: Phase,
     pub attempt: u32,
-    pub result: Result<Value, String>,
+    pub result: Result<Value, Failure>,
 }
 
 /// W3C trace context for a saga: the trace id from the saga id, a span per attempt.
@@ -116,7 +116,7 @@ impl Participants {
         self.breakers.lock().expect("breakers lock").clone()
     }
 
-    fn reply(&self, call: &Call, result: Result<Value, String>) {
+    fn reply(&self, call: &Call, result: Result<Value, Failure>) {
         let _ = self.replies.send(Reply {
             saga_id: call.saga_id.clone(),
             step_name: call.step_name.clone(),
@@ -131,7 +131,7 @@ impl Participants {
         let this = self.clone();
         tokio::spawn(async move {
             match call.participant.clone() {
-                Err(e) => this.reply(&call, Err(format!("template: {e}"))),
+                Err(e) => this.reply(&call, Err(Failure::retriable(format!("template: {e}")))),
                 Ok(Participant::Http {
                     method,
                     url,
@@ -162,18 +162,29 @@ impl Participants {
                 u.host_str().unwrap_or_default(),
                 u.port_or_known_default().unwrap_or(0)
             ),
-            Err(e) => return self.reply(call, Err(format!("bad URL {url:?}: {e}"))),
+            Err(e) => {
+                return self.reply(
+                    call,
+                    Err(Failure::permanent(format!("bad URL {url:?}: {e}"))),
+                )
+            }
         };
         let now = crate::now_ms();
-        let allowed = self
-            .breakers
-            .lock()
-            .expect("breakers lock")
-            .entry(endpoint.clone())
-            .or_default()
-            .allow(now);
-        if !allowed {
-            return self.reply(call, Err(format!("circuit open for {endpoint}")));
+        let refused_until = {
+            let mut breakers = self.breakers.lock().expect("breakers lock");
+            let breaker = breakers.entry(endpoint.clone()).or_default();
+            (!breaker.allow(now)).then(|| breaker.retry_at_ms.unwrap_or(now))
+        };
+        if let Some(until) = refused_until {
+            // Not sent: retry no sooner than the breaker lets a trial call through.
+            return self.reply(
+                call,
+                Err(Failure {
+                    error: format!("circuit open for {endpoint}"),
+                    retriable: true,
+                    retry_after_ms: (until - now).max(0) as u64,
+                }),
+            );
         }
         let method =
             reqwest::Method::from_bytes(method.as_bytes()).unwrap_or(reqwest::Method::POST);
@@ -222,13 +233,25 @@ impl Participants {
                         serde_json::from_str(&text).unwrap_or(Value::String(text))
                     })
                 } else {
-                    Err(format!("HTTP {status}: {}", truncate(&text, 500)))
+                    // A refusal (4xx) stays a refusal; timeouts, throttling and 5xx may pass.
+                    let error = format!("HTTP {status}: {}", truncate(&text, 500));
+                    let retriable = status.is_server_error()
+                        || status == reqwest::StatusCode::REQUEST_TIMEOUT
+                        || status == reqwest::StatusCode::TOO_MANY_REQUESTS;
+                    Err(Failure {
+                        error,
+                        retriable,
+                        retry_after_ms: 0,
+                    })
                 };
                 self.reply(call, result);
             }
             Err(e) if e.is_connect() => {
                 // Never reached the participant: it certainly did not happen.
-                self.reply(call, Err(format!("{endpoint} unreachable: {e}")));
+                self.reply(
+                    call,
+                    Err(Failure::retriable(format!("{endpoint} unreachable: {e}"))),
+                );
             }
             Err(e) => {
                 // Sent, but no answer: it may have happened; the step's timeout decides.
@@ -282,17 +305,23 @@ fn truncate(s: &str, n: usize) -> &str {
     }
 }
 
-/// A reply record's value: `{"ok": true, "output": ...}` or `{"ok": false, "error": "..."}`.
-pub fn parse_reply_value(value: &[u8]) -> Result<Value, String> {
-    let v: Value = serde_json::from_slice(value).map_err(|e| format!("reply is not JSON: {e}"))?;
+/// A reply record's value: `{"ok": true, "output": ...}` or
+/// `{"ok": false, "error": "...", "retriable": false}` (`retriable` defaults to true).
+pub fn parse_reply_value(value: &[u8]) -> Result<Value, Failure> {
+    let v: Value = serde_json::from_slice(value)
+        .map_err(|e| Failure::retriable(format!("reply is not JSON: {e}")))?;
     match v.get("ok").and_then(Value::as_bool) {
         Some(true) => Ok(v.get("output").cloned().unwrap_or(Value::Null)),
-        Some(false) => Err(v
-            .get("error")
-            .and_then(Value::as_str)
-            .unwrap_or("failed")
-            .to_string()),
-        None => Err("reply without \"ok\"".into()),
+        Some(false) => Err(Failure {
+            error: v
+                .get("error")
+                .and_then(Value::as_str)
+                .unwrap_or("failed")
+                .to_string(),
+            retriable: v.get("retriable").and_then(Value::as_bool).unwrap_or(true),
+            retry_after_ms: 0,
+        }),
+        None => Err(Failure::retriable("reply without \"ok\"")),
     }
 }
 
@@ -413,7 +442,7 @@ pub async fn serve_commands<F>(
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), strand_client::ClientError>
 where
-    F: Fn(&Command) -> Result<Value, String> + Send + 'static,
+    F: Fn(&Command) -> Result<Value, Failure> + Send + 'static,
 {
     let mut config = GroupConfig::new(group, topics);
     config.client_id = "strand-saga-participant".into();
@@ -441,7 +470,7 @@ where
         };
         let answer = match handler(&command) {
             Ok(output) => serde_json::json!({"ok": true, "output": output}),
-            Err(error) => serde_json::json!({"ok": false, "error": error}),
+            Err(f) => serde_json::json!({"ok": false, "error": f.error, "retriable": f.retriable}),
         };
         let reply = ProducerRecord {
             topic: command.reply_topic.clone(),
@@ -480,8 +509,8 @@ mod tests {
             Ok(serde_json::json!({"id": 1}))
         );
         assert_eq!(
-            parse_reply_value(br#"{"ok": false, "error": "declined"}"#),
-            Err("declined".into())
+            parse_reply_value(br#"{"ok": false, "error": "declined", "retriable": false}"#),
+            Err(Failure::permanent("declined"))
         );
         assert!(parse_reply_value(b"garbage").is_err());
         let tp = traceparent("0190f1c2-7d3e-7a1b-9c2d-123456789abc", "a:b:action:1");

@@ -111,14 +111,14 @@ impl Sim {
         self.record(entries)
     }
 
-    /// Answers the attempt in flight.
+    /// Answers the attempt in flight (failures are retriable).
     fn reply(&mut self, result: Result<Value, String>) -> Vec<Entry> {
         let (step, phase, attempt) = self.saga.in_flight().expect("an attempt in flight");
         self.feed(Input::Reply {
             step,
             phase,
             attempt,
-            result,
+            result: result.map_err(Failure::retriable),
         })
     }
 
@@ -355,6 +355,23 @@ fn past_the_pivot_the_saga_only_goes_forward() {
         })
     });
     assert_eq!(sim.saga.state, SagaState::Compensated);
+    assert_eq!(sim.compensations(), ["order"]);
+}
+
+#[test]
+fn a_permanent_failure_is_not_retried() {
+    let mut sim = Sim::start(order_saga(3));
+    sim.reply(Ok(json!({})));
+    let (step, phase, attempt) = sim.saga.in_flight().unwrap();
+    sim.feed(Input::Reply {
+        step,
+        phase,
+        attempt,
+        result: Err(Failure::permanent("card declined")),
+    });
+    assert_eq!(sim.saga.state, SagaState::Compensating);
+    assert_eq!(sim.saga.steps[1].attempts.len(), 1, "no retry");
+    sim.drive(|_, _| Some(Ok(json!({}))));
     assert_eq!(sim.compensations(), ["order"]);
 }
 

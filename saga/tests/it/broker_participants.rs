@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use serde_json::{json, Value};
 use strand_client::{Client, ClientConfig};
+use strand_saga::engine::Failure;
 use strand_saga::participants::{serve_commands, Command};
 use tokio::sync::watch;
 
@@ -62,7 +63,7 @@ async fn broker_commands_run_and_compensate() {
         move |c: &Command| {
             record.lock().unwrap().push(c.clone());
             if c.step == "reserve" && c.body["op"] == "do" && c.body["input"]["fail"] == "reserve" {
-                Err("out of stock".into())
+                Err(Failure::permanent("out of stock"))
             } else {
                 Ok(json!({"step": c.step, "op": c.body["op"]}))
             }

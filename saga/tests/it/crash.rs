@@ -37,6 +37,8 @@ pub fn start_saga(dir: &std::path::Path) -> SagaProcess {
             "127.0.0.1:0",
         ])
         .args(["--snapshot-interval-ms", "500"])
+        // The participants here fail on purpose; the breaker (tested on its own) stays out of it.
+        .args(["--breaker-failures", "1000"])
         .env("RUST_LOG", "info")
         .stderr(Stdio::piped())
         .spawn()

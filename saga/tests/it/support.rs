@@ -181,6 +181,14 @@ pub struct Stack {
 
 impl Stack {
     pub async fn start(dir: &std::path::Path) -> Stack {
+        Stack::start_with(dir, OrchestratorConfig::default()).await
+    }
+
+    pub async fn start_with(dir: &std::path::Path, config: OrchestratorConfig) -> Stack {
+        let orchestrator_config = OrchestratorConfig {
+            journal_partitions: 4,
+            ..config
+        };
         let config = BrokerConfig {
             data_dir: dir.to_path_buf(),
             listen: "127.0.0.1:0".parse().unwrap(),
@@ -194,11 +202,7 @@ impl Stack {
             .unwrap();
         let journal = Journal::open(client, 4).await.unwrap();
         let (shutdown, rx) = watch::channel(false);
-        let config = OrchestratorConfig {
-            journal_partitions: 4,
-            ..OrchestratorConfig::default()
-        };
-        let (handle, orchestrator) = orchestrator::start(journal, config, rx.clone())
+        let (handle, orchestrator) = orchestrator::start(journal, orchestrator_config, rx.clone())
             .await
             .unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -13,10 +13,6 @@
 mod kafka;
 mod saga;
 
-/// The same allocator as the strand binaries.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
