@@ -3,15 +3,17 @@
 
 # --- build: every binary target of the workspace, in release mode -------------------------------
 FROM rust:1-bookworm AS build
-# The image already has gcc and make for the C parts (lz4, zstd). When the rdkafka crate arrives,
-# add: RUN apt-get update && apt-get install -y --no-install-recommends cmake libcurl4-openssl-dev \
-#          pkg-config && rm -rf /var/lib/apt/lists/*
+# The image has gcc and make for the C parts (lz4, zstd); the rdkafka crate's bundled librdkafka
+# (used by strand-bench) also needs cmake, libcurl and pkg-config.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends cmake libcurl4-openssl-dev pkg-config \
+    && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
 RUN cargo build --release --locked --bins \
     && mkdir -p /out \
     && find target/release -maxdepth 1 -type f -executable -name 'strand*' -exec cp {} /out/ \; \
-    && test -x /out/strand-broker \
+    && test -x /out/strand-broker && test -x /out/strand-saga \
     && ls -l /out
 
 # --- runtime: the binaries on a slim Debian, run as the unprivileged user `strand` ---------------
@@ -23,7 +25,7 @@ RUN apt-get update \
     && useradd --system --uid 10001 --user-group --no-create-home \
         --home-dir /var/lib/strand --shell /usr/sbin/nologin strand \
     && install -d -o strand -g strand -m 0750 /var/lib/strand
-# strand-broker now; strand-saga, strand-bridge, the `strand` CLI and strand-bench as they exist.
+# strand-saga (orchestrator with an embedded broker), strand-broker, the `strand` CLI, strand-bench.
 COPY --from=build /out/ /usr/local/bin/
 USER strand
 WORKDIR /var/lib/strand
@@ -31,10 +33,12 @@ ENV STRAND_DATA_DIR=/var/lib/strand \
     STRAND_LISTEN=0.0.0.0:7171 \
     STRAND_KAFKA_LISTEN=0.0.0.0:9092 \
     STRAND_HTTP_LISTEN=0.0.0.0:7180 \
+    STRAND_SAGA_API_LISTEN=0.0.0.0:7190 \
     RUST_LOG=info
 VOLUME ["/var/lib/strand"]
-# 7171 native protocol, 9092 Kafka protocol, 7180 HTTP (/health, /metrics)
-EXPOSE 7171 9092 7180
+# 7171 native protocol, 9092 Kafka protocol, 7180 HTTP (/health, /metrics), 7190 saga API
+EXPOSE 7171 9092 7180 7190
 HEALTHCHECK --interval=10s --timeout=3s --start-period=60s --retries=3 \
     CMD curl -fsS -o /dev/null http://127.0.0.1:7180/health || exit 1
-ENTRYPOINT ["strand-broker"]
+# Everything in one process; `--entrypoint strand-broker` runs the broker alone.
+ENTRYPOINT ["strand-saga"]
