@@ -4,7 +4,8 @@
 //! Every error is a JSON body `{"error": "...", "details": [...]}`: 400 for a body that is not
 //! the expected JSON, 404 for unknown names and ids, 409 for conflicts (an idempotency key
 //! reused with another request, an abort or retry in the wrong state), 413 for an oversized
-//! body, 422 for an invalid definition (one detail per problem, with its JSON path), 503 when
+//! body, 422 for an invalid definition (one detail per problem, with its JSON path, also when
+//! the JSON has the wrong shape), 503 when
 //! the orchestrator is overloaded or stopped.
 
 use std::collections::BTreeMap;
@@ -102,6 +103,26 @@ fn json_body<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, AppError
     })
 }
 
+/// Parses a definition: a body that is not JSON is a 400; JSON of the wrong shape (a missing or
+/// unknown field, a wrong type) is a 422 naming the field's path, like every other validation
+/// error.
+fn definition_body(body: &Bytes) -> Result<DefinitionSpec, AppError> {
+    let value: serde_json::Value = json_body(body)?;
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        AppError(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            ErrorBody {
+                error: "invalid definition".into(),
+                details: vec![FieldError {
+                    path: if path == "." { String::new() } else { path },
+                    reason: e.into_inner().to_string(),
+                }],
+            },
+        )
+    })
+}
+
 #[derive(Debug, OpenApi)]
 #[openapi(
     info(
@@ -192,8 +213,8 @@ async fn health() -> Json<serde_json::Value> {
     request_body = DefinitionSpec,
     responses(
         (status = 201, description = "the new version", body = Definition),
-        (status = 400, description = "not a definition", body = ErrorBody),
-        (status = 422, description = "invalid, with every problem", body = ErrorBody),
+        (status = 400, description = "not JSON", body = ErrorBody),
+        (status = 422, description = "invalid, with every problem and its path", body = ErrorBody),
     )
 )]
 async fn put_definition(
@@ -201,7 +222,7 @@ async fn put_definition(
     Path(name): Path<String>,
     body: Bytes,
 ) -> Result<(StatusCode, Json<Definition>), AppError> {
-    let spec: DefinitionSpec = json_body(&body)?;
+    let spec = definition_body(&body)?;
     let def = handle.put_definition(name, spec).await?;
     Ok((StatusCode::CREATED, Json(def)))
 }

@@ -56,10 +56,20 @@ async fn definitions_are_versioned_and_validated() {
         ]
     );
     assert_eq!(stack.get("/definitions/broken").await.0, 404);
-    // Not JSON of the right shape: 400 with the reason.
+    // JSON of the wrong shape: 422 with the path; not JSON at all: 400.
     let (status, body) = stack.put("/definitions/x", &json!({"stepz": []})).await;
-    assert_eq!(status, 400);
-    assert!(body["error"].as_str().unwrap().contains("stepz"), "{body}");
+    assert_eq!(status, 422);
+    assert!(
+        body["details"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("stepz"),
+        "{body}"
+    );
+    let wrong_type = json!({"steps": [{"name": "a", "timeout_ms": "soon", "action": {"type": "http", "url": "http://x"}}]});
+    let (status, body) = stack.put("/definitions/x", &wrong_type).await;
+    assert_eq!(status, 422);
+    assert_eq!(body["details"][0]["path"], "steps[0].timeout_ms", "{body}");
     let r = stack
         .http
         .put(format!("{}/definitions/x", stack.api))
