@@ -48,6 +48,9 @@ struct Args {
     /// How long an open breaker waits before a trial call, in ms [default: 5000]
     #[arg(long, env = "STRAND_SAGA_BREAKER_OPEN_MS", default_value_t = 5_000)]
     breaker_open_ms: u64,
+    /// Finished sagas kept in memory for the API; older ones only in snapshots [default: 100000]
+    #[arg(long, env = "STRAND_SAGA_FINISHED_MAX", default_value_t = 100_000)]
+    finished_sagas_max: usize,
     /// Largest request body, in bytes [default: 1048576]
     #[arg(long, env = "STRAND_SAGA_BODY_BYTES_MAX", default_value_t = 1 << 20)]
     body_bytes_max: usize,
@@ -110,6 +113,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             failures_to_open: args.breaker_failures.max(1),
             open_ms: args.breaker_open_ms,
         },
+        finished_in_memory_max: args.finished_sagas_max,
         ..OrchestratorConfig::default()
     };
     let (handle, mut orchestrator) = orchestrator::start(journal, config, shutdown_rx.clone())

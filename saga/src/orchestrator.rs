@@ -47,6 +47,9 @@ pub struct OrchestratorConfig {
     pub reply_group: String,
     /// Requests waiting for the orchestrator at most; more are refused with 503.
     pub queue_max: usize,
+    /// Finished sagas kept in memory (for `GET /sagas`); older ones are dropped once their
+    /// final state is in a snapshot, which keeps memory bounded in a long-running process.
+    pub finished_in_memory_max: usize,
 }
 
 impl Default for OrchestratorConfig {
@@ -57,6 +60,7 @@ impl Default for OrchestratorConfig {
             breaker: BreakerConfig::default(),
             reply_group: "strand-saga".into(),
             queue_max: 10_000,
+            finished_in_memory_max: 100_000,
         }
     }
 }
@@ -263,6 +267,8 @@ pub async fn start(
         triggers: triggers::Triggers::new(client, handle.clone(), shutdown.clone()),
         commands: tx,
         fatal: fatal_tx,
+        finished: std::collections::VecDeque::new(),
+        finished_max: config.finished_in_memory_max.max(1),
     };
     orchestrator.recover().await?;
     let task = tokio::spawn(orchestrator.run(rx, reply_rx, fatal_rx, config, shutdown));
@@ -285,6 +291,9 @@ struct Orchestrator {
     triggers: triggers::Triggers,
     commands: mpsc::Sender<Command>,
     fatal: mpsc::UnboundedSender<JournalError>,
+    /// Finished sagas in the order they finished, for eviction.
+    finished: std::collections::VecDeque<String>,
+    finished_max: usize,
 }
 
 /// Effects to run once a batch of entries is durable.
@@ -337,6 +346,14 @@ impl Orchestrator {
                 tracing::warn!(saga = %entry.saga_id, "journal entry of an unknown saga");
             }
         }
+        let mut finished: Vec<(&i64, &String)> = self
+            .sagas
+            .values()
+            .filter(|s| s.state.is_finished())
+            .map(|s| (&s.updated_at_ms, &s.id))
+            .collect();
+        finished.sort();
+        self.finished = finished.into_iter().map(|(_, id)| id.clone()).collect();
         // Resume every unfinished saga: resend what was in flight (same idempotency keys), and
         // take whatever step is due.
         let unfinished: Vec<String> = self
@@ -467,6 +484,7 @@ impl Orchestrator {
                 if let Some(outcome) = self.outcome(saga) {
                     effects.outcomes.push(outcome);
                 }
+                self.finished.push_back(id.to_string());
             }
         }
         let wakeup = saga.next_wakeup_ms();
@@ -572,7 +590,26 @@ impl Orchestrator {
         self.journal.checkpoint(&dirty).await?;
         tracing::debug!(sagas = dirty.len(), "checkpoint written");
         self.dirty.clear();
+        self.evict_finished();
         Ok(())
+    }
+
+    /// Drops the oldest finished sagas beyond the limit; their final state is in a snapshot.
+    fn evict_finished(&mut self) {
+        while self.finished.len() > self.finished_max {
+            let Some(id) = self.finished.front() else {
+                break;
+            };
+            let done = self.sagas.get(id).is_none_or(|s| {
+                !self.dirty.contains(id) && (s.outcome_published || self.outcome_topic(s).is_none())
+            });
+            if !done {
+                break; // its outcome is not out yet: keep it (and everything after it)
+            }
+            let id = self.finished.pop_front().expect("checked");
+            self.sagas.remove(&id);
+            self.schedule(id, None);
+        }
     }
 
     async fn fire_timers(&mut self) {
@@ -636,12 +673,12 @@ impl Orchestrator {
             }
             Command::Start(request, respond) => self.start_saga(request, respond).await,
             Command::Get(id, respond) => {
-                let _ = respond.send(
-                    self.sagas
-                        .get(&id)
-                        .cloned()
-                        .ok_or_else(|| ApiError::NotFound(format!("no saga {id:?}"))),
-                );
+                let _ = respond.send(self.sagas.get(&id).cloned().ok_or_else(|| {
+                    ApiError::NotFound(format!(
+                        "no saga {id:?} in memory (sagas that finished long ago are only in {})",
+                        crate::journal::SNAPSHOT_TOPIC
+                    ))
+                }));
             }
             Command::List(query, respond) => {
                 let _ = respond.send(Ok(self.list(query)));
@@ -752,6 +789,17 @@ impl Orchestrator {
 
     async fn start_saga(&mut self, request: StartRequest, respond: Respond<(Saga, bool)>) {
         if let Some(key) = &request.idempotency_key {
+            if let Some(id) = self
+                .by_key
+                .get(key)
+                .filter(|id| !self.sagas.contains_key(*id))
+            {
+                let _ = respond.send(Err(ApiError::Conflict(format!(
+                    "idempotency key {key:?} started saga {id}, which finished long ago (its final state is in {})",
+                    crate::journal::SNAPSHOT_TOPIC
+                ))));
+                return;
+            }
             if let Some(existing) = self.by_key.get(key).and_then(|id| self.sagas.get(id)) {
                 let same = existing.definition == request.definition
                     && request.version.is_none_or(|v| v == existing.version)

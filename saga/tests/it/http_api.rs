@@ -247,3 +247,51 @@ async fn sagas_start_idempotently_run_and_compensate_in_reverse() {
     assert!(doc["components"]["schemas"].get("Saga").is_some());
     stack.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finished_sagas_beyond_the_limit_leave_memory_after_their_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = strand_saga::orchestrator::OrchestratorConfig {
+        finished_in_memory_max: 2,
+        snapshot_interval: std::time::Duration::from_millis(100),
+        ..Default::default()
+    };
+    let stack = Stack::start_with(dir.path(), config).await;
+    let participants = Participants::default();
+    let addr = participants.serve().await;
+    assert_eq!(
+        stack
+            .put("/definitions/order", &order_definition(addr, 2))
+            .await
+            .0,
+        201
+    );
+    let mut ids = Vec::new();
+    for i in 0..4 {
+        let start =
+            json!({"definition": "order", "input": {"n": i}, "idempotency_key": format!("k{i}")});
+        let (_, saga) = stack.post("/sagas", &start).await;
+        let id = saga["id"].as_str().unwrap().to_string();
+        stack.wait_for(&id, &["completed"]).await;
+        ids.push(id);
+    }
+    // After the next checkpoint only the two newest remain.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while stack.get(&format!("/sagas/{}", ids[1])).await.0 != 404 {
+        assert!(tokio::time::Instant::now() < deadline, "never evicted");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(stack.get(&format!("/sagas/{}", ids[0])).await.0, 404);
+    assert_eq!(stack.get(&format!("/sagas/{}", ids[3])).await.0, 200);
+    let (status, body) = stack
+        .post(
+            "/sagas",
+            &json!({"definition": "order", "input": {"n": 0}, "idempotency_key": "k0"}),
+        )
+        .await;
+    assert_eq!(
+        status, 409,
+        "a reused key never starts a second saga: {body}"
+    );
+    stack.stop().await;
+}
