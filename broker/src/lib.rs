@@ -5,6 +5,7 @@
 //!   retention. Storage never touches a socket.
 //! - [`topics`]: the topic registry, which persists names, partition counts and per-topic log
 //!   settings, and owns one log per partition.
+//! - [`bridge`]: mirroring topics to and from Kafka-protocol clusters (`strand-bridge`).
 //! - [`config`]: settings from defaults, a TOML file, `STRAND_*` variables and flags.
 //! - [`kafka`]: the Kafka-protocol listener (metadata, produce, fetch, list offsets so far).
 //! - [`producers`]: idempotent producers' sequence numbers per partition.
@@ -12,6 +13,7 @@
 //! - [`run`]: the whole broker as a library (start, stop), for `strand-broker` and embedding.
 //! - [`metrics`]: Prometheus metrics; [`http`]: `/health` and `/metrics`.
 
+pub mod bridge;
 pub mod config;
 pub mod group;
 pub mod http;

@@ -1,0 +1,165 @@
+//! `strand-bridge --config bridge.toml`: mirrors topics between Strand brokers and Kafka-protocol
+//! clusters (see `strand_broker::bridge`). A bad config or a cluster that does not answer at
+//! start is a clear error and a non-zero exit; a cluster that goes away later is retried with
+//! backoff. `/health` (JSON, per-route counters) and `/metrics` (Prometheus text) on
+//! `--http-listen`.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use axum::routing::get;
+use axum::{Json, Router};
+use clap::Parser;
+use strand_broker::bridge::{self, config::BridgeConfig, RouteStats};
+use tokio::sync::watch;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "strand-bridge",
+    version,
+    about = "Mirror topics between Strand and Kafka clusters"
+)]
+struct Args {
+    /// The bridge's TOML file (clusters and routes).
+    #[arg(long, env = "STRAND_BRIDGE_CONFIG", value_name = "FILE")]
+    config: PathBuf,
+    /// /health and /metrics [default: the file's http_listen, else 127.0.0.1:7185]
+    #[arg(long, env = "STRAND_BRIDGE_HTTP_LISTEN", value_name = "ADDR")]
+    http_listen: Option<SocketAddr>,
+    /// How often source positions are checkpointed, in ms [default: the file's, else 1000]
+    #[arg(long, env = "STRAND_BRIDGE_CHECKPOINT_INTERVAL_MS")]
+    checkpoint_interval_ms: Option<u64>,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let args = Args::parse();
+    let mut config = match BridgeConfig::load(&args.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("strand-bridge: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Some(a) = args.http_listen {
+        config.http_listen = a;
+    }
+    if let Some(ms) = args.checkpoint_interval_ms {
+        config.checkpoint_interval_ms = ms.max(1);
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match runtime.block_on(run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("strand-bridge: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn metrics_text(stats: &BTreeMap<String, Arc<RouteStats>>) -> String {
+    let mut out = String::new();
+    for (name, help, get) in [
+        ("strand_bridge_records_total", "records mirrored", 0),
+        ("strand_bridge_bytes_total", "value bytes mirrored", 1),
+        (
+            "strand_bridge_skipped_loops_total",
+            "records not mirrored back (already copies)",
+            2,
+        ),
+        (
+            "strand_bridge_errors_total",
+            "route failures (each retried)",
+            3,
+        ),
+        (
+            "strand_bridge_in_flight",
+            "records sent and not yet acknowledged",
+            4,
+        ),
+    ] {
+        out.push_str(&format!(
+            "# HELP {name} {help}\n# TYPE {name} {}\n",
+            if get == 4 { "gauge" } else { "counter" }
+        ));
+        for (route, s) in stats {
+            let v = [&s.records, &s.bytes, &s.skipped_loops, &s.errors, &s.lag][get]
+                .load(Ordering::Relaxed);
+            out.push_str(&format!("{name}{{route=\"{route}\"}} {v}\n"));
+        }
+    }
+    out
+}
+
+async fn run(config: BridgeConfig) -> anyhow::Result<()> {
+    let stats: BTreeMap<String, Arc<RouteStats>> = config
+        .routes()
+        .iter()
+        .map(|r| (r.id(), Arc::default()))
+        .collect();
+    let (stop, stopped) = watch::channel(false);
+    let listener = tokio::net::TcpListener::bind(config.http_listen).await?;
+    let http_addr = listener.local_addr()?;
+    let health_stats = stats.clone();
+    let metrics_stats = stats.clone();
+    let app = Router::new()
+        .route(
+            "/health",
+            get(move || {
+                let stats = health_stats.clone();
+                async move {
+                    let routes: BTreeMap<&String, serde_json::Value> = stats
+                        .iter()
+                        .map(|(route, s)| (route, serde_json::to_value(&**s).unwrap_or_default()))
+                        .collect();
+                    Json(serde_json::json!({"status": "ok", "routes": routes}))
+                }
+            }),
+        )
+        .route(
+            "/metrics",
+            get(move || {
+                let stats = metrics_stats.clone();
+                async move { metrics_text(&stats) }
+            }),
+        );
+    let mut http_stop = stopped.clone();
+    tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = http_stop.wait_for(|s| *s).await;
+            })
+            .await
+    });
+    let routes: Vec<String> = config.routes().iter().map(|r| r.id()).collect();
+    let mut bridge = tokio::spawn(bridge::run(config, stats, stopped));
+    tracing::info!(http = %http_addr, ?routes, "strand-bridge running");
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+        result = &mut bridge => {
+            // It returns early only when a cluster could not be reached at start.
+            result??;
+            return Ok(());
+        }
+    }
+    let _ = stop.send(true);
+    bridge.await??;
+    tracing::info!("strand-bridge stopped; positions checkpointed");
+    Ok(())
+}
