@@ -10,6 +10,7 @@
 //! strand-bench kafka --records 1000000 --record-bytes 100
 //! ```
 
+mod bridge;
 mod kafka;
 mod saga;
 
@@ -79,6 +80,15 @@ enum Command {
         #[arg(long, default_value_t = 5)]
         linger_ms: u64,
     },
+    /// strand-bridge's throughput against what its destination alone takes.
+    Bridge {
+        #[arg(long, default_value_t = 200_000)]
+        records: u64,
+        #[arg(long, default_value_t = 1024)]
+        record_bytes: usize,
+        #[arg(long, default_value_t = 4)]
+        partitions: u32,
+    },
     /// Sagas of three broker-command steps through an in-process orchestrator with a durable
     /// journal: completed sagas/s and start-to-outcome latency.
     Saga {
@@ -106,6 +116,17 @@ fn main() -> anyhow::Result<()> {
             .enable_all()
             .build()?;
         return runtime.block_on(saga::run(sagas, concurrency.max(1)));
+    }
+    if let Command::Bridge {
+        records,
+        record_bytes,
+        partitions,
+    } = cli.command
+    {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?;
+        return runtime.block_on(bridge::run(records, record_bytes, partitions.max(1)));
     }
     // The embedded broker gets its own runtime so that client and broker do not share workers.
     let embedded = match &cli.broker {
@@ -170,7 +191,9 @@ fn main() -> anyhow::Result<()> {
                 seconds,
                 record_bytes,
             } => latency(client, rate, seconds, record_bytes).await,
-            Command::Saga { .. } => unreachable!("handled before a broker is started"),
+            Command::Saga { .. } | Command::Bridge { .. } => {
+                unreachable!("handled before a broker is started")
+            }
         }
     });
     drop(runtime);

@@ -1,0 +1,166 @@
+//! `strand-bench bridge`: two brokers in this process, A (the source, native protocol) and B
+//! (the destination, reached only through its Kafka listener and librdkafka, as a Kafka cluster
+//! would be). First the destination alone: librdkafka's idempotent producer (acks=all) writes N
+//! records to B. Then the bridge moves N records already on A to B. The ratio is the share of
+//! the slower side's speed the bridge reaches.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::ClientConfig as KafkaConfig;
+use strand_broker::bridge::config::{BridgeConfig, ClusterConfig, Direction, Endpoint, RouteSpec};
+use strand_broker::config::BrokerConfig;
+use strand_broker::run::RunningBroker;
+use strand_client::{
+    Client, ClientConfig, Producer, ProducerConfig, ProducerRecord, TopicSettings,
+};
+use tokio::sync::watch;
+
+async fn broker(dir: &std::path::Path) -> anyhow::Result<RunningBroker> {
+    RunningBroker::start(BrokerConfig {
+        data_dir: dir.to_path_buf(),
+        listen: "127.0.0.1:0".parse()?,
+        kafka_listen: "127.0.0.1:0".parse()?,
+        http_listen: "127.0.0.1:0".parse()?,
+        ..BrokerConfig::default()
+    })
+    .await
+}
+
+async fn records_on(client: &Client, topic: &str) -> u64 {
+    match client.admin().describe_topic(topic).await {
+        Ok(d) => d.partitions.iter().map(|p| p.high_watermark).sum(),
+        Err(_) => 0,
+    }
+}
+
+pub async fn run(n_records: u64, record_bytes: usize, partitions: u32) -> anyhow::Result<()> {
+    let dir = tempfile::Builder::new()
+        .prefix(".strand-bench-")
+        .tempdir_in(std::env::current_dir()?)?;
+    let a = broker(&dir.path().join("a")).await?;
+    let b = broker(&dir.path().join("b")).await?;
+    let ca = Client::connect(a.native_addr.to_string(), ClientConfig::default()).await?;
+    let cb = Client::connect(b.native_addr.to_string(), ClientConfig::default()).await?;
+    let settings = TopicSettings {
+        partitions,
+        ..TopicSettings::default()
+    };
+    cb.admin().create_topic("alone", settings.clone()).await?;
+    ca.admin().create_topic("mirrored", settings).await?;
+    let value = vec![b'x'; record_bytes];
+
+    // The destination alone: librdkafka, idempotent, acks=all, into B's Kafka listener.
+    let producer: FutureProducer = KafkaConfig::new()
+        .set("bootstrap.servers", b.kafka_addr.to_string())
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .create()?;
+    let started = Instant::now();
+    let mut pending = Vec::new();
+    for i in 0..n_records {
+        loop {
+            let record: FutureRecord<'_, (), [u8]> = FutureRecord::to("alone")
+                .partition((i % u64::from(partitions)) as i32)
+                .payload(&value[..]);
+            match producer.send_result(record) {
+                Ok(d) => {
+                    pending.push(d);
+                    break;
+                }
+                // The local queue is full: wait for deliveries to drain it.
+                Err(_) => tokio::time::sleep(Duration::from_millis(1)).await,
+            }
+        }
+        if pending.len() >= 50_000 {
+            for d in pending.drain(..) {
+                d.await?.map_err(|(e, _)| e)?;
+            }
+        }
+    }
+    for d in pending {
+        d.await?.map_err(|(e, _)| e)?;
+    }
+    let alone = n_records as f64 / started.elapsed().as_secs_f64();
+    drop(producer);
+
+    // The source filled first, then the bridge moves all of it.
+    let native = Producer::new(ca.clone(), ProducerConfig::default());
+    let mut deliveries = Vec::new();
+    for i in 0..n_records {
+        let record = ProducerRecord {
+            topic: "mirrored".into(),
+            partition: Some((i % u64::from(partitions)) as u32),
+            value: Some(value.clone().into()),
+            ..ProducerRecord::default()
+        };
+        deliveries.push(native.send(record).await?);
+    }
+    for d in deliveries {
+        d.await?;
+    }
+    let config = BridgeConfig {
+        checkpoint_interval_ms: 1_000,
+        create_topics: true,
+        in_flight_max: 10_000,
+        http_listen: "127.0.0.1:0".parse()?,
+        clusters: BTreeMap::from([
+            (
+                "a".to_string(),
+                ClusterConfig::Strand {
+                    address: a.native_addr.to_string(),
+                },
+            ),
+            (
+                "b".to_string(),
+                ClusterConfig::Kafka {
+                    bootstrap: b.kafka_addr.to_string(),
+                    properties: BTreeMap::new(),
+                },
+            ),
+        ]),
+        route_specs: vec![RouteSpec {
+            from: Endpoint {
+                cluster: "a".into(),
+                topic: "mirrored".into(),
+            },
+            to: Endpoint {
+                cluster: "b".into(),
+                topic: "mirrored".into(),
+            },
+            direction: Direction::OneWay,
+        }],
+    };
+    let stats = config
+        .routes()
+        .iter()
+        .map(|r| (r.id(), Default::default()))
+        .collect();
+    let (stop, stopped) = watch::channel(false);
+    let started = Instant::now();
+    let bridge = tokio::spawn(strand_broker::bridge::run(config, stats, stopped));
+    let deadline = started + Duration::from_secs(600);
+    while records_on(&cb, "mirrored").await < n_records {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the bridge did not finish in 600 s"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let bridged = n_records as f64 / started.elapsed().as_secs_f64();
+    let _ = stop.send(true);
+    bridge.await?.context("bridge")?;
+    let mb = |rate: f64| rate * record_bytes as f64 / 1e6;
+    println!(
+        "bridge: {n_records} records of {record_bytes} B, {partitions} partitions: destination alone (librdkafka idempotent, acks=all) {alone:.0} records/s ({:.1} MB/s); through the bridge {bridged:.0} records/s ({:.1} MB/s): bridge/alone = {:.2}",
+        mb(alone),
+        mb(bridged),
+        bridged / alone
+    );
+    a.stop().await?;
+    b.stop().await?;
+    Ok(())
+}
