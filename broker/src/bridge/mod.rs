@@ -153,13 +153,13 @@ async fn mirror(
                 };
                 stats.records.fetch_add(1, Ordering::Relaxed);
                 stats.bytes.fetch_add(record.value.as_ref().map_or(0, |v| v.len()) as u64, Ordering::Relaxed);
-                let mut copy = record.clone();
+                let (p, o) = (record.partition, record.offset);
+                let mut copy = record;
                 copy.headers.push((PROVENANCE_CLUSTER.into(), Some(route.from.cluster.clone().into_bytes())));
                 copy.headers.push((PROVENANCE_TOPIC.into(), Some(route.from.topic.clone().into_bytes())));
-                copy.headers.push((PROVENANCE_PARTITION.into(), Some(record.partition.to_string().into_bytes())));
-                copy.headers.push((PROVENANCE_OFFSET.into(), Some(record.offset.to_string().into_bytes())));
+                copy.headers.push((PROVENANCE_PARTITION.into(), Some(p.to_string().into_bytes())));
+                copy.headers.push((PROVENANCE_OFFSET.into(), Some(o.to_string().into_bytes())));
                 let ack = to.send(&route.to.topic, partition, copy).await?;
-                let (p, o) = (record.partition, record.offset);
                 in_flight.push_back(Box::pin(async move { ack.await.map(|()| (p, o)) }) as side::Ack);
             }
             _ = checkpoint.tick() => {
