@@ -8,13 +8,7 @@ use strand_broker::config::{BrokerArgs, BrokerConfig};
 use strand_broker::run::RunningBroker;
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    strand_broker::run::init_tracing();
     let args = BrokerArgs::parse();
     let config = match BrokerConfig::load(&args) {
         Ok(config) => config,
@@ -44,15 +38,6 @@ fn main() -> ExitCode {
 
 async fn run(config: BrokerConfig) -> anyhow::Result<()> {
     let running = RunningBroker::start(config).await?;
-    shutdown_signal().await;
+    strand_broker::run::shutdown_signal().await;
     running.stop().await
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
 }

@@ -19,6 +19,28 @@ use crate::server::{self, ServerConfig};
 use crate::service::Broker;
 use crate::topics::{TopicError, Topics};
 
+/// Logs to stderr for the strand binaries: `RUST_LOG` filters (default info), colours only on a
+/// terminal.
+pub fn init_tracing() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
 /// A started broker: its bound addresses, and what `stop` waits for.
 #[derive(Debug)]
 pub struct RunningBroker {

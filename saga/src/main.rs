@@ -59,13 +59,7 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    strand_broker::run::init_tracing();
     let args = Args::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -142,7 +136,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         "strand-saga listening"
     );
     let failure = tokio::select! {
-        () = shutdown_signal() => None,
+        () = strand_broker::run::shutdown_signal() => None,
         result = &mut orchestrator => Some(result),
     };
     let _ = shutdown_tx.send(true);
@@ -159,13 +153,4 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .context("the journal failed")?;
     tracing::info!("strand-saga stopped cleanly");
     Ok(())
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
 }

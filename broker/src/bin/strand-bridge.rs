@@ -36,13 +36,7 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    strand_broker::run::init_tracing();
     let args = Args::parse();
     let mut config = match BridgeConfig::load(&args.config) {
         Ok(c) => c,
@@ -147,11 +141,8 @@ async fn run(config: BridgeConfig) -> anyhow::Result<()> {
     let routes: Vec<String> = config.routes().iter().map(|r| r.id()).collect();
     let mut bridge = tokio::spawn(bridge::run(config, stats, stopped));
     tracing::info!(http = %http_addr, ?routes, "strand-bridge running");
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate())?;
     tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+        () = strand_broker::run::shutdown_signal() => {}
         result = &mut bridge => {
             // It returns early only when a cluster could not be reached at start.
             result??;

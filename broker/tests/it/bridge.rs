@@ -4,15 +4,14 @@
 //! that does not loop.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use strand_client::{
     Client, Consumer, ConsumerConfig, Producer, ProducerConfig, ProducerRecord, TopicSettings,
 };
 
-use super::broker_process::{client, start_broker, stop};
+use super::broker_process::{client, spawn_until, start_broker, stop};
 
 struct Bridge(Child);
 
@@ -24,36 +23,14 @@ impl Drop for Bridge {
 }
 
 fn start_bridge(config: &std::path::Path) -> Bridge {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_strand-bridge"))
-        .args([
-            "--config",
-            config.to_str().unwrap(),
-            "--http-listen",
-            "127.0.0.1:0",
-        ])
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut tx = Some(tx);
-        for line in BufReader::new(stderr).lines() {
-            let Ok(line) = line else { break };
-            if line.contains("resuming") || line.contains("WARN") {
-                eprintln!("bridge: {line}");
-            }
-            if line.contains("strand-bridge running") {
-                if let Some(tx) = tx.take() {
-                    let _ = tx.send(());
-                }
-            }
-        }
-    });
-    rx.recv_timeout(Duration::from_secs(60))
-        .expect("strand-bridge did not start");
-    Bridge(child)
+    let mut command = Command::new(env!("CARGO_BIN_EXE_strand-bridge"));
+    command.args([
+        "--config",
+        config.to_str().unwrap(),
+        "--http-listen",
+        "127.0.0.1:0",
+    ]);
+    Bridge(spawn_until(&mut command, "strand-bridge running").0)
 }
 
 fn write_config(

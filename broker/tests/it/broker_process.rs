@@ -26,46 +26,58 @@ impl Drop for BrokerProcess {
 }
 
 pub(crate) fn start_broker(data_dir: &std::path::Path) -> BrokerProcess {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_strand-broker"))
-        .args([
-            "--data-dir",
-            data_dir.to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-            "--kafka-listen",
-            "127.0.0.1:0",
-            "--http-listen",
-            "127.0.0.1:0",
-        ])
+    let mut command = Command::new(env!("CARGO_BIN_EXE_strand-broker"));
+    command.args([
+        "--data-dir",
+        data_dir.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+        "--kafka-listen",
+        "127.0.0.1:0",
+        "--http-listen",
+        "127.0.0.1:0",
+    ]);
+    let (child, line) = spawn_until(&mut command, "strand-broker listening");
+    let field = |name: &str| {
+        let tail = line.split(&format!("{name}=")).nth(1).unwrap();
+        tail.split(' ').next().unwrap().to_string()
+    };
+    BrokerProcess {
+        addr: field("native"),
+        kafka_addr: field("kafka"),
+        child,
+    }
+}
+
+/// Starts `command` with its log on a pipe and waits (at most a minute) for a line containing
+/// `marker`, which it returns; later warnings and errors are passed on to the test's output.
+pub(crate) fn spawn_until(command: &mut Command, marker: &str) -> (Child, String) {
+    let mut child = command
         .env("RUST_LOG", "info")
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let stderr = child.stderr.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
+    let marker = marker.to_string();
     std::thread::spawn(move || {
         let mut tx = Some(tx);
         for line in BufReader::new(stderr).lines() {
             let Ok(line) = line else { break };
-            if line.contains("strand-broker listening") {
-                let field = |name: &str| {
-                    let tail = line.split(&format!("{name}=")).nth(1).unwrap();
-                    tail.split(' ').next().unwrap().to_string()
-                };
+            if line.contains(" WARN ") || line.contains(" ERROR ") {
+                eprintln!("child: {line}");
+            }
+            if line.contains(&marker) {
                 if let Some(tx) = tx.take() {
-                    let _ = tx.send((field("native"), field("kafka")));
+                    let _ = tx.send(line);
                 }
             }
         }
     });
-    let (addr, kafka_addr) = rx
+    let line = rx
         .recv_timeout(Duration::from_secs(60))
-        .expect("broker never said where it listens");
-    BrokerProcess {
-        child,
-        addr,
-        kafka_addr,
-    }
+        .expect("the child never logged its start line");
+    (child, line)
 }
 
 pub(crate) async fn client(addr: &str) -> Client {
