@@ -50,12 +50,12 @@ pub fn traceparent(saga_id: &str, attempt_id: &str) -> String {
         .chain(std::iter::repeat('0'))
         .take(32)
         .collect();
-    let span = crc32c_like(attempt_id.as_bytes());
+    let span = fnv1a(attempt_id.as_bytes());
     format!("00-{}-{span:016x}-01", trace.to_ascii_lowercase())
 }
 
 /// A stable 64-bit hash (FNV-1a) for span ids.
-fn crc32c_like(bytes: &[u8]) -> u64 {
+fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf29ce484222325u64, |h, b| {
         (h ^ *b as u64).wrapping_mul(0x100000001b3)
     }) | 1
@@ -360,11 +360,7 @@ pub async fn consume_replies(
             tokio::select! {
                 record = consumer.next() => match record {
                     Ok(record) => {
-                        let attempt_id = record.headers.iter().find_map(|(k, v)| {
-                            (k.as_ref() == headers::ATTEMPT_ID.as_bytes())
-                                .then(|| v.as_ref().map(|v| String::from_utf8_lossy(v).into_owned()))
-                                .flatten()
-                        });
+                        let attempt_id = header_str(&record, headers::ATTEMPT_ID);
                         let Some((saga_id, step_name, phase, attempt)) =
                             attempt_id.as_deref().and_then(parse_attempt_id)
                         else {

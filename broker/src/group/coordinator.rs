@@ -630,14 +630,19 @@ fn start_rebalance(g: &mut Group, now_ms: i64, out: &mut Vec<Output>) {
     }
     if g.state != GroupState::Rebalancing {
         g.state = GroupState::Rebalancing;
-        let longest = g
-            .members
-            .values()
-            .map(|m| m.rebalance_timeout_ms)
-            .max()
-            .unwrap_or(0);
-        g.rebalance_deadline_ms = now_ms + longest as i64;
+        g.rebalance_deadline_ms = rebalance_deadline(g, now_ms);
     }
+}
+
+/// Now plus the longest rebalance timeout of the group's members.
+fn rebalance_deadline(g: &Group, now_ms: i64) -> i64 {
+    let longest = g
+        .members
+        .values()
+        .map(|m| m.rebalance_timeout_ms)
+        .max()
+        .unwrap_or(0);
+    now_ms + longest as i64
 }
 
 fn complete_rebalance(
@@ -756,13 +761,7 @@ fn complete_client_rebalance(
             });
         }
     }
-    let longest = g
-        .members
-        .values()
-        .map(|m| m.rebalance_timeout_ms)
-        .max()
-        .unwrap_or(0);
-    g.rebalance_deadline_ms = now_ms + longest as i64;
+    g.rebalance_deadline_ms = rebalance_deadline(g, now_ms);
     g.protocol_name = protocol_name;
     g.leader = Some(leader);
     g.state = GroupState::AwaitingSync;

@@ -53,17 +53,22 @@ pub fn encode_records(records: &[KeyValue], compression: Compression) -> Vec<u8>
             delete_horizon: false,
         })
         .collect();
+    encode_batch(&records, compression).to_vec()
+}
+
+/// Encodes records (offsets and sequences already set) as RecordBatch v2 with `kafka-protocol`.
+pub fn encode_batch(records: &[Record], compression: Compression) -> Bytes {
     let mut buf = BytesMut::new();
     RecordBatchEncoder::encode(
         &mut buf,
-        &records,
+        records,
         &RecordEncodeOptions {
             version: 2,
             compression,
         },
     )
     .expect("encode batch");
-    buf.to_vec()
+    buf.freeze()
 }
 
 /// Decodes stored batches into (offset, value) pairs.

@@ -109,24 +109,25 @@ enum Command {
     },
 }
 
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    if let Command::Saga { sagas, concurrency } = cli.command {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()?;
-        return runtime.block_on(saga::run(sagas, concurrency.max(1)));
-    }
-    if let Command::Bridge {
-        records,
-        record_bytes,
-        partitions,
-    } = cli.command
-    {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()?;
-        return runtime.block_on(bridge::run(records, record_bytes, partitions.max(1)));
+    // Saga and bridge runs start their own brokers, in the same runtime as their clients.
+    match cli.command {
+        Command::Saga { sagas, concurrency } => {
+            return runtime()?.block_on(saga::run(sagas, concurrency.max(1)))
+        }
+        Command::Bridge {
+            records,
+            record_bytes,
+            partitions,
+        } => return runtime()?.block_on(bridge::run(records, record_bytes, partitions.max(1))),
+        _ => {}
     }
     // The embedded broker gets its own runtime so that client and broker do not share workers.
     let embedded = match &cli.broker {
@@ -137,9 +138,7 @@ fn main() -> anyhow::Result<()> {
         .broker
         .clone()
         .unwrap_or_else(|| embedded.as_ref().expect("embedded").addr.clone());
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let runtime = runtime()?;
     let kafka_addr = cli
         .kafka_broker
         .clone()
@@ -219,9 +218,7 @@ impl EmbeddedBroker {
             .prefix(".strand-bench-")
             .tempdir_in(std::env::current_dir()?)
             .context("creating the data folder")?;
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()?;
+        let runtime = runtime()?;
         let defaults = LogConfig {
             fsync: FsyncPolicy::IntervalMs(1000),
             retention_ms: None,
