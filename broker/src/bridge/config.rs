@@ -26,6 +26,8 @@ use std::path::Path;
 
 use serde::Deserialize;
 
+pub use crate::cluster::ClusterConfig;
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BridgeConfig {
@@ -54,20 +56,6 @@ fn default_in_flight_max() -> usize {
 }
 fn default_http_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 7185))
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
-pub enum ClusterConfig {
-    /// A Strand broker, through its native protocol.
-    Strand { address: String },
-    /// A Kafka-protocol cluster through librdkafka; `properties` go to librdkafka unchanged
-    /// (`security.protocol`, `sasl.*`, `ssl.*`, ...).
-    Kafka {
-        bootstrap: String,
-        #[serde(default)]
-        properties: BTreeMap<String, String>,
-    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]

@@ -14,10 +14,9 @@
 //! provenance. The Kafka side uses `rdkafka` (idempotent producer, acks=all), the Strand side
 //! `strand-client` (acks=durable). In-flight records are bounded (backpressure).
 //!
-//! - `config`: the TOML file. - `side`: reading and writing either kind of cluster.
+//! - `config`: the TOML file. Reading and writing either kind of cluster is `crate::cluster`.
 
 pub mod config;
-pub mod side;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,8 +27,8 @@ use futures::stream::{FuturesOrdered, StreamExt};
 use serde::Serialize;
 use tokio::sync::watch;
 
+use crate::cluster::{self as side, Cluster, MirroredRecord, SideError, TopicKind};
 use config::{BridgeConfig, Route};
-use side::{Cluster, MirroredRecord, SideError};
 
 /// Header names of provenance.
 pub const PROVENANCE_CLUSTER: &str = "strand-bridge-source-cluster";
@@ -111,8 +110,9 @@ async fn mirror(
         }
         Err(e) => return Err(e),
     };
-    to.ensure_checkpoint_topic().await?;
-    let mut positions = to.read_checkpoint(&route_id).await?;
+    to.ensure_topic(CHECKPOINT_TOPIC, 1, TopicKind::Compacted)
+        .await?;
+    let mut positions = read_checkpoint(to, &route_id).await?;
     positions.resize(n_source as usize, 0);
     tracing::info!(route = %route_id, ?positions, "route resuming");
     let mut source = from.reader(&route.from.topic, &positions).await?;
@@ -159,7 +159,7 @@ async fn mirror(
                 copy.headers.push((PROVENANCE_TOPIC.into(), Some(route.from.topic.clone().into_bytes())));
                 copy.headers.push((PROVENANCE_PARTITION.into(), Some(p.to_string().into_bytes())));
                 copy.headers.push((PROVENANCE_OFFSET.into(), Some(o.to_string().into_bytes())));
-                let ack = to.send(&route.to.topic, partition, copy).await?;
+                let ack = to.send(&route.to.topic, Some(partition), copy).await?;
                 in_flight.push_back(Box::pin(async move { ack.await.map(|()| (p, o)) }) as side::Ack);
             }
             _ = checkpoint.tick() => {
@@ -167,7 +167,7 @@ async fn mirror(
                     // Queued behind the records it covers, and not waited for here: mirroring
                     // goes on while it travels. Checkpoints of a route stay in order.
                     tracing::debug!(route = %route_id, positions = ?acked, "checkpoint queued");
-                    let sent = to.queue_checkpoint(&route_id, &acked).await?;
+                    let sent = queue_checkpoint(to, &route_id, &acked).await?;
                     let route_id = route_id.clone();
                     tokio::spawn(async move {
                         if let Err(e) = sent.await {
@@ -183,11 +183,36 @@ async fn mirror(
                     let (partition, offset) = done?;
                     acked[partition as usize] = offset + 1;
                 }
-                to.write_checkpoint(&route_id, &acked).await?;
+                queue_checkpoint(to, &route_id, &acked).await?.await?;
                 return Ok(());
             }
         }
     }
+}
+
+/// The source positions saved for a route (empty when none).
+async fn read_checkpoint(cluster: &Cluster, route: &str) -> Result<Vec<u64>, SideError> {
+    let records = cluster.read_to_end(CHECKPOINT_TOPIC, &[(0, 0)]).await?;
+    let latest = records
+        .into_iter()
+        .rfind(|r| r.key.as_deref() == Some(route.as_bytes()))
+        .and_then(|r| r.value);
+    match latest {
+        None => Ok(Vec::new()),
+        Some(v) => serde_json::from_slice(&v)
+            .map_err(|e| SideError::BadCheckpoint(route.to_string(), e.to_string())),
+    }
+}
+
+/// Queues a route's source positions; the future resolves once they are durable.
+async fn queue_checkpoint(
+    cluster: &Cluster,
+    route: &str,
+    positions: &[u64],
+) -> Result<side::Sent, SideError> {
+    let value = serde_json::to_vec(positions).expect("positions serialize");
+    let record = MirroredRecord::new(Some(route.as_bytes().to_vec()), value);
+    cluster.send(CHECKPOINT_TOPIC, Some(0), record).await
 }
 
 async fn stopped(shutdown: &mut watch::Receiver<bool>) {

@@ -36,10 +36,10 @@ type Refusal = (ResponseError, String);
 fn topic_config(topic: &CreatableTopic, default_partitions: u32) -> Result<TopicConfig, Refusal> {
     let name = topic.name.0.as_str();
     validate_topic_name(name).map_err(|e| (ResponseError::InvalidTopicException, e.to_string()))?;
-    if name.starts_with("__") {
+    if super::is_internal_topic(name) {
         return Err((
             ResponseError::InvalidTopicException,
-            "names starting with '__' are reserved for internal topics".into(),
+            format!("{name} is an internal topic"),
         ));
     }
     let partitions = match topic.num_partitions {
@@ -171,7 +171,7 @@ pub(super) async fn delete_topics(
                 ResponseError::UnknownTopicId,
                 "topics are deleted by name on Strand".to_string(),
             )),
-            Some(n) if n.0.starts_with("__") => Err((
+            Some(n) if super::is_internal_topic(&n.0) => Err((
                 ResponseError::InvalidRequest,
                 "internal topics cannot be deleted".to_string(),
             )),

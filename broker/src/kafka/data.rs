@@ -53,7 +53,7 @@ pub(super) async fn metadata(
     if let (Some(names), true) = (&wanted, auto_create) {
         for name in names {
             if cx.broker.topics.get(name).is_some()
-                || name.starts_with("__")
+                || super::is_internal_topic(name)
                 || validate_topic_name(name).is_err()
             {
                 continue;
@@ -100,7 +100,7 @@ pub(super) async fn metadata(
 fn metadata_topic(name: &str, partitions: Option<usize>) -> MetadataResponseTopic {
     let topic = MetadataResponseTopic::default()
         .with_name(Some(TopicName(StrBytes::from_string(name.to_string()))))
-        .with_is_internal(name.starts_with("__"));
+        .with_is_internal(super::is_internal_topic(name));
     match partitions {
         None => topic.with_error_code(ResponseError::UnknownTopicOrPartition.code()),
         Some(n) => topic.with_partitions(

@@ -72,6 +72,16 @@ const SUPPORTED: [(ApiKey, i16, i16); 19] = [
     (ApiKey::SaslHandshake, 0, 1),
 ];
 
+/// Topics Kafka itself keeps (offsets, transactions, KRaft metadata): clients may not create or
+/// delete them. Other names starting with `__` are ordinary topics, as on Kafka (the saga
+/// orchestrator's `__saga_journal`, say).
+pub(crate) fn is_internal_topic(name: &str) -> bool {
+    matches!(
+        name,
+        "__consumer_offsets" | "__transaction_state" | "__cluster_metadata"
+    )
+}
+
 #[derive(Debug, Clone)]
 pub struct KafkaConfig {
     pub connections_max: usize,
