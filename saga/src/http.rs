@@ -6,7 +6,12 @@
 //! reused with another request, an abort or retry in the wrong state), 413 for an oversized
 //! body, 422 for an invalid definition (one detail per problem, with its JSON path, also when
 //! the JSON has the wrong shape), 503 when
-//! the orchestrator is overloaded or stopped.
+//! the orchestrator is overloaded or stopped, or when the saga's journal partition is moving
+//! between instances.
+//!
+//! With several instances sharing a journal, a request about a saga of a partition another
+//! instance drives is forwarded there (once: a forwarded request is never forwarded again) and
+//! its answer returned unchanged.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -14,7 +19,7 @@ use std::time::Duration;
 use axum::body::Bytes;
 use axum::error_handling::HandleErrorLayer;
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
@@ -76,6 +81,9 @@ impl From<ApiError> for AppError {
             ApiError::Conflict(m) => AppError::new(StatusCode::CONFLICT, m),
             ApiError::BadRequest(m) => AppError::new(StatusCode::BAD_REQUEST, m),
             ApiError::Unavailable(m) => AppError::new(StatusCode::SERVICE_UNAVAILABLE, m),
+            e @ ApiError::Elsewhere { .. } => {
+                AppError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+            }
             ApiError::Invalid(details) => AppError(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 ErrorBody {
@@ -90,6 +98,57 @@ impl From<ApiError> for AppError {
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
         (self.0, Json(self.1)).into_response()
+    }
+}
+
+/// Marks a request one instance forwarded to another.
+pub const FORWARDED_HEADER: &str = "strand-saga-forwarded";
+
+/// Sends a request to another instance's API; its status and body.
+pub async fn forward(
+    http: &reqwest::Client,
+    api: &str,
+    method: Method,
+    path_and_query: &str,
+    body: Option<Vec<u8>>,
+) -> Result<(StatusCode, Bytes), ApiError> {
+    let url = format!("{}{path_and_query}", api.trim_end_matches('/'));
+    let mut request = http.request(method, &url).header(FORWARDED_HEADER, "1");
+    if let Some(body) = body {
+        request = request
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(body);
+    }
+    let unavailable = |e: reqwest::Error| {
+        ApiError::Unavailable(format!("forwarding to the owning instance {api}: {e}"))
+    };
+    let response = request.send().await.map_err(unavailable)?;
+    let status = response.status();
+    let body = response.bytes().await.map_err(unavailable)?;
+    Ok((status, body))
+}
+
+/// The answer: `result`, or for a saga another instance drives, that instance's answer.
+async fn answer<T: Serialize>(
+    handle: &Handle,
+    headers: &HeaderMap,
+    (method, path, body): (Method, String, Option<Bytes>),
+    result: Result<(StatusCode, T), ApiError>,
+) -> Response {
+    match result {
+        Ok((status, value)) => (status, Json(value)).into_response(),
+        Err(ApiError::Elsewhere {
+            owner: Some(api), ..
+        }) if !headers.contains_key(FORWARDED_HEADER) => {
+            let body = body.map(|b| b.to_vec());
+            match forward(&handle.http, &api, method, &path, body).await {
+                Ok((status, body)) => {
+                    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+                }
+                Err(e) => AppError::from(e).into_response(),
+            }
+        }
+        Err(e) => AppError::from(e).into_response(),
     }
 }
 
@@ -201,9 +260,11 @@ async fn openapi() -> Json<utoipa::openapi::OpenApi> {
     Json(ApiDoc::openapi())
 }
 
+/// Serving; with this instance's name and the journal partitions it drives.
 #[utoipa::path(get, path = "/health", responses((status = 200, description = "serving")))]
-async fn health() -> Json<serde_json::Value> {
-    Json(serde_json::json!({ "status": "ok" }))
+async fn health(State(handle): State<Handle>) -> Json<serde_json::Value> {
+    let (instance, partitions) = handle.ownership();
+    Json(serde_json::json!({ "status": "ok", "instance": instance, "partitions": partitions }))
 }
 
 /// Stores a new version of a definition.
@@ -273,16 +334,20 @@ async fn get_definition_version(
 )]
 async fn start_saga(
     State(handle): State<Handle>,
+    headers: HeaderMap,
     body: Bytes,
-) -> Result<(StatusCode, Json<Saga>), AppError> {
+) -> Result<Response, AppError> {
     let request: StartRequest = json_body(&body)?;
-    let (saga, created) = handle.start(request).await?;
-    let status = if created {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
-    Ok((status, Json(saga)))
+    let result = handle.start(request).await.map(|(saga, created)| {
+        let status = if created {
+            StatusCode::CREATED
+        } else {
+            StatusCode::OK
+        };
+        (status, saga)
+    });
+    let request = (Method::POST, "/sagas".to_string(), Some(body));
+    Ok(answer(&handle, &headers, request, result).await)
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -325,9 +390,12 @@ async fn list_sagas(
 )]
 async fn get_saga(
     State(handle): State<Handle>,
+    headers: HeaderMap,
     Path(id): Path<String>,
-) -> Result<Json<Saga>, AppError> {
-    Ok(Json(handle.get(id).await?))
+) -> Response {
+    let result = handle.get(id.clone()).await.map(|s| (StatusCode::OK, s));
+    let request = (Method::GET, format!("/sagas/{id}"), None);
+    answer(&handle, &headers, request, result).await
 }
 
 /// Compensates a running saga now.
@@ -341,9 +409,13 @@ async fn get_saga(
 )]
 async fn abort_saga(
     State(handle): State<Handle>,
+    headers: HeaderMap,
     Path(id): Path<String>,
-) -> Result<(StatusCode, Json<Saga>), AppError> {
-    Ok((StatusCode::ACCEPTED, Json(handle.abort(id).await?)))
+) -> Response {
+    let result = handle.abort(id.clone()).await;
+    let result = result.map(|s| (StatusCode::ACCEPTED, s));
+    let request = (Method::POST, format!("/sagas/{id}/abort"), None);
+    answer(&handle, &headers, request, result).await
 }
 
 /// Resumes a failed (stuck) saga with a fresh attempt budget for the step that held it.
@@ -357,9 +429,13 @@ async fn abort_saga(
 )]
 async fn retry_saga(
     State(handle): State<Handle>,
+    headers: HeaderMap,
     Path(id): Path<String>,
-) -> Result<(StatusCode, Json<Saga>), AppError> {
-    Ok((StatusCode::ACCEPTED, Json(handle.retry(id).await?)))
+) -> Response {
+    let result = handle.retry(id.clone()).await;
+    let result = result.map(|s| (StatusCode::ACCEPTED, s));
+    let request = (Method::POST, format!("/sagas/{id}/retry"), None);
+    answer(&handle, &headers, request, result).await
 }
 
 /// Every participant endpoint's circuit breaker.

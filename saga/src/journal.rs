@@ -1,22 +1,25 @@
-//! The orchestrator's durable state on a Strand broker, through `strand-client`:
+//! The orchestrator's durable state, on a Strand broker or a Kafka-protocol cluster (one
+//! interface, [`Cluster`], with a `strand-client` and an `rdkafka` implementation; the engine
+//! and the orchestrator do not know which):
 //!
-//! - `__saga_journal`: every saga transition ([`Entry`], JSON), keyed and so partitioned by
-//!   saga id, appended with acks=durable (fsynced) before the side effect it announces.
-//! - `__saga_snapshots` (compacted): the latest state of each saga, keyed by saga id, plus a
-//!   checkpoint record naming the journal offsets the snapshots cover, so a restart reads the
-//!   snapshots and only the journal after the checkpoint.
+//! - `__saga_journal`: every saga transition ([`Entry`], JSON), keyed by saga id and placed in
+//!   partition `murmur2(saga id) % partitions` (where a Kafka client would put it), sent
+//!   durably (Strand: acks=durable, fsynced; Kafka: acks=all, idempotent) before the side
+//!   effect it announces. A journal partition is the unit of ownership: one instance drives
+//!   the sagas of a partition.
+//! - `__saga_snapshots` (compacted, as many partitions as the journal, a saga's snapshot in its
+//!   journal partition): the latest state of a saga with the journal offset it covers, and per
+//!   partition a checkpoint record naming where the journal must be read from, so taking over
+//!   a partition reads its snapshots and only the journal after the checkpoint.
 //! - `__saga_definitions` (compacted): every definition version.
+//! - `__saga_instances` (compacted): which instance owns which partitions, and its API address.
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use strand_client::native::ErrorCode;
-use strand_client::producer::DeliveryFuture;
-use strand_client::{
-    Acks, Client, ClientError, Consumer, ConsumerConfig, Producer, ProducerConfig, ProducerRecord,
-    StartFrom, TopicSettings,
-};
+use strand_broker::cluster::{Cluster, MirroredRecord, Sent, SideError, TopicKind};
+use strand_client::partitioner::partition_for_key;
 
 use crate::definition::Definition;
 use crate::engine::{Entry, Saga};
@@ -24,13 +27,14 @@ use crate::engine::{Entry, Saga};
 pub const JOURNAL_TOPIC: &str = "__saga_journal";
 pub const SNAPSHOT_TOPIC: &str = "__saga_snapshots";
 pub const DEFINITION_TOPIC: &str = "__saga_definitions";
+pub const INSTANCES_TOPIC: &str = "__saga_instances";
 const CHECKPOINT_KEY: &str = "__checkpoint";
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum JournalError {
-    #[error("journal broker: {0}")]
-    Broker(#[from] ClientError),
+    #[error("journal: {0}")]
+    Cluster(#[from] SideError),
     #[error("journal record at {topic}/{partition}@{offset} is not valid: {reason}")]
     Corrupt {
         topic: String,
@@ -40,237 +44,238 @@ pub enum JournalError {
     },
 }
 
-/// Where snapshots end and the journal must be read from.
+/// Where the journal of one partition must be read from: every saga with an entry before
+/// `journal_offset` has a snapshot covering at least that far.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct Checkpoint {
-    /// Per journal partition, the first offset the snapshots do not cover.
-    journal_offsets: Vec<u64>,
+    journal_offset: u64,
 }
 
-/// What a restart recovers.
+/// A saga's state as of a journal offset: entries before `covers` are in it.
+#[derive(Debug, Serialize, Deserialize)]
+struct Snapshot {
+    covers: u64,
+    saga: Saga,
+}
+
+/// What taking over partitions recovers.
 #[derive(Debug, Default)]
 pub struct Recovered {
-    pub definitions: Vec<Definition>,
-    /// Sagas as of the last checkpoint.
+    /// Sagas as of their snapshots.
     pub snapshots: Vec<Saga>,
-    /// Journal entries after the checkpoint, in order per saga.
+    /// Journal entries newer than those snapshots, in order per saga.
     pub entries: Vec<Entry>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Journal {
-    client: Client,
-    producer: Producer,
+    cluster: Arc<Cluster>,
     partitions: u32,
 }
 
 impl Journal {
-    /// Creates the internal topics when missing (`partitions` journal partitions).
-    pub async fn open(client: Client, partitions: u32) -> Result<Journal, JournalError> {
-        let admin = client.admin();
-        for (topic, n, compact) in [
-            (JOURNAL_TOPIC, partitions, false),
-            (SNAPSHOT_TOPIC, partitions, true),
-            (DEFINITION_TOPIC, 1, true),
+    /// Creates the internal topics when missing (`partitions` journal partitions; an existing
+    /// journal keeps its count).
+    pub async fn open(cluster: Arc<Cluster>, partitions: u32) -> Result<Journal, JournalError> {
+        for (topic, n, kind) in [
+            (JOURNAL_TOPIC, partitions, TopicKind::Kept),
+            (SNAPSHOT_TOPIC, partitions, TopicKind::Compacted),
+            (DEFINITION_TOPIC, 1, TopicKind::Compacted),
+            (INSTANCES_TOPIC, 1, TopicKind::Compacted),
         ] {
-            let settings = TopicSettings {
-                partitions: n,
-                compact,
-                retention_ms: Some(-1),
-                ..TopicSettings::default()
-            };
-            ensure_topic(&client, topic, settings).await?;
+            cluster.ensure_topic(topic, n, kind).await?;
         }
-        let partitions = admin.describe_topic(JOURNAL_TOPIC).await?.partitions.len() as u32;
-        let producer = Producer::new(
-            client.clone(),
-            ProducerConfig {
-                acks: Acks::Durable,
-                linger: Duration::from_millis(1),
-                ..ProducerConfig::default()
-            },
-        );
+        let partitions = cluster.partitions(JOURNAL_TOPIC).await?;
+        let snapshots = cluster.partitions(SNAPSHOT_TOPIC).await?;
+        if snapshots != partitions {
+            return Err(JournalError::Corrupt {
+                topic: SNAPSHOT_TOPIC.into(),
+                partition: 0,
+                offset: 0,
+                reason: format!(
+                    "{snapshots} partitions where the journal has {partitions}: they must match"
+                ),
+            });
+        }
         Ok(Journal {
-            client,
-            producer,
+            cluster,
             partitions,
         })
     }
 
-    pub fn client(&self) -> &Client {
-        &self.client
+    pub fn cluster(&self) -> &Arc<Cluster> {
+        &self.cluster
     }
 
-    /// Queues entries in order; each future resolves when its entry is fsynced.
-    pub async fn append(&self, entries: &[Entry]) -> Result<Vec<DeliveryFuture>, JournalError> {
+    /// Journal partitions.
+    pub fn partitions(&self) -> u32 {
+        self.partitions
+    }
+
+    /// The partition a saga id (or an idempotency key) belongs to.
+    pub fn partition_of(&self, key: &str) -> u32 {
+        partition_for_key(key.as_bytes(), self.partitions)
+    }
+
+    /// Queues entries in order; each future resolves when its entry is durable.
+    pub async fn append(&self, entries: &[Entry]) -> Result<Vec<Sent>, JournalError> {
         let mut deliveries = Vec::with_capacity(entries.len());
         for e in entries {
             let value = serde_json::to_vec(e).expect("entries serialize");
-            let record = ProducerRecord::new(JOURNAL_TOPIC, value).key(e.saga_id.clone());
-            deliveries.push(self.producer.send(record).await?);
+            let record = MirroredRecord::new(Some(e.saga_id.clone().into_bytes()), value);
+            let partition = self.partition_of(&e.saga_id);
+            deliveries.push(
+                self.cluster
+                    .send(JOURNAL_TOPIC, Some(partition), record)
+                    .await?,
+            );
         }
         Ok(deliveries)
+    }
+
+    /// Waits until everything appended so far is durable.
+    pub async fn flush(&self) -> Result<(), JournalError> {
+        Ok(self.cluster.flush().await?)
     }
 
     /// Stores a definition version durably.
     pub async fn put_definition(&self, definition: &Definition) -> Result<(), JournalError> {
         let value = serde_json::to_vec(definition).expect("definitions serialize");
         let key = format!("{}/{}", definition.name, definition.version);
-        let record = ProducerRecord::new(DEFINITION_TOPIC, value).key(key);
-        self.producer.send(record).await?.await?;
+        let record = MirroredRecord::new(Some(key.into_bytes()), value);
+        self.cluster
+            .send(DEFINITION_TOPIC, Some(0), record)
+            .await?
+            .await?;
         Ok(())
     }
 
-    /// Writes the given sagas' snapshots and then the checkpoint: everything journaled so far
-    /// is covered. The caller must not append while this runs.
-    pub async fn checkpoint(&self, sagas: &[&Saga]) -> Result<(), JournalError> {
+    /// Every definition version stored, and the offset after the last one read.
+    pub async fn definitions(&self) -> Result<(Vec<Definition>, u64), JournalError> {
+        let mut next = 0;
+        let mut definitions: HashMap<Vec<u8>, Definition> = HashMap::new();
+        for r in self
+            .cluster
+            .read_to_end(DEFINITION_TOPIC, &[(0, 0)])
+            .await?
+        {
+            next = r.offset + 1;
+            if let Some(value) = &r.value {
+                definitions.insert(r.key.clone().unwrap_or_default(), parse(value, &r)?);
+            }
+        }
+        let mut all: Vec<Definition> = definitions.into_values().collect();
+        all.sort_by(|a, b| (&a.name, a.version).cmp(&(&b.name, b.version)));
+        Ok((all, next))
+    }
+
+    /// Parses a definition record read by a follower of the definitions topic.
+    pub fn definition_record(record: &MirroredRecord) -> Result<Option<Definition>, JournalError> {
+        record
+            .value
+            .as_deref()
+            .map(|v| parse(v, record))
+            .transpose()
+    }
+
+    /// Writes the given sagas' snapshots, then a checkpoint for each of `partitions`: the
+    /// caller must not append while this runs, and every saga of those partitions changed
+    /// since their last checkpoint must be among `sagas`.
+    pub async fn checkpoint(
+        &self,
+        partitions: &[u32],
+        sagas: &[&Saga],
+    ) -> Result<(), JournalError> {
         // Everything queued is acknowledged, so the journal's ends are exact.
-        self.producer.flush().await?;
-        let journal = self.client.admin().describe_topic(JOURNAL_TOPIC).await?;
+        self.flush().await?;
+        let ends = self.cluster.watermarks(JOURNAL_TOPIC).await?;
+        let end = |p: u32| ends.get(p as usize).map_or(0, |(_, high)| *high);
         let mut deliveries = Vec::new();
         for saga in sagas {
-            let value = serde_json::to_vec(saga).expect("sagas serialize");
-            let record = ProducerRecord::new(SNAPSHOT_TOPIC, value).key(saga.id.clone());
-            deliveries.push(self.producer.send(record).await?);
+            let partition = self.partition_of(&saga.id);
+            let snapshot = Snapshot {
+                covers: end(partition),
+                saga: (*saga).clone(),
+            };
+            let value = serde_json::to_vec(&snapshot).expect("sagas serialize");
+            let record = MirroredRecord::new(Some(saga.id.clone().into_bytes()), value);
+            deliveries.push(
+                self.cluster
+                    .send(SNAPSHOT_TOPIC, Some(partition), record)
+                    .await?,
+            );
         }
         for d in deliveries {
             d.await?;
         }
-        let checkpoint = Checkpoint {
-            journal_offsets: journal
-                .partitions
-                .iter()
-                .map(|p| p.high_watermark)
-                .collect(),
-        };
-        // One record under a fixed key: compaction keeps the latest.
-        let value = serde_json::to_vec(&checkpoint).expect("checkpoint serializes");
-        let record = ProducerRecord::new(SNAPSHOT_TOPIC, value).key(CHECKPOINT_KEY);
-        self.producer.send(record).await?.await?;
+        let mut deliveries = Vec::new();
+        for &p in partitions {
+            // One record under a fixed key per partition: compaction keeps the latest.
+            let checkpoint = Checkpoint {
+                journal_offset: end(p),
+            };
+            let value = serde_json::to_vec(&checkpoint).expect("checkpoint serializes");
+            let record = MirroredRecord::new(Some(CHECKPOINT_KEY.as_bytes().to_vec()), value);
+            deliveries.push(self.cluster.send(SNAPSHOT_TOPIC, Some(p), record).await?);
+        }
+        for d in deliveries {
+            d.await?;
+        }
         Ok(())
     }
 
-    /// Reads definitions, snapshots and the journal after the checkpoint.
-    pub async fn recover(&self) -> Result<Recovered, JournalError> {
-        let mut recovered = Recovered::default();
-        let mut definitions: HashMap<String, Definition> = HashMap::new();
-        read_to_end(&self.client, DEFINITION_TOPIC, None, |key, value, at| {
-            let d: Definition = parse(value, at)?;
-            definitions.insert(key, d);
-            Ok(())
-        })
-        .await?;
-        recovered.definitions = definitions.into_values().collect();
-        recovered
-            .definitions
-            .sort_by(|a, b| (&a.name, a.version).cmp(&(&b.name, b.version)));
-
-        let mut snapshots: HashMap<String, Saga> = HashMap::new();
-        let mut checkpoint = Checkpoint::default();
-        read_to_end(&self.client, SNAPSHOT_TOPIC, None, |key, value, at| {
-            if key == CHECKPOINT_KEY {
-                checkpoint = parse(value, at)?;
+    /// Reads the snapshots of `partitions` and the journal after their checkpoints.
+    pub async fn recover(&self, partitions: &[u32]) -> Result<Recovered, JournalError> {
+        let from_start: Vec<(u32, u64)> = partitions.iter().map(|&p| (p, 0)).collect();
+        let mut checkpoints: HashMap<u32, u64> = HashMap::new();
+        let mut snapshots: HashMap<String, Snapshot> = HashMap::new();
+        for r in self
+            .cluster
+            .read_to_end(SNAPSHOT_TOPIC, &from_start)
+            .await?
+        {
+            let Some(value) = &r.value else {
+                continue; // a compaction tombstone
+            };
+            if r.key.as_deref() == Some(CHECKPOINT_KEY.as_bytes()) {
+                let c: Checkpoint = parse(value, &r)?;
+                checkpoints.insert(r.partition, c.journal_offset);
             } else {
-                snapshots.insert(key, parse(value, at)?);
+                let s: Snapshot = parse(value, &r)?;
+                snapshots.insert(s.saga.id.clone(), s);
             }
-            Ok(())
-        })
-        .await?;
-        recovered.snapshots = snapshots.into_values().collect();
-
-        let from: Vec<u64> = (0..self.partitions as usize)
-            .map(|p| checkpoint.journal_offsets.get(p).copied().unwrap_or(0))
+        }
+        let from: Vec<(u32, u64)> = partitions
+            .iter()
+            .map(|&p| (p, checkpoints.get(&p).copied().unwrap_or(0)))
             .collect();
-        let entries = &mut recovered.entries;
-        read_to_end(&self.client, JOURNAL_TOPIC, Some(from), |_, value, at| {
-            entries.push(parse(value, at)?);
-            Ok(())
+        let mut entries = Vec::new();
+        for r in self.cluster.read_to_end(JOURNAL_TOPIC, &from).await? {
+            let Some(value) = &r.value else { continue };
+            let entry: Entry = parse(value, &r)?;
+            // Entries a snapshot already holds are not applied twice.
+            if snapshots
+                .get(&entry.saga_id)
+                .is_none_or(|s| r.offset >= s.covers)
+            {
+                entries.push(entry);
+            }
+        }
+        Ok(Recovered {
+            snapshots: snapshots.into_values().map(|s| s.saga).collect(),
+            entries,
         })
-        .await?;
-        Ok(recovered)
     }
 }
 
-/// Creates a topic unless it exists.
-pub async fn ensure_topic(
-    client: &Client,
-    topic: &str,
-    settings: TopicSettings,
-) -> Result<(), ClientError> {
-    match client.admin().create_topic(topic, settings).await {
-        Ok(()) => Ok(()),
-        Err(ClientError::Broker {
-            code: ErrorCode::TopicAlreadyExists,
-            ..
-        }) => Ok(()),
-        Err(e) => Err(e),
-    }
-}
-
-/// Where a record came from, for error messages.
-type At = (String, u32, u64);
-
-fn parse<T: serde::de::DeserializeOwned>(value: &[u8], at: &At) -> Result<T, JournalError> {
+fn parse<T: serde::de::DeserializeOwned>(
+    value: &[u8],
+    at: &MirroredRecord,
+) -> Result<T, JournalError> {
     serde_json::from_slice(value).map_err(|e| JournalError::Corrupt {
-        topic: at.0.clone(),
-        partition: at.1,
-        offset: at.2,
+        topic: at.topic.clone(),
+        partition: at.partition,
+        offset: at.offset,
         reason: e.to_string(),
     })
-}
-
-/// Reads every partition of `topic` from `from` (or the start) to its end as of now, calling
-/// `f(key, value, where)` per record in partition order.
-async fn read_to_end(
-    client: &Client,
-    topic: &str,
-    from: Option<Vec<u64>>,
-    mut f: impl FnMut(String, &[u8], &At) -> Result<(), JournalError>,
-) -> Result<(), JournalError> {
-    let description = client.admin().describe_topic(topic).await?;
-    for p in &description.partitions {
-        let start = from
-            .as_ref()
-            .and_then(|f| f.get(p.partition as usize).copied())
-            .unwrap_or(0)
-            .max(p.log_start_offset);
-        if start >= p.high_watermark {
-            continue;
-        }
-        let config = ConsumerConfig {
-            start: StartFrom::Offset(start),
-            fetch_wait: Duration::from_millis(100),
-            ..ConsumerConfig::default()
-        };
-        let mut consumer =
-            Consumer::at_positions(client.clone(), topic, vec![(p.partition, start)], config)
-                .await?;
-        loop {
-            // The last offsets may be gone (compaction): a quiet second means the end.
-            let Ok(record) = tokio::time::timeout(Duration::from_secs(1), consumer.next()).await
-            else {
-                tracing::warn!(
-                    topic,
-                    partition = p.partition,
-                    "stopped short of the high watermark"
-                );
-                break;
-            };
-            let record = record?;
-            let key = record
-                .key
-                .as_ref()
-                .map(|k| String::from_utf8_lossy(k).into_owned())
-                .unwrap_or_default();
-            let at = (topic.to_string(), p.partition, record.offset);
-            // Compaction tombstones carry no value.
-            if let Some(value) = &record.value {
-                f(key, value, &at)?;
-            }
-            if record.offset + 1 >= p.high_watermark {
-                break;
-            }
-        }
-    }
-    Ok(())
 }

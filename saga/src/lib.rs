@@ -4,12 +4,15 @@
 //! - `template`: minijinja templates in participant URLs, headers and bodies.
 //! - `engine`: one saga as a pure event-sourced state machine (decide, apply, replay).
 //! - `breaker`: a circuit breaker per participant endpoint.
-//! - `journal`: the durable journal, snapshots and definitions on a Strand broker.
+//! - `journal`: the durable journal, snapshots and definitions, on a Strand broker or a Kafka
+//!   cluster (`strand_broker::cluster`).
+//! - `ownership`: which instance drives which journal partitions, and where the others are.
 //! - `participants`: HTTP and broker-command calls, and the consumer of broker replies.
 //! - `orchestrator`: the task that owns every saga: journal first, then act.
 //! - `triggers`: one saga per record of a trigger topic, through a consumer group.
 //! - `http`: the HTTP API and its generated OpenAPI document.
-//! - `main.rs`: `strand-saga`, with an embedded broker unless `--broker` names one.
+//! - `main.rs`: `strand-saga`, with an embedded broker unless `--broker` or `--kafka-brokers`
+//!   names a cluster.
 
 pub mod breaker;
 pub mod definition;
@@ -17,6 +20,7 @@ pub mod engine;
 pub mod http;
 pub mod journal;
 pub mod orchestrator;
+pub mod ownership;
 pub mod participants;
 pub mod template;
 pub mod triggers;

@@ -1,13 +1,18 @@
 //! `strand-saga`: the saga orchestrator's HTTP API over a durable journal. Without `--broker`
-//! it embeds a Strand broker (listening on its usual ports, so participants and Kafka clients
-//! can connect): one command runs everything.
+//! or `--kafka-brokers` it embeds a Strand broker (listening on its usual ports, so
+//! participants and Kafka clients can connect): one command runs everything. With
+//! `--kafka-brokers` the journal, snapshots and participants' topics live on a Kafka cluster,
+//! and several instances share the journal's partitions.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
+use strand_broker::cluster::{Cluster, ClusterConfig};
 use strand_broker::config::{BrokerArgs, BrokerConfig};
 use strand_broker::run::RunningBroker;
 use strand_client::{Client, ClientConfig};
@@ -15,6 +20,7 @@ use strand_saga::breaker::BreakerConfig;
 use strand_saga::http::{self, HttpConfig};
 use strand_saga::journal::Journal;
 use strand_saga::orchestrator::{self, OrchestratorConfig};
+use strand_saga::ownership;
 use tokio::sync::watch;
 
 #[derive(Debug, Parser)]
@@ -22,8 +28,33 @@ use tokio::sync::watch;
 struct Args {
     /// A Strand broker's native address to keep the journal on; without it a broker runs
     /// embedded, configured by the broker flags below.
-    #[arg(long, env = "STRAND_SAGA_BROKER", value_name = "HOST:PORT")]
+    #[arg(
+        long,
+        env = "STRAND_SAGA_BROKER",
+        value_name = "HOST:PORT",
+        conflicts_with = "kafka_brokers"
+    )]
     broker: Option<String>,
+    /// A Kafka-protocol cluster to keep the journal on (through librdkafka) instead of a Strand
+    /// broker; several instances then share the journal's partitions.
+    #[arg(long, env = "STRAND_SAGA_KAFKA_BROKERS", value_name = "HOST:PORT[,..]")]
+    kafka_brokers: Option<String>,
+    /// A librdkafka property for the Kafka cluster (`security.protocol=SASL_SSL`, ...);
+    /// repeatable.
+    #[arg(long = "kafka-property", value_name = "KEY=VALUE", value_parser = key_value)]
+    kafka_properties: Vec<(String, String)>,
+    /// The consumer group instances on the same Kafka journal share [default: strand-saga]
+    #[arg(long, env = "STRAND_SAGA_GROUP", default_value = "strand-saga")]
+    group: String,
+    /// How long a silent instance keeps its journal partitions, in ms [default: 10000]
+    #[arg(long, env = "STRAND_SAGA_SESSION_TIMEOUT_MS", default_value_t = 10_000)]
+    session_timeout_ms: u64,
+    /// This instance's name in the group [default: a random one]
+    #[arg(long, env = "STRAND_SAGA_INSTANCE_ID")]
+    instance_id: Option<String>,
+    /// Where the other instances reach this one's API [default: http://<api-listen>]
+    #[arg(long, env = "STRAND_SAGA_API_ADVERTISE", value_name = "URL")]
+    api_advertise: Option<String>,
     /// The orchestrator's HTTP API [default: 127.0.0.1:7190]
     #[arg(
         long,
@@ -58,6 +89,13 @@ struct Args {
     embedded: BrokerArgs,
 }
 
+fn key_value(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("{s:?} is not KEY=VALUE")),
+    }
+}
+
 fn main() -> ExitCode {
     strand_broker::run::init_tracing();
     let args = Args::parse();
@@ -81,25 +119,67 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    let embedded = match &args.broker {
-        Some(_) => None,
-        None => {
+    let embedded = match (&args.broker, &args.kafka_brokers) {
+        (None, None) => {
             let config = BrokerConfig::load(&args.embedded).context("broker settings")?;
             Some(RunningBroker::start(config).await?)
         }
+        _ => None,
     };
-    let broker_addr = match (&args.broker, &embedded) {
-        (Some(addr), _) => addr.clone(),
-        (None, Some(b)) => b.native_addr.to_string(),
-        (None, None) => unreachable!("one of them is set"),
+    let (cluster, cluster_addr) = match (&args.kafka_brokers, &args.broker, &embedded) {
+        (Some(bootstrap), _, _) => {
+            let config = ClusterConfig::Kafka {
+                bootstrap: bootstrap.clone(),
+                properties: args
+                    .kafka_properties
+                    .iter()
+                    .cloned()
+                    .collect::<BTreeMap<_, _>>(),
+            };
+            let cluster = Cluster::connect("kafka", &config)
+                .await
+                .with_context(|| format!("connecting to the Kafka cluster at {bootstrap}"))?;
+            (cluster, bootstrap.clone())
+        }
+        (None, Some(addr), _) => {
+            let client = Client::connect(addr.clone(), ClientConfig::default())
+                .await
+                .with_context(|| format!("connecting to the broker at {addr}"))?;
+            (Cluster::strand("strand", client), addr.clone())
+        }
+        (None, None, Some(b)) => {
+            let addr = b.native_addr.to_string();
+            let client = Client::connect(addr.clone(), ClientConfig::default())
+                .await
+                .with_context(|| format!("connecting to the embedded broker at {addr}"))?;
+            (Cluster::strand("strand", client), addr)
+        }
+        (None, None, None) => unreachable!("a broker is embedded"),
     };
-    let client = Client::connect(broker_addr.clone(), ClientConfig::default())
-        .await
-        .with_context(|| format!("connecting to the broker at {broker_addr}"))?;
-    let journal = Journal::open(client, args.journal_partitions)
+    let cluster = Arc::new(cluster);
+    let journal = Journal::open(cluster.clone(), args.journal_partitions)
         .await
         .context("opening the journal")?;
+    let listener = tokio::net::TcpListener::bind(args.api_listen)
+        .await
+        .with_context(|| format!("binding the API listener on {}", args.api_listen))?;
+    let api_addr = listener.local_addr()?;
+    let instance_id = args.instance_id.clone().unwrap_or_else(|| {
+        let id = uuid::Uuid::now_v7().simple().to_string();
+        id[id.len() - 12..].to_string()
+    });
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let ownership = match cluster.kafka_config() {
+        Some(kafka) => ownership::kafka(
+            kafka,
+            &args.group,
+            &instance_id,
+            Duration::from_millis(args.session_timeout_ms.max(1_000)),
+            shutdown_rx.clone(),
+        )
+        .context("joining the journal group")?,
+        None => ownership::all(journal.partitions()),
+    };
     let config = OrchestratorConfig {
         journal_partitions: args.journal_partitions,
         snapshot_interval: Duration::from_millis(args.snapshot_interval_ms.max(100)),
@@ -108,15 +188,22 @@ async fn run(args: Args) -> anyhow::Result<()> {
             open_ms: args.breaker_open_ms,
         },
         finished_in_memory_max: args.finished_sagas_max,
+        // On a shared journal every instance reads every reply (and drops the others').
+        reply_group: match cluster.kafka_config() {
+            Some(_) => format!("strand-saga-replies-{instance_id}"),
+            None => "strand-saga".into(),
+        },
+        api_url: args
+            .api_advertise
+            .clone()
+            .unwrap_or_else(|| format!("http://{api_addr}")),
+        instance_id: instance_id.clone(),
         ..OrchestratorConfig::default()
     };
-    let (handle, mut orchestrator) = orchestrator::start(journal, config, shutdown_rx.clone())
-        .await
-        .context("recovering the orchestrator")?;
-    let listener = tokio::net::TcpListener::bind(args.api_listen)
-        .await
-        .with_context(|| format!("binding the API listener on {}", args.api_listen))?;
-    let api_addr = listener.local_addr()?;
+    let (handle, mut orchestrator) =
+        orchestrator::start(journal, config, ownership, shutdown_rx.clone())
+            .await
+            .context("recovering the orchestrator")?;
     let http_config = HttpConfig {
         body_bytes_max: args.body_bytes_max,
         ..HttpConfig::default()
@@ -131,7 +218,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     // One line with every address, before serving: tests and scripts wait for it.
     tracing::info!(
         api = %api_addr,
-        broker = %broker_addr,
+        broker = %cluster_addr,
+        instance = %instance_id,
         kafka = %embedded.as_ref().map(|b| b.kafka_addr.to_string()).unwrap_or_default(),
         "strand-saga listening"
     );

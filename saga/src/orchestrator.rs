@@ -4,6 +4,12 @@
 //! are durable does a spawned task act on them (call participants, publish outcomes, answer
 //! the request). A journal that cannot be written stops the orchestrator: a restart replays
 //! what is durable, and nothing was done that the journal does not know of.
+//!
+//! The task drives the sagas of the journal partitions this instance owns ([`Ownership`]):
+//! taking a partition over recovers its sagas from snapshots and journal and resumes them;
+//! giving one up makes its state durable and drops its sagas. A request for a saga of a
+//! partition owned elsewhere is answered with [`ApiError::Elsewhere`], which the HTTP layer
+//! forwards.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
@@ -11,14 +17,15 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use strand_client::{Producer, ProducerConfig, ProducerRecord, TopicSettings};
+use strand_broker::cluster::{Cluster, MirroredRecord, TopicKind};
 use tokio::sync::{mpsc, oneshot, watch};
 use utoipa::ToSchema;
 
 use crate::breaker::{Breaker, BreakerConfig};
 use crate::definition::{self, Definition, DefinitionSpec, FieldError, Participant};
 use crate::engine::{Call, EngineError, Entry, Event, Input, Saga, SagaState};
-use crate::journal::{ensure_topic, Journal, JournalError};
+use crate::journal::{Journal, JournalError};
+use crate::ownership::{self, Ownership, Routes};
 use crate::participants::{self, Participants, Reply};
 use crate::triggers;
 
@@ -35,6 +42,13 @@ pub enum ApiError {
     BadRequest(String),
     #[error("{0}")]
     Unavailable(String),
+    /// The saga belongs to a journal partition another instance drives (`owner`, its API
+    /// address, when known).
+    #[error("journal partition {partition} is driven by {}", owner.as_deref().unwrap_or("no instance right now (instances are rebalancing); retry"))]
+    Elsewhere {
+        partition: u32,
+        owner: Option<String>,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -45,6 +59,10 @@ pub struct OrchestratorConfig {
     pub breaker: BreakerConfig,
     /// Consumer group the orchestrator reads broker participants' replies in.
     pub reply_group: String,
+    /// This instance's name among those sharing the journal.
+    pub instance_id: String,
+    /// Where other instances reach this one's HTTP API (`http://host:port`).
+    pub api_url: String,
     /// Requests waiting for the orchestrator at most; more are refused with 503.
     pub queue_max: usize,
     /// Finished sagas kept in memory (for `GET /sagas`); older ones are dropped once their
@@ -59,6 +77,8 @@ impl Default for OrchestratorConfig {
             snapshot_interval: Duration::from_secs(30),
             breaker: BreakerConfig::default(),
             reply_group: "strand-saga".into(),
+            instance_id: "strand-saga".into(),
+            api_url: "http://127.0.0.1:7190".into(),
             queue_max: 10_000,
             finished_in_memory_max: 100_000,
         }
@@ -146,6 +166,8 @@ enum Command {
     Retry(String, Respond<Saga>),
     /// A finished saga's outcome is on its topic.
     OutcomePublished(String),
+    /// A definition stored (by this or another instance).
+    DefinitionSeen(Box<Definition>),
 }
 
 /// Sends requests to the orchestrator task; cheap to clone.
@@ -153,6 +175,10 @@ enum Command {
 pub struct Handle {
     tx: mpsc::Sender<Command>,
     participants: Arc<Participants>,
+    /// Forwards requests to other instances.
+    pub(crate) http: reqwest::Client,
+    instance_id: String,
+    owned: watch::Receiver<Vec<u32>>,
 }
 
 impl Handle {
@@ -197,6 +223,38 @@ impl Handle {
         self.ask(|r| Command::Start(request, r)).await
     }
 
+    /// Starts a saga here or, when its key belongs to a partition another instance drives,
+    /// through that instance's API.
+    pub async fn start_anywhere(&self, request: StartRequest) -> Result<(), ApiError> {
+        match self.start(request.clone()).await {
+            Err(ApiError::Elsewhere {
+                owner: Some(api), ..
+            }) => {
+                let body = serde_json::to_vec(&request).expect("requests serialize");
+                let (status, body) = crate::http::forward(
+                    &self.http,
+                    &api,
+                    reqwest::Method::POST,
+                    "/sagas",
+                    Some(body),
+                )
+                .await?;
+                if status.is_success() {
+                    return Ok(());
+                }
+                let message = serde_json::from_slice::<crate::http::ErrorBody>(&body)
+                    .map_or_else(|_| format!("{api} answered {status}"), |e| e.error);
+                Err(match status.as_u16() {
+                    404 => ApiError::NotFound(message),
+                    409 => ApiError::Conflict(message),
+                    400 | 413 | 422 => ApiError::BadRequest(message),
+                    _ => ApiError::Unavailable(message),
+                })
+            }
+            other => other.map(|_| ()),
+        }
+    }
+
     pub async fn get(&self, id: String) -> Result<Saga, ApiError> {
         self.ask(|r| Command::Get(id, r)).await
     }
@@ -216,47 +274,56 @@ impl Handle {
     pub fn breakers(&self) -> BTreeMap<String, Breaker> {
         self.participants.breakers()
     }
+
+    /// This instance's name and the journal partitions it drives now.
+    pub fn ownership(&self) -> (String, Vec<u32>) {
+        (self.instance_id.clone(), self.owned.borrow().clone())
+    }
 }
 
-/// Recovers from the journal and starts the orchestrator task. The returned future ends when
-/// shutdown is signalled (after a last checkpoint) or when the journal fails.
+/// Reads the definitions and starts the orchestrator task, which drives the sagas of the
+/// journal partitions `ownership` gives it. The returned future ends when shutdown is signalled
+/// (after a last checkpoint) or when the journal fails.
 pub async fn start(
     journal: Journal,
     config: OrchestratorConfig,
+    ownership: mpsc::UnboundedReceiver<Ownership>,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(Handle, tokio::task::JoinHandle<Result<(), JournalError>>), JournalError> {
-    let client = journal.client().clone();
+    let cluster = journal.cluster().clone();
     let (reply_tx, reply_rx) = mpsc::unbounded_channel();
     let participants = Arc::new(Participants::new(
-        client.clone(),
+        cluster.clone(),
         config.breaker,
         reply_tx.clone(),
     ));
     let (tx, rx) = mpsc::channel(config.queue_max.max(1));
+    let (owned_tx, owned_rx) = watch::channel(Vec::new());
     let handle = Handle {
+        instance_id: config.instance_id.clone(),
+        owned: owned_rx,
         tx: tx.clone(),
         participants: participants.clone(),
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .expect("an HTTP client without TLS settings builds"),
     };
     let (reply_topics_tx, reply_topics_rx) = watch::channel(BTreeSet::new());
     tokio::spawn(participants::consume_replies(
-        client.clone(),
+        cluster.clone(),
         config.reply_group.clone(),
         reply_topics_rx,
         reply_tx,
         shutdown.clone(),
     ));
-    let outcomes = Producer::new(
-        client.clone(),
-        ProducerConfig {
-            linger: Duration::from_millis(1),
-            ..ProducerConfig::default()
-        },
-    );
+    let routes = Arc::new(Routes::default());
+    tokio::spawn(routes.clone().follow(cluster.clone(), shutdown.clone()));
     let (fatal_tx, fatal_rx) = mpsc::unbounded_channel();
     let mut orchestrator = Orchestrator {
         journal,
         participants,
-        outcomes: Arc::new(outcomes),
+        cluster: cluster.clone(),
         definitions: BTreeMap::new(),
         sagas: BTreeMap::new(),
         by_key: HashMap::new(),
@@ -264,21 +331,78 @@ pub async fn start(
         wakeups: HashMap::new(),
         dirty: HashSet::new(),
         reply_topics: reply_topics_tx,
-        triggers: triggers::Triggers::new(client, handle.clone(), shutdown.clone()),
-        commands: tx,
+        triggers: triggers::Triggers::new(cluster.clone(), handle.clone(), shutdown.clone()),
+        commands: tx.clone(),
         fatal: fatal_tx,
         finished: std::collections::VecDeque::new(),
         finished_max: config.finished_in_memory_max.max(1),
+        owned: BTreeSet::new(),
+        owned_tx,
+        routes,
+        instance_id: config.instance_id.clone(),
+        api_url: config.api_url.clone(),
     };
-    orchestrator.recover().await?;
-    let task = tokio::spawn(orchestrator.run(rx, reply_rx, fatal_rx, config, shutdown));
+    let (definitions, next) = orchestrator.journal.definitions().await?;
+    for d in definitions {
+        orchestrator.install_definition(Arc::new(d));
+    }
+    tokio::spawn(follow_definitions(cluster, next, tx, shutdown.clone()));
+    let task = tokio::spawn(orchestrator.run(rx, reply_rx, fatal_rx, ownership, config, shutdown));
     Ok((handle, task))
+}
+
+/// Definitions other instances store reach this one.
+async fn follow_definitions(
+    cluster: Arc<Cluster>,
+    from: u64,
+    commands: mpsc::Sender<Command>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut next = from;
+    loop {
+        let mut reader = match cluster
+            .reader_at(crate::journal::DEFINITION_TOPIC, vec![(0, next)])
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "following definitions failed; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        loop {
+            let record = tokio::select! {
+                r = reader.next() => r,
+                _ = crate::stopped(&mut shutdown) => return,
+            };
+            match record.map_err(JournalError::from).and_then(|r| {
+                next = r.offset + 1;
+                Journal::definition_record(&r)
+            }) {
+                Ok(Some(d)) => {
+                    if commands
+                        .send(Command::DefinitionSeen(Box::new(d)))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "following definitions failed; retrying");
+                    break;
+                }
+            }
+        }
+    }
 }
 
 struct Orchestrator {
     journal: Journal,
     participants: Arc<Participants>,
-    outcomes: Arc<Producer>,
+    cluster: Arc<Cluster>,
     definitions: BTreeMap<String, Vec<Arc<Definition>>>,
     sagas: BTreeMap<String, Saga>,
     /// Idempotency key to saga id.
@@ -294,6 +418,12 @@ struct Orchestrator {
     /// Finished sagas in the order they finished, for eviction.
     finished: std::collections::VecDeque<String>,
     finished_max: usize,
+    /// Journal partitions this instance drives.
+    owned: BTreeSet<u32>,
+    owned_tx: watch::Sender<Vec<u32>>,
+    routes: Arc<Routes>,
+    instance_id: String,
+    api_url: String,
 }
 
 /// Effects to run once a batch of entries is durable.
@@ -304,19 +434,25 @@ struct Effects {
 }
 
 impl Orchestrator {
-    async fn recover(&mut self) -> Result<(), JournalError> {
-        let recovered = self.journal.recover().await?;
-        for d in recovered.definitions {
-            self.install_definition(Arc::new(d));
+    /// Takes partitions over: their sagas from snapshots and journal, resumed.
+    async fn assigned(&mut self, partitions: Vec<u32>) -> Result<(), JournalError> {
+        let partitions: Vec<u32> = partitions
+            .into_iter()
+            .filter(|p| !self.owned.contains(p))
+            .collect();
+        if partitions.is_empty() {
+            return Ok(());
         }
+        let recovered = self.journal.recover(&partitions).await?;
         let n_snapshots = recovered.snapshots.len();
+        let mut taken = Vec::new();
         for mut saga in recovered.snapshots {
             let Some(def) = self.find_definition(&saga.definition, Some(saga.version)) else {
                 tracing::error!(saga = %saga.id, definition = %saga.definition, "snapshot of a saga whose definition is gone");
                 continue;
             };
             saga.attach(def);
-            self.index(&saga);
+            taken.push(saga.id.clone());
             self.sagas.insert(saga.id.clone(), saga);
         }
         let n_entries = recovered.entries.len();
@@ -336,45 +472,40 @@ impl Orchestrator {
                 };
                 let mut saga = Saga::new(entry.saga_id.clone(), def);
                 saga.apply(&entry);
-                self.index(&saga);
+                taken.push(saga.id.clone());
                 self.sagas.insert(saga.id.clone(), saga);
             } else if let Some(saga) = self.sagas.get_mut(&entry.saga_id) {
-                // Entries the snapshot already covers are not replayed: a snapshot is taken
-                // after the checkpointed offsets, so everything read here is newer.
                 saga.apply(&entry);
             } else {
                 tracing::warn!(saga = %entry.saga_id, "journal entry of an unknown saga");
             }
         }
-        let mut finished: Vec<(&i64, &String)> = self
-            .sagas
-            .values()
-            .filter(|s| s.state.is_finished())
-            .map(|s| (&s.updated_at_ms, &s.id))
-            .collect();
+        self.owned.extend(partitions.iter().copied());
+        let mut finished: Vec<(i64, String)> = Vec::new();
+        let mut unfinished = Vec::new();
+        let mut pending = Vec::new();
+        for id in &taken {
+            let saga = &self.sagas[id];
+            if saga.state.is_finished() {
+                finished.push((saga.updated_at_ms, id.clone()));
+                if !saga.outcome_published && self.outcome_topic(saga).is_some() {
+                    pending.push(id.clone());
+                }
+            } else {
+                unfinished.push(id.clone());
+            }
+            let saga = saga.clone();
+            self.index(&saga);
+        }
         finished.sort();
-        self.finished = finished.into_iter().map(|(_, id)| id.clone()).collect();
+        self.finished.extend(finished.into_iter().map(|(_, id)| id));
         // Resume every unfinished saga: resend what was in flight (same idempotency keys), and
         // take whatever step is due.
-        let unfinished: Vec<String> = self
-            .sagas
-            .values()
-            .filter(|s| !s.state.is_finished())
-            .map(|s| s.id.clone())
-            .collect();
-        let n_unfinished = unfinished.len();
         for id in &unfinished {
             self.drive(id, Input::Redispatch).await.ok();
             self.drive(id, Input::Tick).await.ok();
         }
         // Outcomes that may not have been published before the stop.
-        let pending: Vec<String> = self
-            .sagas
-            .values()
-            .filter(|s| s.state.is_finished() && !s.outcome_published)
-            .filter(|s| self.outcome_topic(s).is_some())
-            .map(|s| s.id.clone())
-            .collect();
         for id in pending {
             if let Some((topic, outcome)) = self.sagas.get(&id).and_then(|s| self.outcome(s)) {
                 self.publish_later(Effects {
@@ -384,13 +515,86 @@ impl Orchestrator {
             }
         }
         tracing::info!(
-            definitions = self.definitions.len(),
+            ?partitions,
             snapshots = n_snapshots,
             journal_entries = n_entries,
-            resumed = n_unfinished,
-            "orchestrator recovered"
+            resumed = unfinished.len(),
+            "journal partitions taken over"
         );
+        self.announce();
         Ok(())
+    }
+
+    /// Gives partitions up: everything of theirs durable (a last checkpoint), their sagas
+    /// dropped. The next owner starts from there.
+    async fn revoked(&mut self, partitions: Vec<u32>) -> Result<(), JournalError> {
+        let partitions: Vec<u32> = partitions
+            .into_iter()
+            .filter(|p| self.owned.contains(p))
+            .collect();
+        if partitions.is_empty() {
+            return Ok(());
+        }
+        self.checkpoint_partitions(&partitions).await?;
+        let gone: Vec<String> = self
+            .sagas
+            .keys()
+            .filter(|id| partitions.contains(&self.journal.partition_of(id)))
+            .cloned()
+            .collect();
+        for id in &gone {
+            if let Some(saga) = self.sagas.remove(id) {
+                if let Some(key) = &saga.idempotency_key {
+                    self.by_key.remove(key);
+                }
+            }
+            self.schedule(id.clone(), None);
+        }
+        let gone_set: HashSet<&String> = gone.iter().collect();
+        self.finished.retain(|id| !gone_set.contains(id));
+        for p in &partitions {
+            self.owned.remove(p);
+        }
+        tracing::info!(
+            ?partitions,
+            sagas = gone.len(),
+            "journal partitions given up"
+        );
+        self.announce();
+        Ok(())
+    }
+
+    /// Tells the other instances (and `/health`) which partitions this one drives.
+    fn announce(&self) {
+        let _ = self.owned_tx.send(self.owned.iter().copied().collect());
+        let cluster = self.cluster.clone();
+        let (instance, api) = (self.instance_id.clone(), self.api_url.clone());
+        let owned: Vec<u32> = self.owned.iter().copied().collect();
+        tokio::spawn(async move { ownership::announce(&cluster, &instance, &api, owned).await });
+    }
+
+    /// `Elsewhere` unless this instance drives the partition of `key`.
+    fn owns(&self, key: &str) -> Result<u32, ApiError> {
+        let partition = self.journal.partition_of(key);
+        if self.owned.contains(&partition) {
+            return Ok(partition);
+        }
+        let owner = self
+            .routes
+            .owner(partition)
+            .filter(|(instance, _)| *instance != self.instance_id)
+            .map(|(_, api)| api);
+        Err(ApiError::Elsewhere { partition, owner })
+    }
+
+    /// A new saga id in `partition` (ids stay time-ordered UUIDv7s).
+    fn new_id(&self, partition: u32) -> String {
+        loop {
+            let id = uuid::Uuid::now_v7().to_string();
+            if self.journal.partition_of(&id) == partition {
+                return id;
+            }
+        }
     }
 
     fn index(&mut self, saga: &Saga) {
@@ -422,10 +626,14 @@ impl Orchestrator {
             *current = topics;
             changed
         });
-        if def.spec.trigger.is_some() {
+        let versions = self.definitions.entry(def.name.clone()).or_default();
+        if versions.iter().any(|d| d.version == def.version) {
+            return;
+        }
+        let newest = versions.last().is_none_or(|d| d.version < def.version);
+        if newest && def.spec.trigger.is_some() {
             self.triggers.install(def.clone());
         }
-        let versions = self.definitions.entry(def.name.clone()).or_default();
         versions.push(def);
         versions.sort_by_key(|d| d.version);
     }
@@ -516,7 +724,7 @@ impl Orchestrator {
         respond: Option<(Respond<T>, T)>,
     ) {
         let participants = self.participants.clone();
-        let outcomes = self.outcomes.clone();
+        let outcomes = self.cluster.clone();
         let fatal = self.fatal.clone();
         let commands = self.commands.clone();
         tokio::spawn(async move {
@@ -535,7 +743,7 @@ impl Orchestrator {
     }
 
     fn publish_later(&self, effects: Effects) {
-        let outcomes = self.outcomes.clone();
+        let outcomes = self.cluster.clone();
         let commands = self.commands.clone();
         tokio::spawn(publish(outcomes, commands, effects.outcomes));
     }
@@ -545,6 +753,7 @@ impl Orchestrator {
         mut commands: mpsc::Receiver<Command>,
         mut replies: mpsc::UnboundedReceiver<Reply>,
         mut fatal: mpsc::UnboundedReceiver<JournalError>,
+        mut ownership: mpsc::UnboundedReceiver<Ownership>,
         config: OrchestratorConfig,
         mut shutdown: watch::Receiver<bool>,
     ) -> Result<(), JournalError> {
@@ -569,6 +778,13 @@ impl Orchestrator {
                     tracing::error!(error = %e, "the journal failed: stopping the orchestrator");
                     return Err(e);
                 }
+                Some(change) = ownership.recv() => match change {
+                    Ownership::Assigned(partitions) => self.assigned(partitions).await?,
+                    Ownership::Revoked(partitions, done) => {
+                        self.revoked(partitions).await?;
+                        let _ = done.send(());
+                    }
+                },
                 _ = snapshot.tick() => self.checkpoint().await?,
                 _ = crate::stopped(&mut shutdown) => {
                     self.checkpoint().await?;
@@ -578,19 +794,35 @@ impl Orchestrator {
         }
     }
 
+    /// Snapshots every changed saga and checkpoints their partitions.
     async fn checkpoint(&mut self) -> Result<(), JournalError> {
-        if self.dirty.is_empty() {
-            return Ok(());
-        }
-        let dirty: Vec<&Saga> = self
+        let partitions: BTreeSet<u32> = self
             .dirty
             .iter()
-            .filter_map(|id| self.sagas.get(id))
+            .map(|id| self.journal.partition_of(id))
             .collect();
-        self.journal.checkpoint(&dirty).await?;
-        tracing::debug!(sagas = dirty.len(), "checkpoint written");
-        self.dirty.clear();
+        let partitions: Vec<u32> = partitions.into_iter().collect();
+        self.checkpoint_partitions(&partitions).await?;
         self.evict_finished();
+        Ok(())
+    }
+
+    async fn checkpoint_partitions(&mut self, partitions: &[u32]) -> Result<(), JournalError> {
+        if partitions.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<String> = self
+            .dirty
+            .iter()
+            .filter(|id| partitions.contains(&self.journal.partition_of(id)))
+            .cloned()
+            .collect();
+        let dirty: Vec<&Saga> = ids.iter().filter_map(|id| self.sagas.get(id)).collect();
+        self.journal.checkpoint(partitions, &dirty).await?;
+        tracing::debug!(sagas = dirty.len(), ?partitions, "checkpoint written");
+        for id in &ids {
+            self.dirty.remove(id);
+        }
         Ok(())
     }
 
@@ -673,12 +905,16 @@ impl Orchestrator {
             }
             Command::Start(request, respond) => self.start_saga(request, respond).await,
             Command::Get(id, respond) => {
-                let _ = respond.send(self.sagas.get(&id).cloned().ok_or_else(|| {
-                    ApiError::NotFound(format!(
-                        "no saga {id:?} in memory (sagas that finished long ago are only in {})",
-                        crate::journal::SNAPSHOT_TOPIC
-                    ))
-                }));
+                let found = match self.sagas.get(&id) {
+                    Some(saga) => Ok(saga.clone()),
+                    None => self.owns(&id).and_then(|_| {
+                        Err(ApiError::NotFound(format!(
+                            "no saga {id:?} in memory (sagas that finished long ago are only in {})",
+                            crate::journal::SNAPSHOT_TOPIC
+                        )))
+                    }),
+                };
+                let _ = respond.send(found);
             }
             Command::List(query, respond) => {
                 let _ = respond.send(Ok(self.list(query)));
@@ -690,6 +926,7 @@ impl Orchestrator {
                     let _ = self.drive_event(&id, Event::OutcomePublished).await;
                 }
             }
+            Command::DefinitionSeen(def) => self.install_definition(Arc::new(*def)),
         }
     }
 
@@ -712,7 +949,8 @@ impl Orchestrator {
 
     async fn operator(&mut self, id: String, input: Input, respond: Respond<Saga>) {
         let Some(saga) = self.sagas.get_mut(&id) else {
-            let _ = respond.send(Err(ApiError::NotFound(format!("no saga {id:?}"))));
+            let missing = ApiError::NotFound(format!("no saga {id:?}"));
+            let _ = respond.send(Err(self.owns(&id).err().unwrap_or(missing)));
             return;
         };
         let entries = match saga.handle(input, crate::now_ms(), fastrand::f64()) {
@@ -745,7 +983,6 @@ impl Orchestrator {
         }
         definition::validate(&spec).map_err(ApiError::Invalid)?;
         // The topics it uses exist before any saga needs them.
-        let client = self.journal.client().clone();
         let mut topics = BTreeSet::new();
         for step in &spec.steps {
             for p in std::iter::once(&step.action).chain(step.compensation.as_ref()) {
@@ -761,11 +998,8 @@ impl Orchestrator {
         topics.extend(spec.outcome_topic.clone());
         topics.extend(spec.trigger.as_ref().map(|t| t.topic.clone()));
         for topic in topics {
-            let settings = TopicSettings {
-                partitions: 4,
-                ..TopicSettings::default()
-            };
-            ensure_topic(&client, &topic, settings)
+            self.cluster
+                .ensure_topic(&topic, 4, TopicKind::Plain)
                 .await
                 .map_err(|e| ApiError::BadRequest(format!("topic {topic:?}: {e}")))?;
         }
@@ -788,6 +1022,27 @@ impl Orchestrator {
     }
 
     async fn start_saga(&mut self, request: StartRequest, respond: Respond<(Saga, bool)>) {
+        // A keyed saga lives in its key's partition, so every instance finds it by its key; an
+        // unkeyed one in any partition this instance drives.
+        let partition = match &request.idempotency_key {
+            Some(key) => match self.owns(key) {
+                Ok(p) => p,
+                Err(e) => {
+                    let _ = respond.send(Err(e));
+                    return;
+                }
+            },
+            None => {
+                let owned: Vec<u32> = self.owned.iter().copied().collect();
+                if owned.is_empty() {
+                    let _ = respond.send(Err(ApiError::Unavailable(
+                        "this instance drives no journal partition right now; retry".into(),
+                    )));
+                    return;
+                }
+                owned[fastrand::usize(..owned.len())]
+            }
+        };
         if let Some(key) = &request.idempotency_key {
             if let Some(id) = self
                 .by_key
@@ -826,7 +1081,7 @@ impl Orchestrator {
             ))));
             return;
         };
-        let id = uuid::Uuid::now_v7().to_string();
+        let id = self.new_id(partition);
         let (saga, entries) = Saga::start(
             id.clone(),
             def,
@@ -869,15 +1124,15 @@ impl Orchestrator {
 
 /// Publishes outcomes (at least once) and tells the orchestrator which ones went out.
 async fn publish(
-    producer: Arc<Producer>,
+    cluster: Arc<Cluster>,
     commands: mpsc::Sender<Command>,
     outcomes: Vec<(String, Outcome)>,
 ) {
     for (topic, outcome) in outcomes {
         let value = serde_json::to_vec(&outcome).expect("outcomes serialize");
-        let record = ProducerRecord::new(topic.clone(), value).key(outcome.saga_id.clone());
-        let sent = match producer.send(record).await {
-            Ok(d) => d.await.map(|_| ()),
+        let record = MirroredRecord::new(Some(outcome.saga_id.clone().into_bytes()), value);
+        let sent = match cluster.send(&topic, None, record).await {
+            Ok(d) => d.await,
             Err(e) => Err(e),
         };
         match sent {

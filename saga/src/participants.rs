@@ -10,11 +10,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
 use serde_json::Value;
-use strand_client::{
-    Client, GroupConfig, GroupConsumer, OffsetReset, Producer, ProducerConfig, ProducerRecord,
-};
+use strand_broker::cluster::{Cluster, GroupSpec, MirroredRecord, SideError};
 use tokio::sync::{mpsc, watch};
 
 use crate::breaker::{Breaker, BreakerConfig};
@@ -79,7 +76,7 @@ pub fn parse_attempt_id(id: &str) -> Option<(String, String, Phase, u32)> {
 #[derive(Debug)]
 pub struct Participants {
     http: reqwest::Client,
-    producer: Producer,
+    cluster: Arc<Cluster>,
     breakers: Mutex<BTreeMap<String, Breaker>>,
     breaker_config: BreakerConfig,
     replies: mpsc::UnboundedSender<Reply>,
@@ -87,7 +84,7 @@ pub struct Participants {
 
 impl Participants {
     pub fn new(
-        client: Client,
+        cluster: Arc<Cluster>,
         breaker_config: BreakerConfig,
         replies: mpsc::UnboundedSender<Reply>,
     ) -> Participants {
@@ -95,16 +92,9 @@ impl Participants {
             .pool_max_idle_per_host(64)
             .build()
             .expect("an HTTP client without TLS settings builds");
-        let producer = Producer::new(
-            client,
-            ProducerConfig {
-                linger: Duration::ZERO,
-                ..ProducerConfig::default()
-            },
-        );
         Participants {
             http,
-            producer,
+            cluster,
             breakers: Mutex::new(BTreeMap::new()),
             breaker_config,
             replies,
@@ -268,11 +258,8 @@ impl Participants {
         body: Option<Value>,
     ) {
         let value = serde_json::to_vec(&body.unwrap_or(Value::Null)).expect("JSON serializes");
-        let h = |v: &str| Some(Bytes::from(v.to_string()));
-        let record = ProducerRecord {
-            topic,
-            key: Some(Bytes::from(call.saga_id.clone())),
-            value: Some(Bytes::from(value)),
+        let h = |v: &str| Some(v.as_bytes().to_vec());
+        let record = MirroredRecord {
             headers: vec![
                 (headers::IDEMPOTENCY_KEY.into(), h(&call.idempotency_key)),
                 (headers::SAGA_ID.into(), h(&call.saga_id)),
@@ -285,10 +272,10 @@ impl Participants {
                     h(&traceparent(&call.saga_id, &call.attempt_id)),
                 ),
             ],
-            ..ProducerRecord::default()
+            ..MirroredRecord::new(Some(call.saga_id.clone().into_bytes()), value)
         };
-        let sent = match self.producer.send(record).await {
-            Ok(delivery) => delivery.await.map(|_| ()),
+        let sent = match self.cluster.send(&topic, None, record).await {
+            Ok(delivery) => delivery.await,
             Err(e) => Err(e),
         };
         if let Err(e) = sent {
@@ -328,7 +315,7 @@ pub fn parse_reply_value(value: &[u8]) -> Result<Value, Failure> {
 /// Consumes the reply topics as a member of `group` and turns each reply into a [`Reply`] for
 /// the step it answers. Restarts its membership when the set of reply topics changes.
 pub async fn consume_replies(
-    client: Client,
+    cluster: Arc<Cluster>,
     group: String,
     mut topics: watch::Receiver<BTreeSet<String>>,
     replies: mpsc::UnboundedSender<Reply>,
@@ -343,12 +330,14 @@ pub async fn consume_replies(
             }
             continue;
         }
-        let mut config = GroupConfig::new(group.clone(), current);
-        config.client_id = "strand-saga".into();
-        config.reset = OffsetReset::Latest;
-        config.auto_commit = Some(Duration::from_millis(500));
-        config.fetch.fetch_wait = Duration::from_millis(100);
-        let mut consumer = match GroupConsumer::join(client.clone(), config).await {
+        let spec = GroupSpec {
+            group: group.clone(),
+            topics: current,
+            client_id: "strand-saga".into(),
+            from_earliest: false,
+            auto_commit: true,
+        };
+        let mut consumer = match cluster.group(&spec).await {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!(error = %e, "joining the reply group failed; retrying");
@@ -380,11 +369,12 @@ pub async fn consume_replies(
                     break;
                 }
                 _ = crate::stopped(&mut shutdown) => {
-                    let _ = consumer.close().await;
+                    consumer.close().await;
                     return;
                 }
             }
         }
+        consumer.close().await;
     }
 }
 
@@ -402,17 +392,15 @@ pub struct Command {
     pub body: Value,
 }
 
-fn header_str(record: &strand_client::Record, name: &str) -> Option<String> {
-    record.headers.iter().find_map(|(k, v)| {
-        (k.as_ref() == name.as_bytes())
-            .then(|| v.as_ref().map(|v| String::from_utf8_lossy(v).into_owned()))
-            .flatten()
-    })
+fn header_str(record: &MirroredRecord, name: &str) -> Option<String> {
+    record
+        .header(name)
+        .map(|v| String::from_utf8_lossy(v).into_owned())
 }
 
 impl Command {
     /// Reads a command record; `None` when it lacks the saga headers.
-    pub fn from_record(record: &strand_client::Record) -> Option<Command> {
+    pub fn from_record(record: &MirroredRecord) -> Option<Command> {
         Some(Command {
             topic: record.topic.clone(),
             saga_id: header_str(record, headers::SAGA_ID)?,
@@ -431,33 +419,30 @@ impl Command {
 /// command and sends its answer to the command's reply topic (the attempt id in a header), for
 /// participants written in Rust. Commits after answering; runs until shutdown.
 pub async fn serve_commands<F>(
-    client: Client,
+    cluster: Arc<Cluster>,
     group: String,
     topics: Vec<String>,
     handler: F,
     mut shutdown: watch::Receiver<bool>,
-) -> Result<(), strand_client::ClientError>
+) -> Result<(), SideError>
 where
     F: Fn(&Command) -> Result<Value, Failure> + Send + 'static,
 {
-    let mut config = GroupConfig::new(group, topics);
-    config.client_id = "strand-saga-participant".into();
-    config.auto_commit = Some(Duration::from_millis(200));
-    config.fetch.fetch_wait = Duration::from_millis(50);
-    let mut consumer = GroupConsumer::join(client.clone(), config).await?;
-    let producer = Producer::new(
-        client,
-        ProducerConfig {
-            linger: Duration::from_millis(1),
-            ..ProducerConfig::default()
-        },
-    );
+    let spec = GroupSpec {
+        group,
+        topics,
+        client_id: "strand-saga-participant".into(),
+        from_earliest: true,
+        auto_commit: true,
+    };
+    let mut consumer = cluster.group(&spec).await?;
     loop {
         let record = tokio::select! {
             record = consumer.next() => record?,
             _ = crate::stopped(&mut shutdown) => {
-                producer.flush().await?;
-                return consumer.close().await;
+                cluster.flush().await?;
+                consumer.close().await;
+                return Ok(());
             }
         };
         let Some(command) = Command::from_record(&record) else {
@@ -468,18 +453,18 @@ where
             Ok(output) => serde_json::json!({"ok": true, "output": output}),
             Err(f) => serde_json::json!({"ok": false, "error": f.error, "retriable": f.retriable}),
         };
-        let reply = ProducerRecord {
-            topic: command.reply_topic.clone(),
-            key: Some(Bytes::from(command.saga_id.clone())),
-            value: Some(Bytes::from(answer.to_string())),
+        let reply = MirroredRecord {
             headers: vec![(
                 headers::ATTEMPT_ID.into(),
-                Some(Bytes::from(command.attempt_id.clone())),
+                Some(command.attempt_id.clone().into_bytes()),
             )],
-            ..ProducerRecord::default()
+            ..MirroredRecord::new(
+                Some(command.saga_id.clone().into_bytes()),
+                answer.to_string().into_bytes(),
+            )
         };
-        // Delivery is awaited in the background; the next command does not wait for it.
-        drop(producer.send(reply).await?);
+        // Delivery is not awaited: the next command does not wait for it.
+        drop(cluster.send(&command.reply_topic, None, reply).await?);
     }
 }
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use futures::stream::{FuturesOrdered, StreamExt};
 use serde_json::Value;
-use strand_client::{Client, GroupConfig, GroupConsumer, OffsetReset, Record};
+use strand_broker::cluster::{Cluster, GroupSpec, MirroredRecord};
 use tokio::sync::watch;
 
 use crate::definition::Definition;
@@ -20,16 +20,16 @@ const STARTS_IN_FLIGHT_MAX: usize = 256;
 
 #[derive(Debug)]
 pub struct Triggers {
-    client: Client,
+    cluster: Arc<Cluster>,
     handle: Handle,
     shutdown: watch::Receiver<bool>,
     running: HashMap<String, tokio::task::AbortHandle>,
 }
 
 impl Triggers {
-    pub fn new(client: Client, handle: Handle, shutdown: watch::Receiver<bool>) -> Triggers {
+    pub fn new(cluster: Arc<Cluster>, handle: Handle, shutdown: watch::Receiver<bool>) -> Triggers {
         Triggers {
-            client,
+            cluster,
             handle,
             shutdown,
             running: HashMap::new(),
@@ -42,7 +42,7 @@ impl Triggers {
             old.abort();
         }
         let task = tokio::spawn(run(
-            self.client.clone(),
+            self.cluster.clone(),
             self.handle.clone(),
             definition.clone(),
             self.shutdown.clone(),
@@ -53,7 +53,7 @@ impl Triggers {
 }
 
 /// The start request for one trigger record.
-pub fn start_request(definition: &Definition, record: &Record) -> StartRequest {
+pub fn start_request(definition: &Definition, record: &MirroredRecord) -> StartRequest {
     let raw = record.value.as_deref().unwrap_or_default();
     let input: Value = serde_json::from_slice(raw)
         .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(raw).into_owned()));
@@ -87,9 +87,11 @@ pub fn start_request(definition: &Definition, record: &Record) -> StartRequest {
 async fn start_until_journaled(handle: Handle, request: StartRequest) -> bool {
     let mut backoff = Duration::from_millis(10);
     loop {
-        match handle.start(request.clone()).await {
-            Ok(_) => return true,
-            Err(ApiError::Unavailable(reason)) => {
+        // Started here or, for a key of another instance's partition, there.
+        match handle.start_anywhere(request.clone()).await {
+            Ok(()) => return true,
+            Err(e @ (ApiError::Unavailable(_) | ApiError::Elsewhere { .. })) => {
+                let reason = e.to_string();
                 tracing::debug!(%reason, "trigger start postponed");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(1));
@@ -105,7 +107,7 @@ async fn start_until_journaled(handle: Handle, request: StartRequest) -> bool {
 }
 
 async fn run(
-    client: Client,
+    cluster: Arc<Cluster>,
     handle: Handle,
     definition: Arc<Definition>,
     mut shutdown: watch::Receiver<bool>,
@@ -116,12 +118,14 @@ async fn run(
         .clone()
         .expect("installed with a trigger");
     loop {
-        let mut config = GroupConfig::new(trigger.group.clone(), vec![trigger.topic.clone()]);
-        config.client_id = format!("strand-saga-trigger-{}", definition.name);
-        config.auto_commit = None;
-        config.reset = OffsetReset::Earliest;
-        config.fetch.fetch_wait = Duration::from_millis(100);
-        let mut consumer = match GroupConsumer::join(client.clone(), config).await {
+        let spec = GroupSpec {
+            group: trigger.group.clone(),
+            topics: vec![trigger.topic.clone()],
+            client_id: format!("strand-saga-trigger-{}", definition.name),
+            from_earliest: true,
+            auto_commit: false,
+        };
+        let mut consumer = match cluster.group(&spec).await {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!(definition = %definition.name, error = %e, "joining the trigger group failed; retrying");
@@ -137,7 +141,7 @@ async fn run(
                 _ = crate::stopped(&mut shutdown) => {
                     while pending.next().await.is_some() {}
                     let _ = consumer.commit().await;
-                    let _ = consumer.close().await;
+                    consumer.close().await;
                     return;
                 }
             };

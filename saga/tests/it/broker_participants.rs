@@ -5,6 +5,7 @@
 use std::sync::{Arc, Mutex};
 
 use serde_json::{json, Value};
+use strand_broker::cluster::Cluster;
 use strand_client::{Client, ClientConfig};
 use strand_saga::engine::Failure;
 use strand_saga::participants::{serve_commands, Command};
@@ -53,7 +54,7 @@ async fn broker_commands_run_and_compensate() {
     let (stop, stopped) = watch::channel(false);
     let record = seen.clone();
     let participant = tokio::spawn(serve_commands(
-        client,
+        Arc::new(Cluster::strand("strand", client)),
         "participants".into(),
         vec![
             "order-commands".into(),

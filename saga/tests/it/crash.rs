@@ -27,15 +27,24 @@ impl Drop for SagaProcess {
 
 /// Starts `strand-saga` with an embedded broker on `dir`, every port picked by the kernel.
 pub fn start_saga(dir: &std::path::Path) -> SagaProcess {
+    start_saga_with(&[
+        "--data-dir",
+        dir.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+        "--kafka-listen",
+        "127.0.0.1:0",
+        "--http-listen",
+        "127.0.0.1:0",
+    ])
+}
+
+/// Starts `strand-saga` with `args`, its API on a port the kernel picks; returns once it
+/// listens.
+pub fn start_saga_with(args: &[&str]) -> SagaProcess {
     let mut child = Command::new(env!("CARGO_BIN_EXE_strand-saga"))
-        .args(["--data-dir", dir.to_str().unwrap()])
-        .args(["--listen", "127.0.0.1:0", "--kafka-listen", "127.0.0.1:0"])
-        .args([
-            "--http-listen",
-            "127.0.0.1:0",
-            "--api-listen",
-            "127.0.0.1:0",
-        ])
+        .args(args)
+        .args(["--api-listen", "127.0.0.1:0"])
         .args(["--snapshot-interval-ms", "500"])
         // The participants here fail on purpose; the breaker (tested on its own) stays out of it.
         .args(["--breaker-failures", "1000"])

@@ -4,5 +4,6 @@ mod broker_participants;
 mod consistency;
 mod crash;
 mod http_api;
+mod kafka_journal;
 mod support;
 mod triggers;

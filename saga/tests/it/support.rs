@@ -12,12 +12,14 @@ use axum::response::IntoResponse;
 use axum::routing::post;
 use axum::{Json, Router};
 use serde_json::{json, Value};
+use strand_broker::cluster::Cluster;
 use strand_broker::config::BrokerConfig;
 use strand_broker::run::RunningBroker;
 use strand_client::{Client, ClientConfig};
 use strand_saga::http::{self, HttpConfig};
 use strand_saga::journal::Journal;
 use strand_saga::orchestrator::{self, OrchestratorConfig};
+use strand_saga::ownership;
 use tokio::sync::watch;
 
 /// One call a participant received.
@@ -200,11 +202,14 @@ impl Stack {
         let client = Client::connect(broker.native_addr.to_string(), ClientConfig::default())
             .await
             .unwrap();
-        let journal = Journal::open(client, 4).await.unwrap();
+        let cluster = Arc::new(Cluster::strand("strand", client));
+        let journal = Journal::open(cluster, 4).await.unwrap();
         let (shutdown, rx) = watch::channel(false);
-        let (handle, orchestrator) = orchestrator::start(journal, orchestrator_config, rx.clone())
-            .await
-            .unwrap();
+        let ownership = ownership::all(journal.partitions());
+        let (handle, orchestrator) =
+            orchestrator::start(journal, orchestrator_config, ownership, rx.clone())
+                .await
+                .unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let api = format!("http://{}", listener.local_addr().unwrap());
         let app = http::router(handle, &HttpConfig::default());

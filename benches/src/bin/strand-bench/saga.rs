@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use hdrhistogram::Histogram;
 use serde_json::json;
+use strand_broker::cluster::Cluster;
 use strand_broker::config::BrokerConfig;
 use strand_broker::log::FsyncPolicy;
 use strand_broker::run::RunningBroker;
@@ -19,6 +20,7 @@ use strand_client::{Client, ClientConfig, Consumer, ConsumerConfig, StartFrom};
 use strand_saga::definition::DefinitionSpec;
 use strand_saga::journal::Journal;
 use strand_saga::orchestrator::{self, OrchestratorConfig, StartRequest};
+use strand_saga::ownership;
 use strand_saga::participants::serve_commands;
 use tokio::sync::{watch, Semaphore};
 
@@ -59,16 +61,23 @@ pub async fn run(n_sagas: u64, concurrency: usize) -> anyhow::Result<()> {
     let broker = RunningBroker::start(config).await?;
     let addr = broker.native_addr.to_string();
     let client = Client::connect(addr.clone(), ClientConfig::default()).await?;
-    let journal = Journal::open(client.clone(), 8).await?;
+    let cluster = Arc::new(Cluster::strand("strand", client));
+    let journal = Journal::open(cluster.clone(), 8).await?;
     let (stop, stopped) = watch::channel(false);
-    let (handle, orchestrator) =
-        orchestrator::start(journal, OrchestratorConfig::default(), stopped.clone()).await?;
+    let ownership = ownership::all(journal.partitions());
+    let (handle, orchestrator) = orchestrator::start(
+        journal,
+        OrchestratorConfig::default(),
+        ownership,
+        stopped.clone(),
+    )
+    .await?;
     handle
         .put_definition("bench".into(), definition()?)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let participant = tokio::spawn(serve_commands(
-        Client::connect(addr.clone(), ClientConfig::default()).await?,
+        cluster.clone(),
         "bench-participants".into(),
         vec![
             "bench-order".into(),
