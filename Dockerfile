@@ -4,15 +4,16 @@
 # --- build: every binary target of the workspace, in release mode -------------------------------
 FROM rust:1-bookworm AS build
 # The image has gcc and make for the C parts (lz4, zstd); the rdkafka crate's bundled librdkafka
-# (used by strand-bench) also needs cmake, libcurl and pkg-config.
+# (the bridge, the orchestrator on Kafka, strand-bench) also needs cmake, libcurl and pkg-config.
 RUN apt-get update \
     && apt-get install -y --no-install-recommends cmake libcurl4-openssl-dev pkg-config \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
-RUN cargo build --release --locked --bins \
+RUN cargo build --release --locked --bins --example order_services \
     && mkdir -p /out \
     && find target/release -maxdepth 1 -type f -executable -name 'strand*' -exec cp {} /out/ \; \
+    && cp target/release/examples/order_services /out/strand-example-order-services \
     && test -x /out/strand-broker && test -x /out/strand-saga \
     && ls -l /out
 
@@ -25,7 +26,8 @@ RUN apt-get update \
     && useradd --system --uid 10001 --user-group --no-create-home \
         --home-dir /var/lib/strand --shell /usr/sbin/nologin strand \
     && install -d -o strand -g strand -m 0750 /var/lib/strand
-# strand-saga (orchestrator with an embedded broker), strand-broker, the `strand` CLI, strand-bench.
+# strand-saga (orchestrator with an embedded broker), strand-broker, strand-bridge, the `strand`
+# CLI, strand-bench, and the example participants of the order saga.
 COPY --from=build /out/ /usr/local/bin/
 USER strand
 WORKDIR /var/lib/strand

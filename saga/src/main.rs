@@ -52,7 +52,8 @@ struct Args {
     /// This instance's name in the group [default: a random one]
     #[arg(long, env = "STRAND_SAGA_INSTANCE_ID")]
     instance_id: Option<String>,
-    /// Where the other instances reach this one's API [default: http://<api-listen>]
+    /// Where the other instances reach this one's API [default: http://<api-listen>, with this
+    /// host's name when listening on every interface]
     #[arg(long, env = "STRAND_SAGA_API_ADVERTISE", value_name = "URL")]
     api_advertise: Option<String>,
     /// The orchestrator's HTTP API [default: 127.0.0.1:7190]
@@ -94,6 +95,21 @@ fn key_value(s: &str) -> Result<(String, String), String> {
         Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
         _ => Err(format!("{s:?} is not KEY=VALUE")),
     }
+}
+
+/// The API's address for other instances: the listening one, or this host's name in its place
+/// when listening on every interface.
+fn advertised(api: SocketAddr) -> String {
+    if !api.ip().is_unspecified() {
+        return format!("http://{api}");
+    }
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "127.0.0.1".into());
+    format!("http://{host}:{}", api.port())
 }
 
 fn main() -> ExitCode {
@@ -196,7 +212,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         api_url: args
             .api_advertise
             .clone()
-            .unwrap_or_else(|| format!("http://{api_addr}")),
+            .unwrap_or_else(|| advertised(api_addr)),
         instance_id: instance_id.clone(),
         ..OrchestratorConfig::default()
     };
