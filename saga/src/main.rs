@@ -185,16 +185,19 @@ async fn run(args: Args) -> anyhow::Result<()> {
         id[id.len() - 12..].to_string()
     });
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let ownership = match cluster.kafka_config() {
-        Some(kafka) => ownership::kafka(
-            kafka,
-            &args.group,
-            &instance_id,
-            Duration::from_millis(args.session_timeout_ms.max(1_000)),
-            shutdown_rx.clone(),
-        )
-        .context("joining the journal group")?,
-        None => ownership::all(journal.partitions()),
+    let (ownership, group_thread) = match cluster.kafka_config() {
+        Some(kafka) => {
+            let (rx, thread) = ownership::kafka(
+                kafka,
+                &args.group,
+                &instance_id,
+                Duration::from_millis(args.session_timeout_ms.max(1_000)),
+                shutdown_rx.clone(),
+            )
+            .context("joining the journal group")?;
+            (rx, Some(thread))
+        }
+        None => (ownership::all(journal.partitions()), None),
     };
     let config = OrchestratorConfig {
         journal_partitions: args.journal_partitions,
@@ -249,6 +252,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
         None => orchestrator.await,
     };
     let _ = tokio::time::timeout(Duration::from_secs(10), http_task).await;
+    if let Some(thread) = group_thread {
+        // After the last checkpoint: leave the journal group, so the others take over now.
+        let left = tokio::task::spawn_blocking(move || thread.join());
+        let _ = tokio::time::timeout(Duration::from_secs(10), left).await;
+    }
     if let Some(broker) = embedded {
         broker.stop().await?;
     }

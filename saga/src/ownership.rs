@@ -92,14 +92,20 @@ impl ConsumerContext for Rebalancing {
 }
 
 /// Joins `group` on the journal topic of a Kafka cluster; ownership changes arrive on the
-/// receiver until shutdown, when the instance leaves the group.
+/// receiver until shutdown, when the instance leaves the group (the thread ends once it has).
 pub fn kafka(
     config: &ClientConfig,
     group: &str,
     instance: &str,
     session_timeout: Duration,
     mut shutdown: watch::Receiver<bool>,
-) -> Result<mpsc::UnboundedReceiver<Ownership>, rdkafka::error::KafkaError> {
+) -> Result<
+    (
+        mpsc::UnboundedReceiver<Ownership>,
+        std::thread::JoinHandle<()>,
+    ),
+    rdkafka::error::KafkaError,
+> {
     let (tx, rx) = mpsc::unbounded_channel();
     let mut c = config.clone();
     c.set("group.id", group)
@@ -121,7 +127,7 @@ pub fn kafka(
         crate::stopped(&mut shutdown).await;
         stop.store(true, Ordering::Relaxed);
     });
-    std::thread::Builder::new()
+    let thread = std::thread::Builder::new()
         .name("saga-journal-group".into())
         .spawn(move || {
             while !stop_thread.load(Ordering::Relaxed) {
@@ -131,11 +137,12 @@ pub fn kafka(
                     tracing::warn!(error = %e, "journal group");
                 }
             }
+            // Leaving now lets the others take the partitions at once, not after a timeout.
             consumer.unsubscribe();
             drop(consumer);
         })
         .expect("a thread starts");
-    Ok(rx)
+    Ok((rx, thread))
 }
 
 /// What an instance publishes about itself.

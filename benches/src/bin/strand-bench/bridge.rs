@@ -3,18 +3,24 @@
 //! would be). First the destination alone: librdkafka's idempotent producer (acks=all) writes N
 //! records to B. Then the bridge moves N records already on A to B. The ratio is the share of
 //! the slower side's speed the bridge reaches.
+//!
+//! Then the latency the bridge adds: records produced to A at a steady rate are read by one
+//! consumer on A and one on B (the bridge's copy); each notes how long after its send a record
+//! arrived. The difference of the two distributions is what the bridge adds.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use hdrhistogram::Histogram;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig as KafkaConfig;
 use strand_broker::bridge::config::{BridgeConfig, ClusterConfig, Direction, Endpoint, RouteSpec};
 use strand_broker::config::BrokerConfig;
 use strand_broker::run::RunningBroker;
 use strand_client::{
-    Client, ClientConfig, Producer, ProducerConfig, ProducerRecord, TopicSettings,
+    Client, ClientConfig, Consumer, ConsumerConfig, Producer, ProducerConfig, ProducerRecord,
+    TopicSettings,
 };
 use tokio::sync::watch;
 
@@ -49,7 +55,10 @@ pub async fn run(n_records: u64, record_bytes: usize, partitions: u32) -> anyhow
         ..TopicSettings::default()
     };
     cb.admin().create_topic("alone", settings.clone()).await?;
-    ca.admin().create_topic("mirrored", settings).await?;
+    ca.admin()
+        .create_topic("mirrored", settings.clone())
+        .await?;
+    ca.admin().create_topic("latency", settings).await?;
     let value = vec![b'x'; record_bytes];
 
     // The destination alone: librdkafka, idempotent, acks=all, into B's Kafka listener.
@@ -122,17 +131,20 @@ pub async fn run(n_records: u64, record_bytes: usize, partitions: u32) -> anyhow
                 },
             ),
         ]),
-        route_specs: vec![RouteSpec {
-            from: Endpoint {
-                cluster: "a".into(),
-                topic: "mirrored".into(),
-            },
-            to: Endpoint {
-                cluster: "b".into(),
-                topic: "mirrored".into(),
-            },
-            direction: Direction::OneWay,
-        }],
+        route_specs: ["mirrored", "latency"]
+            .into_iter()
+            .map(|topic| RouteSpec {
+                from: Endpoint {
+                    cluster: "a".into(),
+                    topic: topic.into(),
+                },
+                to: Endpoint {
+                    cluster: "b".into(),
+                    topic: topic.into(),
+                },
+                direction: Direction::OneWay,
+            })
+            .collect(),
     };
     let stats = config
         .routes()
@@ -151,8 +163,6 @@ pub async fn run(n_records: u64, record_bytes: usize, partitions: u32) -> anyhow
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let bridged = n_records as f64 / started.elapsed().as_secs_f64();
-    let _ = stop.send(true);
-    bridge.await?.context("bridge")?;
     let mb = |rate: f64| rate * record_bytes as f64 / 1e6;
     println!(
         "bridge: {n_records} records of {record_bytes} B, {partitions} partitions: destination alone (librdkafka idempotent, acks=all) {alone:.0} records/s ({:.1} MB/s); through the bridge {bridged:.0} records/s ({:.1} MB/s): bridge/alone = {:.2}",
@@ -160,7 +170,97 @@ pub async fn run(n_records: u64, record_bytes: usize, partitions: u32) -> anyhow
         mb(bridged),
         bridged / alone
     );
+    latency(&ca, &cb, record_bytes, partitions).await?;
+    let _ = stop.send(true);
+    bridge.await?.context("bridge")?;
     a.stop().await?;
     b.stop().await?;
+    Ok(())
+}
+
+/// Microseconds since the Unix epoch.
+fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// Reads `count` records of `topic` and records, per record, how long after its send (the
+/// first 8 bytes of its value) it arrived.
+async fn arrivals(
+    client: Client,
+    topic: &str,
+    partitions: u32,
+    count: u64,
+) -> anyhow::Result<Histogram<u64>> {
+    let at = (0..partitions).map(|p| (p, 0)).collect();
+    let config = ConsumerConfig {
+        fetch_wait: Duration::from_millis(100),
+        ..ConsumerConfig::default()
+    };
+    let mut consumer = Consumer::at_positions(client, topic, at, config).await?;
+    let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    for _ in 0..count {
+        let record = tokio::time::timeout(Duration::from_secs(60), consumer.next())
+            .await
+            .context("records stopped arriving")??;
+        let value = record.value.unwrap_or_default();
+        let sent = u64::from_be_bytes(value[..8].try_into()?);
+        histogram.record(now_us().saturating_sub(sent).max(1))?;
+    }
+    Ok(histogram)
+}
+
+/// Produces to A at a steady rate while consumers on A and on B (the bridge's copies) time
+/// each record's arrival; prints both and the difference.
+async fn latency(
+    ca: &Client,
+    cb: &Client,
+    record_bytes: usize,
+    partitions: u32,
+) -> anyhow::Result<()> {
+    const RATE: u64 = 2_000;
+    const SECONDS: u64 = 5;
+    let count = RATE * SECONDS;
+    // The bridge creates the topic on B when its route starts; wait for that.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while cb.admin().describe_topic("latency").await.is_err() {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the bridge never created the topic on B"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let on_a = tokio::spawn(arrivals(ca.clone(), "latency", partitions, count));
+    let on_b = tokio::spawn(arrivals(cb.clone(), "latency", partitions, count));
+    let producer = Producer::new(ca.clone(), ProducerConfig::default());
+    let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / RATE));
+    let mut deliveries = Vec::with_capacity(count as usize);
+    for i in 0..count {
+        tick.tick().await;
+        let mut value = vec![b'x'; record_bytes.max(8)];
+        value[..8].copy_from_slice(&now_us().to_be_bytes());
+        let record = ProducerRecord {
+            topic: "latency".into(),
+            partition: Some((i % u64::from(partitions)) as u32),
+            value: Some(value.into()),
+            ..ProducerRecord::default()
+        };
+        deliveries.push(producer.send(record).await?);
+    }
+    for d in deliveries {
+        d.await?;
+    }
+    let (a, b) = (on_a.await??, on_b.await??);
+    let ms = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    println!(
+        "bridge latency: {count} records at {RATE}/s: produce to consume on A p50 {:.1} ms p99 {:.1} ms; on B through the bridge p50 {:.1} ms p99 {:.1} ms; added p50 {:.1} ms p99 {:.1} ms",
+        ms(&a, 0.5),
+        ms(&a, 0.99),
+        ms(&b, 0.5),
+        ms(&b, 0.99),
+        ms(&b, 0.5) - ms(&a, 0.5),
+        ms(&b, 0.99) - ms(&a, 0.99),
+    );
     Ok(())
 }
