@@ -1,12 +1,11 @@
 //! Steps that are broker commands: the command goes to a topic with the saga's headers, a
 //! participant (here `serve_commands`) answers on the reply topic, and the orchestrator reads the
-//! replies as a consumer-group member.
+//! replies as a consumer-group member. Once on a Strand broker, once with everything on a Kafka
+//! cluster (the broker's Kafka listener through librdkafka).
 
 use std::sync::{Arc, Mutex};
 
 use serde_json::{json, Value};
-use strand_broker::cluster::Cluster;
-use strand_client::{Client, ClientConfig};
 use strand_saga::engine::Failure;
 use strand_saga::participants::{serve_commands, Command};
 use tokio::sync::watch;
@@ -40,21 +39,24 @@ pub fn broker_definition(attempts: u32) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_commands_run_and_compensate() {
     let dir = tempfile::tempdir().unwrap();
-    let stack = Stack::start(dir.path()).await;
+    commands_run_and_compensate(Stack::start(dir.path()).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_commands_run_and_compensate_on_kafka() {
+    let dir = tempfile::tempdir().unwrap();
+    commands_run_and_compensate(Stack::start_kafka(dir.path()).await).await;
+}
+
+async fn commands_run_and_compensate(stack: Stack) {
     let (status, body) = stack.put("/definitions/order", &broker_definition(2)).await;
     assert_eq!(status, 201, "{body}");
 
     let seen: Arc<Mutex<Vec<Command>>> = Arc::default();
-    let client = Client::connect(
-        stack.broker.as_ref().unwrap().native_addr.to_string(),
-        ClientConfig::default(),
-    )
-    .await
-    .unwrap();
     let (stop, stopped) = watch::channel(false);
     let record = seen.clone();
     let participant = tokio::spawn(serve_commands(
-        Arc::new(Cluster::strand("strand", client)),
+        stack.cluster().await,
         "participants".into(),
         vec![
             "order-commands".into(),

@@ -12,7 +12,7 @@ use axum::response::IntoResponse;
 use axum::routing::post;
 use axum::{Json, Router};
 use serde_json::{json, Value};
-use strand_broker::cluster::Cluster;
+use strand_broker::cluster::{Cluster, ClusterConfig};
 use strand_broker::config::BrokerConfig;
 use strand_broker::run::RunningBroker;
 use strand_client::{Client, ClientConfig};
@@ -172,9 +172,27 @@ pub fn order_definition(addr: SocketAddr, attempts: u32) -> Value {
     json!({"description": "order, payment, inventory", "steps": steps})
 }
 
+/// The broker as a cluster: through its native protocol, or its Kafka listener and librdkafka.
+async fn connect(broker: &RunningBroker, kafka: bool) -> Arc<Cluster> {
+    let cluster = if kafka {
+        let config = ClusterConfig::Kafka {
+            bootstrap: broker.kafka_addr.to_string(),
+            properties: Default::default(),
+        };
+        Cluster::connect("kafka", &config).await.unwrap()
+    } else {
+        let client = Client::connect(broker.native_addr.to_string(), ClientConfig::default())
+            .await
+            .unwrap();
+        Cluster::strand("strand", client)
+    };
+    Arc::new(cluster)
+}
+
 /// An embedded broker, the orchestrator and its HTTP API, all in this process.
 pub struct Stack {
     pub api: String,
+    kafka: bool,
     pub broker: Option<RunningBroker>,
     pub http: reqwest::Client,
     shutdown: watch::Sender<bool>,
@@ -187,6 +205,21 @@ impl Stack {
     }
 
     pub async fn start_with(dir: &std::path::Path, config: OrchestratorConfig) -> Stack {
+        Stack::start_on(dir, config, false).await
+    }
+
+    /// The orchestrator's journal and topics on the embedded broker's Kafka listener, reached
+    /// through librdkafka as a Kafka cluster would be.
+    pub async fn start_kafka(dir: &std::path::Path) -> Stack {
+        Stack::start_on(dir, OrchestratorConfig::default(), true).await
+    }
+
+    /// The cluster the orchestrator keeps its journal on, as a participant would reach it.
+    pub async fn cluster(&self) -> Arc<Cluster> {
+        connect(self.broker.as_ref().unwrap(), self.kafka).await
+    }
+
+    async fn start_on(dir: &std::path::Path, config: OrchestratorConfig, kafka: bool) -> Stack {
         let orchestrator_config = OrchestratorConfig {
             journal_partitions: 4,
             ..config
@@ -199,13 +232,22 @@ impl Stack {
             ..BrokerConfig::default()
         };
         let broker = RunningBroker::start(config).await.unwrap();
-        let client = Client::connect(broker.native_addr.to_string(), ClientConfig::default())
-            .await
-            .unwrap();
-        let cluster = Arc::new(Cluster::strand("strand", client));
-        let journal = Journal::open(cluster, 4).await.unwrap();
+        let cluster = connect(&broker, kafka).await;
+        let journal = Journal::open(cluster.clone(), 4).await.unwrap();
         let (shutdown, rx) = watch::channel(false);
-        let ownership = ownership::all(journal.partitions());
+        let ownership = match cluster.kafka_config() {
+            Some(config) => {
+                let group = ownership::kafka(
+                    config,
+                    "strand-saga",
+                    "test",
+                    Duration::from_secs(6),
+                    rx.clone(),
+                );
+                group.unwrap().0
+            }
+            None => ownership::all(journal.partitions()),
+        };
         let (handle, orchestrator) =
             orchestrator::start(journal, orchestrator_config, ownership, rx.clone())
                 .await
@@ -221,6 +263,7 @@ impl Stack {
         });
         Stack {
             api,
+            kafka,
             broker: Some(broker),
             http: reqwest::Client::new(),
             shutdown,
