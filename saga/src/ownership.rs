@@ -24,8 +24,10 @@ use tokio::sync::{mpsc, watch};
 
 use crate::journal::{INSTANCES_TOPIC, JOURNAL_TOPIC};
 
-/// How long a revocation waits for the orchestrator to let go of its partitions.
-const REVOKE_WAIT: Duration = Duration::from_secs(60);
+/// How long a revocation waits for the orchestrator to let go of its partitions: less than
+/// librdkafka's `max.poll.interval.ms` (5 minutes), past which the group would move them anyway.
+/// An orchestrator whose journal stalls that long stops (the journal failed) and lets go then.
+const REVOKE_WAIT: Duration = Duration::from_secs(240);
 
 /// A change of the partitions this instance drives.
 #[derive(Debug)]
