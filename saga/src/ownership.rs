@@ -70,8 +70,14 @@ impl ConsumerContext for Rebalancing {
                 if self.tx.send(Ownership::Revoked(partitions, ack)).is_ok() {
                     // Blocking the group thread is the point: the partitions are not given to
                     // another instance before this one let go of them.
-                    if done.recv_timeout(REVOKE_WAIT).is_err() {
-                        tracing::warn!("the orchestrator did not release its partitions in time");
+                    match done.recv_timeout(REVOKE_WAIT) {
+                        Ok(()) => {}
+                        // The orchestrator stopped: what it had is checkpointed or in the
+                        // journal, and it drives nothing any more.
+                        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {}
+                        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => tracing::warn!(
+                            "the orchestrator did not release its partitions in time"
+                        ),
                     }
                 }
             }
