@@ -205,7 +205,8 @@ async fn one_way_mirror_survives_kill_9_with_no_gap() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_way_route_mirrors_both_ways_without_loops() {
-    const N: usize = 10_000;
+    // 100,000 records over the route: half produced on each side.
+    const N: usize = 50_000;
     let dir = tempfile::tempdir().unwrap();
     let a = start_broker(&dir.path().join("a"));
     let b = start_broker(&dir.path().join("b"));
@@ -239,7 +240,7 @@ async fn two_way_route_mirrors_both_ways_without_loops() {
             d.await.unwrap();
         }
     }
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + Duration::from_secs(180);
     while count(&ca, "events").await < 2 * N as u64 || count(&cb, "events").await < 2 * N as u64 {
         assert!(Instant::now() < deadline, "not mirrored both ways");
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -256,6 +257,21 @@ async fn two_way_route_mirrors_both_ways_without_loops() {
         values.sort();
         values.dedup();
         assert_eq!(values.len(), 2 * N, "each record once");
+        // The copies keep their source order per partition.
+        let mut last: std::collections::HashMap<Vec<u8>, u64> = Default::default();
+        for r in &records {
+            let (Some(p), Some(o)) = (
+                header(r, strand_broker::bridge::PROVENANCE_PARTITION),
+                header(r, strand_broker::bridge::PROVENANCE_OFFSET),
+            ) else {
+                continue;
+            };
+            let o: u64 = std::str::from_utf8(o).unwrap().parse().unwrap();
+            let key = [p, &[r.partition as u8]].concat();
+            if let Some(prev) = last.insert(key, o) {
+                assert!(o > prev, "copies out of source order");
+            }
+        }
     }
     stop(a);
     stop(b);
