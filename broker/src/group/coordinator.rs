@@ -540,15 +540,30 @@ impl Coordinator {
             }
             Input::Partitions(partitions) => {
                 if partitions != self.partitions {
-                    self.partitions = partitions;
-                    // A partition-count change moves partitions: every group rebalances.
-                    for g in self
-                        .groups
-                        .values_mut()
-                        .filter(|g| g.state == GroupState::Stable)
-                    {
+                    let changed: BTreeSet<&String> = partitions
+                        .iter()
+                        .filter(|(t, n)| self.partitions.get(*t) != Some(n))
+                        .map(|(t, _)| t)
+                        .chain(
+                            self.partitions
+                                .keys()
+                                .filter(|t| !partitions.contains_key(*t)),
+                        )
+                        .collect();
+                    // A partition-count change of a topic a broker-assigned group reads moves
+                    // its partitions: that group rebalances. Other groups are left alone (a new
+                    // topic elsewhere is none of their business), and client-assigned groups
+                    // watch metadata and rejoin by themselves, as Kafka clients do.
+                    for g in self.groups.values_mut().filter(|g| {
+                        g.state == GroupState::Stable
+                            && g.protocol_type.is_none()
+                            && g.members
+                                .values()
+                                .any(|m| m.topics.iter().any(|t| changed.contains(t)))
+                    }) {
                         start_rebalance(g, now_ms, &mut out);
                     }
+                    self.partitions = partitions;
                 }
             }
             Input::Tick => {}
@@ -1111,6 +1126,18 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_new_topic_elsewhere_rebalances_no_group() {
+        let (mut c, a, _b) = two_members(Assignor::Range);
+        let counts = [("t".to_string(), 6), ("other".to_string(), 4)];
+        c.handle(Input::Partitions(counts.into()), 500);
+        assert_eq!(heartbeat(&mut c, &a.member_id, 2, 600), Ok(()));
+        // Its partition count changing later is none of this group's business either.
+        let counts = [("t".to_string(), 6), ("other".to_string(), 5)];
+        c.handle(Input::Partitions(counts.into()), 700);
+        assert_eq!(heartbeat(&mut c, &a.member_id, 2, 800), Ok(()));
+    }
+
     fn client_join(
         c: &mut Coordinator,
         request: RequestId,
@@ -1232,6 +1259,9 @@ mod tests {
         // A stale generation is fenced.
         let out = c.handle(sync_input(7, &b.member_id, 1, vec![]), 600);
         assert_eq!(synced(&out, 7), Some(Err(GroupError::IllegalGeneration)));
+        // Partition counts are the clients' to watch: the broker starts no rebalance for them.
+        c.handle(Input::Partitions([("t".to_string(), 8)].into()), 700);
+        assert_eq!(heartbeat_k(&mut c, &a.member_id, 2, 800), Ok(()));
     }
 
     #[test]
