@@ -186,7 +186,7 @@ impl Cluster {
                     p.client().fetch_metadata(None, KAFKA_TIMEOUT).map(|_| ())
                 })
                 .await
-                .expect("metadata task")
+                .unwrap_or(Err(KafkaError::Canceled))
                 .map_err(kafka)?;
                 Ok(Cluster::Kafka {
                     name: name.to_string(),
@@ -283,7 +283,7 @@ impl Cluster {
                     Ok::<_, KafkaError>(Some(marks))
                 })
                 .await
-                .expect("metadata task")
+                .unwrap_or(Err(KafkaError::Canceled))
                 .map_err(|e| self.kafka_error(e))?;
                 marks.ok_or_else(|| SideError::UnknownTopic(topic.to_string()))
             }
@@ -439,7 +439,7 @@ impl Cluster {
                 let p = producer.clone();
                 tokio::task::spawn_blocking(move || p.flush(KAFKA_TIMEOUT))
                     .await
-                    .expect("flush task")
+                    .unwrap_or(Err(KafkaError::Canceled))
                     .map_err(|e| self.kafka_error(e))
             }
         }

@@ -97,6 +97,9 @@ enum Command {
         /// Unfinished sagas at most.
         #[arg(long, default_value_t = 500)]
         concurrency: usize,
+        /// Keep the journal and topics on the broker's Kafka listener, through librdkafka.
+        #[arg(long)]
+        kafka: bool,
     },
     /// Produce at a fixed rate and measure produce-to-consume latency (push consumer).
     Latency {
@@ -117,11 +120,17 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    // Logs only when asked for (RUST_LOG=warn, say): they would mix with the results.
+    if std::env::var_os("RUST_LOG").is_some() {
+        strand_broker::run::init_tracing();
+    }
     // Saga and bridge runs start their own brokers, in the same runtime as their clients.
     match cli.command {
-        Command::Saga { sagas, concurrency } => {
-            return runtime()?.block_on(saga::run(sagas, concurrency.max(1)))
-        }
+        Command::Saga {
+            sagas,
+            concurrency,
+            kafka,
+        } => return runtime()?.block_on(saga::run(sagas, concurrency.max(1), kafka)),
         Command::Bridge {
             records,
             record_bytes,
