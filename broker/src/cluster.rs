@@ -126,7 +126,10 @@ pub enum Cluster {
     Strand {
         name: String,
         client: Client,
+        /// acks=durable: answered after an fsync.
         producer: Producer,
+        /// acks=leader: answered once written, for records a timeout retries anyway.
+        leader: Producer,
     },
     Kafka {
         name: String,
@@ -198,20 +201,23 @@ impl Cluster {
         }
     }
 
-    /// A Strand broker through a client already connected (sends are acks=durable).
+    /// A Strand broker through a client already connected.
     pub fn strand(name: &str, client: Client) -> Cluster {
-        let producer = Producer::new(
-            client.clone(),
-            ProducerConfig {
-                acks: Acks::Durable,
-                linger: Duration::from_millis(2),
-                ..ProducerConfig::default()
-            },
-        );
+        let producer = |acks| {
+            Producer::new(
+                client.clone(),
+                ProducerConfig {
+                    acks,
+                    linger: Duration::from_millis(2),
+                    ..ProducerConfig::default()
+                },
+            )
+        };
         Cluster::Strand {
             name: name.to_string(),
+            producer: producer(Acks::Durable),
+            leader: producer(Acks::Leader),
             client,
-            producer,
         }
     }
 
@@ -350,16 +356,44 @@ impl Cluster {
     }
 
     /// Queues a record for `partition` (by its key when `None`, with Kafka's murmur2); the
-    /// returned future resolves once it is durable on this cluster. Sends to one partition
-    /// stay in order.
+    /// returned future resolves once it is durable on this cluster (Strand: fsynced; Kafka:
+    /// acks=all). Sends to one partition stay in order.
     pub async fn send(
         &self,
         topic: &str,
         partition: Option<u32>,
         record: MirroredRecord,
     ) -> Result<Sent, SideError> {
+        self.send_with(topic, partition, record, true).await
+    }
+
+    /// As [`Cluster::send`], but on a Strand broker answered once the record is written, before
+    /// the fsync: for messages whose loss a timeout covers (commands, replies). Kafka is always
+    /// acks=all.
+    pub async fn send_unsynced(
+        &self,
+        topic: &str,
+        partition: Option<u32>,
+        record: MirroredRecord,
+    ) -> Result<Sent, SideError> {
+        self.send_with(topic, partition, record, false).await
+    }
+
+    async fn send_with(
+        &self,
+        topic: &str,
+        partition: Option<u32>,
+        record: MirroredRecord,
+        durable: bool,
+    ) -> Result<Sent, SideError> {
         match self {
-            Cluster::Strand { producer, name, .. } => {
+            Cluster::Strand {
+                producer,
+                leader,
+                name,
+                ..
+            } => {
+                let producer = if durable { producer } else { leader };
                 let r = ProducerRecord {
                     topic: topic.to_string(),
                     partition,
@@ -432,7 +466,10 @@ impl Cluster {
     /// Waits until everything sent so far is acknowledged.
     pub async fn flush(&self) -> Result<(), SideError> {
         match self {
-            Cluster::Strand { producer, .. } => {
+            Cluster::Strand {
+                producer, leader, ..
+            } => {
+                leader.flush().await.map_err(|e| self.strand_error(e))?;
                 producer.flush().await.map_err(|e| self.strand_error(e))
             }
             Cluster::Kafka { producer, .. } => {

@@ -274,7 +274,8 @@ impl Participants {
             ],
             ..MirroredRecord::new(Some(call.saga_id.clone().into_bytes()), value)
         };
-        let sent = match self.cluster.send(&topic, None, record).await {
+        // A lost command is a step that times out and is sent again.
+        let sent = match self.cluster.send_unsynced(&topic, None, record).await {
             Ok(delivery) => delivery.await,
             Err(e) => Err(e),
         };
@@ -464,7 +465,12 @@ where
             )
         };
         // Delivery is not awaited: the next command does not wait for it.
-        drop(cluster.send(&command.reply_topic, None, reply).await?);
+        // A lost reply is a step that times out and is sent again (and answered again).
+        drop(
+            cluster
+                .send_unsynced(&command.reply_topic, None, reply)
+                .await?,
+        );
     }
 }
 
