@@ -280,12 +280,15 @@ async fn health(State(handle): State<Handle>) -> Json<serde_json::Value> {
 )]
 async fn put_definition(
     State(handle): State<Handle>,
+    headers: HeaderMap,
     Path(name): Path<String>,
     body: Bytes,
-) -> Result<(StatusCode, Json<Definition>), AppError> {
+) -> Result<Response, AppError> {
     let spec = definition_body(&body)?;
-    let def = handle.put_definition(name, spec).await?;
-    Ok((StatusCode::CREATED, Json(def)))
+    let result = handle.put_definition(name.clone(), spec).await;
+    let result = result.map(|def| (StatusCode::CREATED, def));
+    let request = (Method::PUT, format!("/definitions/{name}"), Some(body));
+    Ok(answer(&handle, &headers, request, result).await)
 }
 
 /// The latest version of every definition.

@@ -587,6 +587,15 @@ impl Orchestrator {
         Err(ApiError::Elsewhere { partition, owner })
     }
 
+    /// As [`Orchestrator::owns`] for a saga id; something that is no saga id is nowhere (and is
+    /// never forwarded).
+    fn owns_saga(&self, id: &str) -> Result<u32, ApiError> {
+        if uuid::Uuid::parse_str(id).is_err() {
+            return Err(ApiError::NotFound(format!("{id:?} is not a saga id")));
+        }
+        self.owns(id)
+    }
+
     /// A new saga id in `partition` (ids stay time-ordered UUIDv7s).
     fn new_id(&self, partition: u32) -> String {
         loop {
@@ -907,7 +916,7 @@ impl Orchestrator {
             Command::Get(id, respond) => {
                 let found = match self.sagas.get(&id) {
                     Some(saga) => Ok(saga.clone()),
-                    None => self.owns(&id).and_then(|_| {
+                    None => self.owns_saga(&id).and_then(|_| {
                         Err(ApiError::NotFound(format!(
                             "no saga {id:?} in memory (sagas that finished long ago are only in {})",
                             crate::journal::SNAPSHOT_TOPIC
@@ -950,7 +959,7 @@ impl Orchestrator {
     async fn operator(&mut self, id: String, input: Input, respond: Respond<Saga>) {
         let Some(saga) = self.sagas.get_mut(&id) else {
             let missing = ApiError::NotFound(format!("no saga {id:?}"));
-            let _ = respond.send(Err(self.owns(&id).err().unwrap_or(missing)));
+            let _ = respond.send(Err(self.owns_saga(&id).err().unwrap_or(missing)));
             return;
         };
         let entries = match saga.handle(input, crate::now_ms(), fastrand::f64()) {
@@ -982,6 +991,9 @@ impl Orchestrator {
             }]));
         }
         definition::validate(&spec).map_err(ApiError::Invalid)?;
+        // Versions of a name are numbered by one instance: the owner of the name's journal
+        // partition (the others forward to it).
+        self.owns(&name)?;
         // The topics it uses exist before any saga needs them.
         let mut topics = BTreeSet::new();
         for step in &spec.steps {

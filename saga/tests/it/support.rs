@@ -252,6 +252,15 @@ impl Stack {
             orchestrator::start(journal, orchestrator_config, ownership, rx.clone())
                 .await
                 .unwrap();
+        // On Kafka the journal's partitions arrive through its consumer group.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while handle.ownership().1.len() < 4 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no journal partitions"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let api = format!("http://{}", listener.local_addr().unwrap());
         let app = http::router(handle, &HttpConfig::default());
