@@ -119,6 +119,9 @@ pub fn kafka(
     c.set("group.id", group)
         .set("client.id", format!("strand-saga-{instance}"))
         .set("enable.auto.commit", "false")
+        // Incremental rebalancing: a joining or leaving instance moves only the partitions
+        // that change hands; the others keep driving theirs without a pause.
+        .set("partition.assignment.strategy", "cooperative-sticky")
         .set(
             "session.timeout.ms",
             session_timeout.as_millis().to_string(),
