@@ -43,8 +43,9 @@ struct Args {
     /// repeatable.
     #[arg(long = "kafka-property", value_name = "KEY=VALUE", value_parser = key_value)]
     kafka_properties: Vec<(String, String)>,
-    /// The consumer group instances on the same Kafka journal share [default: strand-saga]
-    #[arg(long, env = "STRAND_SAGA_GROUP", default_value = "strand-saga")]
+    /// The consumer group instances on the same Kafka journal share (it must not be used by
+    /// anything else) [default: strand-saga-journal]
+    #[arg(long, env = "STRAND_SAGA_GROUP", default_value = "strand-saga-journal")]
     group: String,
     /// How long a silent instance keeps its journal partitions, in ms [default: 10000]
     #[arg(long, env = "STRAND_SAGA_SESSION_TIMEOUT_MS", default_value_t = 10_000)]

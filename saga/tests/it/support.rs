@@ -239,7 +239,7 @@ impl Stack {
             Some(config) => {
                 let group = ownership::kafka(
                     config,
-                    "strand-saga",
+                    "strand-saga-journal",
                     "test",
                     Duration::from_secs(6),
                     rx.clone(),
