@@ -467,6 +467,27 @@ mod tests {
     use kafka_protocol::protocol::StrBytes;
     use proptest::prelude::*;
 
+    /// A JoinGroup v0 request whose protocol array claims i32::MAX entries and has none: the
+    /// decoder sizes its vector from that count (see `crate::alloc`), and it must come back as a
+    /// decode error, not abort the broker.
+    #[test]
+    fn a_hostile_array_length_is_an_error_not_an_abort() {
+        let mut b = BytesMut::new();
+        b.put_i16(11); // JoinGroup
+        b.put_i16(0); // v0
+        b.put_i32(7); // correlation id
+        b.put_i16(1);
+        b.put_slice(b"c"); // client id
+        b.put_i16(1);
+        b.put_slice(b"g"); // group id
+        b.put_i32(10_000); // session timeout
+        b.put_i16(0); // member id ""
+        b.put_i16(8);
+        b.put_slice(b"consumer"); // protocol type
+        b.put_i32(i32::MAX); // protocols
+        assert!(decode_request(b.freeze()).is_err());
+    }
+
     fn frame(api_key: ApiKey, version: i16, body: &impl Encodable) -> Bytes {
         let mut buf = BytesMut::new();
         RequestHeader::default()
