@@ -642,23 +642,8 @@ impl std::fmt::Debug for Reader {
 impl Reader {
     pub async fn next(&mut self) -> Result<MirroredRecord, SideError> {
         match self {
-            Reader::Strand(consumer, cluster) => {
-                consumer
-                    .next()
-                    .await
-                    .map(from_strand)
-                    .map_err(|source| SideError::Strand {
-                        cluster: cluster.clone(),
-                        source,
-                    })
-            }
-            Reader::Kafka(consumer, cluster) => match consumer.recv().await {
-                Ok(m) => Ok(from_kafka(&m)),
-                Err(source) => Err(SideError::Kafka {
-                    cluster: cluster.clone(),
-                    source,
-                }),
-            },
+            Reader::Strand(consumer, cluster) => from_strand(consumer.next().await, cluster),
+            Reader::Kafka(consumer, cluster) => next_kafka(consumer, cluster).await,
         }
     }
 }
@@ -680,21 +665,8 @@ impl std::fmt::Debug for GroupReader {
 impl GroupReader {
     pub async fn next(&mut self) -> Result<MirroredRecord, SideError> {
         match self {
-            GroupReader::Strand(consumer, cluster) => consumer
-                .next()
-                .await
-                .map(from_strand)
-                .map_err(|source| SideError::Strand {
-                    cluster: cluster.clone(),
-                    source,
-                }),
-            GroupReader::Kafka(consumer, cluster) => match consumer.recv().await {
-                Ok(m) => Ok(from_kafka(&m)),
-                Err(source) => Err(SideError::Kafka {
-                    cluster: cluster.clone(),
-                    source,
-                }),
-            },
+            GroupReader::Strand(consumer, cluster) => from_strand(consumer.next().await, cluster),
+            GroupReader::Kafka(consumer, cluster) => next_kafka(consumer, cluster).await,
         }
     }
 
@@ -734,8 +706,16 @@ impl GroupReader {
     }
 }
 
-fn from_strand(r: strand_client::Record) -> MirroredRecord {
-    MirroredRecord {
+/// A record read through strand-client, or the error, naming the cluster.
+fn from_strand(
+    read: Result<strand_client::Record, ClientError>,
+    cluster: &str,
+) -> Result<MirroredRecord, SideError> {
+    let r = read.map_err(|source| SideError::Strand {
+        cluster: cluster.to_string(),
+        source,
+    })?;
+    Ok(MirroredRecord {
         topic: r.topic,
         partition: r.partition,
         offset: r.offset,
@@ -752,6 +732,17 @@ fn from_strand(r: strand_client::Record) -> MirroredRecord {
                 )
             })
             .collect(),
+    })
+}
+
+/// The next record of a Kafka consumer, or the error, naming the cluster.
+async fn next_kafka(consumer: &StreamConsumer, cluster: &str) -> Result<MirroredRecord, SideError> {
+    match consumer.recv().await {
+        Ok(m) => Ok(from_kafka(&m)),
+        Err(source) => Err(SideError::Kafka {
+            cluster: cluster.to_string(),
+            source,
+        }),
     }
 }
 

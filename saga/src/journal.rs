@@ -15,7 +15,9 @@
 //! - `__saga_instances` (compacted): which instance owns which partitions, and its API address.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use strand_broker::cluster::{Cluster, MirroredRecord, Sent, SideError, TopicKind};
@@ -265,6 +267,49 @@ impl Journal {
             snapshots: snapshots.into_values().map(|s| s.saga).collect(),
             entries,
         })
+    }
+}
+
+/// Follows a one-partition topic from `from` until shutdown, handing `f` every record in order;
+/// a read that fails is reopened where it stopped. `f` answers whether to go on.
+pub async fn follow<F, Fut>(
+    cluster: &Cluster,
+    topic: &str,
+    from: u64,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+    mut f: F,
+) where
+    F: FnMut(MirroredRecord) -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let mut next = from;
+    loop {
+        let mut reader = match cluster.reader_at(topic, vec![(0, next)]).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(topic, error = %e, "following failed; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        loop {
+            let record = tokio::select! {
+                r = reader.next() => r,
+                _ = crate::stopped(&mut shutdown) => return,
+            };
+            match record {
+                Ok(r) => {
+                    next = r.offset + 1;
+                    if !f(r).await {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(topic, error = %e, "following failed; retrying");
+                    break;
+                }
+            }
+        }
     }
 }
 

@@ -356,47 +356,26 @@ async fn follow_definitions(
     cluster: Arc<Cluster>,
     from: u64,
     commands: mpsc::Sender<Command>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
-    let mut next = from;
-    loop {
-        let mut reader = match cluster
-            .reader_at(crate::journal::DEFINITION_TOPIC, vec![(0, next)])
-            .await
-        {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::warn!(error = %e, "following definitions failed; retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
-        };
-        loop {
-            let record = tokio::select! {
-                r = reader.next() => r,
-                _ = crate::stopped(&mut shutdown) => return,
-            };
-            match record.map_err(JournalError::from).and_then(|r| {
-                next = r.offset + 1;
-                Journal::definition_record(&r)
-            }) {
-                Ok(Some(d)) => {
-                    if commands
-                        .send(Command::DefinitionSeen(Box::new(d)))
-                        .await
-                        .is_err()
-                    {
-                        return;
-                    }
-                }
-                Ok(None) => {}
+    let topic = crate::journal::DEFINITION_TOPIC;
+    crate::journal::follow(&cluster, topic, from, shutdown, |record| {
+        let commands = commands.clone();
+        async move {
+            match Journal::definition_record(&record) {
+                Ok(Some(d)) => commands
+                    .send(Command::DefinitionSeen(Box::new(d)))
+                    .await
+                    .is_ok(),
+                Ok(None) => true,
                 Err(e) => {
-                    tracing::warn!(error = %e, "following definitions failed; retrying");
-                    break;
+                    tracing::warn!(error = %e, "a definition record that does not parse");
+                    true
                 }
             }
         }
-    }
+    })
+    .await
 }
 
 struct Orchestrator {

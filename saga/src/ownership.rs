@@ -188,44 +188,17 @@ impl Routes {
     }
 
     /// Follows `__saga_instances` from its start until shutdown.
-    pub async fn follow(
-        self: Arc<Self>,
-        cluster: Arc<Cluster>,
-        mut shutdown: watch::Receiver<bool>,
-    ) {
-        loop {
-            let mut reader = match cluster.reader_at(INSTANCES_TOPIC, vec![(0, 0)]).await {
-                Ok(r) => r,
-                Err(e) => {
-                    tracing::warn!(error = %e, "reading the instances topic failed; retrying");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    continue;
-                }
-            };
-            loop {
-                let record = tokio::select! {
-                    r = reader.next() => r,
-                    _ = crate::stopped(&mut shutdown) => return,
-                };
-                match record {
-                    Ok(r) => {
-                        let (Some(key), Some(value)) = (&r.key, &r.value) else {
-                            continue;
-                        };
-                        match serde_json::from_slice::<Announcement>(value) {
-                            Ok(a) => self.apply(&String::from_utf8_lossy(key), &a),
-                            Err(e) => {
-                                tracing::warn!(offset = r.offset, error = %e, "bad instance record")
-                            }
-                        }
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "reading the instances topic failed; retrying");
-                        break;
-                    }
+    pub async fn follow(self: Arc<Self>, cluster: Arc<Cluster>, shutdown: watch::Receiver<bool>) {
+        crate::journal::follow(&cluster, INSTANCES_TOPIC, 0, shutdown, |r| {
+            if let (Some(key), Some(value)) = (&r.key, &r.value) {
+                match serde_json::from_slice::<Announcement>(value) {
+                    Ok(a) => self.apply(&String::from_utf8_lossy(key), &a),
+                    Err(e) => tracing::warn!(offset = r.offset, error = %e, "bad instance record"),
                 }
             }
-        }
+            std::future::ready(true)
+        })
+        .await
     }
 }
 

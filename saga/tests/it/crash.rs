@@ -154,26 +154,8 @@ async fn kill_9_mid_flight_loses_no_saga_and_applies_each_effect_once() {
     }
 
     // Per saga, what the participants applied matches how it ended, each effect once.
-    let effects = participants.effects();
     for (id, state) in &outcomes {
-        let applied = |step: &str, phase: &str| {
-            effects
-                .get(&(id.clone(), step.to_string(), phase.to_string()))
-                .copied()
-                .unwrap_or(0)
-        };
-        if state == "completed" {
-            for step in ["order", "charge", "reserve"] {
-                assert_eq!(applied(step, "action"), 1, "{id} {step}");
-                assert_eq!(applied(step, "compensation"), 0, "{id} {step}");
-            }
-        } else {
-            for step in ["order", "charge"] {
-                assert_eq!(applied(step, "action"), 1, "{id} {step}");
-                assert_eq!(applied(step, "compensation"), 1, "{id} {step} undone");
-            }
-            assert_eq!(applied("reserve", "action"), 0, "{id}: inventory refused");
-        }
+        participants.assert_applied_once(id, state);
     }
     let ledger = participants.ledger.lock().unwrap();
     let mut per_key: HashMap<&str, usize> = HashMap::new();

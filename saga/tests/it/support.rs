@@ -64,6 +64,31 @@ impl Participants {
         addr
     }
 
+    /// The order saga's effects for saga `id` match how it ended (`state`): every action once
+    /// and no compensation when completed; when compensated (inventory refused), order and
+    /// payment once each way and inventory never.
+    pub fn assert_applied_once(&self, id: &str, state: &str) {
+        let effects = self.effects();
+        let applied = |step: &str, phase: &str| {
+            effects
+                .get(&(id.to_string(), step.to_string(), phase.to_string()))
+                .copied()
+                .unwrap_or(0)
+        };
+        if state == "completed" {
+            for step in ["order", "charge", "reserve"] {
+                assert_eq!(applied(step, "action"), 1, "{id} {step}");
+                assert_eq!(applied(step, "compensation"), 0, "{id} {step}");
+            }
+        } else {
+            for step in ["order", "charge"] {
+                assert_eq!(applied(step, "action"), 1, "{id} {step}");
+                assert_eq!(applied(step, "compensation"), 1, "{id} {step} undone");
+            }
+            assert_eq!(applied("reserve", "action"), 0, "{id}: inventory refused");
+        }
+    }
+
     /// How often each (saga, step, op) effect was applied.
     pub fn effects(&self) -> HashMap<(String, String, String), u32> {
         let ledger = self.ledger.lock().unwrap();
