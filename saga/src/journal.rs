@@ -54,10 +54,17 @@ struct Checkpoint {
 }
 
 /// A saga's state as of a journal offset: entries before `covers` are in it.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Deserialize)]
 struct Snapshot {
     covers: u64,
     saga: Saga,
+}
+
+/// A [`Snapshot`] as written, borrowing the saga.
+#[derive(Serialize)]
+struct SnapshotOf<'a> {
+    covers: u64,
+    saga: &'a Saga,
 }
 
 /// What taking over partitions recovers.
@@ -195,9 +202,9 @@ impl Journal {
         let mut deliveries = Vec::new();
         for saga in sagas {
             let partition = self.partition_of(&saga.id);
-            let snapshot = Snapshot {
+            let snapshot = SnapshotOf {
                 covers: end(partition),
-                saga: (*saga).clone(),
+                saga,
             };
             let value = serde_json::to_vec(&snapshot).expect("sagas serialize");
             let record = MirroredRecord::new(Some(saga.id.clone().into_bytes()), value);

@@ -4,7 +4,6 @@
 //! `--kafka-brokers` the journal, snapshots and participants' topics live on a Kafka cluster,
 //! and several instances share the journal's partitions.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -15,7 +14,6 @@ use clap::Parser;
 use strand_broker::cluster::{Cluster, ClusterConfig};
 use strand_broker::config::{BrokerArgs, BrokerConfig};
 use strand_broker::run::RunningBroker;
-use strand_client::{Client, ClientConfig};
 use strand_saga::breaker::BreakerConfig;
 use strand_saga::http::{self, HttpConfig};
 use strand_saga::journal::Journal;
@@ -143,36 +141,35 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
         _ => None,
     };
-    let (cluster, cluster_addr) = match (&args.kafka_brokers, &args.broker, &embedded) {
-        (Some(bootstrap), _, _) => {
-            let config = ClusterConfig::Kafka {
+    let (name, config) = match (&args.kafka_brokers, &args.broker, &embedded) {
+        (Some(bootstrap), _, _) => (
+            "kafka",
+            ClusterConfig::Kafka {
                 bootstrap: bootstrap.clone(),
-                properties: args
-                    .kafka_properties
-                    .iter()
-                    .cloned()
-                    .collect::<BTreeMap<_, _>>(),
-            };
-            let cluster = Cluster::connect("kafka", &config)
-                .await
-                .with_context(|| format!("connecting to the Kafka cluster at {bootstrap}"))?;
-            (cluster, bootstrap.clone())
-        }
-        (None, Some(addr), _) => {
-            let client = Client::connect(addr.clone(), ClientConfig::default())
-                .await
-                .with_context(|| format!("connecting to the broker at {addr}"))?;
-            (Cluster::strand("strand", client), addr.clone())
-        }
-        (None, None, Some(b)) => {
-            let addr = b.native_addr.to_string();
-            let client = Client::connect(addr.clone(), ClientConfig::default())
-                .await
-                .with_context(|| format!("connecting to the embedded broker at {addr}"))?;
-            (Cluster::strand("strand", client), addr)
-        }
+                properties: args.kafka_properties.iter().cloned().collect(),
+            },
+        ),
+        (None, Some(address), _) => (
+            "strand",
+            ClusterConfig::Strand {
+                address: address.clone(),
+            },
+        ),
+        (None, None, Some(b)) => (
+            "strand",
+            ClusterConfig::Strand {
+                address: b.native_addr.to_string(),
+            },
+        ),
         (None, None, None) => unreachable!("a broker is embedded"),
     };
+    let cluster_addr = match &config {
+        ClusterConfig::Kafka { bootstrap, .. } => bootstrap.clone(),
+        ClusterConfig::Strand { address } => address.clone(),
+    };
+    let cluster = Cluster::connect(name, &config)
+        .await
+        .with_context(|| format!("connecting to the {name} cluster at {cluster_addr}"))?;
     let cluster = Arc::new(cluster);
     let journal = Journal::open(cluster.clone(), args.journal_partitions)
         .await

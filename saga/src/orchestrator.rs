@@ -473,8 +473,7 @@ impl Orchestrator {
             } else {
                 unfinished.push(id.clone());
             }
-            let saga = saga.clone();
-            self.index(&saga);
+            self.index(id);
         }
         finished.sort();
         self.finished.extend(finished.into_iter().map(|(_, id)| id));
@@ -585,11 +584,16 @@ impl Orchestrator {
         }
     }
 
-    fn index(&mut self, saga: &Saga) {
-        if let Some(key) = &saga.idempotency_key {
-            self.by_key.insert(key.clone(), saga.id.clone());
+    /// Indexes a saga in memory: its idempotency key and its next wakeup.
+    fn index(&mut self, id: &str) {
+        let Some(saga) = self.sagas.get(id) else {
+            return;
+        };
+        let (key, wakeup) = (saga.idempotency_key.clone(), saga.next_wakeup_ms());
+        if let Some(key) = key {
+            self.by_key.insert(key, id.to_string());
         }
-        self.schedule(saga.id.clone(), saga.next_wakeup_ms());
+        self.schedule(id.to_string(), wakeup);
     }
 
     fn find_definition(&self, name: &str, version: Option<u32>) -> Option<Arc<Definition>> {
@@ -1080,8 +1084,8 @@ impl Orchestrator {
             request.idempotency_key,
             crate::now_ms(),
         );
-        self.index(&saga);
         self.sagas.insert(id.clone(), saga);
+        self.index(&id);
         let effects = self.effects_of(&id, &entries);
         let snapshot = self.sagas[&id].clone();
         let durable = self.append(&entries).await;

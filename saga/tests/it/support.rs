@@ -15,7 +15,6 @@ use serde_json::{json, Value};
 use strand_broker::cluster::{Cluster, ClusterConfig};
 use strand_broker::config::BrokerConfig;
 use strand_broker::run::RunningBroker;
-use strand_client::{Client, ClientConfig};
 use strand_saga::http::{self, HttpConfig};
 use strand_saga::journal::Journal;
 use strand_saga::orchestrator::{self, OrchestratorConfig};
@@ -199,19 +198,21 @@ pub fn order_definition(addr: SocketAddr, attempts: u32) -> Value {
 
 /// The broker as a cluster: through its native protocol, or its Kafka listener and librdkafka.
 async fn connect(broker: &RunningBroker, kafka: bool) -> Arc<Cluster> {
-    let cluster = if kafka {
-        let config = ClusterConfig::Kafka {
-            bootstrap: broker.kafka_addr.to_string(),
-            properties: Default::default(),
-        };
-        Cluster::connect("kafka", &config).await.unwrap()
+    let (name, config) = if kafka {
+        let bootstrap = broker.kafka_addr.to_string();
+        let properties = Default::default();
+        (
+            "kafka",
+            ClusterConfig::Kafka {
+                bootstrap,
+                properties,
+            },
+        )
     } else {
-        let client = Client::connect(broker.native_addr.to_string(), ClientConfig::default())
-            .await
-            .unwrap();
-        Cluster::strand("strand", client)
+        let address = broker.native_addr.to_string();
+        ("strand", ClusterConfig::Strand { address })
     };
-    Arc::new(cluster)
+    Arc::new(Cluster::connect(name, &config).await.unwrap())
 }
 
 /// An embedded broker, the orchestrator and its HTTP API, all in this process.
