@@ -7,9 +7,6 @@
 //!   retention. Storage never touches a socket.
 //! - [`topics`]: the topic registry, which persists names, partition counts and per-topic log
 //!   settings, and owns one log per partition.
-//! - [`bridge`]: mirroring topics to and from Kafka-protocol clusters (`strand-bridge`).
-//! - [`cluster`]: one API over a Strand broker or a Kafka-protocol cluster (`rdkafka`), used by
-//!   the bridge and by the saga orchestrator's journal.
 //! - [`config`]: settings from defaults, a TOML file, `STRAND_*` variables and flags.
 //! - [`kafka`]: the Kafka-protocol listener (metadata, produce, fetch, list offsets so far).
 //! - [`producers`]: idempotent producers' sequence numbers per partition.
@@ -18,8 +15,6 @@
 //! - [`metrics`]: Prometheus metrics; [`http`]: `/health` and `/metrics`.
 
 pub mod alloc;
-pub mod bridge;
-pub mod cluster;
 pub mod config;
 pub mod group;
 pub mod http;

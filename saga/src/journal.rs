@@ -20,8 +20,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use strand_broker::cluster::{Cluster, MirroredRecord, Sent, SideError, TopicKind};
 use strand_client::partitioner::partition_for_key;
+use strand_cluster::{Cluster, MirroredRecord, Sent, SideError, TopicKind};
 
 use crate::definition::Definition;
 use crate::engine::{Entry, Saga};

@@ -4,6 +4,7 @@
 //! `--kafka-brokers` the journal, snapshots and participants' topics live on a Kafka cluster,
 //! and several instances share the journal's partitions.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -11,9 +12,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use strand_broker::cluster::{Cluster, ClusterConfig};
 use strand_broker::config::{BrokerArgs, BrokerConfig};
 use strand_broker::run::RunningBroker;
+use strand_cluster::{properties, Cluster, ClusterConfig};
 use strand_saga::breaker::BreakerConfig;
 use strand_saga::http::{self, HttpConfig};
 use strand_saga::journal::Journal;
@@ -38,9 +39,14 @@ struct Args {
     #[arg(long, env = "STRAND_SAGA_KAFKA_BROKERS", value_name = "HOST:PORT[,..]")]
     kafka_brokers: Option<String>,
     /// A librdkafka property for the Kafka cluster (`security.protocol=SASL_SSL`, ...);
-    /// repeatable.
+    /// repeatable. Properties also come from `--kafka-properties-file` and from variables
+    /// `STRAND_SAGA_KAFKA_PROPERTY_<NAME>` (`..._SASL_PASSWORD` sets `sasl.password`); a flag
+    /// wins over a variable, which wins over the file. Keep secrets out of flags.
     #[arg(long = "kafka-property", value_name = "KEY=VALUE", value_parser = key_value)]
     kafka_properties: Vec<(String, String)>,
+    /// A file of librdkafka properties, one `key=value` a line (Kafka's client.properties).
+    #[arg(long, env = "STRAND_SAGA_KAFKA_PROPERTIES_FILE", value_name = "FILE")]
+    kafka_properties_file: Option<std::path::PathBuf>,
     /// The consumer group instances on the same Kafka journal share (it must not be used by
     /// anything else) [default: strand-saga-journal]
     #[arg(long, env = "STRAND_SAGA_GROUP", default_value = "strand-saga-journal")]
@@ -111,9 +117,50 @@ fn advertised(api: SocketAddr) -> String {
     format!("http://{host}:{}", api.port())
 }
 
+/// Settings read before anything starts: an error here is a usage error (exit 2).
+#[derive(Debug)]
+struct Settings {
+    args: Args,
+    /// The embedded broker's, when neither `--broker` nor `--kafka-brokers` is given.
+    embedded: Option<BrokerConfig>,
+    kafka_properties: BTreeMap<String, String>,
+}
+
+impl Settings {
+    fn load(args: Args) -> anyhow::Result<Settings> {
+        let embedded = match (&args.broker, &args.kafka_brokers) {
+            (None, None) => Some(BrokerConfig::load(&args.embedded).context("broker settings")?),
+            _ => None,
+        };
+        let mut kafka_properties = match &args.kafka_properties_file {
+            Some(path) => properties::read_file(path)?,
+            None => BTreeMap::new(),
+        };
+        kafka_properties.extend(properties::from_vars(
+            "STRAND_SAGA_KAFKA_PROPERTY_",
+            std::env::vars(),
+        ));
+        kafka_properties.extend(args.kafka_properties.iter().cloned());
+        if args.kafka_brokers.is_none() && !kafka_properties.is_empty() {
+            anyhow::bail!("Kafka properties are given but --kafka-brokers is not");
+        }
+        Ok(Settings {
+            args,
+            embedded,
+            kafka_properties,
+        })
+    }
+}
+
 fn main() -> ExitCode {
     strand_broker::run::init_tracing();
-    let args = Args::parse();
+    let settings = match Settings::load(Args::parse()) {
+        Ok(settings) => settings,
+        Err(e) => {
+            eprintln!("strand-saga: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -124,7 +171,7 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(run(args)) {
+    match runtime.block_on(run(settings)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("strand-saga: {e:#}");
@@ -133,20 +180,22 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(args: Args) -> anyhow::Result<()> {
-    let embedded = match (&args.broker, &args.kafka_brokers) {
-        (None, None) => {
-            let config = BrokerConfig::load(&args.embedded).context("broker settings")?;
-            Some(RunningBroker::start(config).await?)
-        }
-        _ => None,
+async fn run(settings: Settings) -> anyhow::Result<()> {
+    let Settings {
+        args,
+        embedded,
+        kafka_properties,
+    } = settings;
+    let embedded = match embedded {
+        Some(config) => Some(RunningBroker::start(config).await?),
+        None => None,
     };
     let (name, config) = match (&args.kafka_brokers, &args.broker, &embedded) {
         (Some(bootstrap), _, _) => (
             "kafka",
             ClusterConfig::Kafka {
                 bootstrap: bootstrap.clone(),
-                properties: args.kafka_properties.iter().cloned().collect(),
+                properties: kafka_properties,
             },
         ),
         (None, Some(address), _) => (

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use strand_broker::cluster::{Cluster, MirroredRecord, TopicKind};
+use strand_cluster::{Cluster, MirroredRecord, TopicKind};
 use tokio::sync::{mpsc, oneshot, watch};
 use utoipa::ToSchema;
 

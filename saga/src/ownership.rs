@@ -19,7 +19,7 @@ use std::time::Duration;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::{ClientConfig, ClientContext, TopicPartitionList};
 use serde::{Deserialize, Serialize};
-use strand_broker::cluster::{Cluster, MirroredRecord};
+use strand_cluster::{Cluster, MirroredRecord};
 use tokio::sync::{mpsc, watch};
 
 use crate::journal::{INSTANCES_TOPIC, JOURNAL_TOPIC};

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::Value;
-use strand_broker::cluster::{Cluster, GroupSpec, MirroredRecord, SideError};
+use strand_cluster::{Cluster, GroupSpec, MirroredRecord, SideError};
 use tokio::sync::{mpsc, watch};
 
 use crate::breaker::{Breaker, BreakerConfig};

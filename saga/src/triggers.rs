@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use futures::stream::{FuturesOrdered, StreamExt};
 use serde_json::Value;
-use strand_broker::cluster::{Cluster, GroupSpec, MirroredRecord};
+use strand_cluster::{Cluster, GroupSpec, MirroredRecord};
 use tokio::sync::watch;
 
 use crate::definition::Definition;

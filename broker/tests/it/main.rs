@@ -1,6 +1,5 @@
 //! Integration tests of the broker crate, one binary with a module per subject.
 
-mod bridge;
 mod broker_process;
 mod compaction;
 mod corruption;

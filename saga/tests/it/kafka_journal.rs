@@ -9,9 +9,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use strand_broker::cluster::{Cluster, ClusterConfig};
 use strand_broker::config::BrokerConfig;
 use strand_broker::run::RunningBroker;
+use strand_cluster::{Cluster, ClusterConfig};
 use strand_saga::engine::{Entry, Event};
 use strand_saga::journal::JOURNAL_TOPIC;
 

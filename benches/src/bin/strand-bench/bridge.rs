@@ -15,13 +15,13 @@ use anyhow::Context as _;
 use hdrhistogram::Histogram;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig as KafkaConfig;
-use strand_broker::bridge::config::{BridgeConfig, ClusterConfig, Direction, Endpoint, RouteSpec};
 use strand_broker::config::BrokerConfig;
 use strand_broker::run::RunningBroker;
 use strand_client::{
     Client, ClientConfig, Consumer, ConsumerConfig, Producer, ProducerConfig, ProducerRecord,
     TopicSettings,
 };
+use strand_cluster::bridge::config::{BridgeConfig, ClusterConfig, Direction, Endpoint, RouteSpec};
 use tokio::sync::watch;
 
 async fn broker(dir: &std::path::Path) -> anyhow::Result<RunningBroker> {
@@ -153,7 +153,7 @@ pub async fn run(n_records: u64, record_bytes: usize, partitions: u32) -> anyhow
         .collect();
     let (stop, stopped) = watch::channel(false);
     let started = Instant::now();
-    let bridge = tokio::spawn(strand_broker::bridge::run(config, stats, stopped));
+    let bridge = tokio::spawn(strand_cluster::bridge::run(config, stats, stopped));
     let deadline = started + Duration::from_secs(600);
     while records_on(&cb, "mirrored").await < n_records {
         anyhow::ensure!(

@@ -1,28 +1,19 @@
-//! `strand-bridge` between two real brokers, the second standing in for a Kafka cluster (reached
-//! only through its Kafka listener and rdkafka): 100,000 records mirrored one way across a
+//! `strand-bridge` between two real brokers (run in this process), the second standing in for a
+//! Kafka cluster (reached only through its Kafka listener and rdkafka): 100,000 records mirrored one way across a
 //! `kill -9` of the bridge with none missing and every duplicate marked, and a two-way route
 //! that does not loop.
 
 use std::collections::{BTreeMap, HashMap};
-use std::process::{Child, Command};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use strand_client::{
     Client, Consumer, ConsumerConfig, Producer, ProducerConfig, ProducerRecord, TopicSettings,
 };
 
-use super::broker_process::{client, spawn_until, start_broker, stop};
+use super::support::{client, spawn_until, start_broker, stop, ChildProcess};
 
-struct Bridge(Child);
-
-impl Drop for Bridge {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_bridge(config: &std::path::Path) -> Bridge {
+fn start_bridge(config: &std::path::Path) -> ChildProcess {
     let mut command = Command::new(env!("CARGO_BIN_EXE_strand-bridge"));
     command.args([
         "--config",
@@ -30,7 +21,7 @@ fn start_bridge(config: &std::path::Path) -> Bridge {
         "--http-listen",
         "127.0.0.1:0",
     ]);
-    Bridge(spawn_until(&mut command, "strand-bridge running").0)
+    spawn_until(&mut command, "strand-bridge running")
 }
 
 fn write_config(
@@ -106,8 +97,8 @@ fn header<'a>(r: &'a strand_client::Record, name: &str) -> Option<&'a [u8]> {
 async fn one_way_mirror_survives_kill_9_with_no_gap() {
     const N: u64 = 100_000;
     let dir = tempfile::tempdir().unwrap();
-    let a = start_broker(&dir.path().join("a"));
-    let b = start_broker(&dir.path().join("b"));
+    let a = start_broker(&dir.path().join("a")).await;
+    let b = start_broker(&dir.path().join("b")).await;
     let (ca, cb) = (client(&a.addr).await, client(&b.addr).await);
     ca.admin()
         .create_topic(
@@ -199,8 +190,8 @@ async fn one_way_mirror_survives_kill_9_with_no_gap() {
         "{duplicates} duplicates: the restart did not resume from a checkpoint"
     );
     drop(_bridge);
-    stop(a);
-    stop(b);
+    stop(a).await;
+    stop(b).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -208,8 +199,8 @@ async fn two_way_route_mirrors_both_ways_without_loops() {
     // 100,000 records over the route: half produced on each side.
     const N: usize = 50_000;
     let dir = tempfile::tempdir().unwrap();
-    let a = start_broker(&dir.path().join("a"));
-    let b = start_broker(&dir.path().join("b"));
+    let a = start_broker(&dir.path().join("a")).await;
+    let b = start_broker(&dir.path().join("b")).await;
     let (ca, cb) = (client(&a.addr).await, client(&b.addr).await);
     for c in [&ca, &cb] {
         c.admin()
@@ -261,8 +252,8 @@ async fn two_way_route_mirrors_both_ways_without_loops() {
         let mut last: std::collections::HashMap<Vec<u8>, u64> = Default::default();
         for r in &records {
             let (Some(p), Some(o)) = (
-                header(r, strand_broker::bridge::PROVENANCE_PARTITION),
-                header(r, strand_broker::bridge::PROVENANCE_OFFSET),
+                header(r, strand_cluster::bridge::PROVENANCE_PARTITION),
+                header(r, strand_cluster::bridge::PROVENANCE_OFFSET),
             ) else {
                 continue;
             };
@@ -273,6 +264,6 @@ async fn two_way_route_mirrors_both_ways_without_loops() {
             }
         }
     }
-    stop(a);
-    stop(b);
+    stop(a).await;
+    stop(b).await;
 }

@@ -1,5 +1,5 @@
 //! `strand-bridge --config bridge.toml`: mirrors topics between Strand brokers and Kafka-protocol
-//! clusters (see `strand_broker::bridge`). A bad config or a cluster that does not answer at
+//! clusters (see `strand_cluster::bridge`). A bad config or a cluster that does not answer at
 //! start is a clear error and a non-zero exit; a cluster that goes away later is retried with
 //! backoff. `/health` (JSON, per-route counters) and `/metrics` (Prometheus text) on
 //! `--http-listen`.
@@ -14,7 +14,7 @@ use std::sync::Arc;
 use axum::routing::get;
 use axum::{Json, Router};
 use clap::Parser;
-use strand_broker::bridge::{self, config::BridgeConfig, RouteStats};
+use strand_cluster::bridge::{self, config::BridgeConfig, RouteStats};
 use tokio::sync::watch;
 
 #[derive(Debug, Parser)]

@@ -78,7 +78,7 @@ impl MirroredRecord {
     /// A record to send: key and value, stamped now.
     pub fn new(key: Option<Vec<u8>>, value: Vec<u8>) -> MirroredRecord {
         MirroredRecord {
-            timestamp: crate::log::now_ms(),
+            timestamp: strand_broker::log::now_ms(),
             key,
             value: Some(value),
             ..MirroredRecord::default()

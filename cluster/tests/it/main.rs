@@ -1,0 +1,5 @@
+//! Integration tests of the cluster crate, one binary with a module per subject.
+
+mod bridge;
+mod librdkafka;
+mod support;
