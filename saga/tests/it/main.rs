@@ -7,3 +7,4 @@ mod http_api;
 mod kafka_journal;
 mod support;
 mod triggers;
+mod usage;
