@@ -2,26 +2,35 @@
 # Plain Dockerfile syntax, so it builds with BuildKit and with the classic builder alike.
 
 # --- build: every binary target of the workspace, in release mode -------------------------------
-FROM rust:1-bookworm AS build
-# The image has gcc and make for the C parts (lz4, zstd); the rdkafka crate's bundled librdkafka
-# (the bridge, the orchestrator on Kafka, strand-bench) also needs cmake, libcurl and pkg-config.
-RUN apt-get update \
-    && apt-get install -y --no-install-recommends cmake libcurl4-openssl-dev pkg-config \
-    && rm -rf /var/lib/apt/lists/*
+# Dependencies are built in a layer of their own (cargo-chef): a change to Strand's sources
+# rebuilds only Strand's crates. The image has everything librdkafka's own ./configure build
+# needs (gcc, make, pkg-config, libssl-dev, zlib1g-dev): no cmake, no libcurl.
+FROM rust:1-bookworm AS chef
+RUN cargo install cargo-chef --locked --version ^0.1
 WORKDIR /src
+
+# The recipe: every manifest and the lock file, nothing that changes with the sources.
+FROM chef AS plan
+COPY . .
+RUN cargo chef prepare --recipe-path recipe.json
+
+FROM chef AS build
+COPY --from=plan /src/recipe.json recipe.json
+RUN cargo chef cook --release --locked --recipe-path recipe.json
 COPY . .
 RUN cargo build --release --locked --bins --example order_services \
     && mkdir -p /out \
     && find target/release -maxdepth 1 -type f -executable -name 'strand*' -exec cp {} /out/ \; \
     && cp target/release/examples/order_services /out/strand-example-order-services \
-    && test -x /out/strand-broker && test -x /out/strand-saga \
+    && test -x /out/strand-broker && test -x /out/strand-saga && test -x /out/strand-bridge \
     && ls -l /out
 
 # --- runtime: the binaries on a slim Debian, run as the unprivileged user `strand` ---------------
 FROM debian:bookworm-slim
-# curl serves the HEALTHCHECK below; ca-certificates is for TLS to Kafka clusters (the bridge).
+# curl serves the HEALTHCHECK below; ca-certificates and libssl3 are for TLS to Kafka clusters
+# (librdkafka in the bridge and the orchestrator links the system OpenSSL).
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends ca-certificates curl \
+    && apt-get install -y --no-install-recommends ca-certificates curl libssl3 \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --system --uid 10001 --user-group --no-create-home \
         --home-dir /var/lib/strand --shell /usr/sbin/nologin strand \
