@@ -1,7 +1,9 @@
 //! Sparse offset and time indexes, memory-mapped.
 //!
-//! Each index file is preallocated to `index_bytes_max` while its segment is active and trimmed
-//! to its entries when the segment is sealed. Entries are little-endian 64-bit words, read and
+//! Each index file is sized to `index_bytes_max` while its segment is active (a sparse file) and
+//! trimmed to its entries when the segment is sealed. Disk blocks are reserved with `fallocate`,
+//! 64 KiB at a time, before entries are written into them, so a full disk means a skipped entry,
+//! never a SIGBUS. Entries are little-endian 64-bit words, read and
 //! written through `AtomicU64` views of the mapping: the single writer stores an entry's words,
 //! then publishes the new entry count with `Release`; readers load the count with `Acquire` and
 //! only ever look below it. Published entries are never changed, so readers never block the
@@ -12,7 +14,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use memmap2::MmapMut;
 
@@ -27,7 +29,17 @@ struct Entries<const W: usize> {
     mmap: Option<MmapMut>,
     capacity: usize,
     len: AtomicUsize,
+    /// Bytes from the start of the file whose disk blocks are allocated. The file is sparse past
+    /// them: a store through the mapping into a hole on a full disk would kill the process with
+    /// SIGBUS, so an entry is written only below this mark, and the mark moves by `fallocate`.
+    reserved_bytes: AtomicU64,
+    /// Whether a failed reservation has been logged (once per file, not once per entry).
+    reservation_warned: AtomicBool,
 }
+
+/// How much index space one reservation takes: 4,096 offset-index entries, about 16 MiB of log
+/// at the default index interval.
+const RESERVE_CHUNK_BYTES: u64 = 64 * 1024;
 
 impl<const W: usize> Entries<W> {
     const ENTRY_BYTES: usize = 8 * W;
@@ -63,7 +75,43 @@ impl<const W: usize> Entries<W> {
             mmap,
             capacity,
             len: AtomicUsize::new(len.min(capacity)),
+            // The entries already there were written, so their blocks exist.
+            reserved_bytes: AtomicU64::new((len.min(capacity) * Self::ENTRY_BYTES) as u64),
+            reservation_warned: AtomicBool::new(false),
         })
+    }
+
+    /// Writer only: makes sure the blocks up to `end` bytes are allocated. A full disk or a
+    /// failing device makes this false, and the caller skips the entry (a sparse index stays
+    /// correct without it). A filesystem without `fallocate` keeps the old sparse behaviour.
+    fn reserve(&self, end: u64) -> bool {
+        let from = self.reserved_bytes.load(Ordering::Relaxed);
+        if end <= from {
+            return true;
+        }
+        let file_bytes = (self.capacity * Self::ENTRY_BYTES) as u64;
+        let to = end
+            .div_ceil(RESERVE_CHUNK_BYTES)
+            .saturating_mul(RESERVE_CHUNK_BYTES);
+        let to = to.min(file_bytes).max(end);
+        let mode = rustix::fs::FallocateFlags::KEEP_SIZE;
+        match rustix::fs::fallocate(&self.file, mode, from, to - from) {
+            Ok(()) => {
+                self.reserved_bytes.store(to, Ordering::Relaxed);
+                true
+            }
+            Err(rustix::io::Errno::OPNOTSUPP) => {
+                tracing::warn!(path = %self.path.display(), "the filesystem cannot reserve index space (no fallocate); a full disk may stop the broker while it writes an index");
+                self.reserved_bytes.store(file_bytes, Ordering::Relaxed);
+                true
+            }
+            Err(e) => {
+                if !self.reservation_warned.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(path = %self.path.display(), error = %e, "cannot reserve index space; skipping index entries until it can (reads stay correct, only slower)");
+                }
+                false
+            }
+        }
     }
 
     /// Entry count of an index file as sealed (trimmed) on disk.
@@ -107,10 +155,10 @@ impl<const W: usize> Entries<W> {
         std::array::from_fn(|i| u64::from_le(words[i].load(Ordering::Relaxed)))
     }
 
-    /// Writer only. Returns false when the index is full.
+    /// Writer only. Returns false when the index is full or its space cannot be reserved.
     fn push(&self, entry: [u64; W]) -> bool {
         let len = self.len.load(Ordering::Relaxed);
-        if len >= self.capacity {
+        if len >= self.capacity || !self.reserve(((len + 1) * Self::ENTRY_BYTES) as u64) {
             return false;
         }
         let words = &self.words()[len * W..(len + 1) * W];

@@ -182,16 +182,18 @@ impl Shared {
             }
         }
         if checkpoint > 0 {
+            // The checkpoint only saves recovery work: the data is fsynced above, so a failure
+            // here (a full disk, no descriptors) is retried by the next pass, not fatal.
             if let Err(e) = recovery::write_checkpoint(&self.dir, checkpoint) {
-                self.poison(e.to_string());
-                return Err(e);
+                tracing::warn!(dir = %self.dir.display(), error = %e, "writing the recovery checkpoint failed; retrying at the next sync");
+            } else {
+                let _ = self.checkpoint_due.compare_exchange(
+                    checkpoint,
+                    0,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                );
             }
-            let _ = self.checkpoint_due.compare_exchange(
-                checkpoint,
-                0,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            );
         }
         if synced > 0 {
             if let Some(observe) = self.fsync_observer.0.get() {
@@ -416,11 +418,7 @@ impl Log {
     }
 
     fn check_writable(&self) -> Result<()> {
-        if self.closed {
-            return Err(LogError::Closed {
-                path: self.shared.dir.clone(),
-            });
-        }
+        self.check_open()?;
         if let Some(reason) = self.shared.poisoned() {
             return Err(LogError::Poisoned {
                 path: self.shared.dir.clone(),
@@ -502,15 +500,21 @@ impl Log {
             return Ok(());
         }
         let base = self.high_watermark();
+        // A roll that fails (a full disk, no descriptors) leaves no files and the active segment
+        // as it was: the append gets a retriable error, and a later roll starts clean.
         let segment = Arc::new(Segment::create(
             &self.shared.dir,
             base,
             &self.shared.config,
         )?);
-        recovery::sync_dir(&self.shared.dir)?;
-        if let Err(e) = active.seal() {
-            self.shared.poison(e.to_string());
+        if let Err(e) = recovery::sync_dir(&self.shared.dir) {
+            segment::remove_segment_files(&self.shared.dir, base);
             return Err(e);
+        }
+        if let Err(e) = active.seal() {
+            // The sealed segment's data is whole and fsynced by the flusher as before; only its
+            // index files may be untrimmed or unsynced, which recovery checks and rebuilds.
+            tracing::warn!(dir = %self.shared.dir.display(), error = %e, "sealing a segment's indexes failed; recovery will check them");
         }
         {
             let mut list = self.shared.segments.write().expect("segment list lock");
@@ -524,6 +528,75 @@ impl Log {
         self.active_since = None;
         self.shared.checkpoint_due.store(base, Ordering::Release);
         self.shared.request_flush();
+        Ok(())
+    }
+
+    /// Whether the log refuses writes after a failed fsync or write, and why.
+    pub fn poisoned(&self) -> Option<String> {
+        self.shared.poisoned()
+    }
+
+    /// Brings a poisoned log back without restarting the broker: cuts it back to its durable
+    /// offset (everything fsynced before the failure; nothing after it was acknowledged as
+    /// durable, and after a failed fsync the kernel may have dropped it), fsyncs what is left,
+    /// and takes writes again. Returns the new high watermark. Fails, and stays poisoned, while
+    /// the disk still fails. A log that is not poisoned is left alone.
+    pub fn recover(&mut self) -> Result<u64> {
+        self.check_open()?;
+        let Some(reason) = self.shared.poisoned() else {
+            return Ok(self.high_watermark());
+        };
+        let shared = self.shared.clone();
+        let _one_sync = shared.sync_lock.lock().expect("sync lock");
+        let _maintenance = shared.maintenance.lock().expect("maintenance lock");
+        let dir = &shared.dir;
+        let config = &shared.config;
+        let cut = shared.durable.borrow().offset.max(self.log_start_offset());
+        let segments = shared.segments();
+        let keep = segments
+            .iter()
+            .rposition(|s| s.base_offset <= cut)
+            .unwrap_or(0);
+        let last = &segments[keep];
+        let position = last.locate(cut, last.size())?.unwrap_or(last.size());
+        // The segment holding the cut becomes the active one again, its indexes rebuilt.
+        let active = Segment::open(dir, last.base_offset, config, IndexMode::Rebuild, true)?;
+        active.truncate_to(position, cut)?;
+        let scan = recovery::scan(&active, last.base_offset, config.index_interval_bytes)?;
+        let mut report = RecoveryReport::default();
+        finish_scan(&active, &scan, true, &mut report)?;
+        for later in &segments[keep + 1..] {
+            later.delete_files(dir)?;
+        }
+        recovery::sync_dir(dir)?;
+        let active = Arc::new(active);
+        let mut next: Vec<Arc<Segment>> = segments[..keep].to_vec();
+        next.push(active.clone());
+        *shared.segments.write().expect("segment list lock") = Arc::new(next);
+        let high_watermark = active.next_offset();
+        let dropped = self.high_watermark().saturating_sub(high_watermark);
+        shared
+            .high_watermark
+            .store(high_watermark, Ordering::Release);
+        shared.appended.send_replace(high_watermark);
+        self.indexer = Indexer::resume(&active, config.index_interval_bytes);
+        self.active = active;
+        self.active_since = None;
+        shared.checkpoint_due.store(0, Ordering::Release);
+        shared.durable.send_modify(|d| {
+            d.offset = high_watermark;
+            d.poisoned = None;
+        });
+        tracing::warn!(dir = %dir.display(), %reason, high_watermark, records_dropped = dropped, "poisoned partition log recovered: cut back to its durable offset, taking writes again");
+        Ok(high_watermark)
+    }
+
+    fn check_open(&self) -> Result<()> {
+        if self.closed {
+            return Err(LogError::Closed {
+                path: self.shared.dir.clone(),
+            });
+        }
         Ok(())
     }
 
@@ -984,5 +1057,63 @@ mod tests {
         assert!(!report.clean_shutdown);
         assert_eq!(log.high_watermark(), 1);
         assert_eq!(log.append(&mut one_record_batch()).unwrap().base_offset, 1);
+    }
+
+    #[tokio::test]
+    async fn a_poisoned_log_recovers_in_place_back_to_its_durable_offset() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = LogConfig {
+            fsync: FsyncPolicy::Never,
+            // Small segments (14 batches each), so the cut crosses segment boundaries.
+            segment_bytes_max: 1024,
+            ..LogConfig::default()
+        };
+        let (mut log, _) = Log::open(dir.path(), config.clone()).unwrap();
+        let reader = log.reader();
+        for _ in 0..30 {
+            log.append(&mut one_record_batch()).unwrap();
+        }
+        assert_eq!(log.flush().unwrap(), 30);
+        for _ in 0..20 {
+            log.append(&mut one_record_batch()).unwrap();
+        }
+        log.shared.fail_next_sync.store(true, Ordering::Release);
+        assert!(log.flush().is_err());
+        assert!(log.poisoned().is_some());
+        assert!(log.append(&mut one_record_batch()).is_err());
+        // The flusher may have synced once more after a roll; what counts is the durable offset
+        // when the failure came, and the records after it.
+        let durable = reader.durable_offset();
+        assert!((30..=50).contains(&durable), "durable offset {durable}");
+        // The same reader handle sees the log come back, cut to what was durable.
+        assert_eq!(log.recover().unwrap(), durable);
+        assert!(log.poisoned().is_none());
+        assert_eq!(reader.high_watermark(), durable);
+        assert_eq!(
+            log.append(&mut one_record_batch()).unwrap().base_offset,
+            durable
+        );
+        reader.wait_durable(durable + 1).await.unwrap();
+        let mut offsets = Vec::new();
+        while (offsets.len() as u64) < reader.high_watermark() {
+            let read = reader.read(offsets.len() as u64, 1 << 20).unwrap();
+            assert!(!read.batches.is_empty(), "nothing at {}", offsets.len());
+            offsets.extend(batch::Batches::new(&read.batches).map(|(h, _)| h.base_offset));
+        }
+        assert_eq!(offsets, (0..durable as i64 + 1).collect::<Vec<_>>());
+        log.close().unwrap();
+        drop(log);
+        let (log, report) = Log::open(dir.path(), config).unwrap();
+        assert!(report.clean_shutdown);
+        assert_eq!(log.high_watermark(), durable + 1);
+        let segments = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().path().extension() == Some("log".as_ref()))
+            .count() as u64;
+        assert_eq!(
+            segments,
+            durable / 14 + 1,
+            "segments past the cut were removed (14 batches a segment)"
+        );
     }
 }

@@ -157,10 +157,14 @@ pub(crate) fn write_checkpoint(dir: &Path, offset: u64) -> Result<()> {
 pub(crate) fn write_atomically(dir: &Path, name: &str, content: &[u8]) -> Result<()> {
     let tmp = dir.join(format!("{name}.tmp"));
     let path = dir.join(name);
-    {
-        let file = File::create(&tmp).ctx("create", &tmp)?;
+    let written = File::create(&tmp).ctx("create", &tmp).and_then(|file| {
         std::io::Write::write_all(&mut &file, content).ctx("write", &tmp)?;
-        file.sync_all().ctx("fsync", &tmp)?;
+        file.sync_all().ctx("fsync", &tmp)
+    });
+    if let Err(e) = written {
+        // No debris: a half-written temporary file would only hold disk space.
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
     }
     std::fs::rename(&tmp, &path).ctx("rename", &path)?;
     sync_dir(dir)

@@ -65,16 +65,31 @@ pub(crate) enum IndexMode {
 }
 
 impl Segment {
-    /// Creates the files of a new, empty, active segment.
+    /// Creates the files of a new, empty, active segment. An empty `.log` file already there
+    /// (left by a crash during a roll) is taken over; one holding data is never overwritten. If
+    /// any file cannot be made (a full disk, no descriptors left), none is left behind, so the
+    /// next attempt starts clean.
     pub(crate) fn create(dir: &Path, base_offset: u64, config: &LogConfig) -> Result<Segment> {
         let log_path = segment_path(dir, base_offset, LOG_SUFFIX);
         let file = OpenOptions::new()
             .read(true)
             .write(true)
-            .create_new(true)
+            .create(true)
+            .truncate(false)
             .open(&log_path)
             .ctx("create segment", &log_path)?;
-        Self::with_file(
+        let existing = file.metadata().ctx("stat segment", &log_path)?.len();
+        if existing > 0 {
+            return Err(LogError::Io {
+                op: "create segment",
+                path: log_path,
+                source: std::io::Error::new(
+                    std::io::ErrorKind::AlreadyExists,
+                    format!("a segment file holding {existing} bytes is already there"),
+                ),
+            });
+        }
+        let created = Self::with_file(
             dir,
             base_offset,
             file,
@@ -82,7 +97,11 @@ impl Segment {
             config,
             IndexMode::Rebuild,
             true,
-        )
+        );
+        if created.is_err() {
+            remove_segment_files(dir, base_offset);
+        }
+        created
     }
 
     /// Opens an existing segment. An `active` segment gets room in its indexes for appends.
@@ -223,10 +242,12 @@ impl Segment {
                 self.time_index.push(max_ts, last_batch);
             }
         }
-        self.index.seal()?;
-        self.time_index.seal()?;
+        // Sealed whatever happens to the index files: they are derived from the log, which is
+        // intact, and recovery checks them (and rebuilds a bad one) before trusting them.
+        let index = self.index.seal();
+        let time_index = self.time_index.seal();
         self.sealed.store(true, Ordering::Release);
-        Ok(())
+        index.and(time_index)
     }
 
     /// Writer only: cuts the file back to `size` bytes (after recovery found damage there).
@@ -270,7 +291,7 @@ impl Segment {
 
     /// Finds the batch holding `offset` (or the first batch after it), returning its position,
     /// or `None` if no batch in the visible part of this segment ends at or after `offset`.
-    fn locate(&self, offset: u64, visible: u64) -> Result<Option<u64>> {
+    pub(crate) fn locate(&self, offset: u64, visible: u64) -> Result<Option<u64>> {
         let (_, start) = self.index.lookup(offset);
         let mut position = u64::from(start);
         while position + (BATCH_HEADER_BYTES as u64) <= visible {
@@ -341,16 +362,27 @@ impl Segment {
     /// Removes this segment's files. The open descriptor stays valid for readers that still
     /// hold the segment.
     pub(crate) fn delete_files(&self, dir: &Path) -> Result<()> {
-        for suffix in [LOG_SUFFIX, INDEX_SUFFIX, TIME_INDEX_SUFFIX] {
-            let path = segment_path(dir, self.base_offset, suffix);
-            match std::fs::remove_file(&path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e).ctx("delete segment file", &path),
-            }
-        }
-        Ok(())
+        delete_segment_files(dir, self.base_offset)
     }
+}
+
+/// Best effort, after a failed creation: the error that caused it is the one to report.
+pub(crate) fn remove_segment_files(dir: &Path, base_offset: u64) {
+    if let Err(e) = delete_segment_files(dir, base_offset) {
+        tracing::warn!(error = %e, "could not remove the files of a segment that failed to start");
+    }
+}
+
+fn delete_segment_files(dir: &Path, base_offset: u64) -> Result<()> {
+    for suffix in [LOG_SUFFIX, INDEX_SUFFIX, TIME_INDEX_SUFFIX] {
+        let path = segment_path(dir, base_offset, suffix);
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).ctx("delete segment file", &path),
+        }
+    }
+    Ok(())
 }
 
 /// Keeps both indexes of the segment being written or rebuilt at the configured density: an
