@@ -47,6 +47,9 @@ pub struct BrokerConfig {
     pub retention_check_interval_ms: u64,
     /// How often the cleaner compacts the sealed segments of compacted topics. Default 15 s.
     pub cleaner_interval_ms: u64,
+    /// How often a partition that refuses writes after a failed fsync is tried again: cut back
+    /// to its durable offset and reopened in place, once the disk works. Default 10 s.
+    pub poisoned_recovery_interval_ms: u64,
     /// How long a shutdown waits for in-flight requests before closing logs. Default 10 s.
     pub shutdown_timeout_ms: u64,
     /// Defaults for every partition log; topics may override some of them.
@@ -69,6 +72,7 @@ impl Default for BrokerConfig {
             fetch_wait_ms_max: 30_000,
             retention_check_interval_ms: 300_000,
             cleaner_interval_ms: 15_000,
+            poisoned_recovery_interval_ms: 10_000,
             shutdown_timeout_ms: 10_000,
             log: LogConfig::default(),
         }

@@ -25,20 +25,33 @@ pub fn router(state: HttpState) -> Router {
         .with_state(state)
 }
 
+/// 200 while every partition takes writes; 503 with the partitions that refuse them (after a
+/// failed fsync, until they are recovered), so a load balancer or an orchestrator notices.
 async fn health(State(state): State<HttpState>) -> impl IntoResponse {
     let topics = state.topics.list();
     let partitions: usize = topics.iter().map(|t| t.partitions.len()).sum();
+    let poisoned = state.topics.poisoned();
+    let status = if poisoned.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (
-        StatusCode::OK,
+        status,
         Json(serde_json::json!({
-            "status": "ok",
+            "status": if poisoned.is_empty() { "ok" } else { "degraded" },
             "topics": topics.len(),
             "partitions": partitions,
+            "poisoned_partitions": poisoned,
         })),
     )
 }
 
 async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
+    state
+        .metrics
+        .poisoned_partitions
+        .set(state.topics.poisoned().len() as i64);
     (
         [(
             header::CONTENT_TYPE,

@@ -36,6 +36,8 @@ pub struct Metrics {
     pub records_out: Family<TopicLabel, Counter>,
     pub request_seconds: HistogramFamily<RequestLabel>,
     pub fsync_seconds: Histogram,
+    /// Partitions refusing writes after a failed fsync or write (set when scraped).
+    pub poisoned_partitions: Gauge,
 }
 
 impl Default for Metrics {
@@ -49,12 +51,18 @@ impl Default for Metrics {
             records_out: Family::default(),
             request_seconds: Family::new_with_constructor(latency_histogram),
             fsync_seconds: latency_histogram(),
+            poisoned_partitions: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
             "connections",
             "Open client connections",
             metrics.connections.clone(),
+        );
+        registry.register(
+            "poisoned_partitions",
+            "Partitions refusing writes after a failed fsync, until recovered in place",
+            metrics.poisoned_partitions.clone(),
         );
         registry.register(
             "bytes_in",

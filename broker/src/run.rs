@@ -177,6 +177,15 @@ impl RunningBroker {
             },
         );
 
+        let recovery_task = spawn_periodic(
+            "recovering poisoned partitions",
+            config.poisoned_recovery_interval_ms,
+            topics.clone(),
+            shutdown_rx.clone(),
+            |topics, _| Ok(topics.recover_poisoned()),
+            |_| {},
+        );
+
         Ok(RunningBroker {
             native_addr,
             kafka_addr,
@@ -188,7 +197,7 @@ impl RunningBroker {
             server_task,
             kafka_task,
             http_task,
-            background: vec![retention_task, ticker_task, cleaner_task],
+            background: vec![retention_task, ticker_task, cleaner_task, recovery_task],
         })
     }
 

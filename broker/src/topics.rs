@@ -189,6 +189,14 @@ pub struct Topics {
     fsync_observer: ObserverSlot,
 }
 
+/// A partition that refuses writes, and why.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PoisonedPartition {
+    pub topic: String,
+    pub partition: u32,
+    pub reason: String,
+}
+
 /// What opening one partition's log found.
 #[derive(Debug)]
 pub struct PartitionRecovery {
@@ -362,6 +370,48 @@ impl Topics {
             }
         }
         Ok(deleted)
+    }
+
+    /// Partitions that refuse writes after a failed fsync or write, read without taking any
+    /// writer lock (for `/health` and metrics).
+    pub fn poisoned(&self) -> Vec<PoisonedPartition> {
+        self.list()
+            .iter()
+            .flat_map(|t| t.partitions.iter())
+            .filter_map(|p| {
+                p.reader.poisoned().map(|reason| PoisonedPartition {
+                    topic: p.topic.clone(),
+                    partition: p.index,
+                    reason,
+                })
+            })
+            .collect()
+    }
+
+    /// Tries to bring every poisoned partition back in place (see [`Log::recover`]); returns
+    /// how many came back. One whose disk still fails stays poisoned until the next try. The
+    /// idempotent producers' sequences are forgotten, since the records they describe may be
+    /// gone: a producer's next batch starts a new sequence, as after a restart.
+    pub fn recover_poisoned(&self) -> usize {
+        let mut recovered = 0;
+        for topic in self.list() {
+            for partition in &topic.partitions {
+                if partition.reader.poisoned().is_none() {
+                    continue;
+                }
+                let mut writer = partition.writer();
+                match writer.recover() {
+                    Ok(_) => {
+                        *partition.producers() = ProducerTable::default();
+                        recovered += 1;
+                    }
+                    Err(e) => {
+                        tracing::warn!(topic = %partition.topic, partition = partition.index, error = %e, "poisoned partition still cannot be recovered; retrying later");
+                    }
+                }
+            }
+        }
+        recovered
     }
 
     /// Compacts the sealed segments of every partition of every compacted topic. Runs beside

@@ -715,6 +715,11 @@ impl LogReader {
         self.shared.log_start_offset.load(Ordering::Acquire)
     }
 
+    /// Why the log refuses writes, if it does (a failed fsync or write; see [`Log::recover`]).
+    pub fn poisoned(&self) -> Option<String> {
+        self.shared.poisoned()
+    }
+
     /// Every offset below the returned one is on stable storage.
     pub fn durable_offset(&self) -> u64 {
         self.shared.durable.borrow().offset

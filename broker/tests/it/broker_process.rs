@@ -26,7 +26,13 @@ impl Drop for BrokerProcess {
 }
 
 pub(crate) fn start_broker(data_dir: &std::path::Path) -> BrokerProcess {
+    start_broker_with(data_dir, &[])
+}
+
+/// `strand-broker` on `data_dir`, every listener on a port the kernel picks, with `extra` flags.
+pub(crate) fn start_broker_with(data_dir: &std::path::Path, extra: &[&str]) -> BrokerProcess {
     let mut command = Command::new(env!("CARGO_BIN_EXE_strand-broker"));
+    command.args(extra);
     command.args([
         "--data-dir",
         data_dir.to_str().unwrap(),

@@ -4,6 +4,7 @@ mod broker_process;
 mod compaction;
 mod corruption;
 mod crash;
+mod disk_full;
 mod durability;
 mod group_consumers;
 mod groups;
