@@ -363,10 +363,15 @@ impl Topics {
         let mut deleted = 0;
         for topic in self.list() {
             for partition in &topic.partitions {
-                deleted += partition
-                    .writer()
-                    .enforce_retention(now_ms)?
-                    .segments_deleted;
+                // The writer lock only while the segment list changes, not for the unlinks.
+                let retired = partition.writer().retire_for_retention(now_ms);
+                match retired.delete() {
+                    Ok(report) => deleted += report.segments_deleted,
+                    // One partition's failure (a failing disk) must not stop the others'.
+                    Err(e) => {
+                        tracing::error!(topic = %partition.topic, partition = partition.index, error = %e, "retention could not delete segment files");
+                    }
+                }
             }
         }
         Ok(deleted)

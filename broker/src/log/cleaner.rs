@@ -77,6 +77,12 @@ impl LogCleaner {
     pub fn clean(&self, now_ms: i64, tombstone_retention_ms: u64) -> Result<CleanReport> {
         let shared = &self.shared;
         let _one_pass = shared.maintenance.lock().expect("maintenance lock");
+        {
+            // Segments a roll just retired are sealed by the flusher; do it now rather than
+            // skip them this pass.
+            let _no_sync = shared.sync_lock.lock().expect("sync lock");
+            shared.seal_retired();
+        }
         let segments = shared.segments();
         let sealed: Vec<Arc<Segment>> = segments[..segments.len() - 1]
             .iter()

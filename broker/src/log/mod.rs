@@ -17,7 +17,7 @@ mod recovery;
 mod segment;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -78,6 +78,38 @@ pub struct RetentionReport {
     pub log_start_offset: u64,
 }
 
+/// Segments retention took out of a log, whose files are still to be deleted.
+#[derive(Debug)]
+#[must_use = "the retired segments' files stay on disk until `delete` runs"]
+pub struct Retired {
+    shared: Arc<Shared>,
+    segments: Vec<Arc<Segment>>,
+    log_start_offset: u64,
+}
+
+impl Retired {
+    /// Deletes the retired segments' files (readers still holding one keep reading it through
+    /// its open descriptor) and fsyncs the folder.
+    pub fn delete(self) -> Result<RetentionReport> {
+        let mut report = RetentionReport {
+            log_start_offset: self.log_start_offset,
+            ..RetentionReport::default()
+        };
+        if self.segments.is_empty() {
+            return Ok(report);
+        }
+        let dir = &self.shared.dir;
+        for segment in &self.segments {
+            segment.delete_files(dir)?;
+            report.segments_deleted += 1;
+            report.bytes_deleted += segment.size();
+            tracing::info!(path = %segment.log_path.display(), bytes = segment.size(), "retention deleted segment");
+        }
+        recovery::sync_dir(dir)?;
+        Ok(report)
+    }
+}
+
 /// State of the durable prefix, published to waiters.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Durable {
@@ -114,6 +146,12 @@ pub(crate) struct Shared {
     maintenance: Mutex<()>,
     /// Set by a roll: the next sync also seals the checkpoint past the sealed segments.
     checkpoint_due: AtomicU64,
+    /// Set by a roll: the next sync fsyncs the folder (the new segment's files) before it
+    /// publishes any offset of the new segment as durable.
+    dir_sync_due: AtomicBool,
+    /// Segments a roll retired, whose indexes the flusher trims and fsyncs: a roll does no
+    /// fsync itself, so an append that rolls never waits for the disk.
+    unsealed: Mutex<Vec<Arc<Segment>>>,
     /// Told the duration of every fsync pass that synced something (for metrics).
     fsync_observer: ObserverSlot,
     /// Makes the next fsync fail, to test what a real failure does.
@@ -181,6 +219,14 @@ impl Shared {
                 }
             }
         }
+        self.seal_retired();
+        if self.dir_sync_due.swap(false, Ordering::AcqRel) {
+            if let Err(e) = recovery::sync_dir(&self.dir) {
+                self.dir_sync_due.store(true, Ordering::Release);
+                self.poison(e.to_string());
+                return Err(e);
+            }
+        }
         if checkpoint > 0 {
             // The checkpoint only saves recovery work: the data is fsynced above, so a failure
             // here (a full disk, no descriptors) is retried by the next pass, not fatal.
@@ -207,6 +253,19 @@ impl Shared {
             advanced
         });
         Ok(target)
+    }
+
+    /// Seals the segments rolls retired. Only with `sync_lock` held: the flusher and whoever
+    /// else seals them must not both do it.
+    fn seal_retired(&self) {
+        let retired = std::mem::take(&mut *self.unsealed.lock().expect("unsealed lock"));
+        for segment in retired {
+            if let Err(e) = segment.seal() {
+                // The segment's data is whole (fsynced by the flusher); only its index files may
+                // be untrimmed or unsynced, which recovery checks and rebuilds.
+                tracing::warn!(dir = %self.dir.display(), error = %e, "sealing a segment's indexes failed; recovery will check them");
+            }
+        }
     }
 
     fn flusher_loop(self: Arc<Self>) {
@@ -305,6 +364,8 @@ impl Log {
             sync_lock: Mutex::new(()),
             maintenance: Mutex::new(()),
             checkpoint_due: AtomicU64::new(0),
+            dir_sync_due: AtomicBool::new(false),
+            unsealed: Mutex::new(Vec::new()),
             fsync_observer: ObserverSlot::default(),
             #[cfg(test)]
             fail_next_sync: Default::default(),
@@ -501,21 +562,19 @@ impl Log {
         }
         let base = self.high_watermark();
         // A roll that fails (a full disk, no descriptors) leaves no files and the active segment
-        // as it was: the append gets a retriable error, and a later roll starts clean.
+        // as it was: the append gets a retriable error, and a later roll starts clean. The
+        // folder fsync and the old segment's index seal are the flusher's (see `Shared::sync`).
         let segment = Arc::new(Segment::create(
             &self.shared.dir,
             base,
             &self.shared.config,
         )?);
-        if let Err(e) = recovery::sync_dir(&self.shared.dir) {
-            segment::remove_segment_files(&self.shared.dir, base);
-            return Err(e);
-        }
-        if let Err(e) = active.seal() {
-            // The sealed segment's data is whole and fsynced by the flusher as before; only its
-            // index files may be untrimmed or unsynced, which recovery checks and rebuilds.
-            tracing::warn!(dir = %self.shared.dir.display(), error = %e, "sealing a segment's indexes failed; recovery will check them");
-        }
+        self.shared.dir_sync_due.store(true, Ordering::Release);
+        self.shared
+            .unsealed
+            .lock()
+            .expect("unsealed lock")
+            .push(active.clone());
         {
             let mut list = self.shared.segments.write().expect("segment list lock");
             let mut next = Vec::clone(&list);
@@ -559,6 +618,14 @@ impl Log {
             .unwrap_or(0);
         let last = &segments[keep];
         let position = last.locate(cut, last.size())?.unwrap_or(last.size());
+        // Retired segments still waiting for the flusher: seal those below the cut now, and
+        // forget the rest (the one reopened below must not have its index trimmed later).
+        let retired = std::mem::take(&mut *shared.unsealed.lock().expect("unsealed lock"));
+        for segment in retired.iter().filter(|s| s.base_offset < last.base_offset) {
+            if let Err(e) = segment.seal() {
+                tracing::warn!(dir = %dir.display(), error = %e, "sealing a segment's indexes failed; recovery will check them");
+            }
+        }
         // The segment holding the cut becomes the active one again, its indexes rebuilt.
         let active = Segment::open(dir, last.base_offset, config, IndexMode::Rebuild, true)?;
         active.truncate_to(position, cut)?;
@@ -609,17 +676,26 @@ impl Log {
     /// Time is the wall clock in milliseconds since the Unix epoch, compared with the batches'
     /// own max timestamps.
     pub fn enforce_retention(&mut self, now_ms: i64) -> Result<RetentionReport> {
+        self.retire_for_retention(now_ms).delete()
+    }
+
+    /// The part of retention that needs the writer: takes the segments past the limits out of
+    /// the log (readers see the new start offset first). Their files are deleted by
+    /// [`Retired::delete`], which does not need the writer, so appends do not wait for unlinks.
+    pub fn retire_for_retention(&mut self, now_ms: i64) -> Retired {
         let shared = self.shared.clone();
+        let mut retired = Retired {
+            shared: shared.clone(),
+            segments: Vec::new(),
+            log_start_offset: self.log_start_offset(),
+        };
         // A cleaning pass is rewriting sealed segments: leave them to it and try next time,
         // rather than holding up appends.
         let Ok(_maintenance) = shared.maintenance.try_lock() else {
-            return Ok(RetentionReport {
-                log_start_offset: self.log_start_offset(),
-                ..RetentionReport::default()
-            });
+            return retired;
         };
-        let config = &self.shared.config;
-        let segments = self.shared.segments();
+        let config = &shared.config;
+        let segments = shared.segments();
         let mut total: u64 = segments.iter().map(|s| s.size()).sum();
         let mut n_delete = 0;
         for segment in &segments[..segments.len() - 1] {
@@ -635,30 +711,18 @@ impl Log {
             total -= segment.size();
             n_delete += 1;
         }
-        let mut report = RetentionReport {
-            log_start_offset: self.log_start_offset(),
-            ..RetentionReport::default()
-        };
         if n_delete == 0 {
-            return Ok(report);
+            return retired;
         }
         let new_start = segments[n_delete].base_offset;
         // Readers check the start offset first, so they stop asking for the removed segments
         // before the list loses them.
-        self.shared
-            .log_start_offset
-            .store(new_start, Ordering::Release);
-        *self.shared.segments.write().expect("segment list lock") =
+        shared.log_start_offset.store(new_start, Ordering::Release);
+        *shared.segments.write().expect("segment list lock") =
             Arc::new(segments[n_delete..].to_vec());
-        for segment in &segments[..n_delete] {
-            segment.delete_files(&self.shared.dir)?;
-            report.segments_deleted += 1;
-            report.bytes_deleted += segment.size();
-            tracing::info!(path = %segment.log_path.display(), bytes = segment.size(), "retention deleted segment");
-        }
-        recovery::sync_dir(&self.shared.dir)?;
-        report.log_start_offset = new_start;
-        Ok(report)
+        retired.segments = segments[..n_delete].to_vec();
+        retired.log_start_offset = new_start;
+        retired
     }
 
     /// [`Log::enforce_retention`] at the current wall-clock time.

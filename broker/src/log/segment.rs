@@ -231,7 +231,9 @@ impl Segment {
         Ok(true)
     }
 
-    /// Writer only: records the segment's final timestamp entry, trims and fsyncs its indexes.
+    /// Records the segment's final timestamp entry, trims and fsyncs its indexes. Called by the
+    /// only thread that still writes this segment: the flusher once a roll has moved the writer
+    /// on, recovery, or the writer at close.
     pub(crate) fn seal(&self) -> Result<()> {
         let max_ts = self.max_timestamp();
         let last_entry_ts = self.time_index.last().map(|(ts, _)| ts);
