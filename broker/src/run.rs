@@ -31,6 +31,25 @@ pub fn init_tracing() {
         .init();
 }
 
+/// Raises this process's soft limit on open files to its hard limit, as a broker holding
+/// descriptors for segment files and connections needs (Go's runtime does the same for every
+/// program); returns the limit now in force, `None` when unlimited.
+pub fn raise_open_files_limit() -> Option<u64> {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current == limit.maximum {
+        return limit.current;
+    }
+    let raised = Rlimit {
+        current: limit.maximum,
+        maximum: limit.maximum,
+    };
+    match setrlimit(Resource::Nofile, raised) {
+        Ok(()) => raised.current,
+        Err(_) => limit.current,
+    }
+}
+
 /// Resolves on SIGINT or SIGTERM.
 pub async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
@@ -61,6 +80,11 @@ impl RunningBroker {
     /// Opens the data directory (recovering every log), binds the listeners and serves. Logs
     /// one line with every bound address ("strand-broker listening"), which tests wait for.
     pub async fn start(config: BrokerConfig) -> anyhow::Result<RunningBroker> {
+        let open_files_max = raise_open_files_limit();
+        tracing::info!(
+            open_files_max = open_files_max.map_or("unlimited".into(), |n| n.to_string()),
+            "open files limit"
+        );
         let data_dir = config.data_dir.clone();
         let log_defaults = config.log.clone();
         let (topics, reports) =

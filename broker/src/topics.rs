@@ -299,17 +299,17 @@ impl Topics {
             std::fs::remove_dir_all(&dir).map_err(io_err("remove stale topic folder", &dir))?;
         }
         std::fs::create_dir(&dir).map_err(io_err("create topic folder", &dir))?;
-        let mut partitions = Vec::with_capacity(config.partitions as usize);
-        for index in 0..config.partitions {
-            let partition = open_partition(&dir, name, index, &config, &self.defaults)?.0;
-            if let Some(observer) = self.fsync_observer.0.get() {
-                partition.writer().set_fsync_observer(observer.clone());
+        let partitions = match self.create_partitions(&dir, &topics_dir, name, &config) {
+            Ok(partitions) => partitions,
+            Err(e) => {
+                // No descriptors or no space left: the half-made topic goes at once.
+                if let Err(cleanup) = self.discard(&dir, name) {
+                    tracing::warn!(path = %dir.display(), error = %cleanup, "could not remove a topic that failed to create");
+                }
+                self.sweep_deleting();
+                return Err(e);
             }
-            partitions.push(partition);
-        }
-        let json = serde_json::to_vec_pretty(&config).expect("topic config serializes");
-        crate::log::write_file_atomically(&dir, TOPIC_FILE, &json)?;
-        crate::log::sync_dir(&topics_dir)?;
+        };
         let topic = Arc::new(Topic {
             name: name.to_string(),
             config,
@@ -331,18 +331,38 @@ impl Topics {
             .remove(name)
             .ok_or_else(|| TopicError::NotFound(name.to_string()))?;
         let dir = self.data_dir.join(TOPICS_DIR).join(name);
+        self.discard(&dir, name)?;
+        crate::log::sync_dir(&self.data_dir.join(TOPICS_DIR))?;
+        drop(topic);
+        self.sweep_deleting();
+        tracing::info!(topic = name, "deleted topic");
+        Ok(())
+    }
+
+    /// Moves a topic folder out of the topics folder, into `deleting/`: a rename, which needs
+    /// no descriptor, so it works when they have run out. [`Topics::sweep_deleting`] removes it.
+    fn discard(&self, dir: &Path, name: &str) -> Result<(), TopicError> {
         let deleting = self.data_dir.join(DELETING_DIR);
         std::fs::create_dir_all(&deleting).map_err(io_err("create", &deleting))?;
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos());
         let target = deleting.join(format!("{name}-{nanos}"));
-        std::fs::rename(&dir, &target).map_err(io_err("move topic to deleting", &dir))?;
-        crate::log::sync_dir(&self.data_dir.join(TOPICS_DIR))?;
-        drop(topic);
-        std::fs::remove_dir_all(&target).map_err(io_err("remove deleted topic", &target))?;
-        tracing::info!(topic = name, "deleted topic");
-        Ok(())
+        std::fs::rename(dir, &target).map_err(io_err("move topic to deleting", dir))
+    }
+
+    /// Removes what `deleting/` holds. What cannot go now (no descriptors left) stays for the
+    /// next delete or the next start; it is out of the topics folder either way.
+    fn sweep_deleting(&self) {
+        let deleting = self.data_dir.join(DELETING_DIR);
+        let Ok(entries) = std::fs::read_dir(&deleting) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            if let Err(e) = std::fs::remove_dir_all(entry.path()) {
+                tracing::warn!(path = %entry.path().display(), error = %e, "could not remove a deleted topic's files yet; retrying at the next delete or start");
+            }
+        }
     }
 
     pub fn get(&self, name: &str) -> Option<Arc<Topic>> {
@@ -375,6 +395,29 @@ impl Topics {
             }
         }
         Ok(deleted)
+    }
+
+    /// Opens the partitions of a topic being created, then writes its metadata (last: a topic
+    /// without it is half-made and never opened).
+    fn create_partitions(
+        &self,
+        dir: &Path,
+        topics_dir: &Path,
+        name: &str,
+        config: &TopicConfig,
+    ) -> Result<Vec<Arc<Partition>>, TopicError> {
+        let mut partitions = Vec::with_capacity(config.partitions as usize);
+        for index in 0..config.partitions {
+            let partition = open_partition(dir, name, index, config, &self.defaults)?.0;
+            if let Some(observer) = self.fsync_observer.0.get() {
+                partition.writer().set_fsync_observer(observer.clone());
+            }
+            partitions.push(partition);
+        }
+        let json = serde_json::to_vec_pretty(config).expect("topic config serializes");
+        crate::log::write_file_atomically(dir, TOPIC_FILE, &json)?;
+        crate::log::sync_dir(topics_dir)?;
+        Ok(partitions)
     }
 
     /// Partitions that refuse writes after a failed fsync or write, read without taking any

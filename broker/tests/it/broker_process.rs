@@ -31,7 +31,24 @@ pub(crate) fn start_broker(data_dir: &std::path::Path) -> BrokerProcess {
 
 /// `strand-broker` on `data_dir`, every listener on a port the kernel picks, with `extra` flags.
 pub(crate) fn start_broker_with(data_dir: &std::path::Path, extra: &[&str]) -> BrokerProcess {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_strand-broker"));
+    start_broker_under(&[], data_dir, extra)
+}
+
+/// Like [`start_broker_with`], run through `wrapper` (such as `prlimit --nofile=N --`).
+pub(crate) fn start_broker_under(
+    wrapper: &[&str],
+    data_dir: &std::path::Path,
+    extra: &[&str],
+) -> BrokerProcess {
+    let binary = env!("CARGO_BIN_EXE_strand-broker");
+    let mut command = match wrapper.split_first() {
+        Some((program, args)) => {
+            let mut command = Command::new(program);
+            command.args(args).arg(binary);
+            command
+        }
+        None => Command::new(binary),
+    };
     command.args(extra);
     command.args([
         "--data-dir",

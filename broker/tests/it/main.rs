@@ -6,6 +6,7 @@ mod corruption;
 mod crash;
 mod disk_full;
 mod durability;
+mod exhaustion;
 mod group_consumers;
 mod groups;
 mod kafka_clients;
