@@ -467,9 +467,9 @@ mod tests {
     use kafka_protocol::protocol::StrBytes;
     use proptest::prelude::*;
 
-    /// A JoinGroup v0 request whose protocol array claims i32::MAX entries and has none: the
-    /// decoder sizes its vector from that count (see `crate::alloc`), and it must come back as a
-    /// decode error, not abort the broker.
+    /// A JoinGroup v0 request whose protocol array claims i32::MAX entries and has none:
+    /// kafka-protocol 0.18.0 sized its vector from that count and aborted the process; the
+    /// patched copy (`vendor/kafka-protocol`) bounds it, so it is a decode error.
     #[test]
     fn a_hostile_array_length_is_an_error_not_an_abort() {
         let mut b = BytesMut::new();
@@ -484,7 +484,36 @@ mod tests {
         b.put_i16(0); // member id ""
         b.put_i16(8);
         b.put_slice(b"consumer"); // protocol type
+        let mut honest = b.clone();
+        honest.put_i32(0); // protocols: none
+        assert!(decode_request(honest.freeze()).is_ok());
         b.put_i32(i32::MAX); // protocols
+        assert!(decode_request(b.freeze()).is_err());
+    }
+
+    /// The same in a flexible version (JoinGroup v6): the compact array's length is a varint.
+    #[test]
+    fn a_hostile_compact_array_length_is_an_error_not_an_abort() {
+        let mut b = BytesMut::new();
+        b.put_i16(11); // JoinGroup
+        b.put_i16(6); // v6, flexible
+        b.put_i32(7); // correlation id
+        b.put_i16(1);
+        b.put_slice(b"c"); // client id (a nullable string even in flexible headers)
+        b.put_u8(0); // header tagged fields
+        b.put_u8(2);
+        b.put_slice(b"g"); // group id
+        b.put_i32(10_000); // session timeout
+        b.put_i32(10_000); // rebalance timeout
+        b.put_u8(1); // member id ""
+        b.put_u8(0); // group instance id null
+        b.put_u8(9);
+        b.put_slice(b"consumer"); // protocol type
+        // The same request with no protocols decodes, so the error below is the length's.
+        let mut honest = b.clone();
+        honest.put_slice(&[1, 0]); // protocols: empty; body tagged fields
+        assert!(decode_request(honest.freeze()).is_ok());
+        b.put_slice(&[0xff, 0xff, 0xff, 0xff, 0x07]); // protocols: 2^31 - 2 entries
         assert!(decode_request(b.freeze()).is_err());
     }
 
