@@ -28,4 +28,3 @@ pub mod run;
 pub mod server;
 pub mod service;
 pub mod topics;
-

@@ -72,15 +72,7 @@ const SUPPORTED: [(ApiKey, i16, i16); 19] = [
     (ApiKey::SaslHandshake, 0, 1),
 ];
 
-/// Topics Kafka itself keeps (offsets, transactions, KRaft metadata): clients may not create or
-/// delete them. Other names starting with `__` are ordinary topics, as on Kafka (the saga
-/// orchestrator's `__saga_journal`, say).
-pub(crate) fn is_internal_topic(name: &str) -> bool {
-    matches!(
-        name,
-        "__consumer_offsets" | "__transaction_state" | "__cluster_metadata"
-    )
-}
+pub(crate) use crate::topics::is_internal_topic;
 
 #[derive(Debug, Clone)]
 pub struct KafkaConfig {
@@ -93,6 +85,8 @@ pub struct KafkaConfig {
     pub auto_create_topics: bool,
     /// Partitions of auto-created topics and of CreateTopics asking for the default.
     pub default_partitions: u32,
+    /// Topics one Metadata request may auto-create.
+    pub metadata_auto_create_topics_max: u32,
 }
 
 impl Default for KafkaConfig {
@@ -103,6 +97,7 @@ impl Default for KafkaConfig {
             advertised: None,
             auto_create_topics: true,
             default_partitions: 1,
+            metadata_auto_create_topics_max: 100,
         }
     }
 }
@@ -433,6 +428,21 @@ fn error_code(e: &ServiceError) -> i16 {
         ServiceError::Topic(TopicError::AlreadyExists(_)) => ResponseError::TopicAlreadyExists,
         ServiceError::Topic(TopicError::InvalidName { .. }) => ResponseError::InvalidTopicException,
         ServiceError::Topic(TopicError::InvalidConfig(_)) => ResponseError::InvalidConfig,
+        // As Kafka: partitions past the per-topic bound are INVALID_PARTITIONS; a topic or
+        // total-partition count past the broker's bound is what a create-topic policy
+        // refusal is, POLICY_VIOLATION.
+        ServiceError::Topic(TopicError::LimitReached {
+            limit: "partitions_per_topic_max",
+            ..
+        }) => ResponseError::InvalidPartitions,
+        ServiceError::Topic(TopicError::LimitReached { .. }) => ResponseError::PolicyViolation,
+        // Kafka refuses appends to internal topics with INVALID_TOPIC_EXCEPTION ("cannot append
+        // to internal topic") and so creating one; deleting one is not authorized.
+        ServiceError::InternalTopic {
+            operation: "delete",
+            ..
+        } => ResponseError::TopicAuthorizationFailed,
+        ServiceError::InternalTopic { .. } => ResponseError::InvalidTopicException,
         ServiceError::Log(LogError::InvalidBatch(BatchError::TooLarge { .. })) => {
             ResponseError::MessageTooLarge
         }
@@ -509,7 +519,7 @@ mod tests {
         b.put_u8(0); // group instance id null
         b.put_u8(9);
         b.put_slice(b"consumer"); // protocol type
-        // The same request with no protocols decodes, so the error below is the length's.
+                                  // The same request with no protocols decodes, so the error below is the length's.
         let mut honest = b.clone();
         honest.put_slice(&[1, 0]); // protocols: empty; body tagged fields
         assert!(decode_request(honest.freeze()).is_ok());
