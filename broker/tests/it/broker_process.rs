@@ -26,7 +26,13 @@ impl Drop for BrokerProcess {
 }
 
 pub(crate) fn start_broker(data_dir: &std::path::Path) -> BrokerProcess {
+    start_broker_with(data_dir, &[])
+}
+
+/// [`start_broker`] with more flags (limits, say).
+pub(crate) fn start_broker_with(data_dir: &std::path::Path, flags: &[&str]) -> BrokerProcess {
     let mut command = Command::new(env!("CARGO_BIN_EXE_strand-broker"));
+    command.args(flags);
     command.args([
         "--data-dir",
         data_dir.to_str().unwrap(),
