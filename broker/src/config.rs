@@ -348,6 +348,42 @@ mod tests {
     }
 
     #[test]
+    fn limits_come_from_the_file_and_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("strand.toml");
+        std::fs::write(
+            &file,
+            "topics_max = 10\ngroups_max = 3\ncommit_metadata_bytes_max = 100\n",
+        )
+        .unwrap();
+        let args = BrokerArgs::parse_from([
+            "strand-broker",
+            "--config",
+            file.to_str().unwrap(),
+            "--groups-max",
+            "5",
+            "--partitions-max",
+            "64",
+            "--metadata-auto-create-topics-max",
+            "2",
+        ]);
+        let config = BrokerConfig::load(&args).unwrap();
+        assert_eq!(config.topics_max, 10);
+        assert_eq!(config.groups_max, 5);
+        assert_eq!(config.partitions_max, 64);
+        assert_eq!(config.metadata_auto_create_topics_max, 2);
+        assert_eq!(config.commit_metadata_bytes_max, 100);
+        assert_eq!(config.members_per_group_max, 1000);
+        let config = BrokerConfig {
+            default_partitions: 8,
+            partitions_per_topic_max: 4,
+            ..BrokerConfig::default()
+        };
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("partitions_per_topic_max"), "{err}");
+    }
+
+    #[test]
     fn bad_settings_say_what_is_wrong() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("strand.toml");
