@@ -501,6 +501,46 @@ mod tests {
         assert!(decode_request(b.freeze()).is_err());
     }
 
+    /// One record batch (v2, uncompressed) holding one record with null key and value whose
+    /// header count is `headers` (already a zigzag varint) and that has no header bytes.
+    fn batch_claiming_headers(headers: &[u8]) -> Bytes {
+        let mut record = BytesMut::new();
+        record.put_slice(&[0, 0, 0, 1, 1]); // attributes, deltas, null key, null value
+        record.put_slice(headers);
+        let mut body = BytesMut::new();
+        body.put_i16(0); // attributes
+        body.put_i32(0); // last offset delta
+        body.put_i64(1_700_000_000_000);
+        body.put_i64(1_700_000_000_000);
+        body.put_i64(-1); // producer id
+        body.put_i16(-1); // producer epoch
+        body.put_i32(-1); // base sequence
+        body.put_i32(1); // record count
+        body.put_u8((record.len() as u8) << 1); // record length, zigzag
+        body.put_slice(&record);
+        let mut batch = BytesMut::new();
+        batch.put_i64(0); // base offset
+        batch.put_i32(4 + 1 + 4 + body.len() as i32); // batch length
+        batch.put_i32(-1); // partition leader epoch
+        batch.put_i8(2); // magic
+        batch.put_u32(crc32c::crc32c(&body));
+        batch.put_slice(&body);
+        batch.freeze()
+    }
+
+    /// A record claiming i32::MAX headers and holding none: kafka-protocol 0.18.0 sized its
+    /// header map from that count; the patched copy bounds it, so decoding is an error. The
+    /// offsets store decodes batches with this decoder at start.
+    #[test]
+    fn a_hostile_header_count_is_an_error_not_an_abort() {
+        use kafka_protocol::records::RecordBatchDecoder;
+        let honest = batch_claiming_headers(&[0]);
+        let set = RecordBatchDecoder::decode(&mut honest.clone()).unwrap();
+        assert_eq!(set.records.len(), 1, "the honest batch decodes");
+        let mut hostile = batch_claiming_headers(&[0xfe, 0xff, 0xff, 0xff, 0x0f]);
+        assert!(RecordBatchDecoder::decode(&mut hostile).is_err());
+    }
+
     /// The same in a flexible version (JoinGroup v6): the compact array's length is a varint.
     #[test]
     fn a_hostile_compact_array_length_is_an_error_not_an_abort() {
