@@ -530,3 +530,77 @@ async fn init_producer_id_never_hands_out_another_producers_id() {
     assert_eq!(code, 0);
     assert!(stop(broker).success());
 }
+
+fn join_request(group: &str) -> Request {
+    Request::JoinGroup {
+        group: group.into(),
+        member_id: String::new(),
+        client_id: "hostile".into(),
+        topics: vec!["t".into()],
+        session_timeout_ms: 10_000,
+        rebalance_timeout_ms: 10_000,
+        assignor: "range".into(),
+    }
+}
+
+/// Members, groups and commit metadata are bounded over the wire: past a limit the native
+/// client gets LimitReached (or TooLarge) and nothing changes; the groups there are keep their
+/// members and commits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn groups_members_and_commit_metadata_are_refused_past_their_limits() {
+    let dir = tempfile::tempdir().unwrap();
+    let flags = [
+        "--groups-max",
+        "2",
+        "--members-per-group-max",
+        "1",
+        "--commit-metadata-bytes-max",
+        "16",
+    ];
+    let broker = start_broker_with(dir.path(), &flags);
+    let c = client(&broker.addr).await;
+    create(&c, "t", 1).await.unwrap();
+    let joined = c.request(join_request("g")).await.unwrap();
+    assert!(matches!(joined, ResponseBody::Joined { .. }), "{joined:?}");
+    // A second member of the same group: refused.
+    let e = c.request(join_request("g")).await.unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::LimitReached), "{e}");
+    // A second group by commit fits; a third, by join or by commit, does not.
+    commit(&c, "other", 1).await;
+    let e = c.request(join_request("third")).await.unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::LimitReached), "{e}");
+    let third = Request::OffsetCommit {
+        group: "third".into(),
+        member_id: String::new(),
+        generation: 0,
+        offsets: vec![OffsetEntry {
+            topic: "t".into(),
+            partition: 0,
+            offset: 5,
+            metadata: String::new(),
+        }],
+    };
+    let e = c.request(third).await.unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::LimitReached), "{e}");
+    // Commit metadata over 16 bytes is refused and the earlier commit stays.
+    let long = Request::OffsetCommit {
+        group: "other".into(),
+        member_id: String::new(),
+        generation: 0,
+        offsets: vec![OffsetEntry {
+            topic: "t".into(),
+            partition: 0,
+            offset: 9,
+            metadata: "x".repeat(17),
+        }],
+    };
+    let e = c.request(long).await.unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::TooLarge), "{e}");
+    assert_eq!(committed(&c, "other").await, Some((1, "other-meta".into())));
+    let groups = match c.request(Request::ListGroups).await.unwrap() {
+        ResponseBody::Groups(groups) => groups,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(groups, vec!["g".to_string(), "other".to_string()]);
+    assert!(stop(broker).success());
+}
