@@ -52,6 +52,24 @@ pub struct BrokerConfig {
     pub poisoned_recovery_interval_ms: u64,
     /// How long a shutdown waits for in-flight requests before closing logs. Default 10 s.
     pub shutdown_timeout_ms: u64,
+    /// Topics clients may create, counting auto-created ones (the broker's internal topics are
+    /// not counted). Default 1000.
+    pub topics_max: u32,
+    /// Partitions one topic may have. Each partition costs a flusher thread, file descriptors
+    /// and two index mappings. Default 1024.
+    pub partitions_per_topic_max: u32,
+    /// Partitions of all topics together. Default 4096.
+    pub partitions_max: u32,
+    /// Topics one Kafka Metadata request may auto-create; the others are answered
+    /// UNKNOWN_TOPIC_OR_PARTITION, so a client asking again creates the next ones. Default 100.
+    pub metadata_auto_create_topics_max: u32,
+    /// Consumer groups (with members or committed offsets). Default 10,000.
+    pub groups_max: usize,
+    /// Members of one consumer group, as Kafka's `group.max.size`. Default 1000.
+    pub members_per_group_max: usize,
+    /// Longest metadata string one committed offset may carry, as Kafka's
+    /// `offset.metadata.max.bytes`. Default 4096.
+    pub commit_metadata_bytes_max: usize,
     /// Defaults for every partition log; topics may override some of them.
     pub log: LogConfig,
 }
@@ -74,6 +92,13 @@ impl Default for BrokerConfig {
             cleaner_interval_ms: 15_000,
             poisoned_recovery_interval_ms: 10_000,
             shutdown_timeout_ms: 10_000,
+            topics_max: 1000,
+            partitions_per_topic_max: 1024,
+            partitions_max: 4096,
+            metadata_auto_create_topics_max: 100,
+            groups_max: 10_000,
+            members_per_group_max: 1000,
+            commit_metadata_bytes_max: 4096,
             log: LogConfig::default(),
         }
     }
@@ -126,6 +151,27 @@ pub struct BrokerArgs {
     /// Default retention by size in bytes per partition, -1 for none [default: -1]
     #[arg(long, env = "STRAND_RETENTION_BYTES", allow_negative_numbers = true)]
     pub retention_bytes: Option<i64>,
+    /// Topics clients may create, internal ones not counted [default: 1000]
+    #[arg(long, env = "STRAND_TOPICS_MAX", value_name = "N")]
+    pub topics_max: Option<u32>,
+    /// Partitions of one topic at most [default: 1024]
+    #[arg(long, env = "STRAND_PARTITIONS_PER_TOPIC_MAX", value_name = "N")]
+    pub partitions_per_topic_max: Option<u32>,
+    /// Partitions of all topics together at most [default: 4096]
+    #[arg(long, env = "STRAND_PARTITIONS_MAX", value_name = "N")]
+    pub partitions_max: Option<u32>,
+    /// Topics one Kafka Metadata request may auto-create [default: 100]
+    #[arg(long, env = "STRAND_METADATA_AUTO_CREATE_TOPICS_MAX", value_name = "N")]
+    pub metadata_auto_create_topics_max: Option<u32>,
+    /// Consumer groups at most [default: 10000]
+    #[arg(long, env = "STRAND_GROUPS_MAX", value_name = "N")]
+    pub groups_max: Option<usize>,
+    /// Members of one consumer group at most [default: 1000]
+    #[arg(long, env = "STRAND_MEMBERS_PER_GROUP_MAX", value_name = "N")]
+    pub members_per_group_max: Option<usize>,
+    /// Longest commit metadata in bytes [default: 4096]
+    #[arg(long, env = "STRAND_COMMIT_METADATA_BYTES_MAX", value_name = "BYTES")]
+    pub commit_metadata_bytes_max: Option<usize>,
 }
 
 fn parse_fsync(s: &str) -> Result<FsyncPolicy, String> {
@@ -204,6 +250,22 @@ impl BrokerConfig {
         set!(config.log.segment_bytes_max, args.segment_bytes_max);
         set!(config.log.retention_ms, args.retention_ms.map(limit));
         set!(config.log.retention_bytes, args.retention_bytes.map(limit));
+        set!(config.topics_max, args.topics_max);
+        set!(
+            config.partitions_per_topic_max,
+            args.partitions_per_topic_max
+        );
+        set!(config.partitions_max, args.partitions_max);
+        set!(
+            config.metadata_auto_create_topics_max,
+            args.metadata_auto_create_topics_max
+        );
+        set!(config.groups_max, args.groups_max);
+        set!(config.members_per_group_max, args.members_per_group_max);
+        set!(
+            config.commit_metadata_bytes_max,
+            args.commit_metadata_bytes_max
+        );
         config.validate()?;
         Ok(config)
     }
@@ -228,11 +290,25 @@ impl BrokerConfig {
             ),
             ("frame_bytes_max", self.frame_bytes_max),
             ("default_partitions", self.default_partitions as usize),
+            ("topics_max", self.topics_max as usize),
+            (
+                "partitions_per_topic_max",
+                self.partitions_per_topic_max as usize,
+            ),
+            ("partitions_max", self.partitions_max as usize),
+            ("groups_max", self.groups_max),
+            ("members_per_group_max", self.members_per_group_max),
         ];
         for (name, value) in positive {
             if value == 0 {
                 return Err(ConfigError::Invalid(format!("{name} must be above 0")));
             }
+        }
+        if self.default_partitions > self.partitions_per_topic_max {
+            return Err(ConfigError::Invalid(format!(
+                "default_partitions ({}) is more than partitions_per_topic_max ({})",
+                self.default_partitions, self.partitions_per_topic_max
+            )));
         }
         if self.frame_bytes_max < self.log.batch_bytes_max {
             return Err(ConfigError::Invalid(format!(
@@ -273,6 +349,42 @@ mod tests {
         assert_eq!(config.log.fsync, FsyncPolicy::Always);
         assert_eq!(config.log.retention_bytes, Some(1_000_000));
         assert_eq!(config.log.retention_ms, None);
+    }
+
+    #[test]
+    fn limits_come_from_the_file_and_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("strand.toml");
+        std::fs::write(
+            &file,
+            "topics_max = 10\ngroups_max = 3\ncommit_metadata_bytes_max = 100\n",
+        )
+        .unwrap();
+        let args = BrokerArgs::parse_from([
+            "strand-broker",
+            "--config",
+            file.to_str().unwrap(),
+            "--groups-max",
+            "5",
+            "--partitions-max",
+            "64",
+            "--metadata-auto-create-topics-max",
+            "2",
+        ]);
+        let config = BrokerConfig::load(&args).unwrap();
+        assert_eq!(config.topics_max, 10);
+        assert_eq!(config.groups_max, 5);
+        assert_eq!(config.partitions_max, 64);
+        assert_eq!(config.metadata_auto_create_topics_max, 2);
+        assert_eq!(config.commit_metadata_bytes_max, 100);
+        assert_eq!(config.members_per_group_max, 1000);
+        let config = BrokerConfig {
+            default_partitions: 8,
+            partitions_per_topic_max: 4,
+            ..BrokerConfig::default()
+        };
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("partitions_per_topic_max"), "{err}");
     }
 
     #[test]

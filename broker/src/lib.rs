@@ -1,7 +1,5 @@
 //! The Strand broker.
 //!
-//! - [`alloc`]: the process allocator, which turns a hostile array length in a Kafka request
-//!   into a decode error instead of an aborted process.
 //! - [`log`]: the partition log, a folder of segments holding Kafka RecordBatch v2 bytes as
 //!   clients sent them, with memory-mapped indexes, group-commit fsync, crash recovery and
 //!   retention. Storage never touches a socket.
@@ -14,7 +12,6 @@
 //! - [`run`]: the whole broker as a library (start, stop), for `strand-broker` and embedding.
 //! - [`metrics`]: Prometheus metrics; [`http`]: `/health` and `/metrics`.
 
-pub mod alloc;
 pub mod config;
 pub mod group;
 pub mod http;
@@ -26,8 +23,3 @@ pub mod run;
 pub mod server;
 pub mod service;
 pub mod topics;
-
-/// Every binary with the broker in it: very large allocations reserve address space instead of
-/// aborting the process (see [`alloc`]).
-#[global_allocator]
-static ALLOCATOR: alloc::Allocator = alloc::Allocator;

@@ -17,7 +17,7 @@ use crate::http::{self, HttpState};
 use crate::metrics::Metrics;
 use crate::server::{self, ServerConfig};
 use crate::service::Broker;
-use crate::topics::{TopicError, Topics};
+use crate::topics::{TopicError, TopicLimits, Topics};
 
 /// Logs to stderr for the strand binaries: `RUST_LOG` filters (default info), colours only on a
 /// terminal.
@@ -87,10 +87,16 @@ impl RunningBroker {
         );
         let data_dir = config.data_dir.clone();
         let log_defaults = config.log.clone();
-        let (topics, reports) =
-            tokio::task::spawn_blocking(move || Topics::open(&data_dir, log_defaults))
-                .await?
-                .with_context(|| format!("opening data directory {}", config.data_dir.display()))?;
+        let limits = TopicLimits {
+            topics_max: config.topics_max,
+            partitions_per_topic_max: config.partitions_per_topic_max,
+            partitions_max: config.partitions_max,
+        };
+        let (topics, reports) = tokio::task::spawn_blocking(move || {
+            Topics::open_with_limits(&data_dir, log_defaults, limits)
+        })
+        .await?
+        .with_context(|| format!("opening data directory {}", config.data_dir.display()))?;
         for r in &reports {
             if !r.report.truncations.is_empty() || !r.report.segments_removed.is_empty() {
                 tracing::warn!(topic = %r.topic, partition = r.partition, report = ?r.report, "recovery changed a partition log");
@@ -130,11 +136,15 @@ impl RunningBroker {
             let topics = topics.clone();
             let metrics = metrics.clone();
             let wait = Duration::from_millis(config.fetch_wait_ms_max);
-            tokio::task::spawn_blocking(move || {
-                Broker::new(topics, metrics, CoordinatorConfig::default(), wait)
-            })
-            .await?
-            .context("opening the group coordinator")?
+            let coordinator = CoordinatorConfig {
+                groups_max: config.groups_max,
+                members_per_group_max: config.members_per_group_max,
+                commit_metadata_bytes_max: config.commit_metadata_bytes_max,
+                ..CoordinatorConfig::default()
+            };
+            tokio::task::spawn_blocking(move || Broker::new(topics, metrics, coordinator, wait))
+                .await?
+                .context("opening the group coordinator")?
         };
         let ticker_task = broker.spawn_group_ticker(shutdown_rx.clone());
         let kafka_task = tokio::spawn(crate::kafka::serve(
@@ -146,6 +156,7 @@ impl RunningBroker {
                 advertised: config.kafka_advertised.clone(),
                 auto_create_topics: config.auto_create_topics,
                 default_partitions: config.default_partitions,
+                metadata_auto_create_topics_max: config.metadata_auto_create_topics_max,
             },
             shutdown_rx.clone(),
         ));

@@ -712,9 +712,13 @@ fn error_response(e: &ServiceError) -> Response {
         ServiceError::Topic(TopicError::AlreadyExists(_)) => ErrorCode::TopicAlreadyExists,
         ServiceError::Topic(TopicError::InvalidName { .. }) => ErrorCode::InvalidTopic,
         ServiceError::Topic(TopicError::InvalidConfig(_)) => ErrorCode::InvalidConfig,
-        ServiceError::Log(LogError::InvalidBatch(BatchError::TooLarge { .. })) => {
-            ErrorCode::TooLarge
+        ServiceError::Topic(TopicError::LimitReached { .. })
+        | ServiceError::Group(GroupError::GroupMaxSizeReached | GroupError::GroupsMaxReached) => {
+            ErrorCode::LimitReached
         }
+        ServiceError::InternalTopic { .. } => ErrorCode::InternalTopic,
+        ServiceError::Log(LogError::InvalidBatch(BatchError::TooLarge { .. }))
+        | ServiceError::Group(GroupError::OffsetMetadataTooLarge) => ErrorCode::TooLarge,
         ServiceError::Log(LogError::InvalidBatch(_)) => ErrorCode::CorruptBatch,
         ServiceError::Log(LogError::OffsetOutOfRange { .. }) => ErrorCode::OffsetOutOfRange,
         ServiceError::Log(LogError::Closed { .. }) => ErrorCode::ShuttingDown,

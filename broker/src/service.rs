@@ -13,7 +13,7 @@ use crate::group::{CoordinatorConfig, GroupError, Groups};
 use crate::log::{AppendInfo, LogError, ReadResult};
 use crate::metrics::Metrics;
 use crate::producers::{BatchSequence, SequenceCheck, SequenceError};
-use crate::topics::{Partition, Topic, TopicConfig, TopicError, Topics};
+use crate::topics::{is_internal_topic, Partition, Topic, TopicConfig, TopicError, Topics};
 
 /// How long a produce waits before it is acknowledged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,6 +52,12 @@ pub enum ServiceError {
     Sequence(#[from] SequenceError),
     #[error("a produce carrying an idempotent batch must carry exactly one batch")]
     IdempotentBatchCount,
+    /// A client asked to write, create or delete a topic only the broker writes.
+    #[error("topic {topic:?} is the broker's own: clients may read it but not {operation} it")]
+    InternalTopic {
+        topic: String,
+        operation: &'static str,
+    },
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -121,17 +127,21 @@ impl Broker {
             })
     }
 
+    /// Creates a topic for a client; internal topics are refused (the broker creates its own).
     pub async fn create_topic(
         &self,
         name: String,
         config: TopicConfig,
     ) -> Result<TopicInfo, ServiceError> {
+        refuse_internal(&name, "create")?;
         let topics = self.topics.clone();
         let topic = blocking(move || topics.create(&name, config)).await??;
         Ok(describe(&topic))
     }
 
+    /// Deletes a topic for a client; internal topics are refused.
     pub async fn delete_topic(&self, name: String) -> Result<(), ServiceError> {
+        refuse_internal(&name, "delete")?;
         let topics = self.topics.clone();
         blocking(move || topics.delete(&name)).await??;
         Ok(())
@@ -156,12 +166,15 @@ impl Broker {
     /// A batch from an idempotent producer (producer id set) passes the partition's sequence
     /// check first: a retry of a batch already written is answered with its first offsets and
     /// not written again; one that skips sequences is refused.
+    ///
+    /// Internal topics are refused: only the broker writes them (not through here).
     pub fn append(
         &self,
         topic: &str,
         partition: u32,
         batches: &mut [u8],
     ) -> Result<AppendInfo, ServiceError> {
+        refuse_internal(topic, "write")?;
         let target = self.partition(topic, partition)?;
         let mut n_records = 0u64;
         let mut n_batches = 0usize;
@@ -325,6 +338,21 @@ impl Broker {
         let target = self.partition(topic, partition)?;
         Ok(partition_info(&target))
     }
+}
+
+fn refuse_internal(topic: &str, operation: &'static str) -> Result<(), ServiceError> {
+    if is_internal_topic(topic) {
+        tracing::debug!(
+            topic,
+            operation,
+            "refused a client's change to an internal topic"
+        );
+        return Err(ServiceError::InternalTopic {
+            topic: topic.to_string(),
+            operation,
+        });
+    }
+    Ok(())
 }
 
 fn partition_info(p: &Partition) -> PartitionInfo {

@@ -27,9 +27,45 @@ const DELETING_DIR: &str = "deleting";
 const TOPIC_FILE: &str = "topic.json";
 /// Kafka's limit on topic name length.
 pub const TOPIC_NAME_MAX: usize = 249;
-/// A bound on partitions per topic, so a typo cannot create a million folders. Each partition
-/// log has its own flusher thread today, which is what keeps this bound modest.
+/// The default bound on partitions per topic ([`TopicLimits::partitions_per_topic_max`]), so a
+/// typo cannot create a million folders. Each partition log has its own flusher thread today,
+/// which is what keeps this bound modest.
 pub const PARTITIONS_MAX: u32 = 1024;
+
+/// Topics the broker itself writes (committed offsets; Kafka's transaction state and KRaft
+/// metadata, kept out for clients that expect Kafka's rules): clients may read them but not
+/// create, write, delete or reconfigure them, on any protocol. Other names starting with `__`
+/// are ordinary topics, as on Kafka (the saga orchestrator's `__saga_*` journals, say, which it
+/// writes as a client).
+pub fn is_internal_topic(name: &str) -> bool {
+    matches!(
+        name,
+        "__consumer_offsets" | "__transaction_state" | "__cluster_metadata"
+    )
+}
+
+/// How many topics and partitions clients may create. Each partition costs a flusher thread,
+/// file descriptors and two index mappings, so these bound what a client can make the broker
+/// hold. The broker's own internal topics are neither counted nor refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TopicLimits {
+    /// Topics at most. Default 1000.
+    pub topics_max: u32,
+    /// Partitions of one topic at most. Default 1024 ([`PARTITIONS_MAX`]).
+    pub partitions_per_topic_max: u32,
+    /// Partitions of all topics together at most. Default 4096.
+    pub partitions_max: u32,
+}
+
+impl Default for TopicLimits {
+    fn default() -> Self {
+        TopicLimits {
+            topics_max: 1000,
+            partitions_per_topic_max: PARTITIONS_MAX,
+            partitions_max: 4096,
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -42,6 +78,14 @@ pub enum TopicError {
     NotFound(String),
     #[error("invalid topic configuration: {0}")]
     InvalidConfig(String),
+    /// A create would pass one of the [`TopicLimits`]; nothing was created.
+    #[error("topic {topic:?} not created: {limit} is {max} and {reason}")]
+    LimitReached {
+        topic: String,
+        limit: &'static str,
+        max: u32,
+        reason: String,
+    },
     #[error("topic metadata {path}: {reason}")]
     BadMetadata { path: PathBuf, reason: String },
     #[error(transparent)]
@@ -94,11 +138,10 @@ impl TopicConfig {
     }
 
     fn validate(&self, defaults: &LogConfig) -> Result<(), TopicError> {
-        if self.partitions == 0 || self.partitions > PARTITIONS_MAX {
-            return Err(TopicError::InvalidConfig(format!(
-                "partitions must be between 1 and {PARTITIONS_MAX}, got {}",
-                self.partitions
-            )));
+        if self.partitions == 0 {
+            return Err(TopicError::InvalidConfig(
+                "partitions must be at least 1".to_string(),
+            ));
         }
         for (name, value) in [
             ("retention_ms", self.retention_ms),
@@ -185,6 +228,7 @@ pub struct Topic {
 pub struct Topics {
     data_dir: PathBuf,
     defaults: LogConfig,
+    limits: TopicLimits,
     topics: RwLock<BTreeMap<String, Arc<Topic>>>,
     fsync_observer: ObserverSlot,
 }
@@ -206,10 +250,22 @@ pub struct PartitionRecovery {
 }
 
 impl Topics {
-    /// Opens every topic under `data_dir`, recovering each partition log.
+    /// Opens every topic under `data_dir`, recovering each partition log, with the default
+    /// [`TopicLimits`].
     pub fn open(
         data_dir: impl AsRef<Path>,
         defaults: LogConfig,
+    ) -> Result<(Topics, Vec<PartitionRecovery>), TopicError> {
+        Topics::open_with_limits(data_dir, defaults, TopicLimits::default())
+    }
+
+    /// Opens every topic under `data_dir`, recovering each partition log. Topics already on
+    /// disk are all opened even when they are more than `limits` allow now (the limits were
+    /// lowered, say): the limits only refuse new topics.
+    pub fn open_with_limits(
+        data_dir: impl AsRef<Path>,
+        defaults: LogConfig,
+        limits: TopicLimits,
     ) -> Result<(Topics, Vec<PartitionRecovery>), TopicError> {
         defaults.validate().map_err(TopicError::InvalidConfig)?;
         let data_dir = data_dir.as_ref().to_path_buf();
@@ -263,6 +319,7 @@ impl Topics {
             Topics {
                 data_dir,
                 defaults,
+                limits,
                 topics: RwLock::new(topics),
                 fsync_observer: ObserverSlot::default(),
             },
@@ -285,7 +342,64 @@ impl Topics {
         &self.defaults
     }
 
-    /// Creates a topic and its partition logs; durable when this returns.
+    pub fn limits(&self) -> TopicLimits {
+        self.limits
+    }
+
+    /// Whether a topic of `partitions` more would fit the limits next to the topics there are;
+    /// internal topics always fit and are not counted.
+    pub fn check_limits(&self, name: &str, partitions: u32) -> Result<(), TopicError> {
+        let topics = self.topics.read().expect("topics lock");
+        self.check_limits_locked(&topics, name, partitions)
+    }
+
+    fn check_limits_locked(
+        &self,
+        topics: &BTreeMap<String, Arc<Topic>>,
+        name: &str,
+        partitions: u32,
+    ) -> Result<(), TopicError> {
+        if is_internal_topic(name) {
+            return Ok(());
+        }
+        let refuse = |limit, max, reason| {
+            Err(TopicError::LimitReached {
+                topic: name.to_string(),
+                limit,
+                max,
+                reason,
+            })
+        };
+        let limits = &self.limits;
+        if partitions > limits.partitions_per_topic_max {
+            return refuse(
+                "partitions_per_topic_max",
+                limits.partitions_per_topic_max,
+                format!("it asks for {partitions} partitions"),
+            );
+        }
+        let counted = || topics.values().filter(|t| !is_internal_topic(&t.name));
+        let n_topics = counted().count();
+        if n_topics >= limits.topics_max as usize {
+            return refuse(
+                "topics_max",
+                limits.topics_max,
+                format!("there are {n_topics} topics"),
+            );
+        }
+        let n_partitions: u64 = counted().map(|t| t.partitions.len() as u64).sum();
+        if n_partitions + u64::from(partitions) > u64::from(limits.partitions_max) {
+            return refuse(
+                "partitions_max",
+                limits.partitions_max,
+                format!("there are {n_partitions} partitions and it asks for {partitions} more"),
+            );
+        }
+        Ok(())
+    }
+
+    /// Creates a topic and its partition logs; durable when this returns. Refused past the
+    /// [`TopicLimits`], with nothing created.
     pub fn create(&self, name: &str, config: TopicConfig) -> Result<Arc<Topic>, TopicError> {
         validate_topic_name(name)?;
         config.validate(&self.defaults)?;
@@ -293,6 +407,7 @@ impl Topics {
         if topics.contains_key(name) {
             return Err(TopicError::AlreadyExists(name.to_string()));
         }
+        self.check_limits_locked(&topics, name, config.partitions)?;
         let topics_dir = self.data_dir.join(TOPICS_DIR);
         let dir = topics_dir.join(name);
         if dir.exists() {

@@ -40,6 +40,12 @@ pub enum GroupError {
     MemberRemoved,
     /// The member's protocol type or protocols match none of the group's.
     InconsistentGroupProtocol,
+    /// The group has `members_per_group_max` members: a new one is refused.
+    GroupMaxSizeReached,
+    /// There are `groups_max` groups: a new one is refused.
+    GroupsMaxReached,
+    /// A commit's metadata is longer than `commit_metadata_bytes_max`.
+    OffsetMetadataTooLarge,
 }
 
 /// How a Kafka client-assigned member joins: its protocol type (`consumer`) and the protocols it
@@ -240,11 +246,22 @@ impl Group {
     }
 }
 
-/// Limits on what members may ask for.
+/// Limits on what members may ask for, and on how much state clients can make the
+/// coordinator hold.
 #[derive(Debug, Clone)]
 pub struct CoordinatorConfig {
     pub session_timeout_ms_min: u64,
     pub session_timeout_ms_max: u64,
+    /// Groups at most (with members or committed offsets); a join or commit that would make
+    /// one more is refused (`GroupsMaxReached`). Groups restored at start are all kept.
+    /// Default 10,000.
+    pub groups_max: usize,
+    /// Members of one group at most; one more is refused (`GroupMaxSizeReached`, Kafka's
+    /// `group.max.size`). Default 1000.
+    pub members_per_group_max: usize,
+    /// Longest metadata string a commit may carry (Kafka's `offset.metadata.max.bytes`); a
+    /// longer one refuses the commit (`OffsetMetadataTooLarge`). Default 4096.
+    pub commit_metadata_bytes_max: usize,
 }
 
 impl Default for CoordinatorConfig {
@@ -253,6 +270,9 @@ impl Default for CoordinatorConfig {
         CoordinatorConfig {
             session_timeout_ms_min: 6_000,
             session_timeout_ms_max: 1_800_000,
+            groups_max: 10_000,
+            members_per_group_max: 1000,
+            commit_metadata_bytes_max: 4096,
         }
     }
 }
@@ -356,6 +376,21 @@ impl Coordinator {
                         result: Err(GroupError::InvalidSessionTimeout),
                     });
                     return out;
+                }
+                if member_id.is_none() {
+                    let full = match self.groups.get(&group) {
+                        None => (self.groups.len() >= self.config.groups_max)
+                            .then_some(GroupError::GroupsMaxReached),
+                        Some(g) => (g.members.len() >= self.config.members_per_group_max)
+                            .then_some(GroupError::GroupMaxSizeReached),
+                    };
+                    if let Some(e) = full {
+                        out.push(Output::Joined {
+                            request,
+                            result: Err(e),
+                        });
+                        return out;
+                    }
                 }
                 let member_id = match member_id {
                     Some(id) => {
@@ -511,6 +546,18 @@ impl Coordinator {
                 generation,
                 offsets,
             } => {
+                if !self.groups.contains_key(&group) && self.groups.len() >= self.config.groups_max
+                {
+                    out.push(Output::CommitRejected(GroupError::GroupsMaxReached));
+                    return out;
+                }
+                if offsets
+                    .iter()
+                    .any(|(_, c)| c.metadata.len() > self.config.commit_metadata_bytes_max)
+                {
+                    out.push(Output::CommitRejected(GroupError::OffsetMetadataTooLarge));
+                    return out;
+                }
                 let g = self.groups.entry(group.clone()).or_insert_with(Group::new);
                 let verdict = if member_id.is_empty() && generation == 0 {
                     if g.members.is_empty() {
@@ -566,7 +613,12 @@ impl Coordinator {
                     self.partitions = partitions;
                 }
             }
-            Input::Tick => {}
+            Input::Tick => {
+                // A group left with neither members nor commits holds nothing worth keeping
+                // (Kafka drops such groups too); dropping it keeps groups_max about live ones.
+                self.groups
+                    .retain(|_, g| !(g.members.is_empty() && g.committed.is_empty()));
+            }
         }
         self.expire_and_complete(now_ms, &mut out);
         out
@@ -1337,5 +1389,108 @@ mod tests {
             Some(Output::Heartbeat(r)) => *r,
             other => panic!("{other:?}"),
         }
+    }
+
+    fn join_group(c: &mut Coordinator, request: RequestId, group: &str, now: i64) -> Vec<Output> {
+        c.handle(
+            Input::Join {
+                request,
+                group: group.into(),
+                member_id: None,
+                client_id: "client".into(),
+                topics: ["t".to_string()].into(),
+                session_timeout_ms: SESSION,
+                rebalance_timeout_ms: REBALANCE,
+                assignor: Assignor::Range,
+                client_protocol: None,
+            },
+            now,
+        )
+    }
+
+    fn admin_commit(c: &mut Coordinator, group: &str, metadata: &str) -> Output {
+        let offsets = vec![(
+            ("t".to_string(), 0),
+            CommittedOffset {
+                offset: 1,
+                metadata: metadata.into(),
+            },
+        )];
+        c.handle(
+            Input::Commit {
+                group: group.into(),
+                member_id: String::new(),
+                generation: 0,
+                offsets,
+            },
+            0,
+        )
+        .remove(0)
+    }
+
+    #[test]
+    fn groups_members_and_commit_metadata_are_bounded() {
+        let mut c = Coordinator::new(CoordinatorConfig {
+            groups_max: 2,
+            members_per_group_max: 2,
+            commit_metadata_bytes_max: 8,
+            ..CoordinatorConfig::default()
+        });
+        c.handle(Input::Partitions([("t".to_string(), 4)].into()), 0);
+        join_group(&mut c, 1, "a", 0);
+        join_group(&mut c, 2, "a", 0);
+        let third = join_group(&mut c, 3, "a", 0);
+        assert_eq!(joined(&third, 3), Err(GroupError::GroupMaxSizeReached));
+        // A commit creates a group too; the third group is refused either way.
+        assert!(matches!(
+            admin_commit(&mut c, "b", "ok"),
+            Output::CommitAccepted { .. }
+        ));
+        assert_eq!(
+            joined(&join_group(&mut c, 4, "c", 0), 4),
+            Err(GroupError::GroupsMaxReached)
+        );
+        assert_eq!(
+            admin_commit(&mut c, "c", "ok"),
+            Output::CommitRejected(GroupError::GroupsMaxReached)
+        );
+        assert_eq!(c.groups().count(), 2);
+        // Metadata at the bound is kept; one byte more refuses the whole commit.
+        assert!(matches!(
+            admin_commit(&mut c, "b", "12345678"),
+            Output::CommitAccepted { .. }
+        ));
+        assert_eq!(
+            admin_commit(&mut c, "b", "123456789"),
+            Output::CommitRejected(GroupError::OffsetMetadataTooLarge)
+        );
+        assert_eq!(
+            c.committed("b", &("t".to_string(), 0)).unwrap().metadata,
+            "12345678"
+        );
+    }
+
+    #[test]
+    fn a_group_with_no_members_and_no_commits_is_dropped_and_frees_its_place() {
+        let mut c = Coordinator::new(CoordinatorConfig {
+            groups_max: 1,
+            ..CoordinatorConfig::default()
+        });
+        c.handle(Input::Partitions([("t".to_string(), 1)].into()), 0);
+        let member = joined(&join_group(&mut c, 1, "a", 0), 1).unwrap().member_id;
+        c.handle(
+            Input::Leave {
+                group: "a".into(),
+                member_id: member,
+            },
+            1,
+        );
+        assert_eq!(
+            joined(&join_group(&mut c, 2, "b", 1), 2),
+            Err(GroupError::GroupsMaxReached)
+        );
+        c.handle(Input::Tick, 2);
+        assert_eq!(c.groups().count(), 0);
+        assert!(joined(&join_group(&mut c, 3, "b", 2), 3).is_ok());
     }
 }

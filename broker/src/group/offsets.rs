@@ -5,13 +5,20 @@
 //! commit's metadata in UTF-8. Compaction keeps the latest commit per key, so the topic stays
 //! about as large as the number of committed partitions. A commit is acknowledged only after an
 //! fsync covering it.
+//!
+//! Only the broker writes this topic (clients are refused), but a log from an older broker, a
+//! restored backup or a damaged disk may hold anything a valid batch can: reading it at start
+//! never fails on what a record holds. Compressed batches are decompressed; a batch or record
+//! that cannot be used is skipped with a warning naming its offset.
 
 use std::sync::Arc;
 
-use strand_client::batch::{BatchBuilder, Batches, Records};
+use bytes::Bytes;
+use kafka_protocol::records::RecordBatchDecoder;
+use strand_client::batch::{BatchBuilder, BatchHeader, Batches, Compression, Records};
 
 use super::{CommittedOffset, TopicPartition};
-use crate::log::{now_ms, LogError};
+use crate::log::now_ms;
 use crate::service::ServiceError;
 use crate::topics::{Partition, TopicConfig, TopicError, Topics};
 
@@ -50,6 +57,78 @@ fn decode(key: &[u8], value: &[u8]) -> Option<StoredCommit> {
     ))
 }
 
+/// Adds the usable commits of one batch to `commits`, warning about what it skips: one line
+/// per batch, so a log full of foreign records cannot flood the broker's log.
+fn read_batch(header: &BatchHeader, bytes: &[u8], commits: &mut Vec<StoredCommit>) {
+    let base_offset = header.base_offset;
+    if header.is_control() {
+        return;
+    }
+    // Records that are no commits: how many, and the first one's offset.
+    let mut skipped: Option<(usize, i64)> = None;
+    let mut use_record = |offset: i64, key: Option<&[u8]>, value: Option<&[u8]>| {
+        let commit = match (key, value) {
+            // A tombstone (key, no value) is compaction's, not a commit: nothing to restore.
+            (Some(_), None) => return,
+            (Some(key), Some(value)) => decode(key, value),
+            (None, _) => None,
+        };
+        match commit {
+            Some(commit) => commits.push(commit),
+            None => {
+                let (n, _) = skipped.get_or_insert((0, offset));
+                *n += 1;
+            }
+        }
+    };
+    match header.compression() {
+        Ok(Compression::None) => {
+            for record in Records::new(bytes, header) {
+                match record {
+                    Ok(r) => use_record(base_offset + i64::from(r.offset_delta), r.key, r.value),
+                    Err(e) => {
+                        tracing::warn!(
+                            offset = base_offset,
+                            error = %e,
+                            "skipping the rest of an unreadable offsets batch"
+                        );
+                        return;
+                    }
+                }
+            }
+        }
+        Ok(_) => {
+            // The decoder checks the CRC and decompresses (gzip, snappy, lz4, zstd).
+            let mut buf = Bytes::copy_from_slice(bytes);
+            match RecordBatchDecoder::decode(&mut buf) {
+                Ok(set) => {
+                    for r in &set.records {
+                        use_record(r.offset, r.key.as_deref(), r.value.as_deref());
+                    }
+                }
+                Err(e) => tracing::warn!(
+                    offset = base_offset,
+                    error = %e,
+                    "skipping an unreadable compressed offsets batch"
+                ),
+            }
+        }
+        Err(e) => tracing::warn!(
+            offset = base_offset,
+            error = %e,
+            "skipping an offsets batch in an unknown format"
+        ),
+    }
+    if let Some((n_records, offset)) = skipped {
+        tracing::warn!(
+            offset,
+            n_records,
+            batch_offset = base_offset,
+            "skipping offsets records that are not commits"
+        );
+    }
+}
+
 impl OffsetStore {
     /// Opens (creating if needed) the offsets topic and reads every commit in it, oldest first,
     /// so that replaying them in order leaves the latest per key.
@@ -72,24 +151,21 @@ impl OffsetStore {
         let mut offset = reader.log_start_offset();
         while offset < reader.high_watermark() {
             let result = reader.read(offset, 1 << 20)?;
-            if result.batches.is_empty() {
+            let mut next = offset;
+            for (header, bytes) in Batches::new(&result.batches) {
+                read_batch(&header, bytes, &mut commits);
+                next = next.max(u64::try_from(header.last_offset()).unwrap_or(0) + 1);
+            }
+            if next <= offset {
+                // Nothing readable moved the position (an empty read, or batches that claim to
+                // end before it): what is left cannot be read in order.
+                tracing::warn!(
+                    offset,
+                    "stopped reading the offsets log: no batch advances past this offset"
+                );
                 break;
             }
-            for (header, bytes) in Batches::new(&result.batches) {
-                for record in Records::new(bytes, &header) {
-                    let record = record.map_err(LogError::from)?;
-                    if let (Some(key), Some(value)) = (record.key, record.value) {
-                        match decode(key, value) {
-                            Some(commit) => commits.push(commit),
-                            None => tracing::warn!(
-                                offset = header.base_offset,
-                                "skipping an unreadable offsets record"
-                            ),
-                        }
-                    }
-                }
-                offset = header.last_offset() as u64 + 1;
-            }
+            offset = next;
         }
         Ok((OffsetStore { partition }, commits))
     }

@@ -54,12 +54,14 @@ pub struct Groups {
     state: Mutex<State>,
     store: OffsetStore,
     topics: Arc<Topics>,
+    commit_metadata_bytes_max: usize,
 }
 
 impl Groups {
     /// Opens the offsets topic and restores every committed offset.
     pub fn open(topics: Arc<Topics>, config: CoordinatorConfig) -> Result<Groups, TopicError> {
         let (store, commits) = OffsetStore::open(&topics)?;
+        let commit_metadata_bytes_max = config.commit_metadata_bytes_max;
         let mut coordinator = Coordinator::new(config);
         let n_commits = commits.len();
         for (group, tp, committed) in commits {
@@ -75,7 +77,14 @@ impl Groups {
             }),
             store,
             topics,
+            commit_metadata_bytes_max,
         })
+    }
+
+    /// The longest metadata a commit may carry, so a protocol can refuse one partition's
+    /// commit before it reaches the coordinator.
+    pub fn commit_metadata_bytes_max(&self) -> usize {
+        self.commit_metadata_bytes_max
     }
 
     fn partition_counts(&self) -> BTreeMap<String, u32> {

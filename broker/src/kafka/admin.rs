@@ -119,7 +119,21 @@ pub(super) async fn create_topics(
                         format!("topic {:?} already exists", topic.name.0.as_str()),
                     ))
                 } else {
-                    Ok(config.partitions)
+                    match cx
+                        .broker
+                        .topics
+                        .check_limits(&topic.name.0, config.partitions)
+                    {
+                        Ok(()) => Ok(config.partitions),
+                        Err(e) => {
+                            let e = crate::service::ServiceError::Topic(e);
+                            Err((
+                                ResponseError::try_from_code(error_code(&e))
+                                    .unwrap_or(ResponseError::UnknownServerError),
+                                e.to_string(),
+                            ))
+                        }
+                    }
                 }
             }
             Ok(config) => {
@@ -171,10 +185,6 @@ pub(super) async fn delete_topics(
                 ResponseError::UnknownTopicId,
                 "topics are deleted by name on Strand".to_string(),
             )),
-            Some(n) if super::is_internal_topic(&n.0) => Err((
-                ResponseError::InvalidRequest,
-                "internal topics cannot be deleted".to_string(),
-            )),
             Some(n) => cx.broker.delete_topic(n.0.to_string()).await.map_err(|e| {
                 (
                     ResponseError::try_from_code(error_code(&e))
@@ -214,17 +224,11 @@ pub(super) fn init_producer_id(request: InitProducerIdRequest) -> InitProducerId
             .with_producer_id(ProducerId(-1))
             .with_producer_epoch(-1);
     }
-    // A producer that had an id asks for a new epoch (after a timeout or a sequence error):
-    // bump it while the epoch has room, otherwise give a fresh id.
-    let (id, epoch) = if request.producer_id.0 >= 0
-        && request.producer_epoch >= 0
-        && request.producer_epoch < i16::MAX - 1
-    {
-        (request.producer_id.0, request.producer_epoch + 1)
-    } else {
-        (next_producer_id(), 0)
-    };
+    // Without a transactional id, Kafka always hands out a new producer id, whatever id and
+    // epoch the request carries (KIP-360's bump applies to transactional producers only). Taking
+    // the request's id and bumping its epoch would let any client fence any producer whose id
+    // it names: the victim's next batch would carry an older epoch and be refused.
     InitProducerIdResponse::default()
-        .with_producer_id(ProducerId(id))
-        .with_producer_epoch(epoch)
+        .with_producer_id(ProducerId(next_producer_id()))
+        .with_producer_epoch(0)
 }

@@ -1,6 +1,7 @@
 //! Metadata, Produce, Fetch and ListOffsets: the data path. Batches are stored and served as
 //! the clients sent them (compressed or not); nothing is re-encoded.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use futures::future::{select_all, FutureExt};
@@ -22,8 +23,8 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::StrBytes;
 
 use super::{error_code, Context, NODE_ID};
-use crate::service::OffsetSpec;
-use crate::topics::{validate_topic_name, TopicConfig};
+use crate::service::{OffsetSpec, ServiceError};
+use crate::topics::{validate_topic_name, TopicConfig, TopicError};
 
 const CLUSTER_ID: &str = "strand";
 
@@ -50,7 +51,11 @@ pub(super) async fn metadata(
     // Before v4 there is no flag and Kafka always auto-creates.
     let auto_create =
         cx.config.auto_create_topics && (version < 4 || request.allow_auto_topic_creation);
+    // Topics whose auto-create was refused, with the Kafka code to answer them with.
+    let mut refused: HashMap<String, i16> = HashMap::new();
     if let (Some(names), true) = (&wanted, auto_create) {
+        let mut n_created = 0u32;
+        let mut limit_code = None;
         for name in names {
             if cx.broker.topics.get(name).is_some()
                 || super::is_internal_topic(name)
@@ -58,13 +63,30 @@ pub(super) async fn metadata(
             {
                 continue;
             }
+            if let Some(code) = limit_code {
+                // A limit refuses every later create of this request alike.
+                refused.insert(name.clone(), code);
+                continue;
+            }
+            if n_created >= cx.config.metadata_auto_create_topics_max {
+                // Left for a later request (answered UNKNOWN_TOPIC_OR_PARTITION, which clients
+                // retry), so one request cannot create topics without bound.
+                continue;
+            }
             let config = TopicConfig {
                 partitions: cx.config.default_partitions,
                 ..TopicConfig::default()
             };
+            n_created += 1;
             match cx.broker.create_topic(name.clone(), config).await {
                 Ok(_) => tracing::info!(topic = %name, "auto-created topic for a kafka client"),
-                Err(e) => tracing::debug!(topic = %name, error = %e, "auto-create failed"),
+                Err(e) => {
+                    tracing::debug!(topic = %name, error = %e, "auto-create failed");
+                    if matches!(e, ServiceError::Topic(TopicError::LimitReached { .. })) {
+                        refused.insert(name.clone(), error_code(&e));
+                        limit_code = Some(error_code(&e));
+                    }
+                }
             }
         }
     }
@@ -80,6 +102,9 @@ pub(super) async fn metadata(
                 let found = all.iter().find(|t| &t.name == name);
                 match found {
                     Some(t) => metadata_topic(name, Some(t.partitions.len())),
+                    None if refused.contains_key(name) => {
+                        metadata_topic(name, None).with_error_code(refused[name])
+                    }
                     None if validate_topic_name(name).is_err() => metadata_topic(name, None)
                         .with_error_code(ResponseError::InvalidTopicException.code()),
                     None => metadata_topic(name, None),

@@ -41,9 +41,6 @@ type TopicOffsets = Vec<(TopicName, Vec<(i32, Option<CommittedOffset>)>)>;
 /// Per topic, each partition with the error found while checking it (if any).
 type TopicChecks = Vec<(TopicName, Vec<(i32, Option<i16>)>)>;
 
-/// Longest commit metadata kept, as Kafka's `offset.metadata.max.bytes`.
-const COMMIT_METADATA_BYTES_MAX: usize = 4096;
-
 fn group_code(e: GroupError) -> i16 {
     match e {
         GroupError::UnknownMember | GroupError::MemberRemoved => ResponseError::UnknownMemberId,
@@ -51,6 +48,11 @@ fn group_code(e: GroupError) -> i16 {
         GroupError::RebalanceInProgress => ResponseError::RebalanceInProgress,
         GroupError::InvalidSessionTimeout => ResponseError::InvalidSessionTimeout,
         GroupError::InconsistentGroupProtocol => ResponseError::InconsistentGroupProtocol,
+        GroupError::GroupMaxSizeReached => ResponseError::GroupMaxSizeReached,
+        // Kafka has no bound on the number of groups; a refusal by the broker's policy is the
+        // nearest code, and it is not retriable.
+        GroupError::GroupsMaxReached => ResponseError::PolicyViolation,
+        GroupError::OffsetMetadataTooLarge => ResponseError::OffsetMetadataTooLarge,
     }
     .code()
 }
@@ -294,7 +296,7 @@ pub(super) async fn offset_commit(
                 n_partitions.is_some_and(|n| (partition_index(p.partition_index) as usize) < n);
             let error = if !known {
                 Some(ResponseError::UnknownTopicOrPartition.code())
-            } else if metadata.len() > COMMIT_METADATA_BYTES_MAX {
+            } else if metadata.len() > cx.broker.groups.commit_metadata_bytes_max() {
                 Some(ResponseError::OffsetMetadataTooLarge.code())
             } else if p.committed_offset < 0 {
                 Some(ResponseError::InvalidCommitOffsetSize.code())

@@ -72,15 +72,7 @@ const SUPPORTED: [(ApiKey, i16, i16); 19] = [
     (ApiKey::SaslHandshake, 0, 1),
 ];
 
-/// Topics Kafka itself keeps (offsets, transactions, KRaft metadata): clients may not create or
-/// delete them. Other names starting with `__` are ordinary topics, as on Kafka (the saga
-/// orchestrator's `__saga_journal`, say).
-pub(crate) fn is_internal_topic(name: &str) -> bool {
-    matches!(
-        name,
-        "__consumer_offsets" | "__transaction_state" | "__cluster_metadata"
-    )
-}
+pub(crate) use crate::topics::is_internal_topic;
 
 #[derive(Debug, Clone)]
 pub struct KafkaConfig {
@@ -93,6 +85,8 @@ pub struct KafkaConfig {
     pub auto_create_topics: bool,
     /// Partitions of auto-created topics and of CreateTopics asking for the default.
     pub default_partitions: u32,
+    /// Topics one Metadata request may auto-create.
+    pub metadata_auto_create_topics_max: u32,
 }
 
 impl Default for KafkaConfig {
@@ -103,6 +97,7 @@ impl Default for KafkaConfig {
             advertised: None,
             auto_create_topics: true,
             default_partitions: 1,
+            metadata_auto_create_topics_max: 100,
         }
     }
 }
@@ -433,6 +428,21 @@ fn error_code(e: &ServiceError) -> i16 {
         ServiceError::Topic(TopicError::AlreadyExists(_)) => ResponseError::TopicAlreadyExists,
         ServiceError::Topic(TopicError::InvalidName { .. }) => ResponseError::InvalidTopicException,
         ServiceError::Topic(TopicError::InvalidConfig(_)) => ResponseError::InvalidConfig,
+        // As Kafka: partitions past the per-topic bound are INVALID_PARTITIONS; a topic or
+        // total-partition count past the broker's bound is what a create-topic policy
+        // refusal is, POLICY_VIOLATION.
+        ServiceError::Topic(TopicError::LimitReached {
+            limit: "partitions_per_topic_max",
+            ..
+        }) => ResponseError::InvalidPartitions,
+        ServiceError::Topic(TopicError::LimitReached { .. }) => ResponseError::PolicyViolation,
+        // Kafka refuses appends to internal topics with INVALID_TOPIC_EXCEPTION ("cannot append
+        // to internal topic") and so creating one; deleting one is not authorized.
+        ServiceError::InternalTopic {
+            operation: "delete",
+            ..
+        } => ResponseError::TopicAuthorizationFailed,
+        ServiceError::InternalTopic { .. } => ResponseError::InvalidTopicException,
         ServiceError::Log(LogError::InvalidBatch(BatchError::TooLarge { .. })) => {
             ResponseError::MessageTooLarge
         }
@@ -467,9 +477,9 @@ mod tests {
     use kafka_protocol::protocol::StrBytes;
     use proptest::prelude::*;
 
-    /// A JoinGroup v0 request whose protocol array claims i32::MAX entries and has none: the
-    /// decoder sizes its vector from that count (see `crate::alloc`), and it must come back as a
-    /// decode error, not abort the broker.
+    /// A JoinGroup v0 request whose protocol array claims i32::MAX entries and has none:
+    /// kafka-protocol 0.18.0 sized its vector from that count and aborted the process; the
+    /// patched copy (`vendor/kafka-protocol`) bounds it, so it is a decode error.
     #[test]
     fn a_hostile_array_length_is_an_error_not_an_abort() {
         let mut b = BytesMut::new();
@@ -484,7 +494,76 @@ mod tests {
         b.put_i16(0); // member id ""
         b.put_i16(8);
         b.put_slice(b"consumer"); // protocol type
+        let mut honest = b.clone();
+        honest.put_i32(0); // protocols: none
+        assert!(decode_request(honest.freeze()).is_ok());
         b.put_i32(i32::MAX); // protocols
+        assert!(decode_request(b.freeze()).is_err());
+    }
+
+    /// One record batch (v2, uncompressed) holding one record with null key and value whose
+    /// header count is `headers` (already a zigzag varint) and that has no header bytes.
+    fn batch_claiming_headers(headers: &[u8]) -> Bytes {
+        let mut record = BytesMut::new();
+        record.put_slice(&[0, 0, 0, 1, 1]); // attributes, deltas, null key, null value
+        record.put_slice(headers);
+        let mut body = BytesMut::new();
+        body.put_i16(0); // attributes
+        body.put_i32(0); // last offset delta
+        body.put_i64(1_700_000_000_000);
+        body.put_i64(1_700_000_000_000);
+        body.put_i64(-1); // producer id
+        body.put_i16(-1); // producer epoch
+        body.put_i32(-1); // base sequence
+        body.put_i32(1); // record count
+        body.put_u8((record.len() as u8) << 1); // record length, zigzag
+        body.put_slice(&record);
+        let mut batch = BytesMut::new();
+        batch.put_i64(0); // base offset
+        batch.put_i32(4 + 1 + 4 + body.len() as i32); // batch length
+        batch.put_i32(-1); // partition leader epoch
+        batch.put_i8(2); // magic
+        batch.put_u32(crc32c::crc32c(&body));
+        batch.put_slice(&body);
+        batch.freeze()
+    }
+
+    /// A record claiming i32::MAX headers and holding none: kafka-protocol 0.18.0 sized its
+    /// header map from that count; the patched copy bounds it, so decoding is an error. The
+    /// offsets store decodes batches with this decoder at start.
+    #[test]
+    fn a_hostile_header_count_is_an_error_not_an_abort() {
+        use kafka_protocol::records::RecordBatchDecoder;
+        let honest = batch_claiming_headers(&[0]);
+        let set = RecordBatchDecoder::decode(&mut honest.clone()).unwrap();
+        assert_eq!(set.records.len(), 1, "the honest batch decodes");
+        let mut hostile = batch_claiming_headers(&[0xfe, 0xff, 0xff, 0xff, 0x0f]);
+        assert!(RecordBatchDecoder::decode(&mut hostile).is_err());
+    }
+
+    /// The same in a flexible version (JoinGroup v6): the compact array's length is a varint.
+    #[test]
+    fn a_hostile_compact_array_length_is_an_error_not_an_abort() {
+        let mut b = BytesMut::new();
+        b.put_i16(11); // JoinGroup
+        b.put_i16(6); // v6, flexible
+        b.put_i32(7); // correlation id
+        b.put_i16(1);
+        b.put_slice(b"c"); // client id (a nullable string even in flexible headers)
+        b.put_u8(0); // header tagged fields
+        b.put_u8(2);
+        b.put_slice(b"g"); // group id
+        b.put_i32(10_000); // session timeout
+        b.put_i32(10_000); // rebalance timeout
+        b.put_u8(1); // member id ""
+        b.put_u8(0); // group instance id null
+        b.put_u8(9);
+        b.put_slice(b"consumer"); // protocol type
+                                  // The same request with no protocols decodes, so the error below is the length's.
+        let mut honest = b.clone();
+        honest.put_slice(&[1, 0]); // protocols: empty; body tagged fields
+        assert!(decode_request(honest.freeze()).is_ok());
+        b.put_slice(&[0xff, 0xff, 0xff, 0xff, 0x07]); // protocols: 2^31 - 2 entries
         assert!(decode_request(b.freeze()).is_err());
     }
 

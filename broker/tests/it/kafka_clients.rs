@@ -320,7 +320,7 @@ async fn rdkafka_commits_survive_a_broker_kill_9() {
 }
 
 /// Sends one request and decodes its response, as a Kafka client does.
-async fn kafka_call<Req: Encodable, Resp: Decodable>(
+pub(crate) async fn kafka_call<Req: Encodable, Resp: Decodable>(
     socket: &mut TcpStream,
     api_key: ApiKey,
     version: i16,
@@ -350,7 +350,7 @@ async fn kafka_call<Req: Encodable, Resp: Decodable>(
     response
 }
 
-fn idempotent_batch(producer_id: i64, epoch: i16, first_seq: i32, n: usize) -> Bytes {
+pub(crate) fn idempotent_batch(producer_id: i64, epoch: i16, first_seq: i32, n: usize) -> Bytes {
     let records: Vec<Record> = (0..n)
         .map(|i| Record {
             transactional: false,

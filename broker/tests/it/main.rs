@@ -9,6 +9,7 @@ mod durability;
 mod exhaustion;
 mod group_consumers;
 mod groups;
+mod hostile;
 mod kafka_clients;
 mod log_model;
 mod server;

@@ -36,6 +36,12 @@ pub enum ErrorCode {
     UnknownGroup = 19,
     /// The group is used by Kafka clients that assign partitions themselves (or the other way).
     InconsistentGroupProtocol = 20,
+    /// The topic is the broker's own (`__consumer_offsets`): clients may read it, but not
+    /// write, create or delete it.
+    InternalTopic = 21,
+    /// One of the broker's resource limits (topics, partitions, groups, members) would be
+    /// passed; the message names it. Nothing was changed.
+    LimitReached = 22,
 }
 
 impl ErrorCode {
@@ -62,6 +68,8 @@ impl ErrorCode {
             18 => InvalidSessionTimeout,
             19 => UnknownGroup,
             20 => InconsistentGroupProtocol,
+            21 => InternalTopic,
+            22 => LimitReached,
             _ => Internal,
         }
     }

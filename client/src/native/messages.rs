@@ -592,7 +592,8 @@ impl Request {
                 let group = r.string("group")?;
                 let member_id = r.string("member_id")?;
                 let generation = r.u32("generation")?;
-                let n = r.count("offsets", 18)?;
+                // Topic and metadata strings (2 bytes each when empty), partition, offset.
+                let n = r.count("offsets", 16)?;
                 let mut offsets = Vec::with_capacity(n);
                 for _ in 0..n {
                     offsets.push(OffsetEntry {
