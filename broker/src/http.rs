@@ -2,12 +2,17 @@
 //! Prometheus. Only this module knows HTTP.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use axum::{Json, Router};
+use axum::error_handling::HandleErrorLayer;
+use axum::{BoxError, Json, Router};
+use tower::ServiceBuilder;
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::timeout::TimeoutLayer;
 
 use crate::metrics::Metrics;
 use crate::topics::Topics;
@@ -18,11 +23,31 @@ pub struct HttpState {
     pub metrics: Arc<Metrics>,
 }
 
-pub fn router(state: HttpState) -> Router {
+/// Request bodies larger than this are refused (the endpoints take none).
+const BODY_BYTES_MAX: usize = 64 * 1024;
+/// Requests handled at once; more are refused with 503 rather than queued.
+const CONCURRENT_REQUESTS_MAX: usize = 64;
+
+/// The routes, with a bound on body size, concurrent requests and the time to answer.
+/// Connection caps and socket timeouts are the listener's ([`crate::listener::GuardedListener`]).
+pub fn router(state: HttpState, request_timeout: Duration) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .with_state(state)
+        .layer(
+            ServiceBuilder::new()
+                .layer(HandleErrorLayer::new(|_: BoxError| async {
+                    StatusCode::SERVICE_UNAVAILABLE
+                }))
+                .load_shed()
+                .concurrency_limit(CONCURRENT_REQUESTS_MAX)
+                .layer(TimeoutLayer::with_status_code(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    request_timeout,
+                ))
+                .layer(RequestBodyLimitLayer::new(BODY_BYTES_MAX)),
+        )
 }
 
 async fn health(State(state): State<HttpState>) -> impl IntoResponse {

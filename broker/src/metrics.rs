@@ -30,6 +30,7 @@ fn latency_histogram() -> Histogram {
 pub struct Metrics {
     registry: Registry,
     pub connections: Gauge,
+    pub connections_refused: Counter,
     pub bytes_in: Family<TopicLabel, Counter>,
     pub records_in: Family<TopicLabel, Counter>,
     pub bytes_out: Family<TopicLabel, Counter>,
@@ -43,6 +44,7 @@ impl Default for Metrics {
         let mut registry = Registry::with_prefix("strand");
         let metrics = Metrics {
             connections: Gauge::default(),
+            connections_refused: Counter::default(),
             bytes_in: Family::default(),
             records_in: Family::default(),
             bytes_out: Family::default(),
@@ -53,8 +55,13 @@ impl Default for Metrics {
         };
         registry.register(
             "connections",
-            "Open client connections",
+            "Open client connections, native and Kafka",
             metrics.connections.clone(),
+        );
+        registry.register(
+            "connections_refused",
+            "Connections closed at once because a connection cap was reached",
+            metrics.connections_refused.clone(),
         );
         registry.register(
             "bytes_in",
