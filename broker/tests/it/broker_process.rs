@@ -15,6 +15,7 @@ pub(crate) struct BrokerProcess {
     pub child: Child,
     pub addr: String,
     pub kafka_addr: String,
+    pub http_addr: String,
 }
 
 impl Drop for BrokerProcess {
@@ -26,7 +27,13 @@ impl Drop for BrokerProcess {
 }
 
 pub(crate) fn start_broker(data_dir: &std::path::Path) -> BrokerProcess {
+    start_broker_with(data_dir, &[])
+}
+
+/// [`start_broker`] with more flags.
+pub(crate) fn start_broker_with(data_dir: &std::path::Path, flags: &[&str]) -> BrokerProcess {
     let mut command = Command::new(env!("CARGO_BIN_EXE_strand-broker"));
+    command.args(flags);
     command.args([
         "--data-dir",
         data_dir.to_str().unwrap(),
@@ -45,6 +52,7 @@ pub(crate) fn start_broker(data_dir: &std::path::Path) -> BrokerProcess {
     BrokerProcess {
         addr: field("native"),
         kafka_addr: field("kafka"),
+        http_addr: field("http"),
         child,
     }
 }

@@ -8,6 +8,7 @@ mod crash;
 mod durability;
 mod group_consumers;
 mod groups;
+mod hostile;
 mod kafka_clients;
 mod log_model;
 mod server;
