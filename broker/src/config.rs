@@ -361,5 +361,41 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("connections_max"));
+        // The budget must hold the largest frame and the largest fetch answer.
+        let config = BrokerConfig {
+            in_flight_bytes_max: 1 << 20,
+            ..BrokerConfig::default()
+        };
+        assert!(config
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("in_flight_bytes_max"));
+    }
+
+    #[test]
+    fn connection_limits_come_from_flags() {
+        let args = BrokerArgs::parse_from([
+            "strand-broker",
+            "--connections-per-ip-max",
+            "7",
+            "--idle-timeout-ms",
+            "1000",
+            "--request-timeout-ms",
+            "200",
+            "--write-timeout-ms",
+            "300",
+            "--in-flight-bytes-max",
+            "67108864",
+            "--fetch-bytes-max",
+            "8388608",
+        ]);
+        let config = BrokerConfig::load(&args).unwrap();
+        assert_eq!(config.connections_per_ip_max, 7);
+        assert_eq!(config.idle_timeout_ms, 1000);
+        assert_eq!(config.request_timeout_ms, 200);
+        assert_eq!(config.write_timeout_ms, 300);
+        assert_eq!(config.in_flight_bytes_max, 64 << 20);
+        assert_eq!(config.fetch_bytes_max, 8 << 20);
     }
 }

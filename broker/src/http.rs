@@ -4,11 +4,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::error_handling::HandleErrorLayer;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use axum::error_handling::HandleErrorLayer;
 use axum::{BoxError, Json, Router};
 use tower::ServiceBuilder;
 use tower_http::limit::RequestBodyLimitLayer;

@@ -55,7 +55,7 @@ impl Default for Metrics {
         };
         registry.register(
             "connections",
-            "Open client connections, native and Kafka",
+            "Open client connections on every listener (native, Kafka, HTTP)",
             metrics.connections.clone(),
         );
         registry.register(

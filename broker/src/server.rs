@@ -121,6 +121,13 @@ struct Credit {
     granted: Notify,
 }
 
+/// What a request holds while it is dispatched: its in-flight slot, and the budget charge of
+/// its frame (given back once the frame's bytes are no longer needed).
+struct Held {
+    slot: tokio::sync::OwnedSemaphorePermit,
+    frame_charge: Charge,
+}
+
 struct Subscription {
     credit: Arc<Credit>,
     task: tokio::task::AbortHandle,
@@ -140,6 +147,10 @@ impl Connection {
         let mut buf = BytesMut::new();
         // The budget charge of the frame being read, taken once its length is known.
         let mut frame_charge: Option<Charge> = None;
+        // The in-flight slot of the frame being read. It is taken before the budget charge:
+        // the reader never holds budget while it waits for its own requests to finish (they
+        // may be waiting for budget themselves).
+        let mut frame_slot: Option<tokio::sync::OwnedSemaphorePermit> = None;
         let budget = self.config.budget.clone();
         let result = loop {
             if out_tx.is_closed() {
@@ -153,17 +164,21 @@ impl Connection {
                 Err(e) => break Err(format!("unframeable input: {e}")),
             };
             if let Some(frame) = frame {
-                // A frame that came whole in one read is charged now, before it is handled.
+                // A frame that came whole in one read gets its in-flight slot and its budget
+                // charge now, before it is handled.
+                let permit = match frame_slot.take() {
+                    Some(permit) => permit,
+                    None => tokio::select! {
+                        permit = in_flight.clone().acquire_owned() => permit.expect("never closed"),
+                        _ = stopped(&mut self.shutdown) => break Ok(()),
+                    },
+                };
                 let charge = match frame_charge.take() {
                     Some(charge) => charge,
                     None => tokio::select! {
                         charge = budget.charge(frame.len()) => charge,
                         _ = stopped(&mut self.shutdown) => break Ok(()),
                     },
-                };
-                let permit = tokio::select! {
-                    permit = in_flight.clone().acquire_owned() => permit.expect("never closed"),
-                    _ = stopped(&mut self.shutdown) => break Ok(()),
                 };
                 let (header, body) = frame::split_request(frame);
                 let request = match Request::decode(&header, body) {
@@ -184,8 +199,10 @@ impl Connection {
                 self.dispatch(
                     request,
                     header.correlation_id,
-                    permit,
-                    charge,
+                    Held {
+                        slot: permit,
+                        frame_charge: charge,
+                    },
                     &out_tx,
                     &mut tasks,
                     &mut subscriptions,
@@ -212,6 +229,10 @@ impl Connection {
                 // before reading its body, so that while the budget is spent the broker stops
                 // reading rather than buffering.
                 let len = u32::from_be_bytes(buf[..4].try_into().expect("4 bytes")) as usize;
+                frame_slot = Some(tokio::select! {
+                    permit = in_flight.clone().acquire_owned() => permit.expect("never closed"),
+                    _ = stopped(&mut self.shutdown) => break Ok(()),
+                });
                 frame_charge = Some(tokio::select! {
                     charge = budget.charge(frame::LENGTH_BYTES + len) => charge,
                     _ = stopped(&mut self.shutdown) => break Ok(()),
@@ -257,12 +278,15 @@ impl Connection {
         &mut self,
         request: Request,
         correlation_id: u32,
-        permit: tokio::sync::OwnedSemaphorePermit,
-        frame_charge: Charge,
+        held: Held,
         out: &mpsc::Sender<(Bytes, Charge)>,
         tasks: &mut JoinSet<()>,
         subscriptions: &mut HashMap<u32, Subscription>,
     ) {
+        let Held {
+            slot: permit,
+            frame_charge,
+        } = held;
         let started = Instant::now();
         let key = request.api_key();
         let broker = self.broker.clone();
@@ -341,7 +365,11 @@ impl Connection {
                     }
                 };
                 let ok = matches!(response, Response::Ok(_));
-                if send(&out, &response, correlation_id, Charge::default()).await.is_err() || !ok {
+                if send(&out, &response, correlation_id, Charge::default())
+                    .await
+                    .is_err()
+                    || !ok
+                {
                     return;
                 }
                 let credit = Arc::new(Credit {

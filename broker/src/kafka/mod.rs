@@ -509,7 +509,6 @@ fn error_code(e: &ServiceError) -> i16 {
     error.code()
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

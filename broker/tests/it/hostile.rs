@@ -164,7 +164,12 @@ async fn kafka_metadata_within_a_second(addr: &str) -> MetadataResponse {
 /// A native client connects and is answered within a second.
 async fn native_describe_within_a_second(addr: &str) {
     tokio::time::timeout(Duration::from_secs(1), async {
-        client(addr).await.admin().describe_topic("t").await.unwrap()
+        client(addr)
+            .await
+            .admin()
+            .describe_topic("t")
+            .await
+            .unwrap()
     })
     .await
     .expect("a native client was not answered within a second");
@@ -215,7 +220,11 @@ async fn fill_topic(broker: &BrokerProcess, n_batches: usize) -> (u64, Client) {
     ((big.len() * n_batches) as u64, c)
 }
 
-fn fetch_request(partition_entries: usize, partition_max_bytes: i32, max_bytes: i32) -> FetchRequest {
+fn fetch_request(
+    partition_entries: usize,
+    partition_max_bytes: i32,
+    max_bytes: i32,
+) -> FetchRequest {
     FetchRequest::default()
         .with_max_wait_ms(0)
         .with_min_bytes(1)
@@ -280,7 +289,10 @@ async fn idle_connections_neither_lock_out_clients_nor_hold_memory() {
         |n: &u64| *n == 2001,
         "not 2,001 connections held"
     );
-    assert_eq!(metric(&broker, "strand_connections_refused_total").await, 2000.0);
+    assert_eq!(
+        metric(&broker, "strand_connections_refused_total").await,
+        2000.0
+    );
 
     // New clients from another address are served promptly on both listeners.
     native_describe_within_a_second(&broker.addr).await;
@@ -405,9 +417,14 @@ async fn a_fetch_naming_a_partition_10000_times_is_read_once() {
     // A fetch within limits still gets data from several partitions' worth of entries up to
     // its max_bytes only: 1 MB stored, 100 kB asked.
     let mut s = TcpStream::connect(&broker.kafka_addr).await.unwrap();
-    s.write_all(&kafka_frame(ApiKey::Fetch, 11, 8, &fetch_request(1, i32::MAX, 100_000)))
-        .await
-        .unwrap();
+    s.write_all(&kafka_frame(
+        ApiKey::Fetch,
+        11,
+        8,
+        &fetch_request(1, i32::MAX, 100_000),
+    ))
+    .await
+    .unwrap();
     let (response, _) = read_kafka_response::<FetchResponse>(&mut s, ApiKey::Fetch, 11).await;
     // KIP-74: the first batch is larger than max_bytes and still comes whole.
     assert_eq!(
@@ -420,28 +437,30 @@ async fn a_fetch_naming_a_partition_10000_times_is_read_once() {
     );
 }
 
-/// A frame header and then nothing (slowloris) is closed after the request timeout, on both
-/// listeners, although the idle timeout is far away.
+/// A frame header and then nothing (slowloris) is closed after the request timeout, on the
+/// native and Kafka listeners (the idle timeout is far away), and so is an HTTP request whose
+/// headers never end.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frame_that_never_finishes_is_closed_after_the_request_timeout() {
     let dir = tempfile::tempdir().unwrap();
     let broker = start_broker_with(
         dir.path(),
-        &[
-            "--request-timeout-ms",
-            "500",
-            "--idle-timeout-ms",
-            "600000",
-        ],
+        &["--request-timeout-ms", "500", "--idle-timeout-ms", "600000"],
     );
     // Connected first and idle throughout.
     let mut idle = TcpStream::connect(&broker.kafka_addr).await.unwrap();
-    for addr in [&broker.addr, &broker.kafka_addr] {
+    let native_or_kafka: &[u8] = &[0, 0, 0, 100, 0, 3, 0, 0, 0, 1]; // promises 100 bytes, sends 6
+    let http: &[u8] = b"GET /health HTTP/1.1\r\nHost: str"; // headers never end
+    for (addr, start) in [
+        (&broker.addr, native_or_kafka),
+        (&broker.kafka_addr, native_or_kafka),
+        (&broker.http_addr, http),
+    ] {
         let mut s = TcpStream::connect(addr).await.unwrap();
-        // Promises 100 bytes, sends 6.
-        s.write_all(&[0, 0, 0, 100, 0, 3, 0, 0, 0, 1]).await.unwrap();
+        s.write_all(start).await.unwrap();
         let mut byte = [0u8; 1];
-        let read = tokio::time::timeout(Duration::from_secs(60), s.read(&mut byte))
+        // Far above the request timeout, and below hyper's own 30 s header timeout.
+        let read = tokio::time::timeout(Duration::from_secs(20), s.read(&mut byte))
             .await
             .unwrap_or_else(|_| panic!("a half-sent frame kept its connection open on {addr}"));
         assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
