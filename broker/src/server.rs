@@ -187,7 +187,7 @@ impl Connection {
                         tracing::debug!(correlation_id = header.correlation_id, error = %e, "undecodable request");
                         let response = Response::error(e.code(), e.to_string());
                         drop(charge);
-                        if send(&out_tx, &response, header.correlation_id, Charge::default())
+                        if send(&out_tx, response, header.correlation_id, Charge::default())
                             .await
                             .is_err()
                         {
@@ -217,6 +217,8 @@ impl Connection {
                 // Idle: wait for the next request without holding a buffer.
                 let readable = tokio::select! {
                     readable = tokio::time::timeout(self.config.idle_timeout, reader.readable()) => readable,
+                    // The writer gave up (write timeout): no need to wait for more requests.
+                    _ = out_tx.closed() => break Err("answers could not be written".into()),
                     _ = stopped(&mut self.shutdown) => break Ok(()),
                 };
                 match readable {
@@ -248,6 +250,7 @@ impl Connection {
             }
             let read = tokio::select! {
                 read = tokio::time::timeout(limit, reader.read_buf(&mut buf)) => read,
+                _ = out_tx.closed() => break Err("answers could not be written".into()),
                 _ = stopped(&mut self.shutdown) => break Ok(()),
             };
             match read {
@@ -327,7 +330,7 @@ impl Connection {
                     broker
                         .metrics
                         .observe_request(key.name(), started.elapsed());
-                    let _ = send(&out, &response, correlation_id, Charge::default()).await;
+                    let _ = send(&out, response, correlation_id, Charge::default()).await;
                     drop(permit);
                 });
             }
@@ -365,7 +368,7 @@ impl Connection {
                     }
                 };
                 let ok = matches!(response, Response::Ok(_));
-                if send(&out, &response, correlation_id, Charge::default())
+                if send(&out, response, correlation_id, Charge::default())
                     .await
                     .is_err()
                     || !ok
@@ -419,7 +422,7 @@ impl Connection {
                         format!("no subscription {subscription}"),
                     ),
                 };
-                let _ = send(&out, &response, correlation_id, Charge::default()).await;
+                let _ = send(&out, response, correlation_id, Charge::default()).await;
                 drop(permit);
             }
             other => {
@@ -429,7 +432,7 @@ impl Connection {
                     broker
                         .metrics
                         .observe_request(key.name(), started.elapsed());
-                    let _ = send(&out, &response, correlation_id, charge).await;
+                    let _ = send(&out, response, correlation_id, charge).await;
                     drop(permit);
                 });
             }
@@ -473,7 +476,7 @@ async fn run_subscription(
         let (result, charge) = match read {
             Ok(read) => read,
             Err(e) => {
-                let _ = send(&out, &error_response(&e), subscription, Charge::default()).await;
+                let _ = send(&out, error_response(&e), subscription, Charge::default()).await;
                 return;
             }
         };
@@ -814,12 +817,14 @@ fn error_response(e: &ServiceError) -> Response {
 /// answers), which the writer gives back once the answer is written.
 async fn send(
     out: &mpsc::Sender<(Bytes, Charge)>,
-    response: &Response,
+    response: Response,
     correlation_id: u32,
     charge: Charge,
 ) -> Result<(), ()> {
     let mut buf = BytesMut::with_capacity(64);
     response.encode(correlation_id, &mut buf);
+    // Only the encoded copy waits in the queue.
+    drop(response);
     out.send((buf.freeze(), charge)).await.map_err(|_| ())
 }
 

@@ -478,9 +478,10 @@ async fn a_frame_that_never_finishes_is_closed_after_the_request_timeout() {
     read_kafka_response::<MetadataResponse>(&mut idle, ApiKey::Metadata, 9).await;
 }
 
-/// Kafka clients that send fetches for 8 MB answers and never read them: each is closed after
-/// the write timeout, and meanwhile the answers held are bounded by the in-flight budget
-/// (16 MiB here), not by the number of such clients.
+/// Kafka and native clients that send fetches for 8 MB answers and never read them: each is
+/// closed after the write timeout, and meanwhile the answers held are bounded by the in-flight
+/// budget (16 MiB here, shared by both listeners), not by the number of such clients or of
+/// their requests.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_that_never_read_are_closed_and_bounded_by_the_budget() {
     let dir = tempfile::tempdir().unwrap();
@@ -501,6 +502,17 @@ async fn clients_that_never_read_are_closed_and_bounded_by_the_budget() {
     let baseline = open_connections(&broker).await;
     let hwm_before_kib = proc_status_kib(pid, "VmHWM");
     let frame = kafka_frame(ApiKey::Fetch, 11, 1, &fetch_request(1, i32::MAX, 8 << 20));
+    let mut native_frames = BytesMut::new();
+    for id in 0..16 {
+        Request::Fetch {
+            topic: "t".into(),
+            partition: 0,
+            offset: 0,
+            max_bytes: 8 << 20,
+            max_wait_ms: 0,
+        }
+        .encode(id, &mut native_frames);
+    }
     let mut stalled = Vec::new();
     for _ in 0..20 {
         let mut s = TcpStream::connect(&broker.kafka_addr).await.unwrap();
@@ -509,11 +521,15 @@ async fn clients_that_never_read_are_closed_and_bounded_by_the_budget() {
             s.write_all(&frame).await.unwrap();
         }
         stalled.push(s);
+        // Native clients pipeline: 16 fetches each.
+        let mut s = TcpStream::connect(&broker.addr).await.unwrap();
+        s.write_all(&native_frames).await.unwrap();
+        stalled.push(s);
     }
     eventually!(
         Duration::from_secs(30),
         open_connections(&broker).await,
-        |n: &u64| *n >= baseline + 20,
+        |n: &u64| *n >= baseline + 40,
         "the stalled clients did not connect"
     );
     // Every stalled client is closed once an answer has waited past the write timeout (the
@@ -526,10 +542,11 @@ async fn clients_that_never_read_are_closed_and_bounded_by_the_budget() {
     );
     let hwm_kib = proc_status_kib(pid, "VmHWM");
     eprintln!(
-        "non-readers: VmHWM {hwm_before_kib} KiB before, {hwm_kib} KiB after 20 clients \
-         asked for 8 MB answers and read none"
+        "non-readers: VmHWM {hwm_before_kib} KiB before, {hwm_kib} KiB after 20 Kafka and 20 \
+         native clients asked for 8 MB answers (400 in all) and read none"
     );
-    // Unbounded, 20 answers of 8 MB (and their encoding) would be well over 300 MB.
+    // Unbounded, 40 connections' answers of 8 MB (and their encoding) would be well over
+    // 600 MB.
     assert!(hwm_kib < 120 * 1024, "peak memory {hwm_kib} KiB");
     drop(stalled);
     // Well-behaved clients are served afterwards.
