@@ -414,8 +414,15 @@ async fn a_fetch_naming_a_partition_10000_times_is_read_once() {
     let hwm_kib = proc_status_kib(pid, "VmHWM");
     eprintln!("hostile fetch: VmHWM {hwm_before_kib} KiB before, {hwm_kib} KiB after");
     assert!(hwm_kib < 200 * 1024, "peak memory {hwm_kib} KiB");
-    // A fetch within limits still gets data from several partitions' worth of entries up to
-    // its max_bytes only: 1 MB stored, 100 kB asked.
+    // KIP-74: a first batch larger than max_bytes (1 MB stored, 100 kB asked) still comes
+    // whole, so the consumer makes progress.
+    let records_per_partition = |response: &FetchResponse| -> Vec<usize> {
+        response.responses[0]
+            .partitions
+            .iter()
+            .map(|p| p.records.as_ref().map_or(0, |r| r.len()))
+            .collect()
+    };
     let mut s = TcpStream::connect(&broker.kafka_addr).await.unwrap();
     s.write_all(&kafka_frame(
         ApiKey::Fetch,
@@ -426,15 +433,54 @@ async fn a_fetch_naming_a_partition_10000_times_is_read_once() {
     .await
     .unwrap();
     let (response, _) = read_kafka_response::<FetchResponse>(&mut s, ApiKey::Fetch, 11).await;
-    // KIP-74: the first batch is larger than max_bytes and still comes whole.
-    assert_eq!(
-        response.responses[0].partitions[0]
-            .records
-            .as_ref()
-            .unwrap()
-            .len() as u64,
-        stored
-    );
+    assert_eq!(records_per_partition(&response), [stored as usize]);
+    // Across partitions, max_bytes holds after the first data: three partitions of one 1 MB
+    // batch each, 2.5 MB asked, two batches answered (the third would go over).
+    let c = client(&broker.addr).await;
+    c.admin()
+        .create_topic(
+            "three",
+            TopicSettings {
+                partitions: 3,
+                ..TopicSettings::default()
+            },
+        )
+        .await
+        .unwrap();
+    let connection = c.connection().await.unwrap();
+    for partition in 0..3 {
+        connection
+            .request(Request::Produce {
+                topic: "three".into(),
+                partition,
+                acks: Acks::Leader,
+                records: batch(&values("y", 100, 10_000), 0).into(),
+            })
+            .await
+            .unwrap();
+    }
+    let request = FetchRequest::default()
+        .with_max_bytes(2_500_000)
+        .with_topics(vec![FetchTopic::default()
+            .with_topic(TopicName(StrBytes::from_static_str("three")))
+            .with_partitions(
+                (0..3)
+                    .map(|p| {
+                        FetchPartition::default()
+                            .with_partition(p)
+                            .with_partition_max_bytes(i32::MAX)
+                    })
+                    .collect(),
+            )]);
+    s.write_all(&kafka_frame(ApiKey::Fetch, 11, 9, &request))
+        .await
+        .unwrap();
+    let (response, _) = read_kafka_response::<FetchResponse>(&mut s, ApiKey::Fetch, 11).await;
+    let sizes = records_per_partition(&response);
+    assert!(sizes[0] > 1_000_000 && sizes[1] == sizes[0], "{sizes:?}");
+    assert_eq!(sizes[2], 0, "{sizes:?}");
+    // The partition left out is still answered with where it stands (100 records).
+    assert_eq!(response.responses[0].partitions[2].high_watermark, 100);
 }
 
 /// A frame header and then nothing (slowloris) is closed after the request timeout, on the
