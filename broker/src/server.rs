@@ -40,6 +40,10 @@ use crate::log::{FirstBatch, LogError};
 use crate::service::{Broker, OffsetSpec, ServiceError, TopicInfo};
 use crate::topics::{TopicConfig, TopicError};
 
+/// A connection may hold at most this fraction of the in-flight budget (but at least one
+/// frame).
+const CONNECTION_SHARE_OF_BUDGET: usize = 8;
+
 /// Limits of the native listener.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -61,7 +65,8 @@ pub struct ServerConfig {
     pub write_timeout: Duration,
     /// Record bytes one fetch answer carries at most (besides the frame limit).
     pub fetch_bytes_max: usize,
-    /// Bytes in flight across every connection (shared with the Kafka listener).
+    /// Bytes in flight across every connection (shared with the Kafka listener); one
+    /// connection may hold an eighth of it at most (but always one frame).
     pub budget: Budget,
 }
 
@@ -98,9 +103,14 @@ pub async fn serve(
     );
     let serve_shutdown = shutdown.clone();
     listener::serve(listener, admission, serve_shutdown, move |socket, _peer| {
+        // Each connection charges its own share of the budget first, so that one client (say,
+        // one pipelining fetches it never reads) cannot take the whole budget.
+        let share =
+            (config.budget.bytes_max() / CONNECTION_SHARE_OF_BUDGET).max(config.frame_bytes_max);
         let connection = Connection {
             broker: broker.clone(),
             config: config.clone(),
+            budget: config.budget.share(share),
             shutdown: shutdown.clone(),
         };
         connection.run(socket)
@@ -111,6 +121,8 @@ pub async fn serve(
 struct Connection {
     broker: Broker,
     config: Arc<ServerConfig>,
+    /// This connection's share of the broker's budget.
+    budget: Budget,
     shutdown: watch::Receiver<bool>,
 }
 
@@ -151,7 +163,7 @@ impl Connection {
         // the reader never holds budget while it waits for its own requests to finish (they
         // may be waiting for budget themselves).
         let mut frame_slot: Option<tokio::sync::OwnedSemaphorePermit> = None;
-        let budget = self.config.budget.clone();
+        let budget = self.budget.clone();
         let result = loop {
             if out_tx.is_closed() {
                 break Err("answers could not be written".into());
@@ -388,7 +400,7 @@ impl Connection {
                     credit.clone(),
                     out,
                     self.config.frame_bytes_max,
-                    self.config.budget.clone(),
+                    self.budget.clone(),
                 ));
                 subscriptions.insert(
                     correlation_id,
@@ -427,8 +439,9 @@ impl Connection {
             }
             other => {
                 let config = self.config.clone();
+                let budget = self.budget.clone();
                 tasks.spawn(async move {
-                    let (response, charge) = handle(&broker, other, &config).await;
+                    let (response, charge) = handle(&broker, other, &config, &budget).await;
                     broker
                         .metrics
                         .observe_request(key.name(), started.elapsed());
@@ -509,7 +522,12 @@ async fn run_subscription(
 
 /// Answers every request that needs no connection state.
 /// With the answer comes the budget charge of the records it carries (fetch), if any.
-async fn handle(broker: &Broker, request: Request, config: &ServerConfig) -> (Response, Charge) {
+async fn handle(
+    broker: &Broker,
+    request: Request,
+    config: &ServerConfig,
+    budget: &Budget,
+) -> (Response, Charge) {
     let frame_bytes_max = config.frame_bytes_max;
     let in_flight_max = config.in_flight_per_connection_max;
     let mut charge = Charge::default();
@@ -579,7 +597,7 @@ async fn handle(broker: &Broker, request: Request, config: &ServerConfig) -> (Re
                         offset,
                         max_bytes,
                         Duration::from_millis(max_wait_ms.into()),
-                        &config.budget,
+                        budget,
                     )
                     .await?;
                 charge = records_charge;

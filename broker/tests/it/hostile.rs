@@ -69,6 +69,13 @@ async fn connect_from(source: [u8; 4], addr: &str) -> std::io::Result<TcpStream>
 
 /// A value from the broker's `/metrics`, over a plain HTTP/1.1 request.
 async fn metric(broker: &BrokerProcess, name: &str) -> f64 {
+    metric_if_any(broker, name)
+        .await
+        .unwrap_or_else(|| panic!("no {name} in /metrics"))
+}
+
+/// A value from `/metrics`, `None` before it was first recorded (labelled series).
+async fn metric_if_any(broker: &BrokerProcess, name: &str) -> Option<f64> {
     let mut s = TcpStream::connect(&broker.http_addr).await.unwrap();
     s.write_all(b"GET /metrics HTTP/1.1\r\nHost: strand\r\nConnection: close\r\n\r\n")
         .await
@@ -79,7 +86,6 @@ async fn metric(broker: &BrokerProcess, name: &str) -> f64 {
         .find(|l| l.starts_with(&format!("{name} ")))
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in /metrics"))
 }
 
 /// Open connections as the broker counts them, not counting the scrape asking.
@@ -598,4 +604,72 @@ async fn clients_that_never_read_are_closed_and_bounded_by_the_budget() {
     // Well-behaved clients are served afterwards.
     kafka_metadata_within_a_second(&broker.kafka_addr).await;
     native_describe_within_a_second(&broker.addr).await;
+}
+
+/// One native client pipelining fetches of 8 MB answers and reading none holds only its
+/// connection's share of the budget (an eighth, at least one frame), not all of it: a Kafka
+/// client fetching at the same time is served although the stalled answers stay (the write
+/// timeout is ten minutes away).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_client_that_never_reads_cannot_take_the_whole_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start_broker_with(
+        dir.path(),
+        &[
+            "--write-timeout-ms",
+            "600000",
+            "--in-flight-bytes-max",
+            "33554432",
+            "--fetch-bytes-max",
+            "8388608",
+        ],
+    );
+    let (stored, _client) = fill_topic(&broker, 8).await;
+    let mut native_frames = BytesMut::new();
+    for id in 0..16 {
+        Request::Fetch {
+            topic: "t".into(),
+            partition: 0,
+            offset: 0,
+            max_bytes: 8 << 20,
+            max_wait_ms: 0,
+        }
+        .encode(id, &mut native_frames);
+    }
+    let mut stalled = TcpStream::connect(&broker.addr).await.unwrap();
+    stalled.write_all(&native_frames).await.unwrap();
+    let fetches = "strand_request_duration_seconds_count{request=\"fetch\"}";
+    eventually!(
+        Duration::from_secs(30),
+        metric_if_any(&broker, fetches).await,
+        |n: &Option<f64>| n.is_some_and(|n| n >= 1.0),
+        "the stalled client's first fetch was not handled"
+    );
+    let mut s = TcpStream::connect(&broker.kafka_addr).await.unwrap();
+    s.write_all(&kafka_frame(
+        ApiKey::Fetch,
+        11,
+        1,
+        &fetch_request(1, i32::MAX, 8 << 20),
+    ))
+    .await
+    .unwrap();
+    let (response, _) = tokio::time::timeout(
+        Duration::from_secs(30),
+        read_kafka_response::<FetchResponse>(&mut s, ApiKey::Fetch, 11),
+    )
+    .await
+    .expect("a Kafka fetch waited behind a client that never reads");
+    let records = response.responses[0].partitions[0]
+        .records
+        .as_ref()
+        .unwrap();
+    assert_eq!(records.len() as u64, stored);
+    // The stalled connection got one 8 MB answer in its share; the rest of its fetches wait.
+    let handled = metric(&broker, fetches).await;
+    assert!(
+        handled <= 2.0,
+        "{handled} fetches handled for a client that never reads"
+    );
+    drop(stalled);
 }
