@@ -14,6 +14,7 @@ use tower::ServiceBuilder;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
 
+use crate::budget::Budget;
 use crate::metrics::Metrics;
 use crate::topics::Topics;
 
@@ -21,6 +22,8 @@ use crate::topics::Topics;
 pub struct HttpState {
     pub topics: Arc<Topics>,
     pub metrics: Arc<Metrics>,
+    /// The listeners' in-flight budget, reported as `strand_in_flight_bytes`.
+    pub budget: Budget,
 }
 
 /// Request bodies larger than this are refused (the endpoints take none).
@@ -64,6 +67,11 @@ async fn health(State(state): State<HttpState>) -> impl IntoResponse {
 }
 
 async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
+    let budget = &state.budget;
+    state
+        .metrics
+        .in_flight_bytes
+        .set((budget.bytes_max() - budget.available()) as i64);
     (
         [(
             header::CONTENT_TYPE,

@@ -31,6 +31,7 @@ pub struct Metrics {
     registry: Registry,
     pub connections: Gauge,
     pub connections_refused: Counter,
+    pub in_flight_bytes: Gauge,
     pub bytes_in: Family<TopicLabel, Counter>,
     pub records_in: Family<TopicLabel, Counter>,
     pub bytes_out: Family<TopicLabel, Counter>,
@@ -45,6 +46,7 @@ impl Default for Metrics {
         let metrics = Metrics {
             connections: Gauge::default(),
             connections_refused: Counter::default(),
+            in_flight_bytes: Gauge::default(),
             bytes_in: Family::default(),
             records_in: Family::default(),
             bytes_out: Family::default(),
@@ -62,6 +64,11 @@ impl Default for Metrics {
             "connections_refused",
             "Connections closed at once because a connection cap was reached",
             metrics.connections_refused.clone(),
+        );
+        registry.register(
+            "in_flight_bytes",
+            "Bytes of requests and answers in flight, charged to the in-flight budget",
+            metrics.in_flight_bytes.clone(),
         );
         registry.register(
             "bytes_in",

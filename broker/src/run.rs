@@ -151,7 +151,7 @@ impl RunningBroker {
                 frame_read_timeout: request_timeout,
                 write_timeout,
                 fetch_bytes_max: config.fetch_bytes_max,
-                budget,
+                budget: budget.clone(),
                 ..ServerConfig::default()
             },
             shutdown_rx.clone(),
@@ -162,6 +162,7 @@ impl RunningBroker {
                 HttpState {
                     topics: topics.clone(),
                     metrics: metrics.clone(),
+                    budget,
                 },
                 request_timeout,
             );

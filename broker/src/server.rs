@@ -839,7 +839,8 @@ async fn send(
     correlation_id: u32,
     charge: Charge,
 ) -> Result<(), ()> {
-    let mut buf = BytesMut::with_capacity(64);
+    // Sized for the records (the charge) up front, rather than grown by doubling.
+    let mut buf = BytesMut::with_capacity(64 + charge.bytes());
     response.encode(correlation_id, &mut buf);
     // Only the encoded copy waits in the queue.
     drop(response);

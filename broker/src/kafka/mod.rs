@@ -283,7 +283,9 @@ async fn connection(
             }
         };
         let api_key = ApiKey::try_from(header.request_api_key).expect("checked when decoded");
-        let mut out = BytesMut::new();
+        // Sized for the records up front: growing by doubling would briefly hold up to three
+        // times a large answer.
+        let mut out = BytesMut::with_capacity(charge.bytes() + 4096);
         out.put_i32(0);
         let response_header = ResponseHeader::default().with_correlation_id(header.correlation_id);
         response_header

@@ -597,9 +597,12 @@ async fn clients_that_never_read_are_closed_and_bounded_by_the_budget() {
         "non-readers: VmHWM {hwm_before_kib} KiB before, {hwm_kib} KiB after 20 Kafka and 20 \
          native clients asked for 8 MB answers (400 in all) and read none"
     );
+    // Every charge came back: nothing leaked from the budget with the closed connections.
+    assert_eq!(metric(&broker, "strand_in_flight_bytes").await, 0.0);
     // Unbounded, 40 connections' answers of 8 MB (and their encoding) would be well over
-    // 600 MB.
-    assert!(hwm_kib < 120 * 1024, "peak memory {hwm_kib} KiB");
+    // 600 MB. Bounded, the peak varies from run to run (about 70 to 120 MB seen, for a
+    // 16 MiB budget): freed 8 MB buffers may stay with the allocator's per-thread arenas.
+    assert!(hwm_kib < 160 * 1024, "peak memory {hwm_kib} KiB");
     drop(stalled);
     // Well-behaved clients are served afterwards.
     kafka_metadata_within_a_second(&broker.kafka_addr).await;
@@ -665,7 +668,14 @@ async fn one_client_that_never_reads_cannot_take_the_whole_budget() {
         .as_ref()
         .unwrap();
     assert_eq!(records.len() as u64, stored);
-    // The stalled connection got one 8 MB answer in its share; the rest of its fetches wait.
+    // The stalled connection got one 8 MB answer in its share (8 MiB here); the rest of its
+    // fetches wait, and the budget holds no more than that share.
+    eventually!(
+        Duration::from_secs(30),
+        metric(&broker, "strand_in_flight_bytes").await,
+        |n: &f64| *n > 0.0 && *n <= (8 << 20) as f64,
+        "the budget does not hold just the stalled connection's share"
+    );
     let handled = metric(&broker, fetches).await;
     assert!(
         handled <= 2.0,
