@@ -34,8 +34,26 @@ pub struct BrokerConfig {
     pub default_partitions: u32,
     /// HTTP listener for `/health` and `/metrics`. Default `127.0.0.1:7180`.
     pub http_listen: SocketAddr,
-    /// Open client connections at most; more wait in the kernel's accept queue. Default 1024.
+    /// Open client connections at most, per listener (native, Kafka, HTTP); more are closed
+    /// as soon as they are accepted, with a warning (at most one every 10 s). Default 1024.
     pub connections_max: usize,
+    /// Open connections from one client IP address at most, per listener. Default 256.
+    pub connections_per_ip_max: usize,
+    /// A connection with no request for this long is closed. Default 10 minutes (Kafka's
+    /// `connections.max.idle.ms`).
+    pub idle_timeout_ms: u64,
+    /// A request whose first byte has arrived must be complete within this, or the
+    /// connection is closed (slowloris); on HTTP, any read that waits this long. Default 30 s.
+    pub request_timeout_ms: u64,
+    /// A connection whose client takes longer than this to take an answer is closed. Default
+    /// 60 s.
+    pub write_timeout_ms: u64,
+    /// Bytes held by requests and answers in flight across all native and Kafka connections
+    /// at most; while they are spent the broker stops reading requests. Default 128 MiB.
+    pub in_flight_bytes_max: usize,
+    /// Record bytes one fetch answer carries at most, whatever the request asks (Kafka's
+    /// `fetch.max.bytes`). Default 50 MiB.
+    pub fetch_bytes_max: usize,
     /// Requests one connection may have in flight before the broker stops reading from it.
     /// Default 64.
     pub in_flight_per_connection_max: usize,
@@ -85,6 +103,12 @@ impl Default for BrokerConfig {
             default_partitions: 1,
             http_listen: SocketAddr::from(([127, 0, 0, 1], 7180)),
             connections_max: 1024,
+            connections_per_ip_max: 256,
+            idle_timeout_ms: 600_000,
+            request_timeout_ms: 30_000,
+            write_timeout_ms: 60_000,
+            in_flight_bytes_max: 128 << 20,
+            fetch_bytes_max: 50 << 20,
             in_flight_per_connection_max: 64,
             frame_bytes_max: 8 << 20,
             fetch_wait_ms_max: 30_000,
@@ -136,9 +160,27 @@ pub struct BrokerArgs {
     /// HTTP listener for /health and /metrics [default: 127.0.0.1:7180]
     #[arg(long, env = "STRAND_HTTP_LISTEN", value_name = "ADDR")]
     pub http_listen: Option<SocketAddr>,
-    /// Open client connections at most [default: 1024]
+    /// Open client connections at most, per listener [default: 1024]
     #[arg(long, env = "STRAND_CONNECTIONS_MAX")]
     pub connections_max: Option<usize>,
+    /// Open connections from one IP address at most, per listener [default: 256]
+    #[arg(long, env = "STRAND_CONNECTIONS_PER_IP_MAX")]
+    pub connections_per_ip_max: Option<usize>,
+    /// Close connections idle this long, in ms [default: 600000]
+    #[arg(long, env = "STRAND_IDLE_TIMEOUT_MS")]
+    pub idle_timeout_ms: Option<u64>,
+    /// A started request must arrive within this, in ms [default: 30000]
+    #[arg(long, env = "STRAND_REQUEST_TIMEOUT_MS")]
+    pub request_timeout_ms: Option<u64>,
+    /// Close connections whose client does not take an answer within this, in ms [default: 60000]
+    #[arg(long, env = "STRAND_WRITE_TIMEOUT_MS")]
+    pub write_timeout_ms: Option<u64>,
+    /// Bytes of requests and answers in flight across all connections [default: 134217728]
+    #[arg(long, env = "STRAND_IN_FLIGHT_BYTES_MAX")]
+    pub in_flight_bytes_max: Option<usize>,
+    /// Record bytes one fetch answer carries at most [default: 52428800]
+    #[arg(long, env = "STRAND_FETCH_BYTES_MAX")]
+    pub fetch_bytes_max: Option<usize>,
     /// Background fsync: never, always, or a number of milliseconds [default: 1000]
     #[arg(long, env = "STRAND_FSYNC", value_name = "POLICY", value_parser = parse_fsync)]
     pub fsync: Option<FsyncPolicy>,
@@ -246,6 +288,12 @@ impl BrokerConfig {
         set!(config.default_partitions, args.default_partitions);
         set!(config.http_listen, args.http_listen);
         set!(config.connections_max, args.connections_max);
+        set!(config.connections_per_ip_max, args.connections_per_ip_max);
+        set!(config.idle_timeout_ms, args.idle_timeout_ms);
+        set!(config.request_timeout_ms, args.request_timeout_ms);
+        set!(config.write_timeout_ms, args.write_timeout_ms);
+        set!(config.in_flight_bytes_max, args.in_flight_bytes_max);
+        set!(config.fetch_bytes_max, args.fetch_bytes_max);
         set!(config.log.fsync, args.fsync);
         set!(config.log.segment_bytes_max, args.segment_bytes_max);
         set!(config.log.retention_ms, args.retention_ms.map(limit));
@@ -284,6 +332,12 @@ impl BrokerConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let positive = [
             ("connections_max", self.connections_max),
+            ("connections_per_ip_max", self.connections_per_ip_max),
+            ("idle_timeout_ms", self.idle_timeout_ms as usize),
+            ("request_timeout_ms", self.request_timeout_ms as usize),
+            ("write_timeout_ms", self.write_timeout_ms as usize),
+            ("in_flight_bytes_max", self.in_flight_bytes_max),
+            ("fetch_bytes_max", self.fetch_bytes_max),
             (
                 "in_flight_per_connection_max",
                 self.in_flight_per_connection_max,
@@ -314,6 +368,21 @@ impl BrokerConfig {
             return Err(ConfigError::Invalid(format!(
                 "frame_bytes_max ({}) must hold the largest batch (log.batch_bytes_max = {})",
                 self.frame_bytes_max, self.log.batch_bytes_max
+            )));
+        }
+        if self.fetch_bytes_max < self.log.batch_bytes_max {
+            return Err(ConfigError::Invalid(format!(
+                "fetch_bytes_max ({}) must hold the largest batch (log.batch_bytes_max = {})",
+                self.fetch_bytes_max, self.log.batch_bytes_max
+            )));
+        }
+        // One request frame, or one fetch answer, must fit in the budget by itself.
+        let needed = self.frame_bytes_max.max(self.fetch_bytes_max);
+        if self.in_flight_bytes_max < needed {
+            return Err(ConfigError::Invalid(format!(
+                "in_flight_bytes_max ({}) must hold the largest frame and the largest fetch \
+                 answer ({needed})",
+                self.in_flight_bytes_max
             )));
         }
         self.log.validate().map_err(ConfigError::Invalid)
@@ -408,5 +477,41 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("connections_max"));
+        // The budget must hold the largest frame and the largest fetch answer.
+        let config = BrokerConfig {
+            in_flight_bytes_max: 1 << 20,
+            ..BrokerConfig::default()
+        };
+        assert!(config
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("in_flight_bytes_max"));
+    }
+
+    #[test]
+    fn connection_limits_come_from_flags() {
+        let args = BrokerArgs::parse_from([
+            "strand-broker",
+            "--connections-per-ip-max",
+            "7",
+            "--idle-timeout-ms",
+            "1000",
+            "--request-timeout-ms",
+            "200",
+            "--write-timeout-ms",
+            "300",
+            "--in-flight-bytes-max",
+            "67108864",
+            "--fetch-bytes-max",
+            "8388608",
+        ]);
+        let config = BrokerConfig::load(&args).unwrap();
+        assert_eq!(config.connections_per_ip_max, 7);
+        assert_eq!(config.idle_timeout_ms, 1000);
+        assert_eq!(config.request_timeout_ms, 200);
+        assert_eq!(config.write_timeout_ms, 300);
+        assert_eq!(config.in_flight_bytes_max, 64 << 20);
+        assert_eq!(config.fetch_bytes_max, 8 << 20);
     }
 }

@@ -11,11 +11,15 @@
 //! - [`service`]: what the broker does for a request, whatever protocol carried it.
 //! - [`run`]: the whole broker as a library (start, stop), for `strand-broker` and embedding.
 //! - [`metrics`]: Prometheus metrics; [`http`]: `/health` and `/metrics`.
+//! - [`listener`]: connection caps and timeouts every listener shares; [`budget`]: the one
+//!   memory budget for bytes in flight across the native and Kafka listeners.
 
+pub mod budget;
 pub mod config;
 pub mod group;
 pub mod http;
 pub mod kafka;
+pub mod listener;
 pub mod log;
 pub mod metrics;
 pub mod producers;

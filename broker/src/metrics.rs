@@ -30,6 +30,8 @@ fn latency_histogram() -> Histogram {
 pub struct Metrics {
     registry: Registry,
     pub connections: Gauge,
+    pub connections_refused: Counter,
+    pub in_flight_bytes: Gauge,
     pub bytes_in: Family<TopicLabel, Counter>,
     pub records_in: Family<TopicLabel, Counter>,
     pub bytes_out: Family<TopicLabel, Counter>,
@@ -45,6 +47,8 @@ impl Default for Metrics {
         let mut registry = Registry::with_prefix("strand");
         let metrics = Metrics {
             connections: Gauge::default(),
+            connections_refused: Counter::default(),
+            in_flight_bytes: Gauge::default(),
             bytes_in: Family::default(),
             records_in: Family::default(),
             bytes_out: Family::default(),
@@ -56,13 +60,23 @@ impl Default for Metrics {
         };
         registry.register(
             "connections",
-            "Open client connections",
+            "Open client connections on every listener (native, Kafka, HTTP)",
             metrics.connections.clone(),
         );
         registry.register(
             "poisoned_partitions",
             "Partitions refusing writes after a failed fsync, until recovered in place",
             metrics.poisoned_partitions.clone(),
+        );
+        registry.register(
+            "connections_refused",
+            "Connections closed at once because a connection cap was reached",
+            metrics.connections_refused.clone(),
+        );
+        registry.register(
+            "in_flight_bytes",
+            "Bytes of requests and answers in flight, charged to the in-flight budget",
+            metrics.in_flight_bytes.clone(),
         );
         registry.register(
             "bytes_in",

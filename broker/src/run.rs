@@ -11,9 +11,11 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::budget::Budget;
 use crate::config::BrokerConfig;
 use crate::group::CoordinatorConfig;
 use crate::http::{self, HttpState};
+use crate::listener::{Admission, GuardedListener};
 use crate::metrics::Metrics;
 use crate::server::{self, ServerConfig};
 use crate::service::Broker;
@@ -147,12 +149,23 @@ impl RunningBroker {
                 .context("opening the group coordinator")?
         };
         let ticker_task = broker.spawn_group_ticker(shutdown_rx.clone());
+        // One memory budget for both listeners.
+        let budget = Budget::new(config.in_flight_bytes_max);
+        let idle_timeout = Duration::from_millis(config.idle_timeout_ms);
+        let request_timeout = Duration::from_millis(config.request_timeout_ms);
+        let write_timeout = Duration::from_millis(config.write_timeout_ms);
         let kafka_task = tokio::spawn(crate::kafka::serve(
             kafka_listener,
             broker.clone(),
             crate::kafka::KafkaConfig {
                 connections_max: config.connections_max,
+                connections_per_ip_max: config.connections_per_ip_max,
                 frame_bytes_max: config.frame_bytes_max,
+                idle_timeout,
+                request_timeout,
+                write_timeout,
+                fetch_bytes_max: config.fetch_bytes_max,
+                budget: budget.clone(),
                 advertised: config.kafka_advertised.clone(),
                 auto_create_topics: config.auto_create_topics,
                 default_partitions: config.default_partitions,
@@ -166,18 +179,39 @@ impl RunningBroker {
             broker,
             ServerConfig {
                 connections_max: config.connections_max,
+                connections_per_ip_max: config.connections_per_ip_max,
                 in_flight_per_connection_max: config.in_flight_per_connection_max,
                 frame_bytes_max: config.frame_bytes_max,
+                idle_timeout,
+                frame_read_timeout: request_timeout,
+                write_timeout,
+                fetch_bytes_max: config.fetch_bytes_max,
+                budget: budget.clone(),
                 ..ServerConfig::default()
             },
             shutdown_rx.clone(),
         ));
 
         let http_task = {
-            let app = http::router(HttpState {
-                topics: topics.clone(),
-                metrics: metrics.clone(),
-            });
+            let app = http::router(
+                HttpState {
+                    topics: topics.clone(),
+                    metrics: metrics.clone(),
+                    budget,
+                },
+                request_timeout,
+            );
+            let http_listener = GuardedListener {
+                listener: http_listener,
+                admission: Admission::new(
+                    "http",
+                    config.connections_max,
+                    config.connections_per_ip_max,
+                    metrics.clone(),
+                ),
+                read_timeout: request_timeout,
+                write_timeout,
+            };
             let mut rx = shutdown_rx.clone();
             tokio::spawn(async move {
                 axum::serve(http_listener, app)

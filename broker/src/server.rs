@@ -7,6 +7,10 @@
 //! semaphore, so answers can complete out of order and a client that stops reading stalls only
 //! itself. Shutdown stops accepting and reading, lets in-flight requests finish, and returns
 //! when every connection has closed.
+//!
+//! The connection caps are [`crate::listener`]'s; request frames and fetched records are
+//! charged to the broker's one [`Budget`] (shared with the Kafka listener) before they are
+//! read, and the charge travels with the answer until the writer has written it.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -27,17 +31,26 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, Notify, Semaphore};
 use tokio::task::JoinSet;
 
+use crate::budget::{Budget, Charge};
 use crate::group::{
     Assignor, CommitError, CommittedOffset, GroupDescription, GroupError, GroupState, JoinRequest,
 };
-use crate::log::LogError;
+use crate::listener::{self, Admission};
+use crate::log::{FirstBatch, LogError};
 use crate::service::{Broker, OffsetSpec, ServiceError, TopicInfo};
 use crate::topics::{TopicConfig, TopicError};
+
+/// A connection may hold at most this fraction of the in-flight budget (but at least one
+/// frame).
+const CONNECTION_SHARE_OF_BUDGET: usize = 8;
 
 /// Limits of the native listener.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
+    /// Open connections at most; more are closed as soon as they are accepted.
     pub connections_max: usize,
+    /// Open connections from one IP address at most.
+    pub connections_per_ip_max: usize,
     pub in_flight_per_connection_max: usize,
     pub frame_bytes_max: usize,
     /// Push subscriptions one connection may hold.
@@ -50,18 +63,26 @@ pub struct ServerConfig {
     /// A connection whose client takes longer than this to accept one frame is closed, so a
     /// client that stops reading cannot hold its connection (and its queued answers) forever.
     pub write_timeout: Duration,
+    /// Record bytes one fetch answer carries at most (besides the frame limit).
+    pub fetch_bytes_max: usize,
+    /// Bytes in flight across every connection (shared with the Kafka listener); one
+    /// connection may hold an eighth of it at most (but always one frame).
+    pub budget: Budget,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             connections_max: 1024,
+            connections_per_ip_max: 256,
             in_flight_per_connection_max: 64,
             frame_bytes_max: frame::FRAME_BYTES_MAX_DEFAULT,
             subscriptions_per_connection_max: 64,
             frame_read_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(600),
             write_timeout: Duration::from_secs(60),
+            fetch_bytes_max: 50 << 20,
+            budget: Budget::default(),
         }
     }
 }
@@ -71,53 +92,37 @@ pub async fn serve(
     listener: TcpListener,
     broker: Broker,
     config: ServerConfig,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
     let config = Arc::new(config);
-    let permits = Arc::new(Semaphore::new(config.connections_max));
-    let mut connections = JoinSet::new();
-    loop {
-        let permit = tokio::select! {
-            permit = permits.clone().acquire_owned() => permit.expect("semaphore never closed"),
-            _ = stopped(&mut shutdown) => break,
-        };
-        let (socket, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-            _ = stopped(&mut shutdown) => break,
-        };
-        let _ = socket.set_nodelay(true);
+    let admission = Admission::new(
+        "native",
+        config.connections_max,
+        config.connections_per_ip_max,
+        broker.metrics.clone(),
+    );
+    let serve_shutdown = shutdown.clone();
+    listener::serve(listener, admission, serve_shutdown, move |socket, _peer| {
+        // Each connection charges its own share of the budget first, so that one client (say,
+        // one pipelining fetches it never reads) cannot take the whole budget.
+        let share =
+            (config.budget.bytes_max() / CONNECTION_SHARE_OF_BUDGET).max(config.frame_bytes_max);
         let connection = Connection {
             broker: broker.clone(),
             config: config.clone(),
+            budget: config.budget.share(share),
             shutdown: shutdown.clone(),
         };
-        let metrics = broker.metrics.clone();
-        connections.spawn(async move {
-            metrics.connections.inc();
-            if let Err(reason) = connection.run(socket).await {
-                tracing::info!(%peer, %reason, "closed connection");
-            }
-            metrics.connections.dec();
-            drop(permit);
-        });
-        // Reap finished connections so the set does not grow with the connection count.
-        while connections.try_join_next().is_some() {}
-    }
-    drop(listener);
-    while connections.join_next().await.is_some() {}
+        connection.run(socket)
+    })
+    .await;
 }
 
 struct Connection {
     broker: Broker,
     config: Arc<ServerConfig>,
+    /// This connection's share of the broker's budget.
+    budget: Budget,
     shutdown: watch::Receiver<bool>,
 }
 
@@ -126,6 +131,13 @@ struct Connection {
 struct Credit {
     bytes: AtomicI64,
     granted: Notify,
+}
+
+/// What a request holds while it is dispatched: its in-flight slot, and the budget charge of
+/// its frame (given back once the frame's bytes are no longer needed).
+struct Held {
+    slot: tokio::sync::OwnedSemaphorePermit,
+    frame_charge: Charge,
 }
 
 struct Subscription {
@@ -137,12 +149,21 @@ impl Connection {
     async fn run(mut self, socket: TcpStream) -> Result<(), String> {
         let (mut reader, writer) = socket.into_split();
         // Room for every in-flight answer plus pushes; the channel holds encoded frames.
-        let (out_tx, out_rx) = mpsc::channel::<Bytes>(self.config.in_flight_per_connection_max * 2);
+        let (out_tx, out_rx) =
+            mpsc::channel::<(Bytes, Charge)>(self.config.in_flight_per_connection_max * 2);
         let writer_task = tokio::spawn(write_frames(writer, out_rx, self.config.write_timeout));
         let in_flight = Arc::new(Semaphore::new(self.config.in_flight_per_connection_max));
         let mut tasks = JoinSet::new();
         let mut subscriptions: HashMap<u32, Subscription> = HashMap::new();
-        let mut buf = BytesMut::with_capacity(64 * 1024);
+        // Allocated once the client sends something: idle connections hold no buffer.
+        let mut buf = BytesMut::new();
+        // The budget charge of the frame being read, taken once its length is known.
+        let mut frame_charge: Option<Charge> = None;
+        // The in-flight slot of the frame being read. It is taken before the budget charge:
+        // the reader never holds budget while it waits for its own requests to finish (they
+        // may be waiting for budget themselves).
+        let mut frame_slot: Option<tokio::sync::OwnedSemaphorePermit> = None;
+        let budget = self.budget.clone();
         let result = loop {
             if out_tx.is_closed() {
                 break Err("answers could not be written".into());
@@ -155,9 +176,21 @@ impl Connection {
                 Err(e) => break Err(format!("unframeable input: {e}")),
             };
             if let Some(frame) = frame {
-                let permit = tokio::select! {
-                    permit = in_flight.clone().acquire_owned() => permit.expect("never closed"),
-                    _ = stopped(&mut self.shutdown) => break Ok(()),
+                // A frame that came whole in one read gets its in-flight slot and its budget
+                // charge now, before it is handled.
+                let permit = match frame_slot.take() {
+                    Some(permit) => permit,
+                    None => tokio::select! {
+                        permit = in_flight.clone().acquire_owned() => permit.expect("never closed"),
+                        _ = stopped(&mut self.shutdown) => break Ok(()),
+                    },
+                };
+                let charge = match frame_charge.take() {
+                    Some(charge) => charge,
+                    None => tokio::select! {
+                        charge = budget.charge(frame.len()) => charge,
+                        _ = stopped(&mut self.shutdown) => break Ok(()),
+                    },
                 };
                 let (header, body) = frame::split_request(frame);
                 let request = match Request::decode(&header, body) {
@@ -165,7 +198,8 @@ impl Connection {
                     Err(e) => {
                         tracing::debug!(correlation_id = header.correlation_id, error = %e, "undecodable request");
                         let response = Response::error(e.code(), e.to_string());
-                        if send(&out_tx, &response, header.correlation_id)
+                        drop(charge);
+                        if send(&out_tx, response, header.correlation_id, Charge::default())
                             .await
                             .is_err()
                         {
@@ -177,7 +211,10 @@ impl Connection {
                 self.dispatch(
                     request,
                     header.correlation_id,
-                    permit,
+                    Held {
+                        slot: permit,
+                        frame_charge: charge,
+                    },
                     &out_tx,
                     &mut tasks,
                     &mut subscriptions,
@@ -188,6 +225,33 @@ impl Connection {
             }
             // Need more bytes. A partial frame must finish within the frame timeout; an idle
             // connection may wait for the idle timeout.
+            if buf.is_empty() {
+                // Idle: wait for the next request without holding a buffer.
+                let readable = tokio::select! {
+                    readable = tokio::time::timeout(self.config.idle_timeout, reader.readable()) => readable,
+                    // The writer gave up (write timeout): no need to wait for more requests.
+                    _ = out_tx.closed() => break Err("answers could not be written".into()),
+                    _ = stopped(&mut self.shutdown) => break Ok(()),
+                };
+                match readable {
+                    Err(_) => break Err("idle timeout".into()),
+                    Ok(Err(e)) => break Err(format!("read failed: {e}")),
+                    Ok(Ok(())) => {}
+                }
+            } else if frame_charge.is_none() && buf.len() >= frame::LENGTH_BYTES {
+                // The frame's length is known (and within the limit, `check` said): charge it
+                // before reading its body, so that while the budget is spent the broker stops
+                // reading rather than buffering.
+                let len = u32::from_be_bytes(buf[..4].try_into().expect("4 bytes")) as usize;
+                frame_slot = Some(tokio::select! {
+                    permit = in_flight.clone().acquire_owned() => permit.expect("never closed"),
+                    _ = stopped(&mut self.shutdown) => break Ok(()),
+                });
+                frame_charge = Some(tokio::select! {
+                    charge = budget.charge(frame::LENGTH_BYTES + len) => charge,
+                    _ = stopped(&mut self.shutdown) => break Ok(()),
+                });
+            }
             let limit = if buf.is_empty() {
                 self.config.idle_timeout
             } else {
@@ -198,6 +262,7 @@ impl Connection {
             }
             let read = tokio::select! {
                 read = tokio::time::timeout(limit, reader.read_buf(&mut buf)) => read,
+                _ = out_tx.closed() => break Err("answers could not be written".into()),
                 _ = stopped(&mut self.shutdown) => break Ok(()),
             };
             match read {
@@ -228,11 +293,15 @@ impl Connection {
         &mut self,
         request: Request,
         correlation_id: u32,
-        permit: tokio::sync::OwnedSemaphorePermit,
-        out: &mpsc::Sender<Bytes>,
+        held: Held,
+        out: &mpsc::Sender<(Bytes, Charge)>,
         tasks: &mut JoinSet<()>,
         subscriptions: &mut HashMap<u32, Subscription>,
     ) {
+        let Held {
+            slot: permit,
+            frame_charge,
+        } = held;
         let started = Instant::now();
         let key = request.api_key();
         let broker = self.broker.clone();
@@ -247,6 +316,8 @@ impl Connection {
                 // Appended here, in arrival order; only the wait runs apart.
                 let mut records = records.to_vec();
                 let appended = broker.append(&topic, partition, &mut records);
+                drop(records);
+                drop(frame_charge);
                 if acks == Acks::None {
                     if let Err(e) = appended {
                         tracing::debug!(%topic, partition, error = %e, "acks=none produce failed");
@@ -271,7 +342,7 @@ impl Connection {
                     broker
                         .metrics
                         .observe_request(key.name(), started.elapsed());
-                    let _ = send(&out, &response, correlation_id).await;
+                    let _ = send(&out, response, correlation_id, Charge::default()).await;
                     drop(permit);
                 });
             }
@@ -309,7 +380,11 @@ impl Connection {
                     }
                 };
                 let ok = matches!(response, Response::Ok(_));
-                if send(&out, &response, correlation_id).await.is_err() || !ok {
+                if send(&out, response, correlation_id, Charge::default())
+                    .await
+                    .is_err()
+                    || !ok
+                {
                     return;
                 }
                 let credit = Arc::new(Credit {
@@ -325,6 +400,7 @@ impl Connection {
                     credit.clone(),
                     out,
                     self.config.frame_bytes_max,
+                    self.budget.clone(),
                 ));
                 subscriptions.insert(
                     correlation_id,
@@ -358,18 +434,18 @@ impl Connection {
                         format!("no subscription {subscription}"),
                     ),
                 };
-                let _ = send(&out, &response, correlation_id).await;
+                let _ = send(&out, response, correlation_id, Charge::default()).await;
                 drop(permit);
             }
             other => {
-                let frame_max = self.config.frame_bytes_max;
-                let in_flight_max = self.config.in_flight_per_connection_max;
+                let config = self.config.clone();
+                let budget = self.budget.clone();
                 tasks.spawn(async move {
-                    let response = handle(&broker, other, frame_max, in_flight_max).await;
+                    let (response, charge) = handle(&broker, other, &config, &budget).await;
                     broker
                         .metrics
                         .observe_request(key.name(), started.elapsed());
-                    let _ = send(&out, &response, correlation_id).await;
+                    let _ = send(&out, response, correlation_id, charge).await;
                     drop(permit);
                 });
             }
@@ -387,8 +463,9 @@ async fn run_subscription(
     mut offset: u64,
     subscription: u32,
     credit: Arc<Credit>,
-    out: mpsc::Sender<Bytes>,
+    out: mpsc::Sender<(Bytes, Charge)>,
     frame_bytes_max: usize,
+    budget: Budget,
 ) {
     // Room for the push header and lengths inside a frame.
     let records_max = frame_bytes_max.saturating_sub(64).max(1);
@@ -399,10 +476,20 @@ async fn run_subscription(
             continue;
         }
         let max_bytes = (available as usize).min(records_max);
-        let result = match broker.read(&topic, partition, offset, max_bytes).await {
-            Ok(result) => result,
+        let read = broker
+            .read_charged(
+                &topic,
+                partition,
+                offset,
+                max_bytes,
+                FirstBatch::Whole,
+                &budget,
+            )
+            .await;
+        let (result, charge) = match read {
+            Ok(read) => read,
             Err(e) => {
-                let _ = send(&out, &error_response(&e), subscription).await;
+                let _ = send(&out, error_response(&e), subscription, Charge::default()).await;
                 return;
             }
         };
@@ -420,31 +507,30 @@ async fn run_subscription(
         credit
             .bytes
             .fetch_sub(result.batches.len() as i64, Ordering::AcqRel);
-        let n_records: u64 = Batches::new(&result.batches)
-            .map(|(h, _)| h.record_count.max(0) as u64)
-            .sum();
-        broker
-            .metrics
-            .count_out(&topic, result.batches.len() as u64, n_records);
         let push = Push {
             high_watermark: result.high_watermark,
             records: result.batches,
         };
         let mut buf = BytesMut::with_capacity(push.records.len() + 32);
         push.encode(subscription, &mut buf);
-        if out.send(buf.freeze()).await.is_err() {
+        drop(push);
+        if out.send((buf.freeze(), charge)).await.is_err() {
             return;
         }
     }
 }
 
 /// Answers every request that needs no connection state.
+/// With the answer comes the budget charge of the records it carries (fetch), if any.
 async fn handle(
     broker: &Broker,
     request: Request,
-    frame_bytes_max: usize,
-    in_flight_max: usize,
-) -> Response {
+    config: &ServerConfig,
+    budget: &Budget,
+) -> (Response, Charge) {
+    let frame_bytes_max = config.frame_bytes_max;
+    let in_flight_max = config.in_flight_per_connection_max;
+    let mut charge = Charge::default();
     let result: Result<ResponseBody, ServiceError> = async {
         Ok(match request {
             Request::Handshake { .. } => ResponseBody::Handshake {
@@ -499,19 +585,22 @@ async fn handle(
                 max_bytes,
                 max_wait_ms,
             } => {
-                // A fetch answer must fit in a frame.
+                // A fetch answer must fit in a frame and within the broker's fetch limit.
                 let max_bytes = (max_bytes as usize)
                     .min(frame_bytes_max.saturating_sub(64))
+                    .min(config.fetch_bytes_max)
                     .max(1);
-                let result = broker
-                    .fetch(
+                let (result, records_charge) = broker
+                    .fetch_charged(
                         &topic,
                         partition,
                         offset,
                         max_bytes,
                         Duration::from_millis(max_wait_ms.into()),
+                        budget,
                     )
                     .await?;
+                charge = records_charge;
                 ResponseBody::Fetched {
                     high_watermark: result.high_watermark,
                     log_start_offset: result.log_start_offset,
@@ -638,10 +727,11 @@ async fn handle(
         })
     }
     .await;
-    match result {
+    let response = match result {
         Ok(body) => Response::Ok(body),
         Err(e) => error_response(&e),
-    }
+    };
+    (response, charge)
 }
 
 fn group_info(broker: &Broker, g: GroupDescription) -> GroupInfo {
@@ -745,25 +835,31 @@ fn error_response(e: &ServiceError) -> Response {
     Response::error(code, e.to_string())
 }
 
+/// Queues an answer for the writer with the budget charge of its bytes (none for the small
+/// answers), which the writer gives back once the answer is written.
 async fn send(
-    out: &mpsc::Sender<Bytes>,
-    response: &Response,
+    out: &mpsc::Sender<(Bytes, Charge)>,
+    response: Response,
     correlation_id: u32,
+    charge: Charge,
 ) -> Result<(), ()> {
-    let mut buf = BytesMut::with_capacity(64);
+    // Sized for the records (the charge) up front, rather than grown by doubling.
+    let mut buf = BytesMut::with_capacity(64 + charge.bytes());
     response.encode(correlation_id, &mut buf);
-    out.send(buf.freeze()).await.map_err(|_| ())
+    // Only the encoded copy waits in the queue.
+    drop(response);
+    out.send((buf.freeze(), charge)).await.map_err(|_| ())
 }
 
 /// Writes frames as they come, flushing when no more are queued, so that a burst of small
 /// answers goes out in few system calls.
 async fn write_frames(
     writer: tokio::net::tcp::OwnedWriteHalf,
-    mut frames: mpsc::Receiver<Bytes>,
+    mut frames: mpsc::Receiver<(Bytes, Charge)>,
     timeout: Duration,
 ) {
     let mut writer = BufWriter::with_capacity(64 * 1024, writer);
-    while let Some(frame) = frames.recv().await {
+    while let Some((frame, charge)) = frames.recv().await {
         let written = tokio::time::timeout(timeout, async {
             writer.write_all(&frame).await?;
             if frames.is_empty() {
@@ -772,6 +868,7 @@ async fn write_frames(
             std::io::Result::Ok(())
         })
         .await;
+        drop(charge);
         match written {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {

@@ -9,8 +9,9 @@ use std::time::Duration;
 
 use strand_client::batch::Batches;
 
+use crate::budget::{Budget, Charge};
 use crate::group::{CoordinatorConfig, GroupError, Groups};
-use crate::log::{AppendInfo, LogError, ReadResult};
+use crate::log::{AppendInfo, FirstBatch, LogError, ReadResult};
 use crate::metrics::Metrics;
 use crate::producers::{BatchSequence, SequenceCheck, SequenceError};
 use crate::topics::{is_internal_topic, Partition, Topic, TopicConfig, TopicError, Topics};
@@ -282,6 +283,98 @@ impl Broker {
         self.metrics
             .count_out(topic, result.batches.len() as u64, n_records);
         Ok(result)
+    }
+
+    /// Reads without waiting, at most `max_bytes` (or one batch, with [`FirstBatch::Whole`]),
+    /// after charging what it may read to `budget`: the returned charge holds the bytes read
+    /// and is given back when the caller drops it, once the answer is written. Waiting for the
+    /// budget happens before anything is read, so a busy broker reads less, not more.
+    pub async fn read_charged(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+        max_bytes: usize,
+        first_batch: FirstBatch,
+        budget: &Budget,
+    ) -> Result<(ReadResult, Charge), ServiceError> {
+        let mut charge = budget
+            .charge(self.read_bytes_max(max_bytes, first_batch))
+            .await;
+        let result = self
+            .read_limited(topic, partition, offset, max_bytes, first_batch)
+            .await?;
+        charge.shrink_to(result.batches.len());
+        Ok((result, charge))
+    }
+
+    /// The most bytes a read with these limits returns: a first batch larger than the limit
+    /// comes whole, and none is larger than a batch the log accepts.
+    pub fn read_bytes_max(&self, max_bytes: usize, first_batch: FirstBatch) -> usize {
+        match first_batch {
+            FirstBatch::Whole => max_bytes.max(self.topics.defaults().batch_bytes_max),
+            FirstBatch::WithinLimit => max_bytes,
+        }
+    }
+
+    /// Reads without waiting and without charging a budget: for callers that charged
+    /// [`Broker::read_bytes_max`] beforehand.
+    pub async fn read_limited(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+        max_bytes: usize,
+        first_batch: FirstBatch,
+    ) -> Result<ReadResult, ServiceError> {
+        let target = self.partition(topic, partition)?;
+        let reader = target.reader().clone();
+        let max_bytes = max_bytes.max(1);
+        let result =
+            blocking(move || reader.read_limited(offset, max_bytes, first_batch)).await??;
+        let n_records: u64 = Batches::new(&result.batches)
+            .map(|(h, _)| h.record_count.max(0) as u64)
+            .sum();
+        self.metrics
+            .count_out(topic, result.batches.len() as u64, n_records);
+        Ok(result)
+    }
+
+    /// [`Broker::read_charged`] with a long-poll: when there is nothing at `offset` yet, waits
+    /// up to `max_wait` (and the broker's limit) for data, holding no budget while it waits.
+    pub async fn fetch_charged(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+        max_bytes: usize,
+        max_wait: Duration,
+        budget: &Budget,
+    ) -> Result<(ReadResult, Charge), ServiceError> {
+        let deadline = tokio::time::Instant::now() + max_wait.min(self.fetch_wait_max);
+        loop {
+            let (result, charge) = self
+                .read_charged(
+                    topic,
+                    partition,
+                    offset,
+                    max_bytes,
+                    FirstBatch::Whole,
+                    budget,
+                )
+                .await?;
+            if !result.batches.is_empty() || tokio::time::Instant::now() >= deadline {
+                return Ok((result, charge));
+            }
+            drop(charge);
+            if tokio::time::timeout_at(deadline, self.wait_for_data(topic, partition, offset))
+                .await
+                .is_err()
+            {
+                // One last look: the data may have come as the wait ended.
+                continue;
+            }
+        }
     }
 
     /// Reads without waiting, for push subscriptions that already know data is there.

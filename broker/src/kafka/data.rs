@@ -1,7 +1,7 @@
 //! Metadata, Produce, Fetch and ListOffsets: the data path. Batches are stored and served as
 //! the clients sent them (compressed or not); nothing is re-encoded.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use futures::future::{select_all, FutureExt};
@@ -23,6 +23,8 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::StrBytes;
 
 use super::{error_code, Context, NODE_ID};
+use crate::budget::Charge;
+use crate::log::{FirstBatch, ReadResult};
 use crate::service::{OffsetSpec, ServiceError};
 use crate::topics::{validate_topic_name, TopicConfig, TopicError};
 
@@ -200,15 +202,19 @@ pub(super) async fn produce(cx: &Context, request: ProduceRequest) -> Option<Pro
     (request.acks != 0).then(|| ProduceResponse::default().with_responses(topics))
 }
 
-/// Reads every asked partition; when none has data, waits (up to the request's max wait and
-/// the broker's limit) for data on any of them and reads again.
-pub(super) async fn fetch(cx: &Context, request: FetchRequest) -> FetchResponse {
+/// Reads the asked partitions; when none has data, waits (up to the request's max wait and
+/// the broker's limit) for data on any of them and reads again. The answer's records are at
+/// most the request's `max_bytes` and the broker's `fetch_bytes_max`, except that the first
+/// partition with data gets at least one whole batch (KIP-74, so a consumer never stalls on a
+/// batch larger than its limits; no batch is larger than the broker's limits). They come with
+/// their budget charge, which the caller holds until the answer is written.
+pub(super) async fn fetch(cx: &Context, request: FetchRequest) -> (FetchResponse, Charge) {
     let max_wait =
         Duration::from_millis(request.max_wait_ms.max(0) as u64).min(cx.broker.fetch_wait_max);
     let started = std::time::Instant::now();
-    let (response, n_bytes) = fetch_once(cx, &request).await;
+    let (response, charge) = fetch_once(cx, &request).await;
     tracing::debug!(
-        n_bytes,
+        n_bytes = charge.bytes(),
         n_partitions = request
             .topics
             .iter()
@@ -218,82 +224,110 @@ pub(super) async fn fetch(cx: &Context, request: FetchRequest) -> FetchResponse 
         elapsed_us = started.elapsed().as_micros() as u64,
         "fetch"
     );
-    if n_bytes > 0 || max_wait.is_zero() {
-        return response;
+    if charge.bytes() > 0 || max_wait.is_zero() {
+        return (response, charge);
     }
+    // Wait once per distinct partition (a request may name one many times).
+    let mut distinct = HashSet::new();
     let waits: Vec<_> = request
         .topics
         .iter()
         .flat_map(|t| {
             let name = t.topic.0.to_string();
-            t.partitions.iter().map(move |p| {
-                let name = name.clone();
-                let partition = partition_index(p.partition);
-                let offset = p.fetch_offset.max(0) as u64;
-                async move { cx.broker.wait_for_data(&name, partition, offset).await }.boxed()
-            })
+            t.partitions.iter().map(move |p| (name.clone(), p))
+        })
+        .filter(|(name, p)| distinct.insert((name.clone(), p.partition)))
+        .map(|(name, p)| {
+            let partition = partition_index(p.partition);
+            let offset = p.fetch_offset.max(0) as u64;
+            async move { cx.broker.wait_for_data(&name, partition, offset).await }.boxed()
         })
         .collect();
     if waits.is_empty() {
-        return response;
+        return (response, charge);
     }
     if tokio::time::timeout(max_wait, select_all(waits))
         .await
         .is_err()
     {
-        return response;
+        return (response, charge);
     }
-    fetch_once(cx, &request).await.0
+    fetch_once(cx, &request).await
 }
 
-async fn fetch_once(cx: &Context, request: &FetchRequest) -> (FetchResponse, usize) {
-    // Every partition is read at once (each read is a blocking-pool task); the request's byte
-    // limit is applied afterwards, in request order, keeping at least the first data so a
-    // client never stalls on a batch larger than its limits (as Kafka does, KIP-74).
-    let reads = request.topics.iter().flat_map(|topic| {
+/// One pass over the asked partitions, in request order, reading one partition at a time
+/// within what is left of the request's byte limit: once it is used up, the remaining
+/// partitions are answered from their bounds without reading. A partition named more than once
+/// is read for its first entry only; the others get INVALID_REQUEST.
+///
+/// The whole pass is charged to the budget once, before any read (a task never waits for the
+/// budget while holding some of it), and the charge is cut to what was read.
+async fn fetch_once(cx: &Context, request: &FetchRequest) -> (FetchResponse, Charge) {
+    let bytes_max = (request.max_bytes.max(1) as usize).min(cx.config.fetch_bytes_max);
+    let mut charge = cx
+        .config
+        .budget
+        .charge(cx.broker.read_bytes_max(bytes_max, FirstBatch::Whole))
+        .await;
+    let mut n_bytes = 0usize;
+    let mut seen = HashSet::new();
+    let mut responses = Vec::with_capacity(request.topics.len());
+    for topic in &request.topics {
         let name = topic.topic.0.to_string();
-        topic.partitions.iter().map(move |p| {
-            let name = name.clone();
-            let max_bytes = p.partition_max_bytes.max(1) as usize;
-            async move {
+        let mut partitions = Vec::with_capacity(topic.partitions.len());
+        for p in &topic.partitions {
+            let response = PartitionData::default().with_partition_index(p.partition);
+            if !seen.insert((name.clone(), p.partition)) {
+                partitions.push(
+                    response
+                        .with_error_code(ResponseError::InvalidRequest.code())
+                        .with_high_watermark(-1)
+                        .with_last_stable_offset(-1),
+                );
+                continue;
+            }
+            let index = partition_index(p.partition);
+            let left = bytes_max.saturating_sub(n_bytes);
+            let read = if left == 0 {
+                // Nothing more fits: say where the partition stands without reading it.
                 cx.broker
-                    .read(
+                    .partition_info(&name, index)
+                    .map(|info| ReadResult {
+                        batches: Default::default(),
+                        high_watermark: info.high_watermark,
+                        log_start_offset: info.log_start_offset,
+                    })
+            } else {
+                let first_batch = if n_bytes == 0 {
+                    FirstBatch::Whole
+                } else {
+                    FirstBatch::WithinLimit
+                };
+                let max_bytes = (p.partition_max_bytes.max(1) as usize).min(left);
+                cx.broker
+                    .read_limited(
                         &name,
-                        partition_index(p.partition),
+                        index,
                         p.fetch_offset.max(0) as u64,
                         max_bytes,
+                        first_batch,
                     )
                     .await
-            }
-        })
-    });
-    let mut results = futures::future::join_all(reads).await.into_iter();
-    let request_max = request.max_bytes.max(1) as usize;
-    let mut responses = Vec::new();
-    let mut total = 0usize;
-    for topic in &request.topics {
-        let mut partitions = Vec::new();
-        for p in &topic.partitions {
-            let data = match results.next().expect("one read per partition") {
-                Ok(mut read) => {
-                    if total > 0 && total + read.batches.len() > request_max {
-                        read.batches = Default::default();
-                    }
-                    total += read.batches.len();
-                    PartitionData::default()
-                        .with_partition_index(p.partition)
+            };
+            partitions.push(match read {
+                Ok(read) => {
+                    n_bytes += read.batches.len();
+                    response
                         .with_high_watermark(read.high_watermark as i64)
                         .with_last_stable_offset(read.high_watermark as i64)
                         .with_log_start_offset(read.log_start_offset as i64)
                         .with_records(Some(read.batches))
                 }
-                Err(e) => PartitionData::default()
-                    .with_partition_index(p.partition)
+                Err(e) => response
                     .with_error_code(error_code(&e))
                     .with_high_watermark(-1)
                     .with_last_stable_offset(-1),
-            };
-            partitions.push(data);
+            });
         }
         responses.push(
             FetchableTopicResponse::default()
@@ -301,7 +335,8 @@ async fn fetch_once(cx: &Context, request: &FetchRequest) -> (FetchResponse, usi
                 .with_partitions(partitions),
         );
     }
-    (FetchResponse::default().with_responses(responses), total)
+    charge.shrink_to(n_bytes);
+    (FetchResponse::default().with_responses(responses), charge)
 }
 
 pub(super) async fn list_offsets(cx: &Context, request: ListOffsetsRequest) -> ListOffsetsResponse {

@@ -5,10 +5,13 @@
 //! protocol's, through [`crate::service::Broker`]: a record produced here is consumed with
 //! `strand consume`, and the other way, and groups and committed offsets are shared.
 //!
-//! - this file: accepting connections, framing, decoding, ApiVersions and dispatch. Kafka
-//!   requires answers in request order on a connection; like Kafka, a connection handles one
-//!   request at a time (clients pipeline on their side and open a separate coordinator
-//!   connection for group requests).
+//! - this file: framing, decoding, ApiVersions and dispatch. Kafka requires answers in
+//!   request order on a connection; like Kafka, a connection handles one request at a time
+//!   (clients pipeline on their side and open a separate coordinator connection for group
+//!   requests). Accepting and the connection caps are [`crate::listener`]'s; an idle
+//!   connection, a frame that does not finish arriving and an answer the client does not read
+//!   each have a timeout; request frames and fetched records are charged to the broker's one
+//!   [`Budget`] before they are read.
 //! - `data`: Metadata, Produce, Fetch, ListOffsets.
 //! - `groups`: FindCoordinator, JoinGroup, SyncGroup, Heartbeat, LeaveGroup, OffsetCommit,
 //!   OffsetFetch, ListGroups, DescribeGroups on the broker's one coordinator.
@@ -33,9 +36,11 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::{Decodable, Encodable};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Semaphore};
-use tokio::task::JoinSet;
+use tokio::sync::watch;
+use tokio::time::Instant;
 
+use crate::budget::{Budget, Charge};
+use crate::listener::{self, stopped, Admission};
 use crate::log::LogError;
 use crate::service::{Broker, ServiceError};
 use crate::topics::TopicError;
@@ -74,10 +79,24 @@ const SUPPORTED: [(ApiKey, i16, i16); 19] = [
 
 pub(crate) use crate::topics::is_internal_topic;
 
+/// Limits and settings of the Kafka listener.
 #[derive(Debug, Clone)]
 pub struct KafkaConfig {
+    /// Open connections at most; more are closed as soon as they are accepted.
     pub connections_max: usize,
+    /// Open connections from one IP address at most.
+    pub connections_per_ip_max: usize,
     pub frame_bytes_max: usize,
+    /// A connection with no request for this long is closed.
+    pub idle_timeout: Duration,
+    /// A request whose first byte has arrived must be complete within this (slowloris).
+    pub request_timeout: Duration,
+    /// A connection whose client takes longer than this to take one answer is closed.
+    pub write_timeout: Duration,
+    /// Record bytes one Fetch answer carries at most, whatever the request's limits.
+    pub fetch_bytes_max: usize,
+    /// Bytes in flight across every connection (shared with the native listener).
+    pub budget: Budget,
     /// `host:port` clients are told to connect to (Metadata). By default the bound address,
     /// with 127.0.0.1 in place of an unspecified IP (0.0.0.0 cannot be connected to).
     pub advertised: Option<String>,
@@ -93,7 +112,13 @@ impl Default for KafkaConfig {
     fn default() -> Self {
         KafkaConfig {
             connections_max: 1024,
+            connections_per_ip_max: 256,
             frame_bytes_max: 8 << 20,
+            idle_timeout: Duration::from_secs(600),
+            request_timeout: Duration::from_secs(30),
+            write_timeout: Duration::from_secs(60),
+            fetch_bytes_max: 50 << 20,
+            budget: Budget::default(),
             advertised: None,
             auto_create_topics: true,
             default_partitions: 1,
@@ -116,47 +141,28 @@ pub async fn serve(
     listener: TcpListener,
     broker: Broker,
     config: KafkaConfig,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
     let advertised = advertised_address(
         config.advertised.as_deref(),
         listener.local_addr().expect("bound listener"),
     );
-    let permits = Arc::new(Semaphore::new(config.connections_max));
+    let admission = Admission::new(
+        "kafka",
+        config.connections_max,
+        config.connections_per_ip_max,
+        broker.metrics.clone(),
+    );
     let context = Arc::new(Context {
         broker,
         config,
         advertised,
     });
-    let mut connections = JoinSet::new();
-    loop {
-        let permit = tokio::select! {
-            permit = permits.clone().acquire_owned() => permit.expect("never closed"),
-            _ = stopped(&mut shutdown) => break,
-        };
-        let (socket, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    tracing::warn!(error = %e, "kafka accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-            _ = stopped(&mut shutdown) => break,
-        };
-        let _ = socket.set_nodelay(true);
-        let context = context.clone();
-        let shutdown = shutdown.clone();
-        connections.spawn(async move {
-            if let Err(reason) = connection(socket, &context, shutdown).await {
-                tracing::info!(%peer, %reason, "closed kafka connection");
-            }
-            drop(permit);
-        });
-        while connections.try_join_next().is_some() {}
-    }
-    while connections.join_next().await.is_some() {}
+    let serve_shutdown = shutdown.clone();
+    listener::serve(listener, admission, serve_shutdown, move |socket, _peer| {
+        connection(socket, context.clone(), shutdown.clone())
+    })
+    .await;
 }
 
 /// The (host, port) to advertise.
@@ -179,36 +185,56 @@ fn advertised_address(configured: Option<&str>, bound: SocketAddr) -> (String, i
 
 async fn connection(
     mut socket: TcpStream,
-    context: &Context,
+    context: Arc<Context>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), String> {
+    let context = &*context;
+    let config = &context.config;
     loop {
+        // Idle until the first byte of the next request's length.
         let mut len = [0u8; 4];
-        tokio::select! {
-            read = socket.read_exact(&mut len) => match read {
-                Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
-                Err(e) => return Err(format!("read failed: {e}")),
+        let n = tokio::select! {
+            read = tokio::time::timeout(config.idle_timeout, socket.read(&mut len)) => match read {
+                Err(_) => return Err("idle timeout".into()),
+                Ok(Ok(0)) => return Ok(()),
+                Ok(Ok(n)) => n,
+                Ok(Err(e)) => return Err(format!("read failed: {e}")),
             },
             _ = stopped(&mut shutdown) => return Ok(()),
-        }
+        };
+        // From here the whole request must arrive within the request timeout (not counting
+        // time the broker itself spends waiting for its budget).
+        let mut deadline = Instant::now() + config.request_timeout;
+        tokio::time::timeout_at(deadline, socket.read_exact(&mut len[n..]))
+            .await
+            .map_err(|_| request_timeout(config))?
+            .map_err(|e| format!("read failed: {e}"))?;
         let len = i32::from_be_bytes(len);
-        if len < 8 || len as usize > context.config.frame_bytes_max {
+        if len < 8 || len as usize > config.frame_bytes_max {
             return Err(format!(
                 "frame length {len} outside 8..={}",
-                context.config.frame_bytes_max
+                config.frame_bytes_max
             ));
         }
+        let waiting = Instant::now();
+        let frame_charge = tokio::select! {
+            charge = config.budget.charge(4 + len as usize) => charge,
+            _ = stopped(&mut shutdown) => return Ok(()),
+        };
+        deadline += waiting.elapsed();
         let mut frame = vec![0u8; len as usize];
-        socket
-            .read_exact(&mut frame)
+        tokio::time::timeout_at(deadline, socket.read_exact(&mut frame))
             .await
+            .map_err(|_| request_timeout(config))?
             .map_err(|e| format!("read failed: {e}"))?;
-        let (header, response, response_version) = match decode_request(Bytes::from(frame))? {
+        let (header, response, response_version, charge) = match decode_request(Bytes::from(
+            frame,
+        ))? {
             Decoded::ApiVersionsFallback { header } => (
                 header,
                 ResponseKind::ApiVersions(api_versions(ResponseError::UnsupportedVersion.code())),
                 0,
+                Charge::default(),
             ),
             Decoded::Unsupported {
                 header,
@@ -221,7 +247,7 @@ async fn connection(
                         version,
                         "answered an unsupported kafka request with UNSUPPORTED_VERSION"
                     );
-                    (header, response, version)
+                    (header, response, version, Charge::default())
                 }
                 None => {
                     return Err(format!(
@@ -233,14 +259,28 @@ async fn connection(
                 header,
                 version,
                 request,
-            } => match handle(context, &header, *request, version).await {
-                Some(response) => (header, response, version),
-                // acks=0: no answer at all.
-                None => continue,
-            },
+            } => {
+                if let RequestKind::Fetch(fetch) = *request {
+                    // A fetch request holds little; what it reads is charged on its own,
+                    // and waiting for that must not hold this frame's charge.
+                    drop(frame_charge);
+                    let (response, charge) = data::fetch(context, fetch).await;
+                    (header, ResponseKind::Fetch(response), version, charge)
+                } else {
+                    let handled = handle(context, &header, *request, version).await;
+                    drop(frame_charge);
+                    match handled {
+                        Some(response) => (header, response, version, Charge::default()),
+                        // acks=0: no answer at all.
+                        None => continue,
+                    }
+                }
+            }
         };
         let api_key = ApiKey::try_from(header.request_api_key).expect("checked when decoded");
-        let mut out = BytesMut::new();
+        // Sized for the records up front: growing by doubling would briefly hold up to three
+        // times a large answer.
+        let mut out = BytesMut::with_capacity(charge.bytes() + 4096);
         out.put_i32(0);
         let response_header = ResponseHeader::default().with_correlation_id(header.correlation_id);
         response_header
@@ -249,13 +289,27 @@ async fn connection(
         response
             .encode(&mut out, response_version)
             .map_err(|e| format!("encoding {api_key:?}: {e}"))?;
+        drop(response);
         let n = (out.len() - 4) as i32;
         out[..4].copy_from_slice(&n.to_be_bytes());
-        socket
-            .write_all(&out)
+        tokio::time::timeout(config.write_timeout, socket.write_all(&out))
             .await
+            .map_err(|_| {
+                format!(
+                    "the client did not take its answer within the write timeout ({:?})",
+                    config.write_timeout
+                )
+            })?
             .map_err(|e| format!("write failed: {e}"))?;
+        drop(charge);
     }
+}
+
+fn request_timeout(config: &KafkaConfig) -> String {
+    format!(
+        "request not completed within the request timeout ({:?})",
+        config.request_timeout
+    )
 }
 
 /// A request frame, decoded.
@@ -377,7 +431,6 @@ async fn handle(
         RequestKind::ApiVersions(_) => ResponseKind::ApiVersions(api_versions(0)),
         RequestKind::Metadata(r) => ResponseKind::Metadata(data::metadata(cx, r, version).await),
         RequestKind::Produce(r) => ResponseKind::Produce(data::produce(cx, r).await?),
-        RequestKind::Fetch(r) => ResponseKind::Fetch(data::fetch(cx, r).await),
         RequestKind::ListOffsets(r) => ResponseKind::ListOffsets(data::list_offsets(cx, r).await),
         RequestKind::FindCoordinator(r) => {
             ResponseKind::FindCoordinator(groups::find_coordinator(cx, r))
@@ -412,7 +465,8 @@ async fn handle(
                 .with_error_code(ResponseError::UnsupportedSaslMechanism.code()),
         ),
         other => {
-            // Only requests listed in SUPPORTED are decoded, and each has an arm above.
+            // Only requests listed in SUPPORTED are decoded, and each has an arm above (Fetch
+            // is served by the connection, which keeps its budget charge).
             tracing::error!(request = ?std::mem::discriminant(&other), "kafka request decoded but not served");
             return None;
         }
@@ -464,10 +518,6 @@ fn error_code(e: &ServiceError) -> i16 {
         }
     };
     error.code()
-}
-
-async fn stopped(shutdown: &mut watch::Receiver<bool>) {
-    let _ = shutdown.wait_for(|stop| *stop).await;
 }
 
 #[cfg(test)]

@@ -61,6 +61,16 @@ pub struct AppendInfo {
     pub max_timestamp: i64,
 }
 
+/// Whether a read returns a first batch larger than its byte limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FirstBatch {
+    /// Whole, whatever its size, so that a consumer with a small limit still makes progress
+    /// (Kafka's KIP-74).
+    Whole,
+    /// Not at all: the read returns nothing rather than go over its limit.
+    WithinLimit,
+}
+
 /// Whole stored batches returned by a read, with the log's bounds at the time of the read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReadResult {
@@ -796,6 +806,17 @@ impl LogReader {
     /// Whole stored batches starting with the one holding `offset`, at most `max_bytes` in all
     /// except that the first batch is returned whole whatever its size.
     pub fn read(&self, offset: u64, max_bytes: usize) -> Result<ReadResult> {
+        self.read_limited(offset, max_bytes, FirstBatch::Whole)
+    }
+
+    /// As [`LogReader::read`], with `first_batch` saying whether a first batch larger than
+    /// `max_bytes` is returned whole or not at all (nothing beyond the limit is read).
+    pub fn read_limited(
+        &self,
+        offset: u64,
+        max_bytes: usize,
+        first_batch: FirstBatch,
+    ) -> Result<ReadResult> {
         // Watermark first, then the list: see `Shared::sync` for why this order is safe.
         let high_watermark = self.high_watermark();
         let log_start_offset = self.log_start_offset();
@@ -822,7 +843,7 @@ impl LogReader {
             return Err(out_of_range());
         };
         for segment in &segments[first..] {
-            if let Some(batches) = segment.read(offset, max_bytes)? {
+            if let Some(batches) = segment.read(offset, max_bytes, first_batch)? {
                 result.batches = batches;
                 return Ok(result);
             }

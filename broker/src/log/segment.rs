@@ -14,6 +14,7 @@ use strand_client::batch::{BatchHeader, BATCH_HEADER_BYTES};
 use super::config::LogConfig;
 use super::error::{IoContext, LogError, Result};
 use super::index::{OffsetIndex, TimeIndex};
+use super::FirstBatch;
 
 /// Extension of segment data files.
 pub(crate) const LOG_SUFFIX: &str = "log";
@@ -308,12 +309,21 @@ impl Segment {
 
     /// Whole batches starting at the one that holds `offset`, up to `max_bytes` in all but at
     /// least one batch, so that a consumer with a small limit still makes progress.
-    pub(crate) fn read(&self, offset: u64, max_bytes: usize) -> Result<Option<Bytes>> {
+    /// With [`FirstBatch::WithinLimit`], a first batch over `max_bytes` gives an empty read.
+    pub(crate) fn read(
+        &self,
+        offset: u64,
+        max_bytes: usize,
+        first: FirstBatch,
+    ) -> Result<Option<Bytes>> {
         let visible = self.size();
         let Some(position) = self.locate(offset, visible)? else {
             return Ok(None);
         };
         let (_, first_len, _) = self.walk_header(position)?;
+        if first == FirstBatch::WithinLimit && first_len > max_bytes {
+            return Ok(Some(Bytes::new()));
+        }
         let want = (max_bytes.max(first_len) as u64).min(visible - position) as usize;
         let mut buf = vec![0u8; want];
         self.file

@@ -15,6 +15,7 @@ pub(crate) struct BrokerProcess {
     pub child: Child,
     pub addr: String,
     pub kafka_addr: String,
+    pub http_addr: String,
 }
 
 impl Drop for BrokerProcess {
@@ -68,6 +69,7 @@ pub(crate) fn start_broker_under(
     BrokerProcess {
         addr: field("native"),
         kafka_addr: field("kafka"),
+        http_addr: field("http"),
         child,
     }
 }

@@ -1,606 +1,672 @@
-//! The real `strand-broker` binary under clients that mean harm and data it did not expect: the
-//! offsets topic is the broker's own, whatever is in its log the broker starts, limits refuse
-//! what would exhaust it, and no client can fence another's producer id.
+//! Hostile clients against the real `strand-broker` binary: thousands of idle connections, a
+//! Fetch naming one partition 10,000 times, a slowloris, and clients that never read their
+//! answers. The broker must keep serving well-behaved clients, close what it should, and keep
+//! its peak memory (VmHWM from /proc) under a stated bound.
 
-use bytes::Bytes;
-use kafka_protocol::indexmap::IndexMap;
-use kafka_protocol::messages::create_topics_request::CreatableTopic;
-use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
-use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::{
-    ApiKey, CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest, DeleteTopicsResponse,
-    InitProducerIdRequest, InitProducerIdResponse, MetadataRequest, MetadataResponse,
-    ProduceRequest, ProduceResponse, TopicName,
+    ApiKey, FetchRequest, FetchResponse, MetadataRequest, MetadataResponse, RequestHeader,
+    ResponseHeader, TopicName,
 };
-use kafka_protocol::protocol::StrBytes;
-use kafka_protocol::records::{Compression, Record, TimestampType};
-use strand_broker::log::{Log, LogConfig};
-use strand_client::native::messages::OffsetEntry;
-use strand_client::native::{ErrorCode, OffsetQuery, Request, ResponseBody};
+use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use strand_client::native::Request;
 use strand_client::{Acks, Client, TopicSettings};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
 
-use super::broker_process::{client, start_broker, start_broker_with, stop, BrokerProcess};
-use super::kafka_clients::{idempotent_batch, kafka_call};
-use super::support::{batch, encode_batch, values};
+use super::broker_process::{client, start_broker_with, BrokerProcess};
+use super::support::{batch, values};
 
-const OFFSETS: &str = "__consumer_offsets";
+/// Kafka's INVALID_REQUEST error code.
+const INVALID_REQUEST: i16 = 42;
 
-// Kafka error codes the tests expect.
-const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
-const INVALID_TOPIC_EXCEPTION: i16 = 17;
-const TOPIC_AUTHORIZATION_FAILED: i16 = 29;
-const INVALID_PARTITIONS: i16 = 37;
-const POLICY_VIOLATION: i16 = 44;
-const INVALID_PRODUCER_EPOCH: i16 = 47;
-
-fn name(s: &str) -> TopicName {
-    TopicName(StrBytes::from_string(s.to_string()))
+/// Lets this process (and the broker it starts, which inherits the limit) open thousands of
+/// sockets: raises the soft limit on open files to the hard limit.
+fn raise_open_files_limit(needed: u64) {
+    let limit = strand_broker::run::raise_open_files_limit();
+    assert!(
+        limit.is_none_or(|n| n >= needed),
+        "this test needs {needed} open files, the limit is {limit:?}"
+    );
 }
 
-async fn create(
-    c: &Client,
-    topic: &str,
-    partitions: u32,
-) -> Result<(), strand_client::ClientError> {
+/// A field of /proc/<pid>/status in KiB (VmHWM: peak resident memory; VmRSS: now).
+fn proc_status_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
+
+/// A connection from a chosen loopback address (all of 127/8 reaches the loopback listener),
+/// so that hostile connections and well-behaved clients count against different IP caps.
+async fn connect_from(source: [u8; 4], addr: &str) -> std::io::Result<TcpStream> {
+    let socket = TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::new(IpAddr::V4(Ipv4Addr::from(source)), 0))?;
+    socket.connect(addr.parse().unwrap()).await
+}
+
+/// A value from the broker's `/metrics`, over a plain HTTP/1.1 request.
+async fn metric(broker: &BrokerProcess, name: &str) -> f64 {
+    metric_if_any(broker, name)
+        .await
+        .unwrap_or_else(|| panic!("no {name} in /metrics"))
+}
+
+/// A value from `/metrics`, `None` before it was first recorded (labelled series).
+async fn metric_if_any(broker: &BrokerProcess, name: &str) -> Option<f64> {
+    let mut s = TcpStream::connect(&broker.http_addr).await.unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: strand\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).await.unwrap();
+    text.lines()
+        .find(|l| l.starts_with(&format!("{name} ")))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Open connections as the broker counts them, not counting the scrape asking.
+async fn open_connections(broker: &BrokerProcess) -> u64 {
+    metric(broker, "strand_connections").await as u64 - 1
+}
+
+/// Waits (polling, at most `limit`) until `check` holds for `observe()`.
+macro_rules! eventually {
+    ($limit:expr, $observe:expr, $check:expr, $what:expr) => {{
+        let deadline = tokio::time::Instant::now() + $limit;
+        loop {
+            let seen = $observe;
+            if $check(&seen) {
+                break seen;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{} (last seen: {:?})",
+                $what,
+                seen
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }};
+}
+
+/// One Kafka request frame, length prefix included.
+fn kafka_frame<Req: Encodable>(
+    api_key: ApiKey,
+    version: i16,
+    correlation_id: i32,
+    request: &Req,
+) -> Bytes {
+    let mut buf = BytesMut::new();
+    buf.extend_from_slice(&[0; 4]);
+    RequestHeader::default()
+        .with_request_api_key(api_key as i16)
+        .with_request_api_version(version)
+        .with_correlation_id(correlation_id)
+        .with_client_id(Some(StrBytes::from_static_str("hostile-test")))
+        .encode(&mut buf, api_key.request_header_version(version))
+        .unwrap();
+    request.encode(&mut buf, version).unwrap();
+    let len = (buf.len() - 4) as i32;
+    buf[..4].copy_from_slice(&len.to_be_bytes());
+    buf.freeze()
+}
+
+/// Reads one Kafka response frame and decodes it; returns it with its size in bytes.
+async fn read_kafka_response<Resp: Decodable>(
+    socket: &mut TcpStream,
+    api_key: ApiKey,
+    version: i16,
+) -> (Resp, usize) {
+    let len = socket.read_i32().await.unwrap();
+    let mut body = vec![0u8; len as usize];
+    socket.read_exact(&mut body).await.unwrap();
+    let mut body = Bytes::from(body);
+    ResponseHeader::decode(&mut body, api_key.response_header_version(version)).unwrap();
+    let response = Resp::decode(&mut body, version).unwrap();
+    assert!(!body.has_remaining(), "response fully decoded");
+    (response, len as usize + 4)
+}
+
+/// A well-behaved Kafka client's first request, answered within a second.
+async fn kafka_metadata_within_a_second(addr: &str) -> MetadataResponse {
+    let request = MetadataRequest::default().with_topics(None);
+    tokio::time::timeout(Duration::from_secs(1), async {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(&kafka_frame(ApiKey::Metadata, 9, 1, &request))
+            .await
+            .unwrap();
+        read_kafka_response::<MetadataResponse>(&mut s, ApiKey::Metadata, 9)
+            .await
+            .0
+    })
+    .await
+    .expect("a Kafka client was not answered within a second")
+}
+
+/// A native client connects and is answered within a second.
+async fn native_describe_within_a_second(addr: &str) {
+    tokio::time::timeout(Duration::from_secs(1), async {
+        client(addr)
+            .await
+            .admin()
+            .describe_topic("t")
+            .await
+            .unwrap()
+    })
+    .await
+    .expect("a native client was not answered within a second");
+}
+
+/// Opens `n` connections from `source`; each is watched, and `closed` counts those the broker
+/// has closed (EOF or reset).
+async fn open_watched(n: usize, source: [u8; 4], addr: &str, closed: &Arc<AtomicUsize>) {
+    for _ in 0..n {
+        let mut socket = connect_from(source, addr).await.unwrap();
+        let closed = closed.clone();
+        tokio::spawn(async move {
+            let mut byte = [0u8; 1];
+            // Never sends anything, so the broker never answers: any return is the close.
+            let _ = socket.read(&mut byte).await;
+            closed.fetch_add(1, Ordering::SeqCst);
+        });
+    }
+}
+
+/// Creates topic `t` with one partition holding `n_batches` batches of about 1 MB; returns
+/// the bytes stored and the client that wrote them.
+async fn fill_topic(broker: &BrokerProcess, n_batches: usize) -> (u64, Client) {
+    let c = client(&broker.addr).await;
     c.admin()
         .create_topic(
-            topic,
+            "t",
             TopicSettings {
-                partitions,
+                partitions: 1,
                 ..TopicSettings::default()
             },
         )
         .await
-}
-
-async fn commit(c: &Client, group: &str, offset: u64) {
-    let request = Request::OffsetCommit {
-        group: group.into(),
-        member_id: String::new(),
-        generation: 0,
-        offsets: vec![OffsetEntry {
-            topic: "t".into(),
-            partition: 0,
-            offset,
-            metadata: format!("{group}-meta"),
-        }],
-    };
-    c.request(request).await.unwrap();
-}
-
-/// The group's committed offset and metadata on `t`/0, if any.
-async fn committed(c: &Client, group: &str) -> Option<(u64, String)> {
-    let request = Request::OffsetFetch {
-        group: group.into(),
-        partitions: vec![("t".into(), 0)],
-    };
-    match c.request(request).await.unwrap() {
-        ResponseBody::Committed(mut entries) => entries
-            .remove(0)
-            .map(|entry| (entry.offset, entry.metadata)),
-        other => panic!("{other:?}"),
-    }
-}
-
-async fn latest(c: &Client, topic: &str) -> u64 {
-    c.admin()
-        .list_offset(topic, 0, OffsetQuery::Latest)
-        .await
-        .unwrap()
-        .unwrap()
-}
-
-/// 200 compressible records, as `kcat -P -z gzip` sends them: nothing like a commit.
-fn kcat_like_batch(compression: Compression) -> Bytes {
-    let records: Vec<Record> = (0..200)
-        .map(|i| Record {
-            transactional: false,
-            control: false,
-            partition_leader_epoch: -1,
-            producer_id: -1,
-            producer_epoch: -1,
-            timestamp_type: TimestampType::Creation,
-            offset: i,
-            sequence: i as i32 - 1,
-            timestamp: 1_700_000_000_000,
-            key: None,
-            value: Some(Bytes::from(format!(
-                "line {i} aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
-            ))),
-            headers: IndexMap::new(),
-            delete_horizon: false,
-        })
-        .collect();
-    encode_batch(&records, compression)
-}
-
-/// One Produce v7 (acks=all) of `records` to `topic`/0 over the Kafka listener: the error code.
-async fn kafka_produce(broker: &BrokerProcess, topic: &str, records: Bytes) -> i16 {
-    let request = ProduceRequest::default()
-        .with_acks(-1)
-        .with_timeout_ms(10_000)
-        .with_topic_data(vec![TopicProduceData::default()
-            .with_name(name(topic))
-            .with_partition_data(vec![PartitionProduceData::default()
-                .with_index(0)
-                .with_records(Some(records))])]);
-    let mut socket = TcpStream::connect(&broker.kafka_addr).await.unwrap();
-    let response: ProduceResponse = kafka_call(&mut socket, ApiKey::Produce, 7, &request).await;
-    response.responses[0].partition_responses[0].error_code
-}
-
-/// `kcat -P -t __consumer_offsets -z gzip` and its native equivalents are refused, and so are
-/// deleting and creating the topic; reading it stays allowed; nothing changes, and the broker
-/// restarts with its commits. A `__saga_*` topic stays an ordinary, writable topic.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn clients_can_read_the_offsets_topic_but_not_write_or_delete_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = start_broker(dir.path());
-    let c = client(&broker.addr).await;
-    create(&c, "t", 1).await.unwrap();
-    commit(&c, "g", 42).await;
-    let end = latest(&c, OFFSETS).await;
-    assert_eq!(end, 1, "the commit is the offsets topic's one record");
-
-    // Kafka: produce (gzip, as kcat) and delete are refused with Kafka's codes for internal
-    // topics.
-    for compression in [Compression::Gzip, Compression::None] {
-        let code = kafka_produce(&broker, OFFSETS, kcat_like_batch(compression)).await;
-        assert_eq!(code, INVALID_TOPIC_EXCEPTION, "{compression:?}");
-    }
-    let mut socket = TcpStream::connect(&broker.kafka_addr).await.unwrap();
-    let deleted: DeleteTopicsResponse = kafka_call(
-        &mut socket,
-        ApiKey::DeleteTopics,
-        4,
-        &DeleteTopicsRequest::default()
-            .with_topic_names(vec![name(OFFSETS)])
-            .with_timeout_ms(10_000),
-    )
-    .await;
-    assert_eq!(deleted.responses[0].error_code, TOPIC_AUTHORIZATION_FAILED);
-    let created: CreateTopicsResponse = kafka_call(
-        &mut socket,
-        ApiKey::CreateTopics,
-        4,
-        &CreateTopicsRequest::default()
-            .with_topics(vec![CreatableTopic::default()
-                .with_name(name(OFFSETS))
-                .with_num_partitions(1)
-                .with_replication_factor(1)])
-            .with_timeout_ms(10_000),
-    )
-    .await;
-    assert_eq!(created.topics[0].error_code, INVALID_TOPIC_EXCEPTION);
-
-    // Native: produce, delete and create are refused with InternalTopic.
-    let produce = Request::Produce {
-        topic: OFFSETS.into(),
-        partition: 0,
-        acks: Acks::Durable,
-        records: Bytes::from(batch(&values("x", 3, 10), 1)),
-    };
-    let refusals = [
-        c.request(produce).await.map(drop),
-        c.admin().delete_topic(OFFSETS).await,
-        create(&c, OFFSETS, 1).await,
-    ];
-    for refusal in refusals {
-        let e = refusal.unwrap_err();
-        assert_eq!(e.code(), Some(ErrorCode::InternalTopic), "{e}");
-        assert!(e.to_string().contains(OFFSETS), "{e}");
-    }
-
-    // Nothing changed, and reading is allowed on both protocols.
-    assert_eq!(latest(&c, OFFSETS).await, end);
-    let fetch = Request::Fetch {
-        topic: OFFSETS.into(),
-        partition: 0,
-        offset: 0,
-        max_bytes: 1 << 20,
-        max_wait_ms: 0,
-    };
-    match c.request(fetch).await.unwrap() {
-        ResponseBody::Fetched { records, .. } => assert!(!records.is_empty()),
-        other => panic!("{other:?}"),
-    }
-    let metadata: MetadataResponse = kafka_call(
-        &mut socket,
-        ApiKey::Metadata,
-        9,
-        &MetadataRequest::default()
-            .with_topics(Some(vec![
-                MetadataRequestTopic::default().with_name(Some(name(OFFSETS)))
-            ]))
-            .with_allow_auto_topic_creation(false),
-    )
-    .await;
-    assert_eq!(metadata.topics[0].error_code, 0);
-    assert!(metadata.topics[0].is_internal);
-
-    // The saga orchestrator's journals are ordinary topics it writes as a client.
-    create(&c, "__saga_journal", 1).await.unwrap();
-    assert_eq!(
-        kafka_produce(
-            &broker,
-            "__saga_journal",
-            kcat_like_batch(Compression::Gzip)
-        )
-        .await,
-        0
-    );
-
-    assert!(stop(broker).success());
-    let broker = start_broker(dir.path());
-    let c = client(&broker.addr).await;
-    assert_eq!(committed(&c, "g").await, Some((42, "g-meta".into())));
-    assert_eq!(latest(&c, "__saga_journal").await, 200);
-    assert!(stop(broker).success());
-}
-
-/// What the listener now refuses may already be in an offsets log (written by an older
-/// broker, or restored from a backup): a compressed batch of commits is read, and batches and
-/// records that are no commits are skipped. The broker starts and every commit is there.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_broker_starts_whatever_valid_batches_the_offsets_log_holds() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = start_broker(dir.path());
-    let c = client(&broker.addr).await;
-    create(&c, "t", 1).await.unwrap();
-    commit(&c, "before", 42).await;
-    assert!(stop(broker).success());
-
-    // Written straight into the log, as the Kafka listener used to accept them.
-    let log_dir = dir.path().join("topics").join(OFFSETS).join("0");
-    let config = LogConfig {
-        retention_ms: None,
-        ..LogConfig::default()
-    };
-    let (mut log, _) = Log::open(&log_dir, config).unwrap();
-    // What kcat wrote: 200 gzip records with no key.
-    log.append(&mut kcat_like_batch(Compression::Gzip).to_vec())
         .unwrap();
-    // Well-formed, CRC-valid records that are no commits: a key without the separators, a
-    // value too short for an offset.
-    let garbage = super::support::encode_records(
-        &[
-            (
-                Some(Bytes::from_static(b"garbage")),
-                Some(Bytes::from_static(b"x")),
-                1,
-            ),
-            (
-                Some(Bytes::from_static(b"g\0t\0\0\0\0\0")),
-                Some(Bytes::from_static(b"short")),
-                2,
-            ),
-        ],
-        Compression::None,
-    );
-    log.append(&mut garbage.clone()).unwrap();
-    // A compressed batch whose compressed bytes are garbage, with a CRC made to match.
-    let mut broken = kcat_like_batch(Compression::Gzip).to_vec();
-    let middle = 61 + (broken.len() - 61) / 2;
-    for b in &mut broken[middle..middle + 16] {
-        *b ^= 0x5a;
-    }
-    let crc = crc32c::crc32c(&broken[21..]);
-    broken[17..21].copy_from_slice(&crc.to_be_bytes());
-    log.append(&mut broken).unwrap();
-    // Real commits in batches compressed by each codec, after all of that.
-    let codecs = [
-        ("gzip", Compression::Gzip),
-        ("snappy", Compression::Snappy),
-        ("lz4", Compression::Lz4),
-        ("zstd", Compression::Zstd),
-    ];
-    for (i, (group, compression)) in codecs.iter().enumerate() {
-        let mut key = format!("{group}\0t\0").into_bytes();
-        key.extend_from_slice(&0u32.to_be_bytes());
-        let mut value = (100 + i as u64).to_be_bytes().to_vec();
-        value.extend_from_slice(format!("{group}-meta").as_bytes());
-        let records = [(Some(Bytes::from(key)), Some(Bytes::from(value)), 3)];
-        log.append(&mut super::support::encode_records(&records, *compression))
+    let connection = c.connection().await.unwrap();
+    let big = batch(&values("x", 100, 10_000), 0);
+    for _ in 0..n_batches {
+        connection
+            .request(Request::Produce {
+                topic: "t".into(),
+                partition: 0,
+                acks: Acks::Leader,
+                records: big.clone().into(),
+            })
+            .await
             .unwrap();
     }
-    log.close().unwrap();
-
-    let broker = start_broker(dir.path());
-    let c = client(&broker.addr).await;
-    assert_eq!(
-        committed(&c, "before").await,
-        Some((42, "before-meta".into()))
-    );
-    for (i, (group, _)) in codecs.iter().enumerate() {
-        assert_eq!(
-            committed(&c, group).await,
-            Some((100 + i as u64, format!("{group}-meta"))),
-            "{group}"
-        );
-    }
-    // New commits still work and survive the next restart.
-    commit(&c, "after", 7).await;
-    assert!(stop(broker).success());
-    let broker = start_broker(dir.path());
-    let c = client(&broker.addr).await;
-    assert_eq!(committed(&c, "after").await, Some((7, "after-meta".into())));
-    assert_eq!(
-        committed(&c, "before").await,
-        Some((42, "before-meta".into()))
-    );
-    assert!(stop(broker).success());
+    ((big.len() * n_batches) as u64, c)
 }
 
-fn creatable(topic: &str, partitions: i32) -> CreatableTopic {
-    CreatableTopic::default()
-        .with_name(name(topic))
-        .with_num_partitions(partitions)
-        .with_replication_factor(1)
+fn fetch_request(
+    partition_entries: usize,
+    partition_max_bytes: i32,
+    max_bytes: i32,
+) -> FetchRequest {
+    FetchRequest::default()
+        .with_max_wait_ms(0)
+        .with_min_bytes(1)
+        .with_max_bytes(max_bytes)
+        .with_topics(vec![FetchTopic::default()
+            .with_topic(TopicName(StrBytes::from_static_str("t")))
+            .with_partitions(
+                (0..partition_entries)
+                    .map(|_| {
+                        FetchPartition::default()
+                            .with_partition(0)
+                            .with_fetch_offset(0)
+                            .with_partition_max_bytes(partition_max_bytes)
+                    })
+                    .collect(),
+            )])
 }
 
-async fn metadata_for(socket: &mut TcpStream, names: &[String]) -> MetadataResponse {
-    let topics = names
+/// 2,000 connections that send nothing, on the native and on the Kafka listener, from one
+/// address: the per-address cap closes half of them at once, the rest are closed after the
+/// idle timeout, well-behaved clients are served within a second all along, and the broker's
+/// memory stays small. Filling the total cap refuses newcomers but keeps serving clients
+/// already connected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_neither_lock_out_clients_nor_hold_memory() {
+    raise_open_files_limit(10_000);
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start_broker_with(
+        dir.path(),
+        &[
+            "--connections-max",
+            "1500",
+            "--connections-per-ip-max",
+            "1000",
+            "--idle-timeout-ms",
+            "20000",
+        ],
+    );
+    let pid = broker.child.id();
+    // A native client connected before the flood, and kept.
+    let existing = fill_topic(&broker, 1).await.1;
+    let hwm_before_kib = proc_status_kib(pid, "VmHWM");
+
+    let native_closed = Arc::new(AtomicUsize::new(0));
+    let kafka_closed = Arc::new(AtomicUsize::new(0));
+    open_watched(2000, [127, 0, 0, 2], &broker.addr, &native_closed).await;
+    open_watched(2000, [127, 0, 0, 2], &broker.kafka_addr, &kafka_closed).await;
+    // Over the per-address cap (1,000), connections are closed at once.
+    eventually!(
+        Duration::from_secs(30),
+        (
+            native_closed.load(Ordering::SeqCst),
+            kafka_closed.load(Ordering::SeqCst)
+        ),
+        |seen: &(usize, usize)| *seen == (1000, 1000),
+        "the connections over the per-address cap were not closed"
+    );
+    // The existing client's connection, and 1,000 per listener.
+    eventually!(
+        Duration::from_secs(30),
+        open_connections(&broker).await,
+        |n: &u64| *n == 2001,
+        "not 2,001 connections held"
+    );
+    assert_eq!(
+        metric(&broker, "strand_connections_refused_total").await,
+        2000.0
+    );
+
+    // New clients from another address are served promptly on both listeners.
+    native_describe_within_a_second(&broker.addr).await;
+    let metadata = kafka_metadata_within_a_second(&broker.kafka_addr).await;
+    assert!(metadata
+        .topics
         .iter()
-        .map(|n| MetadataRequestTopic::default().with_name(Some(name(n))))
-        .collect();
-    kafka_call(
-        socket,
+        .any(|t| t.name.as_ref().unwrap().0.as_str() == "t"));
+    // Those clients are gone again.
+    eventually!(
+        Duration::from_secs(30),
+        open_connections(&broker).await,
+        |n: &u64| *n == 2001,
+        "the new clients' connections were not closed"
+    );
+
+    // Fill the native listener's total cap (1,500) from a third address: newcomers are then
+    // closed at once, while the client connected before keeps being served.
+    let third_closed = Arc::new(AtomicUsize::new(0));
+    open_watched(600, [127, 0, 0, 3], &broker.addr, &third_closed).await;
+    eventually!(
+        Duration::from_secs(30),
+        third_closed.load(Ordering::SeqCst),
+        |n: &usize| *n == 101,
+        "the connections over the total cap were not closed"
+    );
+    let mut refused = connect_from([127, 0, 0, 4], &broker.addr).await.unwrap();
+    let mut byte = [0u8; 1];
+    let read = tokio::time::timeout(Duration::from_secs(5), refused.read(&mut byte))
+        .await
+        .expect("a connection over the total cap was left open");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    existing.admin().describe_topic("t").await.unwrap();
+
+    let rss_held_kib = proc_status_kib(pid, "VmRSS");
+    let hwm_held_kib = proc_status_kib(pid, "VmHWM");
+    eprintln!(
+        "idle flood: {} connections held, VmHWM {} KiB before, {} KiB with them, VmRSS {} KiB",
+        open_connections(&broker).await,
+        hwm_before_kib,
+        hwm_held_kib,
+        rss_held_kib
+    );
+    // About 2,500 held connections: tasks and small buffers only, no per-connection read
+    // buffer while idle.
+    assert!(
+        hwm_held_kib < 100 * 1024,
+        "peak memory {hwm_held_kib} KiB with idle connections"
+    );
+
+    // After the idle timeout every idle connection is closed, and clients are served again.
+    eventually!(
+        Duration::from_secs(60),
+        (
+            native_closed.load(Ordering::SeqCst),
+            kafka_closed.load(Ordering::SeqCst),
+            third_closed.load(Ordering::SeqCst)
+        ),
+        |seen: &(usize, usize, usize)| *seen == (2000, 2000, 600),
+        "idle connections were not closed after the idle timeout"
+    );
+    eventually!(
+        Duration::from_secs(30),
+        open_connections(&broker).await,
+        |n: &u64| *n == 1,
+        "the broker still counts the idle connections"
+    );
+    native_describe_within_a_second(&broker.addr).await;
+    kafka_metadata_within_a_second(&broker.kafka_addr).await;
+}
+
+/// One Fetch naming the same 1 MB partition 10,000 times with every byte limit at i32::MAX,
+/// sent on four connections at once: each answer carries the partition's data once, the
+/// repeats get INVALID_REQUEST, and the broker's peak memory stays small.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fetch_naming_a_partition_10000_times_is_read_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start_broker_with(dir.path(), &[]);
+    let pid = broker.child.id();
+    let (stored, _client) = fill_topic(&broker, 1).await;
+    let frame = kafka_frame(
+        ApiKey::Fetch,
+        11,
+        7,
+        &fetch_request(10_000, i32::MAX, i32::MAX),
+    );
+    let hwm_before_kib = proc_status_kib(pid, "VmHWM");
+    let mut answers = Vec::new();
+    for _ in 0..4 {
+        let frame = frame.clone();
+        let addr = broker.kafka_addr.clone();
+        answers.push(tokio::spawn(async move {
+            let mut s = TcpStream::connect(&addr).await.unwrap();
+            s.write_all(&frame).await.unwrap();
+            read_kafka_response::<FetchResponse>(&mut s, ApiKey::Fetch, 11).await
+        }));
+    }
+    for answer in answers {
+        let (response, n_bytes) = tokio::time::timeout(Duration::from_secs(60), answer)
+            .await
+            .expect("no answer")
+            .unwrap();
+        let partitions = &response.responses[0].partitions;
+        assert_eq!(partitions.len(), 10_000);
+        let first = &partitions[0];
+        assert_eq!(first.error_code, 0);
+        assert_eq!(first.records.as_ref().unwrap().len() as u64, stored);
+        assert!(partitions[1..]
+            .iter()
+            .all(|p| p.error_code == INVALID_REQUEST
+                && p.records.as_ref().is_none_or(|r| r.is_empty())));
+        // The data once, plus a few dozen bytes per entry.
+        assert!(
+            (n_bytes as u64) < stored + 10_000 * 64,
+            "answer of {n_bytes} bytes"
+        );
+        eprintln!("hostile fetch: answer of {n_bytes} bytes for {stored} bytes stored");
+    }
+    let hwm_kib = proc_status_kib(pid, "VmHWM");
+    eprintln!("hostile fetch: VmHWM {hwm_before_kib} KiB before, {hwm_kib} KiB after");
+    assert!(hwm_kib < 200 * 1024, "peak memory {hwm_kib} KiB");
+    // KIP-74: a first batch larger than max_bytes (1 MB stored, 100 kB asked) still comes
+    // whole, so the consumer makes progress.
+    let records_per_partition = |response: &FetchResponse| -> Vec<usize> {
+        response.responses[0]
+            .partitions
+            .iter()
+            .map(|p| p.records.as_ref().map_or(0, |r| r.len()))
+            .collect()
+    };
+    let mut s = TcpStream::connect(&broker.kafka_addr).await.unwrap();
+    s.write_all(&kafka_frame(
+        ApiKey::Fetch,
+        11,
+        8,
+        &fetch_request(1, i32::MAX, 100_000),
+    ))
+    .await
+    .unwrap();
+    let (response, _) = read_kafka_response::<FetchResponse>(&mut s, ApiKey::Fetch, 11).await;
+    assert_eq!(records_per_partition(&response), [stored as usize]);
+    // Across partitions, max_bytes holds after the first data: three partitions of one 1 MB
+    // batch each, 2.5 MB asked, two batches answered (the third would go over).
+    let c = client(&broker.addr).await;
+    c.admin()
+        .create_topic(
+            "three",
+            TopicSettings {
+                partitions: 3,
+                ..TopicSettings::default()
+            },
+        )
+        .await
+        .unwrap();
+    let connection = c.connection().await.unwrap();
+    for partition in 0..3 {
+        connection
+            .request(Request::Produce {
+                topic: "three".into(),
+                partition,
+                acks: Acks::Leader,
+                records: batch(&values("y", 100, 10_000), 0).into(),
+            })
+            .await
+            .unwrap();
+    }
+    let request = FetchRequest::default()
+        .with_max_bytes(2_500_000)
+        .with_topics(vec![FetchTopic::default()
+            .with_topic(TopicName(StrBytes::from_static_str("three")))
+            .with_partitions(
+                (0..3)
+                    .map(|p| {
+                        FetchPartition::default()
+                            .with_partition(p)
+                            .with_partition_max_bytes(i32::MAX)
+                    })
+                    .collect(),
+            )]);
+    s.write_all(&kafka_frame(ApiKey::Fetch, 11, 9, &request))
+        .await
+        .unwrap();
+    let (response, _) = read_kafka_response::<FetchResponse>(&mut s, ApiKey::Fetch, 11).await;
+    let sizes = records_per_partition(&response);
+    assert!(sizes[0] > 1_000_000 && sizes[1] == sizes[0], "{sizes:?}");
+    assert_eq!(sizes[2], 0, "{sizes:?}");
+    // The partition left out is still answered with where it stands (100 records).
+    assert_eq!(response.responses[0].partitions[2].high_watermark, 100);
+}
+
+/// A frame header and then nothing (slowloris) is closed after the request timeout, on the
+/// native and Kafka listeners (the idle timeout is far away), and so is an HTTP request whose
+/// headers never end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_that_never_finishes_is_closed_after_the_request_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start_broker_with(
+        dir.path(),
+        &["--request-timeout-ms", "500", "--idle-timeout-ms", "600000"],
+    );
+    // Connected first and idle throughout.
+    let mut idle = TcpStream::connect(&broker.kafka_addr).await.unwrap();
+    let native_or_kafka: &[u8] = &[0, 0, 0, 100, 0, 3, 0, 0, 0, 1]; // promises 100 bytes, sends 6
+    let http: &[u8] = b"GET /health HTTP/1.1\r\nHost: str"; // headers never end
+    for (addr, start) in [
+        (&broker.addr, native_or_kafka),
+        (&broker.kafka_addr, native_or_kafka),
+        (&broker.http_addr, http),
+    ] {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(start).await.unwrap();
+        let mut byte = [0u8; 1];
+        // Far above the request timeout, and below hyper's own 30 s header timeout.
+        let read = tokio::time::timeout(Duration::from_secs(20), s.read(&mut byte))
+            .await
+            .unwrap_or_else(|_| panic!("a half-sent frame kept its connection open on {addr}"));
+        assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    }
+    // The idle connection, by contrast, stays (its timeout is ten minutes away), although it
+    // has been open longer than the request timeout.
+    idle.write_all(&kafka_frame(
         ApiKey::Metadata,
         9,
-        &MetadataRequest::default()
-            .with_topics(Some(topics))
-            .with_allow_auto_topic_creation(true),
+        1,
+        &MetadataRequest::default().with_topics(None),
+    ))
+    .await
+    .unwrap();
+    read_kafka_response::<MetadataResponse>(&mut idle, ApiKey::Metadata, 9).await;
+}
+
+/// Kafka and native clients that send fetches for 8 MB answers and never read them: each is
+/// closed after the write timeout, and meanwhile the answers held are bounded by the in-flight
+/// budget (16 MiB here, shared by both listeners), not by the number of such clients or of
+/// their requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_never_read_are_closed_and_bounded_by_the_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start_broker_with(
+        dir.path(),
+        &[
+            "--write-timeout-ms",
+            "1000",
+            "--in-flight-bytes-max",
+            "16777216",
+            "--fetch-bytes-max",
+            "8388608",
+        ],
+    );
+    let pid = broker.child.id();
+    let (stored, _client) = fill_topic(&broker, 8).await;
+    assert!(stored > 7_000_000);
+    let baseline = open_connections(&broker).await;
+    let hwm_before_kib = proc_status_kib(pid, "VmHWM");
+    let frame = kafka_frame(ApiKey::Fetch, 11, 1, &fetch_request(1, i32::MAX, 8 << 20));
+    let mut native_frames = BytesMut::new();
+    for id in 0..16 {
+        Request::Fetch {
+            topic: "t".into(),
+            partition: 0,
+            offset: 0,
+            max_bytes: 8 << 20,
+            max_wait_ms: 0,
+        }
+        .encode(id, &mut native_frames);
+    }
+    let mut stalled = Vec::new();
+    for _ in 0..20 {
+        let mut s = TcpStream::connect(&broker.kafka_addr).await.unwrap();
+        // Several requests in a row, none of whose answers is ever read.
+        for _ in 0..4 {
+            s.write_all(&frame).await.unwrap();
+        }
+        stalled.push(s);
+        // Native clients pipeline: 16 fetches each.
+        let mut s = TcpStream::connect(&broker.addr).await.unwrap();
+        s.write_all(&native_frames).await.unwrap();
+        stalled.push(s);
+    }
+    eventually!(
+        Duration::from_secs(30),
+        open_connections(&broker).await,
+        |n: &u64| *n >= baseline + 40,
+        "the stalled clients did not connect"
+    );
+    // Every stalled client is closed once an answer has waited past the write timeout (the
+    // budget lets two 8 MB answers be in flight at a time, so they go a few at a time).
+    eventually!(
+        Duration::from_secs(120),
+        open_connections(&broker).await,
+        |n: &u64| *n == baseline,
+        "clients that never read were not closed"
+    );
+    let hwm_kib = proc_status_kib(pid, "VmHWM");
+    eprintln!(
+        "non-readers: VmHWM {hwm_before_kib} KiB before, {hwm_kib} KiB after 20 Kafka and 20 \
+         native clients asked for 8 MB answers (400 in all) and read none"
+    );
+    // Every charge came back: nothing leaked from the budget with the closed connections.
+    assert_eq!(metric(&broker, "strand_in_flight_bytes").await, 0.0);
+    // Unbounded, 40 connections' answers of 8 MB (and their encoding) would be well over
+    // 600 MB. Bounded, the peak varies from run to run (about 70 to 120 MB seen, for a
+    // 16 MiB budget): freed 8 MB buffers may stay with the allocator's per-thread arenas.
+    assert!(hwm_kib < 160 * 1024, "peak memory {hwm_kib} KiB");
+    drop(stalled);
+    // Well-behaved clients are served afterwards.
+    kafka_metadata_within_a_second(&broker.kafka_addr).await;
+    native_describe_within_a_second(&broker.addr).await;
+}
+
+/// One native client pipelining fetches of 8 MB answers and reading none holds only its
+/// connection's share of the budget (an eighth, at least one frame), not all of it: a Kafka
+/// client fetching at the same time is served although the stalled answers stay (the write
+/// timeout is ten minutes away).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_client_that_never_reads_cannot_take_the_whole_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start_broker_with(
+        dir.path(),
+        &[
+            "--write-timeout-ms",
+            "600000",
+            "--in-flight-bytes-max",
+            "33554432",
+            "--fetch-bytes-max",
+            "8388608",
+        ],
+    );
+    let (stored, _client) = fill_topic(&broker, 8).await;
+    let mut native_frames = BytesMut::new();
+    for id in 0..16 {
+        Request::Fetch {
+            topic: "t".into(),
+            partition: 0,
+            offset: 0,
+            max_bytes: 8 << 20,
+            max_wait_ms: 0,
+        }
+        .encode(id, &mut native_frames);
+    }
+    let mut stalled = TcpStream::connect(&broker.addr).await.unwrap();
+    stalled.write_all(&native_frames).await.unwrap();
+    let fetches = "strand_request_duration_seconds_count{request=\"fetch\"}";
+    eventually!(
+        Duration::from_secs(30),
+        metric_if_any(&broker, fetches).await,
+        |n: &Option<f64>| n.is_some_and(|n| n >= 1.0),
+        "the stalled client's first fetch was not handled"
+    );
+    let mut s = TcpStream::connect(&broker.kafka_addr).await.unwrap();
+    s.write_all(&kafka_frame(
+        ApiKey::Fetch,
+        11,
+        1,
+        &fetch_request(1, i32::MAX, 8 << 20),
+    ))
+    .await
+    .unwrap();
+    let (response, _) = tokio::time::timeout(
+        Duration::from_secs(30),
+        read_kafka_response::<FetchResponse>(&mut s, ApiKey::Fetch, 11),
     )
     .await
-}
-
-fn codes(metadata: &MetadataResponse) -> std::collections::BTreeMap<i16, usize> {
-    let mut counts = std::collections::BTreeMap::new();
-    for t in &metadata.topics {
-        *counts.entry(t.error_code).or_default() += 1;
-    }
-    counts
-}
-
-/// A client asking for 10,000 topics, by Metadata auto-create and by CreateTopics, gets what
-/// the limits allow and clear errors for the rest; the broker keeps serving the topics it has
-/// and restarts cleanly.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ten_thousand_topics_are_refused_past_the_limits_and_the_broker_keeps_serving() {
-    let dir = tempfile::tempdir().unwrap();
-    let flags = [
-        "--topics-max",
-        "10",
-        "--partitions-max",
-        "40",
-        "--metadata-auto-create-topics-max",
-        "5",
-    ];
-    let broker = start_broker_with(dir.path(), &flags);
-    let c = client(&broker.addr).await;
-    create(&c, "keep", 2).await.unwrap();
-    let produced = c
-        .request(Request::Produce {
-            topic: "keep".into(),
-            partition: 0,
-            acks: Acks::Durable,
-            records: Bytes::from(batch(&values("keep", 10, 20), 1)),
-        })
-        .await
+    .expect("a Kafka fetch waited behind a client that never reads");
+    let records = response.responses[0].partitions[0]
+        .records
+        .as_ref()
         .unwrap();
-    assert!(matches!(
-        produced,
-        ResponseBody::Produced { last_offset: 9, .. }
-    ));
-
-    // Metadata naming 10,000 new topics auto-creates 5 (the per-request bound); the others are
-    // unknown for now, which Kafka clients retry.
-    let mut socket = TcpStream::connect(&broker.kafka_addr).await.unwrap();
-    let wanted: Vec<String> = (0..10_000).map(|i| format!("auto-{i}")).collect();
-    let metadata = metadata_for(&mut socket, &wanted).await;
-    assert_eq!(metadata.topics.len(), 10_000);
-    assert_eq!(
-        codes(&metadata),
-        [(0, 5), (UNKNOWN_TOPIC_OR_PARTITION, 9_995)].into()
+    assert_eq!(records.len() as u64, stored);
+    // The stalled connection got one 8 MB answer in its share (8 MiB here); the rest of its
+    // fetches wait, and the budget holds no more than that share.
+    eventually!(
+        Duration::from_secs(30),
+        metric(&broker, "strand_in_flight_bytes").await,
+        |n: &f64| *n > 0.0 && *n <= (8 << 20) as f64,
+        "the budget does not hold just the stalled connection's share"
     );
-
-    // CreateTopics with 10,000 topics: 4 fit under topics_max = 10, the others are refused
-    // with POLICY_VIOLATION and a message naming the limit.
-    let request = CreateTopicsRequest::default()
-        .with_topics(
-            (0..10_000)
-                .map(|i| creatable(&format!("made-{i}"), 1))
-                .collect(),
-        )
-        .with_timeout_ms(30_000);
-    let created: CreateTopicsResponse =
-        kafka_call(&mut socket, ApiKey::CreateTopics, 4, &request).await;
-    assert_eq!(created.topics.len(), 10_000);
-    let ok = created.topics.iter().filter(|t| t.error_code == 0).count();
-    assert_eq!(ok, 4);
-    let refused = &created.topics[9_999];
-    assert_eq!(refused.error_code, POLICY_VIOLATION);
-    let message = refused.error_message.as_ref().unwrap().to_string();
-    assert!(message.contains("topics_max is 10"), "{message}");
-
-    // Now Metadata auto-create is refused by the same limit, with the same code.
-    let wanted: Vec<String> = (0..10_000).map(|i| format!("late-{i}")).collect();
-    let metadata = metadata_for(&mut socket, &wanted).await;
-    assert_eq!(codes(&metadata), [(POLICY_VIOLATION, 10_000)].into());
-    // A topic of more partitions than one topic may have: INVALID_PARTITIONS.
-    let request = CreateTopicsRequest::default()
-        .with_topics(vec![creatable("wide", 5_000)])
-        .with_timeout_ms(30_000);
-    let created: CreateTopicsResponse =
-        kafka_call(&mut socket, ApiKey::CreateTopics, 4, &request).await;
-    assert_eq!(created.topics[0].error_code, INVALID_PARTITIONS);
-    // The native protocol says LimitReached and names the limit.
-    let e = create(&c, "native", 1).await.unwrap_err();
-    assert_eq!(e.code(), Some(ErrorCode::LimitReached), "{e}");
-    assert!(e.to_string().contains("topics_max"), "{e}");
-
-    // The topics there are still serve reads and writes.
-    let produced = c
-        .request(Request::Produce {
-            topic: "keep".into(),
-            partition: 1,
-            acks: Acks::Durable,
-            records: Bytes::from(batch(&values("keep", 5, 20), 2)),
-        })
-        .await
-        .unwrap();
-    assert!(matches!(
-        produced,
-        ResponseBody::Produced { last_offset: 4, .. }
-    ));
-    assert_eq!(latest(&c, "keep").await, 10);
-    assert_eq!(
-        kafka_produce(&broker, "auto-0", kcat_like_batch(Compression::Gzip)).await,
-        0
+    let handled = metric(&broker, fetches).await;
+    assert!(
+        handled <= 2.0,
+        "{handled} fetches handled for a client that never reads"
     );
-
-    let status = stop(broker);
-    assert!(status.success(), "{status:?}");
-    let broker = start_broker_with(dir.path(), &flags);
-    let c = client(&broker.addr).await;
-    let mut names: Vec<String> = c
-        .admin()
-        .list_topics()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|t| t.name)
-        .filter(|n| n != OFFSETS)
-        .collect();
-    names.sort();
-    assert_eq!(names.len(), 10, "{names:?}");
-    assert!(names.contains(&"keep".to_string()));
-    assert_eq!(latest(&c, "keep").await, 10);
-    assert_eq!(latest(&c, "auto-0").await, 200);
-    assert!(stop(broker).success());
-}
-
-async fn init_producer_id(socket: &mut TcpStream, id: i64, epoch: i16) -> (i64, i16) {
-    let response: InitProducerIdResponse = kafka_call(
-        socket,
-        ApiKey::InitProducerId,
-        4,
-        &InitProducerIdRequest::default()
-            .with_transactional_id(None)
-            .with_transaction_timeout_ms(60_000)
-            .with_producer_id(id.into())
-            .with_producer_epoch(epoch),
-    )
-    .await;
-    assert_eq!(response.error_code, 0);
-    (response.producer_id.0, response.producer_epoch)
-}
-
-/// Another client naming a producer's id and epoch in InitProducerId gets a new id of its
-/// own, as on Kafka, so it cannot bump that producer's epoch and fence it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn init_producer_id_never_hands_out_another_producers_id() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = start_broker(dir.path());
-    let c = client(&broker.addr).await;
-    create(&c, "t", 1).await.unwrap();
-    let mut socket = TcpStream::connect(&broker.kafka_addr).await.unwrap();
-    let (victim, epoch) = init_producer_id(&mut socket, -1, -1).await;
-    assert_eq!(
-        kafka_produce(&broker, "t", idempotent_batch(victim, epoch, 0, 5)).await,
-        0
-    );
-
-    let (attacker, attacker_epoch) = init_producer_id(&mut socket, victim, epoch).await;
-    assert_ne!(
-        attacker, victim,
-        "the request's producer id is not handed out again"
-    );
-    assert_eq!(attacker_epoch, 0);
-    // The attacker writes with whatever it got; the victim's next batch is still accepted.
-    kafka_produce(
-        &broker,
-        "t",
-        idempotent_batch(attacker, attacker_epoch, 0, 1),
-    )
-    .await;
-    let code = kafka_produce(&broker, "t", idempotent_batch(victim, epoch, 5, 5)).await;
-    assert_ne!(code, INVALID_PRODUCER_EPOCH);
-    assert_eq!(code, 0);
-    assert!(stop(broker).success());
-}
-
-fn join_request(group: &str) -> Request {
-    Request::JoinGroup {
-        group: group.into(),
-        member_id: String::new(),
-        client_id: "hostile".into(),
-        topics: vec!["t".into()],
-        session_timeout_ms: 10_000,
-        rebalance_timeout_ms: 10_000,
-        assignor: "range".into(),
-    }
-}
-
-/// Members, groups and commit metadata are bounded over the wire: past a limit the native
-/// client gets LimitReached (or TooLarge) and nothing changes; the groups there are keep their
-/// members and commits.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn groups_members_and_commit_metadata_are_refused_past_their_limits() {
-    let dir = tempfile::tempdir().unwrap();
-    let flags = [
-        "--groups-max",
-        "2",
-        "--members-per-group-max",
-        "1",
-        "--commit-metadata-bytes-max",
-        "16",
-    ];
-    let broker = start_broker_with(dir.path(), &flags);
-    let c = client(&broker.addr).await;
-    create(&c, "t", 1).await.unwrap();
-    let joined = c.request(join_request("g")).await.unwrap();
-    assert!(matches!(joined, ResponseBody::Joined { .. }), "{joined:?}");
-    // A second member of the same group: refused.
-    let e = c.request(join_request("g")).await.unwrap_err();
-    assert_eq!(e.code(), Some(ErrorCode::LimitReached), "{e}");
-    // A second group by commit fits; a third, by join or by commit, does not.
-    commit(&c, "other", 1).await;
-    let e = c.request(join_request("third")).await.unwrap_err();
-    assert_eq!(e.code(), Some(ErrorCode::LimitReached), "{e}");
-    let third = Request::OffsetCommit {
-        group: "third".into(),
-        member_id: String::new(),
-        generation: 0,
-        offsets: vec![OffsetEntry {
-            topic: "t".into(),
-            partition: 0,
-            offset: 5,
-            metadata: String::new(),
-        }],
-    };
-    let e = c.request(third).await.unwrap_err();
-    assert_eq!(e.code(), Some(ErrorCode::LimitReached), "{e}");
-    // Commit metadata over 16 bytes is refused and the earlier commit stays.
-    let long = Request::OffsetCommit {
-        group: "other".into(),
-        member_id: String::new(),
-        generation: 0,
-        offsets: vec![OffsetEntry {
-            topic: "t".into(),
-            partition: 0,
-            offset: 9,
-            metadata: "x".repeat(17),
-        }],
-    };
-    let e = c.request(long).await.unwrap_err();
-    assert_eq!(e.code(), Some(ErrorCode::TooLarge), "{e}");
-    assert_eq!(committed(&c, "other").await, Some((1, "other-meta".into())));
-    let groups = match c.request(Request::ListGroups).await.unwrap() {
-        ResponseBody::Groups(groups) => groups,
-        other => panic!("{other:?}"),
-    };
-    assert_eq!(groups, vec!["g".to_string(), "other".to_string()]);
-    assert!(stop(broker).success());
+    drop(stalled);
 }
