@@ -52,6 +52,10 @@ pub struct BrokerConfig {
     pub poisoned_recovery_interval_ms: u64,
     /// How long a shutdown waits for in-flight requests before closing logs. Default 10 s.
     pub shutdown_timeout_ms: u64,
+    /// Sealed segments whose files (three descriptors and two mappings each) may be open at
+    /// once, across every partition; more are closed, oldest first, and reopened when read.
+    /// Active segments are not counted. Default 1000.
+    pub open_sealed_segments_max: usize,
     /// Defaults for every partition log; topics may override some of them.
     pub log: LogConfig,
 }
@@ -74,6 +78,7 @@ impl Default for BrokerConfig {
             cleaner_interval_ms: 15_000,
             poisoned_recovery_interval_ms: 10_000,
             shutdown_timeout_ms: 10_000,
+            open_sealed_segments_max: crate::log::OPEN_SEALED_SEGMENTS_MAX_DEFAULT,
             log: LogConfig::default(),
         }
     }
@@ -114,6 +119,10 @@ pub struct BrokerArgs {
     /// Open client connections at most [default: 1024]
     #[arg(long, env = "STRAND_CONNECTIONS_MAX")]
     pub connections_max: Option<usize>,
+    /// Sealed segments open at once across all partitions; more are reopened on demand
+    /// [default: 1000]
+    #[arg(long, env = "STRAND_OPEN_SEALED_SEGMENTS_MAX", value_name = "N")]
+    pub open_sealed_segments_max: Option<usize>,
     /// Background fsync: never, always, or a number of milliseconds [default: 1000]
     #[arg(long, env = "STRAND_FSYNC", value_name = "POLICY", value_parser = parse_fsync)]
     pub fsync: Option<FsyncPolicy>,
@@ -200,6 +209,10 @@ impl BrokerConfig {
         set!(config.default_partitions, args.default_partitions);
         set!(config.http_listen, args.http_listen);
         set!(config.connections_max, args.connections_max);
+        set!(
+            config.open_sealed_segments_max,
+            args.open_sealed_segments_max
+        );
         set!(config.log.fsync, args.fsync);
         set!(config.log.segment_bytes_max, args.segment_bytes_max);
         set!(config.log.retention_ms, args.retention_ms.map(limit));
@@ -228,6 +241,7 @@ impl BrokerConfig {
             ),
             ("frame_bytes_max", self.frame_bytes_max),
             ("default_partitions", self.default_partitions as usize),
+            ("open_sealed_segments_max", self.open_sealed_segments_max),
         ];
         for (name, value) in positive {
             if value == 0 {

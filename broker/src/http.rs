@@ -52,6 +52,10 @@ async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
         .metrics
         .poisoned_partitions
         .set(state.topics.poisoned().len() as i64);
+    state
+        .metrics
+        .open_sealed_segments
+        .set(crate::log::open_sealed_segments() as i64);
     (
         [(
             header::CONTENT_TYPE,

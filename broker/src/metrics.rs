@@ -38,6 +38,8 @@ pub struct Metrics {
     pub fsync_seconds: Histogram,
     /// Partitions refusing writes after a failed fsync or write (set when scraped).
     pub poisoned_partitions: Gauge,
+    /// Sealed segments whose files are open, across all partitions (set when scraped).
+    pub open_sealed_segments: Gauge,
 }
 
 impl Default for Metrics {
@@ -52,6 +54,7 @@ impl Default for Metrics {
             request_seconds: Family::new_with_constructor(latency_histogram),
             fsync_seconds: latency_histogram(),
             poisoned_partitions: Gauge::default(),
+            open_sealed_segments: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -63,6 +66,11 @@ impl Default for Metrics {
             "poisoned_partitions",
             "Partitions refusing writes after a failed fsync, until recovered in place",
             metrics.poisoned_partitions.clone(),
+        );
+        registry.register(
+            "open_sealed_segments",
+            "Sealed segments whose files are open (bounded by open_sealed_segments_max)",
+            metrics.open_sealed_segments.clone(),
         );
         registry.register(
             "bytes_in",
