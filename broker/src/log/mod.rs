@@ -1451,4 +1451,88 @@ mod tests {
             assert_eq!(&read.batches[..], &written[offset as usize][..]);
         }
     }
+
+    /// Readers race the writer's rolls, retention and compaction under a tiny cache: every read
+    /// returns the stored bytes of a batch at or after the offset, or `OffsetOutOfRange` below
+    /// the log start, never another file's bytes or a retired segment's error.
+    #[test]
+    fn readers_racing_rolls_retention_and_compaction_under_a_small_cache_read_the_right_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = LogConfig {
+            fsync: FsyncPolicy::IntervalMs(1),
+            segment_bytes_max: 1024,
+            index_interval_bytes: 128,
+            // Keeps about the newest 8 segments of the 35 that each round writes.
+            retention_bytes: Some(8 * 1024),
+            retention_ms: None,
+            ..LogConfig::default()
+        };
+        let cache = Arc::new(SegmentCache::new(CACHE_MAX));
+        let (mut log, _) = Log::open_with_cache(dir.path(), config, cache.clone()).unwrap();
+        let n_batches: usize = 4000;
+        let written: Arc<Vec<Vec<u8>>> = Arc::new(
+            (0..n_batches)
+                .map(|i| {
+                    let mut b = keyed_batch((i % 5) as u8, (i % 251) as u8);
+                    batch::set_base_offset(&mut b, i as i64);
+                    b
+                })
+                .collect(),
+        );
+        let done = Arc::new(AtomicBool::new(false));
+        let readers: Vec<_> = (0..2u64)
+            .map(|r| {
+                let reader = log.reader();
+                let written = written.clone();
+                let done = done.clone();
+                std::thread::spawn(move || {
+                    let mut seed = 0x2545_f491_4f6c_dd1d_u64 + r;
+                    let mut n_reads = 0u64;
+                    while !done.load(Ordering::Acquire) {
+                        let hw = reader.high_watermark();
+                        if hw == 0 {
+                            continue;
+                        }
+                        seed ^= seed << 13;
+                        seed ^= seed >> 7;
+                        seed ^= seed << 17;
+                        let offset = seed % hw;
+                        match reader.read(offset, 1) {
+                            Ok(read) => {
+                                let (header, _) = batch::Batches::new(&read.batches)
+                                    .next()
+                                    .unwrap_or_else(|| panic!("nothing read at {offset} < {hw}"));
+                                let base = header.base_offset as u64;
+                                assert!(base >= offset, "read {base} for {offset}");
+                                assert_eq!(&read.batches[..], &written[base as usize][..]);
+                                n_reads += 1;
+                            }
+                            Err(LogError::OffsetOutOfRange {
+                                log_start_offset, ..
+                            }) => assert!(offset < log_start_offset),
+                            Err(e) => panic!("read at {offset}: {e}"),
+                        }
+                    }
+                    n_reads
+                })
+            })
+            .collect();
+        let cleaner = log.cleaner();
+        for i in 0..n_batches {
+            let mut batch = written[i].clone();
+            log.append(&mut batch).unwrap();
+            if i % 500 == 499 {
+                log.flush().unwrap();
+                log.enforce_retention_now().unwrap();
+                cleaner.clean(now_ms(), 0).unwrap();
+            }
+        }
+        done.store(true, Ordering::Release);
+        for reader in readers {
+            let n_reads = reader.join().unwrap();
+            assert!(n_reads > 0);
+        }
+        assert!(log.log_start_offset() > 0, "retention ran");
+        assert!(cache.n_open() <= CACHE_MAX, "{} open", cache.n_open());
+    }
 }
