@@ -94,8 +94,9 @@ pub struct Retired {
 }
 
 impl Retired {
-    /// Deletes the retired segments' files (readers still holding one keep reading it through
-    /// its open descriptor) and fsyncs the folder.
+    /// Deletes the retired segments' files and fsyncs the folder. A reader still holding one
+    /// keeps reading it through its descriptor if it is open; if the cache closed it, the
+    /// reader reads again and finds its offset below the new log start.
     pub fn delete(self) -> Result<RetentionReport> {
         let mut report = RetentionReport {
             log_start_offset: self.log_start_offset,
