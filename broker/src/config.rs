@@ -88,6 +88,10 @@ pub struct BrokerConfig {
     /// Longest metadata string one committed offset may carry, as Kafka's
     /// `offset.metadata.max.bytes`. Default 4096.
     pub commit_metadata_bytes_max: usize,
+    /// Sealed segments whose files (three descriptors and two mappings each) may be open at
+    /// once, across every partition; more are closed, oldest first, and reopened when read.
+    /// Active segments are not counted. Default 1000.
+    pub open_sealed_segments_max: usize,
     /// Defaults for every partition log; topics may override some of them.
     pub log: LogConfig,
 }
@@ -123,6 +127,7 @@ impl Default for BrokerConfig {
             groups_max: 10_000,
             members_per_group_max: 1000,
             commit_metadata_bytes_max: 4096,
+            open_sealed_segments_max: crate::log::OPEN_SEALED_SEGMENTS_MAX_DEFAULT,
             log: LogConfig::default(),
         }
     }
@@ -181,6 +186,10 @@ pub struct BrokerArgs {
     /// Record bytes one fetch answer carries at most [default: 52428800]
     #[arg(long, env = "STRAND_FETCH_BYTES_MAX")]
     pub fetch_bytes_max: Option<usize>,
+    /// Sealed segments open at once across all partitions; more are reopened on demand
+    /// [default: 1000]
+    #[arg(long, env = "STRAND_OPEN_SEALED_SEGMENTS_MAX", value_name = "N")]
+    pub open_sealed_segments_max: Option<usize>,
     /// Background fsync: never, always, or a number of milliseconds [default: 1000]
     #[arg(long, env = "STRAND_FSYNC", value_name = "POLICY", value_parser = parse_fsync)]
     pub fsync: Option<FsyncPolicy>,
@@ -294,6 +303,10 @@ impl BrokerConfig {
         set!(config.write_timeout_ms, args.write_timeout_ms);
         set!(config.in_flight_bytes_max, args.in_flight_bytes_max);
         set!(config.fetch_bytes_max, args.fetch_bytes_max);
+        set!(
+            config.open_sealed_segments_max,
+            args.open_sealed_segments_max
+        );
         set!(config.log.fsync, args.fsync);
         set!(config.log.segment_bytes_max, args.segment_bytes_max);
         set!(config.log.retention_ms, args.retention_ms.map(limit));
@@ -352,6 +365,7 @@ impl BrokerConfig {
             ("partitions_max", self.partitions_max as usize),
             ("groups_max", self.groups_max),
             ("members_per_group_max", self.members_per_group_max),
+            ("open_sealed_segments_max", self.open_sealed_segments_max),
         ];
         for (name, value) in positive {
             if value == 0 {

@@ -85,6 +85,10 @@ async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
         .metrics
         .in_flight_bytes
         .set((budget.bytes_max() - budget.available()) as i64);
+    state
+        .metrics
+        .open_sealed_segments
+        .set(crate::log::open_sealed_segments() as i64);
     (
         [(
             header::CONTENT_TYPE,

@@ -40,6 +40,8 @@ pub struct Metrics {
     pub fsync_seconds: Histogram,
     /// Partitions refusing writes after a failed fsync or write (set when scraped).
     pub poisoned_partitions: Gauge,
+    /// Sealed segments whose files are open, across all partitions (set when scraped).
+    pub open_sealed_segments: Gauge,
 }
 
 impl Default for Metrics {
@@ -56,6 +58,7 @@ impl Default for Metrics {
             request_seconds: Family::new_with_constructor(latency_histogram),
             fsync_seconds: latency_histogram(),
             poisoned_partitions: Gauge::default(),
+            open_sealed_segments: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -77,6 +80,11 @@ impl Default for Metrics {
             "in_flight_bytes",
             "Bytes of requests and answers in flight, charged to the in-flight budget",
             metrics.in_flight_bytes.clone(),
+        );
+        registry.register(
+            "open_sealed_segments",
+            "Sealed segments whose files are open (bounded by open_sealed_segments_max)",
+            metrics.open_sealed_segments.clone(),
         );
         registry.register(
             "bytes_in",

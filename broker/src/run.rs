@@ -87,6 +87,8 @@ impl RunningBroker {
             open_files_max = open_files_max.map_or("unlimited".into(), |n| n.to_string()),
             "open files limit"
         );
+        // Before any log is opened, so that opening them stays under the bound.
+        crate::log::set_open_sealed_segments_max(config.open_sealed_segments_max);
         let data_dir = config.data_dir.clone();
         let log_defaults = config.log.clone();
         let limits = TopicLimits {

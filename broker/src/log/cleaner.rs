@@ -192,6 +192,9 @@ impl LogCleaner {
         report.bytes_after += bytes_after;
         report.records_removed += removed;
         report.tombstones_removed += tombstones;
+        // From here on the old segment's path stops naming its files: it keeps them open for
+        // readers that still hold it, and is never reopened (that would open the copy).
+        segment.retire_open()?;
         // Old indexes go first: if a crash follows the rename, the new file must not be paired
         // with the old file's positions. A missing index is rebuilt on open.
         for suffix in [INDEX_SUFFIX, TIME_INDEX_SUFFIX] {
@@ -240,8 +243,11 @@ impl LogCleaner {
         let mut list = self.shared.segments.write().expect("segment list lock");
         let mut next = Vec::clone(&list);
         if let Some(slot) = next.iter_mut().find(|s| Arc::ptr_eq(s, old)) {
-            *slot = Arc::new(new);
+            let new = Arc::new(new);
+            *slot = new.clone();
             *list = Arc::new(next);
+            drop(list);
+            self.shared.cache.admit(&new);
         }
         Ok(())
     }

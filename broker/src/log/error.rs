@@ -24,6 +24,10 @@ pub enum LogError {
     /// The log was closed.
     #[error("log at {path} is closed")]
     Closed { path: PathBuf },
+    /// The segment was taken out of the log (by retention, compaction or recovery) while its
+    /// files were closed; what the log holds now is in its current segment list.
+    #[error("segment {path} was taken out of the log")]
+    SegmentRetired { path: PathBuf },
     #[error("invalid log configuration: {0}")]
     Config(String),
     #[error("{op} {path}: {source}")]

@@ -4,11 +4,13 @@
 //! - [`LogReader`] is a cheap clonable handle for any number of concurrent readers; it also
 //!   waits for new data (long-poll) and for durability (group commit).
 //! - `segment`: one `.log` file with its indexes; `index`: the memory-mapped indexes;
-//!   `recovery`: validating and cutting after a crash; `config`: limits and [`FsyncPolicy`].
+//!   `recovery`: validating and cutting after a crash; `config`: limits and [`FsyncPolicy`];
+//!   `cache`: the process-wide bound on open sealed segments.
 //!
 //! Offsets are assigned here: a producer's batch comes in with any base offset and is stored
 //! with the next offset of the log written over it.
 
+mod cache;
 mod cleaner;
 mod config;
 mod error;
@@ -26,12 +28,16 @@ use bytes::Bytes;
 use strand_client::batch::{self, OffsetDeltas, Records};
 use tokio::sync::watch;
 
+pub use cache::{
+    open_sealed_segments, set_open_sealed_segments_max, OPEN_SEALED_SEGMENTS_MAX_DEFAULT,
+};
 pub use cleaner::{CleanReport, LogCleaner};
 pub use config::{FsyncPolicy, LogConfig};
 pub use error::{LogError, Result};
 pub(crate) use recovery::{sync_dir, write_atomically as write_file_atomically};
 pub use recovery::{RecoveryReport, Truncation};
 
+use cache::SegmentCache;
 use error::IoContext;
 use recovery::CLEAN_SHUTDOWN_FILE;
 use segment::{IndexMode, Indexer, Segment, LOG_SUFFIX};
@@ -98,8 +104,9 @@ pub struct Retired {
 }
 
 impl Retired {
-    /// Deletes the retired segments' files (readers still holding one keep reading it through
-    /// its open descriptor) and fsyncs the folder.
+    /// Deletes the retired segments' files and fsyncs the folder. A reader still holding one
+    /// keeps reading it through its descriptor if it is open; if the cache closed it, the
+    /// reader reads again and finds its offset below the new log start.
     pub fn delete(self) -> Result<RetentionReport> {
         let mut report = RetentionReport {
             log_start_offset: self.log_start_offset,
@@ -164,6 +171,8 @@ pub(crate) struct Shared {
     unsealed: Mutex<Vec<Arc<Segment>>>,
     /// Told the duration of every fsync pass that synced something (for metrics).
     fsync_observer: ObserverSlot,
+    /// Bounds the open sealed segments of this log and others.
+    cache: Arc<SegmentCache>,
     /// Makes the next fsync fail, to test what a real failure does.
     #[cfg(test)]
     fail_next_sync: std::sync::atomic::AtomicBool,
@@ -270,10 +279,14 @@ impl Shared {
     fn seal_retired(&self) {
         let retired = std::mem::take(&mut *self.unsealed.lock().expect("unsealed lock"));
         for segment in retired {
-            if let Err(e) = segment.seal() {
+            match segment.seal() {
+                Ok(()) => self.cache.admit(&segment),
                 // The segment's data is whole (fsynced by the flusher); only its index files may
-                // be untrimmed or unsynced, which recovery checks and rebuilds.
-                tracing::warn!(dir = %self.dir.display(), error = %e, "sealing a segment's indexes failed; recovery will check them");
+                // be untrimmed or unsynced, which recovery checks and rebuilds. It stays open
+                // rather than be reopened from them.
+                Err(e) => {
+                    tracing::warn!(dir = %self.dir.display(), error = %e, "sealing a segment's indexes failed; recovery will check them");
+                }
             }
         }
     }
@@ -337,6 +350,15 @@ pub struct LogReader {
 impl Log {
     /// Opens the log in `dir` (creating it if needed), recovering from an unclean shutdown.
     pub fn open(dir: impl AsRef<Path>, config: LogConfig) -> Result<(Log, RecoveryReport)> {
+        Self::open_with_cache(dir, config, cache::global().clone())
+    }
+
+    /// [`Log::open`] with its sealed segments under `cache` rather than the process's.
+    pub(crate) fn open_with_cache(
+        dir: impl AsRef<Path>,
+        config: LogConfig,
+        cache: Arc<SegmentCache>,
+    ) -> Result<(Log, RecoveryReport)> {
         config.validate().map_err(LogError::Config)?;
         let dir = dir.as_ref().to_path_buf();
         std::fs::create_dir_all(&dir).ctx("create log folder", &dir)?;
@@ -346,7 +368,7 @@ impl Log {
             clean_shutdown: clean,
             ..RecoveryReport::default()
         };
-        let segments = open_segments(&dir, &config, clean, &mut report)?;
+        let segments = open_segments(&dir, &config, clean, &mut report, &cache)?;
         // From here on the log may change, so the next start must not trust the old marker.
         if clean {
             std::fs::remove_file(&marker).ctx("remove clean-shutdown marker", &marker)?;
@@ -377,6 +399,7 @@ impl Log {
             dir_sync_due: AtomicBool::new(false),
             unsealed: Mutex::new(Vec::new()),
             fsync_observer: ObserverSlot::default(),
+            cache,
             #[cfg(test)]
             fail_next_sync: Default::default(),
         });
@@ -554,9 +577,10 @@ impl Log {
         }
         let config = &self.shared.config;
         let relative_end = self.high_watermark() - active.base_offset + last_offset_delta;
+        let io = active.open_io();
         active.size() + batch_bytes > config.segment_bytes_max
-            || active.index.is_full()
-            || active.time_index.is_full()
+            || io.index.is_full()
+            || io.time_index.is_full()
             || relative_end > u64::from(u32::MAX)
             || self
                 .active_since
@@ -632,11 +656,15 @@ impl Log {
         // forget the rest (the one reopened below must not have its index trimmed later).
         let retired = std::mem::take(&mut *shared.unsealed.lock().expect("unsealed lock"));
         for segment in retired.iter().filter(|s| s.base_offset < last.base_offset) {
-            if let Err(e) = segment.seal() {
-                tracing::warn!(dir = %dir.display(), error = %e, "sealing a segment's indexes failed; recovery will check them");
+            match segment.seal() {
+                Ok(()) => shared.cache.admit(segment),
+                Err(e) => {
+                    tracing::warn!(dir = %dir.display(), error = %e, "sealing a segment's indexes failed; recovery will check them");
+                }
             }
         }
-        // The segment holding the cut becomes the active one again, its indexes rebuilt.
+        // The segment holding the cut becomes the active one again, its indexes rebuilt, as a
+        // new segment over the same file.
         let active = Segment::open(dir, last.base_offset, config, IndexMode::Rebuild, true)?;
         active.truncate_to(position, cut)?;
         let scan = recovery::scan(&active, last.base_offset, config.index_interval_bytes)?;
@@ -646,6 +674,8 @@ impl Log {
             later.delete_files(dir)?;
         }
         recovery::sync_dir(dir)?;
+        // The old segment object must never reopen the file the new one now writes.
+        last.retire();
         let active = Arc::new(active);
         let mut next: Vec<Arc<Segment>> = segments[..keep].to_vec();
         next.push(active.clone());
@@ -730,6 +760,9 @@ impl Log {
         shared.log_start_offset.store(new_start, Ordering::Release);
         *shared.segments.write().expect("segment list lock") =
             Arc::new(segments[n_delete..].to_vec());
+        for segment in &segments[..n_delete] {
+            segment.retire();
+        }
         retired.segments = segments[..n_delete].to_vec();
         retired.log_start_offset = new_start;
         retired
@@ -774,6 +807,11 @@ impl Log {
 impl Drop for Log {
     fn drop(&mut self) {
         self.stop_flusher();
+        // The folder may be renamed away (a deleted topic) and another log made at its path:
+        // readers left holding this log must not reopen that one's files.
+        for segment in self.shared.segments().iter() {
+            segment.retire();
+        }
         self.shared.durable.send_modify(|d| {
             d.poisoned.get_or_insert_with(|| "log closed".into());
         });
@@ -817,6 +855,15 @@ impl LogReader {
         max_bytes: usize,
         first_batch: FirstBatch,
     ) -> Result<ReadResult> {
+        retrying_retired(|| self.read_once(offset, max_bytes, first_batch))
+    }
+
+    fn read_once(
+        &self,
+        offset: u64,
+        max_bytes: usize,
+        first_batch: FirstBatch,
+    ) -> Result<ReadResult> {
         // Watermark first, then the list: see `Shared::sync` for why this order is safe.
         let high_watermark = self.high_watermark();
         let log_start_offset = self.log_start_offset();
@@ -855,6 +902,10 @@ impl LogReader {
     /// record is older. Exact for uncompressed batches; for a compressed batch it is the
     /// batch's base offset (its records are not decompressed for the lookup).
     pub fn offset_for_timestamp(&self, ts: i64) -> Result<Option<u64>> {
+        retrying_retired(|| self.offset_for_timestamp_once(ts))
+    }
+
+    fn offset_for_timestamp_once(&self, ts: i64) -> Result<Option<u64>> {
         let segments = self.shared.segments();
         for segment in segments.iter().filter(|s| s.max_timestamp() >= ts) {
             let Some((position, header)) = segment.find_timestamp(ts)? else {
@@ -908,6 +959,26 @@ impl LogReader {
     }
 }
 
+/// Runs a read again when it met a segment that was taken out of the log while its files were
+/// closed: the next attempt reads the log's new bounds and segment list, so it sees the new
+/// start offset (retention), the rewritten copy (compaction) or the cut (recovery), as a read
+/// that came a moment later would. A segment is retired only after the list that replaces it
+/// is published (or, for compaction, with its files kept open), so a retry meets it again only
+/// if the log itself was dropped; the error then stands.
+fn retrying_retired<T>(mut read: impl FnMut() -> Result<T>) -> Result<T> {
+    const ATTEMPTS: usize = 3;
+    let mut attempt = 1;
+    loop {
+        match read() {
+            Err(LogError::SegmentRetired { path }) if attempt < ATTEMPTS => {
+                tracing::debug!(path = %path.display(), "read met a retired segment; reading again");
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Milliseconds since the Unix epoch on the wall clock.
 pub fn now_ms() -> i64 {
     SystemTime::now()
@@ -923,6 +994,7 @@ fn open_segments(
     config: &LogConfig,
     clean: bool,
     report: &mut RecoveryReport,
+    cache: &Arc<SegmentCache>,
 ) -> Result<Vec<Arc<Segment>>> {
     let mut bases = Vec::new();
     for entry in std::fs::read_dir(dir).ctx("list log folder", dir)? {
@@ -967,7 +1039,12 @@ fn open_segments(
             open_trusted(dir, base, config, is_last, expected, report)?
         };
         expected = segment.next_offset();
-        segments.push(Arc::new(segment));
+        let segment = Arc::new(segment);
+        segments.push(segment.clone());
+        if segment.is_sealed() && !damage {
+            // Bounded from here on, so that opening a long log does not hold all its files.
+            cache.admit(&segment);
+        }
         if damage {
             for &later in &bases[i + 1..] {
                 let doomed = Segment::open(dir, later, config, IndexMode::Trust, false)?;
@@ -984,6 +1061,7 @@ fn open_segments(
         // The last segment was opened as sealed (after a cut); reopen it to take appends.
         let base = active.base_offset;
         let (size, next, max_ts) = (active.size(), active.next_offset(), active.max_timestamp());
+        active.retire();
         segments.pop();
         let reopened = Segment::open(dir, base, config, IndexMode::Trust, true)?;
         reopened.set_scanned(size, next, max_ts);
@@ -1036,10 +1114,12 @@ fn open_trusted(
     report: &mut RecoveryReport,
 ) -> Result<(Segment, bool)> {
     let segment = Segment::open(dir, base, config, IndexMode::Trust, is_last)?;
-    let problem = segment
+    let io = segment.open_io();
+    let problem = io
         .index
         .check(segment.size())
-        .and_then(|()| segment.time_index.check());
+        .and_then(|()| io.time_index.check());
+    drop(io);
     match problem {
         Ok(()) => {
             let (next, max_ts) = tail_of_trusted(&segment)?;
@@ -1065,10 +1145,11 @@ fn open_trusted(
 /// Next offset and max timestamp of a trusted segment, from its last index entries and the
 /// batch headers after them.
 fn tail_of_trusted(segment: &Segment) -> Result<(u64, i64)> {
-    let (_, position) = segment.index.lookup(u64::MAX);
+    let io = segment.open_io();
+    let (_, position) = io.index.lookup(u64::MAX);
     let mut position = u64::from(position);
     let mut next = segment.base_offset;
-    let mut max_ts = segment.time_index.last().map_or(i64::MIN, |(ts, _)| ts);
+    let mut max_ts = io.time_index.last().map_or(i64::MIN, |(ts, _)| ts);
     let size = segment.size();
     while position + batch::BATCH_HEADER_BYTES as u64 <= size {
         let bytes = segment.read_exact(position, batch::BATCH_HEADER_BYTES)?;
@@ -1086,7 +1167,7 @@ mod tests {
 
     /// A one-record batch built by hand: the integration tests use an independent encoder.
     fn one_record_batch() -> Vec<u8> {
-        let record: &[u8] = &[
+        batch_of(&[
             0x12, // length 9 (zigzag varint)
             0,    // attributes
             0,    // timestamp delta
@@ -1094,7 +1175,23 @@ mod tests {
             0x01, // key: null
             0x06, b'a', b'b', b'c', // value "abc"
             0,    // no headers
-        ];
+        ])
+    }
+
+    /// A one-record batch with a one-byte key and a one-byte value, for compaction.
+    fn keyed_batch(key: u8, value: u8) -> Vec<u8> {
+        batch_of(&[
+            0x10, // length 8 (zigzag varint)
+            0,    // attributes
+            0,    // timestamp delta
+            0,    // offset delta
+            0x02, key, // key: one byte
+            0x02, value, // value: one byte
+            0,     // no headers
+        ])
+    }
+
+    fn batch_of(record: &[u8]) -> Vec<u8> {
         let mut b = Vec::new();
         b.extend(0i64.to_be_bytes());
         b.extend(((batch::BATCH_HEADER_BYTES - 12 + record.len()) as i32).to_be_bytes());
@@ -1205,5 +1302,264 @@ mod tests {
             durable / 14 + 1,
             "segments past the cut were removed (14 batches a segment)"
         );
+    }
+
+    /// Descriptors this process holds on files in `dir`.
+    fn descriptors_in(dir: &Path) -> usize {
+        let dir = dir.canonicalize().unwrap();
+        std::fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+            .filter(|target| target.starts_with(&dir))
+            .count()
+    }
+
+    /// A deterministic shuffle (xorshift), so a failure can be replayed.
+    fn shuffled(n: u64, mut seed: u64) -> Vec<u64> {
+        let mut v: Vec<u64> = (0..n).collect();
+        for i in (1..v.len()).rev() {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            v.swap(i, (seed % (i as u64 + 1)) as usize);
+        }
+        v
+    }
+
+    const CACHE_MAX: usize = 4;
+    /// Descriptors of one open segment: the `.log` file and two index files.
+    const FILES_PER_SEGMENT: usize = 3;
+
+    /// A log of 50 sealed segments (14 one-record batches each) and an active one, under a
+    /// cache of `CACHE_MAX`.
+    fn small_cached_log(dir: &Path) -> (Log, Arc<SegmentCache>, Vec<Vec<u8>>) {
+        let config = LogConfig {
+            fsync: FsyncPolicy::Never,
+            segment_bytes_max: 1024,
+            index_interval_bytes: 128,
+            // Only used where a test runs retention: keeps about the newest 20 segments.
+            retention_bytes: Some(20 * 1024),
+            retention_ms: None,
+            ..LogConfig::default()
+        };
+        let cache = Arc::new(SegmentCache::new(CACHE_MAX));
+        let (mut log, _) = Log::open_with_cache(dir, config, cache.clone()).unwrap();
+        let mut written = Vec::new();
+        for i in 0..50 * 14 + 3 {
+            let mut batch = keyed_batch((i % 3) as u8, (i % 251) as u8);
+            log.append(&mut batch).unwrap();
+            written.push(batch);
+        }
+        // Segments are sealed, and so admitted to the cache, by the flusher's pass.
+        log.flush().unwrap();
+        assert_eq!(log.shared.segments().len(), 51);
+        (log, cache, written)
+    }
+
+    fn assert_bounded(dir: &Path, cache: &SegmentCache) {
+        assert!(cache.n_open() <= CACHE_MAX, "{} open", cache.n_open());
+        let n_fds = descriptors_in(dir);
+        // The sealed segments the cache allows, plus the active segment.
+        assert!(
+            n_fds <= (CACHE_MAX + 1) * FILES_PER_SEGMENT,
+            "{n_fds} descriptors open in the log folder"
+        );
+    }
+
+    #[test]
+    fn reads_in_random_order_return_the_right_batches_while_few_segments_are_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, cache, written) = small_cached_log(dir.path());
+        assert_bounded(dir.path(), &cache);
+        let reader = log.reader();
+        for round in 0..2 {
+            for offset in shuffled(written.len() as u64, 0x9e37_79b9_7f4a_7c15 + round) {
+                let read = reader.read(offset, 1).unwrap();
+                let stored = &written[offset as usize];
+                assert_eq!(&read.batches[..], &stored[..], "batch at {offset}");
+                assert_bounded(dir.path(), &cache);
+            }
+        }
+        // Timestamp lookups reopen segments the same way.
+        assert_eq!(reader.offset_for_timestamp(7).unwrap(), Some(0));
+        assert_bounded(dir.path(), &cache);
+        let closed = log
+            .shared
+            .segments()
+            .iter()
+            .filter(|s| !s.is_open())
+            .count();
+        assert!(closed >= 50 - CACHE_MAX, "{closed} sealed segments closed");
+        drop(log);
+        drop(reader);
+        assert_eq!(cache.n_open(), 0, "dropped segments are uncounted");
+    }
+
+    #[test]
+    fn a_closed_segment_whose_file_was_replaced_is_not_reopened_onto_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _cache, _) = small_cached_log(dir.path());
+        let segments = log.shared.segments();
+        let closed = segments[..50].iter().find(|s| !s.is_open()).unwrap();
+        // Another file at the same path, with the same bytes: still not this segment's file.
+        let copy = dir.path().join("copy");
+        std::fs::copy(&closed.log_path, &copy).unwrap();
+        std::fs::rename(&copy, &closed.log_path).unwrap();
+        let read = closed.read(closed.base_offset, 1, FirstBatch::Whole);
+        assert!(
+            matches!(read, Err(LogError::SegmentRetired { .. })),
+            "{read:?}"
+        );
+    }
+
+    #[test]
+    fn retention_retires_closed_segments_and_readers_see_the_new_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, cache, written) = small_cached_log(dir.path());
+        let reader = log.reader();
+        let before = log.shared.segments();
+        let closed = before[..10].iter().find(|s| !s.is_open()).unwrap().clone();
+        let report = log.enforce_retention_now().unwrap();
+        assert!(report.segments_deleted > 10, "{report:?}");
+        // A retired segment never opens anything again, even once a file is back at its path.
+        std::fs::write(&closed.log_path, &written[0]).unwrap();
+        let read = closed.read(closed.base_offset, 1, FirstBatch::Whole);
+        assert!(
+            matches!(read, Err(LogError::SegmentRetired { .. })),
+            "{read:?}"
+        );
+        std::fs::remove_file(&closed.log_path).unwrap();
+        let read = reader.read(closed.base_offset, 1);
+        assert!(
+            matches!(read, Err(LogError::OffsetOutOfRange { .. })),
+            "{read:?}"
+        );
+        let start = reader.log_start_offset();
+        for offset in shuffled(written.len() as u64 - start, 7) {
+            let offset = start + offset;
+            let read = reader.read(offset, 1).unwrap();
+            assert_eq!(&read.batches[..], &written[offset as usize][..]);
+            assert_bounded(dir.path(), &cache);
+        }
+    }
+
+    #[test]
+    fn compaction_never_pairs_an_old_segment_with_its_rewritten_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, cache, written) = small_cached_log(dir.path());
+        let reader = log.reader();
+        let before = log.shared.segments();
+        let active_base = before[50].base_offset;
+        let report = log.cleaner().clean(now_ms(), 0).unwrap();
+        assert_eq!(report.segments_rewritten, 50, "{report:?}");
+        // A reader of the old list still reads the old bytes, not the rewritten file's.
+        for old in before[..50].iter() {
+            let read = old.read(old.base_offset, 1, FirstBatch::Whole).unwrap().unwrap();
+            assert_eq!(&read[..], &written[old.base_offset as usize][..]);
+        }
+        drop(before);
+        // Readers of the log see what compaction kept: the latest record of each of the three
+        // keys below the active segment, then everything in it.
+        let mut kept = Vec::new();
+        let mut offset = 0;
+        while offset < reader.high_watermark() {
+            let read = reader.read(offset, 1 << 20).unwrap();
+            for (header, _) in batch::Batches::new(&read.batches) {
+                kept.push(header.base_offset as u64);
+                offset = header.last_offset() as u64 + 1;
+            }
+            assert_bounded(dir.path(), &cache);
+        }
+        let mut expected: Vec<u64> = (active_base - 3..active_base).collect();
+        expected.extend(active_base..written.len() as u64);
+        assert_eq!(kept, expected);
+        for &offset in &kept {
+            let read = reader.read(offset, 1).unwrap();
+            assert_eq!(&read.batches[..], &written[offset as usize][..]);
+        }
+    }
+
+    /// Readers race the writer's rolls, retention and compaction under a tiny cache: every read
+    /// returns the stored bytes of a batch at or after the offset, or `OffsetOutOfRange` below
+    /// the log start, never another file's bytes or a retired segment's error.
+    #[test]
+    fn readers_racing_rolls_retention_and_compaction_under_a_small_cache_read_the_right_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = LogConfig {
+            fsync: FsyncPolicy::IntervalMs(1),
+            segment_bytes_max: 1024,
+            index_interval_bytes: 128,
+            // Keeps about the newest 8 segments of the 35 that each round writes.
+            retention_bytes: Some(8 * 1024),
+            retention_ms: None,
+            ..LogConfig::default()
+        };
+        let cache = Arc::new(SegmentCache::new(CACHE_MAX));
+        let (mut log, _) = Log::open_with_cache(dir.path(), config, cache.clone()).unwrap();
+        let n_batches: usize = 4000;
+        let written: Arc<Vec<Vec<u8>>> = Arc::new(
+            (0..n_batches)
+                .map(|i| {
+                    let mut b = keyed_batch((i % 5) as u8, (i % 251) as u8);
+                    batch::set_base_offset(&mut b, i as i64);
+                    b
+                })
+                .collect(),
+        );
+        let done = Arc::new(AtomicBool::new(false));
+        let readers: Vec<_> = (0..2u64)
+            .map(|r| {
+                let reader = log.reader();
+                let written = written.clone();
+                let done = done.clone();
+                std::thread::spawn(move || {
+                    let mut seed = 0x2545_f491_4f6c_dd1d_u64 + r;
+                    let mut n_reads = 0u64;
+                    while !done.load(Ordering::Acquire) {
+                        let hw = reader.high_watermark();
+                        if hw == 0 {
+                            continue;
+                        }
+                        seed ^= seed << 13;
+                        seed ^= seed >> 7;
+                        seed ^= seed << 17;
+                        let offset = seed % hw;
+                        match reader.read(offset, 1) {
+                            Ok(read) => {
+                                let (header, _) = batch::Batches::new(&read.batches)
+                                    .next()
+                                    .unwrap_or_else(|| panic!("nothing read at {offset} < {hw}"));
+                                let base = header.base_offset as u64;
+                                assert!(base >= offset, "read {base} for {offset}");
+                                assert_eq!(&read.batches[..], &written[base as usize][..]);
+                                n_reads += 1;
+                            }
+                            Err(LogError::OffsetOutOfRange {
+                                log_start_offset, ..
+                            }) => assert!(offset < log_start_offset),
+                            Err(e) => panic!("read at {offset}: {e}"),
+                        }
+                    }
+                    n_reads
+                })
+            })
+            .collect();
+        let cleaner = log.cleaner();
+        for i in 0..n_batches {
+            let mut batch = written[i].clone();
+            log.append(&mut batch).unwrap();
+            if i % 500 == 499 {
+                log.flush().unwrap();
+                log.enforce_retention_now().unwrap();
+                cleaner.clean(now_ms(), 0).unwrap();
+            }
+        }
+        done.store(true, Ordering::Release);
+        for reader in readers {
+            let n_reads = reader.join().unwrap();
+            assert!(n_reads > 0);
+        }
+        assert!(log.log_start_offset() > 0, "retention ran");
+        assert!(cache.n_open() <= CACHE_MAX, "{} open", cache.n_open());
     }
 }

@@ -57,8 +57,9 @@ pub(crate) struct Scan {
 /// at the first batch that is torn (runs past the end), fails its checks, or whose offsets go
 /// backwards; `first_offset` is the smallest base offset the first batch may have.
 pub(crate) fn scan(segment: &Segment, first_offset: u64, interval_bytes: u64) -> Result<Scan> {
-    segment.index.clear();
-    segment.time_index.clear();
+    let io = segment.io()?;
+    io.index.clear();
+    io.time_index.clear();
     let file = File::open(&segment.log_path).ctx("open segment for recovery", &segment.log_path)?;
     let file_bytes = file
         .metadata()

@@ -2,15 +2,22 @@
 //!
 //! The writer appends with positioned writes and then publishes the new size; readers use
 //! positioned reads (`pread`) below the published size, so neither waits for the other.
+//!
+//! What a segment holds open (the `.log` descriptor and both index mappings) is a
+//! [`SegmentIo`]. The active segment's is always open; a sealed segment's is closed by the
+//! [`SegmentCache`] when too many are open, and reopened on the next read. A segment taken out
+//! of the log is retired: it is never reopened, since its path may by then name another file.
 
 use std::fs::{File, OpenOptions};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock, RwLock, Weak};
 
 use bytes::Bytes;
 use strand_client::batch::{BatchHeader, BATCH_HEADER_BYTES};
 
+use super::cache::{Eviction, SegmentCache};
 use super::config::LogConfig;
 use super::error::{IoContext, LogError, Result};
 use super::index::{OffsetIndex, TimeIndex};
@@ -38,11 +45,40 @@ pub(crate) fn parse_base_offset(file_name: &str, suffix: &str) -> Option<u64> {
     stem.parse().ok()
 }
 
+/// The descriptors and mappings of an open segment. A reader keeps its `Arc` for the length of
+/// one read, so a segment the cache closes meanwhile stays readable for that read.
+#[derive(Debug)]
+pub(crate) struct SegmentIo {
+    pub(crate) file: File,
+    pub(crate) index: OffsetIndex,
+    pub(crate) time_index: TimeIndex,
+}
+
+/// Whether a segment's files are open, and what reopening them needs.
+#[derive(Debug)]
+struct IoSlot {
+    open: Option<Arc<SegmentIo>>,
+    /// Taken out of the log: never reopened.
+    retired: bool,
+    /// Counted among the cache's open sealed segments.
+    counted: bool,
+    /// Index entries when the cache closed it (a sealed segment's indexes no longer change).
+    n_index: usize,
+    n_time: usize,
+}
+
 #[derive(Debug)]
 pub(crate) struct Segment {
     pub(crate) base_offset: u64,
     pub(crate) log_path: PathBuf,
-    file: File,
+    io: RwLock<IoSlot>,
+    /// Set by every `io()`: the cache's second chance.
+    referenced: AtomicBool,
+    /// The cache this sealed segment was admitted to, and the segment itself, so that a reopen
+    /// can queue it again. Unset while the segment is active.
+    cache: OnceLock<(Arc<SegmentCache>, Weak<Segment>)>,
+    /// Device and inode of the `.log` file, checked again on every reopen.
+    file_id: (u64, u64),
     /// Bytes of whole batches readers may see.
     size: AtomicU64,
     /// Bytes known to be on stable storage.
@@ -51,8 +87,6 @@ pub(crate) struct Segment {
     next_offset: AtomicU64,
     /// Largest batch max-timestamp in this segment (`i64::MIN` while empty).
     max_timestamp: AtomicI64,
-    pub(crate) index: OffsetIndex,
-    pub(crate) time_index: TimeIndex,
     sealed: AtomicBool,
 }
 
@@ -131,7 +165,8 @@ impl Segment {
         mode: IndexMode,
         active: bool,
     ) -> Result<Segment> {
-        let size = file.metadata().ctx("stat segment", &log_path)?.len();
+        let meta = file.metadata().ctx("stat segment", &log_path)?;
+        let size = meta.len();
         let index_path = segment_path(dir, base_offset, INDEX_SUFFIX);
         let time_path = segment_path(dir, base_offset, TIME_INDEX_SUFFIX);
         let (n_index, n_time) = match mode {
@@ -156,15 +191,191 @@ impl Segment {
         Ok(Segment {
             base_offset,
             log_path,
-            file,
+            io: RwLock::new(IoSlot {
+                open: Some(Arc::new(SegmentIo {
+                    file,
+                    index,
+                    time_index,
+                })),
+                retired: false,
+                counted: false,
+                n_index: 0,
+                n_time: 0,
+            }),
+            referenced: AtomicBool::new(false),
+            cache: OnceLock::new(),
+            file_id: (meta.dev(), meta.ino()),
             size: AtomicU64::new(size),
             synced_size: AtomicU64::new(0),
             next_offset: AtomicU64::new(base_offset),
             max_timestamp: AtomicI64::new(i64::MIN),
-            index,
-            time_index,
             sealed: AtomicBool::new(!active),
         })
+    }
+
+    /// The segment's open files, reopening them if the cache closed them. Fails for a retired
+    /// segment whose files are closed ([`LogError::SegmentRetired`]), and if a reopen fails.
+    pub(crate) fn io(&self) -> Result<Arc<SegmentIo>> {
+        {
+            let slot = self.io.read().expect("segment io lock");
+            if let Some(io) = &slot.open {
+                if !self.referenced.load(Ordering::Relaxed) {
+                    self.referenced.store(true, Ordering::Relaxed);
+                }
+                return Ok(io.clone());
+            }
+        }
+        let mut slot = self.io.write().expect("segment io lock");
+        if let Some(io) = &slot.open {
+            return Ok(io.clone());
+        }
+        if slot.retired {
+            return Err(LogError::SegmentRetired {
+                path: self.log_path.clone(),
+            });
+        }
+        // Only the cache closes a segment, so a closed one knows its cache.
+        let (cache, me) = self
+            .cache
+            .get()
+            .expect("a closed segment was admitted to a cache");
+        let io = Arc::new(self.reopen(slot.n_index, slot.n_time)?);
+        slot.open = Some(io.clone());
+        slot.counted = true;
+        // A second chance from the start: whoever reopened it is about to use it.
+        self.referenced.store(true, Ordering::Relaxed);
+        cache.opened();
+        drop(slot);
+        // Queued after the lock is let go: the cache takes segments' locks under its own.
+        cache.enqueue(me.clone());
+        Ok(io)
+    }
+
+    /// The files of a segment the cache cannot have closed: the active one, or one not yet
+    /// admitted (being opened, scanned or rewritten).
+    pub(crate) fn open_io(&self) -> Arc<SegmentIo> {
+        let slot = self.io.read().expect("segment io lock");
+        slot.open
+            .clone()
+            .expect("an active or unadmitted segment is never closed")
+    }
+
+    /// Opens a sealed segment's files again as they were sealed: the `.log` file must be the
+    /// same file (a compaction renames a new one over the path), and each index must still
+    /// hold the entries it had.
+    fn reopen(&self, n_index: usize, n_time: usize) -> Result<SegmentIo> {
+        let path = &self.log_path;
+        let file = File::open(path).ctx("reopen segment", path)?;
+        let meta = file.metadata().ctx("stat segment", path)?;
+        if (meta.dev(), meta.ino()) != self.file_id || meta.len() < self.size() {
+            return Err(LogError::SegmentRetired { path: path.clone() });
+        }
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let index_path = segment_path(dir, self.base_offset, INDEX_SUFFIX);
+        let time_path = segment_path(dir, self.base_offset, TIME_INDEX_SUFFIX);
+        let index_capacity = OffsetIndex::entries_in_file(&index_path)?.unwrap_or(0);
+        let time_capacity = TimeIndex::entries_in_file(&time_path)?.unwrap_or(0);
+        if index_capacity < n_index || time_capacity < n_time {
+            return Err(LogError::Io {
+                op: "reopen segment index",
+                path: index_path,
+                source: std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    format!(
+                        "the indexes hold {index_capacity} and {time_capacity} entries, fewer than the {n_index} and {n_time} sealed"
+                    ),
+                ),
+            });
+        }
+        let index = OffsetIndex::open(&index_path, self.base_offset, index_capacity, n_index)?;
+        let time_index = TimeIndex::open(&time_path, time_capacity, n_time)?;
+        Ok(SegmentIo {
+            file,
+            index,
+            time_index,
+        })
+    }
+
+    /// Called by the cache only, with its queue locked: closes the files if nothing needs them
+    /// open. Never waits for the segment's lock.
+    pub(crate) fn try_close(&self) -> Eviction {
+        let Ok(mut slot) = self.io.try_write() else {
+            return Eviction::Keep;
+        };
+        if !slot.counted {
+            return Eviction::NotOpen;
+        }
+        let Some(io) = &slot.open else {
+            return Eviction::NotOpen;
+        };
+        if self.referenced.swap(false, Ordering::Relaxed)
+            || slot.retired
+            || !self.is_sealed()
+            || self.synced_size.load(Ordering::Acquire) < self.size()
+        {
+            // Retired segments stay open while anyone holds them (readers of an old segment
+            // list, and a compaction's old copy until its swap); unsynced ones until the flusher
+            // has fsynced them through the descriptor that wrote them.
+            return Eviction::Keep;
+        }
+        let (n_index, n_time) = (io.index.len(), io.time_index.len());
+        slot.n_index = n_index;
+        slot.n_time = n_time;
+        slot.open = None;
+        slot.counted = false;
+        Eviction::Closed
+    }
+
+    /// Called by the cache: counts the segment's files as open in it. False if it already does
+    /// or they are closed.
+    pub(crate) fn mark_counted(&self) -> bool {
+        let mut slot = self.io.write().expect("segment io lock");
+        if slot.open.is_none() || slot.counted {
+            return false;
+        }
+        slot.counted = true;
+        true
+    }
+
+    /// Called by the cache on admission.
+    pub(crate) fn attach(&self, cache: &Arc<SegmentCache>, me: &Arc<Segment>) -> bool {
+        self.cache.set((cache.clone(), Arc::downgrade(me))).is_ok()
+    }
+
+    /// Takes the segment out of the log for good: its files are never reopened. Open ones stay
+    /// open for whoever still holds the segment.
+    pub(crate) fn retire(&self) {
+        self.io.write().expect("segment io lock").retired = true;
+    }
+
+    /// Retires the segment with its files open, so that whoever holds it can still read it
+    /// after its path names another file (a compaction renames the rewritten copy over it).
+    pub(crate) fn retire_open(&self) -> Result<()> {
+        let mut slot = self.io.write().expect("segment io lock");
+        if slot.open.is_none() {
+            if slot.retired {
+                return Err(LogError::SegmentRetired {
+                    path: self.log_path.clone(),
+                });
+            }
+            // Reopened under the lock, so the cache cannot close it again before it is retired.
+            // It is not queued: a retired segment stays open until it is dropped.
+            let (cache, _) = self
+                .cache
+                .get()
+                .expect("a closed segment was admitted to a cache");
+            let io = self.reopen(slot.n_index, slot.n_time)?;
+            slot.open = Some(Arc::new(io));
+            slot.counted = true;
+            cache.opened();
+        }
+        slot.retired = true;
+        Ok(())
+    }
+
+    #[cfg(test)]
+    pub(crate) fn is_open(&self) -> bool {
+        self.io.read().expect("segment io lock").open.is_some()
     }
 
     pub(crate) fn size(&self) -> u64 {
@@ -201,8 +412,9 @@ impl Segment {
     /// poisons the log.
     pub(crate) fn append(&self, batch: &[u8], header: &BatchHeader) -> Result<u64, AppendFailure> {
         let position = self.size.load(Ordering::Relaxed);
-        if let Err(source) = self.file.write_all_at(batch, position) {
-            let cut = self.file.set_len(position);
+        let io = self.open_io();
+        if let Err(source) = io.file.write_all_at(batch, position) {
+            let cut = io.file.set_len(position);
             return Err(AppendFailure {
                 error: LogError::Io {
                     op: "write segment",
@@ -227,7 +439,10 @@ impl Segment {
         if self.synced_size.load(Ordering::Acquire) >= size {
             return Ok(false);
         }
-        self.file.sync_data().ctx("fsync segment", &self.log_path)?;
+        self.io()?
+            .file
+            .sync_data()
+            .ctx("fsync segment", &self.log_path)?;
         self.synced_size.fetch_max(size, Ordering::AcqRel);
         Ok(true)
     }
@@ -236,31 +451,33 @@ impl Segment {
     /// only thread that still writes this segment: the flusher once a roll has moved the writer
     /// on, recovery, or the writer at close.
     pub(crate) fn seal(&self) -> Result<()> {
+        let io = self.io()?;
         let max_ts = self.max_timestamp();
-        let last_entry_ts = self.time_index.last().map(|(ts, _)| ts);
+        let last_entry_ts = io.time_index.last().map(|(ts, _)| ts);
         if self.size() > 0 && last_entry_ts.is_none_or(|ts| max_ts > ts) {
             // The offset is the segment's last batch start, the latest batch that may carry it.
-            let last_batch = self.last_batch_offset().unwrap_or(self.base_offset);
-            if self.time_index.last().is_none_or(|(_, o)| last_batch > o) {
-                self.time_index.push(max_ts, last_batch);
+            let last_batch = self.last_batch_offset(&io).unwrap_or(self.base_offset);
+            if io.time_index.last().is_none_or(|(_, o)| last_batch > o) {
+                io.time_index.push(max_ts, last_batch);
             }
         }
         // Sealed whatever happens to the index files: they are derived from the log, which is
         // intact, and recovery checks them (and rebuilds a bad one) before trusting them.
-        let index = self.index.seal();
-        let time_index = self.time_index.seal();
+        let index = io.index.seal();
+        let time_index = io.time_index.seal();
         self.sealed.store(true, Ordering::Release);
         index.and(time_index)
     }
 
     /// Writer only: cuts the file back to `size` bytes (after recovery found damage there).
     pub(crate) fn truncate_to(&self, size: u64, next_offset: u64) -> Result<()> {
-        self.file
+        let io = self.open_io();
+        io.file
             .set_len(size)
             .ctx("truncate segment", &self.log_path)?;
-        self.file.sync_all().ctx("fsync segment", &self.log_path)?;
-        self.index.truncate(self.index.entries_below(size));
-        self.time_index.truncate_from_offset(next_offset);
+        io.file.sync_all().ctx("fsync segment", &self.log_path)?;
+        io.index.truncate(io.index.entries_below(size));
+        io.time_index.truncate_from_offset(next_offset);
         self.size.store(size, Ordering::Release);
         self.synced_size.store(size, Ordering::Release);
         self.next_offset.store(next_offset, Ordering::Release);
@@ -268,12 +485,12 @@ impl Segment {
     }
 
     /// Base offset of the last batch, found by walking headers from the last index entry.
-    fn last_batch_offset(&self) -> Option<u64> {
+    fn last_batch_offset(&self, io: &SegmentIo) -> Option<u64> {
         let size = self.size();
-        let (_, mut position) = self.index.lookup(u64::MAX);
+        let (_, mut position) = io.index.lookup(u64::MAX);
         let mut last = None;
         while u64::from(position) < size {
-            let header = self.walk_header(u64::from(position)).ok()?;
+            let header = self.walk_header(io, u64::from(position)).ok()?;
             last = Some(header.0);
             position += header.1 as u32;
         }
@@ -281,9 +498,9 @@ impl Segment {
     }
 
     /// Reads `(base_offset, total_len, last_offset)` of the batch at `position`.
-    fn walk_header(&self, position: u64) -> Result<(u64, usize, u64)> {
+    fn walk_header(&self, io: &SegmentIo, position: u64) -> Result<(u64, usize, u64)> {
         let mut buf = [0u8; WALK_HEADER_BYTES];
-        self.file
+        io.file
             .read_exact_at(&mut buf, position)
             .ctx("read segment", &self.log_path)?;
         let base = i64::from_be_bytes(buf[0..8].try_into().expect("8 bytes")) as u64;
@@ -295,10 +512,15 @@ impl Segment {
     /// Finds the batch holding `offset` (or the first batch after it), returning its position,
     /// or `None` if no batch in the visible part of this segment ends at or after `offset`.
     pub(crate) fn locate(&self, offset: u64, visible: u64) -> Result<Option<u64>> {
-        let (_, start) = self.index.lookup(offset);
+        let io = self.io()?;
+        self.locate_in(&io, offset, visible)
+    }
+
+    fn locate_in(&self, io: &SegmentIo, offset: u64, visible: u64) -> Result<Option<u64>> {
+        let (_, start) = io.index.lookup(offset);
         let mut position = u64::from(start);
         while position + (BATCH_HEADER_BYTES as u64) <= visible {
-            let (_, len, last) = self.walk_header(position)?;
+            let (_, len, last) = self.walk_header(io, position)?;
             if last >= offset {
                 return Ok(Some(position));
             }
@@ -317,16 +539,17 @@ impl Segment {
         first: FirstBatch,
     ) -> Result<Option<Bytes>> {
         let visible = self.size();
-        let Some(position) = self.locate(offset, visible)? else {
+        let io = self.io()?;
+        let Some(position) = self.locate_in(&io, offset, visible)? else {
             return Ok(None);
         };
-        let (_, first_len, _) = self.walk_header(position)?;
+        let (_, first_len, _) = self.walk_header(&io, position)?;
         if first == FirstBatch::WithinLimit && first_len > max_bytes {
             return Ok(Some(Bytes::new()));
         }
         let want = (max_bytes.max(first_len) as u64).min(visible - position) as usize;
         let mut buf = vec![0u8; want];
-        self.file
+        io.file
             .read_exact_at(&mut buf, position)
             .ctx("read segment", &self.log_path)?;
         // Cut at the last whole batch.
@@ -347,7 +570,8 @@ impl Segment {
     /// Reads `len` bytes at `position` (used by recovery and timestamp lookups).
     pub(crate) fn read_exact(&self, position: u64, len: usize) -> Result<Vec<u8>> {
         let mut buf = vec![0u8; len];
-        self.file
+        self.io()?
+            .file
             .read_exact_at(&mut buf, position)
             .ctx("read segment", &self.log_path)?;
         Ok(buf)
@@ -356,12 +580,16 @@ impl Segment {
     /// First batch whose max timestamp is at least `ts`, as (position, header).
     pub(crate) fn find_timestamp(&self, ts: i64) -> Result<Option<(u64, BatchHeader)>> {
         let visible = self.size();
-        let start_offset = self.time_index.scan_start(ts).unwrap_or(self.base_offset);
-        let Some(mut position) = self.locate(start_offset, visible)? else {
+        let io = self.io()?;
+        let start_offset = io.time_index.scan_start(ts).unwrap_or(self.base_offset);
+        let Some(mut position) = self.locate_in(&io, start_offset, visible)? else {
             return Ok(None);
         };
         while position + (BATCH_HEADER_BYTES as u64) <= visible {
-            let header_bytes = self.read_exact(position, BATCH_HEADER_BYTES)?;
+            let mut header_bytes = [0u8; BATCH_HEADER_BYTES];
+            io.file
+                .read_exact_at(&mut header_bytes, position)
+                .ctx("read segment", &self.log_path)?;
             let header = BatchHeader::parse(&header_bytes)?;
             if header.max_timestamp >= ts {
                 return Ok(Some((position, header)));
@@ -371,10 +599,20 @@ impl Segment {
         Ok(None)
     }
 
-    /// Removes this segment's files. The open descriptor stays valid for readers that still
-    /// hold the segment.
+    /// Retires this segment and removes its files. Open descriptors stay valid for readers
+    /// that still hold the segment.
     pub(crate) fn delete_files(&self, dir: &Path) -> Result<()> {
+        self.retire();
         delete_segment_files(dir, self.base_offset)
+    }
+}
+
+impl Drop for Segment {
+    fn drop(&mut self) {
+        let counted = self.io.get_mut().map(|slot| slot.counted).unwrap_or(false);
+        if let (true, Some((cache, _))) = (counted, self.cache.get()) {
+            cache.closed();
+        }
     }
 }
 
@@ -418,11 +656,8 @@ impl Indexer {
 
     /// Continues after the entries a segment already has (a reopened active segment).
     pub(crate) fn resume(segment: &Segment, interval_bytes: u64) -> Indexer {
-        let last_position = segment
-            .index
-            .len()
-            .checked_sub(1)
-            .map(|i| segment.index.get(i).1);
+        let io = segment.open_io();
+        let last_position = io.index.len().checked_sub(1).map(|i| io.index.get(i).1);
         Indexer {
             interval_bytes,
             bytes_since_entry: last_position
@@ -443,15 +678,16 @@ impl Indexer {
     ) -> bool {
         let mut fits = true;
         self.running_max_ts = self.running_max_ts.max(max_timestamp);
-        if segment.index.len() == 0 || self.bytes_since_entry >= self.interval_bytes {
-            fits &= segment.index.push(base_offset, position as u32);
+        let io = segment.open_io();
+        if io.index.len() == 0 || self.bytes_since_entry >= self.interval_bytes {
+            fits &= io.index.push(base_offset, position as u32);
             self.bytes_since_entry = 0;
-            let grew = segment
+            let grew = io
                 .time_index
                 .last()
                 .is_none_or(|(ts, o)| self.running_max_ts > ts && base_offset > o);
             if grew {
-                fits &= segment.time_index.push(self.running_max_ts, base_offset);
+                fits &= io.time_index.push(self.running_max_ts, base_offset);
             }
         }
         self.bytes_since_entry += len;
