@@ -1454,7 +1454,10 @@ mod tests {
         assert_eq!(report.segments_rewritten, 50, "{report:?}");
         // A reader of the old list still reads the old bytes, not the rewritten file's.
         for old in before[..50].iter() {
-            let read = old.read(old.base_offset, 1, FirstBatch::Whole).unwrap().unwrap();
+            let read = old
+                .read(old.base_offset, 1, FirstBatch::Whole)
+                .unwrap()
+                .unwrap();
             assert_eq!(&read[..], &written[old.base_offset as usize][..]);
         }
         drop(before);
