@@ -119,9 +119,12 @@ impl BatchHeader {
         LOG_OVERHEAD + self.batch_length.max(0) as usize
     }
 
-    /// Offset of the last record the batch covers.
+    /// Offset of the last record the batch covers. The CRC does not cover the base offset, so a
+    /// hostile peer or a damaged disk can put any value there: past `i64::MAX` this saturates
+    /// rather than overflowing (a panic in debug builds, a wrap to a negative offset otherwise).
     pub fn last_offset(&self) -> i64 {
-        self.base_offset + i64::from(self.last_offset_delta)
+        self.base_offset
+            .saturating_add(i64::from(self.last_offset_delta))
     }
 
     pub fn compression(&self) -> Result<Compression, BatchError> {
@@ -778,6 +781,16 @@ mod tests {
         let header = validate(&batch, usize::MAX, OffsetDeltas::Contiguous).unwrap();
         assert_eq!(header.base_offset, 1 << 40);
         assert_eq!(header.last_offset(), (1 << 40) + 1);
+    }
+
+    /// Found by the record_batch fuzz target (fuzz/corpus/record_batch/crash-last-offset-overflow):
+    /// a valid batch whose base offset, which the CRC does not cover, is near `i64::MAX`.
+    #[test]
+    fn last_offset_of_a_base_offset_near_the_maximum_saturates() {
+        let mut batch = sample(2);
+        set_base_offset(&mut batch, i64::MAX);
+        let header = validate(&batch, usize::MAX, OffsetDeltas::Contiguous).unwrap();
+        assert_eq!(header.last_offset(), i64::MAX);
     }
 
     #[test]

@@ -9,6 +9,11 @@
 use minijinja::{Environment, UndefinedBehavior};
 use serde_json::Value;
 
+/// Most template instructions one render may run. Validation cannot see how long a template
+/// runs: a loop over a repeated input list (`{% for x in input.items * 1000000000 %}`) passes
+/// it and would hold a worker for minutes. Real templates run a few hundred instructions.
+pub const RENDER_FUEL_MAX: u64 = 1_000_000;
+
 /// One environment for every render: building one registers every builtin filter and test,
 /// which costs more than rendering a small template.
 fn environment() -> &'static Environment<'static> {
@@ -16,6 +21,7 @@ fn environment() -> &'static Environment<'static> {
     ENV.get_or_init(|| {
         let mut env = Environment::new();
         env.set_undefined_behavior(UndefinedBehavior::Strict);
+        env.set_fuel(Some(RENDER_FUEL_MAX));
         env
     })
 }
@@ -139,6 +145,27 @@ mod tests {
     fn missing_references_are_errors() {
         assert!(render_value(&json!("{{ input.nope }}"), &context()).is_err());
         assert!(render_value(&json!("x {{ steps.ship.output.id }}"), &context()).is_err());
+    }
+
+    /// Found by hand while writing the saga_definition fuzz target, whose input it now is
+    /// (fuzz/corpus/saga_definition/timeout-repeated-loop):
+    /// a template that passes validation but loops two billion times when a step runs.
+    #[test]
+    fn a_runaway_template_fails_instead_of_running_for_minutes() {
+        let started = std::time::Instant::now();
+        let looping = "{% for x in input.items * 1000000000 %}{{ x }}{% endfor %}";
+        let error = render_str(looping, &json!({"input": {"items": [1, 2]}})).unwrap_err();
+        assert!(error.contains("fuel"), "{error}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        // An ordinary loop over the input still renders.
+        assert_eq!(
+            render_str(
+                "{% for x in input.items %}{{ x }},{% endfor %}",
+                &json!({"input": {"items": [1, 2]}})
+            )
+            .unwrap(),
+            "1,2,"
+        );
     }
 
     #[test]

@@ -370,6 +370,14 @@ fn decode_request(mut frame: Bytes) -> Result<Decoded, String> {
     })
 }
 
+/// Decodes one request frame (without its length prefix) exactly as the listener does, and
+/// returns the reason the connection would be closed for; the entry point of the fuzz target in
+/// `fuzz/`, which cannot reach the private decoder.
+#[doc(hidden)]
+pub fn decode_request_frame(frame: Bytes) -> Result<(), String> {
+    decode_request(frame).map(|_| ())
+}
+
 /// The UNSUPPORTED_VERSION answer to a request that is not served, for the requests whose
 /// response carries a top-level error code (the ones clients send unasked: SASL, telemetry,
 /// transactions, the next-generation group protocol). `None` when there is no such field or
