@@ -1,7 +1,7 @@
 //! A Kafka request frame (without its length prefix), decoded exactly as the broker's Kafka
-//! listener decodes it: header, version checks, then the body with `kafka-protocol`. The
-//! broker's process allocator is linked in, as in the broker, so a hostile array length is
-//! measured against what the broker really does with it.
+//! listener decodes it: header, version checks, then the body with `kafka-protocol` (the same
+//! patched copy as the broker's, which bounds capacities taken from counts on the wire), so a
+//! hostile array length is measured against what the broker really does with it.
 
 #![no_main]
 
