@@ -277,11 +277,7 @@ impl Broker {
                 break result;
             }
         };
-        let n_records: u64 = Batches::new(&result.batches)
-            .map(|(h, _)| h.record_count.max(0) as u64)
-            .sum();
-        self.metrics
-            .count_out(topic, result.batches.len() as u64, n_records);
+        self.count_out(topic, &result);
         Ok(result)
     }
 
@@ -308,6 +304,15 @@ impl Broker {
         Ok((result, charge))
     }
 
+    /// Counts what a read returns, for `/metrics`.
+    fn count_out(&self, topic: &str, result: &ReadResult) {
+        let n_records: u64 = Batches::new(&result.batches)
+            .map(|(h, _)| h.record_count.max(0) as u64)
+            .sum();
+        self.metrics
+            .count_out(topic, result.batches.len() as u64, n_records);
+    }
+
     /// The most bytes a read with these limits returns: a first batch larger than the limit
     /// comes whole, and none is larger than a batch the log accepts.
     pub fn read_bytes_max(&self, max_bytes: usize, first_batch: FirstBatch) -> usize {
@@ -332,11 +337,7 @@ impl Broker {
         let max_bytes = max_bytes.max(1);
         let result =
             blocking(move || reader.read_limited(offset, max_bytes, first_batch)).await??;
-        let n_records: u64 = Batches::new(&result.batches)
-            .map(|(h, _)| h.record_count.max(0) as u64)
-            .sum();
-        self.metrics
-            .count_out(topic, result.batches.len() as u64, n_records);
+        self.count_out(topic, &result);
         Ok(result)
     }
 
