@@ -251,36 +251,6 @@ impl Broker {
         Ok((info.base_offset, info.last_offset))
     }
 
-    /// Reads whole batches from `offset`; when there is nothing yet, waits up to `max_wait` for
-    /// data to arrive (long-poll) and returns what is there then (maybe nothing).
-    pub async fn fetch(
-        &self,
-        topic: &str,
-        partition: u32,
-        offset: u64,
-        max_bytes: usize,
-        max_wait: Duration,
-    ) -> Result<ReadResult, ServiceError> {
-        let target = self.partition(topic, partition)?;
-        let deadline = tokio::time::Instant::now() + max_wait.min(self.fetch_wait_max);
-        let result = loop {
-            let reader = target.reader().clone();
-            let result = blocking(move || reader.read(offset, max_bytes)).await??;
-            if !result.batches.is_empty() || tokio::time::Instant::now() >= deadline {
-                break result;
-            }
-            let reader = target.reader();
-            if tokio::time::timeout_at(deadline, reader.wait_for_data(offset))
-                .await
-                .is_err()
-            {
-                break result;
-            }
-        };
-        self.count_out(topic, &result);
-        Ok(result)
-    }
-
     /// Reads without waiting, at most `max_bytes` (or one batch, with [`FirstBatch::Whole`]),
     /// after charging what it may read to `budget`: the returned charge holds the bytes read
     /// and is given back when the caller drops it, once the answer is written. Waiting for the
@@ -376,18 +346,6 @@ impl Broker {
                 continue;
             }
         }
-    }
-
-    /// Reads without waiting, for push subscriptions that already know data is there.
-    pub async fn read(
-        &self,
-        topic: &str,
-        partition: u32,
-        offset: u64,
-        max_bytes: usize,
-    ) -> Result<ReadResult, ServiceError> {
-        self.fetch(topic, partition, offset, max_bytes, Duration::ZERO)
-            .await
     }
 
     /// Waits until `partition` has data at `offset` (its high watermark passes it).
