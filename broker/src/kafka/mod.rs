@@ -49,7 +49,7 @@ use crate::topics::TopicError;
 const NODE_ID: i32 = 0;
 
 /// Requests served, with the versions this listener speaks (within what the crate encodes).
-const SUPPORTED: [(ApiKey, i16, i16); 19] = [
+pub const SUPPORTED: [(ApiKey, i16, i16); 19] = [
     // Advertised from v0 although v0-v2 (legacy message sets) are refused: librdkafka up to
     // 2.11 enables gzip, snappy and lz4 only when the broker lists Produce v0 (it checks the
     // range [0, 0]); with v3 as the minimum it silently sends everything uncompressed.
