@@ -24,6 +24,7 @@ pub mod log;
 pub mod metrics;
 pub mod producers;
 pub mod run;
+pub mod security;
 pub mod server;
 pub mod service;
 pub mod topics;

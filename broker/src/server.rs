@@ -37,6 +37,7 @@ use crate::group::{
 };
 use crate::listener::{self, Admission};
 use crate::log::{FirstBatch, LogError};
+use crate::security::{SecurityProtocol, Session};
 use crate::service::{Broker, OffsetSpec, ServiceError, TopicInfo};
 use crate::topics::{TopicConfig, TopicError};
 
@@ -102,7 +103,7 @@ pub async fn serve(
         broker.metrics.clone(),
     );
     let serve_shutdown = shutdown.clone();
-    listener::serve(listener, admission, serve_shutdown, move |socket, _peer| {
+    listener::serve(listener, admission, serve_shutdown, move |socket, peer| {
         // Each connection charges its own share of the budget first, so that one client (say,
         // one pipelining fetches it never reads) cannot take the whole budget.
         let share =
@@ -112,6 +113,7 @@ pub async fn serve(
             config: config.clone(),
             budget: config.budget.share(share),
             shutdown: shutdown.clone(),
+            session: Arc::new(Session::new(SecurityProtocol::Plaintext, peer)),
         };
         connection.run(socket)
     })
@@ -124,6 +126,9 @@ struct Connection {
     /// This connection's share of the broker's budget.
     budget: Budget,
     shutdown: watch::Receiver<bool>,
+    /// Who this connection is; replaced when it authenticates. Requests in flight keep the
+    /// session they were read under.
+    session: Arc<Session>,
 }
 
 /// A push subscription's credit in bytes (it may dip below zero by at most one batch) and a
@@ -440,8 +445,10 @@ impl Connection {
             other => {
                 let config = self.config.clone();
                 let budget = self.budget.clone();
+                let session = self.session.clone();
                 tasks.spawn(async move {
-                    let (response, charge) = handle(&broker, other, &config, &budget).await;
+                    let (response, charge) =
+                        handle(&broker, &session, other, &config, &budget).await;
                     broker
                         .metrics
                         .observe_request(key.name(), started.elapsed());
@@ -524,6 +531,7 @@ async fn run_subscription(
 /// With the answer comes the budget charge of the records it carries (fetch), if any.
 async fn handle(
     broker: &Broker,
+    session: &Session,
     request: Request,
     config: &ServerConfig,
     budget: &Budget,

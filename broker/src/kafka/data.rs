@@ -25,6 +25,7 @@ use kafka_protocol::protocol::StrBytes;
 use super::{error_code, Context, NODE_ID};
 use crate::budget::Charge;
 use crate::log::{FirstBatch, ReadResult};
+use crate::security::Session;
 use crate::service::{OffsetSpec, ServiceError};
 use crate::topics::{validate_topic_name, TopicConfig, TopicError};
 
@@ -208,7 +209,11 @@ pub(super) async fn produce(cx: &Context, request: ProduceRequest) -> Option<Pro
 /// partition with data gets at least one whole batch (KIP-74, so a consumer never stalls on a
 /// batch larger than its limits; no batch is larger than the broker's limits). They come with
 /// their budget charge, which the caller holds until the answer is written.
-pub(super) async fn fetch(cx: &Context, request: FetchRequest) -> (FetchResponse, Charge) {
+pub(super) async fn fetch(
+    cx: &Context,
+    session: &Session,
+    request: FetchRequest,
+) -> (FetchResponse, Charge) {
     let max_wait =
         Duration::from_millis(request.max_wait_ms.max(0) as u64).min(cx.broker.fetch_wait_max);
     let started = std::time::Instant::now();

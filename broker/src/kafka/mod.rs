@@ -42,6 +42,7 @@ use tokio::time::Instant;
 use crate::budget::{Budget, Charge};
 use crate::listener::{self, stopped, Admission};
 use crate::log::LogError;
+use crate::security::{SecurityProtocol, Session};
 use crate::service::{Broker, ServiceError};
 use crate::topics::TopicError;
 
@@ -159,8 +160,9 @@ pub async fn serve(
         advertised,
     });
     let serve_shutdown = shutdown.clone();
-    listener::serve(listener, admission, serve_shutdown, move |socket, _peer| {
-        connection(socket, context.clone(), shutdown.clone())
+    listener::serve(listener, admission, serve_shutdown, move |socket, peer| {
+        let session = Session::new(SecurityProtocol::Plaintext, peer);
+        connection(socket, session, context.clone(), shutdown.clone())
     })
     .await;
 }
@@ -185,6 +187,7 @@ fn advertised_address(configured: Option<&str>, bound: SocketAddr) -> (String, i
 
 async fn connection(
     mut socket: TcpStream,
+    mut session: Session,
     context: Arc<Context>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), String> {
@@ -264,10 +267,10 @@ async fn connection(
                     // A fetch request holds little; what it reads is charged on its own,
                     // and waiting for that must not hold this frame's charge.
                     drop(frame_charge);
-                    let (response, charge) = data::fetch(context, fetch).await;
+                    let (response, charge) = data::fetch(context, &session, fetch).await;
                     (header, ResponseKind::Fetch(response), version, charge)
                 } else {
-                    let handled = handle(context, &header, *request, version).await;
+                    let handled = handle(context, &mut session, &header, *request, version).await;
                     drop(frame_charge);
                     match handled {
                         Some(response) => (header, response, version, Charge::default()),
@@ -427,6 +430,7 @@ fn api_versions(error_code: i16) -> ApiVersionsResponse {
 /// Serves one decoded request; `None` means no answer is sent (Produce with acks=0).
 async fn handle(
     cx: &Context,
+    session: &mut Session,
     header: &RequestHeader,
     request: RequestKind,
     version: i16,
