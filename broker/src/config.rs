@@ -182,11 +182,21 @@ pub struct BrokerArgs {
     #[arg(long, env = "STRAND_KAFKA_ADVERTISED", value_name = "HOST:PORT")]
     pub kafka_advertised: Option<String>,
     /// Native listeners, comma separated PROTOCOL://host:port [default: PLAINTEXT://<listen>]
-    #[arg(long, env = "STRAND_NATIVE_LISTENERS", value_name = "LISTENERS", value_delimiter = ',')]
+    #[arg(
+        long,
+        env = "STRAND_NATIVE_LISTENERS",
+        value_name = "LISTENERS",
+        value_delimiter = ','
+    )]
     pub native_listeners: Option<Vec<ListenerSpec>>,
     /// Kafka listeners, comma separated PROTOCOL://host:port, one per protocol
     /// [default: PLAINTEXT://<kafka-listen>]
-    #[arg(long, env = "STRAND_KAFKA_LISTENERS", value_name = "LISTENERS", value_delimiter = ',')]
+    #[arg(
+        long,
+        env = "STRAND_KAFKA_LISTENERS",
+        value_name = "LISTENERS",
+        value_delimiter = ','
+    )]
     pub kafka_listeners: Option<Vec<ListenerSpec>>,
     /// What each Kafka listener advertises, comma separated PROTOCOL://host:port
     /// [default: its bound address]
@@ -199,7 +209,12 @@ pub struct BrokerArgs {
     pub kafka_advertised_listeners: Option<Vec<AdvertisedListener>>,
     /// HTTP listeners, comma separated PLAINTEXT:// or SSL://host:port
     /// [default: PLAINTEXT://<http-listen>]
-    #[arg(long, env = "STRAND_HTTP_LISTENERS", value_name = "LISTENERS", value_delimiter = ',')]
+    #[arg(
+        long,
+        env = "STRAND_HTTP_LISTENERS",
+        value_name = "LISTENERS",
+        value_delimiter = ','
+    )]
     pub http_listeners: Option<Vec<ListenerSpec>>,
     /// PEM certificate (and chain) of the SSL and SASL_SSL listeners
     #[arg(long, env = "STRAND_TLS_CERT_FILE", value_name = "FILE")]
@@ -349,10 +364,14 @@ impl BrokerConfig {
 
     /// Whether some listener uses TLS (and so needs `[tls]`).
     pub fn uses_tls(&self) -> bool {
-        [ListenerKind::Native, ListenerKind::Kafka, ListenerKind::Http]
-            .into_iter()
-            .flat_map(|kind| self.listeners(kind))
-            .any(|spec| spec.protocol.uses_tls())
+        [
+            ListenerKind::Native,
+            ListenerKind::Kafka,
+            ListenerKind::Http,
+        ]
+        .into_iter()
+        .flat_map(|kind| self.listeners(kind))
+        .any(|spec| spec.protocol.uses_tls())
     }
 
     fn validate_listeners(&self) -> Result<(), ConfigError> {

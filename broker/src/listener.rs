@@ -348,7 +348,12 @@ pub async fn establish(
         .map_err(|_| format!("TLS handshake not completed within {timeout:?}"))?
         .map_err(|e| format!("TLS handshake failed: {e}"))?;
     // rustls hands out peer certificates only once its verifier has accepted them.
-    if let Some(cert) = stream.get_ref().1.peer_certificates().and_then(|c| c.first()) {
+    if let Some(cert) = stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+    {
         match principal_from_certificate(cert) {
             Some(principal) => session.principal = principal,
             None => return Err("the client certificate's subject cannot be read".into()),

@@ -481,7 +481,10 @@ mod tests {
             client_auth: ClientAuth::Required,
             ..TlsConfig::default()
         };
-        assert!(config.validate(true).unwrap_err().contains("client_ca_file"));
+        assert!(config
+            .validate(true)
+            .unwrap_err()
+            .contains("client_ca_file"));
         let config = TlsConfig {
             client_ca_file: Some("ca.pem".into()),
             client_auth: ClientAuth::None,
@@ -518,7 +521,10 @@ mod tests {
         // A certificate file without a certificate.
         std::fs::write(&cert_file, "not pem at all").unwrap();
         let err = ServerTls::new(config.clone()).unwrap_err().to_string();
-        assert!(err.contains("cert.pem") && err.contains("CERTIFICATE"), "{err}");
+        assert!(
+            err.contains("cert.pem") && err.contains("CERTIFICATE"),
+            "{err}"
+        );
         // A file far too large.
         std::fs::write(&cert_file, vec![b'x'; PEM_FILE_BYTES_MAX as usize + 1]).unwrap();
         let err = ServerTls::new(config.clone()).unwrap_err().to_string();

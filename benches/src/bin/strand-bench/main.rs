@@ -257,8 +257,7 @@ impl EmbeddedBroker {
             strand_broker::kafka::KafkaConfig::default(),
             rx.clone(),
         ));
-        let native_task =
-            runtime.spawn(server::serve(
+        let native_task = runtime.spawn(server::serve(
             vec![BoundListener::plaintext(listener)?],
             broker,
             ServerConfig::default(),
