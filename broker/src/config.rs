@@ -11,7 +11,10 @@ use std::str::FromStr;
 use clap::Parser;
 use serde::{Deserialize, Serialize};
 
+use crate::listener::{AdvertisedListener, ListenerKind};
 use crate::log::{FsyncPolicy, LogConfig};
+use crate::security::tls::{ClientAuth, TlsConfig};
+use crate::security::{ListenerSpec, SecurityProtocol};
 
 /// The broker's settings, with the documented defaults.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -23,9 +26,26 @@ pub struct BrokerConfig {
     pub listen: SocketAddr,
     /// Kafka-protocol listener. Default `127.0.0.1:9092`.
     pub kafka_listen: SocketAddr,
-    /// `host:port` Kafka clients are told to connect to; default: the Kafka listener's address
-    /// (127.0.0.1 when it binds 0.0.0.0). Set it when clients reach Strand by another name.
+    /// `host:port` Kafka clients of the PLAINTEXT listener are told to connect to; default: the
+    /// listener's address (127.0.0.1 when it binds 0.0.0.0). Set it when clients reach Strand
+    /// by another name. `kafka_advertised_listeners` says it for every protocol.
     pub kafka_advertised: Option<String>,
+    /// Native protocol listeners, `PROTOCOL://host:port` each (`PLAINTEXT`, `SSL`,
+    /// `SASL_PLAINTEXT`, `SASL_SSL`). Default empty: one PLAINTEXT listener on `listen`.
+    pub native_listeners: Vec<ListenerSpec>,
+    /// Kafka-protocol listeners, at most one per protocol (the protocol names the listener, as
+    /// Kafka's default listener names do). Default empty: one PLAINTEXT listener on
+    /// `kafka_listen`.
+    pub kafka_listeners: Vec<ListenerSpec>,
+    /// `PROTOCOL://host:port` each: what the Kafka listener with that protocol advertises in
+    /// Metadata and FindCoordinator, as Kafka's `advertised.listeners`. Default empty: each
+    /// listener advertises its bound address (PLAINTEXT: `kafka_advertised` if set).
+    pub kafka_advertised_listeners: Vec<AdvertisedListener>,
+    /// HTTP listeners (`PLAINTEXT` or `SSL`). Default empty: one PLAINTEXT listener on
+    /// `http_listen`.
+    pub http_listeners: Vec<ListenerSpec>,
+    /// Certificate, key and client authentication of every `SSL` and `SASL_SSL` listener.
+    pub tls: TlsConfig,
     /// Create a topic when a Kafka client asks for one that does not exist (Metadata), as
     /// Kafka's `auto.create.topics.enable`. Default true.
     pub auto_create_topics: bool,
@@ -103,6 +123,11 @@ impl Default for BrokerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 7171)),
             kafka_listen: SocketAddr::from(([127, 0, 0, 1], 9092)),
             kafka_advertised: None,
+            native_listeners: Vec::new(),
+            kafka_listeners: Vec::new(),
+            kafka_advertised_listeners: Vec::new(),
+            http_listeners: Vec::new(),
+            tls: TlsConfig::default(),
             auto_create_topics: true,
             default_partitions: 1,
             http_listen: SocketAddr::from(([127, 0, 0, 1], 7180)),
@@ -156,6 +181,53 @@ pub struct BrokerArgs {
     /// host:port advertised to Kafka clients [default: the Kafka listener's address]
     #[arg(long, env = "STRAND_KAFKA_ADVERTISED", value_name = "HOST:PORT")]
     pub kafka_advertised: Option<String>,
+    /// Native listeners, comma separated PROTOCOL://host:port [default: PLAINTEXT://<listen>]
+    #[arg(
+        long,
+        env = "STRAND_NATIVE_LISTENERS",
+        value_name = "LISTENERS",
+        value_delimiter = ','
+    )]
+    pub native_listeners: Option<Vec<ListenerSpec>>,
+    /// Kafka listeners, comma separated PROTOCOL://host:port, one per protocol
+    /// [default: PLAINTEXT://<kafka-listen>]
+    #[arg(
+        long,
+        env = "STRAND_KAFKA_LISTENERS",
+        value_name = "LISTENERS",
+        value_delimiter = ','
+    )]
+    pub kafka_listeners: Option<Vec<ListenerSpec>>,
+    /// What each Kafka listener advertises, comma separated PROTOCOL://host:port
+    /// [default: its bound address]
+    #[arg(
+        long,
+        env = "STRAND_KAFKA_ADVERTISED_LISTENERS",
+        value_name = "LISTENERS",
+        value_delimiter = ','
+    )]
+    pub kafka_advertised_listeners: Option<Vec<AdvertisedListener>>,
+    /// HTTP listeners, comma separated PLAINTEXT:// or SSL://host:port
+    /// [default: PLAINTEXT://<http-listen>]
+    #[arg(
+        long,
+        env = "STRAND_HTTP_LISTENERS",
+        value_name = "LISTENERS",
+        value_delimiter = ','
+    )]
+    pub http_listeners: Option<Vec<ListenerSpec>>,
+    /// PEM certificate (and chain) of the SSL and SASL_SSL listeners
+    #[arg(long, env = "STRAND_TLS_CERT_FILE", value_name = "FILE")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key of --tls-cert-file
+    #[arg(long, env = "STRAND_TLS_KEY_FILE", value_name = "FILE")]
+    pub tls_key_file: Option<PathBuf>,
+    /// PEM bundle of the CAs client certificates must chain to
+    #[arg(long, env = "STRAND_TLS_CLIENT_CA_FILE", value_name = "FILE")]
+    pub tls_client_ca_file: Option<PathBuf>,
+    /// Client certificates: none, requested or required [default: none]
+    #[arg(long, env = "STRAND_TLS_CLIENT_AUTH", value_name = "MODE")]
+    pub tls_client_auth: Option<ClientAuth>,
     /// Create topics Kafka clients ask for that do not exist [default: true]
     #[arg(long, env = "STRAND_AUTO_CREATE_TOPICS", value_name = "BOOL")]
     pub auto_create_topics: Option<bool>,
@@ -273,6 +345,83 @@ pub enum ConfigError {
 }
 
 impl BrokerConfig {
+    /// The listeners of one kind: the configured list, or the single address as PLAINTEXT.
+    pub fn listeners(&self, kind: ListenerKind) -> Vec<ListenerSpec> {
+        let (list, addr) = match kind {
+            ListenerKind::Native => (&self.native_listeners, self.listen),
+            ListenerKind::Kafka => (&self.kafka_listeners, self.kafka_listen),
+            ListenerKind::Http => (&self.http_listeners, self.http_listen),
+        };
+        if list.is_empty() {
+            vec![ListenerSpec {
+                protocol: SecurityProtocol::Plaintext,
+                addr,
+            }]
+        } else {
+            list.clone()
+        }
+    }
+
+    /// Whether some listener uses TLS (and so needs `[tls]`).
+    pub fn uses_tls(&self) -> bool {
+        [
+            ListenerKind::Native,
+            ListenerKind::Kafka,
+            ListenerKind::Http,
+        ]
+        .into_iter()
+        .flat_map(|kind| self.listeners(kind))
+        .any(|spec| spec.protocol.uses_tls())
+    }
+
+    fn validate_listeners(&self) -> Result<(), ConfigError> {
+        if let Some(spec) = self
+            .listeners(ListenerKind::Http)
+            .into_iter()
+            .find(|spec| spec.protocol.uses_sasl())
+        {
+            return Err(ConfigError::Invalid(format!(
+                "http_listeners: {spec}: HTTP listeners are PLAINTEXT or SSL (HTTP does not \
+                 speak SASL)"
+            )));
+        }
+        let kafka = self.listeners(ListenerKind::Kafka);
+        for (idx, spec) in kafka.iter().enumerate() {
+            if kafka[..idx].iter().any(|s| s.protocol == spec.protocol) {
+                return Err(ConfigError::Invalid(format!(
+                    "kafka_listeners: more than one {} listener; a Kafka listener is named by \
+                     its protocol, so each protocol may appear once",
+                    spec.protocol
+                )));
+            }
+        }
+        for (idx, advertised) in self.kafka_advertised_listeners.iter().enumerate() {
+            if !kafka.iter().any(|s| s.protocol == advertised.protocol) {
+                return Err(ConfigError::Invalid(format!(
+                    "kafka_advertised_listeners: {advertised} names no Kafka listener (the \
+                     Kafka listeners are {})",
+                    kafka
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            }
+            if self.kafka_advertised_listeners[..idx]
+                .iter()
+                .any(|a| a.protocol == advertised.protocol)
+            {
+                return Err(ConfigError::Invalid(format!(
+                    "kafka_advertised_listeners: more than one {} entry",
+                    advertised.protocol
+                )));
+            }
+        }
+        self.tls
+            .validate(self.uses_tls())
+            .map_err(ConfigError::Invalid)
+    }
+
     /// Layers the file named by `args.config` (if any) and then `args` over the defaults.
     pub fn load(args: &BrokerArgs) -> Result<BrokerConfig, ConfigError> {
         let mut config = match &args.config {
@@ -293,6 +442,23 @@ impl BrokerConfig {
         if let Some(advertised) = &args.kafka_advertised {
             config.kafka_advertised = Some(advertised.clone());
         }
+        set!(config.native_listeners, args.native_listeners.clone());
+        set!(config.kafka_listeners, args.kafka_listeners.clone());
+        set!(
+            config.kafka_advertised_listeners,
+            args.kafka_advertised_listeners.clone()
+        );
+        set!(config.http_listeners, args.http_listeners.clone());
+        if let Some(file) = &args.tls_cert_file {
+            config.tls.cert_file = Some(file.clone());
+        }
+        if let Some(file) = &args.tls_key_file {
+            config.tls.key_file = Some(file.clone());
+        }
+        if let Some(file) = &args.tls_client_ca_file {
+            config.tls.client_ca_file = Some(file.clone());
+        }
+        set!(config.tls.client_auth, args.tls_client_auth);
         set!(config.auto_create_topics, args.auto_create_topics);
         set!(config.default_partitions, args.default_partitions);
         set!(config.http_listen, args.http_listen);
@@ -399,6 +565,7 @@ impl BrokerConfig {
                 self.in_flight_bytes_max
             )));
         }
+        self.validate_listeners()?;
         self.log.validate().map_err(ConfigError::Invalid)
     }
 }

@@ -26,8 +26,7 @@ use strand_client::native::messages::{
 use strand_client::native::{
     Acks, ApiKey, ErrorCode, OffsetQuery, Push, Request, Response, ResponseBody,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::sync::{mpsc, watch, Notify, Semaphore};
 use tokio::task::JoinSet;
 
@@ -35,15 +34,19 @@ use crate::budget::{Budget, Charge};
 use crate::group::{
     Assignor, CommitError, CommittedOffset, GroupDescription, GroupError, GroupState, JoinRequest,
 };
-use crate::listener::{self, Admission};
+use crate::listener::{self, Admission, BoundListener, Stream};
 use crate::log::{FirstBatch, LogError};
-use crate::security::{SecurityProtocol, Session};
+use crate::security::Session;
 use crate::service::{Broker, OffsetSpec, ServiceError, TopicInfo};
 use crate::topics::{TopicConfig, TopicError};
 
 /// A connection may hold at most this fraction of the in-flight budget (but at least one
 /// frame).
 const CONNECTION_SHARE_OF_BUDGET: usize = 8;
+
+/// Bytes an idle connection reads at once while it waits for its next request: enough for a
+/// small request whole, so that waiting costs no buffer.
+const IDLE_READ_BYTES: usize = 1024;
 
 /// Limits of the native listener.
 #[derive(Debug, Clone)]
@@ -88,9 +91,10 @@ impl Default for ServerConfig {
     }
 }
 
-/// Serves connections from `listener` until `shutdown` turns true, then waits for them to end.
+/// Serves connections from every listener until `shutdown` turns true, then waits for them to
+/// end. The connection caps count the connections of all listeners together.
 pub async fn serve(
-    listener: TcpListener,
+    listeners: Vec<BoundListener>,
     broker: Broker,
     config: ServerConfig,
     shutdown: watch::Receiver<bool>,
@@ -102,22 +106,32 @@ pub async fn serve(
         config.connections_per_ip_max,
         broker.metrics.clone(),
     );
-    let serve_shutdown = shutdown.clone();
-    listener::serve(listener, admission, serve_shutdown, move |socket, peer| {
-        // Each connection charges its own share of the budget first, so that one client (say,
-        // one pipelining fetches it never reads) cannot take the whole budget.
-        let share =
-            (config.budget.bytes_max() / CONNECTION_SHARE_OF_BUDGET).max(config.frame_bytes_max);
-        let connection = Connection {
-            broker: broker.clone(),
-            config: config.clone(),
-            budget: config.budget.share(share),
-            shutdown: shutdown.clone(),
-            session: Arc::new(Session::new(SecurityProtocol::Plaintext, peer)),
-        };
-        connection.run(socket)
-    })
-    .await;
+    let served = listeners.into_iter().map(|bound| {
+        let broker = broker.clone();
+        let config = config.clone();
+        let shutdown = shutdown.clone();
+        listener::serve(
+            bound,
+            admission.clone(),
+            config.frame_read_timeout,
+            shutdown.clone(),
+            move |stream, session| {
+                // Each connection charges its own share of the budget first, so that one client
+                // (say, one pipelining fetches it never reads) cannot take the whole budget.
+                let share = (config.budget.bytes_max() / CONNECTION_SHARE_OF_BUDGET)
+                    .max(config.frame_bytes_max);
+                let connection = Connection {
+                    broker: broker.clone(),
+                    config: config.clone(),
+                    budget: config.budget.share(share),
+                    shutdown: shutdown.clone(),
+                    session: Arc::new(session),
+                };
+                connection.run(stream)
+            },
+        )
+    });
+    futures::future::join_all(served).await;
 }
 
 struct Connection {
@@ -151,8 +165,26 @@ struct Subscription {
 }
 
 impl Connection {
-    async fn run(mut self, socket: TcpStream) -> Result<(), String> {
-        let (mut reader, writer) = socket.into_split();
+    async fn run(self, stream: Stream) -> Result<(), String> {
+        // A plain socket splits without a lock between its halves; a TLS stream's halves share
+        // one TLS state.
+        match stream {
+            Stream::Plain(socket) => {
+                let (reader, writer) = socket.into_split();
+                self.serve(reader, writer).await
+            }
+            Stream::Tls(stream) => {
+                let (reader, writer) = tokio::io::split(*stream);
+                self.serve(reader, writer).await
+            }
+        }
+    }
+
+    async fn serve<R, W>(mut self, mut reader: R, writer: W) -> Result<(), String>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Send + Unpin + 'static,
+    {
         // Room for every in-flight answer plus pushes; the channel holds encoded frames.
         let (out_tx, out_rx) =
             mpsc::channel::<(Bytes, Charge)>(self.config.in_flight_per_connection_max * 2);
@@ -231,18 +263,23 @@ impl Connection {
             // Need more bytes. A partial frame must finish within the frame timeout; an idle
             // connection may wait for the idle timeout.
             if buf.is_empty() {
-                // Idle: wait for the next request without holding a buffer.
-                let readable = tokio::select! {
-                    readable = tokio::time::timeout(self.config.idle_timeout, reader.readable()) => readable,
+                // Idle: wait for the next request without holding a buffer. The first bytes
+                // land in a small array (the stream may be TLS, which cannot announce
+                // readability without reading), and only they are copied into the buffer.
+                let mut first = [0u8; IDLE_READ_BYTES];
+                let read = tokio::select! {
+                    read = tokio::time::timeout(self.config.idle_timeout, reader.read(&mut first)) => read,
                     // The writer gave up (write timeout): no need to wait for more requests.
                     _ = out_tx.closed() => break Err("answers could not be written".into()),
                     _ = stopped(&mut self.shutdown) => break Ok(()),
                 };
-                match readable {
+                match read {
                     Err(_) => break Err("idle timeout".into()),
+                    Ok(Ok(0)) => break Ok(()),
+                    Ok(Ok(n)) => buf.extend_from_slice(&first[..n]),
                     Ok(Err(e)) => break Err(format!("read failed: {e}")),
-                    Ok(Ok(())) => {}
                 }
+                continue;
             } else if frame_charge.is_none() && buf.len() >= frame::LENGTH_BYTES {
                 // The frame's length is known (and within the limit, `check` said): charge it
                 // before reading its body, so that while the budget is spent the broker stops
@@ -861,8 +898,8 @@ async fn send(
 
 /// Writes frames as they come, flushing when no more are queued, so that a burst of small
 /// answers goes out in few system calls.
-async fn write_frames(
-    writer: tokio::net::tcp::OwnedWriteHalf,
+async fn write_frames<W: AsyncWrite + Unpin>(
+    writer: W,
     mut frames: mpsc::Receiver<(Bytes, Charge)>,
     timeout: Duration,
 ) {

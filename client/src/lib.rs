@@ -5,7 +5,7 @@
 //!   a builder for producers.
 //! - [`partitioner`]: Kafka's murmur2 key partitioner.
 //! - [`native`]: the native TCP protocol (frames, requests, responses, pushes).
-//! - [`connection`]: one pipelined connection; [`client`]: reconnecting [`Client`] and [`Admin`].
+//! - [`connection`]: one pipelined connection, over TCP or TLS ([`tls`]); [`client`]: reconnecting [`Client`] and [`Admin`].
 //! - [`producer`]: batching [`Producer`] with delivery futures; [`consumer`]: [`Consumer`];
 //!   [`group`]: [`GroupConsumer`], a consumer-group member.
 
@@ -18,6 +18,7 @@ pub mod group;
 pub mod native;
 pub mod partitioner;
 pub mod producer;
+pub mod tls;
 
 pub use client::{Admin, Client, ClientConfig};
 pub use consumer::{Consumer, ConsumerConfig, Record, StartFrom};
@@ -25,3 +26,4 @@ pub use error::ClientError;
 pub use group::{GroupConfig, GroupConsumer, OffsetReset};
 pub use native::{Acks, TopicSettings};
 pub use producer::{Producer, ProducerConfig, ProducerRecord};
+pub use tls::ClientTlsConfig;

@@ -21,7 +21,6 @@ mod admin;
 mod data;
 mod groups;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -34,15 +33,14 @@ use kafka_protocol::messages::{
     ResponseKind, SaslAuthenticateResponse, SaslHandshakeResponse,
 };
 use kafka_protocol::protocol::{Decodable, Encodable};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::budget::{Budget, Charge};
-use crate::listener::{self, stopped, Admission};
+use crate::listener::{self, stopped, Admission, AdvertisedListener, BoundListener};
 use crate::log::LogError;
-use crate::security::{SecurityProtocol, Session};
+use crate::security::{ListenerSpec, SecurityProtocol, Session};
 use crate::service::{Broker, ServiceError};
 use crate::topics::TopicError;
 
@@ -98,9 +96,13 @@ pub struct KafkaConfig {
     pub fetch_bytes_max: usize,
     /// Bytes in flight across every connection (shared with the native listener).
     pub budget: Budget,
-    /// `host:port` clients are told to connect to (Metadata). By default the bound address,
-    /// with 127.0.0.1 in place of an unspecified IP (0.0.0.0 cannot be connected to).
+    /// `host:port` clients of the PLAINTEXT listener are told to connect to (Metadata,
+    /// FindCoordinator) unless `advertised_listeners` names one for PLAINTEXT. By default each
+    /// listener's bound address, with 127.0.0.1 in place of an unspecified IP.
     pub advertised: Option<String>,
+    /// Per protocol, the address clients of the listener with that protocol are told to
+    /// connect to, as Kafka's `advertised.listeners`.
+    pub advertised_listeners: Vec<AdvertisedListener>,
     /// Create topics that Metadata requests name and that do not exist.
     pub auto_create_topics: bool,
     /// Partitions of auto-created topics and of CreateTopics asking for the default.
@@ -121,6 +123,7 @@ impl Default for KafkaConfig {
             fetch_bytes_max: 50 << 20,
             budget: Budget::default(),
             advertised: None,
+            advertised_listeners: Vec::new(),
             auto_create_topics: true,
             default_partitions: 1,
             metadata_auto_create_topics_max: 100,
@@ -137,38 +140,55 @@ struct Context {
     advertised: (String, i32),
 }
 
-/// Serves Kafka clients until shutdown.
+/// Serves Kafka clients on every listener until shutdown. Each listener advertises its own
+/// address (see [`KafkaConfig::advertised_listeners`]); the connection caps count the
+/// connections of all of them together.
 pub async fn serve(
-    listener: TcpListener,
+    listeners: Vec<BoundListener>,
     broker: Broker,
     config: KafkaConfig,
     shutdown: watch::Receiver<bool>,
 ) {
-    let advertised = advertised_address(
-        config.advertised.as_deref(),
-        listener.local_addr().expect("bound listener"),
-    );
     let admission = Admission::new(
         "kafka",
         config.connections_max,
         config.connections_per_ip_max,
         broker.metrics.clone(),
     );
-    let context = Arc::new(Context {
-        broker,
-        config,
-        advertised,
+    let served = listeners.into_iter().map(|bound| {
+        let advertised = advertised_address(&config, bound.spec);
+        let context = Arc::new(Context {
+            broker: broker.clone(),
+            config: config.clone(),
+            advertised,
+        });
+        let shutdown = shutdown.clone();
+        listener::serve(
+            bound,
+            admission.clone(),
+            config.request_timeout,
+            shutdown.clone(),
+            move |stream, session| connection(stream, session, context.clone(), shutdown.clone()),
+        )
     });
-    let serve_shutdown = shutdown.clone();
-    listener::serve(listener, admission, serve_shutdown, move |socket, peer| {
-        let session = Session::new(SecurityProtocol::Plaintext, peer);
-        connection(socket, session, context.clone(), shutdown.clone())
-    })
-    .await;
+    futures::future::join_all(served).await;
 }
 
-/// The (host, port) to advertise.
-fn advertised_address(configured: Option<&str>, bound: SocketAddr) -> (String, i32) {
+/// The (host, port) a listener advertises: the advertised listener with its protocol, else
+/// for a PLAINTEXT listener the single `advertised` address, else the bound address with
+/// 127.0.0.1 in place of an unspecified IP (0.0.0.0 cannot be connected to).
+fn advertised_address(config: &KafkaConfig, bound: ListenerSpec) -> (String, i32) {
+    if let Some(a) = config
+        .advertised_listeners
+        .iter()
+        .find(|a| a.protocol == bound.protocol)
+    {
+        return (a.host.clone(), i32::from(a.port));
+    }
+    let configured = config
+        .advertised
+        .as_deref()
+        .filter(|_| bound.protocol == SecurityProtocol::Plaintext);
     if let Some((host, port)) = configured.and_then(|a| a.rsplit_once(':')) {
         if let Ok(port) = port.parse() {
             return (host.to_string(), port);
@@ -177,16 +197,16 @@ fn advertised_address(configured: Option<&str>, bound: SocketAddr) -> (String, i
     if configured.is_some() {
         tracing::warn!(advertised = ?configured, "ignoring an advertised address that is not host:port");
     }
-    let host = if bound.ip().is_unspecified() {
+    let host = if bound.addr.ip().is_unspecified() {
         "127.0.0.1".to_string()
     } else {
-        bound.ip().to_string()
+        bound.addr.ip().to_string()
     };
-    (host, bound.port() as i32)
+    (host, i32::from(bound.addr.port()))
 }
 
-async fn connection(
-    mut socket: TcpStream,
+async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
+    mut socket: S,
     mut session: Session,
     context: Arc<Context>,
     mut shutdown: watch::Receiver<bool>,

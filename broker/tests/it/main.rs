@@ -15,4 +15,5 @@ mod kafka_clients;
 mod log_model;
 mod server;
 mod support;
+mod tls;
 mod topics;

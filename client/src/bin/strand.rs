@@ -6,6 +6,7 @@
 //! ```
 
 use std::io::Write;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
@@ -15,8 +16,8 @@ use strand_client::consumer::Delivery;
 use strand_client::native::messages::OffsetEntry;
 use strand_client::native::{Request, ResponseBody, TopicDescription};
 use strand_client::{
-    Acks, Client, ClientConfig, Consumer, ConsumerConfig, GroupConfig, GroupConsumer, OffsetReset,
-    Producer, ProducerConfig, ProducerRecord, StartFrom, TopicSettings,
+    Acks, Client, ClientConfig, ClientTlsConfig, Consumer, ConsumerConfig, GroupConfig,
+    GroupConsumer, OffsetReset, Producer, ProducerConfig, ProducerRecord, StartFrom, TopicSettings,
 };
 use tokio::io::{AsyncBufReadExt, BufReader};
 
@@ -35,8 +36,52 @@ struct Cli {
         global = true
     )]
     broker: String,
+    /// Connect over TLS, verifying the broker's certificate against this PEM CA bundle.
+    #[arg(long, env = "STRAND_TLS_CA", value_name = "FILE", global = true)]
+    tls_ca: Option<PathBuf>,
+    /// PEM client certificate to present (needs --tls-ca and --tls-key).
+    #[arg(
+        long,
+        env = "STRAND_TLS_CERT",
+        value_name = "FILE",
+        global = true,
+        requires_all = ["tls_ca", "tls_key"]
+    )]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(
+        long,
+        env = "STRAND_TLS_KEY",
+        value_name = "FILE",
+        global = true,
+        requires = "tls_cert"
+    )]
+    tls_key: Option<PathBuf>,
+    /// Name the broker's certificate must carry [default: the host of --broker].
+    #[arg(
+        long,
+        env = "STRAND_TLS_SERVER_NAME",
+        value_name = "NAME",
+        global = true,
+        requires = "tls_ca"
+    )]
+    tls_server_name: Option<String>,
     #[command(subcommand)]
     command: Command,
+}
+
+impl Cli {
+    /// The client settings the flags ask for: TLS when --tls-ca is given.
+    fn client_config(&self) -> ClientConfig {
+        let mut config = ClientConfig::default();
+        config.connection.tls = self.tls_ca.as_ref().map(|ca_file| ClientTlsConfig {
+            ca_file: ca_file.clone(),
+            cert_file: self.tls_cert.clone(),
+            key_file: self.tls_key.clone(),
+            server_name: self.tls_server_name.clone(),
+        });
+        config
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -172,7 +217,7 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let client = Client::connect(cli.broker.clone(), ClientConfig::default())
+    let client = Client::connect(cli.broker.clone(), cli.client_config())
         .await
         .with_context(|| format!("connecting to {}", cli.broker))?;
     match cli.command {
