@@ -8,6 +8,8 @@
 //! - [`connection`]: one pipelined connection; [`client`]: reconnecting [`Client`] and [`Admin`].
 //! - [`producer`]: batching [`Producer`] with delivery futures; [`consumer`]: [`Consumer`];
 //!   [`group`]: [`GroupConsumer`], a consumer-group member.
+//! - [`sasl`]: the SASL mechanisms (PLAIN, SCRAM) and [`SaslConfig`]; [`scram`]: both sides of
+//!   a SCRAM exchange and the stored form of a password, shared with the broker.
 
 pub mod batch;
 pub mod client;
@@ -18,10 +20,13 @@ pub mod group;
 pub mod native;
 pub mod partitioner;
 pub mod producer;
+pub mod sasl;
+pub mod scram;
 
 pub use client::{Admin, Client, ClientConfig};
 pub use consumer::{Consumer, ConsumerConfig, Record, StartFrom};
 pub use error::ClientError;
 pub use group::{GroupConfig, GroupConsumer, OffsetReset};
 pub use native::{Acks, TopicSettings};
+pub use sasl::{Mechanism, SaslConfig};
 pub use producer::{Producer, ProducerConfig, ProducerRecord};
