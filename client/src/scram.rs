@@ -90,7 +90,8 @@ impl ScramMechanism {
         out
     }
 
-    fn hmac(self, key: &[u8], message: &[u8]) -> Vec<u8> {
+    /// HMAC with the mechanism's hash.
+    pub fn hmac(self, key: &[u8], message: &[u8]) -> Vec<u8> {
         match self {
             ScramMechanism::Sha256 => {
                 let mut mac =
@@ -196,13 +197,25 @@ impl StoredCredential {
         iterations: u32,
     ) -> StoredCredential {
         let salted = mechanism.salted_password(password, salt, iterations);
-        let client_key = mechanism.hmac(&salted, b"Client Key");
+        StoredCredential::from_salted_password(mechanism, &salted, salt, iterations)
+    }
+
+    /// The stored form from a salted password (`Hi(password, salt, i)`), which is what Kafka's
+    /// AlterUserScramCredentials and Strand's UpsertUser carry so that the password itself
+    /// never crosses the wire.
+    pub fn from_salted_password(
+        mechanism: ScramMechanism,
+        salted_password: &[u8],
+        salt: &[u8],
+        iterations: u32,
+    ) -> StoredCredential {
+        let client_key = mechanism.hmac(salted_password, b"Client Key");
         StoredCredential {
             mechanism,
             salt: salt.to_vec(),
             iterations,
             stored_key: mechanism.hash(&client_key),
-            server_key: mechanism.hmac(&salted, b"Server Key"),
+            server_key: mechanism.hmac(salted_password, b"Server Key"),
         }
     }
 
