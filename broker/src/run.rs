@@ -17,6 +17,8 @@ use crate::group::CoordinatorConfig;
 use crate::http::{self, HttpState};
 use crate::listener::{Admission, GuardedListener};
 use crate::metrics::Metrics;
+use crate::security::sasl::Authenticator;
+use crate::security::users::Users;
 use crate::server::{self, ServerConfig};
 use crate::service::Broker;
 use crate::topics::{TopicError, TopicLimits, Topics};
@@ -69,6 +71,8 @@ pub struct RunningBroker {
     pub kafka_addr: SocketAddr,
     pub http_addr: SocketAddr,
     pub broker: Broker,
+    /// The SCRAM users and SASL mechanisms both listeners authenticate against.
+    pub authenticator: Arc<Authenticator>,
     config: BrokerConfig,
     topics: Arc<Topics>,
     shutdown: watch::Sender<bool>,
@@ -113,6 +117,18 @@ impl RunningBroker {
         }
         let topics = Arc::new(topics);
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let users = {
+            let data_dir = config.data_dir.clone();
+            let users_config = config.users_config();
+            tokio::task::spawn_blocking(move || Users::open(&data_dir, users_config))
+                .await?
+                .context("opening the SCRAM user store")?
+        };
+        let authenticator = Arc::new(Authenticator {
+            users: Arc::new(users),
+            mechanisms: config.sasl_mechanisms()?,
+            failure_delay: Duration::from_millis(config.sasl_failure_delay_ms),
+        });
 
         let native_listener = TcpListener::bind(config.listen)
             .await
@@ -129,7 +145,9 @@ impl RunningBroker {
         // One line with every bound address, before serving: tests and scripts wait for it.
         tracing::info!(
             native = %native_addr,
+            native_protocol = %config.listen_protocol,
             kafka = %kafka_addr,
+            kafka_protocol = %config.kafka_listen_protocol,
             http = %http_addr,
             data_dir = %config.data_dir.display(),
             topics = topics.list().len(),
@@ -172,6 +190,8 @@ impl RunningBroker {
                 auto_create_topics: config.auto_create_topics,
                 default_partitions: config.default_partitions,
                 metadata_auto_create_topics_max: config.metadata_auto_create_topics_max,
+                protocol: config.kafka_listen_protocol,
+                authenticator: Some(authenticator.clone()),
             },
             shutdown_rx.clone(),
         ));
@@ -189,6 +209,8 @@ impl RunningBroker {
                 write_timeout,
                 fetch_bytes_max: config.fetch_bytes_max,
                 budget: budget.clone(),
+                protocol: config.listen_protocol,
+                authenticator: Some(authenticator.clone()),
                 ..ServerConfig::default()
             },
             shutdown_rx.clone(),
@@ -262,6 +284,7 @@ impl RunningBroker {
             kafka_addr,
             http_addr,
             broker: broker_handle,
+            authenticator,
             config,
             topics,
             shutdown: shutdown_tx,

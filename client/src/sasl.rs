@@ -66,6 +66,21 @@ impl fmt::Debug for SaslConfig {
     }
 }
 
+/// Reads a password file: its first line, without the line ending. An empty password is an
+/// error, so that an empty or mistyped file is not taken for a password.
+pub fn read_password_file(path: &std::path::Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("reading password file {}: {e}", path.display()))?;
+    let password = text.lines().next().unwrap_or("");
+    if password.is_empty() {
+        return Err(format!(
+            "password file {} has an empty first line",
+            path.display()
+        ));
+    }
+    Ok(password.to_string())
+}
+
 /// Longest PLAIN message accepted, in bytes.
 pub const PLAIN_MESSAGE_BYTES_MAX: usize = 4096;
 
