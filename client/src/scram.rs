@@ -622,7 +622,10 @@ impl ScramServer {
                 "channel binding does not repeat the GS2 header",
             ));
         }
-        if nonce != self.nonce {
+        // RFC 5802 wants the nonce exactly; librdkafka sends its own nonce in front of the
+        // server's whole one (which already starts with it), and Kafka accepts any nonce that
+        // ends with the server's, so Strand does too. The proof covers the nonce as sent.
+        if !nonce.ends_with(&self.nonce) {
             return Err(malformed("nonce does not match the exchange's"));
         }
         let proof = decode_base64("proof", proof)?;
@@ -718,6 +721,25 @@ mod tests {
                 Err(ScramError::InvalidProof)
             );
         }
+    }
+
+    /// librdkafka's client-final repeats its nonce in front of the server's (which Kafka
+    /// accepts); the proof is computed over what it sent, so the exchange still verifies.
+    #[test]
+    fn librdkafkas_doubled_nonce_is_accepted() {
+        let m = ScramMechanism::Sha256;
+        let credential = StoredCredential::derive(m, b"pw", b"salt", 4096);
+        let first = ClientFirst::parse(b"n,,n=u,r=cnonce").unwrap();
+        let (server, server_first) = ScramServer::with_nonce(first, credential, "snonce".into());
+        assert_eq!(server_first, b"r=cnoncesnonce,s=c2FsdA==,i=4096");
+        let salted = m.salted_password(b"pw", b"salt", 4096);
+        let client_key = m.hmac(&salted, b"Client Key");
+        let without_proof = "c=biws,r=cnoncecnoncesnonce";
+        let auth_message = format!("n=u,r=cnonce,r=cnoncesnonce,s=c2FsdA==,i=4096,{without_proof}");
+        let signature = m.hmac(&m.hash(&client_key), auth_message.as_bytes());
+        let proof: Vec<u8> = client_key.iter().zip(&signature).map(|(a, b)| a ^ b).collect();
+        let client_final = format!("{without_proof},p={}", BASE64.encode(proof));
+        server.client_final(client_final.as_bytes()).unwrap();
     }
 
     #[test]
