@@ -250,9 +250,7 @@ impl Connection {
                     drop(charge);
                     let (response, close) = match request {
                         Request::SaslHandshake { mechanism } => self.sasl_handshake(&mechanism),
-                        Request::SaslAuthenticate { token } => {
-                            self.sasl_authenticate(&token).await
-                        }
+                        Request::SaslAuthenticate { token } => self.sasl_authenticate(&token).await,
                         other => {
                             let reason = format!(
                                 "{} needs SASL authentication first on this {} listener",
@@ -409,7 +407,9 @@ impl Connection {
             );
         };
         match exchange.step(&authenticator, token).await {
-            Ok(Step::Continue(token)) => (Response::Ok(ResponseBody::SaslToken(token.into())), None),
+            Ok(Step::Continue(token)) => {
+                (Response::Ok(ResponseBody::SaslToken(token.into())), None)
+            }
             Ok(Step::Done { user, token }) => {
                 tracing::info!(peer = %self.session.peer, %user, "SASL authenticated");
                 let mut session = (*self.session).clone();
@@ -894,7 +894,10 @@ async fn users_request(config: &ServerConfig, request: Request) -> Response {
     use strand_client::native::messages::UserEntry;
     use strand_client::scram::{ScramMechanism, StoredCredential};
     let Some(authenticator) = &config.authenticator else {
-        return Response::error(ErrorCode::UnsupportedRequest, "this broker has no user store");
+        return Response::error(
+            ErrorCode::UnsupportedRequest,
+            "this broker has no user store",
+        );
     };
     let users = authenticator.users.clone();
     let mechanism = |name: &str| {
@@ -939,10 +942,7 @@ async fn users_request(config: &ServerConfig, request: Request) -> Response {
             }
             tokio::task::spawn_blocking(move || users.upsert(&name, credential)).await
         }
-        Request::DeleteUser {
-            name,
-            mechanism: m,
-        } => {
+        Request::DeleteUser { name, mechanism: m } => {
             let m = match m.as_str() {
                 "" => None,
                 m => match mechanism(m) {

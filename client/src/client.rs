@@ -208,7 +208,9 @@ impl Admin {
             )));
         }
         if password.is_empty() {
-            return Err(ClientError::Invalid("the password must not be empty".into()));
+            return Err(ClientError::Invalid(
+                "the password must not be empty".into(),
+            ));
         }
         let mut salt = [0u8; scram::SALT_BYTES];
         scram::random(&mut salt);

@@ -12,12 +12,12 @@ use tokio::net::{TcpStream, ToSocketAddrs};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use crate::error::ClientError;
-use crate::sasl::{plain_message, Mechanism, SaslConfig};
-use crate::scram::ScramClient;
 use crate::native::frame::{self, SERVER_HEADER_BYTES};
 use crate::native::{
     ApiKey, Push, Request, Response, ResponseBody, ServerFrameKind, FRAME_BYTES_MAX_DEFAULT,
 };
+use crate::sasl::{plain_message, Mechanism, SaslConfig};
+use crate::scram::ScramClient;
 
 /// How a connection behaves.
 #[derive(Debug, Clone)]

@@ -28,5 +28,5 @@ pub use consumer::{Consumer, ConsumerConfig, Record, StartFrom};
 pub use error::ClientError;
 pub use group::{GroupConfig, GroupConsumer, OffsetReset};
 pub use native::{Acks, TopicSettings};
-pub use sasl::{Mechanism, SaslConfig};
 pub use producer::{Producer, ProducerConfig, ProducerRecord};
+pub use sasl::{Mechanism, SaslConfig};

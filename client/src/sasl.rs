@@ -157,14 +157,19 @@ mod tests {
     #[test]
     fn plain_messages_round_trip_and_bad_ones_are_refused() {
         let parsed = parse_plain(&plain_message("alice", "s3cret")).unwrap();
-        assert_eq!((parsed.username.as_str(), parsed.password.as_str()), ("alice", "s3cret"));
+        assert_eq!(
+            (parsed.username.as_str(), parsed.password.as_str()),
+            ("alice", "s3cret")
+        );
         assert!(parse_plain(b"alice\0alice\0pw").is_ok());
         assert!(parse_plain(b"bob\0alice\0pw").is_err());
         assert!(parse_plain(b"\0alice").is_err());
         assert!(parse_plain(b"\0alice\0pw\0").is_err());
         assert!(parse_plain(b"\0\0pw").is_err());
         assert!(parse_plain(&[0, 0xff, 0, b'p']).is_err());
-        assert!(format!("{parsed:?}").contains("alice") && !format!("{parsed:?}").contains("s3cret"));
+        assert!(
+            format!("{parsed:?}").contains("alice") && !format!("{parsed:?}").contains("s3cret")
+        );
     }
 
     proptest! {

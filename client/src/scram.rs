@@ -337,7 +337,11 @@ fn attributes(message: &str) -> Result<Vec<(&str, &str)>, ScramError> {
 
 /// A nonce: printable ASCII except `,` (RFC 5802), not empty.
 fn check_nonce(nonce: &str) -> Result<(), ScramError> {
-    if nonce.is_empty() || !nonce.bytes().all(|b| (0x21..=0x7e).contains(&b) && b != b',') {
+    if nonce.is_empty()
+        || !nonce
+            .bytes()
+            .all(|b| (0x21..=0x7e).contains(&b) && b != b',')
+    {
         return Err(malformed("nonce must be printable ASCII without ','"));
     }
     Ok(())
@@ -395,10 +399,7 @@ impl ScramClient {
 
     /// Checks the server's first message and computes the client's proof; returns the
     /// client-final message and what checks the server's answer to it.
-    pub fn server_first(
-        self,
-        message: &[u8],
-    ) -> Result<(Vec<u8>, ScramClientFinal), ScramError> {
+    pub fn server_first(self, message: &[u8]) -> Result<(Vec<u8>, ScramClientFinal), ScramError> {
         let server_first = utf8(message)?;
         let attrs = attributes(server_first)?;
         if let Some((_, e)) = attrs.iter().find(|(k, _)| *k == "e") {
@@ -411,9 +412,7 @@ impl ScramClient {
         };
         check_nonce(nonce)?;
         if !nonce.starts_with(&self.client_nonce) || nonce.len() == self.client_nonce.len() {
-            return Err(malformed(
-                "the server's nonce does not extend the client's",
-            ));
+            return Err(malformed("the server's nonce does not extend the client's"));
         }
         let salt = decode_base64("salt", salt)?;
         if salt.is_empty() {
@@ -431,10 +430,7 @@ impl ScramClient {
         let stored_key = m.hash(&client_key);
         // "biws" is base64("n,,"): no channel binding, no authorization id.
         let without_proof = format!("c=biws,r={nonce}");
-        let auth_message = format!(
-            "{},{server_first},{without_proof}",
-            self.client_first_bare
-        );
+        let auth_message = format!("{},{server_first},{without_proof}", self.client_first_bare);
         let client_signature = m.hmac(&stored_key, auth_message.as_bytes());
         let proof: Vec<u8> = client_key
             .iter()
@@ -517,9 +513,7 @@ impl ClientFirst {
         };
         let attrs = attributes(bare)?;
         let (username, client_nonce) = match attrs.as_slice() {
-            [("m", _), ..] => {
-                return Err(ScramError::Unsupported("mandatory extension".into()))
-            }
+            [("m", _), ..] => return Err(ScramError::Unsupported("mandatory extension".into())),
             [("n", n), ("r", r)] => (unescape_username(n)?, *r),
             [("n", _), ("r", _), (ext, _), ..] => {
                 return Err(ScramError::Unsupported(format!(
@@ -616,11 +610,8 @@ impl ScramServer {
             }
             _ => return Err(malformed("client-final must be c=...,r=...,p=...")),
         };
-        if decode_base64("channel binding", channel_binding)? != self.first.gs2_header.as_bytes()
-        {
-            return Err(malformed(
-                "channel binding does not repeat the GS2 header",
-            ));
+        if decode_base64("channel binding", channel_binding)? != self.first.gs2_header.as_bytes() {
+            return Err(malformed("channel binding does not repeat the GS2 header"));
         }
         // RFC 5802 wants the nonce exactly; librdkafka sends its own nonce in front of the
         // server's whole one (which already starts with it), and Kafka accepts any nonce that
@@ -680,11 +671,8 @@ mod tests {
         let credential = StoredCredential::derive(ScramMechanism::Sha256, b"pencil", &salt, 4096);
         let first = ClientFirst::parse(b"n,,n=user,r=rOprNGfwEbeRWgbNEkqO").unwrap();
         assert_eq!(first.username, "user");
-        let (server, message) = ScramServer::with_nonce(
-            first,
-            credential,
-            "%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0".into(),
-        );
+        let (server, message) =
+            ScramServer::with_nonce(first, credential, "%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0".into());
         assert_eq!(message, server_first);
         let server_final = server.client_final(&client_final).unwrap();
         assert_eq!(
@@ -737,7 +725,11 @@ mod tests {
         let without_proof = "c=biws,r=cnoncecnoncesnonce";
         let auth_message = format!("n=u,r=cnonce,r=cnoncesnonce,s=c2FsdA==,i=4096,{without_proof}");
         let signature = m.hmac(&m.hash(&client_key), auth_message.as_bytes());
-        let proof: Vec<u8> = client_key.iter().zip(&signature).map(|(a, b)| a ^ b).collect();
+        let proof: Vec<u8> = client_key
+            .iter()
+            .zip(&signature)
+            .map(|(a, b)| a ^ b)
+            .collect();
         let client_final = format!("{without_proof},p={}", BASE64.encode(proof));
         server.client_final(client_final.as_bytes()).unwrap();
     }

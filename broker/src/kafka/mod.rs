@@ -271,8 +271,9 @@ async fn connection(
             let key = match &decoded {
                 Decoded::ApiVersionsFallback { .. } => ApiKey::ApiVersions,
                 Decoded::Unsupported { api_key, .. } => *api_key,
-                Decoded::Request { header, .. } => ApiKey::try_from(header.request_api_key)
-                    .expect("checked when decoded"),
+                Decoded::Request { header, .. } => {
+                    ApiKey::try_from(header.request_api_key).expect("checked when decoded")
+                }
             };
             if !matches!(
                 key,
@@ -547,12 +548,12 @@ async fn handle(
         RequestKind::DescribeCluster(_) => {
             ResponseKind::DescribeCluster(data::describe_cluster(cx))
         }
-        RequestKind::DescribeUserScramCredentials(r) => ResponseKind::DescribeUserScramCredentials(
-            sasl::describe_user_scram_credentials(cx, r),
-        ),
-        RequestKind::AlterUserScramCredentials(r) => ResponseKind::AlterUserScramCredentials(
-            sasl::alter_user_scram_credentials(cx, r).await,
-        ),
+        RequestKind::DescribeUserScramCredentials(r) => {
+            ResponseKind::DescribeUserScramCredentials(sasl::describe_user_scram_credentials(cx, r))
+        }
+        RequestKind::AlterUserScramCredentials(r) => {
+            ResponseKind::AlterUserScramCredentials(sasl::alter_user_scram_credentials(cx, r).await)
+        }
         other => {
             // Only requests listed in SUPPORTED are decoded, and each has an arm above (Fetch
             // and the SASL exchange are served by the connection, which keeps its budget

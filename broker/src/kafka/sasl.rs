@@ -19,8 +19,7 @@ use kafka_protocol::messages::describe_user_scram_credentials_response::{
 use kafka_protocol::messages::{
     AlterUserScramCredentialsRequest, AlterUserScramCredentialsResponse,
     DescribeUserScramCredentialsRequest, DescribeUserScramCredentialsResponse,
-    SaslAuthenticateRequest, SaslAuthenticateResponse, SaslHandshakeRequest,
-    SaslHandshakeResponse,
+    SaslAuthenticateRequest, SaslAuthenticateResponse, SaslHandshakeRequest, SaslHandshakeResponse,
 };
 use kafka_protocol::protocol::StrBytes;
 use strand_client::scram::{ScramMechanism, StoredCredential};
@@ -121,8 +120,13 @@ pub(super) async fn authenticate(
             Some(message.to_string()),
         )
     };
-    let (Some(authenticator), SaslState::Authenticating { exchange, raw: false }) =
-        (&cx.config.authenticator, &mut *state)
+    let (
+        Some(authenticator),
+        SaslState::Authenticating {
+            exchange,
+            raw: false,
+        },
+    ) = (&cx.config.authenticator, &mut *state)
     else {
         return illegal("SaslAuthenticate without a SaslHandshake v1 before it");
     };
@@ -157,8 +161,13 @@ pub(super) async fn raw_token(
     session: &mut Session,
     token: &[u8],
 ) -> Result<Vec<u8>, String> {
-    let (Some(authenticator), SaslState::Authenticating { exchange, raw: true }) =
-        (&cx.config.authenticator, &mut *state)
+    let (
+        Some(authenticator),
+        SaslState::Authenticating {
+            exchange,
+            raw: true,
+        },
+    ) = (&cx.config.authenticator, &mut *state)
     else {
         return Err("a bare SASL token outside a SaslHandshake v0 exchange".into());
     };
@@ -219,7 +228,9 @@ pub(super) fn describe_user_scram_credentials(
             ),
         None => DescribeUserScramCredentialsResult::default()
             .with_error_code(ResponseError::ResourceNotFound.code())
-            .with_error_message(text(format!("Attempt to describe a user credential that does not exist: {name}")))
+            .with_error_message(text(format!(
+                "Attempt to describe a user credential that does not exist: {name}"
+            )))
             .with_user(StrBytes::from_string(name)),
     };
     let results = match request.users {
@@ -235,9 +246,8 @@ pub(super) fn describe_user_scram_credentials(
                 let name = name.name.to_string();
                 if !seen.insert(name.clone()) {
                     // As Kafka: a user asked for twice is an error, once.
-                    results.retain(|r: &DescribeUserScramCredentialsResult| {
-                        r.user.as_str() != name
-                    });
+                    results
+                        .retain(|r: &DescribeUserScramCredentialsResult| r.user.as_str() != name);
                     results.push(
                         DescribeUserScramCredentialsResult::default()
                             .with_error_code(ResponseError::DuplicateResource.code())
@@ -366,10 +376,9 @@ pub(super) async fn alter_user_scram_credentials(
         Err(e) => {
             tracing::error!(error = %e, "AlterUserScramCredentials task failed");
             for name in &order {
-                errors.entry(name.clone()).or_insert((
-                    ResponseError::UnknownServerError,
-                    "internal error".into(),
-                ));
+                errors
+                    .entry(name.clone())
+                    .or_insert((ResponseError::UnknownServerError, "internal error".into()));
             }
         }
     }

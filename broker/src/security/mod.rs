@@ -60,7 +60,9 @@ impl FromStr for Principal {
                 kind: kind.into(),
                 name: name.into(),
             }),
-            _ => Err(format!("principal {s:?} is not <type>:<name>, e.g. User:alice")),
+            _ => Err(format!(
+                "principal {s:?} is not <type>:<name>, e.g. User:alice"
+            )),
         }
     }
 }

@@ -121,7 +121,10 @@ impl Exchange {
                 self.mechanism
             ))
         };
-        match (std::mem::replace(&mut self.state, State::Finished), self.mechanism) {
+        match (
+            std::mem::replace(&mut self.state, State::Finished),
+            self.mechanism,
+        ) {
             (State::Start, Mechanism::Plain) => {
                 let plain = parse_plain(token).map_err(AuthenticationFailed)?;
                 let users = auth.users.clone();

@@ -124,8 +124,7 @@ struct CredentialFile {
 impl Users {
     /// Opens (creating the folder if needed) the store of `data_dir` and locks it.
     pub fn open(data_dir: &Path, config: UsersConfig) -> Result<Users, UsersError> {
-        if !(scram::ITERATIONS_MIN..=scram::ITERATIONS_MAX).contains(&config.iterations_default)
-        {
+        if !(scram::ITERATIONS_MIN..=scram::ITERATIONS_MAX).contains(&config.iterations_default) {
             return Err(UsersError::InvalidCredential(format!(
                 "scram_iterations_default {} is outside {}..={}",
                 config.iterations_default,
@@ -280,9 +279,7 @@ impl Users {
             let mut block = 0u8;
             while out.len() < n {
                 let message = format!("{label}\0{mechanism}\0{name}\0{block}");
-                out.extend(
-                    ScramMechanism::Sha256.hmac(&self.fake_secret, message.as_bytes()),
-                );
+                out.extend(ScramMechanism::Sha256.hmac(&self.fake_secret, message.as_bytes()));
                 block += 1;
             }
             out.truncate(n);

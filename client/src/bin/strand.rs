@@ -41,7 +41,12 @@ struct Cli {
     #[arg(long, env = "STRAND_USER")]
     user: Option<String>,
     /// File whose first line is the SASL password (needs --user).
-    #[arg(long, env = "STRAND_PASSWORD_FILE", value_name = "FILE", requires = "user")]
+    #[arg(
+        long,
+        env = "STRAND_PASSWORD_FILE",
+        value_name = "FILE",
+        requires = "user"
+    )]
     password_file: Option<std::path::PathBuf>,
     /// SASL mechanism: SCRAM-SHA-512, SCRAM-SHA-256 or PLAIN.
     #[arg(long, env = "STRAND_SASL_MECHANISM", default_value = "SCRAM-SHA-512")]
@@ -221,8 +226,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         config.connection.sasl = Some(SaslConfig {
             mechanism: cli.sasl_mechanism.parse().map_err(anyhow::Error::msg)?,
             username,
-            password: strand_client::sasl::read_password_file(file)
-                .map_err(anyhow::Error::msg)?,
+            password: strand_client::sasl::read_password_file(file).map_err(anyhow::Error::msg)?,
         });
     }
     let client = Client::connect(cli.broker.clone(), config)

@@ -344,7 +344,10 @@ mod tests {
             blob().prop_map(move |t| ok(ApiKey::SaslAuthenticate, ResponseBody::SaslToken(t))),
             Just(ok(ApiKey::UpsertUser, ResponseBody::Empty)),
             proptest::collection::vec(
-                (name(), proptest::collection::vec((name(), any::<u32>()), 0..3)),
+                (
+                    name(),
+                    proptest::collection::vec((name(), any::<u32>()), 0..3)
+                ),
                 0..4
             )
             .prop_map(move |users| ok(
