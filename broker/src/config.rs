@@ -112,6 +112,25 @@ pub struct BrokerConfig {
     /// once, across every partition; more are closed, oldest first, and reopened when read.
     /// Active segments are not counted. Default 1000.
     pub open_sealed_segments_max: usize,
+    /// How the `listen` address is secured, when `native_listeners` is empty: `PLAINTEXT`,
+    /// `SSL`, `SASL_PLAINTEXT` or `SASL_SSL`. Default `PLAINTEXT`.
+    pub listen_protocol: SecurityProtocol,
+    /// How the Kafka listener is secured, as `listen_protocol`. Default `PLAINTEXT`.
+    pub kafka_listen_protocol: SecurityProtocol,
+    /// SASL mechanisms clients may use on SASL listeners, from `PLAIN`, `SCRAM-SHA-256` and
+    /// `SCRAM-SHA-512`, as Kafka's `sasl.enabled.mechanisms`. Default all three.
+    pub sasl_enabled_mechanisms: Vec<String>,
+    /// PBKDF2 iterations of SCRAM credentials the broker salts itself (`strand-broker user
+    /// add`); clients that salt their own choose theirs. 4096 (Kafka's minimum) to 16384.
+    /// Default 4096.
+    pub scram_iterations_default: u32,
+    /// SCRAM users at most. Default 10,000.
+    pub users_max: usize,
+    /// Longest user name in bytes. Default 256.
+    pub user_name_bytes_max: usize,
+    /// How long a failed SASL authentication waits before it is answered, to slow down
+    /// password guessing, as Kafka's `connection.failed.authentication.delay.ms`. Default 100.
+    pub sasl_failure_delay_ms: u64,
     /// Defaults for every partition log; topics may override some of them.
     pub log: LogConfig,
 }
@@ -153,6 +172,16 @@ impl Default for BrokerConfig {
             members_per_group_max: 1000,
             commit_metadata_bytes_max: 4096,
             open_sealed_segments_max: crate::log::OPEN_SEALED_SEGMENTS_MAX_DEFAULT,
+            listen_protocol: SecurityProtocol::Plaintext,
+            kafka_listen_protocol: SecurityProtocol::Plaintext,
+            sasl_enabled_mechanisms: strand_client::Mechanism::ALL
+                .iter()
+                .map(|m| m.name().to_string())
+                .collect(),
+            scram_iterations_default: strand_client::scram::ITERATIONS_MIN,
+            users_max: 10_000,
+            user_name_bytes_max: 256,
+            sasl_failure_delay_ms: 100,
             log: LogConfig::default(),
         }
     }
@@ -295,6 +324,54 @@ pub struct BrokerArgs {
     /// Longest commit metadata in bytes [default: 4096]
     #[arg(long, env = "STRAND_COMMIT_METADATA_BYTES_MAX", value_name = "BYTES")]
     pub commit_metadata_bytes_max: Option<usize>,
+    /// Native listener security: PLAINTEXT or SASL_PLAINTEXT [default: PLAINTEXT]
+    #[arg(long, env = "STRAND_LISTEN_PROTOCOL", value_name = "PROTOCOL")]
+    pub listen_protocol: Option<SecurityProtocol>,
+    /// Kafka listener security: PLAINTEXT or SASL_PLAINTEXT [default: PLAINTEXT]
+    #[arg(long, env = "STRAND_KAFKA_LISTEN_PROTOCOL", value_name = "PROTOCOL")]
+    pub kafka_listen_protocol: Option<SecurityProtocol>,
+    /// SASL mechanisms, comma separated [default: PLAIN,SCRAM-SHA-256,SCRAM-SHA-512]
+    #[arg(
+        long,
+        env = "STRAND_SASL_ENABLED_MECHANISMS",
+        value_name = "LIST",
+        value_delimiter = ','
+    )]
+    pub sasl_enabled_mechanisms: Option<Vec<String>>,
+    /// What to do instead of serving (user administration while the broker is stopped).
+    #[command(subcommand)]
+    pub command: Option<BrokerCommand>,
+}
+
+/// `strand-broker` subcommands; without one, the broker serves.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum BrokerCommand {
+    /// SCRAM users in the data directory, edited offline: the first user must exist before
+    /// anyone can log in to a SASL listener. Refused while a broker runs on the directory.
+    #[command(subcommand)]
+    User(UserCommand),
+}
+
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum UserCommand {
+    /// Adds a user (or replaces its credential for the mechanism).
+    Add {
+        /// User name.
+        name: String,
+        /// File whose first line is the password.
+        #[arg(long, value_name = "FILE")]
+        password_file: PathBuf,
+        /// SCRAM-SHA-256 or SCRAM-SHA-512; repeat the command for both.
+        #[arg(long, default_value = "SCRAM-SHA-512")]
+        mechanism: String,
+        /// PBKDF2 iterations [default: scram_iterations_default]
+        #[arg(long)]
+        iterations: Option<u32>,
+    },
+    /// Deletes a user (all its credentials).
+    Delete { name: String },
+    /// Lists users and their mechanisms.
+    List,
 }
 
 fn parse_fsync(s: &str) -> Result<FsyncPolicy, String> {
@@ -345,18 +422,25 @@ pub enum ConfigError {
 }
 
 impl BrokerConfig {
-    /// The listeners of one kind: the configured list, or the single address as PLAINTEXT.
+    /// The listeners of one kind: the configured list, or the single address (`listen`,
+    /// `kafka_listen`, `http_listen`) with its protocol (`listen_protocol`,
+    /// `kafka_listen_protocol`; HTTP's is PLAINTEXT).
     pub fn listeners(&self, kind: ListenerKind) -> Vec<ListenerSpec> {
-        let (list, addr) = match kind {
-            ListenerKind::Native => (&self.native_listeners, self.listen),
-            ListenerKind::Kafka => (&self.kafka_listeners, self.kafka_listen),
-            ListenerKind::Http => (&self.http_listeners, self.http_listen),
+        let (list, addr, protocol) = match kind {
+            ListenerKind::Native => (&self.native_listeners, self.listen, self.listen_protocol),
+            ListenerKind::Kafka => (
+                &self.kafka_listeners,
+                self.kafka_listen,
+                self.kafka_listen_protocol,
+            ),
+            ListenerKind::Http => (
+                &self.http_listeners,
+                self.http_listen,
+                SecurityProtocol::Plaintext,
+            ),
         };
         if list.is_empty() {
-            vec![ListenerSpec {
-                protocol: SecurityProtocol::Plaintext,
-                addr,
-            }]
+            vec![ListenerSpec { protocol, addr }]
         } else {
             list.clone()
         }
@@ -493,6 +577,12 @@ impl BrokerConfig {
             config.commit_metadata_bytes_max,
             args.commit_metadata_bytes_max
         );
+        set!(config.listen_protocol, args.listen_protocol);
+        set!(config.kafka_listen_protocol, args.kafka_listen_protocol);
+        set!(
+            config.sasl_enabled_mechanisms,
+            args.sasl_enabled_mechanisms.clone()
+        );
         config.validate()?;
         Ok(config)
     }
@@ -566,7 +656,55 @@ impl BrokerConfig {
             )));
         }
         self.validate_listeners()?;
+        self.sasl_mechanisms()?;
+        let iterations =
+            strand_client::scram::ITERATIONS_MIN..=strand_client::scram::ITERATIONS_MAX;
+        if !iterations.contains(&self.scram_iterations_default) {
+            return Err(ConfigError::Invalid(format!(
+                "scram_iterations_default ({}) must be within {}..={}",
+                self.scram_iterations_default,
+                iterations.start(),
+                iterations.end()
+            )));
+        }
+        if self.users_max == 0 || self.user_name_bytes_max == 0 {
+            return Err(ConfigError::Invalid(
+                "users_max and user_name_bytes_max must be above 0".into(),
+            ));
+        }
         self.log.validate().map_err(ConfigError::Invalid)
+    }
+
+    /// `sasl_enabled_mechanisms`, parsed: known names, each once, at least one.
+    pub fn sasl_mechanisms(&self) -> Result<Vec<strand_client::Mechanism>, ConfigError> {
+        let mut mechanisms = Vec::new();
+        for name in &self.sasl_enabled_mechanisms {
+            let m: strand_client::Mechanism = name
+                .trim()
+                .parse()
+                .map_err(|e| ConfigError::Invalid(format!("sasl_enabled_mechanisms: {e}")))?;
+            if mechanisms.contains(&m) {
+                return Err(ConfigError::Invalid(format!(
+                    "sasl_enabled_mechanisms names {m} twice"
+                )));
+            }
+            mechanisms.push(m);
+        }
+        if mechanisms.is_empty() {
+            return Err(ConfigError::Invalid(
+                "sasl_enabled_mechanisms must name at least one mechanism".into(),
+            ));
+        }
+        Ok(mechanisms)
+    }
+
+    /// The user store's settings.
+    pub fn users_config(&self) -> crate::security::users::UsersConfig {
+        crate::security::users::UsersConfig {
+            iterations_default: self.scram_iterations_default,
+            users_max: self.users_max,
+            name_bytes_max: self.user_name_bytes_max,
+        }
     }
 }
 

@@ -20,6 +20,8 @@ use crate::listener::{Admission, BoundListener, GuardedListener, ListenerKind};
 use crate::metrics::Metrics;
 use crate::security::tls::ServerTls;
 use crate::security::{ListenerSpec, SecurityProtocol};
+use crate::security::sasl::Authenticator;
+use crate::security::users::Users;
 use crate::server::{self, ServerConfig};
 use crate::service::Broker;
 use crate::topics::{TopicError, TopicLimits, Topics};
@@ -78,6 +80,8 @@ pub struct RunningBroker {
     /// order: native, then Kafka, then HTTP.
     pub listeners: Vec<(ListenerKind, ListenerSpec)>,
     pub broker: Broker,
+    /// The SCRAM users and SASL mechanisms both listeners authenticate against.
+    pub authenticator: Arc<Authenticator>,
     config: BrokerConfig,
     topics: Arc<Topics>,
     shutdown: watch::Sender<bool>,
@@ -122,6 +126,18 @@ impl RunningBroker {
         }
         let topics = Arc::new(topics);
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let users = {
+            let data_dir = config.data_dir.clone();
+            let users_config = config.users_config();
+            tokio::task::spawn_blocking(move || Users::open(&data_dir, users_config))
+                .await?
+                .context("opening the SCRAM user store")?
+        };
+        let authenticator = Arc::new(Authenticator {
+            users: Arc::new(users),
+            mechanisms: config.sasl_mechanisms()?,
+            failure_delay: Duration::from_millis(config.sasl_failure_delay_ms),
+        });
 
         // One TLS material for every TLS listener, checked before anything binds.
         let tls = if config.uses_tls() {
@@ -210,6 +226,7 @@ impl RunningBroker {
                 auto_create_topics: config.auto_create_topics,
                 default_partitions: config.default_partitions,
                 metadata_auto_create_topics_max: config.metadata_auto_create_topics_max,
+                authenticator: Some(authenticator.clone()),
             },
             shutdown_rx.clone(),
         ));
@@ -227,6 +244,7 @@ impl RunningBroker {
                 write_timeout,
                 fetch_bytes_max: config.fetch_bytes_max,
                 budget: budget.clone(),
+                authenticator: Some(authenticator.clone()),
                 ..ServerConfig::default()
             },
             shutdown_rx.clone(),
@@ -312,6 +330,7 @@ impl RunningBroker {
             kafka_addr,
             http_addr,
             broker: broker_handle,
+            authenticator,
             config,
             topics,
             shutdown: shutdown_tx,

@@ -11,6 +11,11 @@
 //! The connection caps are [`crate::listener`]'s; request frames and fetched records are
 //! charged to the broker's one [`Budget`] (shared with the Kafka listener) before they are
 //! read, and the charge travels with the answer until the writer has written it.
+//!
+//! On a `SASL_*` listener a connection may send only Handshake, SaslHandshake and
+//! SaslAuthenticate until it has authenticated; anything else is answered
+//! `IllegalSaslState` and the connection is closed, as is one whose authentication fails. The
+//! SASL requests are served in the reader, in order, and replace the connection's session.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -36,7 +41,9 @@ use crate::group::{
 };
 use crate::listener::{self, Admission, BoundListener, Stream};
 use crate::log::{FirstBatch, LogError};
-use crate::security::Session;
+use crate::security::sasl::{Authenticator, Exchange, Step};
+use crate::security::users::UsersError;
+use crate::security::{Principal, Session};
 use crate::service::{Broker, OffsetSpec, ServiceError, TopicInfo};
 use crate::topics::{TopicConfig, TopicError};
 
@@ -72,6 +79,9 @@ pub struct ServerConfig {
     /// Bytes in flight across every connection (shared with the Kafka listener); one
     /// connection may hold an eighth of it at most (but always one frame).
     pub budget: Budget,
+    /// Users and SASL mechanisms: what a SASL listener authenticates against and what the
+    /// user requests change. `None`: no user store (SASL handshakes and user requests fail).
+    pub authenticator: Option<Arc<Authenticator>>,
 }
 
 impl Default for ServerConfig {
@@ -87,6 +97,7 @@ impl Default for ServerConfig {
             write_timeout: Duration::from_secs(60),
             fetch_bytes_max: 50 << 20,
             budget: Budget::default(),
+            authenticator: None,
         }
     }
 }
@@ -126,6 +137,7 @@ pub async fn serve(
                     budget: config.budget.share(share),
                     shutdown: shutdown.clone(),
                     session: Arc::new(session),
+                    sasl: SaslState::Start,
                 };
                 connection.run(stream)
             },
@@ -143,6 +155,15 @@ struct Connection {
     /// Who this connection is; replaced when it authenticates. Requests in flight keep the
     /// session they were read under.
     session: Arc<Session>,
+    sasl: SaslState,
+}
+
+/// Where a connection is in its SASL exchange.
+enum SaslState {
+    Start,
+    Authenticating(Exchange),
+    /// Authenticated, or failed (the connection is closing).
+    Over,
 }
 
 /// A push subscription's credit in bytes (it may dip below zero by at most one batch) and a
@@ -245,6 +266,41 @@ impl Connection {
                         continue;
                     }
                 };
+                let sasl_request = matches!(
+                    request,
+                    Request::SaslHandshake { .. } | Request::SaslAuthenticate { .. }
+                );
+                if sasl_request
+                    || (!self.session.may_send_requests()
+                        && !matches!(request, Request::Handshake { .. }))
+                {
+                    // Served here, in order: the answer may change the session every later
+                    // request is read under.
+                    drop(charge);
+                    let (response, close) = match request {
+                        Request::SaslHandshake { mechanism } => self.sasl_handshake(&mechanism),
+                        Request::SaslAuthenticate { token } => self.sasl_authenticate(&token).await,
+                        other => {
+                            let reason = format!(
+                                "{} needs SASL authentication first on this {} listener",
+                                other.api_key().name(),
+                                self.session.protocol
+                            );
+                            (
+                                Response::error(ErrorCode::IllegalSaslState, reason.clone()),
+                                Some(reason),
+                            )
+                        }
+                    };
+                    let sent =
+                        send(&out_tx, response, header.correlation_id, Charge::default()).await;
+                    drop(permit);
+                    match (close, sent) {
+                        (Some(reason), _) => break Err(reason),
+                        (None, Err(())) => break Err("writer gone".into()),
+                        (None, Ok(())) => continue,
+                    }
+                }
                 self.dispatch(
                     request,
                     header.correlation_id,
@@ -329,6 +385,82 @@ impl Connection {
         drop(out_tx);
         let _ = writer_task.await;
         result
+    }
+
+    /// SaslHandshake: the answer, and the reason to close the connection after it, if any.
+    fn sasl_handshake(&mut self, mechanism: &str) -> (Response, Option<String>) {
+        let authenticator = match &self.config.authenticator {
+            Some(a) if self.session.protocol.uses_sasl() => a,
+            _ => {
+                return (
+                    Response::error(
+                        ErrorCode::UnsupportedSaslMechanism,
+                        format!("this {} listener does not use SASL", self.session.protocol),
+                    ),
+                    None,
+                )
+            }
+        };
+        if !matches!(self.sasl, SaslState::Start) {
+            let reason = "a second SaslHandshake on the connection".to_string();
+            return (
+                Response::error(ErrorCode::IllegalSaslState, reason.clone()),
+                Some(reason),
+            );
+        }
+        let enabled = authenticator.mechanism_names();
+        let Some(m) = authenticator.mechanism(mechanism) else {
+            let reason = format!(
+                "SASL mechanism {:?} is not enabled; enabled: {}",
+                mechanism.chars().take(64).collect::<String>(),
+                enabled.join(", ")
+            );
+            return (
+                Response::error(ErrorCode::UnsupportedSaslMechanism, reason.clone()),
+                Some(reason),
+            );
+        };
+        self.sasl = SaslState::Authenticating(Exchange::new(m));
+        (
+            Response::Ok(ResponseBody::SaslMechanisms(
+                enabled.into_iter().map(String::from).collect(),
+            )),
+            None,
+        )
+    }
+
+    /// SaslAuthenticate: the answer, and the reason to close the connection after it, if any.
+    async fn sasl_authenticate(&mut self, token: &[u8]) -> (Response, Option<String>) {
+        let (Some(authenticator), SaslState::Authenticating(exchange)) =
+            (self.config.authenticator.clone(), &mut self.sasl)
+        else {
+            let reason = "SaslAuthenticate without a SaslHandshake before it".to_string();
+            return (
+                Response::error(ErrorCode::IllegalSaslState, reason.clone()),
+                Some(reason),
+            );
+        };
+        match exchange.step(&authenticator, token).await {
+            Ok(Step::Continue(token)) => {
+                (Response::Ok(ResponseBody::SaslToken(token.into())), None)
+            }
+            Ok(Step::Done { user, token }) => {
+                tracing::info!(peer = %self.session.peer, %user, "SASL authenticated");
+                let mut session = (*self.session).clone();
+                session.principal = Principal::user(user);
+                session.sasl_authenticated = true;
+                self.session = Arc::new(session);
+                self.sasl = SaslState::Over;
+                (Response::Ok(ResponseBody::SaslToken(token.into())), None)
+            }
+            Err(e) => {
+                self.sasl = SaslState::Over;
+                (
+                    Response::error(ErrorCode::SaslAuthenticationFailed, e.0.clone()),
+                    Some(format!("SASL authentication failed: {e}")),
+                )
+            }
+        }
     }
 
     async fn dispatch(
@@ -576,6 +708,12 @@ async fn handle(
     let frame_bytes_max = config.frame_bytes_max;
     let in_flight_max = config.in_flight_per_connection_max;
     let mut charge = Charge::default();
+    if matches!(
+        request,
+        Request::UpsertUser { .. } | Request::DeleteUser { .. } | Request::ListUsers
+    ) {
+        return (users_request(config, request).await, charge);
+    }
     let result: Result<ResponseBody, ServiceError> = async {
         Ok(match request {
             Request::Handshake { .. } => ResponseBody::Handshake {
@@ -766,8 +904,13 @@ async fn handle(
             Request::Produce { .. }
             | Request::Subscribe { .. }
             | Request::AddCredit { .. }
-            | Request::Unsubscribe { .. } => {
+            | Request::Unsubscribe { .. }
+            | Request::SaslHandshake { .. }
+            | Request::SaslAuthenticate { .. } => {
                 unreachable!("connection-level requests are dispatched by the connection")
+            }
+            Request::UpsertUser { .. } | Request::DeleteUser { .. } | Request::ListUsers => {
+                unreachable!("user requests are answered by users_request")
             }
         })
     }
@@ -777,6 +920,94 @@ async fn handle(
         Err(e) => error_response(&e),
     };
     (response, charge)
+}
+
+/// UpsertUser, DeleteUser and ListUsers on the user store. Changes write a file with fsyncs:
+/// they run off the async threads.
+async fn users_request(config: &ServerConfig, request: Request) -> Response {
+    use strand_client::native::messages::UserEntry;
+    use strand_client::scram::{ScramMechanism, StoredCredential};
+    let Some(authenticator) = &config.authenticator else {
+        return Response::error(
+            ErrorCode::UnsupportedRequest,
+            "this broker has no user store",
+        );
+    };
+    let users = authenticator.users.clone();
+    let mechanism = |name: &str| {
+        name.parse::<ScramMechanism>()
+            .map_err(|e| Response::error(ErrorCode::InvalidRequest, e))
+    };
+    let change = match request {
+        Request::ListUsers => {
+            return Response::Ok(ResponseBody::Users(
+                users
+                    .list()
+                    .into_iter()
+                    .map(|u| UserEntry {
+                        name: u.name,
+                        mechanisms: u
+                            .mechanisms
+                            .into_iter()
+                            .map(|(m, iterations)| (m.name().to_string(), iterations))
+                            .collect(),
+                    })
+                    .collect(),
+            ))
+        }
+        Request::UpsertUser {
+            name,
+            mechanism: m,
+            iterations,
+            salt,
+            salted_password,
+        } => {
+            let m = match mechanism(&m) {
+                Ok(m) => m,
+                Err(response) => return response,
+            };
+            let credential =
+                StoredCredential::from_salted_password(m, &salted_password, &salt, iterations);
+            if salted_password.len() != m.hash_bytes() {
+                return Response::error(
+                    ErrorCode::InvalidRequest,
+                    format!("a {m} salted password is {} bytes", m.hash_bytes()),
+                );
+            }
+            tokio::task::spawn_blocking(move || users.upsert(&name, credential)).await
+        }
+        Request::DeleteUser { name, mechanism: m } => {
+            let m = match m.as_str() {
+                "" => None,
+                m => match mechanism(m) {
+                    Ok(m) => Some(m),
+                    Err(response) => return response,
+                },
+            };
+            tokio::task::spawn_blocking(move || users.delete(&name, m)).await
+        }
+        _ => unreachable!("only user requests come here"),
+    };
+    match change {
+        Ok(Ok(())) => Response::Ok(ResponseBody::Empty),
+        Ok(Err(e)) => {
+            let code = match &e {
+                UsersError::NotFound(_)
+                | UsersError::InvalidName { .. }
+                | UsersError::InvalidCredential(_) => ErrorCode::InvalidRequest,
+                UsersError::LimitReached { .. } => ErrorCode::LimitReached,
+                _ => {
+                    tracing::error!(error = %e, "changing users failed");
+                    ErrorCode::StorageError
+                }
+            };
+            Response::error(code, e.to_string())
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "user change task failed");
+            Response::error(ErrorCode::Internal, "internal error")
+        }
+    }
 }
 
 fn group_info(broker: &Broker, g: GroupDescription) -> GroupInfo {

@@ -8,6 +8,8 @@
 //! - [`connection`]: one pipelined connection, over TCP or TLS ([`tls`]); [`client`]: reconnecting [`Client`] and [`Admin`].
 //! - [`producer`]: batching [`Producer`] with delivery futures; [`consumer`]: [`Consumer`];
 //!   [`group`]: [`GroupConsumer`], a consumer-group member.
+//! - [`sasl`]: the SASL mechanisms (PLAIN, SCRAM) and [`SaslConfig`]; [`scram`]: both sides of
+//!   a SCRAM exchange and the stored form of a password, shared with the broker.
 
 pub mod batch;
 pub mod client;
@@ -19,6 +21,8 @@ pub mod native;
 pub mod partitioner;
 pub mod producer;
 pub mod tls;
+pub mod sasl;
+pub mod scram;
 
 pub use client::{Admin, Client, ClientConfig};
 pub use consumer::{Consumer, ConsumerConfig, Record, StartFrom};
@@ -27,3 +31,4 @@ pub use group::{GroupConfig, GroupConsumer, OffsetReset};
 pub use native::{Acks, TopicSettings};
 pub use producer::{Producer, ProducerConfig, ProducerRecord};
 pub use tls::ClientTlsConfig;
+pub use sasl::{Mechanism, SaslConfig};

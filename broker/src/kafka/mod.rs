@@ -16,10 +16,14 @@
 //! - `groups`: FindCoordinator, JoinGroup, SyncGroup, Heartbeat, LeaveGroup, OffsetCommit,
 //!   OffsetFetch, ListGroups, DescribeGroups on the broker's one coordinator.
 //! - `admin`: CreateTopics, DeleteTopics, InitProducerId.
+//! - `sasl`: SaslHandshake, SaslAuthenticate (both token framings), and the SCRAM user admin
+//!   APIs; until a connection on a SASL listener has authenticated, `connection` lets through
+//!   only ApiVersions and the SASL requests.
 
 mod admin;
 mod data;
 mod groups;
+mod sasl;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,7 +34,7 @@ use kafka_protocol::messages::api_versions_response::ApiVersion;
 use kafka_protocol::messages::{
     AddOffsetsToTxnResponse, ApiKey, ApiVersionsResponse, ConsumerGroupHeartbeatResponse,
     EndTxnResponse, GetTelemetrySubscriptionsResponse, RequestHeader, RequestKind, ResponseHeader,
-    ResponseKind, SaslAuthenticateResponse, SaslHandshakeResponse,
+    ResponseKind, SaslAuthenticateResponse,
 };
 use kafka_protocol::protocol::{Decodable, Encodable};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -40,6 +44,7 @@ use tokio::time::Instant;
 use crate::budget::{Budget, Charge};
 use crate::listener::{self, stopped, Admission, AdvertisedListener, BoundListener};
 use crate::log::LogError;
+use crate::security::sasl::{Authenticator, TOKEN_BYTES_MAX};
 use crate::security::{ListenerSpec, SecurityProtocol, Session};
 use crate::service::{Broker, ServiceError};
 use crate::topics::TopicError;
@@ -48,7 +53,7 @@ use crate::topics::TopicError;
 const NODE_ID: i32 = 0;
 
 /// Requests served, with the versions this listener speaks (within what the crate encodes).
-pub const SUPPORTED: [(ApiKey, i16, i16); 19] = [
+pub const SUPPORTED: [(ApiKey, i16, i16); 22] = [
     // Advertised from v0 although v0-v2 (legacy message sets) are refused: librdkafka up to
     // 2.11 enables gzip, snappy and lz4 only when the broker lists Produce v0 (it checks the
     // range [0, 0]); with v3 as the minimum it silently sends everything uncompressed.
@@ -74,6 +79,9 @@ pub const SUPPORTED: [(ApiKey, i16, i16); 19] = [
     (ApiKey::InitProducerId, 0, 4),
     (ApiKey::DescribeCluster, 0, 1),
     (ApiKey::SaslHandshake, 0, 1),
+    (ApiKey::SaslAuthenticate, 0, 2),
+    (ApiKey::DescribeUserScramCredentials, 0, 0),
+    (ApiKey::AlterUserScramCredentials, 0, 0),
 ];
 
 pub(crate) use crate::topics::is_internal_topic;
@@ -109,6 +117,9 @@ pub struct KafkaConfig {
     pub default_partitions: u32,
     /// Topics one Metadata request may auto-create.
     pub metadata_auto_create_topics_max: u32,
+    /// Users and SASL mechanisms: what SASL listeners authenticate against and what the SCRAM
+    /// user APIs change. `None`: no user store, every SASL handshake fails.
+    pub authenticator: Option<Arc<Authenticator>>,
 }
 
 impl Default for KafkaConfig {
@@ -127,6 +138,7 @@ impl Default for KafkaConfig {
             auto_create_topics: true,
             default_partitions: 1,
             metadata_auto_create_topics_max: 100,
+            authenticator: None,
         }
     }
 }
@@ -213,6 +225,7 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
 ) -> Result<(), String> {
     let context = &*context;
     let config = &context.config;
+    let mut sasl = sasl::SaslState::default();
     loop {
         // Idle until the first byte of the next request's length.
         let mut len = [0u8; 4];
@@ -233,6 +246,25 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
             .map_err(|_| request_timeout(config))?
             .map_err(|e| format!("read failed: {e}"))?;
         let len = i32::from_be_bytes(len);
+        if sasl.expects_raw_token() {
+            // After SaslHandshake v0 the client sends bare tokens, not requests.
+            if !(0..=TOKEN_BYTES_MAX as i32).contains(&len) {
+                return Err(format!(
+                    "SASL token length {len} outside 0..={TOKEN_BYTES_MAX}"
+                ));
+            }
+            let mut token = vec![0u8; len as usize];
+            tokio::time::timeout_at(deadline, socket.read_exact(&mut token))
+                .await
+                .map_err(|_| request_timeout(config))?
+                .map_err(|e| format!("read failed: {e}"))?;
+            let answer = sasl::raw_token(context, &mut sasl, &mut session, &token).await?;
+            let mut out = Vec::with_capacity(4 + answer.len());
+            out.extend_from_slice(&(answer.len() as u32).to_be_bytes());
+            out.extend_from_slice(&answer);
+            write_answer(&mut socket, &out, config).await?;
+            continue;
+        }
         if len < 8 || len as usize > config.frame_bytes_max {
             return Err(format!(
                 "frame length {len} outside 8..={}",
@@ -250,9 +282,28 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
             .await
             .map_err(|_| request_timeout(config))?
             .map_err(|e| format!("read failed: {e}"))?;
-        let (header, response, response_version, charge) = match decode_request(Bytes::from(
-            frame,
-        ))? {
+        let decoded = decode_request(Bytes::from(frame))?;
+        if !session.may_send_requests() {
+            // As Kafka: before authentication only ApiVersions and the SASL requests.
+            let key = match &decoded {
+                Decoded::ApiVersionsFallback { .. } => ApiKey::ApiVersions,
+                Decoded::Unsupported { api_key, .. } => *api_key,
+                Decoded::Request { header, .. } => {
+                    ApiKey::try_from(header.request_api_key).expect("checked when decoded")
+                }
+            };
+            if !matches!(
+                key,
+                ApiKey::ApiVersions | ApiKey::SaslHandshake | ApiKey::SaslAuthenticate
+            ) {
+                return Err(format!(
+                    "{key:?} request before SASL authentication (closing, as Kafka does)"
+                ));
+            }
+        }
+        // The reason to close the connection once the answer is written (failed SASL).
+        let mut close_after: Option<String> = None;
+        let (header, response, response_version, charge) = match decoded {
             Decoded::ApiVersionsFallback { header } => (
                 header,
                 ResponseKind::ApiVersions(api_versions(ResponseError::UnsupportedVersion.code())),
@@ -289,6 +340,17 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
                     drop(frame_charge);
                     let (response, charge) = data::fetch(context, &session, fetch).await;
                     (header, ResponseKind::Fetch(response), version, charge)
+                } else if let RequestKind::SaslHandshake(r) = *request {
+                    drop(frame_charge);
+                    let (response, close) = sasl::handshake(context, &mut sasl, &session, r, version);
+                    close_after = close;
+                    (header, ResponseKind::SaslHandshake(response), version, Charge::default())
+                } else if let RequestKind::SaslAuthenticate(r) = *request {
+                    drop(frame_charge);
+                    let (response, close) =
+                        sasl::authenticate(context, &mut sasl, &mut session, r).await;
+                    close_after = close;
+                    (header, ResponseKind::SaslAuthenticate(response), version, Charge::default())
                 } else {
                     let handled = handle(context, &mut session, &header, *request, version).await;
                     drop(frame_charge);
@@ -315,17 +377,29 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
         drop(response);
         let n = (out.len() - 4) as i32;
         out[..4].copy_from_slice(&n.to_be_bytes());
-        tokio::time::timeout(config.write_timeout, socket.write_all(&out))
-            .await
-            .map_err(|_| {
-                format!(
-                    "the client did not take its answer within the write timeout ({:?})",
-                    config.write_timeout
-                )
-            })?
-            .map_err(|e| format!("write failed: {e}"))?;
+        write_answer(&mut socket, &out, config).await?;
         drop(charge);
+        if let Some(reason) = close_after {
+            return Err(reason);
+        }
     }
+}
+
+/// Writes one answer within the write timeout.
+async fn write_answer<S: AsyncWrite + Unpin>(
+    socket: &mut S,
+    out: &[u8],
+    config: &KafkaConfig,
+) -> Result<(), String> {
+    tokio::time::timeout(config.write_timeout, socket.write_all(out))
+        .await
+        .map_err(|_| {
+            format!(
+                "the client did not take its answer within the write timeout ({:?})",
+                config.write_timeout
+            )
+        })?
+        .map_err(|e| format!("write failed: {e}"))
 }
 
 fn request_timeout(config: &KafkaConfig) -> String {
@@ -491,14 +565,16 @@ async fn handle(
         RequestKind::DescribeCluster(_) => {
             ResponseKind::DescribeCluster(data::describe_cluster(cx))
         }
-        RequestKind::SaslHandshake(_) => ResponseKind::SaslHandshake(
-            // No SASL mechanism is enabled: the client learns it with the list it may use.
-            SaslHandshakeResponse::default()
-                .with_error_code(ResponseError::UnsupportedSaslMechanism.code()),
-        ),
+        RequestKind::DescribeUserScramCredentials(r) => {
+            ResponseKind::DescribeUserScramCredentials(sasl::describe_user_scram_credentials(cx, r))
+        }
+        RequestKind::AlterUserScramCredentials(r) => {
+            ResponseKind::AlterUserScramCredentials(sasl::alter_user_scram_credentials(cx, r).await)
+        }
         other => {
             // Only requests listed in SUPPORTED are decoded, and each has an arm above (Fetch
-            // is served by the connection, which keeps its budget charge).
+            // and the SASL exchange are served by the connection, which keeps its budget
+            // charge and its SASL state).
             tracing::error!(request = ?std::mem::discriminant(&other), "kafka request decoded but not served");
             return None;
         }

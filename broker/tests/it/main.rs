@@ -13,6 +13,7 @@ mod hostile;
 mod internal_topics;
 mod kafka_clients;
 mod log_model;
+mod sasl;
 mod server;
 mod support;
 mod tls;

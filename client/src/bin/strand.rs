@@ -3,6 +3,7 @@
 //! ```text
 //! seq 1 100000 | strand produce t
 //! strand consume t --from earliest --count 100000
+//! strand --user admin --password-file admin.pw user create alice --password-file alice.pw
 //! ```
 
 use std::io::Write;
@@ -17,7 +18,8 @@ use strand_client::native::messages::OffsetEntry;
 use strand_client::native::{Request, ResponseBody, TopicDescription};
 use strand_client::{
     Acks, Client, ClientConfig, ClientTlsConfig, Consumer, ConsumerConfig, GroupConfig,
-    GroupConsumer, OffsetReset, Producer, ProducerConfig, ProducerRecord, StartFrom, TopicSettings,
+    GroupConsumer, OffsetReset, Producer, ProducerConfig, ProducerRecord, SaslConfig, StartFrom,
+    TopicSettings,
 };
 use tokio::io::{AsyncBufReadExt, BufReader};
 
@@ -66,21 +68,47 @@ struct Cli {
         requires = "tls_ca"
     )]
     tls_server_name: Option<String>,
+    /// SASL user to authenticate as (for a broker whose native listener uses SASL). Given
+    /// before the command.
+    #[arg(long, env = "STRAND_USER")]
+    user: Option<String>,
+    /// File whose first line is the SASL password (needs --user).
+    #[arg(
+        long,
+        env = "STRAND_PASSWORD_FILE",
+        value_name = "FILE",
+        requires = "user"
+    )]
+    password_file: Option<std::path::PathBuf>,
+    /// SASL mechanism: SCRAM-SHA-512, SCRAM-SHA-256 or PLAIN.
+    #[arg(long, env = "STRAND_SASL_MECHANISM", default_value = "SCRAM-SHA-512")]
+    sasl_mechanism: String,
     #[command(subcommand)]
     command: Command,
 }
 
 impl Cli {
     /// The client settings the flags ask for: TLS when --tls-ca is given.
-    fn client_config(&self) -> ClientConfig {
+    fn client_config(&self) -> anyhow::Result<ClientConfig> {
         let mut config = ClientConfig::default();
+        if let Some(username) = self.user.clone() {
+            let Some(file) = &self.password_file else {
+                bail!("--user needs --password-file (or STRAND_PASSWORD_FILE)");
+            };
+            config.connection.sasl = Some(SaslConfig {
+                mechanism: self.sasl_mechanism.parse().map_err(anyhow::Error::msg)?,
+                username,
+                password: strand_client::sasl::read_password_file(file)
+                    .map_err(anyhow::Error::msg)?,
+            });
+        }
         config.connection.tls = self.tls_ca.as_ref().map(|ca_file| ClientTlsConfig {
             ca_file: ca_file.clone(),
             cert_file: self.tls_cert.clone(),
             key_file: self.tls_key.clone(),
             server_name: self.tls_server_name.clone(),
         });
-        config
+        Ok(config)
     }
 }
 
@@ -136,6 +164,36 @@ enum Command {
         #[command(subcommand)]
         command: GroupCommand,
     },
+    /// Create, delete and list SCRAM users.
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum UserCommand {
+    /// Adds a user, or replaces its credential for the mechanism. The password is salted
+    /// here; the broker never sees it.
+    Create {
+        name: String,
+        /// File whose first line is the new user's password.
+        #[arg(long, value_name = "FILE")]
+        password_file: std::path::PathBuf,
+        /// SCRAM-SHA-512 or SCRAM-SHA-256 (run twice for both).
+        #[arg(long, default_value = "SCRAM-SHA-512")]
+        mechanism: String,
+        /// PBKDF2 iterations, 4096 to 16384.
+        #[arg(long, default_value_t = strand_client::scram::ITERATIONS_MIN)]
+        iterations: u32,
+    },
+    /// Deletes a user (every mechanism, or only --mechanism).
+    Delete {
+        name: String,
+        #[arg(long)]
+        mechanism: Option<String>,
+    },
+    List,
 }
 
 #[derive(Debug, Subcommand)]
@@ -217,7 +275,7 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let client = Client::connect(cli.broker.clone(), cli.client_config())
+    let client = Client::connect(cli.broker.clone(), cli.client_config()?)
         .await
         .with_context(|| format!("connecting to {}", cli.broker))?;
     match cli.command {
@@ -255,7 +313,44 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             group: None,
         } => consume(client, topic, from, count, follow, format, partition, push).await,
         Command::Group { command } => group(client, command).await,
+        Command::User { command } => user(client, command).await,
     }
+}
+
+async fn user(client: Client, command: UserCommand) -> anyhow::Result<()> {
+    use strand_client::scram::ScramMechanism;
+    let admin = client.admin();
+    let mechanism = |m: &str| m.parse::<ScramMechanism>().map_err(anyhow::Error::msg);
+    match command {
+        UserCommand::Create {
+            name,
+            password_file,
+            mechanism: m,
+            iterations,
+        } => {
+            let m = mechanism(&m)?;
+            let password = strand_client::sasl::read_password_file(&password_file)
+                .map_err(anyhow::Error::msg)?;
+            admin.upsert_user(&name, m, &password, iterations).await?;
+            println!("user {name}: {m} credential stored");
+        }
+        UserCommand::Delete { name, mechanism: m } => {
+            let m = m.as_deref().map(mechanism).transpose()?;
+            admin.delete_user(&name, m).await?;
+            println!("deleted user {name}");
+        }
+        UserCommand::List => {
+            for user in admin.list_users().await? {
+                let mechanisms: Vec<String> = user
+                    .mechanisms
+                    .iter()
+                    .map(|(m, iterations)| format!("{m} ({iterations} iterations)"))
+                    .collect();
+                println!("{}\t{}", user.name, mechanisms.join(", "));
+            }
+        }
+    }
+    Ok(())
 }
 
 async fn topic(client: Client, command: TopicCommand) -> anyhow::Result<()> {

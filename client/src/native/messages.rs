@@ -28,10 +28,18 @@ pub enum ApiKey {
     OffsetFetch = 15,
     ListGroups = 16,
     DescribeGroup = 17,
+    /// Chooses a SASL mechanism (see `docs/native-protocol.md`, Authentication).
+    SaslHandshake = 18,
+    /// Carries one SASL token each way.
+    SaslAuthenticate = 19,
+    /// Adds or replaces a user's SCRAM credential.
+    UpsertUser = 20,
+    DeleteUser = 21,
+    ListUsers = 22,
 }
 
 impl ApiKey {
-    pub const ALL: [ApiKey; 18] = [
+    pub const ALL: [ApiKey; 23] = [
         ApiKey::Handshake,
         ApiKey::CreateTopic,
         ApiKey::DeleteTopic,
@@ -50,6 +58,11 @@ impl ApiKey {
         ApiKey::OffsetFetch,
         ApiKey::ListGroups,
         ApiKey::DescribeGroup,
+        ApiKey::SaslHandshake,
+        ApiKey::SaslAuthenticate,
+        ApiKey::UpsertUser,
+        ApiKey::DeleteUser,
+        ApiKey::ListUsers,
     ];
 
     pub fn from_u16(key: u16) -> Option<ApiKey> {
@@ -81,6 +94,11 @@ impl ApiKey {
             ApiKey::OffsetFetch => "offset_fetch",
             ApiKey::ListGroups => "list_groups",
             ApiKey::DescribeGroup => "describe_group",
+            ApiKey::SaslHandshake => "sasl_handshake",
+            ApiKey::SaslAuthenticate => "sasl_authenticate",
+            ApiKey::UpsertUser => "upsert_user",
+            ApiKey::DeleteUser => "delete_user",
+            ApiKey::ListUsers => "list_users",
         }
     }
 }
@@ -200,6 +218,37 @@ pub enum Request {
     DescribeGroup {
         group: String,
     },
+    /// The mechanism the connection will authenticate with (`PLAIN`, `SCRAM-SHA-256`,
+    /// `SCRAM-SHA-512`).
+    SaslHandshake {
+        mechanism: String,
+    },
+    /// The client's next SASL token.
+    SaslAuthenticate {
+        token: Bytes,
+    },
+    /// A SCRAM credential salted by the client (`Hi(password, salt, iterations)`), so that the
+    /// password never crosses the wire; as Kafka's AlterUserScramCredentials.
+    UpsertUser {
+        name: String,
+        mechanism: String,
+        iterations: u32,
+        salt: Bytes,
+        salted_password: Bytes,
+    },
+    /// Deletes the user's credential for `mechanism`, or all of them when it is empty.
+    DeleteUser {
+        name: String,
+        mechanism: String,
+    },
+    ListUsers,
+}
+
+/// A user and the SCRAM mechanisms (with iteration counts) it has credentials for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserEntry {
+    pub name: String,
+    pub mechanisms: Vec<(String, u32)>,
 }
 
 /// One partition's committed offset.
@@ -306,6 +355,11 @@ impl Request {
             Request::OffsetFetch { .. } => ApiKey::OffsetFetch,
             Request::ListGroups => ApiKey::ListGroups,
             Request::DescribeGroup { .. } => ApiKey::DescribeGroup,
+            Request::SaslHandshake { .. } => ApiKey::SaslHandshake,
+            Request::SaslAuthenticate { .. } => ApiKey::SaslAuthenticate,
+            Request::UpsertUser { .. } => ApiKey::UpsertUser,
+            Request::DeleteUser { .. } => ApiKey::DeleteUser,
+            Request::ListUsers => ApiKey::ListUsers,
         }
     }
 
@@ -464,6 +518,26 @@ impl Request {
             }
             Request::ListGroups => {}
             Request::DescribeGroup { group } => put_string(buf, group),
+            Request::SaslHandshake { mechanism } => put_string(buf, mechanism),
+            Request::SaslAuthenticate { token } => put_bytes(buf, token),
+            Request::UpsertUser {
+                name,
+                mechanism,
+                iterations,
+                salt,
+                salted_password,
+            } => {
+                put_string(buf, name);
+                put_string(buf, mechanism);
+                buf.put_u32(*iterations);
+                put_bytes(buf, salt);
+                put_bytes(buf, salted_password);
+            }
+            Request::DeleteUser { name, mechanism } => {
+                put_string(buf, name);
+                put_string(buf, mechanism);
+            }
+            Request::ListUsers => {}
         }
         frame::end_frame(buf, at);
     }
@@ -618,6 +692,24 @@ impl Request {
             ApiKey::DescribeGroup => Request::DescribeGroup {
                 group: r.string("group")?,
             },
+            ApiKey::SaslHandshake => Request::SaslHandshake {
+                mechanism: r.string("mechanism")?,
+            },
+            ApiKey::SaslAuthenticate => Request::SaslAuthenticate {
+                token: r.bytes("token")?,
+            },
+            ApiKey::UpsertUser => Request::UpsertUser {
+                name: r.string("name")?,
+                mechanism: r.string("mechanism")?,
+                iterations: r.u32("iterations")?,
+                salt: r.bytes("salt")?,
+                salted_password: r.bytes("salted_password")?,
+            },
+            ApiKey::DeleteUser => Request::DeleteUser {
+                name: r.string("name")?,
+                mechanism: r.string("mechanism")?,
+            },
+            ApiKey::ListUsers => Request::ListUsers,
         };
         r.finish()?;
         Ok(request)
@@ -675,6 +767,11 @@ pub enum ResponseBody {
     Committed(Vec<Option<OffsetEntry>>),
     Groups(Vec<String>),
     Group(GroupInfo),
+    /// SaslHandshake: the mechanisms the broker has enabled.
+    SaslMechanisms(Vec<String>),
+    /// SaslAuthenticate: the server's next token (empty after PLAIN).
+    SaslToken(Bytes),
+    Users(Vec<UserEntry>),
 }
 
 /// A response: an error code with a human message, then the body when the code is `None`.
@@ -812,7 +909,21 @@ impl Response {
                             }
                         }
                     }
-                    ResponseBody::Groups(groups) => put_strings(buf, groups),
+                    ResponseBody::Groups(groups) | ResponseBody::SaslMechanisms(groups) => {
+                        put_strings(buf, groups)
+                    }
+                    ResponseBody::SaslToken(token) => put_bytes(buf, token),
+                    ResponseBody::Users(users) => {
+                        buf.put_u32(users.len() as u32);
+                        for u in users {
+                            put_string(buf, &u.name);
+                            buf.put_u32(u.mechanisms.len() as u32);
+                            for (mechanism, iterations) in &u.mechanisms {
+                                put_string(buf, mechanism);
+                                buf.put_u32(*iterations);
+                            }
+                        }
+                    }
                     ResponseBody::Group(g) => {
                         put_string(buf, &g.group);
                         put_string(buf, &g.state);
@@ -922,6 +1033,25 @@ impl Response {
                 ResponseBody::Committed(entries)
             }
             ApiKey::ListGroups => ResponseBody::Groups(get_strings(&mut r, "groups")?),
+            ApiKey::SaslHandshake => {
+                ResponseBody::SaslMechanisms(get_strings(&mut r, "mechanisms")?)
+            }
+            ApiKey::SaslAuthenticate => ResponseBody::SaslToken(r.bytes("token")?),
+            ApiKey::UpsertUser | ApiKey::DeleteUser => ResponseBody::Empty,
+            ApiKey::ListUsers => {
+                let n = r.count("users", 6)?;
+                let mut users = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let name = r.string("name")?;
+                    let k = r.count("mechanisms", 6)?;
+                    let mut mechanisms = Vec::with_capacity(k);
+                    for _ in 0..k {
+                        mechanisms.push((r.string("mechanism")?, r.u32("iterations")?));
+                    }
+                    users.push(UserEntry { name, mechanisms });
+                }
+                ResponseBody::Users(users)
+            }
             ApiKey::DescribeGroup => {
                 let group = r.string("group")?;
                 let state = r.string("state")?;

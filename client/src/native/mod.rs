@@ -178,6 +178,19 @@ mod tests {
                 .prop_map(|(group, partitions)| Request::OffsetFetch { group, partitions }),
             Just(Request::ListGroups),
             name().prop_map(|group| Request::DescribeGroup { group }),
+            name().prop_map(|mechanism| Request::SaslHandshake { mechanism }),
+            blob().prop_map(|token| Request::SaslAuthenticate { token }),
+            (name(), name(), any::<u32>(), blob(), blob()).prop_map(
+                |(name, mechanism, iterations, salt, salted_password)| Request::UpsertUser {
+                    name,
+                    mechanism,
+                    iterations,
+                    salt,
+                    salted_password,
+                }
+            ),
+            (name(), name()).prop_map(|(name, mechanism)| Request::DeleteUser { name, mechanism }),
+            Just(Request::ListUsers),
         ]
     }
 
@@ -326,7 +339,27 @@ mod tests {
             proptest::collection::vec(name(), 0..4)
                 .prop_map(move |groups| ok(ApiKey::ListGroups, ResponseBody::Groups(groups))),
             group_info().prop_map(move |g| ok(ApiKey::DescribeGroup, ResponseBody::Group(g))),
-            (0usize..ApiKey::ALL.len(), 1u16..20, name()).prop_map(|(k, code, message)| (
+            proptest::collection::vec(name(), 0..4)
+                .prop_map(move |m| ok(ApiKey::SaslHandshake, ResponseBody::SaslMechanisms(m))),
+            blob().prop_map(move |t| ok(ApiKey::SaslAuthenticate, ResponseBody::SaslToken(t))),
+            Just(ok(ApiKey::UpsertUser, ResponseBody::Empty)),
+            proptest::collection::vec(
+                (
+                    name(),
+                    proptest::collection::vec((name(), any::<u32>()), 0..3)
+                ),
+                0..4
+            )
+            .prop_map(move |users| ok(
+                ApiKey::ListUsers,
+                ResponseBody::Users(
+                    users
+                        .into_iter()
+                        .map(|(name, mechanisms)| messages::UserEntry { name, mechanisms })
+                        .collect()
+                )
+            )),
+            (0usize..ApiKey::ALL.len(), 1u16..26, name()).prop_map(|(k, code, message)| (
                 ApiKey::ALL[k],
                 Response::Err {
                     code: ErrorCode::from_u16(code),
@@ -384,7 +417,7 @@ mod tests {
         }
 
         #[test]
-        fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..400), key in 0u16..20, version in 0u16..2) {
+        fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..400), key in 0u16..25, version in 0u16..2) {
             let header = RequestHeader { api_key: key, version, correlation_id: 1 };
             let _ = Request::decode(&header, Bytes::from(bytes.clone()));
             for k in ApiKey::ALL {
