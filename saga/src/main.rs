@@ -143,8 +143,9 @@ struct Settings {
     /// The embedded broker's, when neither `--broker` nor `--kafka-brokers` is given.
     embedded: Option<BrokerConfig>,
     kafka_properties: BTreeMap<String, String>,
-    /// HTTPS for the API, when its certificate is given.
-    api_tls: Option<TlsConfig>,
+    /// HTTPS for the API, when its certificate is given; loaded here, so that a bad file is a
+    /// configuration error.
+    api_tls: Option<Arc<ServerTls>>,
 }
 
 impl Settings {
@@ -172,6 +173,13 @@ impl Settings {
             args.api_tls_client_auth,
         )
         .map_err(|e| anyhow::anyhow!("API TLS settings: {e}"))?;
+        let api_tls = match api_tls {
+            Some(config) => Some(
+                ServerTls::with_alpn(config, vec![b"http/1.1".to_vec()])
+                    .context("loading the API's TLS certificate")?,
+            ),
+            None => None,
+        };
         Ok(Settings {
             args,
             embedded,
@@ -216,14 +224,6 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         kafka_properties,
         api_tls,
     } = settings;
-    // Loaded before anything starts, so that a bad certificate stops the start.
-    let api_tls = match api_tls {
-        Some(config) => Some(
-            ServerTls::with_alpn(config, vec![b"http/1.1".to_vec()])
-                .context("loading the API's TLS certificate")?,
-        ),
-        None => None,
-    };
     let embedded = match embedded {
         Some(config) => Some(RunningBroker::start(config).await?),
         None => None,
