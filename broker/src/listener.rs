@@ -537,6 +537,97 @@ impl axum::serve::Listener for GuardedListener {
     }
 }
 
+/// An HTTPS listener for axum without connection caps, for the saga API and the bridge's HTTP
+/// port: handshakes run in their own tasks (at most [`HTTP_HANDSHAKES_MAX`] at once, each within
+/// `handshake_timeout`), so one slow client does not hold up accepting, and a failed handshake
+/// closes only its connection.
+#[derive(Debug)]
+pub struct TlsListener {
+    listener: TcpListener,
+    tls: Arc<ServerTls>,
+    handshake_timeout: Duration,
+    handshakes: JoinSet<Option<(Stream, SocketAddr)>>,
+}
+
+impl TlsListener {
+    pub fn new(
+        listener: TcpListener,
+        tls: Arc<ServerTls>,
+        handshake_timeout: Duration,
+    ) -> TlsListener {
+        TlsListener {
+            listener,
+            tls,
+            handshake_timeout,
+            handshakes: JoinSet::new(),
+        }
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = Stream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Stream, SocketAddr) {
+        loop {
+            let accepting = self.handshakes.len() < HTTP_HANDSHAKES_MAX;
+            let (socket, peer) = tokio::select! {
+                accepted = self.listener.accept(), if accepting => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+                Some(done) = self.handshakes.join_next() => match done {
+                    Ok(Some(established)) => return established,
+                    _ => continue,
+                },
+            };
+            let _ = socket.set_nodelay(true);
+            let tls = self.tls.clone();
+            let timeout = self.handshake_timeout;
+            self.handshakes.spawn(async move {
+                match establish(socket, peer, SecurityProtocol::Ssl, Some(&tls), timeout).await {
+                    Ok((stream, _)) => Some((stream, peer)),
+                    Err(reason) => {
+                        tracing::info!(%peer, %reason, "closed connection");
+                        None
+                    }
+                }
+            });
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+}
+
+/// Serves `app` on `listener` until `shutdown` resolves: over TLS (handshakes within
+/// `handshake_timeout`) when `tls` is given, else plain HTTP. For the saga API and the bridge.
+pub async fn serve_http(
+    listener: TcpListener,
+    tls: Option<Arc<ServerTls>>,
+    handshake_timeout: Duration,
+    app: axum::Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    match tls {
+        None => {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+        Some(tls) => {
+            axum::serve(TlsListener::new(listener, tls, handshake_timeout), app)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+    }
+}
+
 /// A TCP stream that fails a read or write that has waited past its timeout.
 #[derive(Debug)]
 pub struct GuardedStream {

@@ -90,6 +90,31 @@ impl Default for TlsConfig {
 }
 
 impl TlsConfig {
+    /// The settings of an HTTP port's TLS from its flags: `None` when none is given (plain
+    /// HTTP), else checked like the broker's `[tls]`.
+    pub fn from_flags(
+        cert_file: Option<PathBuf>,
+        key_file: Option<PathBuf>,
+        client_ca_file: Option<PathBuf>,
+        client_auth: Option<ClientAuth>,
+    ) -> Result<Option<TlsConfig>, String> {
+        if cert_file.is_none() && key_file.is_none() && client_ca_file.is_none() {
+            if client_auth.is_some_and(|auth| auth != ClientAuth::None) {
+                return Err("client authentication needs a certificate, key and CA file".into());
+            }
+            return Ok(None);
+        }
+        let config = TlsConfig {
+            cert_file,
+            key_file,
+            client_ca_file,
+            client_auth: client_auth.unwrap_or_default(),
+            ..TlsConfig::default()
+        };
+        config.validate(true)?;
+        Ok(Some(config))
+    }
+
     /// Whether the settings are consistent; `needed` says whether some listener uses TLS (then
     /// the certificate and key are required).
     pub fn validate(&self, needed: bool) -> Result<(), String> {

@@ -6,5 +6,6 @@ mod crash;
 mod http_api;
 mod kafka_journal;
 mod support;
+mod tls;
 mod triggers;
 mod usage;
