@@ -6,6 +6,10 @@
 //! - [`Session`]: one connection's protocol, peer and principal. It starts as
 //!   [`Principal::anonymous`] (or the client certificate's principal on an `SSL` listener with
 //!   client authentication) and becomes the SASL user once a handshake succeeds.
+//! - [`acl`]: Kafka-style ACLs, the [`acl::Authorizer`] that checks requests against them, and
+//!   their store (`<data_dir>/security/acls.json`).
+
+pub mod acl;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -54,7 +58,9 @@ impl FromStr for Principal {
                 kind: kind.into(),
                 name: name.into(),
             }),
-            _ => Err(format!("principal {s:?} is not <type>:<name>, e.g. User:alice")),
+            _ => Err(format!(
+                "principal {s:?} is not <type>:<name>, e.g. User:alice"
+            )),
         }
     }
 }
