@@ -14,7 +14,7 @@ use crate::group::{CoordinatorConfig, GroupError, Groups};
 use crate::log::{AppendInfo, FirstBatch, LogError, ReadResult};
 use crate::metrics::Metrics;
 use crate::producers::{BatchSequence, SequenceCheck, SequenceError};
-use crate::security::acl::{Authorizer, Denied};
+use crate::security::acl::{AclError, Authorizer, Denied};
 use crate::topics::{is_internal_topic, Partition, Topic, TopicConfig, TopicError, Topics};
 
 /// How long a produce waits before it is acknowledged.
@@ -63,6 +63,9 @@ pub enum ServiceError {
     /// The authorizer refused the request (the error names the operation and the resource).
     #[error(transparent)]
     Denied(#[from] Denied),
+    /// An ACL change was invalid, over the limit, or could not be stored.
+    #[error(transparent)]
+    Acl(#[from] AclError),
     #[error("internal error: {0}")]
     Internal(String),
 }

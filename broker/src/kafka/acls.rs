@@ -20,18 +20,8 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::StrBytes;
 
 use super::Context;
-use crate::security::acl::{
-    AclBinding, AclEntry, AclError, AclFilter, Operation, PatternFilter, PatternType, Permission,
-    ResourcePattern, ResourceType,
-};
-use crate::security::{Principal, Session};
-
-/// Kafka's wire codes for "any" in a filter, and for the resource types and operations Kafka
-/// knows that Strand has no use for (delegation tokens, users): valid in a filter, they match
-/// no binding; in a binding they are refused.
-const ANY: i8 = 1;
-const FOREIGN_RESOURCE_TYPES: [i8; 2] = [6, 7];
-const FOREIGN_OPERATIONS: [i8; 2] = [13, 14];
+use crate::security::acl::{AclBinding, AclError, AclFilter, Operation, ResourcePattern};
+use crate::security::Session;
 
 fn str_bytes(s: impl Into<String>) -> StrBytes {
     StrBytes::from_string(s.into())
@@ -41,99 +31,16 @@ fn message(e: &impl std::fmt::Display) -> Option<StrBytes> {
     Some(str_bytes(e.to_string()))
 }
 
-/// The binding a creation asks for, or why it is invalid.
 fn binding(c: &AclCreation) -> Result<AclBinding, String> {
-    let resource_type = ResourceType::from_code(c.resource_type)
-        .ok_or_else(|| format!("resource type {} cannot carry ACLs", c.resource_type))?;
-    let pattern_type = match c.resource_pattern_type {
-        3 => PatternType::Literal,
-        4 => PatternType::Prefixed,
-        other => {
-            return Err(format!(
-                "pattern type {other} is not LITERAL (3) or PREFIXED (4)"
-            ))
-        }
-    };
-    let operation = Operation::from_code(c.operation)
-        .ok_or_else(|| format!("operation {} is not one a binding may have", c.operation))?;
-    let permission = match c.permission_type {
-        2 => Permission::Deny,
-        3 => Permission::Allow,
-        other => return Err(format!("permission {other} is not DENY (2) or ALLOW (3)")),
-    };
-    let principal: Principal = c.principal.parse()?;
-    AclBinding {
-        pattern: ResourcePattern {
-            resource_type,
-            name: c.resource_name.to_string(),
-            pattern_type,
-        },
-        entry: AclEntry {
-            principal,
-            host: c.host.to_string(),
-            operation,
-            permission,
-        },
-    }
-    .validated()
-    .map_err(|e| e.to_string())
-}
-
-/// A filter's fields off the wire.
-struct WireFilter<'a> {
-    resource_type: i8,
-    name: Option<&'a StrBytes>,
-    pattern_type: i8,
-    principal: Option<&'a StrBytes>,
-    host: Option<&'a StrBytes>,
-    operation: i8,
-    permission: i8,
-}
-
-/// The filter, `Ok(None)` for a valid filter that can match no binding of Strand's, or why it
-/// is invalid.
-fn filter(f: WireFilter<'_>) -> Result<Option<AclFilter>, String> {
-    let resource_type = match f.resource_type {
-        ANY => None,
-        code if FOREIGN_RESOURCE_TYPES.contains(&code) => return Ok(None),
-        code => Some(
-            ResourceType::from_code(code)
-                .ok_or_else(|| format!("resource type filter {code} is not valid"))?,
-        ),
-    };
-    let pattern = PatternFilter::from_code(f.pattern_type)
-        .ok_or_else(|| format!("pattern type filter {} is not valid", f.pattern_type))?;
-    let operation = match f.operation {
-        ANY => None,
-        code if FOREIGN_OPERATIONS.contains(&code) => return Ok(None),
-        code => Some(
-            Operation::from_code(code)
-                .ok_or_else(|| format!("operation filter {code} is not valid"))?,
-        ),
-    };
-    let permission = match f.permission {
-        ANY => None,
-        2 => Some(Permission::Deny),
-        3 => Some(Permission::Allow),
-        other => return Err(format!("permission filter {other} is not valid")),
-    };
-    let principal = match f.principal {
-        None => None,
-        Some(p) => match p.parse::<Principal>() {
-            Ok(p) => Some(p),
-            // Kafka compares principals as strings: one no binding can have matches none.
-            Err(_) => return Ok(None),
-        },
-    };
-    Ok(Some(AclFilter {
-        resource_type,
-        name: f.name.map(|n| n.to_string()),
-        pattern,
-        principal,
-        host: f.host.map(|h| h.to_string()),
-        operation,
-        permission,
-    }))
+    AclBinding::from_codes(
+        c.resource_type,
+        &c.resource_name,
+        c.resource_pattern_type,
+        &c.principal,
+        &c.host,
+        c.operation,
+        c.permission_type,
+    )
 }
 
 fn storage_failed(e: &AclError) -> ResponseError {
@@ -218,15 +125,15 @@ pub(super) fn describe_acls(
                 session.principal
             )));
     }
-    let parsed = filter(WireFilter {
-        resource_type: request.resource_type_filter,
-        name: request.resource_name_filter.as_ref(),
-        pattern_type: request.pattern_type_filter,
-        principal: request.principal_filter.as_ref(),
-        host: request.host_filter.as_ref(),
-        operation: request.operation,
-        permission: request.permission_type,
-    });
+    let parsed = AclFilter::from_codes(
+        request.resource_type_filter,
+        request.resource_name_filter.as_deref(),
+        request.pattern_type_filter,
+        request.principal_filter.as_deref(),
+        request.host_filter.as_deref(),
+        request.operation,
+        request.permission_type,
+    );
     let bindings = match parsed {
         Err(reason) => {
             return DescribeAclsResponse::default()
@@ -286,15 +193,15 @@ pub(super) async fn delete_acls(
         .filters
         .iter()
         .map(|f: &DeleteAclsFilter| {
-            filter(WireFilter {
-                resource_type: f.resource_type_filter,
-                name: f.resource_name_filter.as_ref(),
-                pattern_type: f.pattern_type_filter,
-                principal: f.principal_filter.as_ref(),
-                host: f.host_filter.as_ref(),
-                operation: f.operation,
-                permission: f.permission_type,
-            })
+            AclFilter::from_codes(
+                f.resource_type_filter,
+                f.resource_name_filter.as_deref(),
+                f.pattern_type_filter,
+                f.principal_filter.as_deref(),
+                f.host_filter.as_deref(),
+                f.operation,
+                f.permission_type,
+            )
         })
         .collect();
     let filters: Vec<AclFilter> = parsed

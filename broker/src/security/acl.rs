@@ -247,6 +247,14 @@ pub enum Permission {
 }
 
 impl Permission {
+    pub fn from_code(code: i8) -> Option<Permission> {
+        match code {
+            2 => Some(Permission::Deny),
+            3 => Some(Permission::Allow),
+            _ => None,
+        }
+    }
+
     pub fn code(self) -> i8 {
         match self {
             Permission::Deny => 2,
@@ -361,6 +369,50 @@ impl AclBinding {
     }
 }
 
+impl AclBinding {
+    /// The binding Kafka's wire codes describe (as CreateAcls carries them), validated.
+    pub fn from_codes(
+        resource_type: i8,
+        name: &str,
+        pattern_type: i8,
+        principal: &str,
+        host: &str,
+        operation: i8,
+        permission: i8,
+    ) -> Result<AclBinding, String> {
+        let resource_type = ResourceType::from_code(resource_type)
+            .ok_or_else(|| format!("resource type {resource_type} cannot carry ACLs"))?;
+        let pattern_type = match pattern_type {
+            3 => PatternType::Literal,
+            4 => PatternType::Prefixed,
+            other => {
+                return Err(format!(
+                    "pattern type {other} is not LITERAL (3) or PREFIXED (4)"
+                ))
+            }
+        };
+        let operation = Operation::from_code(operation)
+            .ok_or_else(|| format!("operation {operation} is not one a binding may have"))?;
+        let permission = Permission::from_code(permission)
+            .ok_or_else(|| format!("permission {permission} is not DENY (2) or ALLOW (3)"))?;
+        AclBinding {
+            pattern: ResourcePattern {
+                resource_type,
+                name: name.to_string(),
+                pattern_type,
+            },
+            entry: AclEntry {
+                principal: principal.parse()?,
+                host: host.to_string(),
+                operation,
+                permission,
+            },
+        }
+        .validated()
+        .map_err(|e| e.to_string())
+    }
+}
+
 impl fmt::Display for AclBinding {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
@@ -425,6 +477,66 @@ impl AclFilter {
             operation: None,
             permission: None,
         }
+    }
+
+    /// The filter Kafka's wire codes describe (as DescribeAcls and DeleteAcls carry them):
+    /// `Ok(None)` for a valid filter that can match none of Strand's bindings (delegation
+    /// tokens, users, token operations, a principal that is not `<type>:<name>`), `Err` with
+    /// the reason for an invalid one.
+    pub fn from_codes(
+        resource_type: i8,
+        name: Option<&str>,
+        pattern_type: i8,
+        principal: Option<&str>,
+        host: Option<&str>,
+        operation: i8,
+        permission: i8,
+    ) -> Result<Option<AclFilter>, String> {
+        const ANY: i8 = 1;
+        const FOREIGN_RESOURCE_TYPES: [i8; 2] = [6, 7];
+        const FOREIGN_OPERATIONS: [i8; 2] = [13, 14];
+        let resource_type = match resource_type {
+            ANY => None,
+            code if FOREIGN_RESOURCE_TYPES.contains(&code) => return Ok(None),
+            code => Some(
+                ResourceType::from_code(code)
+                    .ok_or_else(|| format!("resource type filter {code} is not valid"))?,
+            ),
+        };
+        let pattern = PatternFilter::from_code(pattern_type)
+            .ok_or_else(|| format!("pattern type filter {pattern_type} is not valid"))?;
+        let operation = match operation {
+            ANY => None,
+            code if FOREIGN_OPERATIONS.contains(&code) => return Ok(None),
+            code => Some(
+                Operation::from_code(code)
+                    .ok_or_else(|| format!("operation filter {code} is not valid"))?,
+            ),
+        };
+        let permission = match permission {
+            ANY => None,
+            code => Some(
+                Permission::from_code(code)
+                    .ok_or_else(|| format!("permission filter {code} is not valid"))?,
+            ),
+        };
+        let principal = match principal {
+            None => None,
+            Some(p) => match p.parse::<Principal>() {
+                Ok(p) => Some(p),
+                // Kafka compares principals as strings: one no binding can have matches none.
+                Err(_) => return Ok(None),
+            },
+        };
+        Ok(Some(AclFilter {
+            resource_type,
+            name: name.map(str::to_string),
+            pattern,
+            principal,
+            host: host.map(str::to_string),
+            operation,
+            permission,
+        }))
     }
 
     /// Kafka's `AclBindingFilter.matches`.

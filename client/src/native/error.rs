@@ -42,6 +42,9 @@ pub enum ErrorCode {
     /// One of the broker's resource limits (topics, partitions, groups, members) would be
     /// passed; the message names it. Nothing was changed.
     LimitReached = 22,
+    /// The connection's principal may not do this; the message names the operation and the
+    /// resource. Nothing was changed.
+    AuthorizationFailed = 26,
 }
 
 impl ErrorCode {
@@ -70,6 +73,7 @@ impl ErrorCode {
             20 => InconsistentGroupProtocol,
             21 => InternalTopic,
             22 => LimitReached,
+            26 => AuthorizationFailed,
             _ => Internal,
         }
     }
