@@ -13,7 +13,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::listener::{AdvertisedListener, ListenerKind};
 use crate::log::{FsyncPolicy, LogConfig};
+use crate::security::acl::AuthorizerConfig;
 use crate::security::tls::{ClientAuth, TlsConfig};
+use crate::security::Principal;
 use crate::security::{ListenerSpec, SecurityProtocol};
 
 /// The broker's settings, with the documented defaults.
@@ -131,6 +133,18 @@ pub struct BrokerConfig {
     /// How long a failed SASL authentication waits before it is answered, to slow down
     /// password guessing, as Kafka's `connection.failed.authentication.delay.ms`. Default 100.
     pub sasl_failure_delay_ms: u64,
+    /// Authorize every request on every listener against the ACLs (Kafka's
+    /// `authorizer.class.name`). Default false: everything is allowed, and ACLs are only
+    /// stored, to take effect once this is on.
+    pub authorizer_enabled: bool,
+    /// Principals allowed everything, such as `User:admin` (Kafka's `super.users`). Default
+    /// none.
+    pub super_users: Vec<String>,
+    /// Allow what no ACL applies to (Kafka's `allow.everyone.if.no.acl.found`); never applies
+    /// to internal topics. Default false.
+    pub allow_everyone_if_no_acl_found: bool,
+    /// ACL bindings stored at most; creating more is refused. Default 10,000.
+    pub acl_bindings_max: usize,
     /// Defaults for every partition log; topics may override some of them.
     pub log: LogConfig,
 }
@@ -182,6 +196,10 @@ impl Default for BrokerConfig {
             users_max: 10_000,
             user_name_bytes_max: 256,
             sasl_failure_delay_ms: 100,
+            authorizer_enabled: false,
+            super_users: Vec::new(),
+            allow_everyone_if_no_acl_found: false,
+            acl_bindings_max: crate::security::acl::ACL_BINDINGS_MAX_DEFAULT,
             log: LogConfig::default(),
         }
     }
@@ -338,6 +356,27 @@ pub struct BrokerArgs {
         value_delimiter = ','
     )]
     pub sasl_enabled_mechanisms: Option<Vec<String>>,
+    /// Authorize requests against the ACLs [default: false]
+    #[arg(long, env = "STRAND_AUTHORIZER_ENABLED", value_name = "BOOL")]
+    pub authorizer_enabled: Option<bool>,
+    /// Comma-separated principals allowed everything, e.g. User:admin [default: none]
+    #[arg(
+        long,
+        env = "STRAND_SUPER_USERS",
+        value_name = "PRINCIPALS",
+        value_delimiter = ','
+    )]
+    pub super_users: Option<Vec<String>>,
+    /// Allow what no ACL applies to (not internal topics) [default: false]
+    #[arg(
+        long,
+        env = "STRAND_ALLOW_EVERYONE_IF_NO_ACL_FOUND",
+        value_name = "BOOL"
+    )]
+    pub allow_everyone_if_no_acl_found: Option<bool>,
+    /// ACL bindings stored at most [default: 10000]
+    #[arg(long, env = "STRAND_ACL_BINDINGS_MAX", value_name = "N")]
+    pub acl_bindings_max: Option<usize>,
     /// What to do instead of serving (user administration while the broker is stopped).
     #[command(subcommand)]
     pub command: Option<BrokerCommand>,
@@ -583,6 +622,13 @@ impl BrokerConfig {
             config.sasl_enabled_mechanisms,
             args.sasl_enabled_mechanisms.clone()
         );
+        set!(config.authorizer_enabled, args.authorizer_enabled);
+        set!(config.super_users, args.super_users.clone());
+        set!(
+            config.allow_everyone_if_no_acl_found,
+            args.allow_everyone_if_no_acl_found
+        );
+        set!(config.acl_bindings_max, args.acl_bindings_max);
         config.validate()?;
         Ok(config)
     }
@@ -622,6 +668,7 @@ impl BrokerConfig {
             ("groups_max", self.groups_max),
             ("members_per_group_max", self.members_per_group_max),
             ("open_sealed_segments_max", self.open_sealed_segments_max),
+            ("acl_bindings_max", self.acl_bindings_max),
         ];
         for (name, value) in positive {
             if value == 0 {
@@ -672,6 +719,7 @@ impl BrokerConfig {
                 "users_max and user_name_bytes_max must be above 0".into(),
             ));
         }
+        self.authorizer()?;
         self.log.validate().map_err(ConfigError::Invalid)
     }
 
@@ -705,6 +753,25 @@ impl BrokerConfig {
             users_max: self.users_max,
             name_bytes_max: self.user_name_bytes_max,
         }
+    }
+
+    /// The authorizer's settings, with `super_users` parsed.
+    pub fn authorizer(&self) -> Result<AuthorizerConfig, ConfigError> {
+        let super_users = self
+            .super_users
+            .iter()
+            .map(|p| {
+                p.trim()
+                    .parse::<Principal>()
+                    .map_err(|e| ConfigError::Invalid(format!("super_users: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(AuthorizerConfig {
+            enabled: self.authorizer_enabled,
+            super_users,
+            allow_everyone_if_no_acl_found: self.allow_everyone_if_no_acl_found,
+            acl_bindings_max: self.acl_bindings_max,
+        })
     }
 }
 
@@ -806,6 +873,35 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("in_flight_bytes_max"));
+    }
+
+    #[test]
+    fn authorizer_settings_come_from_the_file_and_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("strand.toml");
+        std::fs::write(
+            &file,
+            "authorizer_enabled = true\nsuper_users = [\"User:admin\"]\n",
+        )
+        .unwrap();
+        let args = BrokerArgs::parse_from([
+            "strand-broker",
+            "--config",
+            file.to_str().unwrap(),
+            "--allow-everyone-if-no-acl-found",
+            "true",
+        ]);
+        let authorizer = BrokerConfig::load(&args).unwrap().authorizer().unwrap();
+        assert!(authorizer.enabled);
+        assert!(authorizer.allow_everyone_if_no_acl_found);
+        assert_eq!(authorizer.super_users, vec![Principal::user("admin")]);
+        let args = BrokerArgs::parse_from(["strand-broker", "--super-users", "User:a,User:b"]);
+        let authorizer = BrokerConfig::load(&args).unwrap().authorizer().unwrap();
+        assert!(!authorizer.enabled, "off by default");
+        assert_eq!(authorizer.super_users.len(), 2);
+        let args = BrokerArgs::parse_from(["strand-broker", "--super-users", "admin"]);
+        let err = BrokerConfig::load(&args).unwrap_err().to_string();
+        assert!(err.contains("super_users"), "{err}");
     }
 
     #[test]

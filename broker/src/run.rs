@@ -18,10 +18,11 @@ use crate::group::CoordinatorConfig;
 use crate::http::{self, HttpState};
 use crate::listener::{Admission, BoundListener, GuardedListener, ListenerKind};
 use crate::metrics::Metrics;
-use crate::security::tls::ServerTls;
-use crate::security::{ListenerSpec, SecurityProtocol};
+use crate::security::acl::{AclFilter, Authorizer};
 use crate::security::sasl::Authenticator;
+use crate::security::tls::ServerTls;
 use crate::security::users::Users;
+use crate::security::{ListenerSpec, SecurityProtocol};
 use crate::server::{self, ServerConfig};
 use crate::service::Broker;
 use crate::topics::{TopicError, TopicLimits, Topics};
@@ -199,9 +200,26 @@ impl RunningBroker {
                 commit_metadata_bytes_max: config.commit_metadata_bytes_max,
                 ..CoordinatorConfig::default()
             };
-            tokio::task::spawn_blocking(move || Broker::new(topics, metrics, coordinator, wait))
-                .await?
-                .context("opening the group coordinator")?
+            let mut broker = tokio::task::spawn_blocking(move || {
+                Broker::new(topics, metrics, coordinator, wait)
+            })
+            .await?
+            .context("opening the group coordinator")?;
+            let authorizer_config = config.authorizer()?;
+            let data_dir = config.data_dir.clone();
+            let authorizer =
+                tokio::task::spawn_blocking(move || Authorizer::open(&data_dir, authorizer_config))
+                    .await?
+                    .context("opening the ACLs")?;
+            if authorizer.enabled() {
+                tracing::info!(
+                    n_acls = authorizer.describe(&AclFilter::any()).len(),
+                    super_users = ?config.super_users,
+                    "authorizer enabled: requests are checked against the ACLs"
+                );
+            }
+            broker.authorizer = Arc::new(authorizer);
+            broker
         };
         let ticker_task = broker.spawn_group_ticker(shutdown_rx.clone());
         // One memory budget for both listeners.

@@ -16,9 +16,9 @@ use crate::native::frame::{self, SERVER_HEADER_BYTES};
 use crate::native::{
     ApiKey, Push, Request, Response, ResponseBody, ServerFrameKind, FRAME_BYTES_MAX_DEFAULT,
 };
-use crate::tls::ClientTlsConfig;
 use crate::sasl::{plain_message, Mechanism, SaslConfig};
 use crate::scram::ScramClient;
+use crate::tls::ClientTlsConfig;
 
 /// How a connection behaves.
 #[derive(Debug, Clone)]

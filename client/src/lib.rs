@@ -20,9 +20,9 @@ pub mod group;
 pub mod native;
 pub mod partitioner;
 pub mod producer;
-pub mod tls;
 pub mod sasl;
 pub mod scram;
+pub mod tls;
 
 pub use client::{Admin, Client, ClientConfig};
 pub use consumer::{Consumer, ConsumerConfig, Record, StartFrom};
@@ -30,5 +30,5 @@ pub use error::ClientError;
 pub use group::{GroupConfig, GroupConsumer, OffsetReset};
 pub use native::{Acks, TopicSettings};
 pub use producer::{Producer, ProducerConfig, ProducerRecord};
-pub use tls::ClientTlsConfig;
 pub use sasl::{Mechanism, SaslConfig};
+pub use tls::ClientTlsConfig;

@@ -174,7 +174,10 @@ mod tests {
             key_file: None,
             server_name: None,
         };
-        let err = config.connector().unwrap_err().to_string();
+        let Err(err) = config.connector() else {
+            panic!("a missing CA file was accepted")
+        };
+        let err = err.to_string();
         assert!(err.contains("/nonexistent/ca.pem"), "{err}");
     }
 }

@@ -12,6 +12,10 @@
 //! - [`tls`]: server TLS from PEM files, reloaded without a restart, and the principal of a
 //!   client certificate.
 
+//! - [`acl`]: Kafka-style ACLs, the [`acl::Authorizer`] that checks requests against them, and
+//!   their store (`<data_dir>/security/acls.json`).
+
+pub mod acl;
 pub mod sasl;
 pub mod tls;
 pub mod users;
