@@ -17,6 +17,7 @@ use crate::group::CoordinatorConfig;
 use crate::http::{self, HttpState};
 use crate::listener::{Admission, GuardedListener};
 use crate::metrics::Metrics;
+use crate::security::jwt::Verifier;
 use crate::server::{self, ServerConfig};
 use crate::service::Broker;
 use crate::topics::{TopicError, TopicLimits, Topics};
@@ -114,6 +115,15 @@ impl RunningBroker {
         let topics = Arc::new(topics);
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
+        // Keys before any listener: a key file that cannot be read stops the start.
+        let http_auth = match &config.http_jwt {
+            Some(jwt) => {
+                let verifier = Verifier::load(jwt.clone()).context("loading the HTTP JWT keys")?;
+                tracing::info!(keys = verifier.keys_loaded(), issuer = %jwt.issuer, "HTTP bearer tokens required");
+                Some(Arc::new(verifier))
+            }
+            None => None,
+        };
         let native_listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("binding the native listener on {}", config.listen))?;
@@ -200,6 +210,8 @@ impl RunningBroker {
                     topics: topics.clone(),
                     metrics: metrics.clone(),
                     budget,
+                    auth: http_auth.clone(),
+                    metrics_require_auth: config.http_metrics_require_auth,
                 },
                 request_timeout,
             );
@@ -223,6 +235,10 @@ impl RunningBroker {
                     .await
             })
         };
+        let mut background = Vec::new();
+        if let Some(verifier) = http_auth {
+            background.push(verifier.watch(shutdown_rx.clone()));
+        }
         let retention_task = spawn_periodic(
             "retention",
             config.retention_check_interval_ms,
@@ -268,7 +284,10 @@ impl RunningBroker {
             server_task,
             kafka_task,
             http_task,
-            background: vec![retention_task, ticker_task, cleaner_task, recovery_task],
+            background: {
+                background.extend([retention_task, ticker_task, cleaner_task, recovery_task]);
+                background
+            },
         })
     }
 

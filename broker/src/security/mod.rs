@@ -6,12 +6,15 @@
 //! - [`Session`]: one connection's protocol, peer and principal. It starts as
 //!   [`Principal::anonymous`] (or the client certificate's principal on an `SSL` listener with
 //!   client authentication) and becomes the SASL user once a handshake succeeds.
+//! - [`jwt`]: bearer JWTs for the HTTP APIs (keys, verification, scopes, reloading).
 
 use std::fmt;
 use std::net::SocketAddr;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
+
+pub mod jwt;
 
 /// An identity, as Kafka writes it: `<type>:<name>`, almost always `User:<name>`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -54,7 +57,9 @@ impl FromStr for Principal {
                 kind: kind.into(),
                 name: name.into(),
             }),
-            _ => Err(format!("principal {s:?} is not <type>:<name>, e.g. User:alice")),
+            _ => Err(format!(
+                "principal {s:?} is not <type>:<name>, e.g. User:alice"
+            )),
         }
     }
 }
