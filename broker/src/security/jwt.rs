@@ -285,6 +285,9 @@ impl Verifier {
                 .collect(),
             None => Vec::new(),
         };
+        // A kid no key has, tried on the PEM keys in vain, is reported as the unknown kid:
+        // most likely the issuer rotated to a key not configured here yet.
+        let fell_back = header.kid.is_some() && named.is_empty();
         let candidates: Vec<&VerifyKey> = if named.is_empty() {
             keys.keys.iter().filter(|k| k.kid.is_none()).collect()
         } else {
@@ -320,7 +323,10 @@ impl Verifier {
                 }
             }
         }
-        Err(last)
+        match (last, header.kid) {
+            (TokenError::Signature, Some(kid)) if fell_back => Err(TokenError::UnknownKey(kid)),
+            (last, _) => Err(last),
+        }
     }
 
     /// Reloads the keys on SIGHUP and, unless `reload_interval_ms` is 0, when a file changes,
