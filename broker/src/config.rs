@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::listener::{AdvertisedListener, ListenerKind};
 use crate::log::{FsyncPolicy, LogConfig};
 use crate::security::acl::AuthorizerConfig;
+use crate::security::jwt::JwtConfig;
 use crate::security::tls::{ClientAuth, TlsConfig};
 use crate::security::Principal;
 use crate::security::{ListenerSpec, SecurityProtocol};
@@ -56,6 +57,13 @@ pub struct BrokerConfig {
     pub default_partitions: u32,
     /// HTTP listener for `/health` and `/metrics`. Default `127.0.0.1:7180`.
     pub http_listen: SocketAddr,
+    /// Bearer JWT verification on the HTTP listener (TOML table `[http_jwt]`: `issuer`,
+    /// `audience`, `key_files`, `jwks_file`, `leeway_s`, `reload_interval_ms`). Default none:
+    /// the HTTP listener needs no token.
+    pub http_jwt: Option<JwtConfig>,
+    /// Whether `/metrics` needs a bearer token with scope `strand:metrics` (requires
+    /// `http_jwt`). `/health` is always open. Default false.
+    pub http_metrics_require_auth: bool,
     /// Open client connections at most, per listener (native, Kafka, HTTP); more are closed
     /// as soon as they are accepted, with a warning (at most one every 10 s). Default 1024.
     pub connections_max: usize,
@@ -164,6 +172,8 @@ impl Default for BrokerConfig {
             auto_create_topics: true,
             default_partitions: 1,
             http_listen: SocketAddr::from(([127, 0, 0, 1], 7180)),
+            http_jwt: None,
+            http_metrics_require_auth: false,
             connections_max: 1024,
             connections_per_ip_max: 256,
             idle_timeout_ms: 600_000,
@@ -284,6 +294,29 @@ pub struct BrokerArgs {
     /// HTTP listener for /health and /metrics [default: 127.0.0.1:7180]
     #[arg(long, env = "STRAND_HTTP_LISTEN", value_name = "ADDR")]
     pub http_listen: Option<SocketAddr>,
+    /// The `iss` bearer tokens on the HTTP listener must carry (turns JWT verification on)
+    #[arg(long, env = "STRAND_HTTP_JWT_ISSUER", value_name = "ISSUER")]
+    pub http_jwt_issuer: Option<String>,
+    /// The audience bearer tokens on the HTTP listener must name
+    #[arg(long, env = "STRAND_HTTP_JWT_AUDIENCE", value_name = "AUDIENCE")]
+    pub http_jwt_audience: Option<String>,
+    /// A PEM public key (RSA or EC) or certificate that signs tokens; repeatable
+    #[arg(
+        long = "http-jwt-key-file",
+        env = "STRAND_HTTP_JWT_KEY_FILES",
+        value_name = "FILE",
+        value_delimiter = ','
+    )]
+    pub http_jwt_key_files: Vec<PathBuf>,
+    /// A JWKS file with the keys that sign tokens (chosen by kid)
+    #[arg(long, env = "STRAND_HTTP_JWT_JWKS_FILE", value_name = "FILE")]
+    pub http_jwt_jwks_file: Option<PathBuf>,
+    /// Clock skew allowed on exp and nbf, in seconds [default: 30]
+    #[arg(long, env = "STRAND_HTTP_JWT_LEEWAY_S", value_name = "SECONDS")]
+    pub http_jwt_leeway_s: Option<u64>,
+    /// Whether /metrics needs a token with scope strand:metrics [default: false]
+    #[arg(long, env = "STRAND_HTTP_METRICS_REQUIRE_AUTH", value_name = "BOOL")]
+    pub http_metrics_require_auth: Option<bool>,
     /// Open client connections at most, per listener [default: 1024]
     #[arg(long, env = "STRAND_CONNECTIONS_MAX")]
     pub connections_max: Option<usize>,
@@ -585,6 +618,27 @@ impl BrokerConfig {
         set!(config.auto_create_topics, args.auto_create_topics);
         set!(config.default_partitions, args.default_partitions);
         set!(config.http_listen, args.http_listen);
+        let jwt_flags = args.http_jwt_issuer.is_some()
+            || args.http_jwt_audience.is_some()
+            || !args.http_jwt_key_files.is_empty()
+            || args.http_jwt_jwks_file.is_some()
+            || args.http_jwt_leeway_s.is_some();
+        if jwt_flags {
+            let jwt = config.http_jwt.get_or_insert_with(JwtConfig::default);
+            set!(jwt.issuer, args.http_jwt_issuer.clone());
+            set!(jwt.audience, args.http_jwt_audience.clone());
+            if !args.http_jwt_key_files.is_empty() {
+                jwt.key_files = args.http_jwt_key_files.clone();
+            }
+            if let Some(jwks) = &args.http_jwt_jwks_file {
+                jwt.jwks_file = Some(jwks.clone());
+            }
+            set!(jwt.leeway_s, args.http_jwt_leeway_s);
+        }
+        set!(
+            config.http_metrics_require_auth,
+            args.http_metrics_require_auth
+        );
         set!(config.connections_max, args.connections_max);
         set!(config.connections_per_ip_max, args.connections_per_ip_max);
         set!(config.idle_timeout_ms, args.idle_timeout_ms);
@@ -720,6 +774,15 @@ impl BrokerConfig {
             ));
         }
         self.authorizer()?;
+        if let Some(jwt) = &self.http_jwt {
+            jwt.validate()
+                .map_err(|e| ConfigError::Invalid(format!("http_jwt: {e}")))?;
+        }
+        if self.http_metrics_require_auth && self.http_jwt.is_none() {
+            return Err(ConfigError::Invalid(
+                "http_metrics_require_auth needs http_jwt (an issuer, an audience and keys)".into(),
+            ));
+        }
         self.log.validate().map_err(ConfigError::Invalid)
     }
 
@@ -902,6 +965,50 @@ mod tests {
         let args = BrokerArgs::parse_from(["strand-broker", "--super-users", "admin"]);
         let err = BrokerConfig::load(&args).unwrap_err().to_string();
         assert!(err.contains("super_users"), "{err}");
+    }
+
+    #[test]
+    fn http_jwt_comes_from_the_file_and_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("strand.toml");
+        std::fs::write(
+            &file,
+            "http_metrics_require_auth = true\n[http_jwt]\nissuer = \"https://idp\"\naudience = \"strand\"\njwks_file = \"/etc/strand/jwks.json\"\n",
+        )
+        .unwrap();
+        let args = BrokerArgs::parse_from([
+            "strand-broker",
+            "--config",
+            file.to_str().unwrap(),
+            "--http-jwt-audience",
+            "strand-broker",
+            "--http-jwt-key-file",
+            "/a.pem",
+            "--http-jwt-key-file",
+            "/b.pem",
+        ]);
+        let config = BrokerConfig::load(&args).unwrap();
+        let jwt = config.http_jwt.unwrap();
+        assert_eq!(jwt.issuer, "https://idp");
+        assert_eq!(jwt.audience, "strand-broker");
+        assert_eq!(
+            jwt.key_files,
+            vec![PathBuf::from("/a.pem"), PathBuf::from("/b.pem")]
+        );
+        assert_eq!(jwt.jwks_file, Some(PathBuf::from("/etc/strand/jwks.json")));
+        assert_eq!(jwt.leeway_s, 30);
+        assert!(config.http_metrics_require_auth);
+
+        // Half a JWT configuration, or protected metrics without one, is refused.
+        let args = BrokerArgs::parse_from(["strand-broker", "--http-jwt-issuer", "x"]);
+        let err = BrokerConfig::load(&args).unwrap_err().to_string();
+        assert!(
+            err.contains("audience") && err.contains("key file"),
+            "{err}"
+        );
+        let args = BrokerArgs::parse_from(["strand-broker", "--http-metrics-require-auth", "true"]);
+        let err = BrokerConfig::load(&args).unwrap_err().to_string();
+        assert!(err.contains("needs http_jwt"), "{err}");
     }
 
     #[test]

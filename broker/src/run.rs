@@ -19,6 +19,7 @@ use crate::http::{self, HttpState};
 use crate::listener::{Admission, BoundListener, GuardedListener, ListenerKind};
 use crate::metrics::Metrics;
 use crate::security::acl::{AclFilter, Authorizer};
+use crate::security::jwt::Verifier;
 use crate::security::sasl::Authenticator;
 use crate::security::tls::ServerTls;
 use crate::security::users::Users;
@@ -140,6 +141,15 @@ impl RunningBroker {
             failure_delay: Duration::from_millis(config.sasl_failure_delay_ms),
         });
 
+        // Keys before any listener: a key file that cannot be read stops the start.
+        let http_auth = match &config.http_jwt {
+            Some(jwt) => {
+                let verifier = Verifier::load(jwt.clone()).context("loading the HTTP JWT keys")?;
+                tracing::info!(keys = verifier.keys_loaded(), issuer = %jwt.issuer, "HTTP bearer tokens required");
+                Some(Arc::new(verifier))
+            }
+            None => None,
+        };
         // One TLS material for every TLS listener, checked before anything binds.
         let tls = if config.uses_tls() {
             Some(ServerTls::new(config.tls.clone()).context("loading the TLS certificate")?)
@@ -274,6 +284,8 @@ impl RunningBroker {
                     topics: topics.clone(),
                     metrics: metrics.clone(),
                     budget,
+                    auth: http_auth.clone(),
+                    metrics_require_auth: config.http_metrics_require_auth,
                 },
                 request_timeout,
             );
@@ -308,6 +320,9 @@ impl RunningBroker {
         let mut background = Vec::new();
         if let Some(tls) = tls {
             background.push(spawn_tls_reload_on_sighup(tls, shutdown_rx.clone())?);
+        }
+        if let Some(verifier) = http_auth {
+            background.push(verifier.watch(shutdown_rx.clone()));
         }
         let retention_task = spawn_periodic(
             "retention",

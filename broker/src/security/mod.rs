@@ -11,7 +11,7 @@
 //!   which both listeners drive.
 //! - [`tls`]: server TLS from PEM files, reloaded without a restart, and the principal of a
 //!   client certificate.
-
+//! - [`jwt`]: bearer JWTs for the HTTP APIs (keys, verification, scopes, reloading).
 //! - [`acl`]: Kafka-style ACLs, the [`acl::Authorizer`] that checks requests against them, and
 //!   their store (`<data_dir>/security/acls.json`).
 
@@ -25,6 +25,8 @@ use std::net::SocketAddr;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
+
+pub mod jwt;
 
 /// An identity, as Kafka writes it: `<type>:<name>`, almost always `User:<name>`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -10,6 +10,7 @@ mod exhaustion;
 mod group_consumers;
 mod groups;
 mod hostile;
+mod http_auth;
 mod internal_topics;
 mod kafka_clients;
 mod log_model;
