@@ -838,3 +838,200 @@ async fn with_the_authorizer_off_everything_is_allowed_and_acls_are_kept_for_lat
     assert_eq!(code, ErrorCode::AuthorizationFailed);
     broker.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_subscription_ends_when_read_is_revoked() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(dir.path(), true).await;
+    create_topic(&broker, "feed").await;
+    broker
+        .broker
+        .authorizer
+        .create(vec![
+            binding(Operation::Read, ResourceType::Topic, "feed"),
+            binding(Operation::Write, ResourceType::Topic, "feed"),
+        ])
+        .unwrap();
+    let c = Client::connect(broker.native_addr.to_string(), ClientConfig::default())
+        .await
+        .unwrap();
+    let connection = c.connection().await.unwrap();
+    let (_, mut pushes) = connection.subscribe("feed", 0, 0, 1 << 20).await.unwrap();
+    let producer = strand_client::Producer::new(c.clone(), Default::default());
+    let send = |value: &'static str| {
+        let record = strand_client::ProducerRecord::new("feed", value);
+        let producer = &producer;
+        async move { producer.send(record).await.unwrap().await.unwrap() }
+    };
+    send("first").await;
+    let first = tokio::time::timeout(Duration::from_secs(10), pushes.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(first.is_ok(), "{first:?}");
+    broker
+        .broker
+        .authorizer
+        .delete(&[AclFilter {
+            operation: Some(Operation::Read),
+            ..AclFilter::any()
+        }])
+        .unwrap();
+    send("second").await;
+    let ended = tokio::time::timeout(Duration::from_secs(10), pushes.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    let (code, message) = refused_code(ended.unwrap_err());
+    assert_eq!(code, ErrorCode::AuthorizationFailed);
+    assert!(message.contains("Read"), "{message}");
+    broker.stop().await.unwrap();
+}
+
+#[test]
+fn the_cli_adds_lists_and_removes_acls_that_the_broker_binary_enforces() {
+    use super::broker_process::{run_cli, start_broker, start_broker_with, stop, strand_cli};
+    let dir = tempfile::tempdir().unwrap();
+    let cli = strand_cli();
+    let lines = |out: &std::process::Output| String::from_utf8_lossy(&out.stdout).lines().count();
+    let ok = |out: std::process::Output| {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    };
+    // The authorizer is off: ACLs are stored for later.
+    let broker = start_broker(dir.path());
+    ok(run_cli(
+        &cli,
+        &broker.addr,
+        &["topic", "create", "orders"],
+        b"",
+    ));
+    let added = ok(run_cli(
+        &cli,
+        &broker.addr,
+        &[
+            "acl",
+            "add",
+            "--allow-principal",
+            ANONYMOUS,
+            "--operation",
+            "Read",
+            "--operation",
+            "describe",
+            "--topic",
+            "orders",
+        ],
+        b"",
+    ));
+    assert_eq!(lines(&added), 2);
+    ok(run_cli(
+        &cli,
+        &broker.addr,
+        &[
+            "acl",
+            "add",
+            "--allow-principal",
+            ANONYMOUS,
+            "--operation",
+            "Alter",
+            "--operation",
+            "Describe",
+            "--cluster",
+        ],
+        b"",
+    ));
+    // Bad flags are refused before anything is sent.
+    for bad in [
+        &[
+            "acl",
+            "add",
+            "--allow-principal",
+            ANONYMOUS,
+            "--operation",
+            "Frobnicate",
+            "--topic",
+            "t",
+        ][..],
+        &[
+            "acl",
+            "add",
+            "--allow-principal",
+            ANONYMOUS,
+            "--operation",
+            "Read",
+        ][..],
+        &["acl", "add", "--operation", "Read", "--topic", "t"][..],
+        &[
+            "acl",
+            "add",
+            "--allow-principal",
+            "alice",
+            "--operation",
+            "Read",
+            "--topic",
+            "t",
+        ][..],
+    ] {
+        let out = run_cli(&cli, &broker.addr, bad, b"");
+        assert!(!out.status.success(), "{bad:?}");
+    }
+    assert!(stop(broker).success());
+
+    let broker = start_broker_with(dir.path(), &["--authorizer-enabled", "true"]);
+    assert_eq!(
+        lines(&ok(run_cli(&cli, &broker.addr, &["acl", "list"], b""))),
+        4
+    );
+    let matching = ok(run_cli(
+        &cli,
+        &broker.addr,
+        &[
+            "acl",
+            "list",
+            "--topic",
+            "orders",
+            "--resource-pattern-type",
+            "match",
+        ],
+        b"",
+    ));
+    assert_eq!(lines(&matching), 2);
+    let refused = run_cli(&cli, &broker.addr, &["produce", "orders"], b"one\n");
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("AuthorizationFailed") && stderr.contains("Write"),
+        "{stderr}"
+    );
+    ok(run_cli(
+        &cli,
+        &broker.addr,
+        &["topic", "describe", "orders"],
+        b"",
+    ));
+    let removed = ok(run_cli(
+        &cli,
+        &broker.addr,
+        &[
+            "acl",
+            "remove",
+            "--allow-principal",
+            ANONYMOUS,
+            "--topic",
+            "orders",
+        ],
+        b"",
+    ));
+    assert_eq!(lines(&removed), 2);
+    assert_eq!(
+        lines(&ok(run_cli(&cli, &broker.addr, &["acl", "list"], b""))),
+        2
+    );
+    let refused = run_cli(&cli, &broker.addr, &["topic", "describe", "orders"], b"");
+    assert!(!refused.status.success());
+    assert!(stop(broker).success());
+}
