@@ -262,6 +262,7 @@ mod tests {
 
     use bytes::Bytes;
     use kafka_protocol::messages::create_acls_request::AclCreation;
+    use kafka_protocol::messages::delete_acls_request::DeleteAclsFilter;
     use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
     use kafka_protocol::messages::{
         GroupId, HeartbeatRequest, ProduceRequest, RequestHeader, RequestKind, ResponseKind,
@@ -433,5 +434,73 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(produce_code(response), topic_denied);
+    }
+
+    #[tokio::test]
+    async fn invalid_filters_are_refused_alone_and_change_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let cx = context(dir.path()).await;
+        assert_eq!(
+            create_code(call(&cx, "admin", grant("alice", 2, "orders", 3), 1).await),
+            0
+        );
+        let filter = |resource_type: i8, pattern_type: i8, operation: i8| {
+            DeleteAclsFilter::default()
+                .with_resource_type_filter(resource_type)
+                .with_resource_name_filter(None)
+                .with_pattern_type_filter(pattern_type)
+                .with_principal_filter(None)
+                .with_host_filter(None)
+                .with_operation(operation)
+                .with_permission_type(1)
+        };
+        let request = RequestKind::DeleteAcls(DeleteAclsRequest::default().with_filters(vec![
+            filter(0, 1, 1),  // UNKNOWN resource type
+            filter(2, 0, 1),  // UNKNOWN pattern type
+            filter(2, 1, 99), // no such operation
+            filter(6, 1, 1),  // delegation tokens: valid, matches nothing of Strand's
+        ]));
+        let ResponseKind::DeleteAcls(response) = call(&cx, "admin", request, 1).await else {
+            panic!("not a DeleteAcls answer")
+        };
+        let codes: Vec<i16> = response
+            .filter_results
+            .iter()
+            .map(|r| r.error_code)
+            .collect();
+        let invalid = ResponseError::InvalidRequest.code();
+        assert_eq!(codes, vec![invalid, invalid, invalid, 0]);
+        assert_eq!(cx.broker.authorizer.describe(&AclFilter::any()).len(), 1);
+        // DescribeAcls with an invalid filter says so; a wildcard one lists the binding.
+        let describe = |pattern_type: i8| {
+            RequestKind::DescribeAcls(
+                DescribeAclsRequest::default()
+                    .with_resource_type_filter(1)
+                    .with_resource_name_filter(None)
+                    .with_pattern_type_filter(pattern_type)
+                    .with_principal_filter(None)
+                    .with_host_filter(None)
+                    .with_operation(1)
+                    .with_permission_type(1),
+            )
+        };
+        let ResponseKind::DescribeAcls(bad) = call(&cx, "admin", describe(9), 1).await else {
+            panic!("not a DescribeAcls answer")
+        };
+        assert_eq!(bad.error_code, invalid);
+        let ResponseKind::DescribeAcls(all) = call(&cx, "admin", describe(1), 1).await else {
+            panic!("not a DescribeAcls answer")
+        };
+        assert_eq!(all.resources.len(), 1);
+        assert_eq!(all.resources[0].acls[0].host.as_str(), "10.0.0.7");
+        // Bob may not even look.
+        let ResponseKind::DescribeAcls(bobs) = call(&cx, "bob", describe(1), 1).await else {
+            panic!("not a DescribeAcls answer")
+        };
+        assert_eq!(
+            bobs.error_code,
+            ResponseError::ClusterAuthorizationFailed.code()
+        );
+        assert!(bobs.resources.is_empty());
     }
 }
