@@ -22,7 +22,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde::{Deserialize, Serialize};
 use tokio_rustls::TlsAcceptor;
 
-use super::{Principal, SecurityProtocol};
+use super::Principal;
 
 /// Largest PEM file read (certificate chain, key or CA bundle): larger is a configuration
 /// mistake, not a certificate.
@@ -192,18 +192,20 @@ pub struct ServerTls {
 
 /// The rustls configurations built from one load of the files.
 struct Material {
-    /// With `client_auth` as configured: PLAINTEXT-free TLS listeners (`SSL`) and HTTPS.
+    /// With `client_auth` as configured: the `SSL` listeners of the native and Kafka
+    /// protocols, where the certificate is how a client is known, and ports with their own TLS
+    /// settings (the saga API's, the bridge's).
     tls: Arc<ServerConfig>,
-    /// Without client certificates, for `SASL_SSL` listeners: there the principal comes from
-    /// SASL, and as on Kafka (unless `ssl.client.auth` is set for that listener) a client
-    /// certificate is neither asked for nor needed.
-    sasl: Arc<ServerConfig>,
+    /// Without client certificates, for listeners that know their clients otherwise:
+    /// `SASL_SSL` (SASL; Kafka too asks for no certificate there unless `ssl.client.auth` is
+    /// set for that listener) and the broker's HTTPS ports (bearer tokens).
+    without_client_auth: Arc<ServerConfig>,
 }
 
 impl Material {
     fn build(config: &TlsConfig, alpn: &[Vec<u8>]) -> Result<Material, TlsError> {
         let tls = build(config, alpn)?;
-        let sasl = if config.client_auth == ClientAuth::None {
+        let without_client_auth = if config.client_auth == ClientAuth::None {
             tls.clone()
         } else {
             let without = TlsConfig {
@@ -212,7 +214,10 @@ impl Material {
             };
             build(&without, alpn)?
         };
-        Ok(Material { tls, sasl })
+        Ok(Material {
+            tls,
+            without_client_auth,
+        })
     }
 }
 
@@ -261,17 +266,18 @@ impl ServerTls {
     /// An acceptor with the current material, after reloading it if a file changed since the
     /// last check (looked at most every `reload_check_interval_ms`).
     pub fn acceptor(&self) -> TlsAcceptor {
-        self.acceptor_for(SecurityProtocol::Ssl)
+        self.acceptor_for(true)
     }
 
-    /// As [`ServerTls::acceptor`], for a listener of `protocol`: a `SASL_SSL` listener never
-    /// asks for client certificates (see [`Material`]).
-    pub fn acceptor_for(&self, protocol: SecurityProtocol) -> TlsAcceptor {
+    /// As [`ServerTls::acceptor`]; with `client_certificates` false, one that never asks for a
+    /// client certificate, whatever `client_auth` says (see [`Material`]).
+    pub fn acceptor_for(&self, client_certificates: bool) -> TlsAcceptor {
         self.reload_if_changed();
         let current = self.current.read().expect("tls config lock");
-        TlsAcceptor::from(match protocol {
-            SecurityProtocol::SaslSsl => current.sasl.clone(),
-            _ => current.tls.clone(),
+        TlsAcceptor::from(if client_certificates {
+            current.tls.clone()
+        } else {
+            current.without_client_auth.clone()
         })
     }
 
