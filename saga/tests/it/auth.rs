@@ -301,6 +301,59 @@ async fn bearer_tokens_and_scopes_guard_the_api() {
         401
     );
 
+    // Hostile headers: `alg: none`, two Authorization headers, an empty token, a huge one.
+    let unsigned = format!(
+        "{}.{}.",
+        b64url(br#"{"alg":"none","typ":"JWT"}"#),
+        b64url(
+            json!({"iss": ISSUER, "aud": AUDIENCE, "exp": now() + 600, "scope": "saga:read"})
+                .to_string()
+                .as_bytes()
+        )
+    );
+    assert_eq!(
+        call(&stack, Method::GET, "/definitions", Some(&unsigned), None)
+            .await
+            .0,
+        401
+    );
+    let url = format!("{}/definitions", stack.api);
+    let twice = stack
+        .http
+        .get(&url)
+        .bearer_auth(&read)
+        .bearer_auth(&read)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(twice.status().as_u16(), 401);
+    assert!(twice.text().await.unwrap().contains("more than one"));
+    let empty = stack
+        .http
+        .get(&url)
+        .header("authorization", "Bearer ")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(empty.status().as_u16(), 401);
+    let huge = stack
+        .http
+        .get(&url)
+        .bearer_auth("a".repeat(20_000))
+        .send()
+        .await
+        .unwrap();
+    assert!(matches!(huge.status().as_u16(), 401 | 431), "{huge:?}");
+    // The scheme is case-insensitive (RFC 7235).
+    let lower = stack
+        .http
+        .get(&url)
+        .header("authorization", format!("bearer {read}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(lower.status().as_u16(), 200);
+
     // A read-only token reads, and can neither define nor start.
     assert_eq!(
         call(&stack, Method::GET, "/definitions", Some(&read), None)
