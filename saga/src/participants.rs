@@ -659,13 +659,17 @@ impl Participants {
             }
             Err(e) if e.is_redirect() => {
                 // Answered with a redirect this policy does not follow: a refusal.
-                self.reply(call, Err(Failure::permanent(format!("{endpoint}: {e}"))));
+                let error = format!("{endpoint}: {}", chain(&e));
+                self.reply(call, Err(Failure::permanent(error)));
             }
             Err(e) if e.is_connect() => {
                 // Never reached the participant: it certainly did not happen.
                 self.reply(
                     call,
-                    Err(Failure::retriable(format!("{endpoint} unreachable: {e}"))),
+                    Err(Failure::retriable(format!(
+                        "{endpoint} unreachable: {}",
+                        chain(&e)
+                    ))),
                 );
             }
             Err(e) => {
@@ -709,6 +713,22 @@ impl Participants {
             tracing::warn!(attempt = %call.attempt_id, error = %e, "sending a broker command failed");
         }
     }
+}
+
+/// An error with its causes, which reqwest keeps out of its message (a refused redirect, a
+/// certificate the participant's CA did not sign).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 fn truncate(s: &str, n: usize) -> &str {

@@ -792,3 +792,78 @@ async fn an_https_participant_with_a_private_ca_and_client_certificates() {
     assert_eq!(seen.lock().unwrap().len(), 1);
     stack.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_allow_list_is_checked_again_when_sending_and_on_redirects() {
+    let (participant, seen) = recording_participant().await;
+    // An allowed participant that redirects to one that is not.
+    let target = format!("http://{participant}/charge");
+    let redirector = Router::new().route(
+        "/charge",
+        post(move || {
+            let target = target.clone();
+            async move { axum::response::Redirect::temporary(&target) }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let redirecting = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, redirector).await });
+
+    // Stored while any host is allowed.
+    let dir = tempfile::tempdir().unwrap();
+    let stack = Stack::start(dir.path()).await;
+    let direct = one_step(&format!("http://{participant}/charge"), None);
+    assert_eq!(stack.put("/definitions/direct", &direct).await.0, 201);
+    let redirected = one_step(&format!("http://{redirecting}/charge"), None);
+    assert_eq!(
+        stack.put("/definitions/redirected", &redirected).await.0,
+        201
+    );
+    let (_, saga) = stack
+        .post("/sagas", &json!({"definition": "redirected"}))
+        .await;
+    let saga = stack
+        .wait_for(saga["id"].as_str().unwrap(), &["completed"])
+        .await;
+    assert_eq!(
+        saga["steps"][0]["output"],
+        json!({"charged": true}),
+        "followed the redirect"
+    );
+    assert_eq!(seen.lock().unwrap().len(), 1);
+    stack.stop().await;
+
+    // Restarted with only the redirecting participant allowed: the stored definition naming
+    // the other one fails when sent, and the redirect to it is not followed.
+    let config = OrchestratorConfig {
+        participants: ParticipantsConfig::new(
+            Some(redirecting.to_string().parse().unwrap()),
+            &ParticipantTls::default(),
+        )
+        .unwrap(),
+        ..OrchestratorConfig::default()
+    };
+    let stack = Stack::start_with(dir.path(), config).await;
+    for (definition, says) in [
+        ("direct", "not an allowed participant host"),
+        ("redirected", "redirected to"),
+    ] {
+        let (status, saga) = stack
+            .post("/sagas", &json!({"definition": definition}))
+            .await;
+        assert_eq!(status, 201, "{saga}");
+        let saga = stack
+            .wait_for(saga["id"].as_str().unwrap(), &["compensated", "failed"])
+            .await;
+        let error = saga["steps"][0]["attempts"][0]["error"]
+            .as_str()
+            .unwrap_or_default();
+        assert!(error.contains(says), "{definition}: {saga}");
+    }
+    assert_eq!(
+        seen.lock().unwrap().len(),
+        1,
+        "the disallowed participant was not called again"
+    );
+    stack.stop().await;
+}
