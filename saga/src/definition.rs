@@ -217,7 +217,27 @@ pub struct Definition {
     pub spec: DefinitionSpec,
 }
 
+/// What the API shows instead of a credential header's value.
+pub const REDACTED: &str = "<redacted>";
+
 impl Definition {
+    /// The definition as the API shows it: the value of any credential header written out (in
+    /// a version stored before such headers were refused) replaced by [`REDACTED`].
+    pub fn redacted(mut self) -> Definition {
+        for step in &mut self.spec.steps {
+            for participant in std::iter::once(&mut step.action).chain(step.compensation.as_mut()) {
+                if let Participant::Http { headers, .. } = participant {
+                    for (name, value) in headers.iter_mut() {
+                        if SECRET_HEADERS.contains(&name.to_ascii_lowercase().as_str()) {
+                            *value = REDACTED.into();
+                        }
+                    }
+                }
+            }
+        }
+        self
+    }
+
     /// Index of the pivot step, if any.
     pub fn pivot(&self) -> Option<usize> {
         self.spec
@@ -643,6 +663,19 @@ mod tests {
             literal_secret_headers(&literal),
             vec!["steps[0].compensation.headers.AUTHORIZATION"]
         );
+        // One stored before such headers were refused is shown without the value.
+        let shown = Definition {
+            name: "d".into(),
+            version: 1,
+            spec: literal,
+        }
+        .redacted();
+        let text = serde_json::to_string(&shown).unwrap();
+        assert!(
+            !text.contains("Bearer x") && text.contains(REDACTED),
+            "{text}"
+        );
+        assert_eq!(literal_secret_headers(&shown.spec).len(), 1, "still found");
     }
 
     #[test]

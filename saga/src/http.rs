@@ -332,7 +332,10 @@ async fn put_definition(
 /// The latest version of every definition.
 #[utoipa::path(get, path = "/definitions", responses((status = 200, body = Vec<Definition>)))]
 async fn list_definitions(State(handle): State<Handle>) -> Result<Json<Vec<Definition>>, AppError> {
-    Ok(Json(handle.definitions().await?))
+    let definitions = handle.definitions().await?;
+    Ok(Json(
+        definitions.into_iter().map(Definition::redacted).collect(),
+    ))
 }
 
 /// The latest version of a definition.
@@ -345,7 +348,7 @@ async fn get_definition(
     State(handle): State<Handle>,
     Path(name): Path<String>,
 ) -> Result<Json<Definition>, AppError> {
-    Ok(Json(handle.definition(name, None).await?))
+    Ok(Json(handle.definition(name, None).await?.redacted()))
 }
 
 /// One version of a definition.
@@ -358,7 +361,9 @@ async fn get_definition_version(
     State(handle): State<Handle>,
     Path((name, version)): Path<(String, u32)>,
 ) -> Result<Json<Definition>, AppError> {
-    Ok(Json(handle.definition(name, Some(version)).await?))
+    Ok(Json(
+        handle.definition(name, Some(version)).await?.redacted(),
+    ))
 }
 
 /// Starts a saga. With an idempotency key already used: the same request returns the saga it
