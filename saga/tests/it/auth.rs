@@ -207,12 +207,22 @@ async fn bearer_tokens_and_scopes_guard_the_api() {
         call(&stack, Method::GET, "/health", None, None).await.0,
         200
     );
+    let (status, _, openapi) = call(&stack, Method::GET, "/openapi.json", None, None).await;
+    assert_eq!(status, 200);
+    // The document names the scheme and each route's scope.
     assert_eq!(
-        call(&stack, Method::GET, "/openapi.json", None, None)
-            .await
-            .0,
-        200
+        openapi["components"]["securitySchemes"]["bearer"]["scheme"],
+        "bearer"
     );
+    assert_eq!(
+        openapi["paths"]["/sagas"]["post"]["security"],
+        json!([{"bearer": ["saga:start"]}])
+    );
+    assert_eq!(
+        openapi["paths"]["/sagas/{id}/abort"]["post"]["security"],
+        json!([{"bearer": ["saga:operate"]}])
+    );
+    assert!(openapi["paths"]["/health"]["get"]["security"].is_null());
 
     // No token, or not a bearer one: 401 with the challenge and a reason.
     let (status, challenge, body) = call(&stack, Method::GET, "/definitions", None, None).await;
