@@ -11,8 +11,13 @@ use std::str::FromStr;
 use clap::Parser;
 use serde::{Deserialize, Serialize};
 
+use crate::listener::{AdvertisedListener, ListenerKind};
 use crate::log::{FsyncPolicy, LogConfig};
+use crate::security::acl::AuthorizerConfig;
 use crate::security::jwt::JwtConfig;
+use crate::security::tls::{ClientAuth, TlsConfig};
+use crate::security::Principal;
+use crate::security::{ListenerSpec, SecurityProtocol};
 
 /// The broker's settings, with the documented defaults.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -24,9 +29,26 @@ pub struct BrokerConfig {
     pub listen: SocketAddr,
     /// Kafka-protocol listener. Default `127.0.0.1:9092`.
     pub kafka_listen: SocketAddr,
-    /// `host:port` Kafka clients are told to connect to; default: the Kafka listener's address
-    /// (127.0.0.1 when it binds 0.0.0.0). Set it when clients reach Strand by another name.
+    /// `host:port` Kafka clients of the PLAINTEXT listener are told to connect to; default: the
+    /// listener's address (127.0.0.1 when it binds 0.0.0.0). Set it when clients reach Strand
+    /// by another name. `kafka_advertised_listeners` says it for every protocol.
     pub kafka_advertised: Option<String>,
+    /// Native protocol listeners, `PROTOCOL://host:port` each (`PLAINTEXT`, `SSL`,
+    /// `SASL_PLAINTEXT`, `SASL_SSL`). Default empty: one PLAINTEXT listener on `listen`.
+    pub native_listeners: Vec<ListenerSpec>,
+    /// Kafka-protocol listeners, at most one per protocol (the protocol names the listener, as
+    /// Kafka's default listener names do). Default empty: one PLAINTEXT listener on
+    /// `kafka_listen`.
+    pub kafka_listeners: Vec<ListenerSpec>,
+    /// `PROTOCOL://host:port` each: what the Kafka listener with that protocol advertises in
+    /// Metadata and FindCoordinator, as Kafka's `advertised.listeners`. Default empty: each
+    /// listener advertises its bound address (PLAINTEXT: `kafka_advertised` if set).
+    pub kafka_advertised_listeners: Vec<AdvertisedListener>,
+    /// HTTP listeners (`PLAINTEXT` or `SSL`). Default empty: one PLAINTEXT listener on
+    /// `http_listen`.
+    pub http_listeners: Vec<ListenerSpec>,
+    /// Certificate, key and client authentication of every `SSL` and `SASL_SSL` listener.
+    pub tls: TlsConfig,
     /// Create a topic when a Kafka client asks for one that does not exist (Metadata), as
     /// Kafka's `auto.create.topics.enable`. Default true.
     pub auto_create_topics: bool,
@@ -100,6 +122,37 @@ pub struct BrokerConfig {
     /// once, across every partition; more are closed, oldest first, and reopened when read.
     /// Active segments are not counted. Default 1000.
     pub open_sealed_segments_max: usize,
+    /// How the `listen` address is secured, when `native_listeners` is empty: `PLAINTEXT`,
+    /// `SSL`, `SASL_PLAINTEXT` or `SASL_SSL`. Default `PLAINTEXT`.
+    pub listen_protocol: SecurityProtocol,
+    /// How the Kafka listener is secured, as `listen_protocol`. Default `PLAINTEXT`.
+    pub kafka_listen_protocol: SecurityProtocol,
+    /// SASL mechanisms clients may use on SASL listeners, from `PLAIN`, `SCRAM-SHA-256` and
+    /// `SCRAM-SHA-512`, as Kafka's `sasl.enabled.mechanisms`. Default all three.
+    pub sasl_enabled_mechanisms: Vec<String>,
+    /// PBKDF2 iterations of SCRAM credentials the broker salts itself (`strand-broker user
+    /// add`); clients that salt their own choose theirs. 4096 (Kafka's minimum) to 16384.
+    /// Default 4096.
+    pub scram_iterations_default: u32,
+    /// SCRAM users at most. Default 10,000.
+    pub users_max: usize,
+    /// Longest user name in bytes. Default 256.
+    pub user_name_bytes_max: usize,
+    /// How long a failed SASL authentication waits before it is answered, to slow down
+    /// password guessing, as Kafka's `connection.failed.authentication.delay.ms`. Default 100.
+    pub sasl_failure_delay_ms: u64,
+    /// Authorize every request on every listener against the ACLs (Kafka's
+    /// `authorizer.class.name`). Default false: everything is allowed, and ACLs are only
+    /// stored, to take effect once this is on.
+    pub authorizer_enabled: bool,
+    /// Principals allowed everything, such as `User:admin` (Kafka's `super.users`). Default
+    /// none.
+    pub super_users: Vec<String>,
+    /// Allow what no ACL applies to (Kafka's `allow.everyone.if.no.acl.found`); never applies
+    /// to internal topics. Default false.
+    pub allow_everyone_if_no_acl_found: bool,
+    /// ACL bindings stored at most; creating more is refused. Default 10,000.
+    pub acl_bindings_max: usize,
     /// Defaults for every partition log; topics may override some of them.
     pub log: LogConfig,
 }
@@ -111,6 +164,11 @@ impl Default for BrokerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 7171)),
             kafka_listen: SocketAddr::from(([127, 0, 0, 1], 9092)),
             kafka_advertised: None,
+            native_listeners: Vec::new(),
+            kafka_listeners: Vec::new(),
+            kafka_advertised_listeners: Vec::new(),
+            http_listeners: Vec::new(),
+            tls: TlsConfig::default(),
             auto_create_topics: true,
             default_partitions: 1,
             http_listen: SocketAddr::from(([127, 0, 0, 1], 7180)),
@@ -138,6 +196,20 @@ impl Default for BrokerConfig {
             members_per_group_max: 1000,
             commit_metadata_bytes_max: 4096,
             open_sealed_segments_max: crate::log::OPEN_SEALED_SEGMENTS_MAX_DEFAULT,
+            listen_protocol: SecurityProtocol::Plaintext,
+            kafka_listen_protocol: SecurityProtocol::Plaintext,
+            sasl_enabled_mechanisms: strand_client::Mechanism::ALL
+                .iter()
+                .map(|m| m.name().to_string())
+                .collect(),
+            scram_iterations_default: strand_client::scram::ITERATIONS_MIN,
+            users_max: 10_000,
+            user_name_bytes_max: 256,
+            sasl_failure_delay_ms: 100,
+            authorizer_enabled: false,
+            super_users: Vec::new(),
+            allow_everyone_if_no_acl_found: false,
+            acl_bindings_max: crate::security::acl::ACL_BINDINGS_MAX_DEFAULT,
             log: LogConfig::default(),
         }
     }
@@ -166,6 +238,53 @@ pub struct BrokerArgs {
     /// host:port advertised to Kafka clients [default: the Kafka listener's address]
     #[arg(long, env = "STRAND_KAFKA_ADVERTISED", value_name = "HOST:PORT")]
     pub kafka_advertised: Option<String>,
+    /// Native listeners, comma separated PROTOCOL://host:port [default: PLAINTEXT://<listen>]
+    #[arg(
+        long,
+        env = "STRAND_NATIVE_LISTENERS",
+        value_name = "LISTENERS",
+        value_delimiter = ','
+    )]
+    pub native_listeners: Option<Vec<ListenerSpec>>,
+    /// Kafka listeners, comma separated PROTOCOL://host:port, one per protocol
+    /// [default: PLAINTEXT://<kafka-listen>]
+    #[arg(
+        long,
+        env = "STRAND_KAFKA_LISTENERS",
+        value_name = "LISTENERS",
+        value_delimiter = ','
+    )]
+    pub kafka_listeners: Option<Vec<ListenerSpec>>,
+    /// What each Kafka listener advertises, comma separated PROTOCOL://host:port
+    /// [default: its bound address]
+    #[arg(
+        long,
+        env = "STRAND_KAFKA_ADVERTISED_LISTENERS",
+        value_name = "LISTENERS",
+        value_delimiter = ','
+    )]
+    pub kafka_advertised_listeners: Option<Vec<AdvertisedListener>>,
+    /// HTTP listeners, comma separated PLAINTEXT:// or SSL://host:port
+    /// [default: PLAINTEXT://<http-listen>]
+    #[arg(
+        long,
+        env = "STRAND_HTTP_LISTENERS",
+        value_name = "LISTENERS",
+        value_delimiter = ','
+    )]
+    pub http_listeners: Option<Vec<ListenerSpec>>,
+    /// PEM certificate (and chain) of the SSL and SASL_SSL listeners
+    #[arg(long, env = "STRAND_TLS_CERT_FILE", value_name = "FILE")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key of --tls-cert-file
+    #[arg(long, env = "STRAND_TLS_KEY_FILE", value_name = "FILE")]
+    pub tls_key_file: Option<PathBuf>,
+    /// PEM bundle of the CAs client certificates must chain to
+    #[arg(long, env = "STRAND_TLS_CLIENT_CA_FILE", value_name = "FILE")]
+    pub tls_client_ca_file: Option<PathBuf>,
+    /// Client certificates: none, requested or required [default: none]
+    #[arg(long, env = "STRAND_TLS_CLIENT_AUTH", value_name = "MODE")]
+    pub tls_client_auth: Option<ClientAuth>,
     /// Create topics Kafka clients ask for that do not exist [default: true]
     #[arg(long, env = "STRAND_AUTO_CREATE_TOPICS", value_name = "BOOL")]
     pub auto_create_topics: Option<bool>,
@@ -256,6 +375,75 @@ pub struct BrokerArgs {
     /// Longest commit metadata in bytes [default: 4096]
     #[arg(long, env = "STRAND_COMMIT_METADATA_BYTES_MAX", value_name = "BYTES")]
     pub commit_metadata_bytes_max: Option<usize>,
+    /// Native listener security: PLAINTEXT or SASL_PLAINTEXT [default: PLAINTEXT]
+    #[arg(long, env = "STRAND_LISTEN_PROTOCOL", value_name = "PROTOCOL")]
+    pub listen_protocol: Option<SecurityProtocol>,
+    /// Kafka listener security: PLAINTEXT or SASL_PLAINTEXT [default: PLAINTEXT]
+    #[arg(long, env = "STRAND_KAFKA_LISTEN_PROTOCOL", value_name = "PROTOCOL")]
+    pub kafka_listen_protocol: Option<SecurityProtocol>,
+    /// SASL mechanisms, comma separated [default: PLAIN,SCRAM-SHA-256,SCRAM-SHA-512]
+    #[arg(
+        long,
+        env = "STRAND_SASL_ENABLED_MECHANISMS",
+        value_name = "LIST",
+        value_delimiter = ','
+    )]
+    pub sasl_enabled_mechanisms: Option<Vec<String>>,
+    /// Authorize requests against the ACLs [default: false]
+    #[arg(long, env = "STRAND_AUTHORIZER_ENABLED", value_name = "BOOL")]
+    pub authorizer_enabled: Option<bool>,
+    /// Comma-separated principals allowed everything, e.g. User:admin [default: none]
+    #[arg(
+        long,
+        env = "STRAND_SUPER_USERS",
+        value_name = "PRINCIPALS",
+        value_delimiter = ','
+    )]
+    pub super_users: Option<Vec<String>>,
+    /// Allow what no ACL applies to (not internal topics) [default: false]
+    #[arg(
+        long,
+        env = "STRAND_ALLOW_EVERYONE_IF_NO_ACL_FOUND",
+        value_name = "BOOL"
+    )]
+    pub allow_everyone_if_no_acl_found: Option<bool>,
+    /// ACL bindings stored at most [default: 10000]
+    #[arg(long, env = "STRAND_ACL_BINDINGS_MAX", value_name = "N")]
+    pub acl_bindings_max: Option<usize>,
+    /// What to do instead of serving (user administration while the broker is stopped).
+    #[command(subcommand)]
+    pub command: Option<BrokerCommand>,
+}
+
+/// `strand-broker` subcommands; without one, the broker serves.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum BrokerCommand {
+    /// SCRAM users in the data directory, edited offline: the first user must exist before
+    /// anyone can log in to a SASL listener. Refused while a broker runs on the directory.
+    #[command(subcommand)]
+    User(UserCommand),
+}
+
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum UserCommand {
+    /// Adds a user (or replaces its credential for the mechanism).
+    Add {
+        /// User name.
+        name: String,
+        /// File whose first line is the password.
+        #[arg(long, value_name = "FILE")]
+        password_file: PathBuf,
+        /// SCRAM-SHA-256 or SCRAM-SHA-512; repeat the command for both.
+        #[arg(long, default_value = "SCRAM-SHA-512")]
+        mechanism: String,
+        /// PBKDF2 iterations [default: scram_iterations_default]
+        #[arg(long)]
+        iterations: Option<u32>,
+    },
+    /// Deletes a user (all its credentials).
+    Delete { name: String },
+    /// Lists users and their mechanisms.
+    List,
 }
 
 fn parse_fsync(s: &str) -> Result<FsyncPolicy, String> {
@@ -306,6 +494,90 @@ pub enum ConfigError {
 }
 
 impl BrokerConfig {
+    /// The listeners of one kind: the configured list, or the single address (`listen`,
+    /// `kafka_listen`, `http_listen`) with its protocol (`listen_protocol`,
+    /// `kafka_listen_protocol`; HTTP's is PLAINTEXT).
+    pub fn listeners(&self, kind: ListenerKind) -> Vec<ListenerSpec> {
+        let (list, addr, protocol) = match kind {
+            ListenerKind::Native => (&self.native_listeners, self.listen, self.listen_protocol),
+            ListenerKind::Kafka => (
+                &self.kafka_listeners,
+                self.kafka_listen,
+                self.kafka_listen_protocol,
+            ),
+            ListenerKind::Http => (
+                &self.http_listeners,
+                self.http_listen,
+                SecurityProtocol::Plaintext,
+            ),
+        };
+        if list.is_empty() {
+            vec![ListenerSpec { protocol, addr }]
+        } else {
+            list.clone()
+        }
+    }
+
+    /// Whether some listener uses TLS (and so needs `[tls]`).
+    pub fn uses_tls(&self) -> bool {
+        [
+            ListenerKind::Native,
+            ListenerKind::Kafka,
+            ListenerKind::Http,
+        ]
+        .into_iter()
+        .flat_map(|kind| self.listeners(kind))
+        .any(|spec| spec.protocol.uses_tls())
+    }
+
+    fn validate_listeners(&self) -> Result<(), ConfigError> {
+        if let Some(spec) = self
+            .listeners(ListenerKind::Http)
+            .into_iter()
+            .find(|spec| spec.protocol.uses_sasl())
+        {
+            return Err(ConfigError::Invalid(format!(
+                "http_listeners: {spec}: HTTP listeners are PLAINTEXT or SSL (HTTP does not \
+                 speak SASL)"
+            )));
+        }
+        let kafka = self.listeners(ListenerKind::Kafka);
+        for (idx, spec) in kafka.iter().enumerate() {
+            if kafka[..idx].iter().any(|s| s.protocol == spec.protocol) {
+                return Err(ConfigError::Invalid(format!(
+                    "kafka_listeners: more than one {} listener; a Kafka listener is named by \
+                     its protocol, so each protocol may appear once",
+                    spec.protocol
+                )));
+            }
+        }
+        for (idx, advertised) in self.kafka_advertised_listeners.iter().enumerate() {
+            if !kafka.iter().any(|s| s.protocol == advertised.protocol) {
+                return Err(ConfigError::Invalid(format!(
+                    "kafka_advertised_listeners: {advertised} names no Kafka listener (the \
+                     Kafka listeners are {})",
+                    kafka
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            }
+            if self.kafka_advertised_listeners[..idx]
+                .iter()
+                .any(|a| a.protocol == advertised.protocol)
+            {
+                return Err(ConfigError::Invalid(format!(
+                    "kafka_advertised_listeners: more than one {} entry",
+                    advertised.protocol
+                )));
+            }
+        }
+        self.tls
+            .validate(self.uses_tls())
+            .map_err(ConfigError::Invalid)
+    }
+
     /// Layers the file named by `args.config` (if any) and then `args` over the defaults.
     pub fn load(args: &BrokerArgs) -> Result<BrokerConfig, ConfigError> {
         let mut config = match &args.config {
@@ -326,6 +598,23 @@ impl BrokerConfig {
         if let Some(advertised) = &args.kafka_advertised {
             config.kafka_advertised = Some(advertised.clone());
         }
+        set!(config.native_listeners, args.native_listeners.clone());
+        set!(config.kafka_listeners, args.kafka_listeners.clone());
+        set!(
+            config.kafka_advertised_listeners,
+            args.kafka_advertised_listeners.clone()
+        );
+        set!(config.http_listeners, args.http_listeners.clone());
+        if let Some(file) = &args.tls_cert_file {
+            config.tls.cert_file = Some(file.clone());
+        }
+        if let Some(file) = &args.tls_key_file {
+            config.tls.key_file = Some(file.clone());
+        }
+        if let Some(file) = &args.tls_client_ca_file {
+            config.tls.client_ca_file = Some(file.clone());
+        }
+        set!(config.tls.client_auth, args.tls_client_auth);
         set!(config.auto_create_topics, args.auto_create_topics);
         set!(config.default_partitions, args.default_partitions);
         set!(config.http_listen, args.http_listen);
@@ -381,6 +670,19 @@ impl BrokerConfig {
             config.commit_metadata_bytes_max,
             args.commit_metadata_bytes_max
         );
+        set!(config.listen_protocol, args.listen_protocol);
+        set!(config.kafka_listen_protocol, args.kafka_listen_protocol);
+        set!(
+            config.sasl_enabled_mechanisms,
+            args.sasl_enabled_mechanisms.clone()
+        );
+        set!(config.authorizer_enabled, args.authorizer_enabled);
+        set!(config.super_users, args.super_users.clone());
+        set!(
+            config.allow_everyone_if_no_acl_found,
+            args.allow_everyone_if_no_acl_found
+        );
+        set!(config.acl_bindings_max, args.acl_bindings_max);
         config.validate()?;
         Ok(config)
     }
@@ -420,6 +722,7 @@ impl BrokerConfig {
             ("groups_max", self.groups_max),
             ("members_per_group_max", self.members_per_group_max),
             ("open_sealed_segments_max", self.open_sealed_segments_max),
+            ("acl_bindings_max", self.acl_bindings_max),
         ];
         for (name, value) in positive {
             if value == 0 {
@@ -453,6 +756,24 @@ impl BrokerConfig {
                 self.in_flight_bytes_max
             )));
         }
+        self.validate_listeners()?;
+        self.sasl_mechanisms()?;
+        let iterations =
+            strand_client::scram::ITERATIONS_MIN..=strand_client::scram::ITERATIONS_MAX;
+        if !iterations.contains(&self.scram_iterations_default) {
+            return Err(ConfigError::Invalid(format!(
+                "scram_iterations_default ({}) must be within {}..={}",
+                self.scram_iterations_default,
+                iterations.start(),
+                iterations.end()
+            )));
+        }
+        if self.users_max == 0 || self.user_name_bytes_max == 0 {
+            return Err(ConfigError::Invalid(
+                "users_max and user_name_bytes_max must be above 0".into(),
+            ));
+        }
+        self.authorizer()?;
         if let Some(jwt) = &self.http_jwt {
             jwt.validate()
                 .map_err(|e| ConfigError::Invalid(format!("http_jwt: {e}")))?;
@@ -463,6 +784,57 @@ impl BrokerConfig {
             ));
         }
         self.log.validate().map_err(ConfigError::Invalid)
+    }
+
+    /// `sasl_enabled_mechanisms`, parsed: known names, each once, at least one.
+    pub fn sasl_mechanisms(&self) -> Result<Vec<strand_client::Mechanism>, ConfigError> {
+        let mut mechanisms = Vec::new();
+        for name in &self.sasl_enabled_mechanisms {
+            let m: strand_client::Mechanism = name
+                .trim()
+                .parse()
+                .map_err(|e| ConfigError::Invalid(format!("sasl_enabled_mechanisms: {e}")))?;
+            if mechanisms.contains(&m) {
+                return Err(ConfigError::Invalid(format!(
+                    "sasl_enabled_mechanisms names {m} twice"
+                )));
+            }
+            mechanisms.push(m);
+        }
+        if mechanisms.is_empty() {
+            return Err(ConfigError::Invalid(
+                "sasl_enabled_mechanisms must name at least one mechanism".into(),
+            ));
+        }
+        Ok(mechanisms)
+    }
+
+    /// The user store's settings.
+    pub fn users_config(&self) -> crate::security::users::UsersConfig {
+        crate::security::users::UsersConfig {
+            iterations_default: self.scram_iterations_default,
+            users_max: self.users_max,
+            name_bytes_max: self.user_name_bytes_max,
+        }
+    }
+
+    /// The authorizer's settings, with `super_users` parsed.
+    pub fn authorizer(&self) -> Result<AuthorizerConfig, ConfigError> {
+        let super_users = self
+            .super_users
+            .iter()
+            .map(|p| {
+                p.trim()
+                    .parse::<Principal>()
+                    .map_err(|e| ConfigError::Invalid(format!("super_users: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(AuthorizerConfig {
+            enabled: self.authorizer_enabled,
+            super_users,
+            allow_everyone_if_no_acl_found: self.allow_everyone_if_no_acl_found,
+            acl_bindings_max: self.acl_bindings_max,
+        })
     }
 }
 
@@ -564,6 +936,35 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("in_flight_bytes_max"));
+    }
+
+    #[test]
+    fn authorizer_settings_come_from_the_file_and_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("strand.toml");
+        std::fs::write(
+            &file,
+            "authorizer_enabled = true\nsuper_users = [\"User:admin\"]\n",
+        )
+        .unwrap();
+        let args = BrokerArgs::parse_from([
+            "strand-broker",
+            "--config",
+            file.to_str().unwrap(),
+            "--allow-everyone-if-no-acl-found",
+            "true",
+        ]);
+        let authorizer = BrokerConfig::load(&args).unwrap().authorizer().unwrap();
+        assert!(authorizer.enabled);
+        assert!(authorizer.allow_everyone_if_no_acl_found);
+        assert_eq!(authorizer.super_users, vec![Principal::user("admin")]);
+        let args = BrokerArgs::parse_from(["strand-broker", "--super-users", "User:a,User:b"]);
+        let authorizer = BrokerConfig::load(&args).unwrap().authorizer().unwrap();
+        assert!(!authorizer.enabled, "off by default");
+        assert_eq!(authorizer.super_users.len(), 2);
+        let args = BrokerArgs::parse_from(["strand-broker", "--super-users", "admin"]);
+        let err = BrokerConfig::load(&args).unwrap_err().to_string();
+        assert!(err.contains("super_users"), "{err}");
     }
 
     #[test]

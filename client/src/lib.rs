@@ -5,9 +5,11 @@
 //!   a builder for producers.
 //! - [`partitioner`]: Kafka's murmur2 key partitioner.
 //! - [`native`]: the native TCP protocol (frames, requests, responses, pushes).
-//! - [`connection`]: one pipelined connection; [`client`]: reconnecting [`Client`] and [`Admin`].
+//! - [`connection`]: one pipelined connection, over TCP or TLS ([`tls`]); [`client`]: reconnecting [`Client`] and [`Admin`].
 //! - [`producer`]: batching [`Producer`] with delivery futures; [`consumer`]: [`Consumer`];
 //!   [`group`]: [`GroupConsumer`], a consumer-group member.
+//! - [`sasl`]: the SASL mechanisms (PLAIN, SCRAM) and [`SaslConfig`]; [`scram`]: both sides of
+//!   a SCRAM exchange and the stored form of a password, shared with the broker.
 
 pub mod batch;
 pub mod client;
@@ -18,6 +20,9 @@ pub mod group;
 pub mod native;
 pub mod partitioner;
 pub mod producer;
+pub mod sasl;
+pub mod scram;
+pub mod tls;
 
 pub use client::{Admin, Client, ClientConfig};
 pub use consumer::{Consumer, ConsumerConfig, Record, StartFrom};
@@ -25,3 +30,5 @@ pub use error::ClientError;
 pub use group::{GroupConfig, GroupConsumer, OffsetReset};
 pub use native::{Acks, TopicSettings};
 pub use producer::{Producer, ProducerConfig, ProducerRecord};
+pub use sasl::{Mechanism, SaslConfig};
+pub use tls::ClientTlsConfig;

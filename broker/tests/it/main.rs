@@ -14,6 +14,8 @@ mod http_auth;
 mod internal_topics;
 mod kafka_clients;
 mod log_model;
+mod sasl;
 mod server;
 mod support;
+mod tls;
 mod topics;

@@ -7,5 +7,6 @@ mod crash;
 mod http_api;
 mod kafka_journal;
 mod support;
+mod tls;
 mod triggers;
 mod usage;
