@@ -331,7 +331,7 @@ impl AsyncWrite for Stream {
 
 /// Runs the TLS handshake when the listener uses TLS, within `timeout`, and returns the stream
 /// with the connection's session: the listener's protocol, and the client certificate's
-/// principal when one was verified.
+/// principal when one was verified (`SSL` listeners; `SASL_SSL` ones ask for no certificate).
 pub async fn establish(
     socket: TcpStream,
     peer: SocketAddr,
@@ -343,7 +343,7 @@ pub async fn establish(
     let Some(tls) = tls else {
         return Ok((Stream::Plain(socket), session));
     };
-    let stream = tokio::time::timeout(timeout, tls.acceptor().accept(socket))
+    let stream = tokio::time::timeout(timeout, tls.acceptor_for(protocol).accept(socket))
         .await
         .map_err(|_| format!("TLS handshake not completed within {timeout:?}"))?
         .map_err(|e| format!("TLS handshake failed: {e}"))?;

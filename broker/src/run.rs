@@ -13,7 +13,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::budget::Budget;
-use crate::config::BrokerConfig;
+use crate::config::{BrokerConfig, UserCommand};
 use crate::group::CoordinatorConfig;
 use crate::http::{self, HttpState};
 use crate::listener::{Admission, BoundListener, GuardedListener, ListenerKind};
@@ -460,4 +460,47 @@ fn spawn_periodic<T: Send + 'static>(
             }
         }
     })
+}
+
+/// `strand-broker user ...` (and `strand-saga user ...`, for its embedded broker): edits
+/// `<data_dir>/security/users.json` while no broker runs on it (the store's lock refuses
+/// otherwise).
+pub fn user_command(
+    config: &BrokerConfig,
+    command: crate::config::UserCommand,
+) -> anyhow::Result<()> {
+    use crate::security::users::Users;
+    use anyhow::Context;
+    use strand_client::scram::ScramMechanism;
+    let users = Users::open(&config.data_dir, config.users_config())
+        .with_context(|| format!("opening the users of {}", config.data_dir.display()))?;
+    match command {
+        UserCommand::Add {
+            name,
+            password_file,
+            mechanism,
+            iterations,
+        } => {
+            let mechanism: ScramMechanism = mechanism.parse().map_err(anyhow::Error::msg)?;
+            let password = strand_client::sasl::read_password_file(&password_file)
+                .map_err(anyhow::Error::msg)?;
+            users.upsert_password(&name, mechanism, &password, iterations)?;
+            eprintln!("user {name}: {mechanism} credential stored");
+        }
+        UserCommand::Delete { name } => {
+            users.delete(&name, None)?;
+            eprintln!("user {name} deleted");
+        }
+        UserCommand::List => {
+            for user in users.list() {
+                let mechanisms: Vec<String> = user
+                    .mechanisms
+                    .iter()
+                    .map(|(m, iterations)| format!("{m} ({iterations} iterations)"))
+                    .collect();
+                println!("{}\t{}", user.name, mechanisms.join(", "));
+            }
+        }
+    }
+    Ok(())
 }

@@ -22,7 +22,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde::{Deserialize, Serialize};
 use tokio_rustls::TlsAcceptor;
 
-use super::Principal;
+use super::{Principal, SecurityProtocol};
 
 /// Largest PEM file read (certificate chain, key or CA bundle): larger is a configuration
 /// mistake, not a certificate.
@@ -186,8 +186,34 @@ pub struct ServerTls {
     config: TlsConfig,
     /// Offered by the server in ALPN, in preference order (empty: no ALPN).
     alpn: Vec<Vec<u8>>,
-    current: RwLock<Arc<ServerConfig>>,
+    current: RwLock<Material>,
     check: Mutex<Check>,
+}
+
+/// The rustls configurations built from one load of the files.
+struct Material {
+    /// With `client_auth` as configured: PLAINTEXT-free TLS listeners (`SSL`) and HTTPS.
+    tls: Arc<ServerConfig>,
+    /// Without client certificates, for `SASL_SSL` listeners: there the principal comes from
+    /// SASL, and as on Kafka (unless `ssl.client.auth` is set for that listener) a client
+    /// certificate is neither asked for nor needed.
+    sasl: Arc<ServerConfig>,
+}
+
+impl Material {
+    fn build(config: &TlsConfig, alpn: &[Vec<u8>]) -> Result<Material, TlsError> {
+        let tls = build(config, alpn)?;
+        let sasl = if config.client_auth == ClientAuth::None {
+            tls.clone()
+        } else {
+            let without = TlsConfig {
+                client_auth: ClientAuth::None,
+                ..config.clone()
+            };
+            build(&without, alpn)?
+        };
+        Ok(Material { tls, sasl })
+    }
 }
 
 struct Check {
@@ -216,11 +242,11 @@ impl ServerTls {
     pub fn with_alpn(config: TlsConfig, alpn: Vec<Vec<u8>>) -> Result<Arc<ServerTls>, TlsError> {
         config.validate(true).map_err(TlsError::Invalid)?;
         let stamps = stamps(&config);
-        let server_config = build(&config, &alpn)?;
+        let material = Material::build(&config, &alpn)?;
         Ok(Arc::new(ServerTls {
             config,
             alpn,
-            current: RwLock::new(server_config),
+            current: RwLock::new(material),
             check: Mutex::new(Check {
                 last: Instant::now(),
                 stamps,
@@ -235,13 +261,23 @@ impl ServerTls {
     /// An acceptor with the current material, after reloading it if a file changed since the
     /// last check (looked at most every `reload_check_interval_ms`).
     pub fn acceptor(&self) -> TlsAcceptor {
-        self.reload_if_changed();
-        TlsAcceptor::from(self.current())
+        self.acceptor_for(SecurityProtocol::Ssl)
     }
 
-    /// The rustls configuration new connections get now.
+    /// As [`ServerTls::acceptor`], for a listener of `protocol`: a `SASL_SSL` listener never
+    /// asks for client certificates (see [`Material`]).
+    pub fn acceptor_for(&self, protocol: SecurityProtocol) -> TlsAcceptor {
+        self.reload_if_changed();
+        let current = self.current.read().expect("tls config lock");
+        TlsAcceptor::from(match protocol {
+            SecurityProtocol::SaslSsl => current.sasl.clone(),
+            _ => current.tls.clone(),
+        })
+    }
+
+    /// The rustls configuration new connections of `SSL` listeners and HTTPS ports get now.
     pub fn current(&self) -> Arc<ServerConfig> {
-        self.current.read().expect("tls config lock").clone()
+        self.current.read().expect("tls config lock").tls.clone()
     }
 
     /// Reloads every file now (SIGHUP); on failure logs why and keeps the current material.
@@ -269,9 +305,9 @@ impl ServerTls {
     }
 
     fn load(&self, why: &str) -> bool {
-        match build(&self.config, &self.alpn) {
-            Ok(config) => {
-                *self.current.write().expect("tls config lock") = config;
+        match Material::build(&self.config, &self.alpn) {
+            Ok(material) => {
+                *self.current.write().expect("tls config lock") = material;
                 tracing::info!(
                     cert_file = ?self.config.cert_file,
                     reason = why,

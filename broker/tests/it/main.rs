@@ -15,6 +15,7 @@ mod internal_topics;
 mod kafka_clients;
 mod log_model;
 mod sasl;
+mod secure_clients;
 mod server;
 mod support;
 mod tls;
