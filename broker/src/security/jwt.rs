@@ -969,6 +969,41 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn the_watcher_reloads_a_changed_file_by_itself_and_stops_on_shutdown() {
+        let dir = tempfile::tempdir().unwrap();
+        let (old, new) = (ec(dir.path(), "old"), ec(dir.path(), "new"));
+        let key_file = dir.path().join("signing.pem");
+        std::fs::copy(&old.public, &key_file).unwrap();
+        let config = JwtConfig {
+            reload_interval_ms: 20,
+            ..config(vec![key_file.clone()], None)
+        };
+        let v = Arc::new(Verifier::load(config).unwrap());
+        let (stop, shutdown) = watch::channel(false);
+        let task = v.clone().watch(shutdown);
+        let token = sign(&new, Algorithm::ES256, None, &claims(json!({})));
+        assert_eq!(v.verify(&token).unwrap_err(), TokenError::Signature);
+        // Renamed into place, as a secret mount or a careful operator does.
+        let staged = dir.path().join("staged.pem");
+        std::fs::write(
+            &staged,
+            format!("{}\n", std::fs::read_to_string(&new.public).unwrap()),
+        )
+        .unwrap();
+        std::fs::rename(&staged, &key_file).unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while v.verify(&token).is_err() {
+            assert!(tokio::time::Instant::now() < deadline, "never reloaded");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        stop.send(true).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+
     #[test]
     fn keys_reload_when_their_file_changes_and_a_bad_reload_keeps_them() {
         let dir = tempfile::tempdir().unwrap();
