@@ -108,12 +108,16 @@ fn default_method() -> String {
 /// stored in `__saga_definitions` and returned by `GET /definitions`); a [`SecretHeader`]
 /// names where the value comes from instead.
 pub const SECRET_HEADERS: [&str; 2] = ["authorization", "proxy-authorization"];
+/// Environment variables a [`SecretHeader`] may not name: Strand's own settings, which hold the
+/// orchestrator's credentials (a definition could otherwise send them to any participant).
+pub const RESERVED_ENV_PREFIX: &str = "STRAND_";
 /// Longest environment variable name or file path a [`SecretHeader`] may name.
 pub const SECRET_SOURCE_CHARS_MAX: usize = 4096;
 
 /// Where an HTTP participant's secret header value comes from: exactly one of `env` (a
-/// variable of the orchestrator's environment) or `file` (an absolute path, read at each
-/// call so a rotated secret is picked up), e.g. `{"env": "PAYMENTS_TOKEN"}`.
+/// variable of the orchestrator's environment, not a `STRAND_*` one) or `file` (an absolute
+/// path under the orchestrator's secrets folder, read at each call so a rotated secret is
+/// picked up), e.g. `{"env": "PAYMENTS_TOKEN"}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SecretHeader {
@@ -413,6 +417,14 @@ fn check_secret_header(
                     format!("{path}.env"),
                     "must be an environment variable name (no '=' or NUL)".into(),
                 );
+            } else if var.starts_with(RESERVED_ENV_PREFIX) {
+                err(
+                    format!("{path}.env"),
+                    format!(
+                        "{RESERVED_ENV_PREFIX}* variables are the orchestrator's own settings \
+                         (broker and Kafka passwords among them) and cannot be sent to participants"
+                    ),
+                );
             }
         }
         (None, Some(file)) => {
@@ -627,6 +639,13 @@ mod tests {
         assert_eq!(
             paths(&with_auth(json!({"env": "A", "file": "/b"}), json!({}))),
             vec!["steps[0].action.auth"]
+        );
+        assert_eq!(
+            paths(&with_auth(
+                json!({"env": "STRAND_SAGA_BROKER_PASSWORD"}),
+                json!({})
+            )),
+            vec!["steps[0].action.auth.env"]
         );
         assert_eq!(
             paths(&with_auth(json!({}), json!({}))),

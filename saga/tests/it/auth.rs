@@ -17,7 +17,7 @@ use strand_broker::security::jwt::{JwtConfig, Verifier};
 use strand_saga::http::HttpConfig;
 use strand_saga::journal::DEFINITION_TOPIC;
 use strand_saga::orchestrator::OrchestratorConfig;
-use strand_saga::participants::{ParticipantTls, ParticipantsConfig};
+use strand_saga::participants::{ParticipantTls, ParticipantsConfig, SECRETS_DIR_DEFAULT};
 
 use super::support::{order_definition, Participants, Stack};
 
@@ -515,7 +515,7 @@ fn one_step(url: &str, auth: Option<Value>) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn participant_secrets_reach_the_participant_and_nothing_stores_them() {
     const SECRET: &str = "tok-5ecret-from-env";
-    std::env::set_var("STRAND_IT_PAYMENTS_TOKEN", SECRET);
+    std::env::set_var("IT_PAYMENTS_TOKEN_OF_STRAND", SECRET);
     let (participant, seen) = recording_participant().await;
     let (other, _) = recording_participant().await;
     let dir = tempfile::tempdir().unwrap();
@@ -523,6 +523,7 @@ async fn participant_secrets_reach_the_participant_and_nothing_stores_them() {
         participants: ParticipantsConfig::new(
             Some(format!("localhost, {participant}").parse().unwrap()),
             &ParticipantTls::default(),
+            SECRETS_DIR_DEFAULT.into(),
         )
         .unwrap(),
         ..OrchestratorConfig::default()
@@ -530,7 +531,7 @@ async fn participant_secrets_reach_the_participant_and_nothing_stores_them() {
     let stack = Stack::start_with(dir.path(), config).await;
     let url = format!("http://{participant}/charge");
 
-    let auth = json!({"env": "STRAND_IT_PAYMENTS_TOKEN", "prefix": "Bearer "});
+    let auth = json!({"env": "IT_PAYMENTS_TOKEN_OF_STRAND", "prefix": "Bearer "});
     let (status, stored) = stack
         .put("/definitions/pay", &one_step(&url, Some(auth)))
         .await;
@@ -546,7 +547,7 @@ async fn participant_secrets_reach_the_participant_and_nothing_stores_them() {
     let (_, fetched) = stack.get("/definitions/pay").await;
     assert_eq!(
         fetched["steps"][0]["action"]["auth"]["env"],
-        "STRAND_IT_PAYMENTS_TOKEN"
+        "IT_PAYMENTS_TOKEN_OF_STRAND"
     );
     for text in [
         fetched.to_string(),
@@ -563,7 +564,7 @@ async fn participant_secrets_reach_the_participant_and_nothing_stores_them() {
     for record in records {
         let value =
             String::from_utf8_lossy(record.value.as_deref().unwrap_or_default()).into_owned();
-        assert!(value.contains("STRAND_IT_PAYMENTS_TOKEN"), "{value}");
+        assert!(value.contains("IT_PAYMENTS_TOKEN_OF_STRAND"), "{value}");
         assert!(!value.contains(SECRET), "{value}");
     }
 
@@ -585,7 +586,7 @@ async fn participant_secrets_reach_the_participant_and_nothing_stores_them() {
     );
 
     // A variable that is not set fails the attempt, naming it; nothing is sent.
-    let unset = json!({"header": "X-Payments-Key", "env": "STRAND_IT_NOT_SET_ANYWHERE"});
+    let unset = json!({"header": "X-Payments-Key", "env": "IT_NOT_SET_ANYWHERE_OF_STRAND"});
     assert_eq!(
         stack
             .put("/definitions/unset", &one_step(&url, Some(unset)))
@@ -601,7 +602,7 @@ async fn participant_secrets_reach_the_participant_and_nothing_stores_them() {
         .as_str()
         .unwrap_or_default()
         .to_string();
-    assert!(error.contains("STRAND_IT_NOT_SET_ANYWHERE"), "{saga}");
+    assert!(error.contains("IT_NOT_SET_ANYWHERE_OF_STRAND"), "{saga}");
     assert_eq!(
         seen.lock().unwrap().len(),
         1,
@@ -781,7 +782,7 @@ async fn an_https_participant_with_a_private_ca_and_client_certificates() {
         key_file: Some(client_key),
     };
     let config = OrchestratorConfig {
-        participants: ParticipantsConfig::new(None, &tls).unwrap(),
+        participants: ParticipantsConfig::new(None, &tls, SECRETS_DIR_DEFAULT.into()).unwrap(),
         ..OrchestratorConfig::default()
     };
     let stack = Stack::start_with(dir.path(), config).await;
@@ -849,6 +850,7 @@ async fn the_allow_list_is_checked_again_when_sending_and_on_redirects() {
         participants: ParticipantsConfig::new(
             Some(redirecting.to_string().parse().unwrap()),
             &ParticipantTls::default(),
+            SECRETS_DIR_DEFAULT.into(),
         )
         .unwrap(),
         ..OrchestratorConfig::default()
