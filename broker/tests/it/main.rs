@@ -1,5 +1,6 @@
 //! Integration tests of the broker crate, one binary with a module per subject.
 
+mod acl;
 mod broker_process;
 mod compaction;
 mod corruption;
