@@ -1077,7 +1077,7 @@ async fn users_request(config: &ServerConfig, request: Request) -> Response {
     let users = authenticator.users.clone();
     let mechanism = |name: &str| {
         name.parse::<ScramMechanism>()
-            .map_err(|e| Response::error(ErrorCode::InvalidRequest, e))
+            .map_err(|e| Box::new(Response::error(ErrorCode::InvalidRequest, e)))
     };
     let change = match request {
         Request::ListUsers => {
@@ -1105,7 +1105,7 @@ async fn users_request(config: &ServerConfig, request: Request) -> Response {
         } => {
             let m = match mechanism(&m) {
                 Ok(m) => m,
-                Err(response) => return response,
+                Err(response) => return *response,
             };
             let credential =
                 StoredCredential::from_salted_password(m, &salted_password, &salt, iterations);
@@ -1122,7 +1122,7 @@ async fn users_request(config: &ServerConfig, request: Request) -> Response {
                 "" => None,
                 m => match mechanism(m) {
                     Ok(m) => Some(m),
-                    Err(response) => return response,
+                    Err(response) => return *response,
                 },
             };
             tokio::task::spawn_blocking(move || users.delete(&name, m)).await

@@ -170,6 +170,8 @@ fn kafka_acks(acks: &str) -> anyhow::Result<&'static str> {
 
 /// Produces `n_records` values of `record_bytes` to `topic` (partition `(i / 1000) %
 /// partitions`, as the native run), then reads them all back by assigned partitions.
+/// `properties` go to both clients (TLS settings, say).
+#[allow(clippy::too_many_arguments)]
 pub fn throughput(
     bootstrap: &str,
     properties: &[(String, String)],
