@@ -900,10 +900,7 @@ async fn users_request(config: &ServerConfig, request: Request) -> Response {
         );
     };
     let users = authenticator.users.clone();
-    let mechanism = |name: &str| {
-        name.parse::<ScramMechanism>()
-            .map_err(|e| Response::error(ErrorCode::InvalidRequest, e))
-    };
+    let mechanism = |name: &str| name.parse::<ScramMechanism>();
     let change = match request {
         Request::ListUsers => {
             return Response::Ok(ResponseBody::Users(
@@ -930,7 +927,7 @@ async fn users_request(config: &ServerConfig, request: Request) -> Response {
         } => {
             let m = match mechanism(&m) {
                 Ok(m) => m,
-                Err(response) => return response,
+                Err(e) => return Response::error(ErrorCode::InvalidRequest, e),
             };
             let credential =
                 StoredCredential::from_salted_password(m, &salted_password, &salt, iterations);
@@ -947,7 +944,7 @@ async fn users_request(config: &ServerConfig, request: Request) -> Response {
                 "" => None,
                 m => match mechanism(m) {
                     Ok(m) => Some(m),
-                    Err(response) => return response,
+                    Err(e) => return Response::error(ErrorCode::InvalidRequest, e),
                 },
             };
             tokio::task::spawn_blocking(move || users.delete(&name, m)).await
