@@ -738,3 +738,111 @@ async fn kafka_user_scram_apis_create_users_librdkafka_can_use() {
         .unwrap_or_else(|(e, _)| panic!("carol cannot produce: {e}"));
     assert_eq!(native_values(&broker.addr, "carols").await, ["hi"]);
 }
+
+/// Debian's interpreter, where python3-kafka lives and where `bash .ci/run` installs aiokafka.
+const PYTHON: &str = "/usr/bin/python3";
+
+/// kafka-python (SaslHandshake v0 and bare tokens), aiokafka and kcat (Debian's librdkafka
+/// 2.0), clients nobody here wrote, log in with each mechanism, produce and consume; with a
+/// wrong password each is refused and its topic never comes to exist.
+#[test]
+fn kafka_python_aiokafka_and_kcat_log_in_and_are_refused() {
+    for (program, check) in [(PYTHON, "import kafka"), (PYTHON, "import aiokafka")] {
+        let present = Command::new(program)
+            .args(["-c", check])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        assert!(
+            present,
+            "{check} fails for {program}: bash .ci/run installs it"
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let broker = sasl_broker(dir.path());
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/sasl_clients.py");
+    let python = |client: &str, mechanism: &str, password: &str, topic: &str| {
+        let out = Command::new("timeout")
+            .args(["120", PYTHON, script, client, &broker.kafka_addr, mechanism])
+            .args(["alice", password, topic])
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        )
+    };
+    let kcat = |mechanism: &str, password: &str, args: &[&str], input: &str| {
+        let mut child = Command::new("timeout")
+            .args(["60", "kcat", "-b", &broker.kafka_addr])
+            .args(["-X", "security.protocol=SASL_PLAINTEXT"])
+            .args(["-X", &format!("sasl.mechanism={mechanism}")])
+            .args(["-X", "sasl.username=alice"])
+            .args(["-X", &format!("sasl.password={password}")])
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(&mut child.stdin.take().unwrap(), input.as_bytes()).unwrap();
+        child.wait_with_output().unwrap()
+    };
+    for mechanism in ["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"] {
+        for client in ["kafka-python", "aiokafka"] {
+            let topic = format!("{client}-{}", mechanism.to_lowercase());
+            assert_eq!(
+                python(client, mechanism, ALICE_PASSWORD, &topic),
+                (Some(0), "ok 3".to_string()),
+                "{client} with {mechanism}"
+            );
+        }
+        let topic = format!("kcat-{}", mechanism.to_lowercase());
+        let produced = kcat(mechanism, ALICE_PASSWORD, &["-P", "-t", &topic], "a\nb\n");
+        assert!(
+            produced.status.success(),
+            "kcat {mechanism}: {}",
+            String::from_utf8_lossy(&produced.stderr)
+        );
+        let consumed = kcat(
+            mechanism,
+            ALICE_PASSWORD,
+            &["-C", "-t", &topic, "-o", "beginning", "-e", "-q"],
+            "",
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&consumed.stdout),
+            "a\nb\n",
+            "kcat {mechanism}"
+        );
+    }
+    for client in ["kafka-python", "aiokafka"] {
+        let (code, out) = python(client, "SCRAM-SHA-512", "guess", "refused");
+        assert_eq!(code, Some(3), "{client}: {out}");
+        assert!(out.starts_with("refused"), "{client}: {out}");
+    }
+    let refused = kcat("SCRAM-SHA-512", "guess", &["-P", "-t", "refused"], "x\n");
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("Authentication failure"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    // Nothing the refused clients sent reached the broker: not even the topic exists.
+    let password_file = dir.path().join("alice.password");
+    let described = run_cli(
+        &strand_cli(),
+        &broker.addr,
+        &[
+            "--user",
+            "alice",
+            "--password-file",
+            password_file.to_str().unwrap(),
+            "topic",
+            "describe",
+            "refused",
+        ],
+        b"",
+    );
+    assert!(!described.status.success());
+    assert!(String::from_utf8_lossy(&described.stderr).contains("UnknownTopicOrPartition"));
+}
