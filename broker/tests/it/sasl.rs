@@ -742,14 +742,21 @@ async fn kafka_user_scram_apis_create_users_librdkafka_can_use() {
 /// Debian's interpreter, where python3-kafka lives and where `bash .ci/run` installs aiokafka.
 const PYTHON: &str = "/usr/bin/python3";
 
-/// kafka-python (SaslHandshake v0 and bare tokens), aiokafka and kcat (Debian's librdkafka
-/// 2.0), clients nobody here wrote, log in with each mechanism, produce and consume; with a
-/// wrong password each is refused and its topic never comes to exist.
+/// kafka-python (SaslHandshake v0 and bare tokens), aiokafka, kafkajs and kcat (Debian's
+/// librdkafka 2.0), clients nobody here wrote, log in with each mechanism, produce and consume;
+/// with a wrong password each is refused (kafkajs, on SaslAuthenticate, with
+/// SASL_AUTHENTICATION_FAILED) and its topic never comes to exist.
 #[test]
-fn kafka_python_aiokafka_and_kcat_log_in_and_are_refused() {
-    for (program, check) in [(PYTHON, "import kafka"), (PYTHON, "import aiokafka")] {
+fn kafka_python_aiokafka_kafkajs_and_kcat_log_in_and_are_refused() {
+    let peers = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers");
+    let kafkajs = format!("require('{peers}/node_modules/kafkajs')");
+    for (program, flag, check) in [
+        (PYTHON, "-c", "import kafka"),
+        (PYTHON, "-c", "import aiokafka"),
+        ("node", "-e", kafkajs.as_str()),
+    ] {
         let present = Command::new(program)
-            .args(["-c", check])
+            .args([flag, check])
             .output()
             .is_ok_and(|o| o.status.success());
         assert!(
@@ -764,6 +771,22 @@ fn kafka_python_aiokafka_and_kcat_log_in_and_are_refused() {
         let out = Command::new("timeout")
             .args(["120", PYTHON, script, client, &broker.kafka_addr, mechanism])
             .args(["alice", password, topic])
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        )
+    };
+    let node = |mechanism: &str, password: &str, topic: &str| {
+        let out = Command::new("timeout")
+            .args([
+                "120",
+                "node",
+                &format!("{peers}/kafkajs_sasl.js"),
+                &broker.kafka_addr,
+            ])
+            .args([&mechanism.to_lowercase(), "alice", password, topic])
             .output()
             .unwrap();
         (
@@ -796,6 +819,12 @@ fn kafka_python_aiokafka_and_kcat_log_in_and_are_refused() {
                 "{client} with {mechanism}"
             );
         }
+        let topic = format!("kafkajs-{}", mechanism.to_lowercase());
+        assert_eq!(
+            node(mechanism, ALICE_PASSWORD, &topic),
+            (Some(0), "ok 3".to_string()),
+            "kafkajs with {mechanism}"
+        );
         let topic = format!("kcat-{}", mechanism.to_lowercase());
         let produced = kcat(mechanism, ALICE_PASSWORD, &["-P", "-t", &topic], "a\nb\n");
         assert!(
@@ -820,6 +849,13 @@ fn kafka_python_aiokafka_and_kcat_log_in_and_are_refused() {
         assert_eq!(code, Some(3), "{client}: {out}");
         assert!(out.starts_with("refused"), "{client}: {out}");
     }
+    assert_eq!(
+        node("SCRAM-SHA-512", "guess", "refused"),
+        (
+            Some(3),
+            "refused KafkaJSSASLAuthenticationError".to_string()
+        )
+    );
     let refused = kcat("SCRAM-SHA-512", "guess", &["-P", "-t", "refused"], "x\n");
     assert!(!refused.status.success());
     assert!(
