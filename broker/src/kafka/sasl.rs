@@ -63,12 +63,11 @@ pub(super) fn handshake(
     request: SaslHandshakeRequest,
     version: i16,
 ) -> Answer<SaslHandshakeResponse> {
-    let mechanisms = cx
-        .config
-        .authenticator
-        .as_ref()
-        .map(|a| a.mechanism_names())
-        .unwrap_or_default();
+    // Only a SASL listener has mechanisms to offer.
+    let mechanisms = match &cx.config.authenticator {
+        Some(a) if session.protocol.uses_sasl() => a.mechanism_names(),
+        _ => Vec::new(),
+    };
     let listed = mechanisms
         .iter()
         .map(|m| StrBytes::from_static_str(m))

@@ -882,3 +882,126 @@ fn kafka_python_aiokafka_kafkajs_and_kcat_log_in_and_are_refused() {
     assert!(!described.status.success());
     assert!(String::from_utf8_lossy(&described.stderr).contains("UnknownTopicOrPartition"));
 }
+
+/// Native user requests with bad input are refused with a clear error and change nothing; an
+/// oversized token fails the login and closes the connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn native_user_requests_refuse_bad_input() {
+    use strand_client::native::Request;
+    let dir = tempfile::tempdir().unwrap();
+    let broker = sasl_broker(dir.path());
+    let client = native_client(&broker.addr, alice(Mechanism::Plain))
+        .await
+        .unwrap();
+    let m = ScramMechanism::Sha256;
+    let salted = Bytes::from(m.salted_password(b"pw", b"salt", 4096));
+    let upsert = |name: &str, mechanism: &str, iterations: u32, salt: &[u8], salted: Bytes| {
+        Request::UpsertUser {
+            name: name.into(),
+            mechanism: mechanism.into(),
+            iterations,
+            salt: Bytes::copy_from_slice(salt),
+            salted_password: salted,
+        }
+    };
+    for (request, expected) in [
+        (
+            upsert("eve", "SCRAM-SHA-1", 4096, b"salt", salted.clone()),
+            "SCRAM-SHA-1",
+        ),
+        (
+            upsert("eve", "SCRAM-SHA-256", 100, b"salt", salted.clone()),
+            "iteration count",
+        ),
+        (
+            upsert("eve", "SCRAM-SHA-256", 4096, b"", salted.clone()),
+            "salt",
+        ),
+        (
+            upsert(
+                "eve",
+                "SCRAM-SHA-256",
+                4096,
+                b"salt",
+                Bytes::from_static(b"short"),
+            ),
+            "32 bytes",
+        ),
+        (
+            upsert("", "SCRAM-SHA-256", 4096, b"salt", salted.clone()),
+            "must not be empty",
+        ),
+        (
+            upsert(
+                &"e".repeat(300),
+                "SCRAM-SHA-256",
+                4096,
+                b"salt",
+                salted.clone(),
+            ),
+            "limit of 256",
+        ),
+        (
+            upsert("e\u{7}ve", "SCRAM-SHA-256", 4096, b"salt", salted.clone()),
+            "control",
+        ),
+        (
+            Request::DeleteUser {
+                name: "nobody".into(),
+                mechanism: String::new(),
+            },
+            "no user",
+        ),
+    ] {
+        match client.request(request).await {
+            Err(ClientError::Broker { code, message }) => {
+                assert_eq!(code, ErrorCode::InvalidRequest, "{message}");
+                assert!(
+                    message.contains(expected),
+                    "{message} should say {expected}"
+                );
+            }
+            other => panic!("accepted: {other:?}"),
+        }
+    }
+    let users = client.admin().list_users().await.unwrap();
+    let names: Vec<&str> = users.iter().map(|u| u.name.as_str()).collect();
+    assert_eq!(names, ["alice"], "nothing changed");
+
+    // A salted credential made by the client works for a SCRAM login.
+    client
+        .request(upsert("eve", "SCRAM-SHA-256", 4096, b"salt", salted))
+        .await
+        .unwrap();
+    let eve = SaslConfig {
+        mechanism: Mechanism::Scram(m),
+        username: "eve".into(),
+        password: "pw".into(),
+    };
+    native_client(&broker.addr, Some(eve)).await.unwrap();
+
+    let anonymous = native_client(&broker.addr, None).await.unwrap();
+    let connection = anonymous.connection().await.unwrap();
+    connection
+        .request(Request::SaslHandshake {
+            mechanism: "PLAIN".into(),
+        })
+        .await
+        .unwrap();
+    let huge = connection
+        .request(Request::SaslAuthenticate {
+            token: Bytes::from(vec![0u8; 1 << 20]),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        huge.code(),
+        Some(ErrorCode::SaslAuthenticationFailed),
+        "{huge}"
+    );
+    assert!(huge.to_string().contains("over the limit"), "{huge}");
+    assert!(
+        connection.request(Request::ListTopics).await.is_err(),
+        "closed after a failed login"
+    );
+}
