@@ -267,12 +267,10 @@ pub struct BrokerArgs {
         value_delimiter = ','
     )]
     pub sasl_enabled_mechanisms: Option<Vec<String>>,
-    /// What to do instead of serving (user administration while the broker is stopped).
-    #[command(subcommand)]
-    pub command: Option<BrokerCommand>,
 }
 
-/// `strand-broker` subcommands; without one, the broker serves.
+/// `strand-broker` subcommands; without one, the broker serves. Kept out of [`BrokerArgs`],
+/// which `strand-saga` flattens into its own flags.
 #[derive(Debug, Clone, clap::Subcommand)]
 pub enum BrokerCommand {
     /// SCRAM users in the data directory, edited offline: the first user must exist before

@@ -9,9 +9,23 @@ use clap::Parser;
 use strand_broker::config::{BrokerArgs, BrokerCommand, BrokerConfig, UserCommand};
 use strand_broker::run::RunningBroker;
 
+/// The broker's flags, and optionally a subcommand to run instead of serving.
+#[derive(Debug, Parser)]
+#[command(
+    name = "strand-broker",
+    version,
+    about = "Strand event-streaming broker"
+)]
+struct Cli {
+    #[command(flatten)]
+    args: BrokerArgs,
+    #[command(subcommand)]
+    command: Option<BrokerCommand>,
+}
+
 fn main() -> ExitCode {
     strand_broker::run::init_tracing();
-    let args = BrokerArgs::parse();
+    let Cli { args, command } = Cli::parse();
     let config = match BrokerConfig::load(&args) {
         Ok(config) => config,
         Err(e) => {
@@ -19,7 +33,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Some(BrokerCommand::User(command)) = args.command {
+    if let Some(BrokerCommand::User(command)) = command {
         return match user_command(&config, command) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
