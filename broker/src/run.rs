@@ -128,6 +128,7 @@ impl RunningBroker {
             users: Arc::new(users),
             mechanisms: config.sasl_mechanisms()?,
             failure_delay: Duration::from_millis(config.sasl_failure_delay_ms),
+            metrics: metrics.clone(),
         });
 
         let native_listener = TcpListener::bind(config.listen)

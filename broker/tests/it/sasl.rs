@@ -245,6 +245,16 @@ async fn wrong_passwords_and_unknown_users_are_refused_and_nothing_is_produced()
         );
     }
     assert!(native_values(&broker.addr, "refused").await.is_empty());
+    // Operators see the refusals (librdkafka retries, so at least one per client).
+    let failed = |mechanism: &str| {
+        let name = format!(
+            r#"strand_sasl_authentications_total{{mechanism="{mechanism}",result="failed"}}"#
+        );
+        let broker = &broker;
+        async move { super::hostile::metric_if_any(broker, &name).await }
+    };
+    assert!(failed("SCRAM-SHA-512").await.unwrap_or(0.0) >= 2.0);
+    assert!(failed("PLAIN").await.unwrap_or(0.0) >= 1.0);
 }
 
 /// Frames one Kafka request (length prefix included).
