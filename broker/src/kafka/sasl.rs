@@ -315,6 +315,20 @@ pub(super) async fn alter_user_scram_credentials(
             ));
         }
     }
+    for u in &request.upsertions {
+        if let Some(m) = ScramMechanism::from_kafka_type(u.mechanism) {
+            if u.salted_password.len() != m.hash_bytes() {
+                errors.entry(u.name.to_string()).or_insert((
+                    ResponseError::UnacceptableCredential,
+                    format!(
+                        "a {m} salted password is {} bytes, not {}",
+                        m.hash_bytes(),
+                        u.salted_password.len()
+                    ),
+                ));
+            }
+        }
+    }
     let deletions: Vec<(String, ScramMechanism)> = request
         .deletions
         .into_iter()

@@ -684,6 +684,7 @@ async fn kafka_user_scram_apis_create_users_librdkafka_can_use() {
         .with_upsertions(vec![
             upsertion("carol", 4096, m.salted_password(b"carol-pw", &salt, 4096)),
             upsertion("dave", 10, m.salted_password(b"dave-pw", &salt, 10)),
+            upsertion("erin", 4096, b"too short".to_vec()),
         ])
         .with_deletions(vec![
             kafka_protocol::messages::alter_user_scram_credentials_request::ScramCredentialDeletion::default()
@@ -702,7 +703,8 @@ async fn kafka_user_scram_apis_create_users_librdkafka_can_use() {
         [
             ("nobody".to_string(), 91),
             ("carol".to_string(), 0),
-            ("dave".to_string(), 93)
+            ("dave".to_string(), 93),
+            ("erin".to_string(), 93)
         ],
         "RESOURCE_NOT_FOUND, ok, UNACCEPTABLE_CREDENTIAL"
     );
