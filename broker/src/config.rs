@@ -11,8 +11,13 @@ use std::str::FromStr;
 use clap::Parser;
 use serde::{Deserialize, Serialize};
 
+use crate::listener::{AdvertisedListener, ListenerKind};
 use crate::log::{FsyncPolicy, LogConfig};
-use crate::security::SecurityProtocol;
+use crate::security::acl::AuthorizerConfig;
+use crate::security::jwt::JwtConfig;
+use crate::security::tls::{ClientAuth, TlsConfig};
+use crate::security::Principal;
+use crate::security::{ListenerSpec, SecurityProtocol};
 
 /// The broker's settings, with the documented defaults.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -24,9 +29,26 @@ pub struct BrokerConfig {
     pub listen: SocketAddr,
     /// Kafka-protocol listener. Default `127.0.0.1:9092`.
     pub kafka_listen: SocketAddr,
-    /// `host:port` Kafka clients are told to connect to; default: the Kafka listener's address
-    /// (127.0.0.1 when it binds 0.0.0.0). Set it when clients reach Strand by another name.
+    /// `host:port` Kafka clients of the PLAINTEXT listener are told to connect to; default: the
+    /// listener's address (127.0.0.1 when it binds 0.0.0.0). Set it when clients reach Strand
+    /// by another name. `kafka_advertised_listeners` says it for every protocol.
     pub kafka_advertised: Option<String>,
+    /// Native protocol listeners, `PROTOCOL://host:port` each (`PLAINTEXT`, `SSL`,
+    /// `SASL_PLAINTEXT`, `SASL_SSL`). Default empty: one PLAINTEXT listener on `listen`.
+    pub native_listeners: Vec<ListenerSpec>,
+    /// Kafka-protocol listeners, at most one per protocol (the protocol names the listener, as
+    /// Kafka's default listener names do). Default empty: one PLAINTEXT listener on
+    /// `kafka_listen`.
+    pub kafka_listeners: Vec<ListenerSpec>,
+    /// `PROTOCOL://host:port` each: what the Kafka listener with that protocol advertises in
+    /// Metadata and FindCoordinator, as Kafka's `advertised.listeners`. Default empty: each
+    /// listener advertises its bound address (PLAINTEXT: `kafka_advertised` if set).
+    pub kafka_advertised_listeners: Vec<AdvertisedListener>,
+    /// HTTP listeners (`PLAINTEXT` or `SSL`). Default empty: one PLAINTEXT listener on
+    /// `http_listen`.
+    pub http_listeners: Vec<ListenerSpec>,
+    /// Certificate, key and client authentication of every `SSL` and `SASL_SSL` listener.
+    pub tls: TlsConfig,
     /// Create a topic when a Kafka client asks for one that does not exist (Metadata), as
     /// Kafka's `auto.create.topics.enable`. Default true.
     pub auto_create_topics: bool,
@@ -35,6 +57,13 @@ pub struct BrokerConfig {
     pub default_partitions: u32,
     /// HTTP listener for `/health` and `/metrics`. Default `127.0.0.1:7180`.
     pub http_listen: SocketAddr,
+    /// Bearer JWT verification on the HTTP listener (TOML table `[http_jwt]`: `issuer`,
+    /// `audience`, `key_files`, `jwks_file`, `leeway_s`, `reload_interval_ms`). Default none:
+    /// the HTTP listener needs no token.
+    pub http_jwt: Option<JwtConfig>,
+    /// Whether `/metrics` needs a bearer token with scope `strand:metrics` (requires
+    /// `http_jwt`). `/health` is always open. Default false.
+    pub http_metrics_require_auth: bool,
     /// Open client connections at most, per listener (native, Kafka, HTTP); more are closed
     /// as soon as they are accepted, with a warning (at most one every 10 s). Default 1024.
     pub connections_max: usize,
@@ -93,8 +122,8 @@ pub struct BrokerConfig {
     /// once, across every partition; more are closed, oldest first, and reopened when read.
     /// Active segments are not counted. Default 1000.
     pub open_sealed_segments_max: usize,
-    /// How the native listener is secured: `PLAINTEXT` or `SASL_PLAINTEXT` (the TLS
-    /// protocols come with the named listeners). Default `PLAINTEXT`.
+    /// How the `listen` address is secured, when `native_listeners` is empty: `PLAINTEXT`,
+    /// `SSL`, `SASL_PLAINTEXT` or `SASL_SSL`. Default `PLAINTEXT`.
     pub listen_protocol: SecurityProtocol,
     /// How the Kafka listener is secured, as `listen_protocol`. Default `PLAINTEXT`.
     pub kafka_listen_protocol: SecurityProtocol,
@@ -112,6 +141,18 @@ pub struct BrokerConfig {
     /// How long a failed SASL authentication waits before it is answered, to slow down
     /// password guessing, as Kafka's `connection.failed.authentication.delay.ms`. Default 100.
     pub sasl_failure_delay_ms: u64,
+    /// Authorize every request on every listener against the ACLs (Kafka's
+    /// `authorizer.class.name`). Default false: everything is allowed, and ACLs are only
+    /// stored, to take effect once this is on.
+    pub authorizer_enabled: bool,
+    /// Principals allowed everything, such as `User:admin` (Kafka's `super.users`). Default
+    /// none.
+    pub super_users: Vec<String>,
+    /// Allow what no ACL applies to (Kafka's `allow.everyone.if.no.acl.found`); never applies
+    /// to internal topics. Default false.
+    pub allow_everyone_if_no_acl_found: bool,
+    /// ACL bindings stored at most; creating more is refused. Default 10,000.
+    pub acl_bindings_max: usize,
     /// Defaults for every partition log; topics may override some of them.
     pub log: LogConfig,
 }
@@ -123,9 +164,16 @@ impl Default for BrokerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 7171)),
             kafka_listen: SocketAddr::from(([127, 0, 0, 1], 9092)),
             kafka_advertised: None,
+            native_listeners: Vec::new(),
+            kafka_listeners: Vec::new(),
+            kafka_advertised_listeners: Vec::new(),
+            http_listeners: Vec::new(),
+            tls: TlsConfig::default(),
             auto_create_topics: true,
             default_partitions: 1,
             http_listen: SocketAddr::from(([127, 0, 0, 1], 7180)),
+            http_jwt: None,
+            http_metrics_require_auth: false,
             connections_max: 1024,
             connections_per_ip_max: 256,
             idle_timeout_ms: 600_000,
@@ -158,6 +206,10 @@ impl Default for BrokerConfig {
             users_max: 10_000,
             user_name_bytes_max: 256,
             sasl_failure_delay_ms: 100,
+            authorizer_enabled: false,
+            super_users: Vec::new(),
+            allow_everyone_if_no_acl_found: false,
+            acl_bindings_max: crate::security::acl::ACL_BINDINGS_MAX_DEFAULT,
             log: LogConfig::default(),
         }
     }
@@ -186,6 +238,53 @@ pub struct BrokerArgs {
     /// host:port advertised to Kafka clients [default: the Kafka listener's address]
     #[arg(long, env = "STRAND_KAFKA_ADVERTISED", value_name = "HOST:PORT")]
     pub kafka_advertised: Option<String>,
+    /// Native listeners, comma separated PROTOCOL://host:port [default: PLAINTEXT://<listen>]
+    #[arg(
+        long,
+        env = "STRAND_NATIVE_LISTENERS",
+        value_name = "LISTENERS",
+        value_delimiter = ','
+    )]
+    pub native_listeners: Option<Vec<ListenerSpec>>,
+    /// Kafka listeners, comma separated PROTOCOL://host:port, one per protocol
+    /// [default: PLAINTEXT://<kafka-listen>]
+    #[arg(
+        long,
+        env = "STRAND_KAFKA_LISTENERS",
+        value_name = "LISTENERS",
+        value_delimiter = ','
+    )]
+    pub kafka_listeners: Option<Vec<ListenerSpec>>,
+    /// What each Kafka listener advertises, comma separated PROTOCOL://host:port
+    /// [default: its bound address]
+    #[arg(
+        long,
+        env = "STRAND_KAFKA_ADVERTISED_LISTENERS",
+        value_name = "LISTENERS",
+        value_delimiter = ','
+    )]
+    pub kafka_advertised_listeners: Option<Vec<AdvertisedListener>>,
+    /// HTTP listeners, comma separated PLAINTEXT:// or SSL://host:port
+    /// [default: PLAINTEXT://<http-listen>]
+    #[arg(
+        long,
+        env = "STRAND_HTTP_LISTENERS",
+        value_name = "LISTENERS",
+        value_delimiter = ','
+    )]
+    pub http_listeners: Option<Vec<ListenerSpec>>,
+    /// PEM certificate (and chain) of the SSL and SASL_SSL listeners
+    #[arg(long, env = "STRAND_TLS_CERT_FILE", value_name = "FILE")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key of --tls-cert-file
+    #[arg(long, env = "STRAND_TLS_KEY_FILE", value_name = "FILE")]
+    pub tls_key_file: Option<PathBuf>,
+    /// PEM bundle of the CAs client certificates must chain to
+    #[arg(long, env = "STRAND_TLS_CLIENT_CA_FILE", value_name = "FILE")]
+    pub tls_client_ca_file: Option<PathBuf>,
+    /// Client certificates: none, requested or required [default: none]
+    #[arg(long, env = "STRAND_TLS_CLIENT_AUTH", value_name = "MODE")]
+    pub tls_client_auth: Option<ClientAuth>,
     /// Create topics Kafka clients ask for that do not exist [default: true]
     #[arg(long, env = "STRAND_AUTO_CREATE_TOPICS", value_name = "BOOL")]
     pub auto_create_topics: Option<bool>,
@@ -195,6 +294,29 @@ pub struct BrokerArgs {
     /// HTTP listener for /health and /metrics [default: 127.0.0.1:7180]
     #[arg(long, env = "STRAND_HTTP_LISTEN", value_name = "ADDR")]
     pub http_listen: Option<SocketAddr>,
+    /// The `iss` bearer tokens on the HTTP listener must carry (turns JWT verification on)
+    #[arg(long, env = "STRAND_HTTP_JWT_ISSUER", value_name = "ISSUER")]
+    pub http_jwt_issuer: Option<String>,
+    /// The audience bearer tokens on the HTTP listener must name
+    #[arg(long, env = "STRAND_HTTP_JWT_AUDIENCE", value_name = "AUDIENCE")]
+    pub http_jwt_audience: Option<String>,
+    /// A PEM public key (RSA or EC) or certificate that signs tokens; repeatable
+    #[arg(
+        long = "http-jwt-key-file",
+        env = "STRAND_HTTP_JWT_KEY_FILES",
+        value_name = "FILE",
+        value_delimiter = ','
+    )]
+    pub http_jwt_key_files: Vec<PathBuf>,
+    /// A JWKS file with the keys that sign tokens (chosen by kid)
+    #[arg(long, env = "STRAND_HTTP_JWT_JWKS_FILE", value_name = "FILE")]
+    pub http_jwt_jwks_file: Option<PathBuf>,
+    /// Clock skew allowed on exp and nbf, in seconds [default: 30]
+    #[arg(long, env = "STRAND_HTTP_JWT_LEEWAY_S", value_name = "SECONDS")]
+    pub http_jwt_leeway_s: Option<u64>,
+    /// Whether /metrics needs a token with scope strand:metrics [default: false]
+    #[arg(long, env = "STRAND_HTTP_METRICS_REQUIRE_AUTH", value_name = "BOOL")]
+    pub http_metrics_require_auth: Option<bool>,
     /// Open client connections at most, per listener [default: 1024]
     #[arg(long, env = "STRAND_CONNECTIONS_MAX")]
     pub connections_max: Option<usize>,
@@ -267,6 +389,27 @@ pub struct BrokerArgs {
         value_delimiter = ','
     )]
     pub sasl_enabled_mechanisms: Option<Vec<String>>,
+    /// Authorize requests against the ACLs [default: false]
+    #[arg(long, env = "STRAND_AUTHORIZER_ENABLED", value_name = "BOOL")]
+    pub authorizer_enabled: Option<bool>,
+    /// Comma-separated principals allowed everything, e.g. User:admin [default: none]
+    #[arg(
+        long,
+        env = "STRAND_SUPER_USERS",
+        value_name = "PRINCIPALS",
+        value_delimiter = ','
+    )]
+    pub super_users: Option<Vec<String>>,
+    /// Allow what no ACL applies to (not internal topics) [default: false]
+    #[arg(
+        long,
+        env = "STRAND_ALLOW_EVERYONE_IF_NO_ACL_FOUND",
+        value_name = "BOOL"
+    )]
+    pub allow_everyone_if_no_acl_found: Option<bool>,
+    /// ACL bindings stored at most [default: 10000]
+    #[arg(long, env = "STRAND_ACL_BINDINGS_MAX", value_name = "N")]
+    pub acl_bindings_max: Option<usize>,
 }
 
 /// `strand-broker` subcommands; without one, the broker serves. Kept out of [`BrokerArgs`],
@@ -349,6 +492,90 @@ pub enum ConfigError {
 }
 
 impl BrokerConfig {
+    /// The listeners of one kind: the configured list, or the single address (`listen`,
+    /// `kafka_listen`, `http_listen`) with its protocol (`listen_protocol`,
+    /// `kafka_listen_protocol`; HTTP's is PLAINTEXT).
+    pub fn listeners(&self, kind: ListenerKind) -> Vec<ListenerSpec> {
+        let (list, addr, protocol) = match kind {
+            ListenerKind::Native => (&self.native_listeners, self.listen, self.listen_protocol),
+            ListenerKind::Kafka => (
+                &self.kafka_listeners,
+                self.kafka_listen,
+                self.kafka_listen_protocol,
+            ),
+            ListenerKind::Http => (
+                &self.http_listeners,
+                self.http_listen,
+                SecurityProtocol::Plaintext,
+            ),
+        };
+        if list.is_empty() {
+            vec![ListenerSpec { protocol, addr }]
+        } else {
+            list.clone()
+        }
+    }
+
+    /// Whether some listener uses TLS (and so needs `[tls]`).
+    pub fn uses_tls(&self) -> bool {
+        [
+            ListenerKind::Native,
+            ListenerKind::Kafka,
+            ListenerKind::Http,
+        ]
+        .into_iter()
+        .flat_map(|kind| self.listeners(kind))
+        .any(|spec| spec.protocol.uses_tls())
+    }
+
+    fn validate_listeners(&self) -> Result<(), ConfigError> {
+        if let Some(spec) = self
+            .listeners(ListenerKind::Http)
+            .into_iter()
+            .find(|spec| spec.protocol.uses_sasl())
+        {
+            return Err(ConfigError::Invalid(format!(
+                "http_listeners: {spec}: HTTP listeners are PLAINTEXT or SSL (HTTP does not \
+                 speak SASL)"
+            )));
+        }
+        let kafka = self.listeners(ListenerKind::Kafka);
+        for (idx, spec) in kafka.iter().enumerate() {
+            if kafka[..idx].iter().any(|s| s.protocol == spec.protocol) {
+                return Err(ConfigError::Invalid(format!(
+                    "kafka_listeners: more than one {} listener; a Kafka listener is named by \
+                     its protocol, so each protocol may appear once",
+                    spec.protocol
+                )));
+            }
+        }
+        for (idx, advertised) in self.kafka_advertised_listeners.iter().enumerate() {
+            if !kafka.iter().any(|s| s.protocol == advertised.protocol) {
+                return Err(ConfigError::Invalid(format!(
+                    "kafka_advertised_listeners: {advertised} names no Kafka listener (the \
+                     Kafka listeners are {})",
+                    kafka
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            }
+            if self.kafka_advertised_listeners[..idx]
+                .iter()
+                .any(|a| a.protocol == advertised.protocol)
+            {
+                return Err(ConfigError::Invalid(format!(
+                    "kafka_advertised_listeners: more than one {} entry",
+                    advertised.protocol
+                )));
+            }
+        }
+        self.tls
+            .validate(self.uses_tls())
+            .map_err(ConfigError::Invalid)
+    }
+
     /// Layers the file named by `args.config` (if any) and then `args` over the defaults.
     pub fn load(args: &BrokerArgs) -> Result<BrokerConfig, ConfigError> {
         let mut config = match &args.config {
@@ -369,9 +596,47 @@ impl BrokerConfig {
         if let Some(advertised) = &args.kafka_advertised {
             config.kafka_advertised = Some(advertised.clone());
         }
+        set!(config.native_listeners, args.native_listeners.clone());
+        set!(config.kafka_listeners, args.kafka_listeners.clone());
+        set!(
+            config.kafka_advertised_listeners,
+            args.kafka_advertised_listeners.clone()
+        );
+        set!(config.http_listeners, args.http_listeners.clone());
+        if let Some(file) = &args.tls_cert_file {
+            config.tls.cert_file = Some(file.clone());
+        }
+        if let Some(file) = &args.tls_key_file {
+            config.tls.key_file = Some(file.clone());
+        }
+        if let Some(file) = &args.tls_client_ca_file {
+            config.tls.client_ca_file = Some(file.clone());
+        }
+        set!(config.tls.client_auth, args.tls_client_auth);
         set!(config.auto_create_topics, args.auto_create_topics);
         set!(config.default_partitions, args.default_partitions);
         set!(config.http_listen, args.http_listen);
+        let jwt_flags = args.http_jwt_issuer.is_some()
+            || args.http_jwt_audience.is_some()
+            || !args.http_jwt_key_files.is_empty()
+            || args.http_jwt_jwks_file.is_some()
+            || args.http_jwt_leeway_s.is_some();
+        if jwt_flags {
+            let jwt = config.http_jwt.get_or_insert_with(JwtConfig::default);
+            set!(jwt.issuer, args.http_jwt_issuer.clone());
+            set!(jwt.audience, args.http_jwt_audience.clone());
+            if !args.http_jwt_key_files.is_empty() {
+                jwt.key_files = args.http_jwt_key_files.clone();
+            }
+            if let Some(jwks) = &args.http_jwt_jwks_file {
+                jwt.jwks_file = Some(jwks.clone());
+            }
+            set!(jwt.leeway_s, args.http_jwt_leeway_s);
+        }
+        set!(
+            config.http_metrics_require_auth,
+            args.http_metrics_require_auth
+        );
         set!(config.connections_max, args.connections_max);
         set!(config.connections_per_ip_max, args.connections_per_ip_max);
         set!(config.idle_timeout_ms, args.idle_timeout_ms);
@@ -409,6 +674,13 @@ impl BrokerConfig {
             config.sasl_enabled_mechanisms,
             args.sasl_enabled_mechanisms.clone()
         );
+        set!(config.authorizer_enabled, args.authorizer_enabled);
+        set!(config.super_users, args.super_users.clone());
+        set!(
+            config.allow_everyone_if_no_acl_found,
+            args.allow_everyone_if_no_acl_found
+        );
+        set!(config.acl_bindings_max, args.acl_bindings_max);
         config.validate()?;
         Ok(config)
     }
@@ -448,6 +720,7 @@ impl BrokerConfig {
             ("groups_max", self.groups_max),
             ("members_per_group_max", self.members_per_group_max),
             ("open_sealed_segments_max", self.open_sealed_segments_max),
+            ("acl_bindings_max", self.acl_bindings_max),
         ];
         for (name, value) in positive {
             if value == 0 {
@@ -481,17 +754,7 @@ impl BrokerConfig {
                 self.in_flight_bytes_max
             )));
         }
-        for (name, protocol) in [
-            ("listen_protocol", self.listen_protocol),
-            ("kafka_listen_protocol", self.kafka_listen_protocol),
-        ] {
-            if protocol.uses_tls() {
-                return Err(ConfigError::Invalid(format!(
-                    "{name} {protocol} needs TLS, which these listeners do not have: use \
-                     PLAINTEXT or SASL_PLAINTEXT"
-                )));
-            }
-        }
+        self.validate_listeners()?;
         self.sasl_mechanisms()?;
         let iterations =
             strand_client::scram::ITERATIONS_MIN..=strand_client::scram::ITERATIONS_MAX;
@@ -506,6 +769,16 @@ impl BrokerConfig {
         if self.users_max == 0 || self.user_name_bytes_max == 0 {
             return Err(ConfigError::Invalid(
                 "users_max and user_name_bytes_max must be above 0".into(),
+            ));
+        }
+        self.authorizer()?;
+        if let Some(jwt) = &self.http_jwt {
+            jwt.validate()
+                .map_err(|e| ConfigError::Invalid(format!("http_jwt: {e}")))?;
+        }
+        if self.http_metrics_require_auth && self.http_jwt.is_none() {
+            return Err(ConfigError::Invalid(
+                "http_metrics_require_auth needs http_jwt (an issuer, an audience and keys)".into(),
             ));
         }
         self.log.validate().map_err(ConfigError::Invalid)
@@ -541,6 +814,25 @@ impl BrokerConfig {
             users_max: self.users_max,
             name_bytes_max: self.user_name_bytes_max,
         }
+    }
+
+    /// The authorizer's settings, with `super_users` parsed.
+    pub fn authorizer(&self) -> Result<AuthorizerConfig, ConfigError> {
+        let super_users = self
+            .super_users
+            .iter()
+            .map(|p| {
+                p.trim()
+                    .parse::<Principal>()
+                    .map_err(|e| ConfigError::Invalid(format!("super_users: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(AuthorizerConfig {
+            enabled: self.authorizer_enabled,
+            super_users,
+            allow_everyone_if_no_acl_found: self.allow_everyone_if_no_acl_found,
+            acl_bindings_max: self.acl_bindings_max,
+        })
     }
 }
 
@@ -685,7 +977,7 @@ mod tests {
                     kafka_listen_protocol: SecurityProtocol::SaslSsl,
                     ..BrokerConfig::default()
                 },
-                "needs TLS",
+                "tls.cert_file",
             ),
         ] {
             let err = bad.validate().unwrap_err().to_string();
@@ -724,6 +1016,79 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("in_flight_bytes_max"));
+    }
+
+    #[test]
+    fn authorizer_settings_come_from_the_file_and_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("strand.toml");
+        std::fs::write(
+            &file,
+            "authorizer_enabled = true\nsuper_users = [\"User:admin\"]\n",
+        )
+        .unwrap();
+        let args = BrokerArgs::parse_from([
+            "strand-broker",
+            "--config",
+            file.to_str().unwrap(),
+            "--allow-everyone-if-no-acl-found",
+            "true",
+        ]);
+        let authorizer = BrokerConfig::load(&args).unwrap().authorizer().unwrap();
+        assert!(authorizer.enabled);
+        assert!(authorizer.allow_everyone_if_no_acl_found);
+        assert_eq!(authorizer.super_users, vec![Principal::user("admin")]);
+        let args = BrokerArgs::parse_from(["strand-broker", "--super-users", "User:a,User:b"]);
+        let authorizer = BrokerConfig::load(&args).unwrap().authorizer().unwrap();
+        assert!(!authorizer.enabled, "off by default");
+        assert_eq!(authorizer.super_users.len(), 2);
+        let args = BrokerArgs::parse_from(["strand-broker", "--super-users", "admin"]);
+        let err = BrokerConfig::load(&args).unwrap_err().to_string();
+        assert!(err.contains("super_users"), "{err}");
+    }
+
+    #[test]
+    fn http_jwt_comes_from_the_file_and_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("strand.toml");
+        std::fs::write(
+            &file,
+            "http_metrics_require_auth = true\n[http_jwt]\nissuer = \"https://idp\"\naudience = \"strand\"\njwks_file = \"/etc/strand/jwks.json\"\n",
+        )
+        .unwrap();
+        let args = BrokerArgs::parse_from([
+            "strand-broker",
+            "--config",
+            file.to_str().unwrap(),
+            "--http-jwt-audience",
+            "strand-broker",
+            "--http-jwt-key-file",
+            "/a.pem",
+            "--http-jwt-key-file",
+            "/b.pem",
+        ]);
+        let config = BrokerConfig::load(&args).unwrap();
+        let jwt = config.http_jwt.unwrap();
+        assert_eq!(jwt.issuer, "https://idp");
+        assert_eq!(jwt.audience, "strand-broker");
+        assert_eq!(
+            jwt.key_files,
+            vec![PathBuf::from("/a.pem"), PathBuf::from("/b.pem")]
+        );
+        assert_eq!(jwt.jwks_file, Some(PathBuf::from("/etc/strand/jwks.json")));
+        assert_eq!(jwt.leeway_s, 30);
+        assert!(config.http_metrics_require_auth);
+
+        // Half a JWT configuration, or protected metrics without one, is refused.
+        let args = BrokerArgs::parse_from(["strand-broker", "--http-jwt-issuer", "x"]);
+        let err = BrokerConfig::load(&args).unwrap_err().to_string();
+        assert!(
+            err.contains("audience") && err.contains("key file"),
+            "{err}"
+        );
+        let args = BrokerArgs::parse_from(["strand-broker", "--http-metrics-require-auth", "true"]);
+        let err = BrokerConfig::load(&args).unwrap_err().to_string();
+        assert!(err.contains("needs http_jwt"), "{err}");
     }
 
     #[test]

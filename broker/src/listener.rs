@@ -1,21 +1,26 @@
 //! What every listener does before a connection reaches its protocol: accepting, the
-//! connection caps (in all, and per client IP address), and closing refused connections at
-//! once. The native and Kafka listeners run their connections through [`serve`]; the HTTP
-//! listener through [`GuardedListener`], which also puts the idle and write timeouts on the
-//! socket itself (HTTP framing is hyper's, so the timeouts cannot live in a frame loop).
+//! connection caps (in all, and per client IP address), closing refused connections at once,
+//! and the TLS handshake on listeners whose protocol uses TLS. The native and Kafka listeners
+//! run their connections through [`serve`]; the HTTP listener through [`GuardedListener`],
+//! which also puts the idle and write timeouts on the socket itself (HTTP framing is hyper's,
+//! so the timeouts cannot live in a frame loop).
 //!
 //! A connection over a cap is accepted and closed straight away, not left in the kernel's
 //! accept queue: a queue full of hostile connections would otherwise delay every new client,
-//! and the ones already served keep being served.
+//! and the ones already served keep being served. A TLS handshake counts under the caps and
+//! must finish within the handshake timeout; one that fails closes only its own connection.
 
 use std::collections::HashMap;
+use std::fmt;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
+use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -23,6 +28,8 @@ use tokio::task::JoinSet;
 use tokio::time::Sleep;
 
 use crate::metrics::Metrics;
+use crate::security::tls::{principal_from_certificate, ServerTls};
+use crate::security::{ListenerSpec, SecurityProtocol, Session};
 
 /// How often at most a listener logs that it refuses connections.
 const REFUSAL_WARNING_INTERVAL: Duration = Duration::from_secs(10);
@@ -133,17 +140,247 @@ impl Drop for Admitted {
     }
 }
 
-/// Accepts connections until `shutdown` turns true, runs `connection` for each admitted one,
+/// Which port a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ListenerKind {
+    Native,
+    Kafka,
+    Http,
+}
+
+impl fmt::Display for ListenerKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ListenerKind::Native => "native",
+            ListenerKind::Kafka => "kafka",
+            ListenerKind::Http => "http",
+        })
+    }
+}
+
+/// A bound listener: its socket, its spec (with the port it got when asked for port 0) and, when
+/// its protocol uses TLS, the server's TLS material.
+#[derive(Debug)]
+pub struct BoundListener {
+    pub listener: TcpListener,
+    pub spec: ListenerSpec,
+    pub tls: Option<Arc<ServerTls>>,
+}
+
+impl BoundListener {
+    /// Binds `spec`; `tls` is required when its protocol uses TLS and ignored otherwise.
+    pub async fn bind(
+        kind: ListenerKind,
+        spec: ListenerSpec,
+        tls: Option<&Arc<ServerTls>>,
+    ) -> std::io::Result<BoundListener> {
+        let tls = if spec.protocol.uses_tls() {
+            Some(tls.cloned().ok_or_else(|| {
+                std::io::Error::other(format!(
+                    "{kind} listener {spec} uses TLS but no TLS certificate is configured"
+                ))
+            })?)
+        } else {
+            None
+        };
+        let listener = TcpListener::bind(spec.addr).await?;
+        let addr = listener.local_addr()?;
+        Ok(BoundListener {
+            listener,
+            spec: ListenerSpec {
+                protocol: spec.protocol,
+                addr,
+            },
+            tls,
+        })
+    }
+}
+
+impl BoundListener {
+    /// A PLAINTEXT listener on a socket bound elsewhere (tests, benchmarks).
+    pub fn plaintext(listener: TcpListener) -> std::io::Result<BoundListener> {
+        Ok(BoundListener {
+            spec: ListenerSpec {
+                protocol: SecurityProtocol::Plaintext,
+                addr: listener.local_addr()?,
+            },
+            listener,
+            tls: None,
+        })
+    }
+}
+
+/// A Kafka listener's advertised address, `PROTOCOL://host:port`, as in Kafka's
+/// `advertised.listeners`: the host may be a name, and the entry applies to the listener with
+/// the same protocol.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct AdvertisedListener {
+    pub protocol: SecurityProtocol,
+    pub host: String,
+    pub port: u16,
+}
+
+impl fmt::Display for AdvertisedListener {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}://{}:{}", self.protocol, self.host, self.port)
+    }
+}
+
+impl FromStr for AdvertisedListener {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<AdvertisedListener, String> {
+        let (protocol, address) = s
+            .split_once("://")
+            .ok_or_else(|| format!("advertised listener {s:?} is not PROTOCOL://host:port"))?;
+        let (host, port) = address
+            .rsplit_once(':')
+            .ok_or_else(|| format!("advertised listener {s:?} has no :port"))?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() || host.chars().any(|c| c.is_whitespace() || c == '/') {
+            return Err(format!("advertised listener {s:?}: bad host {host:?}"));
+        }
+        Ok(AdvertisedListener {
+            protocol: protocol.parse()?,
+            host: host.to_string(),
+            port: port
+                .parse()
+                .map_err(|e| format!("advertised listener {s:?}: port {port:?}: {e}"))?,
+        })
+    }
+}
+
+impl Serialize for AdvertisedListener {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for AdvertisedListener {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<AdvertisedListener, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// An accepted connection's byte stream: plain TCP, or TLS over TCP.
+#[derive(Debug)]
+pub enum Stream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Stream::Plain(s) => s.is_write_vectored(),
+            Stream::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// Runs the TLS handshake when the listener uses TLS, within `timeout`, and returns the stream
+/// with the connection's session: the listener's protocol, and the client certificate's
+/// principal when one was verified.
+pub async fn establish(
+    socket: TcpStream,
+    peer: SocketAddr,
+    protocol: SecurityProtocol,
+    tls: Option<&ServerTls>,
+    timeout: Duration,
+) -> Result<(Stream, Session), String> {
+    let mut session = Session::new(protocol, peer);
+    let Some(tls) = tls else {
+        return Ok((Stream::Plain(socket), session));
+    };
+    let stream = tokio::time::timeout(timeout, tls.acceptor().accept(socket))
+        .await
+        .map_err(|_| format!("TLS handshake not completed within {timeout:?}"))?
+        .map_err(|e| format!("TLS handshake failed: {e}"))?;
+    // rustls hands out peer certificates only once its verifier has accepted them.
+    if let Some(cert) = stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+    {
+        match principal_from_certificate(cert) {
+            Some(principal) => session.principal = principal,
+            None => return Err("the client certificate's subject cannot be read".into()),
+        }
+    }
+    Ok((Stream::Tls(Box::new(stream)), session))
+}
+
+/// Accepts connections until `shutdown` turns true, runs the TLS handshake (within
+/// `handshake_timeout`) when the listener uses TLS, runs `connection` for each admitted one,
 /// then waits for them all to end. `connection` returns why it closed, if not cleanly.
 pub async fn serve<F, Fut>(
-    listener: TcpListener,
+    bound: BoundListener,
     admission: Arc<Admission>,
+    handshake_timeout: Duration,
     mut shutdown: watch::Receiver<bool>,
     connection: F,
 ) where
-    F: Fn(TcpStream, SocketAddr) -> Fut,
+    F: Fn(Stream, Session) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<(), String>> + Send + 'static,
 {
+    let BoundListener {
+        listener,
+        spec,
+        tls,
+    } = bound;
+    let connection = Arc::new(connection);
     let mut connections = JoinSet::new();
     loop {
         let (socket, peer) = tokio::select! {
@@ -164,9 +401,19 @@ pub async fn serve<F, Fut>(
         };
         let _ = socket.set_nodelay(true);
         let listener_name = admission.listener;
-        let running = connection(socket, peer);
+        let tls = tls.clone();
+        let connection = connection.clone();
+        let mut stop = shutdown.clone();
         connections.spawn(async move {
-            if let Err(reason) = running.await {
+            let established = tokio::select! {
+                established = establish(socket, peer, spec.protocol, tls.as_deref(), handshake_timeout) => established,
+                _ = stopped(&mut stop) => return,
+            };
+            let result = match established {
+                Ok((stream, session)) => connection(stream, session).await,
+                Err(reason) => Err(reason),
+            };
+            if let Err(reason) = result {
                 tracing::info!(listener = listener_name, %peer, %reason, "closed connection");
             }
             drop(admitted);
@@ -183,15 +430,54 @@ pub async fn stopped(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|stop| *stop).await;
 }
 
+/// Handshakes one HTTP listener runs at once at most, besides the connection caps (which also
+/// count them): each is a task with a socket and a TLS state.
+const HTTP_HANDSHAKES_MAX: usize = 256;
+
 /// A TCP listener for axum with the connection caps, whose connections are closed when a
 /// read waits longer than `read_timeout` (idle keep-alive connections, slowloris) or a write
-/// longer than `write_timeout` (clients that do not read their answers).
+/// longer than `write_timeout` (clients that do not read their answers). On a TLS listener
+/// the handshakes run in their own tasks (one slow client must not hold up accepting) and must
+/// finish within `read_timeout`.
 #[derive(Debug)]
 pub struct GuardedListener {
-    pub listener: TcpListener,
-    pub admission: Arc<Admission>,
-    pub read_timeout: Duration,
-    pub write_timeout: Duration,
+    listener: TcpListener,
+    spec: ListenerSpec,
+    tls: Option<Arc<ServerTls>>,
+    admission: Arc<Admission>,
+    read_timeout: Duration,
+    write_timeout: Duration,
+    handshakes: JoinSet<Option<(GuardedStream, SocketAddr)>>,
+}
+
+impl GuardedListener {
+    /// Refuses a SASL listener: HTTP authenticates with bearer tokens, not SASL.
+    pub fn new(
+        bound: BoundListener,
+        admission: Arc<Admission>,
+        read_timeout: Duration,
+        write_timeout: Duration,
+    ) -> std::io::Result<GuardedListener> {
+        if bound.spec.protocol.uses_sasl() {
+            return Err(std::io::Error::other(format!(
+                "HTTP listener {}: HTTP listeners are PLAINTEXT or SSL, not SASL",
+                bound.spec
+            )));
+        }
+        Ok(GuardedListener {
+            listener: bound.listener,
+            spec: bound.spec,
+            tls: bound.tls,
+            admission,
+            read_timeout,
+            write_timeout,
+            handshakes: JoinSet::new(),
+        })
+    }
+
+    pub fn spec(&self) -> ListenerSpec {
+        self.spec
+    }
 }
 
 impl axum::serve::Listener for GuardedListener {
@@ -200,27 +486,49 @@ impl axum::serve::Listener for GuardedListener {
 
     async fn accept(&mut self) -> (GuardedStream, SocketAddr) {
         loop {
-            let (socket, peer) = match self.listener.accept().await {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    tracing::warn!(listener = self.admission.listener, error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
+            // Both branches are cancel-safe: axum drops this future at shutdown.
+            let accepting = self.handshakes.len() < HTTP_HANDSHAKES_MAX;
+            let (socket, peer) = tokio::select! {
+                accepted = self.listener.accept(), if accepting => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        tracing::warn!(listener = self.admission.listener, error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+                Some(done) = self.handshakes.join_next() => match done {
+                    Ok(Some(established)) => return established,
+                    _ => continue,
+                },
             };
             let Ok(admitted) = self.admission.admit(peer.ip()) else {
                 continue;
             };
             let _ = socket.set_nodelay(true);
-            let stream = GuardedStream {
-                socket,
+            let (read_timeout, write_timeout) = (self.read_timeout, self.write_timeout);
+            let guarded = move |stream| GuardedStream {
+                stream,
                 _admitted: admitted,
-                read_timeout: self.read_timeout,
-                write_timeout: self.write_timeout,
+                read_timeout,
+                write_timeout,
                 read_deadline: None,
                 write_deadline: None,
             };
-            return (stream, peer);
+            let Some(tls) = self.tls.clone() else {
+                return (guarded(Stream::Plain(socket)), peer);
+            };
+            let listener_name = self.admission.listener;
+            let protocol = self.spec.protocol;
+            self.handshakes.spawn(async move {
+                match establish(socket, peer, protocol, Some(&tls), read_timeout).await {
+                    Ok((stream, _)) => Some((guarded(stream), peer)),
+                    Err(reason) => {
+                        tracing::info!(listener = listener_name, %peer, %reason, "closed connection");
+                        None
+                    }
+                }
+            });
         }
     }
 
@@ -229,10 +537,101 @@ impl axum::serve::Listener for GuardedListener {
     }
 }
 
+/// An HTTPS listener for axum without connection caps, for the saga API and the bridge's HTTP
+/// port: handshakes run in their own tasks (at most [`HTTP_HANDSHAKES_MAX`] at once, each within
+/// `handshake_timeout`), so one slow client does not hold up accepting, and a failed handshake
+/// closes only its connection.
+#[derive(Debug)]
+pub struct TlsListener {
+    listener: TcpListener,
+    tls: Arc<ServerTls>,
+    handshake_timeout: Duration,
+    handshakes: JoinSet<Option<(Stream, SocketAddr)>>,
+}
+
+impl TlsListener {
+    pub fn new(
+        listener: TcpListener,
+        tls: Arc<ServerTls>,
+        handshake_timeout: Duration,
+    ) -> TlsListener {
+        TlsListener {
+            listener,
+            tls,
+            handshake_timeout,
+            handshakes: JoinSet::new(),
+        }
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = Stream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Stream, SocketAddr) {
+        loop {
+            let accepting = self.handshakes.len() < HTTP_HANDSHAKES_MAX;
+            let (socket, peer) = tokio::select! {
+                accepted = self.listener.accept(), if accepting => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+                Some(done) = self.handshakes.join_next() => match done {
+                    Ok(Some(established)) => return established,
+                    _ => continue,
+                },
+            };
+            let _ = socket.set_nodelay(true);
+            let tls = self.tls.clone();
+            let timeout = self.handshake_timeout;
+            self.handshakes.spawn(async move {
+                match establish(socket, peer, SecurityProtocol::Ssl, Some(&tls), timeout).await {
+                    Ok((stream, _)) => Some((stream, peer)),
+                    Err(reason) => {
+                        tracing::info!(%peer, %reason, "closed connection");
+                        None
+                    }
+                }
+            });
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+}
+
+/// Serves `app` on `listener` until `shutdown` resolves: over TLS (handshakes within
+/// `handshake_timeout`) when `tls` is given, else plain HTTP. For the saga API and the bridge.
+pub async fn serve_http(
+    listener: TcpListener,
+    tls: Option<Arc<ServerTls>>,
+    handshake_timeout: Duration,
+    app: axum::Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    match tls {
+        None => {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+        Some(tls) => {
+            axum::serve(TlsListener::new(listener, tls, handshake_timeout), app)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+    }
+}
+
 /// A TCP stream that fails a read or write that has waited past its timeout.
 #[derive(Debug)]
 pub struct GuardedStream {
-    socket: TcpStream,
+    stream: Stream,
     _admitted: Admitted,
     read_timeout: Duration,
     write_timeout: Duration,
@@ -277,7 +676,7 @@ impl AsyncRead for GuardedStream {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         let this = self.get_mut();
-        let polled = Pin::new(&mut this.socket).poll_read(cx, buf);
+        let polled = Pin::new(&mut this.stream).poll_read(cx, buf);
         guard(
             polled,
             &mut this.read_deadline,
@@ -295,7 +694,7 @@ impl AsyncWrite for GuardedStream {
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
         let this = self.get_mut();
-        let polled = Pin::new(&mut this.socket).poll_write(cx, buf);
+        let polled = Pin::new(&mut this.stream).poll_write(cx, buf);
         guard(
             polled,
             &mut this.write_deadline,
@@ -307,7 +706,7 @@ impl AsyncWrite for GuardedStream {
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         let this = self.get_mut();
-        let polled = Pin::new(&mut this.socket).poll_flush(cx);
+        let polled = Pin::new(&mut this.stream).poll_flush(cx);
         guard(
             polled,
             &mut this.write_deadline,
@@ -318,7 +717,7 @@ impl AsyncWrite for GuardedStream {
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().socket).poll_shutdown(cx)
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
     }
 }
 

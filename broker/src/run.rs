@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use tokio::net::TcpListener;
+use std::future::IntoFuture;
+
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -15,10 +16,14 @@ use crate::budget::Budget;
 use crate::config::BrokerConfig;
 use crate::group::CoordinatorConfig;
 use crate::http::{self, HttpState};
-use crate::listener::{Admission, GuardedListener};
+use crate::listener::{Admission, BoundListener, GuardedListener, ListenerKind};
 use crate::metrics::Metrics;
+use crate::security::acl::{AclFilter, Authorizer};
+use crate::security::jwt::Verifier;
 use crate::security::sasl::Authenticator;
+use crate::security::tls::ServerTls;
 use crate::security::users::Users;
+use crate::security::{ListenerSpec, SecurityProtocol};
 use crate::server::{self, ServerConfig};
 use crate::service::Broker;
 use crate::topics::{TopicError, TopicLimits, Topics};
@@ -67,9 +72,15 @@ pub async fn shutdown_signal() {
 /// A started broker: its bound addresses, and what `stop` waits for.
 #[derive(Debug)]
 pub struct RunningBroker {
+    /// The first native listener's address (the first of `native_listeners`, or `listen`).
     pub native_addr: SocketAddr,
+    /// The first Kafka listener's address.
     pub kafka_addr: SocketAddr,
+    /// The first HTTP listener's address.
     pub http_addr: SocketAddr,
+    /// Every bound listener, with the port it got when asked for port 0, in configuration
+    /// order: native, then Kafka, then HTTP.
+    pub listeners: Vec<(ListenerKind, ListenerSpec)>,
     pub broker: Broker,
     /// The SCRAM users and SASL mechanisms both listeners authenticate against.
     pub authenticator: Arc<Authenticator>,
@@ -131,25 +142,60 @@ impl RunningBroker {
             metrics: metrics.clone(),
         });
 
-        let native_listener = TcpListener::bind(config.listen)
-            .await
-            .with_context(|| format!("binding the native listener on {}", config.listen))?;
-        let kafka_listener = TcpListener::bind(config.kafka_listen)
-            .await
-            .with_context(|| format!("binding the Kafka listener on {}", config.kafka_listen))?;
-        let http_listener = TcpListener::bind(config.http_listen)
-            .await
-            .with_context(|| format!("binding the HTTP listener on {}", config.http_listen))?;
-        let native_addr = native_listener.local_addr()?;
-        let kafka_addr = kafka_listener.local_addr()?;
-        let http_addr = http_listener.local_addr()?;
+        // Keys before any listener: a key file that cannot be read stops the start.
+        let http_auth = match &config.http_jwt {
+            Some(jwt) => {
+                let verifier = Verifier::load(jwt.clone()).context("loading the HTTP JWT keys")?;
+                tracing::info!(keys = verifier.keys_loaded(), issuer = %jwt.issuer, "HTTP bearer tokens required");
+                Some(Arc::new(verifier))
+            }
+            None => None,
+        };
+        // One TLS material for every TLS listener, checked before anything binds.
+        let tls = if config.uses_tls() {
+            Some(ServerTls::new(config.tls.clone()).context("loading the TLS certificate")?)
+        } else {
+            None
+        };
+        let mut listeners = Vec::new();
+        let bound = |kind| {
+            let specs = config.listeners(kind);
+            let tls = tls.clone();
+            async move {
+                let mut bound = Vec::new();
+                for spec in specs {
+                    bound.push(
+                        BoundListener::bind(kind, spec, tls.as_ref())
+                            .await
+                            .with_context(|| format!("binding the {kind} listener {spec}"))?,
+                    );
+                }
+                anyhow::Ok(bound)
+            }
+        };
+        let native_listeners = bound(ListenerKind::Native).await?;
+        let kafka_listeners = bound(ListenerKind::Kafka).await?;
+        let http_listeners = bound(ListenerKind::Http).await?;
+        for (kind, list) in [
+            (ListenerKind::Native, &native_listeners),
+            (ListenerKind::Kafka, &kafka_listeners),
+            (ListenerKind::Http, &http_listeners),
+        ] {
+            listeners.extend(list.iter().map(|l| (kind, l.spec)));
+        }
+        let native_addr = native_listeners[0].spec.addr;
+        let kafka_addr = kafka_listeners[0].spec.addr;
+        let http_addr = http_listeners[0].spec.addr;
         // One line with every bound address, before serving: tests and scripts wait for it.
         tracing::info!(
             native = %native_addr,
-            native_protocol = %config.listen_protocol,
             kafka = %kafka_addr,
-            kafka_protocol = %config.kafka_listen_protocol,
             http = %http_addr,
+            listeners = %listeners
+                .iter()
+                .map(|(kind, spec)| format!("{kind}={spec}"))
+                .collect::<Vec<_>>()
+                .join(","),
             data_dir = %config.data_dir.display(),
             topics = topics.list().len(),
             "strand-broker listening"
@@ -165,9 +211,26 @@ impl RunningBroker {
                 commit_metadata_bytes_max: config.commit_metadata_bytes_max,
                 ..CoordinatorConfig::default()
             };
-            tokio::task::spawn_blocking(move || Broker::new(topics, metrics, coordinator, wait))
-                .await?
-                .context("opening the group coordinator")?
+            let mut broker = tokio::task::spawn_blocking(move || {
+                Broker::new(topics, metrics, coordinator, wait)
+            })
+            .await?
+            .context("opening the group coordinator")?;
+            let authorizer_config = config.authorizer()?;
+            let data_dir = config.data_dir.clone();
+            let authorizer =
+                tokio::task::spawn_blocking(move || Authorizer::open(&data_dir, authorizer_config))
+                    .await?
+                    .context("opening the ACLs")?;
+            if authorizer.enabled() {
+                tracing::info!(
+                    n_acls = authorizer.describe(&AclFilter::any()).len(),
+                    super_users = ?config.super_users,
+                    "authorizer enabled: requests are checked against the ACLs"
+                );
+            }
+            broker.authorizer = Arc::new(authorizer);
+            broker
         };
         let ticker_task = broker.spawn_group_ticker(shutdown_rx.clone());
         // One memory budget for both listeners.
@@ -176,7 +239,7 @@ impl RunningBroker {
         let request_timeout = Duration::from_millis(config.request_timeout_ms);
         let write_timeout = Duration::from_millis(config.write_timeout_ms);
         let kafka_task = tokio::spawn(crate::kafka::serve(
-            kafka_listener,
+            kafka_listeners,
             broker.clone(),
             crate::kafka::KafkaConfig {
                 connections_max: config.connections_max,
@@ -188,17 +251,17 @@ impl RunningBroker {
                 fetch_bytes_max: config.fetch_bytes_max,
                 budget: budget.clone(),
                 advertised: config.kafka_advertised.clone(),
+                advertised_listeners: config.kafka_advertised_listeners.clone(),
                 auto_create_topics: config.auto_create_topics,
                 default_partitions: config.default_partitions,
                 metadata_auto_create_topics_max: config.metadata_auto_create_topics_max,
-                protocol: config.kafka_listen_protocol,
                 authenticator: Some(authenticator.clone()),
             },
             shutdown_rx.clone(),
         ));
         let broker_handle = broker.clone();
         let server_task = tokio::spawn(server::serve(
-            native_listener,
+            native_listeners,
             broker,
             ServerConfig {
                 connections_max: config.connections_max,
@@ -210,7 +273,6 @@ impl RunningBroker {
                 write_timeout,
                 fetch_bytes_max: config.fetch_bytes_max,
                 budget: budget.clone(),
-                protocol: config.listen_protocol,
                 authenticator: Some(authenticator.clone()),
                 ..ServerConfig::default()
             },
@@ -223,29 +285,46 @@ impl RunningBroker {
                     topics: topics.clone(),
                     metrics: metrics.clone(),
                     budget,
+                    auth: http_auth.clone(),
+                    metrics_require_auth: config.http_metrics_require_auth,
                 },
                 request_timeout,
             );
-            let http_listener = GuardedListener {
-                listener: http_listener,
-                admission: Admission::new(
-                    "http",
-                    config.connections_max,
-                    config.connections_per_ip_max,
-                    metrics.clone(),
-                ),
-                read_timeout: request_timeout,
-                write_timeout,
-            };
-            let mut rx = shutdown_rx.clone();
+            let admission = Admission::new(
+                "http",
+                config.connections_max,
+                config.connections_per_ip_max,
+                metrics.clone(),
+            );
+            let mut served = Vec::new();
+            for bound in http_listeners {
+                let spec = bound.spec;
+                let listener =
+                    GuardedListener::new(bound, admission.clone(), request_timeout, write_timeout)
+                        .with_context(|| format!("serving HTTP on {spec}"))?;
+                let mut rx = shutdown_rx.clone();
+                served.push(
+                    axum::serve(listener, app.clone())
+                        .with_graceful_shutdown(async move {
+                            let _ = rx.wait_for(|stop| *stop).await;
+                        })
+                        .into_future(),
+                );
+            }
             tokio::spawn(async move {
-                axum::serve(http_listener, app)
-                    .with_graceful_shutdown(async move {
-                        let _ = rx.wait_for(|stop| *stop).await;
-                    })
+                futures::future::join_all(served)
                     .await
+                    .into_iter()
+                    .collect::<std::io::Result<()>>()
             })
         };
+        let mut background = Vec::new();
+        if let Some(tls) = tls {
+            background.push(spawn_tls_reload_on_sighup(tls, shutdown_rx.clone())?);
+        }
+        if let Some(verifier) = http_auth {
+            background.push(verifier.watch(shutdown_rx.clone()));
+        }
         let retention_task = spawn_periodic(
             "retention",
             config.retention_check_interval_ms,
@@ -292,7 +371,11 @@ impl RunningBroker {
             server_task,
             kafka_task,
             http_task,
-            background: vec![retention_task, ticker_task, cleaner_task, recovery_task],
+            listeners,
+            background: {
+                background.extend([retention_task, ticker_task, cleaner_task, recovery_task]);
+                background
+            },
         })
     }
 
@@ -321,6 +404,36 @@ impl RunningBroker {
         tracing::info!("stopped cleanly");
         Ok(())
     }
+}
+
+impl RunningBroker {
+    /// The address of the first listener of `kind` with `protocol`, if there is one.
+    pub fn listener(&self, kind: ListenerKind, protocol: SecurityProtocol) -> Option<SocketAddr> {
+        self.listeners
+            .iter()
+            .find(|(k, spec)| *k == kind && spec.protocol == protocol)
+            .map(|(_, spec)| spec.addr)
+    }
+}
+
+/// Reloads the TLS certificate, key and CA bundle on every SIGHUP until shutdown (a failed
+/// reload keeps the previous material; [`ServerTls::reload`] logs why).
+pub fn spawn_tls_reload_on_sighup(
+    tls: Arc<ServerTls>,
+    mut shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<JoinHandle<()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    Ok(tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = hangup.recv() => {
+                    tls.reload("SIGHUP");
+                }
+                _ = shutdown.wait_for(|stop| *stop) => return,
+            }
+        }
+    }))
 }
 
 /// Runs `job` over every topic every `interval_ms` on the blocking pool until shutdown.

@@ -26,13 +26,13 @@ use bytes::{Bytes, BytesMut};
 use strand_client::batch::Batches;
 use strand_client::native::frame::{self, REQUEST_HEADER_BYTES};
 use strand_client::native::messages::{
-    GroupInfo, GroupMember, GroupOffset, OffsetEntry, PartitionState, TopicDescription,
+    AclBinding, AclBindingFilter, GroupInfo, GroupMember, GroupOffset, OffsetEntry, PartitionState,
+    TopicDescription,
 };
 use strand_client::native::{
     Acks, ApiKey, ErrorCode, OffsetQuery, Push, Request, Response, ResponseBody,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::sync::{mpsc, watch, Notify, Semaphore};
 use tokio::task::JoinSet;
 
@@ -40,17 +40,22 @@ use crate::budget::{Budget, Charge};
 use crate::group::{
     Assignor, CommitError, CommittedOffset, GroupDescription, GroupError, GroupState, JoinRequest,
 };
-use crate::listener::{self, Admission};
+use crate::listener::{self, Admission, BoundListener, Stream};
 use crate::log::{FirstBatch, LogError};
+use crate::security::acl::{self, Operation, ResourceType};
 use crate::security::sasl::{Authenticator, Exchange, Step};
 use crate::security::users::UsersError;
-use crate::security::{Principal, SecurityProtocol, Session};
+use crate::security::{Principal, Session};
 use crate::service::{Broker, OffsetSpec, ServiceError, TopicInfo};
 use crate::topics::{TopicConfig, TopicError};
 
 /// A connection may hold at most this fraction of the in-flight budget (but at least one
 /// frame).
 const CONNECTION_SHARE_OF_BUDGET: usize = 8;
+
+/// Bytes an idle connection reads at once while it waits for its next request: enough for a
+/// small request whole, so that waiting costs no buffer.
+const IDLE_READ_BYTES: usize = 1024;
 
 /// Limits of the native listener.
 #[derive(Debug, Clone)]
@@ -76,8 +81,6 @@ pub struct ServerConfig {
     /// Bytes in flight across every connection (shared with the Kafka listener); one
     /// connection may hold an eighth of it at most (but always one frame).
     pub budget: Budget,
-    /// How connections are secured. Default PLAINTEXT.
-    pub protocol: SecurityProtocol,
     /// Users and SASL mechanisms: what a SASL listener authenticates against and what the
     /// user requests change. `None`: no user store (SASL handshakes and user requests fail).
     pub authenticator: Option<Arc<Authenticator>>,
@@ -96,15 +99,15 @@ impl Default for ServerConfig {
             write_timeout: Duration::from_secs(60),
             fetch_bytes_max: 50 << 20,
             budget: Budget::default(),
-            protocol: SecurityProtocol::Plaintext,
             authenticator: None,
         }
     }
 }
 
-/// Serves connections from `listener` until `shutdown` turns true, then waits for them to end.
+/// Serves connections from every listener until `shutdown` turns true, then waits for them to
+/// end. The connection caps count the connections of all listeners together.
 pub async fn serve(
-    listener: TcpListener,
+    listeners: Vec<BoundListener>,
     broker: Broker,
     config: ServerConfig,
     shutdown: watch::Receiver<bool>,
@@ -116,23 +119,33 @@ pub async fn serve(
         config.connections_per_ip_max,
         broker.metrics.clone(),
     );
-    let serve_shutdown = shutdown.clone();
-    listener::serve(listener, admission, serve_shutdown, move |socket, peer| {
-        // Each connection charges its own share of the budget first, so that one client (say,
-        // one pipelining fetches it never reads) cannot take the whole budget.
-        let share =
-            (config.budget.bytes_max() / CONNECTION_SHARE_OF_BUDGET).max(config.frame_bytes_max);
-        let connection = Connection {
-            broker: broker.clone(),
-            config: config.clone(),
-            budget: config.budget.share(share),
-            shutdown: shutdown.clone(),
-            session: Arc::new(Session::new(config.protocol, peer)),
-            sasl: SaslState::Start,
-        };
-        connection.run(socket)
-    })
-    .await;
+    let served = listeners.into_iter().map(|bound| {
+        let broker = broker.clone();
+        let config = config.clone();
+        let shutdown = shutdown.clone();
+        listener::serve(
+            bound,
+            admission.clone(),
+            config.frame_read_timeout,
+            shutdown.clone(),
+            move |stream, session| {
+                // Each connection charges its own share of the budget first, so that one client
+                // (say, one pipelining fetches it never reads) cannot take the whole budget.
+                let share = (config.budget.bytes_max() / CONNECTION_SHARE_OF_BUDGET)
+                    .max(config.frame_bytes_max);
+                let connection = Connection {
+                    broker: broker.clone(),
+                    config: config.clone(),
+                    budget: config.budget.share(share),
+                    shutdown: shutdown.clone(),
+                    session: Arc::new(session),
+                    sasl: SaslState::Start,
+                };
+                connection.run(stream)
+            },
+        )
+    });
+    futures::future::join_all(served).await;
 }
 
 struct Connection {
@@ -175,8 +188,26 @@ struct Subscription {
 }
 
 impl Connection {
-    async fn run(mut self, socket: TcpStream) -> Result<(), String> {
-        let (mut reader, writer) = socket.into_split();
+    async fn run(self, stream: Stream) -> Result<(), String> {
+        // A plain socket splits without a lock between its halves; a TLS stream's halves share
+        // one TLS state.
+        match stream {
+            Stream::Plain(socket) => {
+                let (reader, writer) = socket.into_split();
+                self.serve(reader, writer).await
+            }
+            Stream::Tls(stream) => {
+                let (reader, writer) = tokio::io::split(*stream);
+                self.serve(reader, writer).await
+            }
+        }
+    }
+
+    async fn serve<R, W>(mut self, mut reader: R, writer: W) -> Result<(), String>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Send + Unpin + 'static,
+    {
         // Room for every in-flight answer plus pushes; the channel holds encoded frames.
         let (out_tx, out_rx) =
             mpsc::channel::<(Bytes, Charge)>(self.config.in_flight_per_connection_max * 2);
@@ -290,18 +321,23 @@ impl Connection {
             // Need more bytes. A partial frame must finish within the frame timeout; an idle
             // connection may wait for the idle timeout.
             if buf.is_empty() {
-                // Idle: wait for the next request without holding a buffer.
-                let readable = tokio::select! {
-                    readable = tokio::time::timeout(self.config.idle_timeout, reader.readable()) => readable,
+                // Idle: wait for the next request without holding a buffer. The first bytes
+                // land in a small array (the stream may be TLS, which cannot announce
+                // readability without reading), and only they are copied into the buffer.
+                let mut first = [0u8; IDLE_READ_BYTES];
+                let read = tokio::select! {
+                    read = tokio::time::timeout(self.config.idle_timeout, reader.read(&mut first)) => read,
                     // The writer gave up (write timeout): no need to wait for more requests.
                     _ = out_tx.closed() => break Err("answers could not be written".into()),
                     _ = stopped(&mut self.shutdown) => break Ok(()),
                 };
-                match readable {
+                match read {
                     Err(_) => break Err("idle timeout".into()),
+                    Ok(Ok(0)) => break Ok(()),
+                    Ok(Ok(n)) => buf.extend_from_slice(&first[..n]),
                     Ok(Err(e)) => break Err(format!("read failed: {e}")),
-                    Ok(Ok(())) => {}
                 }
+                continue;
             } else if frame_charge.is_none() && buf.len() >= frame::LENGTH_BYTES {
                 // The frame's length is known (and within the limit, `check` said): charge it
                 // before reading its body, so that while the budget is spent the broker stops
@@ -455,7 +491,14 @@ impl Connection {
             } => {
                 // Appended here, in arrival order; only the wait runs apart.
                 let mut records = records.to_vec();
-                let appended = broker.append(&topic, partition, &mut records);
+                let appended = authorize(
+                    &broker,
+                    &self.session,
+                    Operation::Write,
+                    ResourceType::Topic,
+                    &topic,
+                )
+                .and_then(|()| broker.append(&topic, partition, &mut records));
                 drop(records);
                 drop(frame_charge);
                 if acks == Acks::None {
@@ -504,6 +547,14 @@ impl Connection {
                         ErrorCode::InvalidRequest,
                         "subscription id already in use on this connection",
                     )
+                } else if let Err(e) = authorize(
+                    &broker,
+                    &self.session,
+                    Operation::Read,
+                    ResourceType::Topic,
+                    &topic,
+                ) {
+                    error_response(&e)
                 } else {
                     match broker.partition_info(&topic, partition) {
                         Err(e) => error_response(&e),
@@ -674,10 +725,26 @@ async fn handle(
     let frame_bytes_max = config.frame_bytes_max;
     let in_flight_max = config.in_flight_per_connection_max;
     let mut charge = Charge::default();
+    let check = |operation, resource_type, name: &str| {
+        authorize(broker, session, operation, resource_type, name)
+    };
+    let allowed = |operation, resource_type, name: &str| {
+        broker
+            .authorizer
+            .authorize(session, operation, resource_type, name)
+    };
     if matches!(
         request,
         Request::UpsertUser { .. } | Request::DeleteUser { .. } | Request::ListUsers
     ) {
+        // As Kafka's AlterUserScramCredentials and DescribeUserScramCredentials.
+        let operation = match request {
+            Request::ListUsers => Operation::Describe,
+            _ => Operation::Alter,
+        };
+        if let Err(e) = check_cluster(broker, session, operation) {
+            return (error_response(&e), charge);
+        }
         return (users_request(config, request).await, charge);
     }
     let result: Result<ResponseBody, ServiceError> = async {
@@ -695,6 +762,12 @@ async fn handle(
                 in_flight_max: in_flight_max as u32,
             },
             Request::CreateTopic { name, settings } => {
+                if !broker
+                    .authorizer
+                    .authorize_cluster(session, Operation::Create)
+                {
+                    check(Operation::Create, ResourceType::Topic, &name)?;
+                }
                 let partitions = settings.partitions;
                 let config = TopicConfig {
                     partitions,
@@ -714,6 +787,7 @@ async fn handle(
                 ResponseBody::Empty
             }
             Request::DeleteTopic { name } => {
+                check(Operation::Delete, ResourceType::Topic, &name)?;
                 broker.delete_topic(name).await?;
                 ResponseBody::Empty
             }
@@ -721,10 +795,12 @@ async fn handle(
                 broker
                     .list_topics()
                     .iter()
+                    .filter(|t| allowed(Operation::Describe, ResourceType::Topic, &t.name))
                     .map(|t| description(broker, t))
                     .collect(),
             ),
             Request::DescribeTopic { name } => {
+                check(Operation::Describe, ResourceType::Topic, &name)?;
                 ResponseBody::Topic(description(broker, &broker.describe_topic(&name)?))
             }
             Request::Fetch {
@@ -734,6 +810,7 @@ async fn handle(
                 max_bytes,
                 max_wait_ms,
             } => {
+                check(Operation::Read, ResourceType::Topic, &topic)?;
                 // A fetch answer must fit in a frame and within the broker's fetch limit.
                 let max_bytes = (max_bytes as usize)
                     .min(frame_bytes_max.saturating_sub(64))
@@ -761,6 +838,7 @@ async fn handle(
                 partition,
                 query,
             } => {
+                check(Operation::Describe, ResourceType::Topic, &topic)?;
                 let spec = match query {
                     OffsetQuery::Earliest => OffsetSpec::Earliest,
                     OffsetQuery::Latest => OffsetSpec::Latest,
@@ -777,6 +855,7 @@ async fn handle(
                 rebalance_timeout_ms,
                 assignor,
             } => {
+                check(Operation::Read, ResourceType::Group, &group)?;
                 let assignor = assignor
                     .parse::<Assignor>()
                     .map_err(|reason| ServiceError::Topic(TopicError::InvalidConfig(reason)))?;
@@ -805,6 +884,7 @@ async fn handle(
                 member_id,
                 generation,
             } => {
+                check(Operation::Read, ResourceType::Group, &group)?;
                 broker
                     .groups
                     .heartbeat(&group, &member_id, generation)
@@ -812,6 +892,7 @@ async fn handle(
                 ResponseBody::Empty
             }
             Request::LeaveGroup { group, member_id } => {
+                check(Operation::Read, ResourceType::Group, &group)?;
                 broker
                     .groups
                     .leave(&group, &member_id)
@@ -824,6 +905,11 @@ async fn handle(
                 generation,
                 offsets,
             } => {
+                // Refused whole, so nothing is committed when any part is not allowed.
+                check(Operation::Read, ResourceType::Group, &group)?;
+                for o in &offsets {
+                    check(Operation::Read, ResourceType::Topic, &o.topic)?;
+                }
                 let offsets = offsets
                     .into_iter()
                     .map(|o| {
@@ -846,7 +932,11 @@ async fn handle(
                     })?;
                 ResponseBody::Empty
             }
-            Request::OffsetFetch { group, partitions } => ResponseBody::Committed(
+            Request::OffsetFetch { group, partitions } => ResponseBody::Committed({
+                check(Operation::Describe, ResourceType::Group, &group)?;
+                for (topic, _) in &partitions {
+                    check(Operation::Describe, ResourceType::Topic, topic)?;
+                }
                 partitions
                     .into_iter()
                     .map(|tp| {
@@ -857,15 +947,86 @@ async fn handle(
                             metadata: c.metadata,
                         })
                     })
-                    .collect(),
-            ),
-            Request::ListGroups => ResponseBody::Groups(broker.groups.list()),
+                    .collect()
+            }),
+            Request::ListGroups => {
+                let all = broker
+                    .authorizer
+                    .authorize_cluster(session, Operation::Describe);
+                ResponseBody::Groups(
+                    broker
+                        .groups
+                        .list()
+                        .into_iter()
+                        .filter(|g| all || allowed(Operation::Describe, ResourceType::Group, g))
+                        .collect(),
+                )
+            }
             Request::DescribeGroup { group } => {
-                let described = broker
+                check(Operation::Describe, ResourceType::Group, &group)?;
+                let mut described = broker
                     .groups
                     .describe(&group)
                     .ok_or_else(|| ServiceError::UnknownGroup(group.clone()))?;
+                // Offsets (and lag) only of topics the principal may Describe.
+                described
+                    .committed
+                    .retain(|tp, _| allowed(Operation::Describe, ResourceType::Topic, &tp.0));
                 ResponseBody::Group(group_info(broker, described))
+            }
+            Request::CreateAcls { bindings } => {
+                check_cluster(broker, session, Operation::Alter)?;
+                let bindings = bindings
+                    .iter()
+                    .map(|b| {
+                        acl::AclBinding::from_codes(
+                            b.resource_type as i8,
+                            &b.resource_name,
+                            b.pattern_type as i8,
+                            &b.principal,
+                            &b.host,
+                            b.operation as i8,
+                            b.permission as i8,
+                        )
+                        .map_err(acl::AclError::Invalid)
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                let n = bindings.len();
+                let authorizer = broker.authorizer.clone();
+                blocking_acls(move || authorizer.create(bindings)).await?;
+                tracing::info!(principal = %session.principal, n_acls = n, "created ACLs");
+                ResponseBody::Empty
+            }
+            Request::DescribeAcls { filter } => {
+                check_cluster(broker, session, Operation::Describe)?;
+                ResponseBody::Acls(match acl_filter(&filter)? {
+                    None => Vec::new(),
+                    Some(f) => broker
+                        .authorizer
+                        .describe(&f)
+                        .iter()
+                        .map(wire_acl)
+                        .collect(),
+                })
+            }
+            Request::DeleteAcls { filters } => {
+                check_cluster(broker, session, Operation::Alter)?;
+                let filters: Vec<acl::AclFilter> = filters
+                    .iter()
+                    .map(acl_filter)
+                    .collect::<Result<Vec<_>, _>>()?
+                    .into_iter()
+                    .flatten()
+                    .collect();
+                let authorizer = broker.authorizer.clone();
+                let deleted = blocking_acls(move || authorizer.delete(&filters)).await?;
+                // A binding several filters matched is listed once.
+                let deleted: std::collections::BTreeSet<_> =
+                    deleted.into_iter().flatten().collect();
+                if !deleted.is_empty() {
+                    tracing::info!(principal = %session.principal, n_acls = deleted.len(), "deleted ACLs");
+                }
+                ResponseBody::Acls(deleted.iter().map(wire_acl).collect())
             }
             Request::Produce { .. }
             | Request::Subscribe { .. }
@@ -973,6 +1134,70 @@ async fn users_request(config: &ServerConfig, request: Request) -> Response {
     }
 }
 
+/// The authorizer's answer as a [`ServiceError`].
+fn authorize(
+    broker: &Broker,
+    session: &Session,
+    operation: Operation,
+    resource_type: ResourceType,
+    name: &str,
+) -> Result<(), ServiceError> {
+    broker
+        .authorizer
+        .check(session, operation, resource_type, name)
+        .map_err(ServiceError::Denied)
+}
+
+fn check_cluster(
+    broker: &Broker,
+    session: &Session,
+    operation: Operation,
+) -> Result<(), ServiceError> {
+    authorize(
+        broker,
+        session,
+        operation,
+        ResourceType::Cluster,
+        acl::CLUSTER_NAME,
+    )
+}
+
+/// A filter off the wire; `None` when it can match none of Strand's bindings.
+fn acl_filter(f: &AclBindingFilter) -> Result<Option<acl::AclFilter>, ServiceError> {
+    acl::AclFilter::from_codes(
+        f.resource_type as i8,
+        f.resource_name.as_deref(),
+        f.pattern_type as i8,
+        f.principal.as_deref(),
+        f.host.as_deref(),
+        f.operation as i8,
+        f.permission as i8,
+    )
+    .map_err(|reason| ServiceError::Acl(acl::AclError::Invalid(reason)))
+}
+
+fn wire_acl(b: &acl::AclBinding) -> AclBinding {
+    AclBinding {
+        resource_type: b.pattern.resource_type.code() as u8,
+        resource_name: b.pattern.name.clone(),
+        pattern_type: b.pattern.pattern_type.code() as u8,
+        principal: b.entry.principal.to_string(),
+        host: b.entry.host.clone(),
+        operation: b.entry.operation.code() as u8,
+        permission: b.entry.permission.code() as u8,
+    }
+}
+
+/// Runs an ACL change (it writes and fsyncs the file) on the blocking pool.
+async fn blocking_acls<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, acl::AclError> + Send + 'static,
+) -> Result<T, ServiceError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ServiceError::Internal(format!("ACL task failed: {e}")))?
+        .map_err(ServiceError::Acl)
+}
+
 fn group_info(broker: &Broker, g: GroupDescription) -> GroupInfo {
     let state = match g.state {
         GroupState::Empty => "empty",
@@ -1066,6 +1291,10 @@ fn error_response(e: &ServiceError) -> Response {
         ServiceError::Group(GroupError::InconsistentGroupProtocol) => {
             ErrorCode::InconsistentGroupProtocol
         }
+        ServiceError::Denied(_) => ErrorCode::AuthorizationFailed,
+        ServiceError::Acl(acl::AclError::Invalid(_)) => ErrorCode::InvalidRequest,
+        ServiceError::Acl(acl::AclError::LimitReached { .. }) => ErrorCode::LimitReached,
+        ServiceError::Acl(_) => ErrorCode::StorageError,
         _ => ErrorCode::Internal,
     };
     if matches!(code, ErrorCode::Internal | ErrorCode::StorageError) {
@@ -1092,8 +1321,8 @@ async fn send(
 
 /// Writes frames as they come, flushing when no more are queued, so that a burst of small
 /// answers goes out in few system calls.
-async fn write_frames(
-    writer: tokio::net::tcp::OwnedWriteHalf,
+async fn write_frames<W: AsyncWrite + Unpin>(
+    writer: W,
     mut frames: mpsc::Receiver<(Bytes, Charge)>,
     timeout: Duration,
 ) {

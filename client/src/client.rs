@@ -9,6 +9,7 @@ use tokio::sync::Mutex;
 use crate::connection::{Connection, ConnectionConfig};
 use crate::error::ClientError;
 use crate::native::messages::UserEntry;
+use crate::native::messages::{AclBinding, AclBindingFilter};
 use crate::native::{OffsetQuery, Request, ResponseBody, TopicDescription, TopicSettings};
 use crate::scram::{self, ScramMechanism};
 
@@ -165,6 +166,40 @@ impl Admin {
             .await?
         {
             ResponseBody::Topic(topic) => Ok(topic),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Adds ACL bindings (all or none).
+    pub async fn create_acls(&self, bindings: Vec<AclBinding>) -> Result<(), ClientError> {
+        self.client
+            .request(Request::CreateAcls { bindings })
+            .await?;
+        Ok(())
+    }
+
+    /// The ACL bindings `filter` matches.
+    pub async fn describe_acls(
+        &self,
+        filter: AclBindingFilter,
+    ) -> Result<Vec<AclBinding>, ClientError> {
+        match self
+            .client
+            .request(Request::DescribeAcls { filter })
+            .await?
+        {
+            ResponseBody::Acls(bindings) => Ok(bindings),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Removes the ACL bindings any filter matches; returns them.
+    pub async fn delete_acls(
+        &self,
+        filters: Vec<AclBindingFilter>,
+    ) -> Result<Vec<AclBinding>, ClientError> {
+        match self.client.request(Request::DeleteAcls { filters }).await? {
+            ResponseBody::Acls(bindings) => Ok(bindings),
             other => Err(unexpected(other)),
         }
     }

@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpStream, ToSocketAddrs};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use crate::error::ClientError;
@@ -18,6 +18,7 @@ use crate::native::{
 };
 use crate::sasl::{plain_message, Mechanism, SaslConfig};
 use crate::scram::ScramClient;
+use crate::tls::ClientTlsConfig;
 
 /// How a connection behaves.
 #[derive(Debug, Clone)]
@@ -26,10 +27,12 @@ pub struct ConnectionConfig {
     pub in_flight_max: usize,
     /// Largest server frame accepted. Default 8 MiB.
     pub frame_bytes_max: usize,
-    /// Longest wait for a TCP connection. Default 10 s.
+    /// Longest wait for a TCP connection and its TLS handshake. Default 10 s.
     pub connect_timeout: Duration,
     /// Longest wait for an answer beyond what the request itself asks to wait. Default 30 s.
     pub request_timeout: Duration,
+    /// TLS to the broker (its `SSL` or `SASL_SSL` listener). Default `None`: plain TCP.
+    pub tls: Option<ClientTlsConfig>,
     /// SASL credentials, for brokers whose native listener is `SASL_PLAINTEXT` or
     /// `SASL_SSL`: every connection (reconnects too) authenticates right after the handshake.
     /// Default none.
@@ -43,10 +46,15 @@ impl Default for ConnectionConfig {
             frame_bytes_max: FRAME_BYTES_MAX_DEFAULT,
             connect_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(30),
+            tls: None,
             sasl: None,
         }
     }
 }
+
+/// A connection's halves: plain TCP or TLS.
+type Reader = Box<dyn AsyncRead + Send + Unpin>;
+type Writer = Box<dyn AsyncWrite + Send + Unpin>;
 
 type Pending = HashMap<u32, (ApiKey, oneshot::Sender<Result<Response, ClientError>>)>;
 
@@ -74,15 +82,26 @@ impl std::fmt::Debug for Connection {
 }
 
 impl Connection {
-    pub async fn connect(
-        addr: impl ToSocketAddrs,
-        config: ConnectionConfig,
-    ) -> Result<Connection, ClientError> {
-        let socket = tokio::time::timeout(config.connect_timeout, TcpStream::connect(addr))
-            .await
-            .map_err(|_| ClientError::Timeout("connect"))??;
-        socket.set_nodelay(true)?;
-        let (reader, mut writer) = socket.into_split();
+    /// Connects to `addr` (`host:port`), over TLS when `config.tls` says so, and runs the
+    /// protocol handshake.
+    pub async fn connect(addr: &str, config: ConnectionConfig) -> Result<Connection, ClientError> {
+        let (reader, mut writer) = tokio::time::timeout(config.connect_timeout, async {
+            let socket = TcpStream::connect(addr).await?;
+            socket.set_nodelay(true)?;
+            Ok::<_, ClientError>(match &config.tls {
+                None => {
+                    let (reader, writer) = socket.into_split();
+                    (Box::new(reader) as Reader, Box::new(writer) as Writer)
+                }
+                Some(tls) => {
+                    let stream = tls.connect(addr, socket).await?;
+                    let (reader, writer) = tokio::io::split(stream);
+                    (Box::new(reader) as Reader, Box::new(writer) as Writer)
+                }
+            })
+        })
+        .await
+        .map_err(|_| ClientError::Timeout("connect"))??;
         let (out, mut out_rx) = mpsc::channel::<Bytes>(config.in_flight_max * 2);
         let shared = Arc::new(Shared {
             pending: Mutex::new(Some(HashMap::new())),
@@ -300,11 +319,7 @@ fn request_payload_len(request: &Request) -> usize {
 
 /// Reads server frames and hands each to whoever waits for it. On any failure every waiter
 /// gets `Closed` and later requests fail at once.
-async fn read_frames(
-    mut reader: tokio::net::tcp::OwnedReadHalf,
-    shared: Arc<Shared>,
-    frame_bytes_max: usize,
-) {
+async fn read_frames(mut reader: Reader, shared: Arc<Shared>, frame_bytes_max: usize) {
     let mut buf = BytesMut::with_capacity(64 * 1024);
     let failure = 'outer: loop {
         loop {

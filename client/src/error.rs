@@ -27,6 +27,13 @@ pub enum ClientError {
     Authentication(String),
     #[error("{0}")]
     Invalid(String),
+    /// TLS could not be set up: an unreadable certificate, key or CA file, or a bad server name.
+    #[error("TLS: {what}: {source}")]
+    Tls {
+        what: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 }
 
 impl ClientError {

@@ -5,7 +5,7 @@
 //!   a builder for producers.
 //! - [`partitioner`]: Kafka's murmur2 key partitioner.
 //! - [`native`]: the native TCP protocol (frames, requests, responses, pushes).
-//! - [`connection`]: one pipelined connection; [`client`]: reconnecting [`Client`] and [`Admin`].
+//! - [`connection`]: one pipelined connection, over TCP or TLS ([`tls`]); [`client`]: reconnecting [`Client`] and [`Admin`].
 //! - [`producer`]: batching [`Producer`] with delivery futures; [`consumer`]: [`Consumer`];
 //!   [`group`]: [`GroupConsumer`], a consumer-group member.
 //! - [`sasl`]: the SASL mechanisms (PLAIN, SCRAM) and [`SaslConfig`]; [`scram`]: both sides of
@@ -22,6 +22,7 @@ pub mod partitioner;
 pub mod producer;
 pub mod sasl;
 pub mod scram;
+pub mod tls;
 
 pub use client::{Admin, Client, ClientConfig};
 pub use consumer::{Consumer, ConsumerConfig, Record, StartFrom};
@@ -30,3 +31,4 @@ pub use group::{GroupConfig, GroupConsumer, OffsetReset};
 pub use native::{Acks, TopicSettings};
 pub use producer::{Producer, ProducerConfig, ProducerRecord};
 pub use sasl::{Mechanism, SaslConfig};
+pub use tls::ClientTlsConfig;

@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,14 +14,22 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use strand_broker::config::{BrokerArgs, BrokerConfig};
+use strand_broker::listener::ListenerKind;
 use strand_broker::run::RunningBroker;
+use strand_broker::security::jwt::{JwtConfig, Verifier};
+use strand_broker::security::tls::{ClientAuth, ServerTls, TlsConfig};
+use strand_broker::security::SecurityProtocol;
 use strand_cluster::{properties, Cluster, ClusterConfig};
 use strand_saga::breaker::BreakerConfig;
 use strand_saga::http::{self, HttpConfig};
 use strand_saga::journal::Journal;
 use strand_saga::orchestrator::{self, OrchestratorConfig};
 use strand_saga::ownership;
+use strand_saga::participants::{AllowedHosts, ParticipantTls, ParticipantsConfig};
 use tokio::sync::watch;
+
+/// A TLS handshake on the API port must finish within this.
+const HTTPS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Parser)]
 #[command(name = "strand-saga", version, about = "Strand saga orchestrator")]
@@ -69,6 +78,18 @@ struct Args {
         default_value = "127.0.0.1:7190"
     )]
     api_listen: SocketAddr,
+    /// Serve the API over HTTPS with this PEM certificate (and chain) [default: plain HTTP]
+    #[arg(long, env = "STRAND_SAGA_API_TLS_CERT_FILE", value_name = "FILE")]
+    api_tls_cert_file: Option<PathBuf>,
+    /// PEM private key of --api-tls-cert-file
+    #[arg(long, env = "STRAND_SAGA_API_TLS_KEY_FILE", value_name = "FILE")]
+    api_tls_key_file: Option<PathBuf>,
+    /// PEM bundle of the CAs API client certificates must chain to
+    #[arg(long, env = "STRAND_SAGA_API_TLS_CLIENT_CA_FILE", value_name = "FILE")]
+    api_tls_client_ca_file: Option<PathBuf>,
+    /// API client certificates: none, requested or required [default: none]
+    #[arg(long, env = "STRAND_SAGA_API_TLS_CLIENT_AUTH", value_name = "MODE")]
+    api_tls_client_auth: Option<ClientAuth>,
     /// Journal partitions (sagas are spread over them by id) [default: 8]
     #[arg(long, env = "STRAND_SAGA_JOURNAL_PARTITIONS", default_value_t = 8)]
     journal_partitions: u32,
@@ -91,8 +112,51 @@ struct Args {
     /// Largest request body, in bytes [default: 1048576]
     #[arg(long, env = "STRAND_SAGA_BODY_BYTES_MAX", default_value_t = 1 << 20)]
     body_bytes_max: usize,
+    /// The `iss` bearer tokens on the API must carry; with --jwt-audience and keys, every route
+    /// but /health and /openapi.json needs a token [default: the API is open]
+    #[arg(long, env = "STRAND_SAGA_JWT_ISSUER", value_name = "ISSUER")]
+    jwt_issuer: Option<String>,
+    /// The audience bearer tokens on the API must name
+    #[arg(long, env = "STRAND_SAGA_JWT_AUDIENCE", value_name = "AUDIENCE")]
+    jwt_audience: Option<String>,
+    /// A PEM public key (RSA or EC) or certificate that signs tokens; repeatable
+    #[arg(
+        long = "jwt-key-file",
+        env = "STRAND_SAGA_JWT_KEY_FILES",
+        value_name = "FILE",
+        value_delimiter = ','
+    )]
+    jwt_key_files: Vec<std::path::PathBuf>,
+    /// A JWKS file with the keys that sign tokens (chosen by kid)
+    #[arg(long, env = "STRAND_SAGA_JWT_JWKS_FILE", value_name = "FILE")]
+    jwt_jwks_file: Option<std::path::PathBuf>,
+    /// Clock skew allowed on exp and nbf, in seconds (at most 300) [default: 30]
+    #[arg(long, env = "STRAND_SAGA_JWT_LEEWAY_S", default_value_t = 30)]
+    jwt_leeway_s: u64,
+    /// A file with a bearer token (scope saga:start) this instance presents when it forwards a
+    /// trigger's saga to the instance owning its journal partition; needed with JWTs on a
+    /// shared Kafka journal with triggers. Read at each use, so it may be rotated.
+    #[arg(long, env = "STRAND_SAGA_FORWARD_TOKEN_FILE", value_name = "FILE")]
+    forward_token_file: Option<std::path::PathBuf>,
+    /// Hosts HTTP participants may be on: host, host:port, *.domain, [ipv6]:port, comma
+    /// separated; a definition naming another is refused [default: any host]
+    #[arg(long, env = "STRAND_SAGA_PARTICIPANT_HOSTS", value_name = "HOSTS", value_parser = participant_hosts)]
+    participant_hosts: Option<AllowedHosts>,
+    /// PEM CA certificates trusted for HTTPS participants, besides the built-in web roots
+    #[arg(long, env = "STRAND_SAGA_PARTICIPANT_CA_FILE", value_name = "FILE")]
+    participant_ca_file: Option<std::path::PathBuf>,
+    /// PEM client certificate presented to HTTPS participants (with --participant-key-file)
+    #[arg(long, env = "STRAND_SAGA_PARTICIPANT_CERT_FILE", value_name = "FILE")]
+    participant_cert_file: Option<std::path::PathBuf>,
+    /// PEM private key of --participant-cert-file
+    #[arg(long, env = "STRAND_SAGA_PARTICIPANT_KEY_FILE", value_name = "FILE")]
+    participant_key_file: Option<std::path::PathBuf>,
     #[command(flatten)]
     embedded: BrokerArgs,
+}
+
+fn participant_hosts(s: &str) -> Result<AllowedHosts, String> {
+    s.parse()
 }
 
 fn key_value(s: &str) -> Result<(String, String), String> {
@@ -104,9 +168,9 @@ fn key_value(s: &str) -> Result<(String, String), String> {
 
 /// The API's address for other instances: the listening one, or this host's name in its place
 /// when listening on every interface.
-fn advertised(api: SocketAddr) -> String {
+fn advertised(api: SocketAddr, scheme: &str) -> String {
     if !api.ip().is_unspecified() {
-        return format!("http://{api}");
+        return format!("{scheme}://{api}");
     }
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
@@ -114,7 +178,7 @@ fn advertised(api: SocketAddr) -> String {
         .map(|h| h.trim().to_string())
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "127.0.0.1".into());
-    format!("http://{host}:{}", api.port())
+    format!("{scheme}://{host}:{}", api.port())
 }
 
 /// Settings read before anything starts: an error here is a usage error (exit 2).
@@ -124,6 +188,12 @@ struct Settings {
     /// The embedded broker's, when neither `--broker` nor `--kafka-brokers` is given.
     embedded: Option<BrokerConfig>,
     kafka_properties: BTreeMap<String, String>,
+    /// HTTPS for the API, when its certificate is given; loaded here, so that a bad file is a
+    /// configuration error.
+    api_tls: Option<Arc<ServerTls>>,
+    /// Bearer-token verification of the API, when configured.
+    auth: Option<Arc<Verifier>>,
+    participants: ParticipantsConfig,
 }
 
 impl Settings {
@@ -144,10 +214,53 @@ impl Settings {
         if args.kafka_brokers.is_none() && !kafka_properties.is_empty() {
             anyhow::bail!("Kafka properties are given but --kafka-brokers is not");
         }
+        let api_tls = TlsConfig::from_flags(
+            args.api_tls_cert_file.clone(),
+            args.api_tls_key_file.clone(),
+            args.api_tls_client_ca_file.clone(),
+            args.api_tls_client_auth,
+        )
+        .map_err(|e| anyhow::anyhow!("API TLS settings: {e}"))?;
+        let api_tls = match api_tls {
+            Some(config) => Some(
+                ServerTls::with_alpn(config, vec![b"http/1.1".to_vec()])
+                    .context("loading the API's TLS certificate")?,
+            ),
+            None => None,
+        };
+        let jwt_given = args.jwt_issuer.is_some()
+            || args.jwt_audience.is_some()
+            || !args.jwt_key_files.is_empty()
+            || args.jwt_jwks_file.is_some();
+        let auth = if jwt_given {
+            let config = JwtConfig {
+                issuer: args.jwt_issuer.clone().unwrap_or_default(),
+                audience: args.jwt_audience.clone().unwrap_or_default(),
+                key_files: args.jwt_key_files.clone(),
+                jwks_file: args.jwt_jwks_file.clone(),
+                leeway_s: args.jwt_leeway_s,
+                ..JwtConfig::default()
+            };
+            Some(Arc::new(
+                Verifier::load(config).context("the API's JWT settings")?,
+            ))
+        } else {
+            None
+        };
+        let tls = ParticipantTls {
+            ca_file: args.participant_ca_file.clone(),
+            cert_file: args.participant_cert_file.clone(),
+            key_file: args.participant_key_file.clone(),
+        };
+        let participants = ParticipantsConfig::new(args.participant_hosts.clone(), &tls)
+            .context("participant settings")?;
         Ok(Settings {
             args,
             embedded,
             kafka_properties,
+            api_tls,
+            auth,
+            participants,
         })
     }
 }
@@ -185,6 +298,9 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         args,
         embedded,
         kafka_properties,
+        api_tls,
+        auth,
+        participants,
     } = settings;
     let embedded = match embedded {
         Some(config) => Some(RunningBroker::start(config).await?),
@@ -207,7 +323,12 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         (None, None, Some(b)) => (
             "strand",
             ClusterConfig::Strand {
-                address: b.native_addr.to_string(),
+                // The embedded broker's PLAINTEXT listener when it has one (the orchestrator
+                // connects in-host).
+                address: b
+                    .listener(ListenerKind::Native, SecurityProtocol::Plaintext)
+                    .unwrap_or(b.native_addr)
+                    .to_string(),
             },
         ),
         (None, None, None) => unreachable!("a broker is embedded"),
@@ -227,6 +348,7 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding the API listener on {}", args.api_listen))?;
     let api_addr = listener.local_addr()?;
+    let scheme = if api_tls.is_some() { "https" } else { "http" };
     let instance_id = args.instance_id.clone().unwrap_or_else(|| {
         let id = uuid::Uuid::now_v7().simple().to_string();
         id[id.len() - 12..].to_string()
@@ -262,28 +384,56 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         api_url: args
             .api_advertise
             .clone()
-            .unwrap_or_else(|| advertised(api_addr)),
+            .unwrap_or_else(|| advertised(api_addr, scheme)),
         instance_id: instance_id.clone(),
+        participants,
+        forward_token_file: args.forward_token_file.clone(),
         ..OrchestratorConfig::default()
     };
     let (handle, mut orchestrator) =
         orchestrator::start(journal, config, ownership, shutdown_rx.clone())
             .await
             .context("recovering the orchestrator")?;
+    match &auth {
+        Some(verifier) => {
+            tracing::info!(
+                keys = verifier.keys_loaded(),
+                issuer = %verifier.config().issuer,
+                audience = %verifier.config().audience,
+                "saga API requires bearer tokens"
+            );
+            verifier.clone().watch(shutdown_rx.clone());
+        }
+        None if !api_addr.ip().is_loopback() => tracing::warn!(
+            api = %api_addr,
+            "the saga API is open to anyone who can reach {api_addr}: without --jwt-issuer, \
+             --jwt-audience and keys, anyone may define sagas (which call participant URLs{}), \
+             start, abort and retry sagas and read their inputs and outputs",
+            if args.participant_hosts.is_some() { " on the allowed hosts" } else { " on any host" }
+        ),
+        None => {}
+    }
     let http_config = HttpConfig {
         body_bytes_max: args.body_bytes_max,
+        auth,
         ..HttpConfig::default()
     };
     let app = http::router(handle, &http_config);
     let mut http_shutdown = shutdown_rx.clone();
-    let http_task = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move { strand_saga::stopped(&mut http_shutdown).await })
-            .await
-    });
+    if let Some(tls) = &api_tls {
+        strand_broker::run::spawn_tls_reload_on_sighup(tls.clone(), shutdown_rx.clone())?;
+    }
+    let http_task = tokio::spawn(strand_broker::listener::serve_http(
+        listener,
+        api_tls,
+        HTTPS_HANDSHAKE_TIMEOUT,
+        app,
+        async move { strand_saga::stopped(&mut http_shutdown).await },
+    ));
     // One line with every address, before serving: tests and scripts wait for it.
     tracing::info!(
         api = %api_addr,
+        scheme,
         broker = %cluster_addr,
         instance = %instance_id,
         kafka = %embedded.as_ref().map(|b| b.kafka_addr.to_string()).unwrap_or_default(),

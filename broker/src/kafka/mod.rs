@@ -19,13 +19,19 @@
 //! - `sasl`: SaslHandshake, SaslAuthenticate (both token framings), and the SCRAM user admin
 //!   APIs; until a connection on a SASL listener has authenticated, `connection` lets through
 //!   only ApiVersions and the SASL requests.
+//! - `acls`: CreateAcls, DescribeAcls, DeleteAcls.
+//!
+//! Every handler gets the connection's [`Session`] and asks the broker's
+//! [`crate::security::acl::Authorizer`] what Kafka's broker asks for the same request; a
+//! refusal is answered with the protocol's own code (TOPIC_, GROUP_ or
+//! CLUSTER_AUTHORIZATION_FAILED) and changes nothing.
 
+mod acls;
 mod admin;
 mod data;
 mod groups;
 mod sasl;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -34,20 +40,20 @@ use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::api_versions_response::ApiVersion;
 use kafka_protocol::messages::{
     AddOffsetsToTxnResponse, ApiKey, ApiVersionsResponse, ConsumerGroupHeartbeatResponse,
-    EndTxnResponse, GetTelemetrySubscriptionsResponse, RequestHeader, RequestKind, ResponseHeader,
-    ResponseKind, SaslAuthenticateResponse,
+    DescribeUserScramCredentialsResponse, EndTxnResponse, GetTelemetrySubscriptionsResponse,
+    RequestHeader, RequestKind, ResponseHeader, ResponseKind, SaslAuthenticateResponse,
 };
 use kafka_protocol::protocol::{Decodable, Encodable};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::budget::{Budget, Charge};
-use crate::listener::{self, stopped, Admission};
+use crate::listener::{self, stopped, Admission, AdvertisedListener, BoundListener};
 use crate::log::LogError;
+use crate::security::acl::{Operation, ResourceType};
 use crate::security::sasl::{Authenticator, TOKEN_BYTES_MAX};
-use crate::security::{SecurityProtocol, Session};
+use crate::security::{ListenerSpec, SecurityProtocol, Session};
 use crate::service::{Broker, ServiceError};
 use crate::topics::TopicError;
 
@@ -55,7 +61,7 @@ use crate::topics::TopicError;
 const NODE_ID: i32 = 0;
 
 /// Requests served, with the versions this listener speaks (within what the crate encodes).
-pub const SUPPORTED: [(ApiKey, i16, i16); 22] = [
+pub const SUPPORTED: [(ApiKey, i16, i16); 25] = [
     // Advertised from v0 although v0-v2 (legacy message sets) are refused: librdkafka up to
     // 2.11 enables gzip, snappy and lz4 only when the broker lists Produce v0 (it checks the
     // range [0, 0]); with v3 as the minimum it silently sends everything uncompressed.
@@ -84,6 +90,10 @@ pub const SUPPORTED: [(ApiKey, i16, i16); 22] = [
     (ApiKey::SaslAuthenticate, 0, 2),
     (ApiKey::DescribeUserScramCredentials, 0, 0),
     (ApiKey::AlterUserScramCredentials, 0, 0),
+    // Every version the crate encodes (librdkafka sends v1 of each).
+    (ApiKey::CreateAcls, 1, 3),
+    (ApiKey::DescribeAcls, 1, 3),
+    (ApiKey::DeleteAcls, 1, 3),
 ];
 
 pub(crate) use crate::topics::is_internal_topic;
@@ -106,17 +116,19 @@ pub struct KafkaConfig {
     pub fetch_bytes_max: usize,
     /// Bytes in flight across every connection (shared with the native listener).
     pub budget: Budget,
-    /// `host:port` clients are told to connect to (Metadata). By default the bound address,
-    /// with 127.0.0.1 in place of an unspecified IP (0.0.0.0 cannot be connected to).
+    /// `host:port` clients of the PLAINTEXT listener are told to connect to (Metadata,
+    /// FindCoordinator) unless `advertised_listeners` names one for PLAINTEXT. By default each
+    /// listener's bound address, with 127.0.0.1 in place of an unspecified IP.
     pub advertised: Option<String>,
+    /// Per protocol, the address clients of the listener with that protocol are told to
+    /// connect to, as Kafka's `advertised.listeners`.
+    pub advertised_listeners: Vec<AdvertisedListener>,
     /// Create topics that Metadata requests name and that do not exist.
     pub auto_create_topics: bool,
     /// Partitions of auto-created topics and of CreateTopics asking for the default.
     pub default_partitions: u32,
     /// Topics one Metadata request may auto-create.
     pub metadata_auto_create_topics_max: u32,
-    /// How connections are secured. Default PLAINTEXT.
-    pub protocol: SecurityProtocol,
     /// Users and SASL mechanisms: what SASL listeners authenticate against and what the SCRAM
     /// user APIs change. `None`: no user store, every SASL handshake fails.
     pub authenticator: Option<Arc<Authenticator>>,
@@ -134,10 +146,10 @@ impl Default for KafkaConfig {
             fetch_bytes_max: 50 << 20,
             budget: Budget::default(),
             advertised: None,
+            advertised_listeners: Vec::new(),
             auto_create_topics: true,
             default_partitions: 1,
             metadata_auto_create_topics_max: 100,
-            protocol: SecurityProtocol::Plaintext,
             authenticator: None,
         }
     }
@@ -152,38 +164,82 @@ struct Context {
     advertised: (String, i32),
 }
 
-/// Serves Kafka clients until shutdown.
+impl Context {
+    /// Whether the session may do `operation` to the resource.
+    fn allowed(
+        &self,
+        session: &Session,
+        operation: Operation,
+        resource_type: ResourceType,
+        name: &str,
+    ) -> bool {
+        self.broker
+            .authorizer
+            .authorize(session, operation, resource_type, name)
+    }
+
+    fn allowed_on_topic(&self, session: &Session, operation: Operation, topic: &str) -> bool {
+        self.allowed(session, operation, ResourceType::Topic, topic)
+    }
+
+    fn allowed_on_group(&self, session: &Session, operation: Operation, group: &str) -> bool {
+        self.allowed(session, operation, ResourceType::Group, group)
+    }
+
+    fn allowed_on_cluster(&self, session: &Session, operation: Operation) -> bool {
+        self.broker.authorizer.authorize_cluster(session, operation)
+    }
+}
+
+/// Serves Kafka clients on every listener until shutdown. Each listener advertises its own
+/// address (see [`KafkaConfig::advertised_listeners`]); the connection caps count the
+/// connections of all of them together.
 pub async fn serve(
-    listener: TcpListener,
+    listeners: Vec<BoundListener>,
     broker: Broker,
     config: KafkaConfig,
     shutdown: watch::Receiver<bool>,
 ) {
-    let advertised = advertised_address(
-        config.advertised.as_deref(),
-        listener.local_addr().expect("bound listener"),
-    );
     let admission = Admission::new(
         "kafka",
         config.connections_max,
         config.connections_per_ip_max,
         broker.metrics.clone(),
     );
-    let context = Arc::new(Context {
-        broker,
-        config,
-        advertised,
+    let served = listeners.into_iter().map(|bound| {
+        let advertised = advertised_address(&config, bound.spec);
+        let context = Arc::new(Context {
+            broker: broker.clone(),
+            config: config.clone(),
+            advertised,
+        });
+        let shutdown = shutdown.clone();
+        listener::serve(
+            bound,
+            admission.clone(),
+            config.request_timeout,
+            shutdown.clone(),
+            move |stream, session| connection(stream, session, context.clone(), shutdown.clone()),
+        )
     });
-    let serve_shutdown = shutdown.clone();
-    listener::serve(listener, admission, serve_shutdown, move |socket, peer| {
-        let session = Session::new(context.config.protocol, peer);
-        connection(socket, session, context.clone(), shutdown.clone())
-    })
-    .await;
+    futures::future::join_all(served).await;
 }
 
-/// The (host, port) to advertise.
-fn advertised_address(configured: Option<&str>, bound: SocketAddr) -> (String, i32) {
+/// The (host, port) a listener advertises: the advertised listener with its protocol, else
+/// for a PLAINTEXT listener the single `advertised` address, else the bound address with
+/// 127.0.0.1 in place of an unspecified IP (0.0.0.0 cannot be connected to).
+fn advertised_address(config: &KafkaConfig, bound: ListenerSpec) -> (String, i32) {
+    if let Some(a) = config
+        .advertised_listeners
+        .iter()
+        .find(|a| a.protocol == bound.protocol)
+    {
+        return (a.host.clone(), i32::from(a.port));
+    }
+    let configured = config
+        .advertised
+        .as_deref()
+        .filter(|_| bound.protocol == SecurityProtocol::Plaintext);
     if let Some((host, port)) = configured.and_then(|a| a.rsplit_once(':')) {
         if let Ok(port) = port.parse() {
             return (host.to_string(), port);
@@ -192,16 +248,16 @@ fn advertised_address(configured: Option<&str>, bound: SocketAddr) -> (String, i
     if configured.is_some() {
         tracing::warn!(advertised = ?configured, "ignoring an advertised address that is not host:port");
     }
-    let host = if bound.ip().is_unspecified() {
+    let host = if bound.addr.ip().is_unspecified() {
         "127.0.0.1".to_string()
     } else {
-        bound.ip().to_string()
+        bound.addr.ip().to_string()
     };
-    (host, bound.port() as i32)
+    (host, i32::from(bound.addr.port()))
 }
 
-async fn connection(
-    mut socket: TcpStream,
+async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
+    mut socket: S,
     mut session: Session,
     context: Arc<Context>,
     mut shutdown: watch::Receiver<bool>,
@@ -369,8 +425,8 @@ async fn connection(
 }
 
 /// Writes one answer within the write timeout.
-async fn write_answer(
-    socket: &mut TcpStream,
+async fn write_answer<S: AsyncWrite + Unpin>(
+    socket: &mut S,
     out: &[u8],
     config: &KafkaConfig,
 ) -> Result<(), String> {
@@ -518,42 +574,69 @@ async fn handle(
         .map_or_else(String::new, |c| c.to_string());
     Some(match request {
         RequestKind::ApiVersions(_) => ResponseKind::ApiVersions(api_versions(0)),
-        RequestKind::Metadata(r) => ResponseKind::Metadata(data::metadata(cx, r, version).await),
-        RequestKind::Produce(r) => ResponseKind::Produce(data::produce(cx, r).await?),
-        RequestKind::ListOffsets(r) => ResponseKind::ListOffsets(data::list_offsets(cx, r).await),
+        RequestKind::Metadata(r) => {
+            ResponseKind::Metadata(data::metadata(cx, session, r, version).await)
+        }
+        RequestKind::Produce(r) => ResponseKind::Produce(data::produce(cx, session, r).await?),
+        RequestKind::ListOffsets(r) => {
+            ResponseKind::ListOffsets(data::list_offsets(cx, session, r).await)
+        }
         RequestKind::FindCoordinator(r) => {
-            ResponseKind::FindCoordinator(groups::find_coordinator(cx, r))
+            ResponseKind::FindCoordinator(groups::find_coordinator(cx, session, r, version))
         }
         RequestKind::JoinGroup(r) => {
-            ResponseKind::JoinGroup(groups::join(cx, r, version, client_id).await)
+            ResponseKind::JoinGroup(groups::join(cx, session, r, version, client_id).await)
         }
-        RequestKind::SyncGroup(r) => ResponseKind::SyncGroup(groups::sync(cx, r).await),
-        RequestKind::Heartbeat(r) => ResponseKind::Heartbeat(groups::heartbeat(cx, r)),
-        RequestKind::LeaveGroup(r) => ResponseKind::LeaveGroup(groups::leave(cx, r)),
+        RequestKind::SyncGroup(r) => ResponseKind::SyncGroup(groups::sync(cx, session, r).await),
+        RequestKind::Heartbeat(r) => ResponseKind::Heartbeat(groups::heartbeat(cx, session, r)),
+        RequestKind::LeaveGroup(r) => ResponseKind::LeaveGroup(groups::leave(cx, session, r)),
         RequestKind::OffsetCommit(r) => {
-            ResponseKind::OffsetCommit(groups::offset_commit(cx, r).await)
+            ResponseKind::OffsetCommit(groups::offset_commit(cx, session, r).await)
         }
         RequestKind::OffsetFetch(r) => {
-            ResponseKind::OffsetFetch(groups::offset_fetch(cx, r, version))
+            ResponseKind::OffsetFetch(groups::offset_fetch(cx, session, r, version))
         }
-        RequestKind::ListGroups(_) => ResponseKind::ListGroups(groups::list(cx)),
-        RequestKind::DescribeGroups(r) => ResponseKind::DescribeGroups(groups::describe(cx, r)),
+        RequestKind::ListGroups(_) => ResponseKind::ListGroups(groups::list(cx, session)),
+        RequestKind::DescribeGroups(r) => {
+            ResponseKind::DescribeGroups(groups::describe(cx, session, r))
+        }
         RequestKind::CreateTopics(r) => {
-            ResponseKind::CreateTopics(admin::create_topics(cx, r).await)
+            ResponseKind::CreateTopics(admin::create_topics(cx, session, r).await)
         }
         RequestKind::DeleteTopics(r) => {
-            ResponseKind::DeleteTopics(admin::delete_topics(cx, r, version).await)
+            ResponseKind::DeleteTopics(admin::delete_topics(cx, session, r, version).await)
         }
-        RequestKind::InitProducerId(r) => ResponseKind::InitProducerId(admin::init_producer_id(r)),
+        RequestKind::InitProducerId(r) => {
+            ResponseKind::InitProducerId(admin::init_producer_id(cx, session, r))
+        }
+        RequestKind::CreateAcls(r) => {
+            ResponseKind::CreateAcls(acls::create_acls(cx, session, r).await)
+        }
+        RequestKind::DescribeAcls(r) => {
+            ResponseKind::DescribeAcls(acls::describe_acls(cx, session, r))
+        }
+        RequestKind::DeleteAcls(r) => {
+            ResponseKind::DeleteAcls(acls::delete_acls(cx, session, r).await)
+        }
         RequestKind::DescribeCluster(_) => {
             ResponseKind::DescribeCluster(data::describe_cluster(cx))
         }
-        RequestKind::DescribeUserScramCredentials(r) => {
-            ResponseKind::DescribeUserScramCredentials(sasl::describe_user_scram_credentials(cx, r))
-        }
-        RequestKind::AlterUserScramCredentials(r) => {
-            ResponseKind::AlterUserScramCredentials(sasl::alter_user_scram_credentials(cx, r).await)
-        }
+        // As Kafka: describing users needs Describe on the cluster, changing them Alter.
+        RequestKind::DescribeUserScramCredentials(r) => ResponseKind::DescribeUserScramCredentials(
+            if cx.allowed_on_cluster(session, Operation::Describe) {
+                sasl::describe_user_scram_credentials(cx, r)
+            } else {
+                DescribeUserScramCredentialsResponse::default()
+                    .with_error_code(ResponseError::ClusterAuthorizationFailed.code())
+            },
+        ),
+        RequestKind::AlterUserScramCredentials(r) => ResponseKind::AlterUserScramCredentials(
+            if cx.allowed_on_cluster(session, Operation::Alter) {
+                sasl::alter_user_scram_credentials(cx, r).await
+            } else {
+                sasl::refuse_user_scram_changes(r, ResponseError::ClusterAuthorizationFailed)
+            },
+        ),
         other => {
             // Only requests listed in SUPPORTED are decoded, and each has an arm above (Fetch
             // and the SASL exchange are served by the connection, which keeps its budget
@@ -562,6 +645,16 @@ async fn handle(
             return None;
         }
     })
+}
+
+/// Kafka's code for a refusal of an operation on a resource of this type.
+fn authorization_failed(resource_type: ResourceType) -> ResponseError {
+    match resource_type {
+        ResourceType::Topic => ResponseError::TopicAuthorizationFailed,
+        ResourceType::Group => ResponseError::GroupAuthorizationFailed,
+        ResourceType::Cluster => ResponseError::ClusterAuthorizationFailed,
+        ResourceType::TransactionalId => ResponseError::TransactionalIdAuthorizationFailed,
+    }
 }
 
 /// The Kafka error code for a broker error.
@@ -603,6 +696,7 @@ fn error_code(e: &ServiceError) -> i16 {
             ResponseError::InvalidProducerEpoch
         }
         ServiceError::IdempotentBatchCount => ResponseError::InvalidRecord,
+        ServiceError::Denied(denied) => authorization_failed(denied.resource_type),
         _ => {
             tracing::error!(error = %e, "kafka request failed");
             ResponseError::UnknownServerError

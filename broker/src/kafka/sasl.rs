@@ -263,24 +263,36 @@ pub(super) fn describe_user_scram_credentials(
     DescribeUserScramCredentialsResponse::default().with_results(results)
 }
 
+/// The same error for every user the request names, changing nothing.
+pub(super) fn refuse_user_scram_changes(
+    request: AlterUserScramCredentialsRequest,
+    error: ResponseError,
+) -> AlterUserScramCredentialsResponse {
+    let message = match error {
+        ResponseError::ClusterAuthorizationFailed => "changing users needs Alter on the cluster",
+        _ => "this broker has no user store",
+    };
+    let results = request
+        .deletions
+        .iter()
+        .map(|d| d.name.clone())
+        .chain(request.upsertions.iter().map(|u| u.name.clone()))
+        .map(|name| {
+            AlterUserScramCredentialsResult::default()
+                .with_user(name)
+                .with_error_code(error.code())
+                .with_error_message(text(message))
+        })
+        .collect();
+    AlterUserScramCredentialsResponse::default().with_results(results)
+}
+
 pub(super) async fn alter_user_scram_credentials(
     cx: &Context,
     request: AlterUserScramCredentialsRequest,
 ) -> AlterUserScramCredentialsResponse {
     let Some(authenticator) = &cx.config.authenticator else {
-        let results = request
-            .deletions
-            .iter()
-            .map(|d| d.name.clone())
-            .chain(request.upsertions.iter().map(|u| u.name.clone()))
-            .map(|name| {
-                AlterUserScramCredentialsResult::default()
-                    .with_user(name)
-                    .with_error_code(ResponseError::UnsupportedVersion.code())
-                    .with_error_message(text("this broker has no user store"))
-            })
-            .collect();
-        return AlterUserScramCredentialsResponse::default().with_results(results);
+        return refuse_user_scram_changes(request, ResponseError::UnsupportedVersion);
     };
     let users = authenticator.users.clone();
     // Each user once, in request order: deletions then upsertions, as Kafka applies them.

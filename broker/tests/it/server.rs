@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use strand_broker::group::CoordinatorConfig;
+use strand_broker::listener::BoundListener;
 use strand_broker::log::LogConfig;
 use strand_broker::metrics::Metrics;
 use strand_broker::server::{self, ServerConfig};
@@ -61,7 +62,12 @@ impl TestBroker {
         )
         .unwrap();
         broker.spawn_group_ticker(rx.clone());
-        let task = tokio::spawn(server::serve(listener, broker, config, rx));
+        let task = tokio::spawn(server::serve(
+            vec![BoundListener::plaintext(listener).unwrap()],
+            broker,
+            config,
+            rx,
+        ));
         TestBroker {
             addr,
             shutdown,

@@ -52,6 +52,9 @@ pub enum ErrorCode {
     /// handshake), or any other request before authentication on a SASL listener; the broker
     /// closes the connection after this answer.
     IllegalSaslState = 25,
+    /// The connection's principal may not do this; the message names the operation and the
+    /// resource. Nothing was changed.
+    AuthorizationFailed = 26,
 }
 
 impl ErrorCode {
@@ -83,6 +86,7 @@ impl ErrorCode {
             23 => SaslAuthenticationFailed,
             24 => UnsupportedSaslMechanism,
             25 => IllegalSaslState,
+            26 => AuthorizationFailed,
             _ => Internal,
         }
     }

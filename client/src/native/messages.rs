@@ -36,10 +36,13 @@ pub enum ApiKey {
     UpsertUser = 20,
     DeleteUser = 21,
     ListUsers = 22,
+    CreateAcls = 23,
+    DescribeAcls = 24,
+    DeleteAcls = 25,
 }
 
 impl ApiKey {
-    pub const ALL: [ApiKey; 23] = [
+    pub const ALL: [ApiKey; 26] = [
         ApiKey::Handshake,
         ApiKey::CreateTopic,
         ApiKey::DeleteTopic,
@@ -63,10 +66,14 @@ impl ApiKey {
         ApiKey::UpsertUser,
         ApiKey::DeleteUser,
         ApiKey::ListUsers,
+        ApiKey::CreateAcls,
+        ApiKey::DescribeAcls,
+        ApiKey::DeleteAcls,
     ];
 
+    /// The request type with this number; the numbers have gaps (see `docs/native-protocol.md`).
     pub fn from_u16(key: u16) -> Option<ApiKey> {
-        ApiKey::ALL.get(key as usize).copied()
+        ApiKey::ALL.into_iter().find(|k| *k as u16 == key)
     }
 
     /// Versions of this request this implementation speaks.
@@ -99,6 +106,9 @@ impl ApiKey {
             ApiKey::UpsertUser => "upsert_user",
             ApiKey::DeleteUser => "delete_user",
             ApiKey::ListUsers => "list_users",
+            ApiKey::CreateAcls => "create_acls",
+            ApiKey::DescribeAcls => "describe_acls",
+            ApiKey::DeleteAcls => "delete_acls",
         }
     }
 }
@@ -242,6 +252,146 @@ pub enum Request {
         mechanism: String,
     },
     ListUsers,
+    /// Adds ACL bindings: all of them, or none (the error says why).
+    CreateAcls {
+        bindings: Vec<AclBinding>,
+    },
+    /// The bindings the filter matches.
+    DescribeAcls {
+        filter: AclBindingFilter,
+    },
+    /// Removes the bindings any of the filters match, and answers with them.
+    DeleteAcls {
+        filters: Vec<AclBindingFilter>,
+    },
+}
+
+/// One ACL binding, with Kafka's codes: resource type 2 topic, 3 group, 4 cluster, 5
+/// transactional id; pattern type 3 literal, 4 prefixed; operation 2 all, 3 read, 4 write,
+/// 5 create, 6 delete, 7 alter, 8 describe, 9 cluster action, 10 describe configs, 11 alter
+/// configs, 12 idempotent write; permission 2 deny, 3 allow.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AclBinding {
+    pub resource_type: u8,
+    pub resource_name: String,
+    pub pattern_type: u8,
+    /// `User:alice`, or `User:*` for every user.
+    pub principal: String,
+    /// An IP address, or `*` for every host.
+    pub host: String,
+    pub operation: u8,
+    pub permission: u8,
+}
+
+/// Selects ACL bindings, with Kafka's filter codes: 1 is "any" for the resource type, pattern
+/// type, operation and permission; pattern type 2 ("match") selects every binding that applies
+/// to the named resource (its literal name, `*`, its prefixes). `None` strings match any value.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct AclBindingFilter {
+    pub resource_type: u8,
+    pub resource_name: Option<String>,
+    pub pattern_type: u8,
+    pub principal: Option<String>,
+    pub host: Option<String>,
+    pub operation: u8,
+    pub permission: u8,
+}
+
+impl AclBindingFilter {
+    /// Matches every binding.
+    pub fn any() -> AclBindingFilter {
+        AclBindingFilter {
+            resource_type: 1,
+            resource_name: None,
+            pattern_type: 1,
+            principal: None,
+            host: None,
+            operation: 1,
+            permission: 1,
+        }
+    }
+}
+
+fn put_acl(buf: &mut BytesMut, b: &AclBinding) {
+    buf.put_u8(b.resource_type);
+    put_string(buf, &b.resource_name);
+    buf.put_u8(b.pattern_type);
+    put_string(buf, &b.principal);
+    put_string(buf, &b.host);
+    buf.put_u8(b.operation);
+    buf.put_u8(b.permission);
+}
+
+fn get_acl(r: &mut Reader) -> Result<AclBinding, DecodeError> {
+    Ok(AclBinding {
+        resource_type: r.u8("resource_type")?,
+        resource_name: r.string("resource_name")?,
+        pattern_type: r.u8("pattern_type")?,
+        principal: r.string("principal")?,
+        host: r.string("host")?,
+        operation: r.u8("operation")?,
+        permission: r.u8("permission")?,
+    })
+}
+
+/// Encoded size of the smallest binding: four one-byte codes and three empty strings.
+const ACL_BYTES_MIN: usize = 10;
+
+fn put_acls(buf: &mut BytesMut, bindings: &[AclBinding]) {
+    buf.put_u32(bindings.len() as u32);
+    for b in bindings {
+        put_acl(buf, b);
+    }
+}
+
+fn get_acls(r: &mut Reader, what: &'static str) -> Result<Vec<AclBinding>, DecodeError> {
+    let n = r.count(what, ACL_BYTES_MIN)?;
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        out.push(get_acl(r)?);
+    }
+    Ok(out)
+}
+
+/// An optional string: a presence byte (0 or 1), then the string if present.
+fn put_opt_string(buf: &mut BytesMut, s: &Option<String>) {
+    match s {
+        None => buf.put_u8(0),
+        Some(s) => {
+            buf.put_u8(1);
+            put_string(buf, s);
+        }
+    }
+}
+
+fn get_opt_string(r: &mut Reader, what: &'static str) -> Result<Option<String>, DecodeError> {
+    Ok(if r.bool(what)? {
+        Some(r.string(what)?)
+    } else {
+        None
+    })
+}
+
+fn put_acl_filter(buf: &mut BytesMut, f: &AclBindingFilter) {
+    buf.put_u8(f.resource_type);
+    put_opt_string(buf, &f.resource_name);
+    buf.put_u8(f.pattern_type);
+    put_opt_string(buf, &f.principal);
+    put_opt_string(buf, &f.host);
+    buf.put_u8(f.operation);
+    buf.put_u8(f.permission);
+}
+
+fn get_acl_filter(r: &mut Reader) -> Result<AclBindingFilter, DecodeError> {
+    Ok(AclBindingFilter {
+        resource_type: r.u8("resource_type")?,
+        resource_name: get_opt_string(r, "resource_name")?,
+        pattern_type: r.u8("pattern_type")?,
+        principal: get_opt_string(r, "principal")?,
+        host: get_opt_string(r, "host")?,
+        operation: r.u8("operation")?,
+        permission: r.u8("permission")?,
+    })
 }
 
 /// A user and the SCRAM mechanisms (with iteration counts) it has credentials for.
@@ -360,6 +510,9 @@ impl Request {
             Request::UpsertUser { .. } => ApiKey::UpsertUser,
             Request::DeleteUser { .. } => ApiKey::DeleteUser,
             Request::ListUsers => ApiKey::ListUsers,
+            Request::CreateAcls { .. } => ApiKey::CreateAcls,
+            Request::DescribeAcls { .. } => ApiKey::DescribeAcls,
+            Request::DeleteAcls { .. } => ApiKey::DeleteAcls,
         }
     }
 
@@ -538,6 +691,14 @@ impl Request {
                 put_string(buf, mechanism);
             }
             Request::ListUsers => {}
+            Request::CreateAcls { bindings } => put_acls(buf, bindings),
+            Request::DescribeAcls { filter } => put_acl_filter(buf, filter),
+            Request::DeleteAcls { filters } => {
+                buf.put_u32(filters.len() as u32);
+                for f in filters {
+                    put_acl_filter(buf, f);
+                }
+            }
         }
         frame::end_frame(buf, at);
     }
@@ -710,6 +871,21 @@ impl Request {
                 mechanism: r.string("mechanism")?,
             },
             ApiKey::ListUsers => Request::ListUsers,
+            ApiKey::CreateAcls => Request::CreateAcls {
+                bindings: get_acls(&mut r, "bindings")?,
+            },
+            ApiKey::DescribeAcls => Request::DescribeAcls {
+                filter: get_acl_filter(&mut r)?,
+            },
+            ApiKey::DeleteAcls => {
+                // Four codes and three absent strings.
+                let n = r.count("filters", 7)?;
+                let mut filters = Vec::with_capacity(n);
+                for _ in 0..n {
+                    filters.push(get_acl_filter(&mut r)?);
+                }
+                Request::DeleteAcls { filters }
+            }
         };
         r.finish()?;
         Ok(request)
@@ -772,6 +948,8 @@ pub enum ResponseBody {
     /// SaslAuthenticate: the server's next token (empty after PLAIN).
     SaslToken(Bytes),
     Users(Vec<UserEntry>),
+    /// DescribeAcls: the bindings matched; DeleteAcls: the bindings removed.
+    Acls(Vec<AclBinding>),
 }
 
 /// A response: an error code with a human message, then the body when the code is `None`.
@@ -943,6 +1121,7 @@ impl Response {
                             buf.put_i64(o.lag);
                         }
                     }
+                    ResponseBody::Acls(bindings) => put_acls(buf, bindings),
                 }
             }
         }
@@ -981,7 +1160,11 @@ impl Response {
             | ApiKey::DeleteTopic
             | ApiKey::Subscribe
             | ApiKey::Unsubscribe
-            | ApiKey::AddCredit => ResponseBody::Empty,
+            | ApiKey::AddCredit
+            | ApiKey::CreateAcls => ResponseBody::Empty,
+            ApiKey::DescribeAcls | ApiKey::DeleteAcls => {
+                ResponseBody::Acls(get_acls(&mut r, "bindings")?)
+            }
             ApiKey::ListTopics => {
                 let n = r.count("topics", 23)?;
                 let mut topics = Vec::with_capacity(n);

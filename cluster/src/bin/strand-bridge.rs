@@ -11,11 +11,16 @@ use std::process::ExitCode;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use anyhow::Context;
 use axum::routing::get;
 use axum::{Json, Router};
 use clap::Parser;
+use strand_broker::security::tls::{ClientAuth, ServerTls, TlsConfig};
 use strand_cluster::bridge::{self, config::BridgeConfig, RouteStats};
 use tokio::sync::watch;
+
+/// A TLS handshake on the HTTPS port must finish within this.
+const HTTPS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 #[derive(Debug, Parser)]
 #[command(
@@ -30,6 +35,23 @@ struct Args {
     /// /health and /metrics [default: the file's http_listen, else 127.0.0.1:7185]
     #[arg(long, env = "STRAND_BRIDGE_HTTP_LISTEN", value_name = "ADDR")]
     http_listen: Option<SocketAddr>,
+    /// Serve /health and /metrics over HTTPS with this PEM certificate (and chain) [default:
+    /// the file's http_tls.cert_file, else plain HTTP]
+    #[arg(long, env = "STRAND_BRIDGE_HTTP_TLS_CERT_FILE", value_name = "FILE")]
+    http_tls_cert_file: Option<PathBuf>,
+    /// PEM private key of --http-tls-cert-file
+    #[arg(long, env = "STRAND_BRIDGE_HTTP_TLS_KEY_FILE", value_name = "FILE")]
+    http_tls_key_file: Option<PathBuf>,
+    /// PEM bundle of the CAs HTTPS client certificates must chain to
+    #[arg(
+        long,
+        env = "STRAND_BRIDGE_HTTP_TLS_CLIENT_CA_FILE",
+        value_name = "FILE"
+    )]
+    http_tls_client_ca_file: Option<PathBuf>,
+    /// HTTPS client certificates: none, requested or required [default: none]
+    #[arg(long, env = "STRAND_BRIDGE_HTTP_TLS_CLIENT_AUTH", value_name = "MODE")]
+    http_tls_client_auth: Option<ClientAuth>,
     /// How often source positions are checkpointed, in ms [default: the file's, else 1000]
     #[arg(long, env = "STRAND_BRIDGE_CHECKPOINT_INTERVAL_MS")]
     checkpoint_interval_ms: Option<u64>,
@@ -47,6 +69,20 @@ fn main() -> ExitCode {
     };
     if let Some(a) = args.http_listen {
         config.http_listen = a;
+    }
+    // Flags replace the file's [http_tls] as a whole, so that the two never mix.
+    match TlsConfig::from_flags(
+        args.http_tls_cert_file.clone(),
+        args.http_tls_key_file.clone(),
+        args.http_tls_client_ca_file.clone(),
+        args.http_tls_client_auth,
+    ) {
+        Ok(Some(tls)) => config.http_tls = Some(tls),
+        Ok(None) => {}
+        Err(e) => {
+            eprintln!("strand-bridge: HTTPS: {e}");
+            return ExitCode::from(2);
+        }
     }
     if let Some(ms) = args.checkpoint_interval_ms {
         config.checkpoint_interval_ms = ms.max(1);
@@ -105,6 +141,16 @@ async fn run(config: BridgeConfig) -> anyhow::Result<()> {
         .map(|r| (r.id(), Arc::default()))
         .collect();
     let (stop, stopped) = watch::channel(false);
+    let tls = match &config.http_tls {
+        Some(tls) => Some(
+            ServerTls::with_alpn(tls.clone(), vec![b"http/1.1".to_vec()])
+                .context("loading the HTTPS certificate")?,
+        ),
+        None => None,
+    };
+    if let Some(tls) = &tls {
+        strand_broker::run::spawn_tls_reload_on_sighup(tls.clone(), stopped.clone())?;
+    }
     let listener = tokio::net::TcpListener::bind(config.http_listen).await?;
     let http_addr = listener.local_addr()?;
     let health_stats = stats.clone();
@@ -131,16 +177,19 @@ async fn run(config: BridgeConfig) -> anyhow::Result<()> {
             }),
         );
     let mut http_stop = stopped.clone();
-    tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = http_stop.wait_for(|s| *s).await;
-            })
-            .await
-    });
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tokio::spawn(strand_broker::listener::serve_http(
+        listener,
+        tls,
+        HTTPS_HANDSHAKE_TIMEOUT,
+        app,
+        async move {
+            let _ = http_stop.wait_for(|s| *s).await;
+        },
+    ));
     let routes: Vec<String> = config.routes().iter().map(|r| r.id()).collect();
     let mut bridge = tokio::spawn(bridge::run(config, stats, stopped));
-    tracing::info!(http = %http_addr, ?routes, "strand-bridge running");
+    tracing::info!(http = %http_addr, scheme, ?routes, "strand-bridge running");
     tokio::select! {
         () = strand_broker::run::shutdown_signal() => {}
         result = &mut bridge => {

@@ -40,6 +40,10 @@ pub struct BridgeConfig {
     /// `/health` and `/metrics`.
     #[serde(default = "default_http_listen")]
     pub http_listen: SocketAddr,
+    /// HTTPS on `http_listen` (`cert_file`, `key_file`, `client_ca_file`, `client_auth`, as the
+    /// broker's `[tls]`). Default none: plain HTTP.
+    #[serde(default)]
+    pub http_tls: Option<strand_broker::security::tls::TlsConfig>,
     pub clusters: BTreeMap<String, ClusterConfig>,
     #[serde(rename = "routes")]
     pub route_specs: Vec<RouteSpec>,
@@ -116,6 +120,9 @@ impl BridgeConfig {
         }
         if self.in_flight_max == 0 || self.checkpoint_interval_ms == 0 {
             return Err("in_flight_max and checkpoint_interval_ms must be above 0".into());
+        }
+        if let Some(tls) = &self.http_tls {
+            tls.validate(true).map_err(|e| format!("http_tls: {e}"))?;
         }
         for (i, r) in self.route_specs.iter().enumerate() {
             for (side, e) in [("from", &r.from), ("to", &r.to)] {

@@ -3,3 +3,4 @@
 mod bridge;
 mod librdkafka;
 mod support;
+mod tls;

@@ -54,6 +54,14 @@ impl Drop for ChildProcess {
 /// Starts `command` with its log on a pipe and waits (at most a minute) for a line containing
 /// `marker`; later warnings and errors are passed on to the test's output.
 pub(crate) fn spawn_until(command: &mut Command, marker: &'static str) -> ChildProcess {
+    spawn_until_line(command, marker).0
+}
+
+/// Like [`spawn_until`], also returning the line with `marker`.
+pub(crate) fn spawn_until_line(
+    command: &mut Command,
+    marker: &'static str,
+) -> (ChildProcess, String) {
     let mut child = command
         .env("RUST_LOG", "info")
         .stderr(Stdio::piped())
@@ -67,13 +75,13 @@ pub(crate) fn spawn_until(command: &mut Command, marker: &'static str) -> ChildP
                 eprintln!("child: {line}");
             }
             if line.contains(marker) {
-                let _ = started.send(());
+                let _ = started.send(line);
             }
         }
     });
     let child = ChildProcess(child);
-    wait_started
+    let line = wait_started
         .recv_timeout(Duration::from_secs(60))
         .expect("the child never logged its start line");
-    child
+    (child, line)
 }

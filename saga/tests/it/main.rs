@@ -1,10 +1,12 @@
 //! Integration tests of the saga orchestrator, one binary with a module per subject.
 
+mod auth;
 mod broker_participants;
 mod consistency;
 mod crash;
 mod http_api;
 mod kafka_journal;
 mod support;
+mod tls;
 mod triggers;
 mod usage;

@@ -116,6 +116,7 @@ pub async fn run(n_records: u64, record_bytes: usize, partitions: u32) -> anyhow
         create_topics: true,
         in_flight_max: 10_000,
         http_listen: "127.0.0.1:0".parse()?,
+        http_tls: None,
         clusters: BTreeMap::from([
             (
                 "a".to_string(),

@@ -22,6 +22,7 @@ use bytes::Bytes;
 use clap::{Parser, Subcommand};
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
+use strand_broker::listener::BoundListener;
 use strand_broker::log::{FsyncPolicy, LogConfig};
 use strand_broker::metrics::Metrics;
 use strand_broker::server::{self, ServerConfig};
@@ -251,13 +252,17 @@ impl EmbeddedBroker {
             broker.spawn_group_ticker(rx.clone());
         }
         let kafka_task = runtime.spawn(strand_broker::kafka::serve(
-            kafka_listener,
+            vec![BoundListener::plaintext(kafka_listener)?],
             broker.clone(),
             strand_broker::kafka::KafkaConfig::default(),
             rx.clone(),
         ));
-        let native_task =
-            runtime.spawn(server::serve(listener, broker, ServerConfig::default(), rx));
+        let native_task = runtime.spawn(server::serve(
+            vec![BoundListener::plaintext(listener)?],
+            broker,
+            ServerConfig::default(),
+            rx,
+        ));
         let task = runtime.spawn(async move {
             let _ = native_task.await;
             let _ = kafka_task.await;
