@@ -509,7 +509,7 @@ async fn librdkafka_produces_and_consumes_over_ssl_with_and_without_a_client_cer
         .await
         .unwrap()
     };
-    assert_eq!(metadata, [bootstrap.clone()]);
+    assert_eq!(metadata, std::slice::from_ref(&bootstrap));
 
     rdkafka_round_trip(kafka_ssl(&bootstrap, &ca, None), "k-ssl", "g-ssl").await;
     rdkafka_round_trip(kafka_ssl(&bootstrap, &ca, Some(&alice)), "k-mtls", "g-mtls").await;
