@@ -2,5 +2,6 @@
 
 mod bridge;
 mod librdkafka;
+mod strand_sasl;
 mod support;
 mod tls;
