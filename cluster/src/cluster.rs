@@ -31,13 +31,8 @@ const KAFKA_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
 pub enum ClusterConfig {
-    /// A Strand broker, through its native protocol; `sasl` logs in to a broker whose native
-    /// listener is `SASL_*`.
-    Strand {
-        address: String,
-        #[serde(default)]
-        sasl: Option<StrandSasl>,
-    },
+    /// A Strand broker, through its native protocol.
+    Strand { address: String },
     /// A Kafka-protocol cluster through librdkafka; `properties` go to librdkafka unchanged
     /// (`security.protocol`, `sasl.*`, `ssl.*`, ...).
     Kafka {
@@ -45,34 +40,6 @@ pub enum ClusterConfig {
         #[serde(default)]
         properties: BTreeMap<String, String>,
     },
-}
-
-/// A SASL login to a Strand broker. The password is read from a file when connecting, so that
-/// it is neither in the configuration nor in a process listing.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct StrandSasl {
-    /// `SCRAM-SHA-512` (the default), `SCRAM-SHA-256` or `PLAIN`.
-    #[serde(default = "default_sasl_mechanism")]
-    pub mechanism: String,
-    pub username: String,
-    /// A file whose first line is the password.
-    pub password_file: std::path::PathBuf,
-}
-
-fn default_sasl_mechanism() -> String {
-    "SCRAM-SHA-512".into()
-}
-
-impl StrandSasl {
-    /// The client's login settings, with the password read from its file.
-    pub fn resolve(&self) -> Result<strand_client::SaslConfig, String> {
-        Ok(strand_client::SaslConfig {
-            mechanism: self.mechanism.parse()?,
-            username: self.username.clone(),
-            password: strand_client::sasl::read_password_file(&self.password_file)?,
-        })
-    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -182,19 +149,12 @@ impl Cluster {
     /// Connects and checks the cluster answers (a bad address fails here, at start).
     pub async fn connect(name: &str, config: &ClusterConfig) -> Result<Cluster, SideError> {
         match config {
-            ClusterConfig::Strand { address, sasl } => {
+            ClusterConfig::Strand { address } => {
                 let strand = |source| SideError::Strand {
                     cluster: name.to_string(),
                     source,
                 };
-                let mut client_config = ClientConfig::default();
-                if let Some(sasl) = sasl {
-                    client_config.connection.sasl = Some(
-                        sasl.resolve()
-                            .map_err(|e| strand(ClientError::Invalid(e)))?,
-                    );
-                }
-                let client = Client::connect(address.clone(), client_config)
+                let client = Client::connect(address.clone(), ClientConfig::default())
                     .await
                     .map_err(strand)?;
                 client.admin().list_topics().await.map_err(strand)?;

@@ -19,7 +19,7 @@ use strand_broker::run::RunningBroker;
 use strand_broker::security::jwt::{JwtConfig, Verifier};
 use strand_broker::security::tls::{ClientAuth, ServerTls, TlsConfig};
 use strand_broker::security::SecurityProtocol;
-use strand_cluster::{properties, Cluster, ClusterConfig, StrandSasl};
+use strand_cluster::{properties, Cluster, ClusterConfig};
 use strand_saga::breaker::BreakerConfig;
 use strand_saga::http::{self, HttpConfig};
 use strand_saga::journal::Journal;
@@ -43,29 +43,6 @@ struct Args {
         conflicts_with = "kafka_brokers"
     )]
     broker: Option<String>,
-    /// SASL user to log in to the --broker as (its native listener is SASL_*).
-    #[arg(
-        long,
-        env = "STRAND_SAGA_BROKER_USER",
-        requires = "broker",
-        requires = "broker_password_file"
-    )]
-    broker_user: Option<String>,
-    /// File whose first line is the --broker-user's password.
-    #[arg(
-        long,
-        env = "STRAND_SAGA_BROKER_PASSWORD_FILE",
-        value_name = "FILE",
-        requires = "broker_user"
-    )]
-    broker_password_file: Option<std::path::PathBuf>,
-    /// SASL mechanism for --broker-user: SCRAM-SHA-512, SCRAM-SHA-256 or PLAIN.
-    #[arg(
-        long,
-        env = "STRAND_SAGA_BROKER_SASL_MECHANISM",
-        default_value = "SCRAM-SHA-512"
-    )]
-    broker_sasl_mechanism: String,
     /// A Kafka-protocol cluster to keep the journal on (through librdkafka) instead of a Strand
     /// broker; several instances then share the journal's partitions.
     #[arg(long, env = "STRAND_SAGA_KAFKA_BROKERS", value_name = "HOST:PORT[,..]")]
@@ -341,15 +318,6 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
             "strand",
             ClusterConfig::Strand {
                 address: address.clone(),
-                sasl: match (&args.broker_user, &args.broker_password_file) {
-                    (Some(username), Some(password_file)) => Some(StrandSasl {
-                        mechanism: args.broker_sasl_mechanism.clone(),
-                        username: username.clone(),
-                        password_file: password_file.clone(),
-                    }),
-                    // clap requires both together.
-                    _ => None,
-                },
             },
         ),
         (None, None, Some(b)) => (
@@ -361,14 +329,13 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
                     .listener(ListenerKind::Native, SecurityProtocol::Plaintext)
                     .unwrap_or(b.native_addr)
                     .to_string(),
-                sasl: None,
             },
         ),
         (None, None, None) => unreachable!("a broker is embedded"),
     };
     let cluster_addr = match &config {
         ClusterConfig::Kafka { bootstrap, .. } => bootstrap.clone(),
-        ClusterConfig::Strand { address, .. } => address.clone(),
+        ClusterConfig::Strand { address } => address.clone(),
     };
     let cluster = Cluster::connect(name, &config)
         .await

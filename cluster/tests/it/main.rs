@@ -2,6 +2,5 @@
 
 mod bridge;
 mod librdkafka;
-mod strand_sasl;
 mod support;
 mod tls;

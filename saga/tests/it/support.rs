@@ -210,13 +210,7 @@ async fn connect(broker: &RunningBroker, kafka: bool) -> Arc<Cluster> {
         )
     } else {
         let address = broker.native_addr.to_string();
-        (
-            "strand",
-            ClusterConfig::Strand {
-                address,
-                sasl: None,
-            },
-        )
+        ("strand", ClusterConfig::Strand { address })
     };
     Arc::new(Cluster::connect(name, &config).await.unwrap())
 }
