@@ -410,10 +410,12 @@ pub struct BrokerArgs {
     /// ACL bindings stored at most [default: 10000]
     #[arg(long, env = "STRAND_ACL_BINDINGS_MAX", value_name = "N")]
     pub acl_bindings_max: Option<usize>,
+    /// What to do instead of serving (user administration while the broker is stopped).
+    #[command(subcommand)]
+    pub command: Option<BrokerCommand>,
 }
 
-/// `strand-broker` subcommands; without one, the broker serves. Kept out of [`BrokerArgs`],
-/// which `strand-saga` flattens into its own flags.
+/// `strand-broker` subcommands; without one, the broker serves.
 #[derive(Debug, Clone, clap::Subcommand)]
 pub enum BrokerCommand {
     /// SCRAM users in the data directory, edited offline: the first user must exist before

@@ -312,6 +312,7 @@ async fn the_session_principal_is_the_client_certificates_common_name() {
             peer,
             SecurityProtocol::Ssl,
             Some(&tls),
+            true,
             Duration::from_secs(5),
         )
         .await
