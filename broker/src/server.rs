@@ -1075,7 +1075,10 @@ async fn users_request(config: &ServerConfig, request: Request) -> Response {
         );
     };
     let users = authenticator.users.clone();
-    let mechanism = |name: &str| name.parse::<ScramMechanism>();
+    let mechanism = |name: &str| {
+        name.parse::<ScramMechanism>()
+            .map_err(|e| Box::new(Response::error(ErrorCode::InvalidRequest, e)))
+    };
     let change = match request {
         Request::ListUsers => {
             return Response::Ok(ResponseBody::Users(
@@ -1102,7 +1105,7 @@ async fn users_request(config: &ServerConfig, request: Request) -> Response {
         } => {
             let m = match mechanism(&m) {
                 Ok(m) => m,
-                Err(e) => return Response::error(ErrorCode::InvalidRequest, e),
+                Err(response) => return *response,
             };
             let credential =
                 StoredCredential::from_salted_password(m, &salted_password, &salt, iterations);
@@ -1119,7 +1122,7 @@ async fn users_request(config: &ServerConfig, request: Request) -> Response {
                 "" => None,
                 m => match mechanism(m) {
                     Ok(m) => Some(m),
-                    Err(e) => return Response::error(ErrorCode::InvalidRequest, e),
+                    Err(response) => return *response,
                 },
             };
             tokio::task::spawn_blocking(move || users.delete(&name, m)).await

@@ -178,6 +178,14 @@ struct Args {
     /// PEM private key of --participant-cert-file
     #[arg(long, env = "STRAND_SAGA_PARTICIPANT_KEY_FILE", value_name = "FILE")]
     participant_key_file: Option<std::path::PathBuf>,
+    /// The folder secret files of participants' `auth` must be in
+    #[arg(
+        long,
+        env = "STRAND_SAGA_PARTICIPANT_SECRETS_DIR",
+        value_name = "DIR",
+        default_value = strand_saga::participants::SECRETS_DIR_DEFAULT
+    )]
+    participant_secrets_dir: std::path::PathBuf,
     #[command(flatten)]
     embedded: BrokerArgs,
 }
@@ -279,8 +287,12 @@ impl Settings {
             cert_file: args.participant_cert_file.clone(),
             key_file: args.participant_key_file.clone(),
         };
-        let participants = ParticipantsConfig::new(args.participant_hosts.clone(), &tls)
-            .context("participant settings")?;
+        let participants = ParticipantsConfig::new(
+            args.participant_hosts.clone(),
+            &tls,
+            args.participant_secrets_dir.clone(),
+        )
+        .context("participant settings")?;
         Ok(Settings {
             args,
             embedded,

@@ -13,6 +13,7 @@
 mod bridge;
 mod kafka;
 mod saga;
+mod tls;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -102,6 +103,16 @@ enum Command {
         #[arg(long)]
         kafka: bool,
     },
+    /// The throughput runs over plaintext and over TLS on one broker, native client and
+    /// librdkafka: records/s each way and the TLS/plaintext ratio.
+    Tls {
+        #[arg(long, default_value_t = 1_000_000)]
+        records: u64,
+        #[arg(long, default_value_t = 100)]
+        record_bytes: usize,
+        #[arg(long, default_value_t = 4)]
+        partitions: u32,
+    },
     /// Produce at a fixed rate and measure produce-to-consume latency (push consumer).
     Latency {
         #[arg(long, default_value_t = 10_000)]
@@ -137,6 +148,12 @@ fn main() -> anyhow::Result<()> {
             record_bytes,
             partitions,
         } => return runtime()?.block_on(bridge::run(records, record_bytes, partitions.max(1))),
+        // Its broker (with TLS listeners) runs on a runtime of its own, as the embedded one.
+        Command::Tls {
+            records,
+            record_bytes,
+            partitions,
+        } => return tls::run(records, record_bytes, partitions.max(1)),
         _ => {}
     }
     // The embedded broker gets its own runtime so that client and broker do not share workers.
@@ -185,6 +202,7 @@ fn main() -> anyhow::Result<()> {
                 linger_ms,
             } => throughput(
                 &addr,
+                &ClientConfig::default(),
                 client,
                 records,
                 record_bytes,
@@ -200,7 +218,7 @@ fn main() -> anyhow::Result<()> {
                 seconds,
                 record_bytes,
             } => latency(client, rate, seconds, record_bytes).await,
-            Command::Saga { .. } | Command::Bridge { .. } => {
+            Command::Saga { .. } | Command::Bridge { .. } | Command::Tls { .. } => {
                 unreachable!("handled before a broker is started")
             }
         }
@@ -318,6 +336,7 @@ async fn compare_kafka(
     println!("native client, one producer:");
     let native = throughput(
         addr,
+        &ClientConfig::default(),
         client.clone(),
         n_records,
         record_bytes,
@@ -344,6 +363,7 @@ async fn compare_kafka(
     let rdkafka = tokio::task::spawn_blocking(move || {
         kafka::throughput(
             &bootstrap,
+            &[],
             &kafka_topic,
             n_records,
             record_bytes,
@@ -385,6 +405,7 @@ async fn compare_kafka(
 #[allow(clippy::too_many_arguments)]
 async fn throughput(
     addr: &str,
+    client_config: &ClientConfig,
     client: Client,
     n_records: u64,
     record_bytes: usize,
@@ -416,7 +437,7 @@ async fn throughput(
     let mut tasks = Vec::new();
     let per_producer = n_records.div_ceil(n_producers as u64);
     for p in 0..n_producers {
-        let client = Client::connect(addr.to_string(), ClientConfig::default()).await?;
+        let client = Client::connect(addr.to_string(), client_config.clone()).await?;
         let topic = topic.clone();
         let value = value.clone();
         let progress = progress.clone();
