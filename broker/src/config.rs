@@ -906,6 +906,88 @@ mod tests {
     }
 
     #[test]
+    fn sasl_settings_come_from_the_file_and_flags_and_bad_ones_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("strand.toml");
+        std::fs::write(
+            &file,
+            "kafka_listen_protocol = \"SASL_PLAINTEXT\"\nsasl_enabled_mechanisms = [\"SCRAM-SHA-512\"]\nscram_iterations_default = 8192\n",
+        )
+        .unwrap();
+        let args = BrokerArgs::parse_from([
+            "strand-broker",
+            "--config",
+            file.to_str().unwrap(),
+            "--listen-protocol",
+            "sasl_plaintext",
+        ]);
+        let config = BrokerConfig::load(&args).unwrap();
+        assert_eq!(config.listen_protocol, SecurityProtocol::SaslPlaintext);
+        assert_eq!(
+            config.kafka_listen_protocol,
+            SecurityProtocol::SaslPlaintext
+        );
+        assert_eq!(
+            config.sasl_mechanisms().unwrap(),
+            vec!["SCRAM-SHA-512".parse().unwrap()]
+        );
+        assert_eq!(config.users_config().iterations_default, 8192);
+        let args = BrokerArgs::parse_from([
+            "strand-broker",
+            "--sasl-enabled-mechanisms",
+            "PLAIN,SCRAM-SHA-256",
+        ]);
+        assert_eq!(
+            BrokerConfig::load(&args)
+                .unwrap()
+                .sasl_mechanisms()
+                .unwrap()
+                .len(),
+            2
+        );
+        for (bad, named) in [
+            (
+                BrokerConfig {
+                    sasl_enabled_mechanisms: vec!["GSSAPI".into()],
+                    ..BrokerConfig::default()
+                },
+                "GSSAPI",
+            ),
+            (
+                BrokerConfig {
+                    sasl_enabled_mechanisms: vec![],
+                    ..BrokerConfig::default()
+                },
+                "at least one",
+            ),
+            (
+                BrokerConfig {
+                    sasl_enabled_mechanisms: vec!["PLAIN".into(), "plain".into()],
+                    ..BrokerConfig::default()
+                },
+                "twice",
+            ),
+            (
+                BrokerConfig {
+                    scram_iterations_default: 1000,
+                    ..BrokerConfig::default()
+                },
+                "scram_iterations_default",
+            ),
+            (
+                BrokerConfig {
+                    kafka_listen_protocol: SecurityProtocol::SaslSsl,
+                    ..BrokerConfig::default()
+                },
+                "tls.cert_file",
+            ),
+        ] {
+            let err = bad.validate().unwrap_err().to_string();
+            assert!(err.contains(named), "{err}");
+        }
+    }
+
+    #[test]
     fn bad_settings_say_what_is_wrong() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("strand.toml");

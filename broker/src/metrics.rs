@@ -19,6 +19,13 @@ pub struct RequestLabel {
     pub request: &'static str,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SaslLabel {
+    pub mechanism: &'static str,
+    /// `ok` or `failed`.
+    pub result: &'static str,
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 /// Latency buckets from 10 µs to about 10 s.
@@ -42,6 +49,9 @@ pub struct Metrics {
     pub poisoned_partitions: Gauge,
     /// Sealed segments whose files are open, across all partitions (set when scraped).
     pub open_sealed_segments: Gauge,
+    /// SASL logins on either listener, by mechanism and result: a climbing `failed` count is
+    /// someone guessing passwords (or a client with a stale one).
+    pub sasl_authentications: Family<SaslLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -59,6 +69,7 @@ impl Default for Metrics {
             fsync_seconds: latency_histogram(),
             poisoned_partitions: Gauge::default(),
             open_sealed_segments: Gauge::default(),
+            sasl_authentications: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -111,6 +122,11 @@ impl Default for Metrics {
             "fsync_duration_seconds",
             "Time of one group-commit fsync pass",
             metrics.fsync_seconds.clone(),
+        );
+        registry.register(
+            "sasl_authentications",
+            "SASL logins on the native and Kafka listeners, by mechanism and result (ok, failed)",
+            metrics.sasl_authentications.clone(),
         );
         Metrics {
             registry,

@@ -139,6 +139,7 @@ impl RunningBroker {
             users: Arc::new(users),
             mechanisms: config.sasl_mechanisms()?,
             failure_delay: Duration::from_millis(config.sasl_failure_delay_ms),
+            metrics: metrics.clone(),
         });
 
         // Keys before any listener: a key file that cannot be read stops the start.

@@ -63,12 +63,11 @@ pub(super) fn handshake(
     request: SaslHandshakeRequest,
     version: i16,
 ) -> Answer<SaslHandshakeResponse> {
-    let mechanisms = cx
-        .config
-        .authenticator
-        .as_ref()
-        .map(|a| a.mechanism_names())
-        .unwrap_or_default();
+    // Only a SASL listener has mechanisms to offer.
+    let mechanisms = match &cx.config.authenticator {
+        Some(a) if session.protocol.uses_sasl() => a.mechanism_names(),
+        _ => Vec::new(),
+    };
     let listed = mechanisms
         .iter()
         .map(|m| StrBytes::from_static_str(m))
@@ -326,6 +325,20 @@ pub(super) async fn alter_user_scram_credentials(
                 ResponseError::UnsupportedSaslMechanism,
                 format!("unknown SCRAM mechanism {mechanism}"),
             ));
+        }
+    }
+    for u in &request.upsertions {
+        if let Some(m) = ScramMechanism::from_kafka_type(u.mechanism) {
+            if u.salted_password.len() != m.hash_bytes() {
+                errors.entry(u.name.to_string()).or_insert((
+                    ResponseError::UnacceptableCredential,
+                    format!(
+                        "a {m} salted password is {} bytes, not {}",
+                        m.hash_bytes(),
+                        u.salted_password.len()
+                    ),
+                ));
+            }
         }
     }
     let deletions: Vec<(String, ScramMechanism)> = request

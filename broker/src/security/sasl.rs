@@ -14,6 +14,7 @@ use strand_client::sasl::{parse_plain, Mechanism};
 use strand_client::scram::{ClientFirst, ScramError, ScramMechanism, ScramServer};
 
 use super::users::Users;
+use crate::metrics::{Metrics, SaslLabel};
 
 /// Longest SASL token a client may send, in bytes. Real ones are under 300 bytes.
 pub const TOKEN_BYTES_MAX: usize = 8192;
@@ -26,6 +27,8 @@ pub struct Authenticator {
     pub mechanisms: Vec<Mechanism>,
     /// How long a failed authentication waits before it is answered.
     pub failure_delay: Duration,
+    /// Where logins are counted (`strand_sasl_authentications_total`).
+    pub metrics: Arc<Metrics>,
 }
 
 impl Authenticator {
@@ -92,11 +95,24 @@ impl Exchange {
         token: &[u8],
     ) -> Result<Step, AuthenticationFailed> {
         let result = self.step_inner(auth, token).await;
+        let count = |result| {
+            auth.metrics
+                .sasl_authentications
+                .get_or_create(&SaslLabel {
+                    mechanism: self.mechanism.name(),
+                    result,
+                })
+                .inc();
+        };
         match &result {
             Ok(Step::Continue(_)) => {}
-            Ok(Step::Done { .. }) => self.state = State::Finished,
+            Ok(Step::Done { .. }) => {
+                self.state = State::Finished;
+                count("ok");
+            }
             Err(e) => {
                 self.state = State::Finished;
+                count("failed");
                 tracing::info!(mechanism = %self.mechanism, reason = %e, "SASL authentication failed");
                 tokio::time::sleep(auth.failure_delay).await;
             }
@@ -194,6 +210,7 @@ mod tests {
             users: Arc::new(users),
             mechanisms: Mechanism::ALL.to_vec(),
             failure_delay: Duration::from_millis(1),
+            metrics: Arc::new(Metrics::default()),
         }
     }
 
@@ -228,6 +245,15 @@ mod tests {
         let unknown = scram(&auth, "mallory", "guess").await.unwrap_err();
         assert_eq!(wrong, unknown);
         assert!(wrong.contains("invalid credentials"), "{wrong}");
+        let text = auth.metrics.render();
+        assert!(
+            text.contains(
+                r#"strand_sasl_authentications_total{mechanism="SCRAM-SHA-512",result="ok"} 1"#
+            ) && text.contains(
+                r#"strand_sasl_authentications_total{mechanism="SCRAM-SHA-512",result="failed"} 2"#
+            ),
+            "{text}"
+        );
     }
 
     #[tokio::test]

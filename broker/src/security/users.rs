@@ -14,6 +14,7 @@
 use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -420,7 +421,21 @@ pub fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), User
     let tmp = dir.join(format!("{name}.tmp"));
     let path = dir.join(name);
     let written = (|| {
-        let mut file = File::create(&tmp).map_err(UsersError::io(&tmp))?;
+        // Owner-only: the keys allow an offline dictionary attack on the passwords. A leftover
+        // from a crash is removed first, so that the mode applies.
+        match fs::remove_file(&tmp) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(UsersError::io(&tmp)(e))
+            }
+            _ => {}
+        }
+        let mut file = File::options()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(UsersError::io(&tmp))?;
         file.write_all(bytes).map_err(UsersError::io(&tmp))?;
         file.sync_all().map_err(UsersError::io(&tmp))?;
         fs::rename(&tmp, &path).map_err(UsersError::io(&path))
@@ -456,8 +471,14 @@ mod tests {
             .upsert_password("bob", ScramMechanism::Sha256, "builder", None)
             .unwrap();
         drop(users);
-        let text = fs::read_to_string(dir.path().join("security/users.json")).unwrap();
+        let path = dir.path().join("security/users.json");
+        let text = fs::read_to_string(&path).unwrap();
         assert!(!text.contains("wonderland") && text.contains("stored_key"));
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         let users = store(dir.path());
         assert_eq!(
             users.list(),

@@ -62,7 +62,7 @@ async fn metric(broker: &BrokerProcess, name: &str) -> f64 {
 }
 
 /// A value from `/metrics`, `None` before it was first recorded (labelled series).
-async fn metric_if_any(broker: &BrokerProcess, name: &str) -> Option<f64> {
+pub(crate) async fn metric_if_any(broker: &BrokerProcess, name: &str) -> Option<f64> {
     let mut s = TcpStream::connect(&broker.http_addr).await.unwrap();
     s.write_all(b"GET /metrics HTTP/1.1\r\nHost: strand\r\nConnection: close\r\n\r\n")
         .await

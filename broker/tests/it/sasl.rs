@@ -245,6 +245,16 @@ async fn wrong_passwords_and_unknown_users_are_refused_and_nothing_is_produced()
         );
     }
     assert!(native_values(&broker.addr, "refused").await.is_empty());
+    // Operators see the refusals (librdkafka retries, so at least one per client).
+    let failed = |mechanism: &str| {
+        let name = format!(
+            r#"strand_sasl_authentications_total{{mechanism="{mechanism}",result="failed"}}"#
+        );
+        let broker = &broker;
+        async move { super::hostile::metric_if_any(broker, &name).await }
+    };
+    assert!(failed("SCRAM-SHA-512").await.unwrap_or(0.0) >= 2.0);
+    assert!(failed("PLAIN").await.unwrap_or(0.0) >= 1.0);
 }
 
 /// Frames one Kafka request (length prefix included).
@@ -674,6 +684,7 @@ async fn kafka_user_scram_apis_create_users_librdkafka_can_use() {
         .with_upsertions(vec![
             upsertion("carol", 4096, m.salted_password(b"carol-pw", &salt, 4096)),
             upsertion("dave", 10, m.salted_password(b"dave-pw", &salt, 10)),
+            upsertion("erin", 4096, b"too short".to_vec()),
         ])
         .with_deletions(vec![
             kafka_protocol::messages::alter_user_scram_credentials_request::ScramCredentialDeletion::default()
@@ -692,7 +703,8 @@ async fn kafka_user_scram_apis_create_users_librdkafka_can_use() {
         [
             ("nobody".to_string(), 91),
             ("carol".to_string(), 0),
-            ("dave".to_string(), 93)
+            ("dave".to_string(), 93),
+            ("erin".to_string(), 93)
         ],
         "RESOURCE_NOT_FOUND, ok, UNACCEPTABLE_CREDENTIAL"
     );
@@ -737,4 +749,271 @@ async fn kafka_user_scram_apis_create_users_librdkafka_can_use() {
         .await
         .unwrap_or_else(|(e, _)| panic!("carol cannot produce: {e}"));
     assert_eq!(native_values(&broker.addr, "carols").await, ["hi"]);
+}
+
+/// Debian's interpreter, where python3-kafka lives and where `bash .ci/run` installs aiokafka.
+const PYTHON: &str = "/usr/bin/python3";
+
+/// kafka-python (SaslHandshake v0 and bare tokens), aiokafka, kafkajs and kcat (Debian's
+/// librdkafka 2.0), clients nobody here wrote, log in with each mechanism, produce and consume;
+/// with a wrong password each is refused (kafkajs, on SaslAuthenticate, with
+/// SASL_AUTHENTICATION_FAILED) and its topic never comes to exist.
+#[test]
+fn kafka_python_aiokafka_kafkajs_and_kcat_log_in_and_are_refused() {
+    let peers = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers");
+    let kafkajs = format!("require('{peers}/node_modules/kafkajs')");
+    for (program, flag, check) in [
+        (PYTHON, "-c", "import kafka"),
+        (PYTHON, "-c", "import aiokafka"),
+        ("node", "-e", kafkajs.as_str()),
+    ] {
+        let present = Command::new(program)
+            .args([flag, check])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        assert!(
+            present,
+            "{check} fails for {program}: bash .ci/run installs it"
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let broker = sasl_broker(dir.path());
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/sasl_clients.py");
+    let python = |client: &str, mechanism: &str, password: &str, topic: &str| {
+        let out = Command::new("timeout")
+            .args(["120", PYTHON, script, client, &broker.kafka_addr, mechanism])
+            .args(["alice", password, topic])
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        )
+    };
+    let node = |mechanism: &str, password: &str, topic: &str| {
+        let out = Command::new("timeout")
+            .args([
+                "120",
+                "node",
+                &format!("{peers}/kafkajs_sasl.js"),
+                &broker.kafka_addr,
+            ])
+            .args([&mechanism.to_lowercase(), "alice", password, topic])
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        )
+    };
+    let kcat = |mechanism: &str, password: &str, args: &[&str], input: &str| {
+        let mut child = Command::new("timeout")
+            .args(["60", "kcat", "-b", &broker.kafka_addr])
+            .args(["-X", "security.protocol=SASL_PLAINTEXT"])
+            .args(["-X", &format!("sasl.mechanism={mechanism}")])
+            .args(["-X", "sasl.username=alice"])
+            .args(["-X", &format!("sasl.password={password}")])
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(&mut child.stdin.take().unwrap(), input.as_bytes()).unwrap();
+        child.wait_with_output().unwrap()
+    };
+    for mechanism in ["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"] {
+        for client in ["kafka-python", "aiokafka"] {
+            let topic = format!("{client}-{}", mechanism.to_lowercase());
+            assert_eq!(
+                python(client, mechanism, ALICE_PASSWORD, &topic),
+                (Some(0), "ok 3".to_string()),
+                "{client} with {mechanism}"
+            );
+        }
+        let topic = format!("kafkajs-{}", mechanism.to_lowercase());
+        assert_eq!(
+            node(mechanism, ALICE_PASSWORD, &topic),
+            (Some(0), "ok 3".to_string()),
+            "kafkajs with {mechanism}"
+        );
+        let topic = format!("kcat-{}", mechanism.to_lowercase());
+        let produced = kcat(mechanism, ALICE_PASSWORD, &["-P", "-t", &topic], "a\nb\n");
+        assert!(
+            produced.status.success(),
+            "kcat {mechanism}: {}",
+            String::from_utf8_lossy(&produced.stderr)
+        );
+        let consumed = kcat(
+            mechanism,
+            ALICE_PASSWORD,
+            &["-C", "-t", &topic, "-o", "beginning", "-e", "-q"],
+            "",
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&consumed.stdout),
+            "a\nb\n",
+            "kcat {mechanism}"
+        );
+    }
+    for client in ["kafka-python", "aiokafka"] {
+        let (code, out) = python(client, "SCRAM-SHA-512", "guess", "refused");
+        assert_eq!(code, Some(3), "{client}: {out}");
+        assert!(out.starts_with("refused"), "{client}: {out}");
+    }
+    assert_eq!(
+        node("SCRAM-SHA-512", "guess", "refused"),
+        (
+            Some(3),
+            "refused KafkaJSSASLAuthenticationError".to_string()
+        )
+    );
+    let refused = kcat("SCRAM-SHA-512", "guess", &["-P", "-t", "refused"], "x\n");
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("Authentication failure"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    // Nothing the refused clients sent reached the broker: not even the topic exists.
+    let password_file = dir.path().join("alice.password");
+    let described = run_cli(
+        &strand_cli(),
+        &broker.addr,
+        &[
+            "--user",
+            "alice",
+            "--password-file",
+            password_file.to_str().unwrap(),
+            "topic",
+            "describe",
+            "refused",
+        ],
+        b"",
+    );
+    assert!(!described.status.success());
+    assert!(String::from_utf8_lossy(&described.stderr).contains("UnknownTopicOrPartition"));
+}
+
+/// Native user requests with bad input are refused with a clear error and change nothing; an
+/// oversized token fails the login and closes the connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn native_user_requests_refuse_bad_input() {
+    use strand_client::native::Request;
+    let dir = tempfile::tempdir().unwrap();
+    let broker = sasl_broker(dir.path());
+    let client = native_client(&broker.addr, alice(Mechanism::Plain))
+        .await
+        .unwrap();
+    let m = ScramMechanism::Sha256;
+    let salted = Bytes::from(m.salted_password(b"pw", b"salt", 4096));
+    let upsert = |name: &str, mechanism: &str, iterations: u32, salt: &[u8], salted: Bytes| {
+        Request::UpsertUser {
+            name: name.into(),
+            mechanism: mechanism.into(),
+            iterations,
+            salt: Bytes::copy_from_slice(salt),
+            salted_password: salted,
+        }
+    };
+    for (request, expected) in [
+        (
+            upsert("eve", "SCRAM-SHA-1", 4096, b"salt", salted.clone()),
+            "SCRAM-SHA-1",
+        ),
+        (
+            upsert("eve", "SCRAM-SHA-256", 100, b"salt", salted.clone()),
+            "iteration count",
+        ),
+        (
+            upsert("eve", "SCRAM-SHA-256", 4096, b"", salted.clone()),
+            "salt",
+        ),
+        (
+            upsert(
+                "eve",
+                "SCRAM-SHA-256",
+                4096,
+                b"salt",
+                Bytes::from_static(b"short"),
+            ),
+            "32 bytes",
+        ),
+        (
+            upsert("", "SCRAM-SHA-256", 4096, b"salt", salted.clone()),
+            "must not be empty",
+        ),
+        (
+            upsert(
+                &"e".repeat(300),
+                "SCRAM-SHA-256",
+                4096,
+                b"salt",
+                salted.clone(),
+            ),
+            "limit of 256",
+        ),
+        (
+            upsert("e\u{7}ve", "SCRAM-SHA-256", 4096, b"salt", salted.clone()),
+            "control",
+        ),
+        (
+            Request::DeleteUser {
+                name: "nobody".into(),
+                mechanism: String::new(),
+            },
+            "no user",
+        ),
+    ] {
+        match client.request(request).await {
+            Err(ClientError::Broker { code, message }) => {
+                assert_eq!(code, ErrorCode::InvalidRequest, "{message}");
+                assert!(
+                    message.contains(expected),
+                    "{message} should say {expected}"
+                );
+            }
+            other => panic!("accepted: {other:?}"),
+        }
+    }
+    let users = client.admin().list_users().await.unwrap();
+    let names: Vec<&str> = users.iter().map(|u| u.name.as_str()).collect();
+    assert_eq!(names, ["alice"], "nothing changed");
+
+    // A salted credential made by the client works for a SCRAM login.
+    client
+        .request(upsert("eve", "SCRAM-SHA-256", 4096, b"salt", salted))
+        .await
+        .unwrap();
+    let eve = SaslConfig {
+        mechanism: Mechanism::Scram(m),
+        username: "eve".into(),
+        password: "pw".into(),
+    };
+    native_client(&broker.addr, Some(eve)).await.unwrap();
+
+    let anonymous = native_client(&broker.addr, None).await.unwrap();
+    let connection = anonymous.connection().await.unwrap();
+    connection
+        .request(Request::SaslHandshake {
+            mechanism: "PLAIN".into(),
+        })
+        .await
+        .unwrap();
+    let huge = connection
+        .request(Request::SaslAuthenticate {
+            token: Bytes::from(vec![0u8; 1 << 20]),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        huge.code(),
+        Some(ErrorCode::SaslAuthenticationFailed),
+        "{huge}"
+    );
+    assert!(huge.to_string().contains("over the limit"), "{huge}");
+    assert!(
+        connection.request(Request::ListTopics).await.is_err(),
+        "closed after a failed login"
+    );
 }
