@@ -174,7 +174,28 @@ mod tests {
             key_file: None,
             server_name: None,
         };
-        let err = config.connector().unwrap_err().to_string();
+        let err = config.connector().err().unwrap().to_string();
         assert!(err.contains("/nonexistent/ca.pem"), "{err}");
+        let config = ClientTlsConfig {
+            ca_file: "/nonexistent/ca.pem".into(),
+            cert_file: Some("client.pem".into()),
+            key_file: None,
+            server_name: None,
+        };
+        // The CA file is read first; with one that exists, half an identity is refused.
+        let dir = std::env::temp_dir().join(format!("strand-tls-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ca_file = dir.join("ca.pem");
+        std::fs::write(&ca_file, "garbage").unwrap();
+        let err = ClientTlsConfig {
+            ca_file: ca_file.clone(),
+            ..config
+        }
+        .connector()
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(err.contains("CERTIFICATE"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -509,7 +509,7 @@ async fn librdkafka_produces_and_consumes_over_ssl_with_and_without_a_client_cer
         .await
         .unwrap()
     };
-    assert_eq!(metadata, [bootstrap.clone()]);
+    assert_eq!(metadata, [bootstrap.as_str()]);
 
     rdkafka_round_trip(kafka_ssl(&bootstrap, &ca, None), "k-ssl", "g-ssl").await;
     rdkafka_round_trip(kafka_ssl(&bootstrap, &ca, Some(&alice)), "k-mtls", "g-mtls").await;
@@ -618,4 +618,81 @@ async fn listener_settings_that_cannot_work_are_refused() {
     config.native_listeners = vec!["SSL://127.0.0.1:0".parse().unwrap()];
     let err = format!("{:#}", RunningBroker::start(config).await.unwrap_err());
     assert!(err.contains("c.pem"), "{err}");
+}
+
+/// The real binary reloads its certificate on SIGHUP (the file check is set to once an hour, so
+/// only the signal can have done it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_certificate_of_the_running_binary() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = Ca::new(dir.path(), "first");
+    let second = Ca::new(dir.path(), "second");
+    let (cert, key) = first.issue("broker", "localhost");
+    let config_file = dir.path().join("strand.toml");
+    std::fs::write(
+        &config_file,
+        format!(
+            "native_listeners = [\"PLAINTEXT://127.0.0.1:0\", \"SSL://127.0.0.1:0\"]\n\
+             [tls]\ncert_file = {cert:?}\nkey_file = {key:?}\nreload_check_interval_ms = 3600000\n"
+        ),
+    )
+    .unwrap();
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_strand-broker"));
+    command.args(["--config", config_file.to_str().unwrap()]);
+    command.args(["--data-dir", dir.path().join("data").to_str().unwrap()]);
+    command.args([
+        "--kafka-listen",
+        "127.0.0.1:0",
+        "--http-listen",
+        "127.0.0.1:0",
+    ]);
+    let (child, line) = super::broker_process::spawn_until(&mut command, "strand-broker listening");
+    let child = KillOnDrop(child);
+    let addr = line
+        .split("native=SSL://")
+        .nth(1)
+        .expect("the start line lists the SSL listener")
+        .split([',', ' '])
+        .next()
+        .unwrap()
+        .to_string();
+    Client::connect(addr.clone(), tls_client(&first.ca_file(), None))
+        .await
+        .unwrap();
+
+    let (new_cert, new_key) = second.issue("renewed", "localhost");
+    std::fs::rename(new_key, &key).unwrap();
+    std::fs::rename(new_cert, &cert).unwrap();
+    // Not looked at yet: the old certificate is still served.
+    Client::connect(addr.clone(), tls_client(&first.ca_file(), None))
+        .await
+        .unwrap();
+    let status = std::process::Command::new("kill")
+        .args(["-HUP", &child.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match Client::connect(addr.clone(), tls_client(&second.ca_file(), None)).await {
+            Ok(_) => break,
+            Err(e) if std::time::Instant::now() > deadline => {
+                panic!("the renewed certificate is not served after SIGHUP: {e}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+    assert!(Client::connect(addr, tls_client(&first.ca_file(), None))
+        .await
+        .is_err());
+}
+
+/// Kills the child when the test ends, whatever happened.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
