@@ -696,3 +696,40 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+/// The idle and request timeouts hold on TLS connections too: a client that finishes the
+/// handshake and then says nothing, or starts a frame and never finishes it, is closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_and_unfinished_requests_over_tls_are_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new(dir.path(), "test");
+    let broker = RunningBroker::start(BrokerConfig {
+        idle_timeout_ms: 500,
+        request_timeout_ms: 500,
+        ..config(&dir.path().join("data"), server_tls(&ca, ClientAuth::None))
+    })
+    .await
+    .unwrap();
+    let tls = tls_client(&ca.ca_file(), None).connection.tls.unwrap();
+    for kind in [ListenerKind::Native, ListenerKind::Kafka] {
+        let addr = ssl(&broker, kind);
+        for sent in [&b""[..], &b"\x00\x00\x01\x00\x00"[..]] {
+            let socket = TcpStream::connect(&addr).await.unwrap();
+            let mut stream = tls.connect(&addr, socket).await.unwrap();
+            stream.write_all(sent).await.unwrap();
+            stream.flush().await.unwrap();
+            let started = std::time::Instant::now();
+            let read =
+                tokio::time::timeout(Duration::from_secs(10), stream.read(&mut [0u8; 64])).await;
+            assert!(
+                matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+                "{kind} after {sent:?}: {read:?}"
+            );
+            assert!(
+                started.elapsed() >= Duration::from_millis(400),
+                "{kind} after {sent:?}: closed before the timeout"
+            );
+        }
+    }
+    broker.stop().await.unwrap();
+}
