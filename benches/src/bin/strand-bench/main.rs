@@ -22,16 +22,17 @@ use bytes::Bytes;
 use clap::{Parser, Subcommand};
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
-use strand_broker::listener::BoundListener;
+use strand_broker::listener::{BoundListener, ListenerKind};
 use strand_broker::log::{FsyncPolicy, LogConfig};
 use strand_broker::metrics::Metrics;
+use strand_broker::security::tls::{ServerTls, TlsConfig};
 use strand_broker::server::{self, ServerConfig};
 use strand_broker::service::Broker;
 use strand_broker::topics::Topics;
 use strand_client::consumer::Delivery;
 use strand_client::{
-    Acks, Client, ClientConfig, Consumer, ConsumerConfig, Producer, ProducerConfig, ProducerRecord,
-    TopicSettings,
+    Acks, Client, ClientConfig, ClientTlsConfig, Consumer, ConsumerConfig, Producer,
+    ProducerConfig, ProducerRecord, TopicSettings,
 };
 
 #[derive(Debug, Parser)]
@@ -76,6 +77,25 @@ enum Command {
         #[arg(long, default_value_t = 4)]
         partitions: u32,
         /// none, leader or durable (librdkafka acks 0, 1 or all).
+        #[arg(long, default_value = "leader")]
+        acks: String,
+        #[arg(long, default_value_t = 5)]
+        linger_ms: u64,
+    },
+    /// The throughput run twice on one in-process broker: through its PLAINTEXT native
+    /// listener, then through its SSL one (a P-256 certificate made at start); prints both and
+    /// their ratio.
+    Tls {
+        #[arg(long, default_value_t = 1_000_000)]
+        records: u64,
+        #[arg(long, default_value_t = 100)]
+        record_bytes: usize,
+        #[arg(long, default_value_t = 4)]
+        partitions: u32,
+        /// Concurrent producers, each with its own connection.
+        #[arg(long, default_value_t = 2)]
+        producers: usize,
+        /// none, leader or durable.
         #[arg(long, default_value = "leader")]
         acks: String,
         #[arg(long, default_value_t = 5)]
@@ -176,6 +196,27 @@ fn main() -> anyhow::Result<()> {
                 )
                 .await
             }
+            Command::Tls {
+                records,
+                record_bytes,
+                partitions,
+                producers,
+                acks,
+                linger_ms,
+            } => {
+                let embedded = embedded
+                    .as_ref()
+                    .context("tls runs on its own in-process broker, not with --broker")?;
+                let run = Run {
+                    n_records: records,
+                    record_bytes,
+                    partitions,
+                    n_producers: producers,
+                    acks: &acks,
+                    linger_ms,
+                };
+                compare_tls(&addr, client, embedded, &run).await
+            }
             Command::Throughput {
                 records,
                 record_bytes,
@@ -185,6 +226,8 @@ fn main() -> anyhow::Result<()> {
                 linger_ms,
             } => throughput(
                 &addr,
+                &ClientConfig::default(),
+                &format!("bench-{}", std::process::id()),
                 client,
                 records,
                 record_bytes,
@@ -215,6 +258,9 @@ fn main() -> anyhow::Result<()> {
 struct EmbeddedBroker {
     addr: String,
     kafka_addr: String,
+    /// The native SSL listener, and the CA file that verifies its certificate.
+    tls_addr: String,
+    ca_file: std::path::PathBuf,
     runtime: tokio::runtime::Runtime,
     shutdown: tokio::sync::watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
@@ -240,6 +286,8 @@ impl EmbeddedBroker {
         let addr = listener.local_addr()?.to_string();
         let kafka_listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
         let kafka_addr = kafka_listener.local_addr()?.to_string();
+        let (tls_listener, ca_file) = tls_listener(dir.path(), &runtime)?;
+        let tls_addr = tls_listener.spec.addr.to_string();
         let (shutdown, rx) = tokio::sync::watch::channel(false);
         let broker = Broker::new(
             topics.clone(),
@@ -258,7 +306,7 @@ impl EmbeddedBroker {
             rx.clone(),
         ));
         let native_task = runtime.spawn(server::serve(
-            vec![BoundListener::plaintext(listener)?],
+            vec![BoundListener::plaintext(listener)?, tls_listener],
             broker,
             ServerConfig::default(),
             rx,
@@ -270,6 +318,8 @@ impl EmbeddedBroker {
         Ok(EmbeddedBroker {
             addr,
             kafka_addr,
+            tls_addr,
+            ca_file,
             runtime,
             shutdown,
             task,
@@ -283,6 +333,107 @@ impl EmbeddedBroker {
         let _ = self.runtime.block_on(self.task);
         let _ = self.topics.close();
     }
+}
+
+/// A native SSL listener with a certificate for 127.0.0.1 signed by a CA made here; returns it
+/// and the CA's PEM file (both in `dir`).
+fn tls_listener(
+    dir: &std::path::Path,
+    runtime: &tokio::runtime::Runtime,
+) -> anyhow::Result<(BoundListener, std::path::PathBuf)> {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(params, KeyPair::generate()?)?;
+    let key = KeyPair::generate()?;
+    let cert = CertificateParams::new(vec!["127.0.0.1".to_string()])?.signed_by(&key, &ca)?;
+    let (ca_file, cert_file, key_file) = (
+        dir.join("bench-ca.pem"),
+        dir.join("bench.pem"),
+        dir.join("bench.key"),
+    );
+    std::fs::write(&ca_file, ca.pem())?;
+    std::fs::write(&cert_file, cert.pem())?;
+    std::fs::write(&key_file, key.serialize_pem())?;
+    let tls = ServerTls::new(TlsConfig {
+        cert_file: Some(cert_file),
+        key_file: Some(key_file),
+        ..TlsConfig::default()
+    })?;
+    let listener = runtime.block_on(BoundListener::bind(
+        ListenerKind::Native,
+        "SSL://127.0.0.1:0".parse().map_err(anyhow::Error::msg)?,
+        Some(&tls),
+    ))?;
+    Ok((listener, ca_file))
+}
+
+/// One throughput run's shape.
+struct Run<'a> {
+    n_records: u64,
+    record_bytes: usize,
+    partitions: u32,
+    n_producers: usize,
+    acks: &'a str,
+    linger_ms: u64,
+}
+
+/// The same run over the PLAINTEXT and the SSL native listener of one broker.
+async fn compare_tls(
+    addr: &str,
+    client: Client,
+    embedded: &EmbeddedBroker,
+    run: &Run<'_>,
+) -> anyhow::Result<()> {
+    let mut tls_config = ClientConfig::default();
+    tls_config.connection.tls = Some(ClientTlsConfig {
+        ca_file: embedded.ca_file.clone(),
+        cert_file: None,
+        key_file: None,
+        server_name: None,
+    });
+    let pid = std::process::id();
+    let mut rates = Vec::new();
+    for (what, addr, config, client) in [
+        ("PLAINTEXT", addr, ClientConfig::default(), client),
+        (
+            "SSL",
+            embedded.tls_addr.as_str(),
+            tls_config.clone(),
+            Client::connect(embedded.tls_addr.clone(), tls_config.clone()).await?,
+        ),
+    ] {
+        println!("native client over {what}:");
+        let topic = format!("bench-{}-{pid}", what.to_ascii_lowercase());
+        rates.push(
+            throughput(
+                addr,
+                &config,
+                &topic,
+                client,
+                run.n_records,
+                run.record_bytes,
+                run.partitions,
+                run.n_producers,
+                run.acks,
+                run.linger_ms,
+            )
+            .await?,
+        );
+    }
+    let mb = |rate: f64| rate * run.record_bytes as f64 / 1e6;
+    for (what, plain, tls) in [
+        ("produce", rates[0].produce, rates[1].produce),
+        ("consume", rates[0].consume, rates[1].consume),
+    ] {
+        println!(
+            "{what}: PLAINTEXT {plain:.0} records/s ({:.1} MB/s), SSL {tls:.0} records/s ({:.1} MB/s): ssl/plaintext = {:.2}",
+            mb(plain),
+            mb(tls),
+            tls / plain
+        );
+    }
+    Ok(())
 }
 
 fn bar(len: u64, what: &str) -> ProgressBar {
@@ -316,8 +467,11 @@ async fn compare_kafka(
     linger_ms: u64,
 ) -> anyhow::Result<()> {
     println!("native client, one producer:");
+    let native_topic = format!("bench-{}", std::process::id());
     let native = throughput(
         addr,
+        &ClientConfig::default(),
+        &native_topic,
         client.clone(),
         n_records,
         record_bytes,
@@ -327,7 +481,6 @@ async fn compare_kafka(
         linger_ms,
     )
     .await?;
-    let native_topic = format!("bench-{}", std::process::id());
     let topic = format!("kafka-bench-{}", std::process::id());
     client
         .admin()
@@ -385,6 +538,8 @@ async fn compare_kafka(
 #[allow(clippy::too_many_arguments)]
 async fn throughput(
     addr: &str,
+    config: &ClientConfig,
+    topic: &str,
     client: Client,
     n_records: u64,
     record_bytes: usize,
@@ -399,7 +554,7 @@ async fn throughput(
         "durable" => Acks::Durable,
         other => anyhow::bail!("--acks must be none, leader or durable, got {other}"),
     };
-    let topic = format!("bench-{}", std::process::id());
+    let topic = topic.to_string();
     client
         .admin()
         .create_topic(
@@ -416,7 +571,7 @@ async fn throughput(
     let mut tasks = Vec::new();
     let per_producer = n_records.div_ceil(n_producers as u64);
     for p in 0..n_producers {
-        let client = Client::connect(addr.to_string(), ClientConfig::default()).await?;
+        let client = Client::connect(addr.to_string(), config.clone()).await?;
         let topic = topic.clone();
         let value = value.clone();
         let progress = progress.clone();
