@@ -13,7 +13,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::listener::{AdvertisedListener, ListenerKind};
 use crate::log::{FsyncPolicy, LogConfig};
+use crate::security::acl::AuthorizerConfig;
+use crate::security::jwt::JwtConfig;
 use crate::security::tls::{ClientAuth, TlsConfig};
+use crate::security::Principal;
 use crate::security::{ListenerSpec, SecurityProtocol};
 
 /// The broker's settings, with the documented defaults.
@@ -54,6 +57,13 @@ pub struct BrokerConfig {
     pub default_partitions: u32,
     /// HTTP listener for `/health` and `/metrics`. Default `127.0.0.1:7180`.
     pub http_listen: SocketAddr,
+    /// Bearer JWT verification on the HTTP listener (TOML table `[http_jwt]`: `issuer`,
+    /// `audience`, `key_files`, `jwks_file`, `leeway_s`, `reload_interval_ms`). Default none:
+    /// the HTTP listener needs no token.
+    pub http_jwt: Option<JwtConfig>,
+    /// Whether `/metrics` needs a bearer token with scope `strand:metrics` (requires
+    /// `http_jwt`). `/health` is always open. Default false.
+    pub http_metrics_require_auth: bool,
     /// Open client connections at most, per listener (native, Kafka, HTTP); more are closed
     /// as soon as they are accepted, with a warning (at most one every 10 s). Default 1024.
     pub connections_max: usize,
@@ -112,6 +122,37 @@ pub struct BrokerConfig {
     /// once, across every partition; more are closed, oldest first, and reopened when read.
     /// Active segments are not counted. Default 1000.
     pub open_sealed_segments_max: usize,
+    /// How the `listen` address is secured, when `native_listeners` is empty: `PLAINTEXT`,
+    /// `SSL`, `SASL_PLAINTEXT` or `SASL_SSL`. Default `PLAINTEXT`.
+    pub listen_protocol: SecurityProtocol,
+    /// How the Kafka listener is secured, as `listen_protocol`. Default `PLAINTEXT`.
+    pub kafka_listen_protocol: SecurityProtocol,
+    /// SASL mechanisms clients may use on SASL listeners, from `PLAIN`, `SCRAM-SHA-256` and
+    /// `SCRAM-SHA-512`, as Kafka's `sasl.enabled.mechanisms`. Default all three.
+    pub sasl_enabled_mechanisms: Vec<String>,
+    /// PBKDF2 iterations of SCRAM credentials the broker salts itself (`strand-broker user
+    /// add`); clients that salt their own choose theirs. 4096 (Kafka's minimum) to 16384.
+    /// Default 4096.
+    pub scram_iterations_default: u32,
+    /// SCRAM users at most. Default 10,000.
+    pub users_max: usize,
+    /// Longest user name in bytes. Default 256.
+    pub user_name_bytes_max: usize,
+    /// How long a failed SASL authentication waits before it is answered, to slow down
+    /// password guessing, as Kafka's `connection.failed.authentication.delay.ms`. Default 100.
+    pub sasl_failure_delay_ms: u64,
+    /// Authorize every request on every listener against the ACLs (Kafka's
+    /// `authorizer.class.name`). Default false: everything is allowed, and ACLs are only
+    /// stored, to take effect once this is on.
+    pub authorizer_enabled: bool,
+    /// Principals allowed everything, such as `User:admin` (Kafka's `super.users`). Default
+    /// none.
+    pub super_users: Vec<String>,
+    /// Allow what no ACL applies to (Kafka's `allow.everyone.if.no.acl.found`); never applies
+    /// to internal topics. Default false.
+    pub allow_everyone_if_no_acl_found: bool,
+    /// ACL bindings stored at most; creating more is refused. Default 10,000.
+    pub acl_bindings_max: usize,
     /// Defaults for every partition log; topics may override some of them.
     pub log: LogConfig,
 }
@@ -131,6 +172,8 @@ impl Default for BrokerConfig {
             auto_create_topics: true,
             default_partitions: 1,
             http_listen: SocketAddr::from(([127, 0, 0, 1], 7180)),
+            http_jwt: None,
+            http_metrics_require_auth: false,
             connections_max: 1024,
             connections_per_ip_max: 256,
             idle_timeout_ms: 600_000,
@@ -153,6 +196,20 @@ impl Default for BrokerConfig {
             members_per_group_max: 1000,
             commit_metadata_bytes_max: 4096,
             open_sealed_segments_max: crate::log::OPEN_SEALED_SEGMENTS_MAX_DEFAULT,
+            listen_protocol: SecurityProtocol::Plaintext,
+            kafka_listen_protocol: SecurityProtocol::Plaintext,
+            sasl_enabled_mechanisms: strand_client::Mechanism::ALL
+                .iter()
+                .map(|m| m.name().to_string())
+                .collect(),
+            scram_iterations_default: strand_client::scram::ITERATIONS_MIN,
+            users_max: 10_000,
+            user_name_bytes_max: 256,
+            sasl_failure_delay_ms: 100,
+            authorizer_enabled: false,
+            super_users: Vec::new(),
+            allow_everyone_if_no_acl_found: false,
+            acl_bindings_max: crate::security::acl::ACL_BINDINGS_MAX_DEFAULT,
             log: LogConfig::default(),
         }
     }
@@ -237,6 +294,29 @@ pub struct BrokerArgs {
     /// HTTP listener for /health and /metrics [default: 127.0.0.1:7180]
     #[arg(long, env = "STRAND_HTTP_LISTEN", value_name = "ADDR")]
     pub http_listen: Option<SocketAddr>,
+    /// The `iss` bearer tokens on the HTTP listener must carry (turns JWT verification on)
+    #[arg(long, env = "STRAND_HTTP_JWT_ISSUER", value_name = "ISSUER")]
+    pub http_jwt_issuer: Option<String>,
+    /// The audience bearer tokens on the HTTP listener must name
+    #[arg(long, env = "STRAND_HTTP_JWT_AUDIENCE", value_name = "AUDIENCE")]
+    pub http_jwt_audience: Option<String>,
+    /// A PEM public key (RSA or EC) or certificate that signs tokens; repeatable
+    #[arg(
+        long = "http-jwt-key-file",
+        env = "STRAND_HTTP_JWT_KEY_FILES",
+        value_name = "FILE",
+        value_delimiter = ','
+    )]
+    pub http_jwt_key_files: Vec<PathBuf>,
+    /// A JWKS file with the keys that sign tokens (chosen by kid)
+    #[arg(long, env = "STRAND_HTTP_JWT_JWKS_FILE", value_name = "FILE")]
+    pub http_jwt_jwks_file: Option<PathBuf>,
+    /// Clock skew allowed on exp and nbf, in seconds [default: 30]
+    #[arg(long, env = "STRAND_HTTP_JWT_LEEWAY_S", value_name = "SECONDS")]
+    pub http_jwt_leeway_s: Option<u64>,
+    /// Whether /metrics needs a token with scope strand:metrics [default: false]
+    #[arg(long, env = "STRAND_HTTP_METRICS_REQUIRE_AUTH", value_name = "BOOL")]
+    pub http_metrics_require_auth: Option<bool>,
     /// Open client connections at most, per listener [default: 1024]
     #[arg(long, env = "STRAND_CONNECTIONS_MAX")]
     pub connections_max: Option<usize>,
@@ -295,6 +375,75 @@ pub struct BrokerArgs {
     /// Longest commit metadata in bytes [default: 4096]
     #[arg(long, env = "STRAND_COMMIT_METADATA_BYTES_MAX", value_name = "BYTES")]
     pub commit_metadata_bytes_max: Option<usize>,
+    /// Native listener security: PLAINTEXT or SASL_PLAINTEXT [default: PLAINTEXT]
+    #[arg(long, env = "STRAND_LISTEN_PROTOCOL", value_name = "PROTOCOL")]
+    pub listen_protocol: Option<SecurityProtocol>,
+    /// Kafka listener security: PLAINTEXT or SASL_PLAINTEXT [default: PLAINTEXT]
+    #[arg(long, env = "STRAND_KAFKA_LISTEN_PROTOCOL", value_name = "PROTOCOL")]
+    pub kafka_listen_protocol: Option<SecurityProtocol>,
+    /// SASL mechanisms, comma separated [default: PLAIN,SCRAM-SHA-256,SCRAM-SHA-512]
+    #[arg(
+        long,
+        env = "STRAND_SASL_ENABLED_MECHANISMS",
+        value_name = "LIST",
+        value_delimiter = ','
+    )]
+    pub sasl_enabled_mechanisms: Option<Vec<String>>,
+    /// Authorize requests against the ACLs [default: false]
+    #[arg(long, env = "STRAND_AUTHORIZER_ENABLED", value_name = "BOOL")]
+    pub authorizer_enabled: Option<bool>,
+    /// Comma-separated principals allowed everything, e.g. User:admin [default: none]
+    #[arg(
+        long,
+        env = "STRAND_SUPER_USERS",
+        value_name = "PRINCIPALS",
+        value_delimiter = ','
+    )]
+    pub super_users: Option<Vec<String>>,
+    /// Allow what no ACL applies to (not internal topics) [default: false]
+    #[arg(
+        long,
+        env = "STRAND_ALLOW_EVERYONE_IF_NO_ACL_FOUND",
+        value_name = "BOOL"
+    )]
+    pub allow_everyone_if_no_acl_found: Option<bool>,
+    /// ACL bindings stored at most [default: 10000]
+    #[arg(long, env = "STRAND_ACL_BINDINGS_MAX", value_name = "N")]
+    pub acl_bindings_max: Option<usize>,
+    /// What to do instead of serving (user administration while the broker is stopped).
+    #[command(subcommand)]
+    pub command: Option<BrokerCommand>,
+}
+
+/// `strand-broker` subcommands; without one, the broker serves.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum BrokerCommand {
+    /// SCRAM users in the data directory, edited offline: the first user must exist before
+    /// anyone can log in to a SASL listener. Refused while a broker runs on the directory.
+    #[command(subcommand)]
+    User(UserCommand),
+}
+
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum UserCommand {
+    /// Adds a user (or replaces its credential for the mechanism).
+    Add {
+        /// User name.
+        name: String,
+        /// File whose first line is the password.
+        #[arg(long, value_name = "FILE")]
+        password_file: PathBuf,
+        /// SCRAM-SHA-256 or SCRAM-SHA-512; repeat the command for both.
+        #[arg(long, default_value = "SCRAM-SHA-512")]
+        mechanism: String,
+        /// PBKDF2 iterations [default: scram_iterations_default]
+        #[arg(long)]
+        iterations: Option<u32>,
+    },
+    /// Deletes a user (all its credentials).
+    Delete { name: String },
+    /// Lists users and their mechanisms.
+    List,
 }
 
 fn parse_fsync(s: &str) -> Result<FsyncPolicy, String> {
@@ -345,18 +494,25 @@ pub enum ConfigError {
 }
 
 impl BrokerConfig {
-    /// The listeners of one kind: the configured list, or the single address as PLAINTEXT.
+    /// The listeners of one kind: the configured list, or the single address (`listen`,
+    /// `kafka_listen`, `http_listen`) with its protocol (`listen_protocol`,
+    /// `kafka_listen_protocol`; HTTP's is PLAINTEXT).
     pub fn listeners(&self, kind: ListenerKind) -> Vec<ListenerSpec> {
-        let (list, addr) = match kind {
-            ListenerKind::Native => (&self.native_listeners, self.listen),
-            ListenerKind::Kafka => (&self.kafka_listeners, self.kafka_listen),
-            ListenerKind::Http => (&self.http_listeners, self.http_listen),
+        let (list, addr, protocol) = match kind {
+            ListenerKind::Native => (&self.native_listeners, self.listen, self.listen_protocol),
+            ListenerKind::Kafka => (
+                &self.kafka_listeners,
+                self.kafka_listen,
+                self.kafka_listen_protocol,
+            ),
+            ListenerKind::Http => (
+                &self.http_listeners,
+                self.http_listen,
+                SecurityProtocol::Plaintext,
+            ),
         };
         if list.is_empty() {
-            vec![ListenerSpec {
-                protocol: SecurityProtocol::Plaintext,
-                addr,
-            }]
+            vec![ListenerSpec { protocol, addr }]
         } else {
             list.clone()
         }
@@ -462,6 +618,27 @@ impl BrokerConfig {
         set!(config.auto_create_topics, args.auto_create_topics);
         set!(config.default_partitions, args.default_partitions);
         set!(config.http_listen, args.http_listen);
+        let jwt_flags = args.http_jwt_issuer.is_some()
+            || args.http_jwt_audience.is_some()
+            || !args.http_jwt_key_files.is_empty()
+            || args.http_jwt_jwks_file.is_some()
+            || args.http_jwt_leeway_s.is_some();
+        if jwt_flags {
+            let jwt = config.http_jwt.get_or_insert_with(JwtConfig::default);
+            set!(jwt.issuer, args.http_jwt_issuer.clone());
+            set!(jwt.audience, args.http_jwt_audience.clone());
+            if !args.http_jwt_key_files.is_empty() {
+                jwt.key_files = args.http_jwt_key_files.clone();
+            }
+            if let Some(jwks) = &args.http_jwt_jwks_file {
+                jwt.jwks_file = Some(jwks.clone());
+            }
+            set!(jwt.leeway_s, args.http_jwt_leeway_s);
+        }
+        set!(
+            config.http_metrics_require_auth,
+            args.http_metrics_require_auth
+        );
         set!(config.connections_max, args.connections_max);
         set!(config.connections_per_ip_max, args.connections_per_ip_max);
         set!(config.idle_timeout_ms, args.idle_timeout_ms);
@@ -493,6 +670,19 @@ impl BrokerConfig {
             config.commit_metadata_bytes_max,
             args.commit_metadata_bytes_max
         );
+        set!(config.listen_protocol, args.listen_protocol);
+        set!(config.kafka_listen_protocol, args.kafka_listen_protocol);
+        set!(
+            config.sasl_enabled_mechanisms,
+            args.sasl_enabled_mechanisms.clone()
+        );
+        set!(config.authorizer_enabled, args.authorizer_enabled);
+        set!(config.super_users, args.super_users.clone());
+        set!(
+            config.allow_everyone_if_no_acl_found,
+            args.allow_everyone_if_no_acl_found
+        );
+        set!(config.acl_bindings_max, args.acl_bindings_max);
         config.validate()?;
         Ok(config)
     }
@@ -532,6 +722,7 @@ impl BrokerConfig {
             ("groups_max", self.groups_max),
             ("members_per_group_max", self.members_per_group_max),
             ("open_sealed_segments_max", self.open_sealed_segments_max),
+            ("acl_bindings_max", self.acl_bindings_max),
         ];
         for (name, value) in positive {
             if value == 0 {
@@ -566,7 +757,84 @@ impl BrokerConfig {
             )));
         }
         self.validate_listeners()?;
+        self.sasl_mechanisms()?;
+        let iterations =
+            strand_client::scram::ITERATIONS_MIN..=strand_client::scram::ITERATIONS_MAX;
+        if !iterations.contains(&self.scram_iterations_default) {
+            return Err(ConfigError::Invalid(format!(
+                "scram_iterations_default ({}) must be within {}..={}",
+                self.scram_iterations_default,
+                iterations.start(),
+                iterations.end()
+            )));
+        }
+        if self.users_max == 0 || self.user_name_bytes_max == 0 {
+            return Err(ConfigError::Invalid(
+                "users_max and user_name_bytes_max must be above 0".into(),
+            ));
+        }
+        self.authorizer()?;
+        if let Some(jwt) = &self.http_jwt {
+            jwt.validate()
+                .map_err(|e| ConfigError::Invalid(format!("http_jwt: {e}")))?;
+        }
+        if self.http_metrics_require_auth && self.http_jwt.is_none() {
+            return Err(ConfigError::Invalid(
+                "http_metrics_require_auth needs http_jwt (an issuer, an audience and keys)".into(),
+            ));
+        }
         self.log.validate().map_err(ConfigError::Invalid)
+    }
+
+    /// `sasl_enabled_mechanisms`, parsed: known names, each once, at least one.
+    pub fn sasl_mechanisms(&self) -> Result<Vec<strand_client::Mechanism>, ConfigError> {
+        let mut mechanisms = Vec::new();
+        for name in &self.sasl_enabled_mechanisms {
+            let m: strand_client::Mechanism = name
+                .trim()
+                .parse()
+                .map_err(|e| ConfigError::Invalid(format!("sasl_enabled_mechanisms: {e}")))?;
+            if mechanisms.contains(&m) {
+                return Err(ConfigError::Invalid(format!(
+                    "sasl_enabled_mechanisms names {m} twice"
+                )));
+            }
+            mechanisms.push(m);
+        }
+        if mechanisms.is_empty() {
+            return Err(ConfigError::Invalid(
+                "sasl_enabled_mechanisms must name at least one mechanism".into(),
+            ));
+        }
+        Ok(mechanisms)
+    }
+
+    /// The user store's settings.
+    pub fn users_config(&self) -> crate::security::users::UsersConfig {
+        crate::security::users::UsersConfig {
+            iterations_default: self.scram_iterations_default,
+            users_max: self.users_max,
+            name_bytes_max: self.user_name_bytes_max,
+        }
+    }
+
+    /// The authorizer's settings, with `super_users` parsed.
+    pub fn authorizer(&self) -> Result<AuthorizerConfig, ConfigError> {
+        let super_users = self
+            .super_users
+            .iter()
+            .map(|p| {
+                p.trim()
+                    .parse::<Principal>()
+                    .map_err(|e| ConfigError::Invalid(format!("super_users: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(AuthorizerConfig {
+            enabled: self.authorizer_enabled,
+            super_users,
+            allow_everyone_if_no_acl_found: self.allow_everyone_if_no_acl_found,
+            acl_bindings_max: self.acl_bindings_max,
+        })
     }
 }
 
@@ -728,6 +996,79 @@ mod tests {
         assert!("SSL://:1".parse::<AdvertisedListener>().is_err());
         assert!("SSL://host".parse::<AdvertisedListener>().is_err());
         assert!("host:1".parse::<AdvertisedListener>().is_err());
+    }
+
+    #[test]
+    fn authorizer_settings_come_from_the_file_and_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("strand.toml");
+        std::fs::write(
+            &file,
+            "authorizer_enabled = true\nsuper_users = [\"User:admin\"]\n",
+        )
+        .unwrap();
+        let args = BrokerArgs::parse_from([
+            "strand-broker",
+            "--config",
+            file.to_str().unwrap(),
+            "--allow-everyone-if-no-acl-found",
+            "true",
+        ]);
+        let authorizer = BrokerConfig::load(&args).unwrap().authorizer().unwrap();
+        assert!(authorizer.enabled);
+        assert!(authorizer.allow_everyone_if_no_acl_found);
+        assert_eq!(authorizer.super_users, vec![Principal::user("admin")]);
+        let args = BrokerArgs::parse_from(["strand-broker", "--super-users", "User:a,User:b"]);
+        let authorizer = BrokerConfig::load(&args).unwrap().authorizer().unwrap();
+        assert!(!authorizer.enabled, "off by default");
+        assert_eq!(authorizer.super_users.len(), 2);
+        let args = BrokerArgs::parse_from(["strand-broker", "--super-users", "admin"]);
+        let err = BrokerConfig::load(&args).unwrap_err().to_string();
+        assert!(err.contains("super_users"), "{err}");
+    }
+
+    #[test]
+    fn http_jwt_comes_from_the_file_and_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("strand.toml");
+        std::fs::write(
+            &file,
+            "http_metrics_require_auth = true\n[http_jwt]\nissuer = \"https://idp\"\naudience = \"strand\"\njwks_file = \"/etc/strand/jwks.json\"\n",
+        )
+        .unwrap();
+        let args = BrokerArgs::parse_from([
+            "strand-broker",
+            "--config",
+            file.to_str().unwrap(),
+            "--http-jwt-audience",
+            "strand-broker",
+            "--http-jwt-key-file",
+            "/a.pem",
+            "--http-jwt-key-file",
+            "/b.pem",
+        ]);
+        let config = BrokerConfig::load(&args).unwrap();
+        let jwt = config.http_jwt.unwrap();
+        assert_eq!(jwt.issuer, "https://idp");
+        assert_eq!(jwt.audience, "strand-broker");
+        assert_eq!(
+            jwt.key_files,
+            vec![PathBuf::from("/a.pem"), PathBuf::from("/b.pem")]
+        );
+        assert_eq!(jwt.jwks_file, Some(PathBuf::from("/etc/strand/jwks.json")));
+        assert_eq!(jwt.leeway_s, 30);
+        assert!(config.http_metrics_require_auth);
+
+        // Half a JWT configuration, or protected metrics without one, is refused.
+        let args = BrokerArgs::parse_from(["strand-broker", "--http-jwt-issuer", "x"]);
+        let err = BrokerConfig::load(&args).unwrap_err().to_string();
+        assert!(
+            err.contains("audience") && err.contains("key file"),
+            "{err}"
+        );
+        let args = BrokerArgs::parse_from(["strand-broker", "--http-metrics-require-auth", "true"]);
+        let err = BrokerConfig::load(&args).unwrap_err().to_string();
+        assert!(err.contains("needs http_jwt"), "{err}");
     }
 
     #[test]

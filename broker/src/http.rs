@@ -1,22 +1,37 @@
 //! The broker's HTTP listener: `/health` for orchestrators and load balancers, `/metrics` for
 //! Prometheus. Only this module knows HTTP.
+//!
+//! [`RequireScope`] is the bearer-token check every Strand HTTP API shares (the saga
+//! orchestrator's too): a request without a valid token is answered 401 with
+//! `WWW-Authenticate: Bearer`, one whose token lacks the route's scope 403, both with a JSON
+//! body `{"error": "..."}` saying what is wrong. Tokens are verified by
+//! [`crate::security::jwt::Verifier`]. On this listener `/health` stays open; `/metrics` needs
+//! [`SCOPE_METRICS`] when `http_metrics_require_auth` is set.
 
+use std::convert::Infallible;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::error_handling::HandleErrorLayer;
 use axum::extract::State;
-use axum::http::{header, StatusCode};
-use axum::response::IntoResponse;
+use axum::handler::Handler;
+use axum::http::{header, HeaderMap, HeaderValue, Request, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{BoxError, Json, Router};
-use tower::ServiceBuilder;
+use futures::future::BoxFuture;
+use tower::{Layer, Service, ServiceBuilder};
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
 
 use crate::budget::Budget;
 use crate::metrics::Metrics;
+use crate::security::jwt::{Claims, Verifier};
 use crate::topics::Topics;
+
+/// The scope a token needs for the broker's operator endpoints (`/metrics` when protected).
+pub const SCOPE_METRICS: &str = "strand:metrics";
 
 #[derive(Debug, Clone)]
 pub struct HttpState {
@@ -24,6 +39,10 @@ pub struct HttpState {
     pub metrics: Arc<Metrics>,
     /// The listeners' in-flight budget, reported as `strand_in_flight_bytes`.
     pub budget: Budget,
+    /// Bearer-token verification, when configured (`http_jwt`).
+    pub auth: Option<Arc<Verifier>>,
+    /// Whether `/metrics` needs a token with [`SCOPE_METRICS`] (requires `auth`).
+    pub metrics_require_auth: bool,
 }
 
 /// Request bodies larger than this are refused (the endpoints take none).
@@ -34,9 +53,15 @@ const CONCURRENT_REQUESTS_MAX: usize = 64;
 /// The routes, with a bound on body size, concurrent requests and the time to answer.
 /// Connection caps and socket timeouts are the listener's ([`crate::listener::GuardedListener`]).
 pub fn router(state: HttpState, request_timeout: Duration) -> Router {
+    let metrics_route = match (&state.auth, state.metrics_require_auth) {
+        (Some(verifier), true) => {
+            get(metrics.layer(RequireScope::new(Some(verifier.clone()), SCOPE_METRICS)))
+        }
+        _ => get(metrics),
+    };
     Router::new()
         .route("/health", get(health))
-        .route("/metrics", get(metrics))
+        .route("/metrics", metrics_route)
         .with_state(state)
         .layer(
             ServiceBuilder::new()
@@ -96,4 +121,131 @@ async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
         )],
         state.metrics.render(),
     )
+}
+
+/// A layer that lets a request through only with a valid bearer token carrying `scope`, and
+/// puts the token's [`Claims`] in the request's extensions. Without a verifier (authentication
+/// not configured) every request passes, as before authentication existed.
+#[derive(Debug, Clone)]
+pub struct RequireScope {
+    verifier: Option<Arc<Verifier>>,
+    scope: &'static str,
+}
+
+impl RequireScope {
+    pub fn new(verifier: Option<Arc<Verifier>>, scope: &'static str) -> RequireScope {
+        RequireScope { verifier, scope }
+    }
+}
+
+impl<S> Layer<S> for RequireScope {
+    type Service = RequireScopeService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RequireScopeService {
+            inner,
+            verifier: self.verifier.clone(),
+            scope: self.scope,
+        }
+    }
+}
+
+/// The service [`RequireScope`] wraps a handler in.
+#[derive(Debug, Clone)]
+pub struct RequireScopeService<S> {
+    inner: S,
+    verifier: Option<Arc<Verifier>>,
+    scope: &'static str,
+}
+
+impl<S, B> Service<Request<B>> for RequireScopeService<S>
+where
+    S: Service<Request<B>, Error = Infallible>,
+    S::Response: IntoResponse,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<Response, Infallible>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<B>) -> Self::Future {
+        if let Some(verifier) = &self.verifier {
+            match authorize(verifier, request.headers(), self.scope) {
+                Ok(claims) => {
+                    request.extensions_mut().insert(claims);
+                }
+                Err(refusal) => return Box::pin(std::future::ready(Ok(refusal))),
+            }
+        }
+        let answer = self.inner.call(request);
+        Box::pin(async move { answer.await.map(IntoResponse::into_response) })
+    }
+}
+
+/// The token's claims when `headers` carry a valid bearer token with `scope`; otherwise the
+/// 401 or 403 answer.
+pub fn authorize(
+    verifier: &Verifier,
+    headers: &HeaderMap,
+    scope: &str,
+) -> Result<Claims, Response> {
+    let mut values = headers.get_all(header::AUTHORIZATION).iter();
+    let (value, more) = (values.next(), values.next());
+    let Some(value) = value else {
+        return Err(unauthenticated(
+            "a bearer token is required (Authorization: Bearer <token>)",
+            false,
+        ));
+    };
+    if more.is_some() {
+        return Err(unauthenticated("more than one Authorization header", true));
+    }
+    let token = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim())
+        .filter(|token| !token.is_empty());
+    let Some(token) = token else {
+        return Err(unauthenticated(
+            "the Authorization header is not \"Bearer <token>\"",
+            true,
+        ));
+    };
+    let claims = verifier
+        .verify(token)
+        .map_err(|e| unauthenticated(&e.to_string(), true))?;
+    if !claims.has_scope(scope) {
+        let challenge =
+            format!("Bearer realm=\"strand\", error=\"insufficient_scope\", scope=\"{scope}\"");
+        return Err((
+            StatusCode::FORBIDDEN,
+            [(header::WWW_AUTHENTICATE, challenge)],
+            Json(serde_json::json!({
+                "error": format!("the token does not grant scope {scope}"),
+            })),
+        )
+            .into_response());
+    }
+    Ok(claims)
+}
+
+/// A 401 with RFC 6750's challenge: `invalid_token` when a token was sent and refused.
+fn unauthenticated(reason: &str, token_sent: bool) -> Response {
+    let challenge = if token_sent {
+        HeaderValue::from_static("Bearer realm=\"strand\", error=\"invalid_token\"")
+    } else {
+        HeaderValue::from_static("Bearer realm=\"strand\"")
+    };
+    (
+        StatusCode::UNAUTHORIZED,
+        [(header::WWW_AUTHENTICATE, challenge)],
+        Json(serde_json::json!({ "error": reason })),
+    )
+        .into_response()
 }

@@ -18,7 +18,11 @@ use crate::group::CoordinatorConfig;
 use crate::http::{self, HttpState};
 use crate::listener::{Admission, BoundListener, GuardedListener, ListenerKind};
 use crate::metrics::Metrics;
+use crate::security::acl::{AclFilter, Authorizer};
+use crate::security::jwt::Verifier;
+use crate::security::sasl::Authenticator;
 use crate::security::tls::ServerTls;
+use crate::security::users::Users;
 use crate::security::{ListenerSpec, SecurityProtocol};
 use crate::server::{self, ServerConfig};
 use crate::service::Broker;
@@ -78,6 +82,8 @@ pub struct RunningBroker {
     /// order: native, then Kafka, then HTTP.
     pub listeners: Vec<(ListenerKind, ListenerSpec)>,
     pub broker: Broker,
+    /// The SCRAM users and SASL mechanisms both listeners authenticate against.
+    pub authenticator: Arc<Authenticator>,
     config: BrokerConfig,
     topics: Arc<Topics>,
     shutdown: watch::Sender<bool>,
@@ -122,7 +128,28 @@ impl RunningBroker {
         }
         let topics = Arc::new(topics);
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let users = {
+            let data_dir = config.data_dir.clone();
+            let users_config = config.users_config();
+            tokio::task::spawn_blocking(move || Users::open(&data_dir, users_config))
+                .await?
+                .context("opening the SCRAM user store")?
+        };
+        let authenticator = Arc::new(Authenticator {
+            users: Arc::new(users),
+            mechanisms: config.sasl_mechanisms()?,
+            failure_delay: Duration::from_millis(config.sasl_failure_delay_ms),
+        });
 
+        // Keys before any listener: a key file that cannot be read stops the start.
+        let http_auth = match &config.http_jwt {
+            Some(jwt) => {
+                let verifier = Verifier::load(jwt.clone()).context("loading the HTTP JWT keys")?;
+                tracing::info!(keys = verifier.keys_loaded(), issuer = %jwt.issuer, "HTTP bearer tokens required");
+                Some(Arc::new(verifier))
+            }
+            None => None,
+        };
         // One TLS material for every TLS listener, checked before anything binds.
         let tls = if config.uses_tls() {
             Some(ServerTls::new(config.tls.clone()).context("loading the TLS certificate")?)
@@ -183,9 +210,26 @@ impl RunningBroker {
                 commit_metadata_bytes_max: config.commit_metadata_bytes_max,
                 ..CoordinatorConfig::default()
             };
-            tokio::task::spawn_blocking(move || Broker::new(topics, metrics, coordinator, wait))
-                .await?
-                .context("opening the group coordinator")?
+            let mut broker = tokio::task::spawn_blocking(move || {
+                Broker::new(topics, metrics, coordinator, wait)
+            })
+            .await?
+            .context("opening the group coordinator")?;
+            let authorizer_config = config.authorizer()?;
+            let data_dir = config.data_dir.clone();
+            let authorizer =
+                tokio::task::spawn_blocking(move || Authorizer::open(&data_dir, authorizer_config))
+                    .await?
+                    .context("opening the ACLs")?;
+            if authorizer.enabled() {
+                tracing::info!(
+                    n_acls = authorizer.describe(&AclFilter::any()).len(),
+                    super_users = ?config.super_users,
+                    "authorizer enabled: requests are checked against the ACLs"
+                );
+            }
+            broker.authorizer = Arc::new(authorizer);
+            broker
         };
         let ticker_task = broker.spawn_group_ticker(shutdown_rx.clone());
         // One memory budget for both listeners.
@@ -210,6 +254,7 @@ impl RunningBroker {
                 auto_create_topics: config.auto_create_topics,
                 default_partitions: config.default_partitions,
                 metadata_auto_create_topics_max: config.metadata_auto_create_topics_max,
+                authenticator: Some(authenticator.clone()),
             },
             shutdown_rx.clone(),
         ));
@@ -227,6 +272,7 @@ impl RunningBroker {
                 write_timeout,
                 fetch_bytes_max: config.fetch_bytes_max,
                 budget: budget.clone(),
+                authenticator: Some(authenticator.clone()),
                 ..ServerConfig::default()
             },
             shutdown_rx.clone(),
@@ -238,6 +284,8 @@ impl RunningBroker {
                     topics: topics.clone(),
                     metrics: metrics.clone(),
                     budget,
+                    auth: http_auth.clone(),
+                    metrics_require_auth: config.http_metrics_require_auth,
                 },
                 request_timeout,
             );
@@ -272,6 +320,9 @@ impl RunningBroker {
         let mut background = Vec::new();
         if let Some(tls) = tls {
             background.push(spawn_tls_reload_on_sighup(tls, shutdown_rx.clone())?);
+        }
+        if let Some(verifier) = http_auth {
+            background.push(verifier.watch(shutdown_rx.clone()));
         }
         let retention_task = spawn_periodic(
             "retention",
@@ -312,6 +363,7 @@ impl RunningBroker {
             kafka_addr,
             http_addr,
             broker: broker_handle,
+            authenticator,
             config,
             topics,
             shutdown: shutdown_tx,

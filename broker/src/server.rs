@@ -11,6 +11,11 @@
 //! The connection caps are [`crate::listener`]'s; request frames and fetched records are
 //! charged to the broker's one [`Budget`] (shared with the Kafka listener) before they are
 //! read, and the charge travels with the answer until the writer has written it.
+//!
+//! On a `SASL_*` listener a connection may send only Handshake, SaslHandshake and
+//! SaslAuthenticate until it has authenticated; anything else is answered
+//! `IllegalSaslState` and the connection is closed, as is one whose authentication fails. The
+//! SASL requests are served in the reader, in order, and replace the connection's session.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -21,7 +26,8 @@ use bytes::{Bytes, BytesMut};
 use strand_client::batch::Batches;
 use strand_client::native::frame::{self, REQUEST_HEADER_BYTES};
 use strand_client::native::messages::{
-    GroupInfo, GroupMember, GroupOffset, OffsetEntry, PartitionState, TopicDescription,
+    AclBinding, AclBindingFilter, GroupInfo, GroupMember, GroupOffset, OffsetEntry, PartitionState,
+    TopicDescription,
 };
 use strand_client::native::{
     Acks, ApiKey, ErrorCode, OffsetQuery, Push, Request, Response, ResponseBody,
@@ -36,7 +42,10 @@ use crate::group::{
 };
 use crate::listener::{self, Admission, BoundListener, Stream};
 use crate::log::{FirstBatch, LogError};
-use crate::security::Session;
+use crate::security::acl::{self, Operation, ResourceType};
+use crate::security::sasl::{Authenticator, Exchange, Step};
+use crate::security::users::UsersError;
+use crate::security::{Principal, Session};
 use crate::service::{Broker, OffsetSpec, ServiceError, TopicInfo};
 use crate::topics::{TopicConfig, TopicError};
 
@@ -72,6 +81,9 @@ pub struct ServerConfig {
     /// Bytes in flight across every connection (shared with the Kafka listener); one
     /// connection may hold an eighth of it at most (but always one frame).
     pub budget: Budget,
+    /// Users and SASL mechanisms: what a SASL listener authenticates against and what the
+    /// user requests change. `None`: no user store (SASL handshakes and user requests fail).
+    pub authenticator: Option<Arc<Authenticator>>,
 }
 
 impl Default for ServerConfig {
@@ -87,6 +99,7 @@ impl Default for ServerConfig {
             write_timeout: Duration::from_secs(60),
             fetch_bytes_max: 50 << 20,
             budget: Budget::default(),
+            authenticator: None,
         }
     }
 }
@@ -126,6 +139,7 @@ pub async fn serve(
                     budget: config.budget.share(share),
                     shutdown: shutdown.clone(),
                     session: Arc::new(session),
+                    sasl: SaslState::Start,
                 };
                 connection.run(stream)
             },
@@ -143,6 +157,15 @@ struct Connection {
     /// Who this connection is; replaced when it authenticates. Requests in flight keep the
     /// session they were read under.
     session: Arc<Session>,
+    sasl: SaslState,
+}
+
+/// Where a connection is in its SASL exchange.
+enum SaslState {
+    Start,
+    Authenticating(Exchange),
+    /// Authenticated, or failed (the connection is closing).
+    Over,
 }
 
 /// A push subscription's credit in bytes (it may dip below zero by at most one batch) and a
@@ -245,6 +268,41 @@ impl Connection {
                         continue;
                     }
                 };
+                let sasl_request = matches!(
+                    request,
+                    Request::SaslHandshake { .. } | Request::SaslAuthenticate { .. }
+                );
+                if sasl_request
+                    || (!self.session.may_send_requests()
+                        && !matches!(request, Request::Handshake { .. }))
+                {
+                    // Served here, in order: the answer may change the session every later
+                    // request is read under.
+                    drop(charge);
+                    let (response, close) = match request {
+                        Request::SaslHandshake { mechanism } => self.sasl_handshake(&mechanism),
+                        Request::SaslAuthenticate { token } => self.sasl_authenticate(&token).await,
+                        other => {
+                            let reason = format!(
+                                "{} needs SASL authentication first on this {} listener",
+                                other.api_key().name(),
+                                self.session.protocol
+                            );
+                            (
+                                Response::error(ErrorCode::IllegalSaslState, reason.clone()),
+                                Some(reason),
+                            )
+                        }
+                    };
+                    let sent =
+                        send(&out_tx, response, header.correlation_id, Charge::default()).await;
+                    drop(permit);
+                    match (close, sent) {
+                        (Some(reason), _) => break Err(reason),
+                        (None, Err(())) => break Err("writer gone".into()),
+                        (None, Ok(())) => continue,
+                    }
+                }
                 self.dispatch(
                     request,
                     header.correlation_id,
@@ -331,6 +389,82 @@ impl Connection {
         result
     }
 
+    /// SaslHandshake: the answer, and the reason to close the connection after it, if any.
+    fn sasl_handshake(&mut self, mechanism: &str) -> (Response, Option<String>) {
+        let authenticator = match &self.config.authenticator {
+            Some(a) if self.session.protocol.uses_sasl() => a,
+            _ => {
+                return (
+                    Response::error(
+                        ErrorCode::UnsupportedSaslMechanism,
+                        format!("this {} listener does not use SASL", self.session.protocol),
+                    ),
+                    None,
+                )
+            }
+        };
+        if !matches!(self.sasl, SaslState::Start) {
+            let reason = "a second SaslHandshake on the connection".to_string();
+            return (
+                Response::error(ErrorCode::IllegalSaslState, reason.clone()),
+                Some(reason),
+            );
+        }
+        let enabled = authenticator.mechanism_names();
+        let Some(m) = authenticator.mechanism(mechanism) else {
+            let reason = format!(
+                "SASL mechanism {:?} is not enabled; enabled: {}",
+                mechanism.chars().take(64).collect::<String>(),
+                enabled.join(", ")
+            );
+            return (
+                Response::error(ErrorCode::UnsupportedSaslMechanism, reason.clone()),
+                Some(reason),
+            );
+        };
+        self.sasl = SaslState::Authenticating(Exchange::new(m));
+        (
+            Response::Ok(ResponseBody::SaslMechanisms(
+                enabled.into_iter().map(String::from).collect(),
+            )),
+            None,
+        )
+    }
+
+    /// SaslAuthenticate: the answer, and the reason to close the connection after it, if any.
+    async fn sasl_authenticate(&mut self, token: &[u8]) -> (Response, Option<String>) {
+        let (Some(authenticator), SaslState::Authenticating(exchange)) =
+            (self.config.authenticator.clone(), &mut self.sasl)
+        else {
+            let reason = "SaslAuthenticate without a SaslHandshake before it".to_string();
+            return (
+                Response::error(ErrorCode::IllegalSaslState, reason.clone()),
+                Some(reason),
+            );
+        };
+        match exchange.step(&authenticator, token).await {
+            Ok(Step::Continue(token)) => {
+                (Response::Ok(ResponseBody::SaslToken(token.into())), None)
+            }
+            Ok(Step::Done { user, token }) => {
+                tracing::info!(peer = %self.session.peer, %user, "SASL authenticated");
+                let mut session = (*self.session).clone();
+                session.principal = Principal::user(user);
+                session.sasl_authenticated = true;
+                self.session = Arc::new(session);
+                self.sasl = SaslState::Over;
+                (Response::Ok(ResponseBody::SaslToken(token.into())), None)
+            }
+            Err(e) => {
+                self.sasl = SaslState::Over;
+                (
+                    Response::error(ErrorCode::SaslAuthenticationFailed, e.0.clone()),
+                    Some(format!("SASL authentication failed: {e}")),
+                )
+            }
+        }
+    }
+
     async fn dispatch(
         &mut self,
         request: Request,
@@ -357,7 +491,14 @@ impl Connection {
             } => {
                 // Appended here, in arrival order; only the wait runs apart.
                 let mut records = records.to_vec();
-                let appended = broker.append(&topic, partition, &mut records);
+                let appended = authorize(
+                    &broker,
+                    &self.session,
+                    Operation::Write,
+                    ResourceType::Topic,
+                    &topic,
+                )
+                .and_then(|()| broker.append(&topic, partition, &mut records));
                 drop(records);
                 drop(frame_charge);
                 if acks == Acks::None {
@@ -406,6 +547,14 @@ impl Connection {
                         ErrorCode::InvalidRequest,
                         "subscription id already in use on this connection",
                     )
+                } else if let Err(e) = authorize(
+                    &broker,
+                    &self.session,
+                    Operation::Read,
+                    ResourceType::Topic,
+                    &topic,
+                ) {
+                    error_response(&e)
                 } else {
                     match broker.partition_info(&topic, partition) {
                         Err(e) => error_response(&e),
@@ -576,6 +725,28 @@ async fn handle(
     let frame_bytes_max = config.frame_bytes_max;
     let in_flight_max = config.in_flight_per_connection_max;
     let mut charge = Charge::default();
+    let check = |operation, resource_type, name: &str| {
+        authorize(broker, session, operation, resource_type, name)
+    };
+    let allowed = |operation, resource_type, name: &str| {
+        broker
+            .authorizer
+            .authorize(session, operation, resource_type, name)
+    };
+    if matches!(
+        request,
+        Request::UpsertUser { .. } | Request::DeleteUser { .. } | Request::ListUsers
+    ) {
+        // As Kafka's AlterUserScramCredentials and DescribeUserScramCredentials.
+        let operation = match request {
+            Request::ListUsers => Operation::Describe,
+            _ => Operation::Alter,
+        };
+        if let Err(e) = check_cluster(broker, session, operation) {
+            return (error_response(&e), charge);
+        }
+        return (users_request(config, request).await, charge);
+    }
     let result: Result<ResponseBody, ServiceError> = async {
         Ok(match request {
             Request::Handshake { .. } => ResponseBody::Handshake {
@@ -591,6 +762,12 @@ async fn handle(
                 in_flight_max: in_flight_max as u32,
             },
             Request::CreateTopic { name, settings } => {
+                if !broker
+                    .authorizer
+                    .authorize_cluster(session, Operation::Create)
+                {
+                    check(Operation::Create, ResourceType::Topic, &name)?;
+                }
                 let partitions = settings.partitions;
                 let config = TopicConfig {
                     partitions,
@@ -610,6 +787,7 @@ async fn handle(
                 ResponseBody::Empty
             }
             Request::DeleteTopic { name } => {
+                check(Operation::Delete, ResourceType::Topic, &name)?;
                 broker.delete_topic(name).await?;
                 ResponseBody::Empty
             }
@@ -617,10 +795,12 @@ async fn handle(
                 broker
                     .list_topics()
                     .iter()
+                    .filter(|t| allowed(Operation::Describe, ResourceType::Topic, &t.name))
                     .map(|t| description(broker, t))
                     .collect(),
             ),
             Request::DescribeTopic { name } => {
+                check(Operation::Describe, ResourceType::Topic, &name)?;
                 ResponseBody::Topic(description(broker, &broker.describe_topic(&name)?))
             }
             Request::Fetch {
@@ -630,6 +810,7 @@ async fn handle(
                 max_bytes,
                 max_wait_ms,
             } => {
+                check(Operation::Read, ResourceType::Topic, &topic)?;
                 // A fetch answer must fit in a frame and within the broker's fetch limit.
                 let max_bytes = (max_bytes as usize)
                     .min(frame_bytes_max.saturating_sub(64))
@@ -657,6 +838,7 @@ async fn handle(
                 partition,
                 query,
             } => {
+                check(Operation::Describe, ResourceType::Topic, &topic)?;
                 let spec = match query {
                     OffsetQuery::Earliest => OffsetSpec::Earliest,
                     OffsetQuery::Latest => OffsetSpec::Latest,
@@ -673,6 +855,7 @@ async fn handle(
                 rebalance_timeout_ms,
                 assignor,
             } => {
+                check(Operation::Read, ResourceType::Group, &group)?;
                 let assignor = assignor
                     .parse::<Assignor>()
                     .map_err(|reason| ServiceError::Topic(TopicError::InvalidConfig(reason)))?;
@@ -701,6 +884,7 @@ async fn handle(
                 member_id,
                 generation,
             } => {
+                check(Operation::Read, ResourceType::Group, &group)?;
                 broker
                     .groups
                     .heartbeat(&group, &member_id, generation)
@@ -708,6 +892,7 @@ async fn handle(
                 ResponseBody::Empty
             }
             Request::LeaveGroup { group, member_id } => {
+                check(Operation::Read, ResourceType::Group, &group)?;
                 broker
                     .groups
                     .leave(&group, &member_id)
@@ -720,6 +905,11 @@ async fn handle(
                 generation,
                 offsets,
             } => {
+                // Refused whole, so nothing is committed when any part is not allowed.
+                check(Operation::Read, ResourceType::Group, &group)?;
+                for o in &offsets {
+                    check(Operation::Read, ResourceType::Topic, &o.topic)?;
+                }
                 let offsets = offsets
                     .into_iter()
                     .map(|o| {
@@ -742,7 +932,11 @@ async fn handle(
                     })?;
                 ResponseBody::Empty
             }
-            Request::OffsetFetch { group, partitions } => ResponseBody::Committed(
+            Request::OffsetFetch { group, partitions } => ResponseBody::Committed({
+                check(Operation::Describe, ResourceType::Group, &group)?;
+                for (topic, _) in &partitions {
+                    check(Operation::Describe, ResourceType::Topic, topic)?;
+                }
                 partitions
                     .into_iter()
                     .map(|tp| {
@@ -753,21 +947,97 @@ async fn handle(
                             metadata: c.metadata,
                         })
                     })
-                    .collect(),
-            ),
-            Request::ListGroups => ResponseBody::Groups(broker.groups.list()),
+                    .collect()
+            }),
+            Request::ListGroups => {
+                let all = broker
+                    .authorizer
+                    .authorize_cluster(session, Operation::Describe);
+                ResponseBody::Groups(
+                    broker
+                        .groups
+                        .list()
+                        .into_iter()
+                        .filter(|g| all || allowed(Operation::Describe, ResourceType::Group, g))
+                        .collect(),
+                )
+            }
             Request::DescribeGroup { group } => {
-                let described = broker
+                check(Operation::Describe, ResourceType::Group, &group)?;
+                let mut described = broker
                     .groups
                     .describe(&group)
                     .ok_or_else(|| ServiceError::UnknownGroup(group.clone()))?;
+                // Offsets (and lag) only of topics the principal may Describe.
+                described
+                    .committed
+                    .retain(|tp, _| allowed(Operation::Describe, ResourceType::Topic, &tp.0));
                 ResponseBody::Group(group_info(broker, described))
+            }
+            Request::CreateAcls { bindings } => {
+                check_cluster(broker, session, Operation::Alter)?;
+                let bindings = bindings
+                    .iter()
+                    .map(|b| {
+                        acl::AclBinding::from_codes(
+                            b.resource_type as i8,
+                            &b.resource_name,
+                            b.pattern_type as i8,
+                            &b.principal,
+                            &b.host,
+                            b.operation as i8,
+                            b.permission as i8,
+                        )
+                        .map_err(acl::AclError::Invalid)
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                let n = bindings.len();
+                let authorizer = broker.authorizer.clone();
+                blocking_acls(move || authorizer.create(bindings)).await?;
+                tracing::info!(principal = %session.principal, n_acls = n, "created ACLs");
+                ResponseBody::Empty
+            }
+            Request::DescribeAcls { filter } => {
+                check_cluster(broker, session, Operation::Describe)?;
+                ResponseBody::Acls(match acl_filter(&filter)? {
+                    None => Vec::new(),
+                    Some(f) => broker
+                        .authorizer
+                        .describe(&f)
+                        .iter()
+                        .map(wire_acl)
+                        .collect(),
+                })
+            }
+            Request::DeleteAcls { filters } => {
+                check_cluster(broker, session, Operation::Alter)?;
+                let filters: Vec<acl::AclFilter> = filters
+                    .iter()
+                    .map(acl_filter)
+                    .collect::<Result<Vec<_>, _>>()?
+                    .into_iter()
+                    .flatten()
+                    .collect();
+                let authorizer = broker.authorizer.clone();
+                let deleted = blocking_acls(move || authorizer.delete(&filters)).await?;
+                // A binding several filters matched is listed once.
+                let deleted: std::collections::BTreeSet<_> =
+                    deleted.into_iter().flatten().collect();
+                if !deleted.is_empty() {
+                    tracing::info!(principal = %session.principal, n_acls = deleted.len(), "deleted ACLs");
+                }
+                ResponseBody::Acls(deleted.iter().map(wire_acl).collect())
             }
             Request::Produce { .. }
             | Request::Subscribe { .. }
             | Request::AddCredit { .. }
-            | Request::Unsubscribe { .. } => {
+            | Request::Unsubscribe { .. }
+            | Request::SaslHandshake { .. }
+            | Request::SaslAuthenticate { .. } => {
                 unreachable!("connection-level requests are dispatched by the connection")
+            }
+            Request::UpsertUser { .. } | Request::DeleteUser { .. } | Request::ListUsers => {
+                unreachable!("user requests are answered by users_request")
             }
         })
     }
@@ -777,6 +1047,158 @@ async fn handle(
         Err(e) => error_response(&e),
     };
     (response, charge)
+}
+
+/// UpsertUser, DeleteUser and ListUsers on the user store. Changes write a file with fsyncs:
+/// they run off the async threads.
+async fn users_request(config: &ServerConfig, request: Request) -> Response {
+    use strand_client::native::messages::UserEntry;
+    use strand_client::scram::{ScramMechanism, StoredCredential};
+    let Some(authenticator) = &config.authenticator else {
+        return Response::error(
+            ErrorCode::UnsupportedRequest,
+            "this broker has no user store",
+        );
+    };
+    let users = authenticator.users.clone();
+    let mechanism = |name: &str| {
+        name.parse::<ScramMechanism>()
+            .map_err(|e| Response::error(ErrorCode::InvalidRequest, e))
+    };
+    let change = match request {
+        Request::ListUsers => {
+            return Response::Ok(ResponseBody::Users(
+                users
+                    .list()
+                    .into_iter()
+                    .map(|u| UserEntry {
+                        name: u.name,
+                        mechanisms: u
+                            .mechanisms
+                            .into_iter()
+                            .map(|(m, iterations)| (m.name().to_string(), iterations))
+                            .collect(),
+                    })
+                    .collect(),
+            ))
+        }
+        Request::UpsertUser {
+            name,
+            mechanism: m,
+            iterations,
+            salt,
+            salted_password,
+        } => {
+            let m = match mechanism(&m) {
+                Ok(m) => m,
+                Err(response) => return response,
+            };
+            let credential =
+                StoredCredential::from_salted_password(m, &salted_password, &salt, iterations);
+            if salted_password.len() != m.hash_bytes() {
+                return Response::error(
+                    ErrorCode::InvalidRequest,
+                    format!("a {m} salted password is {} bytes", m.hash_bytes()),
+                );
+            }
+            tokio::task::spawn_blocking(move || users.upsert(&name, credential)).await
+        }
+        Request::DeleteUser { name, mechanism: m } => {
+            let m = match m.as_str() {
+                "" => None,
+                m => match mechanism(m) {
+                    Ok(m) => Some(m),
+                    Err(response) => return response,
+                },
+            };
+            tokio::task::spawn_blocking(move || users.delete(&name, m)).await
+        }
+        _ => unreachable!("only user requests come here"),
+    };
+    match change {
+        Ok(Ok(())) => Response::Ok(ResponseBody::Empty),
+        Ok(Err(e)) => {
+            let code = match &e {
+                UsersError::NotFound(_)
+                | UsersError::InvalidName { .. }
+                | UsersError::InvalidCredential(_) => ErrorCode::InvalidRequest,
+                UsersError::LimitReached { .. } => ErrorCode::LimitReached,
+                _ => {
+                    tracing::error!(error = %e, "changing users failed");
+                    ErrorCode::StorageError
+                }
+            };
+            Response::error(code, e.to_string())
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "user change task failed");
+            Response::error(ErrorCode::Internal, "internal error")
+        }
+    }
+}
+
+/// The authorizer's answer as a [`ServiceError`].
+fn authorize(
+    broker: &Broker,
+    session: &Session,
+    operation: Operation,
+    resource_type: ResourceType,
+    name: &str,
+) -> Result<(), ServiceError> {
+    broker
+        .authorizer
+        .check(session, operation, resource_type, name)
+        .map_err(ServiceError::Denied)
+}
+
+fn check_cluster(
+    broker: &Broker,
+    session: &Session,
+    operation: Operation,
+) -> Result<(), ServiceError> {
+    authorize(
+        broker,
+        session,
+        operation,
+        ResourceType::Cluster,
+        acl::CLUSTER_NAME,
+    )
+}
+
+/// A filter off the wire; `None` when it can match none of Strand's bindings.
+fn acl_filter(f: &AclBindingFilter) -> Result<Option<acl::AclFilter>, ServiceError> {
+    acl::AclFilter::from_codes(
+        f.resource_type as i8,
+        f.resource_name.as_deref(),
+        f.pattern_type as i8,
+        f.principal.as_deref(),
+        f.host.as_deref(),
+        f.operation as i8,
+        f.permission as i8,
+    )
+    .map_err(|reason| ServiceError::Acl(acl::AclError::Invalid(reason)))
+}
+
+fn wire_acl(b: &acl::AclBinding) -> AclBinding {
+    AclBinding {
+        resource_type: b.pattern.resource_type.code() as u8,
+        resource_name: b.pattern.name.clone(),
+        pattern_type: b.pattern.pattern_type.code() as u8,
+        principal: b.entry.principal.to_string(),
+        host: b.entry.host.clone(),
+        operation: b.entry.operation.code() as u8,
+        permission: b.entry.permission.code() as u8,
+    }
+}
+
+/// Runs an ACL change (it writes and fsyncs the file) on the blocking pool.
+async fn blocking_acls<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, acl::AclError> + Send + 'static,
+) -> Result<T, ServiceError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ServiceError::Internal(format!("ACL task failed: {e}")))?
+        .map_err(ServiceError::Acl)
 }
 
 fn group_info(broker: &Broker, g: GroupDescription) -> GroupInfo {
@@ -872,6 +1294,10 @@ fn error_response(e: &ServiceError) -> Response {
         ServiceError::Group(GroupError::InconsistentGroupProtocol) => {
             ErrorCode::InconsistentGroupProtocol
         }
+        ServiceError::Denied(_) => ErrorCode::AuthorizationFailed,
+        ServiceError::Acl(acl::AclError::Invalid(_)) => ErrorCode::InvalidRequest,
+        ServiceError::Acl(acl::AclError::LimitReached { .. }) => ErrorCode::LimitReached,
+        ServiceError::Acl(_) => ErrorCode::StorageError,
         _ => ErrorCode::Internal,
     };
     if matches!(code, ErrorCode::Internal | ErrorCode::StorageError) {

@@ -14,6 +14,7 @@ use crate::group::{CoordinatorConfig, GroupError, Groups};
 use crate::log::{AppendInfo, FirstBatch, LogError, ReadResult};
 use crate::metrics::Metrics;
 use crate::producers::{BatchSequence, SequenceCheck, SequenceError};
+use crate::security::acl::{AclError, Authorizer, Denied};
 use crate::topics::{is_internal_topic, Partition, Topic, TopicConfig, TopicError, Topics};
 
 /// How long a produce waits before it is acknowledged.
@@ -59,6 +60,12 @@ pub enum ServiceError {
         topic: String,
         operation: &'static str,
     },
+    /// The authorizer refused the request (the error names the operation and the resource).
+    #[error(transparent)]
+    Denied(#[from] Denied),
+    /// An ACL change was invalid, over the limit, or could not be stored.
+    #[error(transparent)]
+    Acl(#[from] AclError),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -86,6 +93,9 @@ pub struct Broker {
     pub groups: Arc<Groups>,
     /// Upper bound on a fetch's long-poll wait.
     pub fetch_wait_max: Duration,
+    /// Decides what each connection's principal may do, for both listeners alike. Disabled
+    /// (everything allowed) unless the broker is started with `authorizer_enabled`.
+    pub authorizer: Arc<Authorizer>,
 }
 
 impl Broker {
@@ -102,6 +112,7 @@ impl Broker {
             metrics,
             groups,
             fetch_wait_max,
+            authorizer: Arc::new(Authorizer::disabled()),
         })
     }
 

@@ -8,7 +8,10 @@ use tokio::sync::Mutex;
 
 use crate::connection::{Connection, ConnectionConfig};
 use crate::error::ClientError;
+use crate::native::messages::UserEntry;
+use crate::native::messages::{AclBinding, AclBindingFilter};
 use crate::native::{OffsetQuery, Request, ResponseBody, TopicDescription, TopicSettings};
+use crate::scram::{self, ScramMechanism};
 
 /// Reconnection behaviour.
 #[derive(Debug, Clone)]
@@ -167,6 +170,40 @@ impl Admin {
         }
     }
 
+    /// Adds ACL bindings (all or none).
+    pub async fn create_acls(&self, bindings: Vec<AclBinding>) -> Result<(), ClientError> {
+        self.client
+            .request(Request::CreateAcls { bindings })
+            .await?;
+        Ok(())
+    }
+
+    /// The ACL bindings `filter` matches.
+    pub async fn describe_acls(
+        &self,
+        filter: AclBindingFilter,
+    ) -> Result<Vec<AclBinding>, ClientError> {
+        match self
+            .client
+            .request(Request::DescribeAcls { filter })
+            .await?
+        {
+            ResponseBody::Acls(bindings) => Ok(bindings),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Removes the ACL bindings any filter matches; returns them.
+    pub async fn delete_acls(
+        &self,
+        filters: Vec<AclBindingFilter>,
+    ) -> Result<Vec<AclBinding>, ClientError> {
+        match self.client.request(Request::DeleteAcls { filters }).await? {
+            ResponseBody::Acls(bindings) => Ok(bindings),
+            other => Err(unexpected(other)),
+        }
+    }
+
     /// Resolves an offset query; `None` when no record is as new as a timestamp asked for.
     pub async fn list_offset(
         &self,
@@ -184,6 +221,71 @@ impl Admin {
             .await?
         {
             ResponseBody::Offset(offset) => Ok(offset),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Adds a SCRAM user or replaces its credential for `mechanism`. The password is salted
+    /// here (`iterations` rounds of PBKDF2 on a fresh random salt): only the salted form
+    /// crosses the wire, and the broker keeps only the keys derived from it.
+    pub async fn upsert_user(
+        &self,
+        name: &str,
+        mechanism: ScramMechanism,
+        password: &str,
+        iterations: u32,
+    ) -> Result<(), ClientError> {
+        if !(scram::ITERATIONS_MIN..=scram::ITERATIONS_MAX).contains(&iterations) {
+            return Err(ClientError::Invalid(format!(
+                "iterations {iterations} outside {}..={}",
+                scram::ITERATIONS_MIN,
+                scram::ITERATIONS_MAX
+            )));
+        }
+        if password.is_empty() {
+            return Err(ClientError::Invalid(
+                "the password must not be empty".into(),
+            ));
+        }
+        let mut salt = [0u8; scram::SALT_BYTES];
+        scram::random(&mut salt);
+        let password = password.to_string();
+        // PBKDF2 takes milliseconds: off the async threads.
+        let salted_password = tokio::task::spawn_blocking(move || {
+            mechanism.salted_password(password.as_bytes(), &salt, iterations)
+        })
+        .await
+        .map_err(|e| ClientError::Invalid(format!("salting the password: {e}")))?;
+        self.client
+            .request(Request::UpsertUser {
+                name: name.to_string(),
+                mechanism: mechanism.name().to_string(),
+                iterations,
+                salt: salt.to_vec().into(),
+                salted_password: salted_password.into(),
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Deletes the user's credential for `mechanism`, or all of them.
+    pub async fn delete_user(
+        &self,
+        name: &str,
+        mechanism: Option<ScramMechanism>,
+    ) -> Result<(), ClientError> {
+        self.client
+            .request(Request::DeleteUser {
+                name: name.to_string(),
+                mechanism: mechanism.map_or(String::new(), |m| m.name().to_string()),
+            })
+            .await?;
+        Ok(())
+    }
+
+    pub async fn list_users(&self) -> Result<Vec<UserEntry>, ClientError> {
+        match self.client.request(Request::ListUsers).await? {
+            ResponseBody::Users(users) => Ok(users),
             other => Err(unexpected(other)),
         }
     }

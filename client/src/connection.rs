@@ -16,6 +16,8 @@ use crate::native::frame::{self, SERVER_HEADER_BYTES};
 use crate::native::{
     ApiKey, Push, Request, Response, ResponseBody, ServerFrameKind, FRAME_BYTES_MAX_DEFAULT,
 };
+use crate::sasl::{plain_message, Mechanism, SaslConfig};
+use crate::scram::ScramClient;
 use crate::tls::ClientTlsConfig;
 
 /// How a connection behaves.
@@ -31,6 +33,10 @@ pub struct ConnectionConfig {
     pub request_timeout: Duration,
     /// TLS to the broker (its `SSL` or `SASL_SSL` listener). Default `None`: plain TCP.
     pub tls: Option<ClientTlsConfig>,
+    /// SASL credentials, for brokers whose native listener is `SASL_PLAINTEXT` or
+    /// `SASL_SSL`: every connection (reconnects too) authenticates right after the handshake.
+    /// Default none.
+    pub sasl: Option<SaslConfig>,
 }
 
 impl Default for ConnectionConfig {
@@ -41,6 +47,7 @@ impl Default for ConnectionConfig {
             connect_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(30),
             tls: None,
+            sasl: None,
         }
     }
 }
@@ -129,7 +136,51 @@ impl Connection {
                 versions,
             })
             .await?;
+        if let Some(sasl) = connection.config.sasl.clone() {
+            connection.authenticate(&sasl).await?;
+        }
         Ok(connection)
+    }
+
+    /// Runs the SASL exchange (see `docs/native-protocol.md`, Authentication). A refusal is
+    /// the broker's `SaslAuthenticationFailed` (or `UnsupportedSaslMechanism`), after which
+    /// the broker closes the connection.
+    async fn authenticate(&self, sasl: &SaslConfig) -> Result<(), ClientError> {
+        self.request(Request::SaslHandshake {
+            mechanism: sasl.mechanism.name().to_string(),
+        })
+        .await?;
+        match sasl.mechanism {
+            Mechanism::Plain => {
+                self.sasl_step(plain_message(&sasl.username, &sasl.password))
+                    .await?;
+            }
+            Mechanism::Scram(m) => {
+                let client = ScramClient::new(m, &sasl.username, &sasl.password);
+                let server_first = self.sasl_step(client.client_first()).await?;
+                let (client_final, last) = client
+                    .server_first(&server_first)
+                    .map_err(|e| ClientError::Authentication(e.to_string()))?;
+                let server_final = self.sasl_step(client_final).await?;
+                last.server_final(&server_final)
+                    .map_err(|e| ClientError::Authentication(e.to_string()))?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn sasl_step(&self, token: Vec<u8>) -> Result<Bytes, ClientError> {
+        match self
+            .request(Request::SaslAuthenticate {
+                token: token.into(),
+            })
+            .await?
+        {
+            ResponseBody::SaslToken(token) => Ok(token),
+            other => Err(ClientError::Invalid(format!(
+                "unexpected answer to SaslAuthenticate: {other:?}"
+            ))),
+        }
     }
 
     /// Whether the connection is still usable.

@@ -21,6 +21,10 @@ pub enum ClientError {
     Batch(#[from] BatchError),
     #[error("request of {len} bytes is over the frame limit of {max}")]
     TooLarge { len: usize, max: usize },
+    /// The SASL exchange failed on the client's side (for SCRAM: the broker could not prove
+    /// it holds the credential, or asked for something outside the limits).
+    #[error("authentication failed: {0}")]
+    Authentication(String),
     #[error("{0}")]
     Invalid(String),
     /// TLS could not be set up: an unreadable certificate, key or CA file, or a bad server name.

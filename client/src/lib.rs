@@ -8,6 +8,8 @@
 //! - [`connection`]: one pipelined connection, over TCP or TLS ([`tls`]); [`client`]: reconnecting [`Client`] and [`Admin`].
 //! - [`producer`]: batching [`Producer`] with delivery futures; [`consumer`]: [`Consumer`];
 //!   [`group`]: [`GroupConsumer`], a consumer-group member.
+//! - [`sasl`]: the SASL mechanisms (PLAIN, SCRAM) and [`SaslConfig`]; [`scram`]: both sides of
+//!   a SCRAM exchange and the stored form of a password, shared with the broker.
 
 pub mod batch;
 pub mod client;
@@ -18,6 +20,8 @@ pub mod group;
 pub mod native;
 pub mod partitioner;
 pub mod producer;
+pub mod sasl;
+pub mod scram;
 pub mod tls;
 
 pub use client::{Admin, Client, ClientConfig};
@@ -26,4 +30,5 @@ pub use error::ClientError;
 pub use group::{GroupConfig, GroupConsumer, OffsetReset};
 pub use native::{Acks, TopicSettings};
 pub use producer::{Producer, ProducerConfig, ProducerRecord};
+pub use sasl::{Mechanism, SaslConfig};
 pub use tls::ClientTlsConfig;

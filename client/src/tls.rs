@@ -174,15 +174,18 @@ mod tests {
             key_file: None,
             server_name: None,
         };
-        let err = config.connector().err().unwrap().to_string();
+        let Err(err) = config.connector() else {
+            panic!("a missing CA file was accepted")
+        };
+        let err = err.to_string();
         assert!(err.contains("/nonexistent/ca.pem"), "{err}");
         let config = ClientTlsConfig {
             ca_file: "/nonexistent/ca.pem".into(),
-            cert_file: Some("client.pem".into()),
+            cert_file: None,
             key_file: None,
             server_name: None,
         };
-        // The CA file is read first; with one that exists, half an identity is refused.
+        // A CA file without a certificate is refused, naming what it lacks.
         let dir = std::env::temp_dir().join(format!("strand-tls-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let ca_file = dir.join("ca.pem");
@@ -193,7 +196,7 @@ mod tests {
         }
         .connector()
         .err()
-        .unwrap()
+        .expect("a CA file without a certificate was accepted")
         .to_string();
         assert!(err.contains("CERTIFICATE"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();

@@ -82,6 +82,11 @@ pub enum Participant {
         #[serde(default)]
         #[schema(value_type = Object)]
         body: Option<serde_json::Value>,
+        /// A header whose value is a secret read when the call is sent (from an environment
+        /// variable or a file of the orchestrator's), so it is never stored in
+        /// `__saga_definitions` nor returned by the API: only where it comes from is.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        auth: Option<SecretHeader>,
     },
     /// A command record on a broker topic; the participant answers on `reply_topic` with a
     /// record carrying the same `saga-attempt-id` header and a JSON value
@@ -97,6 +102,57 @@ pub enum Participant {
 
 fn default_method() -> String {
     "POST".into()
+}
+
+/// Headers whose values are credentials: a definition may not write them out (they would be
+/// stored in `__saga_definitions` and returned by `GET /definitions`); a [`SecretHeader`]
+/// names where the value comes from instead.
+pub const SECRET_HEADERS: [&str; 2] = ["authorization", "proxy-authorization"];
+/// Longest environment variable name or file path a [`SecretHeader`] may name.
+pub const SECRET_SOURCE_CHARS_MAX: usize = 4096;
+
+/// Where an HTTP participant's secret header value comes from: exactly one of `env` (a
+/// variable of the orchestrator's environment) or `file` (an absolute path, read at each
+/// call so a rotated secret is picked up), e.g. `{"env": "PAYMENTS_TOKEN"}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SecretHeader {
+    /// The header to set. Default `Authorization`.
+    #[serde(default = "default_secret_header")]
+    pub header: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    /// Put before the secret, e.g. `"Bearer "` when the secret is a bare token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+}
+
+fn default_secret_header() -> String {
+    "Authorization".into()
+}
+
+/// Where a definition writes out a credential header (see [`SECRET_HEADERS`]): the JSON path
+/// of each, empty when there is none.
+pub fn literal_secret_headers(spec: &DefinitionSpec) -> Vec<String> {
+    let mut found = Vec::new();
+    for (i, step) in spec.steps.iter().enumerate() {
+        let participants = [
+            ("action", Some(&step.action)),
+            ("compensation", step.compensation.as_ref()),
+        ];
+        for (field, participant) in participants {
+            if let Some(Participant::Http { headers, .. }) = participant {
+                for name in headers.keys() {
+                    if SECRET_HEADERS.contains(&name.to_ascii_lowercase().as_str()) {
+                        found.push(format!("steps[{i}].{field}.headers.{name}"));
+                    }
+                }
+            }
+        }
+    }
+    found
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -303,6 +359,59 @@ pub fn validate(spec: &DefinitionSpec) -> Result<(), Vec<FieldError>> {
     }
 }
 
+fn check_secret_header(
+    auth: &SecretHeader,
+    headers: &BTreeMap<String, String>,
+    path: &str,
+    err: &mut impl FnMut(String, String),
+) {
+    let valid_name = !auth.header.is_empty()
+        && auth.header.len() <= 256
+        && auth
+            .header
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+    if !valid_name {
+        err(
+            format!("{path}.header"),
+            "must be a valid HTTP header name".into(),
+        );
+    } else if headers.keys().any(|k| k.eq_ignore_ascii_case(&auth.header)) {
+        err(
+            format!("{path}.header"),
+            format!("{:?} is also in headers; give it once", auth.header),
+        );
+    }
+    match (&auth.env, &auth.file) {
+        (Some(_), Some(_)) | (None, None) => err(
+            path.to_string(),
+            "name exactly one of env (a variable) or file (an absolute path)".into(),
+        ),
+        (Some(var), None) => {
+            if var.is_empty() || var.len() > SECRET_SOURCE_CHARS_MAX || var.contains(['=', '\0']) {
+                err(
+                    format!("{path}.env"),
+                    "must be an environment variable name (no '=' or NUL)".into(),
+                );
+            }
+        }
+        (None, Some(file)) => {
+            if !file.starts_with('/') || file.len() > SECRET_SOURCE_CHARS_MAX || file.contains('\0')
+            {
+                err(format!("{path}.file"), "must be an absolute path".into());
+            }
+        }
+    }
+    if let Some(prefix) = &auth.prefix {
+        if prefix.len() > 256 || prefix.bytes().any(|b| b.is_ascii_control()) {
+            err(
+                format!("{path}.prefix"),
+                "at most 256 characters, no control characters".into(),
+            );
+        }
+    }
+}
+
 fn check_participant(
     p: &Participant,
     path: &str,
@@ -316,7 +425,11 @@ fn check_participant(
             url,
             headers,
             body,
+            auth,
         } => {
+            if let Some(auth) = auth {
+                check_secret_header(auth, headers, &format!("{path}.auth"), err);
+            }
             if !matches!(method.as_str(), "GET" | "POST" | "PUT" | "PATCH" | "DELETE") {
                 err(
                     format!("{path}.method"),
@@ -470,6 +583,66 @@ mod tests {
             ]
         );
         assert_eq!(paths(&spec(json!([]))), vec!["steps"]);
+    }
+
+    #[test]
+    fn secret_headers_are_references_checked_for_shape() {
+        let with_auth = |auth: serde_json::Value, headers: serde_json::Value| {
+            spec(json!([{"name": "a", "kind": "pivot",
+                "action": {"type": "http", "url": "http://p/a", "headers": headers, "auth": auth}}]))
+        };
+        let ok = with_auth(
+            json!({"env": "PAYMENTS_TOKEN", "prefix": "Bearer "}),
+            json!({}),
+        );
+        assert_eq!(validate(&ok), Ok(()));
+        assert_eq!(literal_secret_headers(&ok), Vec::<String>::new());
+        let Participant::Http {
+            auth: Some(auth), ..
+        } = &ok.steps[0].action
+        else {
+            panic!()
+        };
+        assert_eq!(auth.header, "Authorization");
+        assert_eq!(
+            paths(&with_auth(json!({"env": "A", "file": "/b"}), json!({}))),
+            vec!["steps[0].action.auth"]
+        );
+        assert_eq!(
+            paths(&with_auth(json!({}), json!({}))),
+            vec!["steps[0].action.auth"]
+        );
+        assert_eq!(
+            paths(&with_auth(
+                json!({"file": "relative/path", "header": "bad header"}),
+                json!({})
+            )),
+            vec!["steps[0].action.auth.header", "steps[0].action.auth.file"]
+        );
+        assert_eq!(
+            paths(&with_auth(
+                json!({"env": "A=B", "prefix": "x\r\n"}),
+                json!({})
+            )),
+            vec!["steps[0].action.auth.env", "steps[0].action.auth.prefix"]
+        );
+        assert_eq!(
+            paths(&with_auth(
+                json!({"env": "T", "header": "X-Api-Key"}),
+                json!({"x-api-key": "1"})
+            )),
+            vec!["steps[0].action.auth.header"]
+        );
+        assert!(
+            serde_json::from_value::<SecretHeader>(json!({"env": "T", "value": "s3cret"})).is_err()
+        );
+
+        let literal = spec(json!([{"name": "a", "action": http("http://p/a"),
+            "compensation": {"type": "http", "url": "http://p/u", "headers": {"AUTHORIZATION": "Bearer x"}}}]));
+        assert_eq!(
+            literal_secret_headers(&literal),
+            vec!["steps[0].compensation.headers.AUTHORIZATION"]
+        );
     }
 
     #[test]

@@ -900,7 +900,9 @@ fn render(p: &Participant, context: &Value) -> Result<Participant, String> {
             url,
             headers,
             body,
+            auth,
         } => Participant::Http {
+            auth: auth.clone(),
             method: method.clone(),
             url: template::render_str(url, context)?,
             headers: headers

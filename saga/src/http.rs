@@ -11,19 +11,30 @@
 //!
 //! With several instances sharing a journal, a request about a saga of a partition another
 //! instance drives is forwarded there (once: a forwarded request is never forwarded again) and
-//! its answer returned unchanged.
+//! its answer returned unchanged. The caller's bearer token goes with it: the owner checks it
+//! again.
+//!
+//! With [`HttpConfig::auth`] set, every route but `/health` and `/openapi.json` needs a bearer
+//! JWT with its scope: [`SCOPE_READ`] for reading definitions, sagas and breakers,
+//! [`SCOPE_START`] to start a saga, [`SCOPE_DEFINE`] to store a definition, [`SCOPE_OPERATE`]
+//! to abort or retry one. No or an invalid token is a 401 (`WWW-Authenticate: Bearer`), a
+//! token without the scope a 403 (see `strand_broker::http::RequireScope`).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::error_handling::HandleErrorLayer;
 use axum::extract::{Path, Query, State};
+use axum::handler::Handler;
 use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
+use strand_broker::http::RequireScope;
+use strand_broker::security::jwt::Verifier;
 use tower::ServiceBuilder;
 use utoipa::{IntoParams, OpenApi, ToSchema};
 
@@ -32,12 +43,23 @@ use crate::definition::{Definition, DefinitionSpec, FieldError};
 use crate::engine::{Saga, SagaState};
 use crate::orchestrator::{ApiError, Handle, ListQuery, SagaPage, StartRequest};
 
-/// Limits of the HTTP listener.
+/// Reading definitions, sagas and circuit breakers.
+pub const SCOPE_READ: &str = "saga:read";
+/// Starting sagas (`POST /sagas`).
+pub const SCOPE_START: &str = "saga:start";
+/// Storing definitions (`PUT /definitions/{name}`), which decide what participants are called.
+pub const SCOPE_DEFINE: &str = "saga:define";
+/// Operator actions on a saga: abort, retry.
+pub const SCOPE_OPERATE: &str = "saga:operate";
+
+/// Limits of the HTTP listener, and who may use it.
 #[derive(Debug, Clone)]
 pub struct HttpConfig {
     pub body_bytes_max: usize,
     pub requests_in_flight_max: usize,
     pub request_timeout: Duration,
+    /// Bearer-token verification; `None` leaves the API open (the default, for loopback).
+    pub auth: Option<Arc<Verifier>>,
 }
 
 impl Default for HttpConfig {
@@ -46,6 +68,7 @@ impl Default for HttpConfig {
             body_bytes_max: 1 << 20,
             requests_in_flight_max: 1024,
             request_timeout: Duration::from_secs(30),
+            auth: None,
         }
     }
 }
@@ -111,9 +134,13 @@ pub async fn forward(
     method: Method,
     path_and_query: &str,
     body: Option<Vec<u8>>,
+    authorization: Option<&header::HeaderValue>,
 ) -> Result<(StatusCode, Bytes), ApiError> {
     let url = format!("{}{path_and_query}", api.trim_end_matches('/'));
     let mut request = http.request(method, &url).header(FORWARDED_HEADER, "1");
+    if let Some(authorization) = authorization {
+        request = request.header(header::AUTHORIZATION, authorization.clone());
+    }
     if let Some(body) = body {
         request = request
             .header(header::CONTENT_TYPE, "application/json")
@@ -141,7 +168,8 @@ async fn answer<T: Serialize>(
             owner: Some(api), ..
         }) if !headers.contains_key(FORWARDED_HEADER) => {
             let body = body.map(|b| b.to_vec());
-            match forward(&handle.http, &api, method, &path, body).await {
+            let authorization = headers.get(header::AUTHORIZATION);
+            match forward(&handle.http, &api, method, &path, body, authorization).await {
                 Ok((status, body)) => {
                     (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
                 }
@@ -215,21 +243,31 @@ fn definition_body(body: &Bytes) -> Result<DefinitionSpec, AppError> {
 pub struct ApiDoc;
 
 pub fn router(handle: Handle, config: &HttpConfig) -> Router {
+    let scope = |scope| RequireScope::new(config.auth.clone(), scope);
+    let (read, start, define, operate) = (
+        scope(SCOPE_READ),
+        scope(SCOPE_START),
+        scope(SCOPE_DEFINE),
+        scope(SCOPE_OPERATE),
+    );
     Router::new()
-        .route("/definitions", get(list_definitions))
+        .route("/definitions", get(list_definitions.layer(read.clone())))
         .route(
             "/definitions/{name}",
-            put(put_definition).get(get_definition),
+            put(put_definition.layer(define)).get(get_definition.layer(read.clone())),
         )
         .route(
             "/definitions/{name}/versions/{version}",
-            get(get_definition_version),
+            get(get_definition_version.layer(read.clone())),
         )
-        .route("/sagas", post(start_saga).get(list_sagas))
-        .route("/sagas/{id}", get(get_saga))
-        .route("/sagas/{id}/abort", post(abort_saga))
-        .route("/sagas/{id}/retry", post(retry_saga))
-        .route("/breakers", get(breakers))
+        .route(
+            "/sagas",
+            post(start_saga.layer(start)).get(list_sagas.layer(read.clone())),
+        )
+        .route("/sagas/{id}", get(get_saga.layer(read.clone())))
+        .route("/sagas/{id}/abort", post(abort_saga.layer(operate.clone())))
+        .route("/sagas/{id}/retry", post(retry_saga.layer(operate)))
+        .route("/breakers", get(breakers.layer(read)))
         .route("/health", get(health))
         .route("/openapi.json", get(openapi))
         .with_state(handle)

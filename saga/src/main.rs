@@ -16,6 +16,7 @@ use clap::Parser;
 use strand_broker::config::{BrokerArgs, BrokerConfig};
 use strand_broker::listener::ListenerKind;
 use strand_broker::run::RunningBroker;
+use strand_broker::security::jwt::{JwtConfig, Verifier};
 use strand_broker::security::tls::{ClientAuth, ServerTls, TlsConfig};
 use strand_broker::security::SecurityProtocol;
 use strand_cluster::{properties, Cluster, ClusterConfig};
@@ -24,6 +25,7 @@ use strand_saga::http::{self, HttpConfig};
 use strand_saga::journal::Journal;
 use strand_saga::orchestrator::{self, OrchestratorConfig};
 use strand_saga::ownership;
+use strand_saga::participants::{AllowedHosts, ParticipantTls, ParticipantsConfig};
 use tokio::sync::watch;
 
 /// A TLS handshake on the API port must finish within this.
@@ -110,8 +112,51 @@ struct Args {
     /// Largest request body, in bytes [default: 1048576]
     #[arg(long, env = "STRAND_SAGA_BODY_BYTES_MAX", default_value_t = 1 << 20)]
     body_bytes_max: usize,
+    /// The `iss` bearer tokens on the API must carry; with --jwt-audience and keys, every route
+    /// but /health and /openapi.json needs a token [default: the API is open]
+    #[arg(long, env = "STRAND_SAGA_JWT_ISSUER", value_name = "ISSUER")]
+    jwt_issuer: Option<String>,
+    /// The audience bearer tokens on the API must name
+    #[arg(long, env = "STRAND_SAGA_JWT_AUDIENCE", value_name = "AUDIENCE")]
+    jwt_audience: Option<String>,
+    /// A PEM public key (RSA or EC) or certificate that signs tokens; repeatable
+    #[arg(
+        long = "jwt-key-file",
+        env = "STRAND_SAGA_JWT_KEY_FILES",
+        value_name = "FILE",
+        value_delimiter = ','
+    )]
+    jwt_key_files: Vec<std::path::PathBuf>,
+    /// A JWKS file with the keys that sign tokens (chosen by kid)
+    #[arg(long, env = "STRAND_SAGA_JWT_JWKS_FILE", value_name = "FILE")]
+    jwt_jwks_file: Option<std::path::PathBuf>,
+    /// Clock skew allowed on exp and nbf, in seconds (at most 300) [default: 30]
+    #[arg(long, env = "STRAND_SAGA_JWT_LEEWAY_S", default_value_t = 30)]
+    jwt_leeway_s: u64,
+    /// A file with a bearer token (scope saga:start) this instance presents when it forwards a
+    /// trigger's saga to the instance owning its journal partition; needed with JWTs on a
+    /// shared Kafka journal with triggers. Read at each use, so it may be rotated.
+    #[arg(long, env = "STRAND_SAGA_FORWARD_TOKEN_FILE", value_name = "FILE")]
+    forward_token_file: Option<std::path::PathBuf>,
+    /// Hosts HTTP participants may be on: host, host:port, *.domain, [ipv6]:port, comma
+    /// separated; a definition naming another is refused [default: any host]
+    #[arg(long, env = "STRAND_SAGA_PARTICIPANT_HOSTS", value_name = "HOSTS", value_parser = participant_hosts)]
+    participant_hosts: Option<AllowedHosts>,
+    /// PEM CA certificates trusted for HTTPS participants, besides the built-in web roots
+    #[arg(long, env = "STRAND_SAGA_PARTICIPANT_CA_FILE", value_name = "FILE")]
+    participant_ca_file: Option<std::path::PathBuf>,
+    /// PEM client certificate presented to HTTPS participants (with --participant-key-file)
+    #[arg(long, env = "STRAND_SAGA_PARTICIPANT_CERT_FILE", value_name = "FILE")]
+    participant_cert_file: Option<std::path::PathBuf>,
+    /// PEM private key of --participant-cert-file
+    #[arg(long, env = "STRAND_SAGA_PARTICIPANT_KEY_FILE", value_name = "FILE")]
+    participant_key_file: Option<std::path::PathBuf>,
     #[command(flatten)]
     embedded: BrokerArgs,
+}
+
+fn participant_hosts(s: &str) -> Result<AllowedHosts, String> {
+    s.parse()
 }
 
 fn key_value(s: &str) -> Result<(String, String), String> {
@@ -146,6 +191,9 @@ struct Settings {
     /// HTTPS for the API, when its certificate is given; loaded here, so that a bad file is a
     /// configuration error.
     api_tls: Option<Arc<ServerTls>>,
+    /// Bearer-token verification of the API, when configured.
+    auth: Option<Arc<Verifier>>,
+    participants: ParticipantsConfig,
 }
 
 impl Settings {
@@ -180,11 +228,39 @@ impl Settings {
             ),
             None => None,
         };
+        let jwt_given = args.jwt_issuer.is_some()
+            || args.jwt_audience.is_some()
+            || !args.jwt_key_files.is_empty()
+            || args.jwt_jwks_file.is_some();
+        let auth = if jwt_given {
+            let config = JwtConfig {
+                issuer: args.jwt_issuer.clone().unwrap_or_default(),
+                audience: args.jwt_audience.clone().unwrap_or_default(),
+                key_files: args.jwt_key_files.clone(),
+                jwks_file: args.jwt_jwks_file.clone(),
+                leeway_s: args.jwt_leeway_s,
+                ..JwtConfig::default()
+            };
+            Some(Arc::new(
+                Verifier::load(config).context("the API's JWT settings")?,
+            ))
+        } else {
+            None
+        };
+        let tls = ParticipantTls {
+            ca_file: args.participant_ca_file.clone(),
+            cert_file: args.participant_cert_file.clone(),
+            key_file: args.participant_key_file.clone(),
+        };
+        let participants = ParticipantsConfig::new(args.participant_hosts.clone(), &tls)
+            .context("participant settings")?;
         Ok(Settings {
             args,
             embedded,
             kafka_properties,
             api_tls,
+            auth,
+            participants,
         })
     }
 }
@@ -223,6 +299,8 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         embedded,
         kafka_properties,
         api_tls,
+        auth,
+        participants,
     } = settings;
     let embedded = match embedded {
         Some(config) => Some(RunningBroker::start(config).await?),
@@ -308,14 +386,36 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
             .clone()
             .unwrap_or_else(|| advertised(api_addr, scheme)),
         instance_id: instance_id.clone(),
+        participants,
+        forward_token_file: args.forward_token_file.clone(),
         ..OrchestratorConfig::default()
     };
     let (handle, mut orchestrator) =
         orchestrator::start(journal, config, ownership, shutdown_rx.clone())
             .await
             .context("recovering the orchestrator")?;
+    match &auth {
+        Some(verifier) => {
+            tracing::info!(
+                keys = verifier.keys_loaded(),
+                issuer = %verifier.config().issuer,
+                audience = %verifier.config().audience,
+                "saga API requires bearer tokens"
+            );
+            verifier.clone().watch(shutdown_rx.clone());
+        }
+        None if !api_addr.ip().is_loopback() => tracing::warn!(
+            api = %api_addr,
+            "the saga API is open to anyone who can reach {api_addr}: without --jwt-issuer, \
+             --jwt-audience and keys, anyone may define sagas (which call participant URLs{}), \
+             start, abort and retry sagas and read their inputs and outputs",
+            if args.participant_hosts.is_some() { " on the allowed hosts" } else { " on any host" }
+        ),
+        None => {}
+    }
     let http_config = HttpConfig {
         body_bytes_max: args.body_bytes_max,
+        auth,
         ..HttpConfig::default()
     };
     let app = http::router(handle, &http_config);

@@ -26,7 +26,7 @@ use crate::definition::{self, Definition, DefinitionSpec, FieldError, Participan
 use crate::engine::{Call, EngineError, Entry, Event, Input, Saga, SagaState};
 use crate::journal::{Journal, JournalError};
 use crate::ownership::{self, Ownership, Routes};
-use crate::participants::{self, Participants, Reply};
+use crate::participants::{self, Participants, ParticipantsConfig, Reply};
 use crate::triggers;
 
 /// Why a request could not be served; `http` maps each to a status.
@@ -68,6 +68,11 @@ pub struct OrchestratorConfig {
     /// Finished sagas kept in memory (for `GET /sagas`); older ones are dropped once their
     /// final state is in a snapshot, which keeps memory bounded in a long-running process.
     pub finished_in_memory_max: usize,
+    /// Which hosts HTTP participants may be on, and how HTTPS ones are reached.
+    pub participants: ParticipantsConfig,
+    /// A file with the bearer token presented when a trigger's saga is forwarded to the
+    /// instance owning its partition (whose API may require one); read at each forward.
+    pub forward_token_file: Option<std::path::PathBuf>,
 }
 
 impl Default for OrchestratorConfig {
@@ -81,6 +86,8 @@ impl Default for OrchestratorConfig {
             api_url: "http://127.0.0.1:7190".into(),
             queue_max: 10_000,
             finished_in_memory_max: 100_000,
+            participants: ParticipantsConfig::default(),
+            forward_token_file: None,
         }
     }
 }
@@ -177,6 +184,7 @@ pub struct Handle {
     participants: Arc<Participants>,
     /// Forwards requests to other instances.
     pub(crate) http: reqwest::Client,
+    forward_token_file: Option<std::path::PathBuf>,
     instance_id: String,
     owned: watch::Receiver<Vec<u32>>,
 }
@@ -201,6 +209,9 @@ impl Handle {
         name: String,
         spec: DefinitionSpec,
     ) -> Result<Definition, ApiError> {
+        self.participants
+            .check_definition(&spec)
+            .map_err(ApiError::BadRequest)?;
         self.ask(|r| Command::PutDefinition(name, Box::new(spec), r))
             .await
     }
@@ -231,12 +242,14 @@ impl Handle {
                 owner: Some(api), ..
             }) => {
                 let body = serde_json::to_vec(&request).expect("requests serialize");
+                let authorization = self.forward_authorization().await?;
                 let (status, body) = crate::http::forward(
                     &self.http,
                     &api,
                     reqwest::Method::POST,
                     "/sagas",
                     Some(body),
+                    authorization.as_ref(),
                 )
                 .await?;
                 if status.is_success() {
@@ -253,6 +266,25 @@ impl Handle {
             }
             other => other.map(|_| ()),
         }
+    }
+
+    /// `Bearer <token>` from the forward token file, when one is configured.
+    async fn forward_authorization(
+        &self,
+    ) -> Result<Option<reqwest::header::HeaderValue>, ApiError> {
+        let Some(path) = &self.forward_token_file else {
+            return Ok(None);
+        };
+        let unavailable = |why: String| {
+            ApiError::Unavailable(format!("forward token file {}: {why}", path.display()))
+        };
+        let text = tokio::fs::read_to_string(path)
+            .await
+            .map_err(|e| unavailable(e.to_string()))?;
+        let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {}", text.trim()))
+            .map_err(|_| unavailable("not a valid header value".into()))?;
+        value.set_sensitive(true);
+        Ok(Some(value))
     }
 
     pub async fn get(&self, id: String) -> Result<Saga, ApiError> {
@@ -295,6 +327,7 @@ pub async fn start(
     let participants = Arc::new(Participants::new(
         cluster.clone(),
         config.breaker,
+        config.participants.clone(),
         reply_tx.clone(),
     ));
     let (tx, rx) = mpsc::channel(config.queue_max.max(1));
@@ -304,6 +337,7 @@ pub async fn start(
         owned: owned_rx,
         tx: tx.clone(),
         participants: participants.clone(),
+        forward_token_file: config.forward_token_file.clone(),
         http: reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
             .build()

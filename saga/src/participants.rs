@@ -5,8 +5,19 @@
 //! timeout decides, and a timed-out action counts as one that may have happened. So only a
 //! call that certainly did not reach the participant (connection refused, the circuit breaker
 //! open, a template that cannot be rendered) is reported as a failure without an answer.
+//!
+//! [`ParticipantsConfig`] says which hosts HTTP participants may be on ([`AllowedHosts`],
+//! checked when a definition is stored, again on every call and on every redirect) and how
+//! HTTPS participants are reached (a custom CA bundle, a client certificate). A step's
+//! [`SecretHeader`] is resolved when the call is sent, from the orchestrator's environment or a
+//! file; its value is never logged nor stored.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::io::Read;
+use std::net::Ipv6Addr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -15,7 +26,7 @@ use strand_cluster::{Cluster, GroupSpec, MirroredRecord, SideError};
 use tokio::sync::{mpsc, watch};
 
 use crate::breaker::{Breaker, BreakerConfig};
-use crate::definition::Participant;
+use crate::definition::{DefinitionSpec, Participant, SecretHeader};
 use crate::engine::{Call, Failure, Phase};
 
 /// Header names on HTTP calls and broker commands.
@@ -73,9 +84,386 @@ pub fn parse_attempt_id(id: &str) -> Option<(String, String, Phase, u32)> {
     Some((saga, step, phase, attempt))
 }
 
+/// Largest secret file read for a [`SecretHeader`].
+pub const SECRET_FILE_BYTES_MAX: u64 = 16 * 1024;
+/// Redirects one participant call follows at most (reqwest's default).
+pub const REDIRECTS_MAX: usize = 10;
+/// Largest CA bundle, certificate or key file read.
+pub const TLS_FILE_BYTES_MAX: u64 = 1 << 20;
+
+/// Why the participants' HTTP client could not be set up.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ParticipantError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {reason}")]
+    Pem { path: PathBuf, reason: String },
+    #[error("{0}")]
+    Config(String),
+    #[error("building the participants' HTTP client: {0}")]
+    Client(#[source] reqwest::Error),
+}
+
+/// Files for calling HTTPS participants.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ParticipantTls {
+    /// PEM CA certificates trusted for participants, besides the built-in web roots.
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate (chain) presented to participants that ask for one; needs
+    /// `key_file`.
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key of `cert_file` (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: Option<PathBuf>,
+}
+
+/// How participants are reached: which hosts, and the HTTP client (TLS settings, redirect
+/// checks) that calls them.
+#[derive(Debug, Clone)]
+pub struct ParticipantsConfig {
+    /// Hosts HTTP participants may be on; `None` allows any.
+    pub allowed_hosts: Option<AllowedHosts>,
+    http: reqwest::Client,
+}
+
+impl Default for ParticipantsConfig {
+    fn default() -> Self {
+        ParticipantsConfig::new(None, &ParticipantTls::default())
+            .expect("an HTTP client without TLS files builds")
+    }
+}
+
+impl ParticipantsConfig {
+    /// Reads the TLS files and builds the client; every file problem names the file.
+    pub fn new(
+        allowed_hosts: Option<AllowedHosts>,
+        tls: &ParticipantTls,
+    ) -> Result<ParticipantsConfig, ParticipantError> {
+        let hosts = allowed_hosts.clone();
+        let redirects = reqwest::redirect::Policy::custom(move |attempt| {
+            if attempt.previous().len() >= REDIRECTS_MAX {
+                return attempt.error(format!("more than {REDIRECTS_MAX} redirects"));
+            }
+            match &hosts {
+                Some(hosts) if !hosts.allows(attempt.url()) => {
+                    let refusal = format!(
+                        "redirected to {}, which is not an allowed participant host",
+                        attempt.url().host_str().unwrap_or_default()
+                    );
+                    attempt.error(refusal)
+                }
+                _ => attempt.follow(),
+            }
+        });
+        let mut builder = reqwest::Client::builder()
+            .pool_max_idle_per_host(64)
+            .redirect(redirects);
+        if let Some(path) = &tls.ca_file {
+            let pem = read_limited(path, TLS_FILE_BYTES_MAX)?;
+            let certs =
+                reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| ParticipantError::Pem {
+                    path: path.clone(),
+                    reason: format!("not PEM certificates: {e}"),
+                })?;
+            if certs.is_empty() {
+                return Err(ParticipantError::Pem {
+                    path: path.clone(),
+                    reason: "no certificate in it".into(),
+                });
+            }
+            for cert in certs {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        match (&tls.cert_file, &tls.key_file) {
+            (Some(cert), Some(key)) => {
+                let mut pem = read_limited(cert, TLS_FILE_BYTES_MAX)?;
+                pem.push(b'\n');
+                pem.extend(read_limited(key, TLS_FILE_BYTES_MAX)?);
+                let identity =
+                    reqwest::Identity::from_pem(&pem).map_err(|e| ParticipantError::Pem {
+                        path: cert.clone(),
+                        reason: format!(
+                            "with key {}: not a PEM certificate and private key: {e}",
+                            key.display()
+                        ),
+                    })?;
+                builder = builder.identity(identity);
+            }
+            (None, None) => {}
+            _ => {
+                return Err(ParticipantError::Config(
+                    "a participant client certificate needs both a certificate and a key file"
+                        .into(),
+                ))
+            }
+        }
+        Ok(ParticipantsConfig {
+            allowed_hosts,
+            http: builder.build().map_err(ParticipantError::Client)?,
+        })
+    }
+
+    /// Why `spec` may not be stored under this policy (a 400): a participant URL on a host
+    /// not allowed, or a credential header written out.
+    pub fn check_definition(&self, spec: &DefinitionSpec) -> Result<(), String> {
+        let literal = crate::definition::literal_secret_headers(spec);
+        if !literal.is_empty() {
+            return Err(format!(
+                "{} writes out a credential header; definitions are stored and returned as \
+                 they are, so name where the value comes from instead: \
+                 \"auth\": {{\"header\": \"Authorization\", \"env\": \"VARIABLE\"}} or \
+                 {{\"file\": \"/run/secrets/name\"}}",
+                literal.join(", ")
+            ));
+        }
+        let Some(hosts) = &self.allowed_hosts else {
+            return Ok(());
+        };
+        for (i, step) in spec.steps.iter().enumerate() {
+            let participants = [
+                ("action", Some(&step.action)),
+                ("compensation", step.compensation.as_ref()),
+            ];
+            for (field, participant) in participants {
+                if let Some(Participant::Http { url, .. }) = participant {
+                    hosts
+                        .check_template(url)
+                        .map_err(|e| format!("steps[{i}].{field}.url: {e}"))?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn read_limited(path: &Path, max: u64) -> Result<Vec<u8>, ParticipantError> {
+    let read_error = |source| ParticipantError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .map_err(read_error)?
+        .take(max + 1)
+        .read_to_end(&mut bytes)
+        .map_err(read_error)?;
+    if bytes.len() as u64 > max {
+        return Err(ParticipantError::Pem {
+            path: path.to_path_buf(),
+            reason: format!("larger than {max} bytes"),
+        });
+    }
+    Ok(bytes)
+}
+
+/// The hosts HTTP participants may be on, from `--participant-hosts`: a comma-separated list
+/// of `host` (any port), `host:port`, `*.domain` (any name under it, not the domain itself),
+/// IP addresses, and `[ipv6]` or `[ipv6]:port`. Names compare without case.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AllowedHosts(Vec<HostPattern>);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct HostPattern {
+    /// Lower case; `[..]` around IPv6 addresses, as URLs write them.
+    host: String,
+    /// `*.domain`: any name ending in `.domain`.
+    wildcard: bool,
+    port: Option<u16>,
+}
+
+impl fmt::Display for AllowedHosts {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.0.iter().enumerate() {
+            let sep = if i == 0 { "" } else { "," };
+            let star = if p.wildcard { "*." } else { "" };
+            write!(f, "{sep}{star}{}", p.host)?;
+            if let Some(port) = p.port {
+                write!(f, ":{port}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl FromStr for AllowedHosts {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<AllowedHosts, String> {
+        let patterns = s
+            .split(',')
+            .map(str::trim)
+            .filter(|e| !e.is_empty())
+            .map(host_pattern)
+            .collect::<Result<Vec<_>, _>>()?;
+        if patterns.is_empty() {
+            return Err("the participant host list is empty".into());
+        }
+        Ok(AllowedHosts(patterns))
+    }
+}
+
+fn host_pattern(entry: &str) -> Result<HostPattern, String> {
+    let bad = |why: &str| format!("participant host {entry:?}: {why}");
+    let port = |p: &str| match p.parse::<u16>() {
+        Ok(0) | Err(_) => Err(bad("the port must be 1 to 65535")),
+        Ok(port) => Ok(port),
+    };
+    let (host, port) = if let Some(rest) = entry.strip_prefix('[') {
+        let (addr, after) = rest
+            .split_once(']')
+            .ok_or_else(|| bad("an IPv6 address needs its closing ']'"))?;
+        let addr: Ipv6Addr = addr.parse().map_err(|_| bad("not an IPv6 address"))?;
+        let port = match after {
+            "" => None,
+            p => Some(port(
+                p.strip_prefix(':').ok_or_else(|| bad("junk after ']'"))?,
+            )?),
+        };
+        (format!("[{addr}]"), port)
+    } else {
+        match entry.split_once(':') {
+            Some((host, p)) if !p.contains(':') => (host.to_string(), Some(port(p)?)),
+            Some(_) => return Err(bad("write IPv6 addresses in brackets: [::1]:8080")),
+            None => (entry.to_string(), None),
+        }
+    };
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    let (host, wildcard) = match host.strip_prefix("*.") {
+        Some(domain) => (domain.to_string(), true),
+        None => (host, false),
+    };
+    let valid = !host.is_empty()
+        && (host.starts_with('[')
+            || host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_'));
+    if !valid {
+        return Err(bad(
+            "a host is letters, digits, '-', '_' and '.', optionally after \"*.\"",
+        ));
+    }
+    Ok(HostPattern {
+        host,
+        wildcard,
+        port,
+    })
+}
+
+impl AllowedHosts {
+    /// Whether `url`'s host and port are allowed.
+    pub fn allows(&self, url: &reqwest::Url) -> bool {
+        let Some(host) = url.host_str() else {
+            return false;
+        };
+        let host = host.trim_end_matches('.').to_ascii_lowercase();
+        let port = url.port_or_known_default();
+        self.0.iter().any(|p| {
+            let host_ok = if p.wildcard {
+                host.len() > p.host.len() + 1
+                    && host.ends_with(&p.host)
+                    && host.as_bytes()[host.len() - p.host.len() - 1] == b'.'
+            } else {
+                host == p.host
+            };
+            host_ok && p.port.is_none_or(|allowed| Some(allowed) == port)
+        })
+    }
+
+    /// Checks a participant URL as a definition writes it, before templates are rendered:
+    /// its host must be written out (not a template) and allowed.
+    pub fn check_template(&self, url: &str) -> Result<(), String> {
+        let (scheme, rest) = url
+            .split_once("://")
+            .ok_or_else(|| format!("{url:?} is not an http:// or https:// URL"))?;
+        let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+        if authority.contains("{{") || authority.contains("{%") {
+            return Err(format!(
+                "the host of {url:?} is a template; with an allow-list of participant hosts \
+                 it must be written out"
+            ));
+        }
+        let parsed = reqwest::Url::parse(&format!("{scheme}://{authority}/"))
+            .map_err(|e| format!("{url:?}: {e}"))?;
+        if self.allows(&parsed) {
+            Ok(())
+        } else {
+            Err(format!(
+                "{} is not an allowed participant host (allowed: {self})",
+                parsed.host_str().unwrap_or_default()
+            ))
+        }
+    }
+}
+
+/// The header a [`SecretHeader`] names, with its value read now. Errors say what is missing,
+/// never the value.
+fn resolve_secret(
+    secret: &SecretHeader,
+) -> Result<(reqwest::header::HeaderName, reqwest::header::HeaderValue), Failure> {
+    let name = reqwest::header::HeaderName::from_bytes(secret.header.as_bytes()).map_err(|_| {
+        Failure::permanent(format!(
+            "secret header name {:?} is not valid",
+            secret.header
+        ))
+    })?;
+    let (raw, from) = match (&secret.env, &secret.file) {
+        (Some(var), _) => match std::env::var(var) {
+            Ok(value) => (value, format!("environment variable {var}")),
+            // The variable cannot appear in this process later: trying again will not help.
+            Err(e) => {
+                return Err(Failure::permanent(format!(
+                    "secret for header {}: environment variable {var}: {e}",
+                    secret.header
+                )))
+            }
+        },
+        (None, Some(file)) => {
+            // A secret file may be mounted or rotated later: worth another attempt.
+            let bytes = read_limited(Path::new(file), SECRET_FILE_BYTES_MAX).map_err(|e| {
+                Failure::retriable(format!("secret for header {}: {e}", secret.header))
+            })?;
+            let text = String::from_utf8(bytes).map_err(|_| {
+                Failure::retriable(format!(
+                    "secret for header {}: file {file} is not UTF-8",
+                    secret.header
+                ))
+            })?;
+            (text, format!("file {file}"))
+        }
+        (None, None) => {
+            return Err(Failure::permanent(format!(
+                "secret for header {} names no source",
+                secret.header
+            )))
+        }
+    };
+    let value = raw.trim_end_matches(['\r', '\n']);
+    if value.trim().is_empty() {
+        return Err(Failure::retriable(format!(
+            "secret for header {}: {from} is empty",
+            secret.header
+        )));
+    }
+    let full = format!("{}{value}", secret.prefix.as_deref().unwrap_or_default());
+    let mut header = reqwest::header::HeaderValue::from_str(&full).map_err(|_| {
+        Failure::permanent(format!(
+            "secret for header {}: {from} is not a valid header value (a line break or control character)",
+            secret.header
+        ))
+    })?;
+    header.set_sensitive(true);
+    Ok((name, header))
+}
+
 #[derive(Debug)]
 pub struct Participants {
     http: reqwest::Client,
+    allowed_hosts: Option<AllowedHosts>,
     cluster: Arc<Cluster>,
     breakers: Mutex<BTreeMap<String, Breaker>>,
     breaker_config: BreakerConfig,
@@ -86,19 +474,27 @@ impl Participants {
     pub fn new(
         cluster: Arc<Cluster>,
         breaker_config: BreakerConfig,
+        config: ParticipantsConfig,
         replies: mpsc::UnboundedSender<Reply>,
     ) -> Participants {
-        let http = reqwest::Client::builder()
-            .pool_max_idle_per_host(64)
-            .build()
-            .expect("an HTTP client without TLS settings builds");
         Participants {
-            http,
+            http: config.http,
+            allowed_hosts: config.allowed_hosts,
             cluster,
             breakers: Mutex::new(BTreeMap::new()),
             breaker_config,
             replies,
         }
+    }
+
+    /// The policy's view of a definition about to be stored (see
+    /// [`ParticipantsConfig::check_definition`]).
+    pub fn check_definition(&self, spec: &DefinitionSpec) -> Result<(), String> {
+        ParticipantsConfig {
+            allowed_hosts: self.allowed_hosts.clone(),
+            http: self.http.clone(),
+        }
+        .check_definition(spec)
     }
 
     /// Every endpoint's circuit breaker.
@@ -127,7 +523,11 @@ impl Participants {
                     url,
                     headers,
                     body,
-                }) => this.http_call(&call, &method, &url, headers, body).await,
+                    auth,
+                }) => {
+                    this.http_call(&call, &method, &url, headers, auth.as_ref(), body)
+                        .await
+                }
                 Ok(Participant::Broker {
                     topic,
                     reply_topic,
@@ -143,21 +543,39 @@ impl Participants {
         method: &str,
         url: &str,
         extra_headers: BTreeMap<String, String>,
+        secret: Option<&SecretHeader>,
         body: Option<Value>,
     ) {
-        let endpoint = match reqwest::Url::parse(url) {
-            Ok(u) => format!(
-                "{}://{}:{}",
-                u.scheme(),
-                u.host_str().unwrap_or_default(),
-                u.port_or_known_default().unwrap_or(0)
-            ),
+        let parsed = match reqwest::Url::parse(url) {
+            Ok(u) => u,
             Err(e) => {
                 return self.reply(
                     call,
                     Err(Failure::permanent(format!("bad URL {url:?}: {e}"))),
                 )
             }
+        };
+        let endpoint = format!(
+            "{}://{}:{}",
+            parsed.scheme(),
+            parsed.host_str().unwrap_or_default(),
+            parsed.port_or_known_default().unwrap_or(0)
+        );
+        // Checked again on the rendered URL: the allow-list may have changed since the
+        // definition was stored.
+        if let Some(hosts) = &self.allowed_hosts {
+            if !hosts.allows(&parsed) {
+                return self.reply(
+                    call,
+                    Err(Failure::permanent(format!(
+                        "{endpoint} is not an allowed participant host (allowed: {hosts})"
+                    ))),
+                );
+            }
+        }
+        let secret = match secret.map(resolve_secret).transpose() {
+            Ok(secret) => secret,
+            Err(failure) => return self.reply(call, Err(failure)),
         };
         let now = crate::now_ms();
         let refused_until = {
@@ -194,6 +612,9 @@ impl Participants {
             );
         for (k, v) in &extra_headers {
             request = request.header(k, v);
+        }
+        if let Some((name, value)) = secret {
+            request = request.header(name, value);
         }
         if let Some(body) = &body {
             request = request.json(body);
@@ -235,6 +656,10 @@ impl Participants {
                     })
                 };
                 self.reply(call, result);
+            }
+            Err(e) if e.is_redirect() => {
+                // Answered with a redirect this policy does not follow: a refusal.
+                self.reply(call, Err(Failure::permanent(format!("{endpoint}: {e}"))));
             }
             Err(e) if e.is_connect() => {
                 // Never reached the participant: it certainly did not happen.
@@ -487,6 +912,129 @@ mod tests {
         );
         assert_eq!(parse_attempt_id("nope"), None);
         assert_eq!(parse_attempt_id("s:x:other:1"), None);
+    }
+
+    #[test]
+    fn allowed_hosts_match_names_wildcards_and_ports() {
+        let hosts: AllowedHosts =
+            "payments.internal, *.svc.cluster.local,127.0.0.1:8081,[::1]:9000,Shop.Example."
+                .parse()
+                .unwrap();
+        let allows = |url: &str| hosts.allows(&reqwest::Url::parse(url).unwrap());
+        assert!(allows("http://payments.internal/charge"));
+        assert!(allows("https://PAYMENTS.internal:8443/charge"));
+        assert!(allows("http://a.svc.cluster.local/x"));
+        assert!(allows("http://a.b.svc.cluster.local:81/x"));
+        assert!(allows("http://127.0.0.1:8081/x"));
+        assert!(allows("http://[::1]:9000/x"));
+        assert!(allows("http://shop.example/"));
+        assert!(
+            !allows("http://svc.cluster.local/x"),
+            "the domain itself is not under it"
+        );
+        assert!(!allows("http://evilsvc.cluster.local/x"));
+        assert!(!allows("http://127.0.0.1:8082/x"));
+        assert!(!allows("http://127.0.0.1/x"), "port 80 is not 8081");
+        assert!(!allows("http://[::1]:9001/x"));
+        assert!(!allows("http://payments.internal.evil.com/x"));
+        // Userinfo does not fool the host check.
+        assert!(!allows("http://payments.internal@evil.com/x"));
+        assert_eq!(
+            hosts.to_string(),
+            "payments.internal,*.svc.cluster.local,127.0.0.1:8081,[::1]:9000,shop.example"
+        );
+
+        assert!(hosts
+            .check_template("http://payments.internal/charge/{{ input.id }}")
+            .is_ok());
+        let err = hosts
+            .check_template("http://{{ input.host }}/charge")
+            .unwrap_err();
+        assert!(err.contains("template"), "{err}");
+        let err = hosts
+            .check_template("http://payments.internal@169.254.169.254/latest")
+            .unwrap_err();
+        assert!(err.contains("169.254.169.254"), "{err}");
+
+        for bad in [
+            "", " , ", "a b", "::1", "[::1", "[::1]x", "h:0", "h:99999", "*", "x.*.y",
+        ] {
+            assert!(bad.parse::<AllowedHosts>().is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn secrets_come_from_files_and_never_into_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        std::fs::write(&file, "s3cret-value\n").unwrap();
+        let secret = |file: &Path, prefix: Option<&str>| SecretHeader {
+            header: "Authorization".into(),
+            env: None,
+            file: Some(file.to_str().unwrap().into()),
+            prefix: prefix.map(str::to_string),
+        };
+        let (name, value) = resolve_secret(&secret(&file, Some("Bearer "))).unwrap();
+        assert_eq!(name, reqwest::header::AUTHORIZATION);
+        assert_eq!(value, "Bearer s3cret-value");
+        assert!(value.is_sensitive());
+
+        let missing = resolve_secret(&secret(&dir.path().join("nope"), None)).unwrap_err();
+        assert!(
+            missing.retriable && missing.error.contains("nope"),
+            "{missing:?}"
+        );
+        std::fs::write(&file, "two\nlines-s3cret\n").unwrap();
+        let broken = resolve_secret(&secret(&file, None)).unwrap_err();
+        assert!(
+            broken.error.contains("not a valid header value"),
+            "{broken:?}"
+        );
+        assert!(!broken.error.contains("s3cret"), "{broken:?}");
+        std::fs::write(&file, "\n").unwrap();
+        assert!(resolve_secret(&secret(&file, None))
+            .unwrap_err()
+            .error
+            .contains("empty"));
+        std::fs::write(&file, vec![b'a'; SECRET_FILE_BYTES_MAX as usize + 1]).unwrap();
+        assert!(resolve_secret(&secret(&file, None))
+            .unwrap_err()
+            .error
+            .contains("larger"));
+
+        let unset = SecretHeader {
+            header: "X-Token".into(),
+            env: Some("STRAND_TEST_SURELY_UNSET_VARIABLE".into()),
+            file: None,
+            prefix: None,
+        };
+        let failure = resolve_secret(&unset).unwrap_err();
+        assert!(!failure.retriable && failure.error.contains("STRAND_TEST_SURELY_UNSET_VARIABLE"));
+    }
+
+    #[test]
+    fn tls_files_are_checked_when_the_client_is_built() {
+        let dir = tempfile::tempdir().unwrap();
+        let garbage = dir.path().join("ca.pem");
+        std::fs::write(&garbage, "not a certificate").unwrap();
+        let tls = ParticipantTls {
+            ca_file: Some(garbage),
+            ..ParticipantTls::default()
+        };
+        let err = ParticipantsConfig::new(None, &tls).unwrap_err().to_string();
+        assert!(err.contains("ca.pem"), "{err}");
+        let tls = ParticipantTls {
+            ca_file: Some(dir.path().join("missing.pem")),
+            ..ParticipantTls::default()
+        };
+        let err = ParticipantsConfig::new(None, &tls).unwrap_err().to_string();
+        assert!(err.contains("missing.pem"), "{err}");
+        let tls = ParticipantTls {
+            cert_file: Some(dir.path().join("c.pem")),
+            ..ParticipantTls::default()
+        };
+        let err = ParticipantsConfig::new(None, &tls).unwrap_err().to_string();
+        assert!(err.contains("both"), "{err}");
     }
 
     #[test]

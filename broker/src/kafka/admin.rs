@@ -14,6 +14,8 @@ use kafka_protocol::protocol::StrBytes;
 
 use super::{error_code, Context};
 use crate::log::now_ms;
+use crate::security::acl::{Operation, ResourceType};
+use crate::security::Session;
 use crate::topics::{validate_topic_name, TopicConfig};
 
 /// Kafka topic settings that do not apply to a single broker without replication; accepted
@@ -103,14 +105,27 @@ fn topic_config(topic: &CreatableTopic, default_partitions: u32) -> Result<Topic
     Ok(config)
 }
 
+/// Creating a topic needs Create on the cluster or on the topic, as in Kafka.
 pub(super) async fn create_topics(
     cx: &Context,
+    session: &Session,
     request: CreateTopicsRequest,
 ) -> CreateTopicsResponse {
+    let may_create_any = cx.allowed_on_cluster(session, Operation::Create);
     let mut results = Vec::new();
     for topic in request.topics {
         let result = CreatableTopicResult::default().with_name(topic.name.clone());
+        let allowed =
+            may_create_any || cx.allowed_on_topic(session, Operation::Create, &topic.name.0);
         let outcome = match topic_config(&topic, cx.config.default_partitions) {
+            _ if !allowed => Err((
+                ResponseError::TopicAuthorizationFailed,
+                format!(
+                    "{} is not authorized to Create topic {:?}",
+                    session.principal,
+                    topic.name.0.as_str()
+                ),
+            )),
             Err(refusal) => Err(refusal),
             Ok(config) if request.validate_only => {
                 if cx.broker.topics.get(&topic.name.0).is_some() {
@@ -166,8 +181,10 @@ pub(super) async fn create_topics(
     CreateTopicsResponse::default().with_topics(results)
 }
 
+/// Deleting a topic needs Delete on it.
 pub(super) async fn delete_topics(
     cx: &Context,
+    session: &Session,
     request: DeleteTopicsRequest,
     version: i16,
 ) -> DeleteTopicsResponse {
@@ -184,6 +201,14 @@ pub(super) async fn delete_topics(
             None => Err((
                 ResponseError::UnknownTopicId,
                 "topics are deleted by name on Strand".to_string(),
+            )),
+            Some(n) if !cx.allowed_on_topic(session, Operation::Delete, &n.0) => Err((
+                ResponseError::TopicAuthorizationFailed,
+                format!(
+                    "{} is not authorized to Delete topic {:?}",
+                    session.principal,
+                    n.0.as_str()
+                ),
             )),
             Some(n) => cx.broker.delete_topic(n.0.to_string()).await.map_err(|e| {
                 (
@@ -212,7 +237,41 @@ fn next_producer_id() -> i64 {
     NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
-pub(super) fn init_producer_id(request: InitProducerIdRequest) -> InitProducerIdResponse {
+/// An idempotent producer needs IdempotentWrite on the cluster or Write on some topic
+/// (KIP-679), else CLUSTER_AUTHORIZATION_FAILED; a transactional one Write on its
+/// transactional id (and is then refused: no transactions).
+pub(super) fn init_producer_id(
+    cx: &Context,
+    session: &Session,
+    request: InitProducerIdRequest,
+) -> InitProducerIdResponse {
+    let refused = |code: ResponseError| {
+        InitProducerIdResponse::default()
+            .with_error_code(code.code())
+            .with_producer_id(ProducerId(-1))
+            .with_producer_epoch(-1)
+    };
+    if let Some(id) = request
+        .transactional_id
+        .as_ref()
+        .filter(|id| !id.0.is_empty())
+    {
+        if !cx.allowed(
+            session,
+            Operation::Write,
+            ResourceType::TransactionalId,
+            &id.0,
+        ) {
+            return refused(ResponseError::TransactionalIdAuthorizationFailed);
+        }
+    } else if !cx.allowed_on_cluster(session, Operation::IdempotentWrite)
+        && !cx
+            .broker
+            .authorizer
+            .authorize_any(session, Operation::Write, ResourceType::Topic)
+    {
+        return refused(ResponseError::ClusterAuthorizationFailed);
+    }
     if request
         .transactional_id
         .as_ref()

@@ -25,6 +25,7 @@ use kafka_protocol::protocol::StrBytes;
 use super::{error_code, Context, NODE_ID};
 use crate::budget::Charge;
 use crate::log::{FirstBatch, ReadResult};
+use crate::security::acl::{Operation, ResourceType};
 use crate::security::Session;
 use crate::service::{OffsetSpec, ServiceError};
 use crate::topics::{validate_topic_name, TopicConfig, TopicError};
@@ -36,8 +37,12 @@ pub(super) fn partition_index(index: i32) -> u32 {
     u32::try_from(index).unwrap_or(u32::MAX)
 }
 
+/// Topics the session may not Describe are left out of an all-topics answer and answered
+/// TOPIC_AUTHORIZATION_FAILED when named (whether they exist or not, so names do not leak);
+/// auto-creation needs Create on the cluster or on the topic, as in Kafka.
 pub(super) async fn metadata(
     cx: &Context,
+    session: &Session,
     request: MetadataRequest,
     version: i16,
 ) -> MetadataResponse {
@@ -56,14 +61,21 @@ pub(super) async fn metadata(
         cx.config.auto_create_topics && (version < 4 || request.allow_auto_topic_creation);
     // Topics whose auto-create was refused, with the Kafka code to answer them with.
     let mut refused: HashMap<String, i16> = HashMap::new();
+    let describable = |name: &str| cx.allowed_on_topic(session, Operation::Describe, name);
     if let (Some(names), true) = (&wanted, auto_create) {
         let mut n_created = 0u32;
         let mut limit_code = None;
+        let may_create_any = cx.allowed_on_cluster(session, Operation::Create);
         for name in names {
             if cx.broker.topics.get(name).is_some()
                 || super::is_internal_topic(name)
                 || validate_topic_name(name).is_err()
+                || !describable(name)
             {
+                continue;
+            }
+            if !may_create_any && !cx.allowed_on_topic(session, Operation::Create, name) {
+                refused.insert(name.clone(), ResponseError::TopicAuthorizationFailed.code());
                 continue;
             }
             if let Some(code) = limit_code {
@@ -97,11 +109,16 @@ pub(super) async fn metadata(
     let topics = match wanted {
         None => all
             .iter()
+            .filter(|t| describable(&t.name))
             .map(|t| metadata_topic(&t.name, Some(t.partitions.len())))
             .collect(),
         Some(names) => names
             .iter()
             .map(|name| {
+                if !describable(name) {
+                    return metadata_topic(name, None)
+                        .with_error_code(ResponseError::TopicAuthorizationFailed.code());
+                }
                 let found = all.iter().find(|t| &t.name == name);
                 match found {
                     Some(t) => metadata_topic(name, Some(t.partitions.len())),
@@ -155,12 +172,22 @@ pub(super) fn describe_cluster(cx: &Context) -> DescribeClusterResponse {
             .with_port(cx.advertised.1)])
 }
 
-/// Appends each partition's batches in request order; `None` for acks=0 (no answer).
-pub(super) async fn produce(cx: &Context, request: ProduceRequest) -> Option<ProduceResponse> {
+/// Appends each partition's batches in request order; `None` for acks=0 (no answer). A topic
+/// the session may not Write is answered TOPIC_AUTHORIZATION_FAILED and nothing of it is
+/// appended; Write on the topic is also what an idempotent producer's batches need (KIP-679).
+pub(super) async fn produce(
+    cx: &Context,
+    session: &Session,
+    request: ProduceRequest,
+) -> Option<ProduceResponse> {
     let broker = &cx.broker;
     let mut topics = Vec::new();
     for topic in request.topic_data {
         let name = topic.name.0.to_string();
+        let writable =
+            broker
+                .authorizer
+                .check(session, Operation::Write, ResourceType::Topic, &name);
         let mut partitions = Vec::new();
         for data in topic.partition_data {
             let mut response = PartitionProduceResponse::default()
@@ -168,7 +195,10 @@ pub(super) async fn produce(cx: &Context, request: ProduceRequest) -> Option<Pro
                 .with_log_append_time_ms(-1);
             let records = data.records.unwrap_or_default();
             let index = partition_index(data.index);
-            let result = broker.append(&name, index, &mut records.to_vec());
+            let result = match &writable {
+                Ok(()) => broker.append(&name, index, &mut records.to_vec()),
+                Err(denied) => Err(ServiceError::Denied(denied.clone())),
+            };
             let result = match result {
                 Ok(info) if request.acks == -1 => broker
                     .wait_durable(&name, index, info.last_offset)
@@ -217,7 +247,14 @@ pub(super) async fn fetch(
     let max_wait =
         Duration::from_millis(request.max_wait_ms.max(0) as u64).min(cx.broker.fetch_wait_max);
     let started = std::time::Instant::now();
-    let (response, charge) = fetch_once(cx, &request).await;
+    // Topics the session may not Read are answered TOPIC_AUTHORIZATION_FAILED, unread.
+    let unreadable: HashSet<String> = request
+        .topics
+        .iter()
+        .map(|t| t.topic.0.to_string())
+        .filter(|name| !cx.allowed_on_topic(session, Operation::Read, name))
+        .collect();
+    let (response, charge) = fetch_once(cx, &request, &unreadable).await;
     tracing::debug!(
         n_bytes = charge.bytes(),
         n_partitions = request
@@ -241,7 +278,9 @@ pub(super) async fn fetch(
             let name = t.topic.0.to_string();
             t.partitions.iter().map(move |p| (name.clone(), p))
         })
-        .filter(|(name, p)| distinct.insert((name.clone(), p.partition)))
+        .filter(|(name, p)| {
+            !unreadable.contains(name) && distinct.insert((name.clone(), p.partition))
+        })
         .map(|(name, p)| {
             let partition = partition_index(p.partition);
             let offset = p.fetch_offset.max(0) as u64;
@@ -257,7 +296,7 @@ pub(super) async fn fetch(
     {
         return (response, charge);
     }
-    fetch_once(cx, &request).await
+    fetch_once(cx, &request, &unreadable).await
 }
 
 /// One pass over the asked partitions, in request order, reading one partition at a time
@@ -267,7 +306,11 @@ pub(super) async fn fetch(
 ///
 /// The whole pass is charged to the budget once, before any read (a task never waits for the
 /// budget while holding some of it), and the charge is cut to what was read.
-async fn fetch_once(cx: &Context, request: &FetchRequest) -> (FetchResponse, Charge) {
+async fn fetch_once(
+    cx: &Context,
+    request: &FetchRequest,
+    unreadable: &HashSet<String>,
+) -> (FetchResponse, Charge) {
     let bytes_max = (request.max_bytes.max(1) as usize).min(cx.config.fetch_bytes_max);
     let mut charge = cx
         .config
@@ -282,6 +325,15 @@ async fn fetch_once(cx: &Context, request: &FetchRequest) -> (FetchResponse, Cha
         let mut partitions = Vec::with_capacity(topic.partitions.len());
         for p in &topic.partitions {
             let response = PartitionData::default().with_partition_index(p.partition);
+            if unreadable.contains(&name) {
+                partitions.push(
+                    response
+                        .with_error_code(ResponseError::TopicAuthorizationFailed.code())
+                        .with_high_watermark(-1)
+                        .with_last_stable_offset(-1),
+                );
+                continue;
+            }
             if !seen.insert((name.clone(), p.partition)) {
                 partitions.push(
                     response
@@ -344,12 +396,28 @@ async fn fetch_once(cx: &Context, request: &FetchRequest) -> (FetchResponse, Cha
     (FetchResponse::default().with_responses(responses), charge)
 }
 
-pub(super) async fn list_offsets(cx: &Context, request: ListOffsetsRequest) -> ListOffsetsResponse {
+/// Offsets of the topics the session may Describe; the others are TOPIC_AUTHORIZATION_FAILED.
+pub(super) async fn list_offsets(
+    cx: &Context,
+    session: &Session,
+    request: ListOffsetsRequest,
+) -> ListOffsetsResponse {
     let mut topics = Vec::new();
     for topic in request.topics {
         let name = topic.name.0.to_string();
+        let describable = cx.allowed_on_topic(session, Operation::Describe, &name);
         let mut partitions = Vec::new();
         for p in topic.partitions {
+            if !describable {
+                partitions.push(
+                    ListOffsetsPartitionResponse::default()
+                        .with_partition_index(p.partition_index)
+                        .with_error_code(ResponseError::TopicAuthorizationFailed.code())
+                        .with_timestamp(-1)
+                        .with_offset(-1),
+                );
+                continue;
+            }
             let spec = match p.timestamp {
                 -2 => OffsetSpec::Earliest,
                 -1 => OffsetSpec::Latest,

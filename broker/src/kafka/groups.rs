@@ -34,6 +34,8 @@ use crate::group::{
     Assignor, ClientProtocol, CommitError, CommittedOffset, GroupError, GroupState, JoinRequest,
     SyncAssignment, TopicPartition,
 };
+use crate::security::acl::{Operation, ResourceType};
+use crate::security::Session;
 
 /// Per topic, each partition with its committed offset (if any).
 type TopicOffsets = Vec<(TopicName, Vec<(i32, Option<CommittedOffset>)>)>;
@@ -66,23 +68,56 @@ fn str_bytes(s: impl Into<String>) -> StrBytes {
     StrBytes::from_string(s.into())
 }
 
-/// Strand is every group's coordinator.
+/// GROUP_AUTHORIZATION_FAILED, for a group the session may not use.
+const GROUP_DENIED: i16 = ResponseError::GroupAuthorizationFailed.code();
+
+/// Strand is every group's coordinator. Finding it needs Describe on the group (or on the
+/// transactional id), as in Kafka.
 pub(super) fn find_coordinator(
     cx: &Context,
+    session: &Session,
     request: FindCoordinatorRequest,
+    version: i16,
 ) -> FindCoordinatorResponse {
+    // Key type 1 names a transactional id; 0 (and anything else) a group.
+    let refusal = |key: &str| {
+        if request.key_type == 1 {
+            (!cx.allowed(
+                session,
+                Operation::Describe,
+                ResourceType::TransactionalId,
+                key,
+            ))
+            .then(|| ResponseError::TransactionalIdAuthorizationFailed.code())
+        } else {
+            (!cx.allowed_on_group(session, Operation::Describe, key)).then_some(GROUP_DENIED)
+        }
+    };
     let host = str_bytes(cx.advertised.0.clone());
     let coordinators = request
         .coordinator_keys
-        .into_iter()
-        .map(|key| {
-            Coordinator::default()
-                .with_key(key)
+        .iter()
+        .map(|key| match refusal(key) {
+            Some(code) => Coordinator::default()
+                .with_key(key.clone())
+                .with_error_code(code)
+                .with_node_id(BrokerId(-1))
+                .with_port(-1),
+            None => Coordinator::default()
+                .with_key(key.clone())
                 .with_node_id(BrokerId(NODE_ID))
                 .with_host(host.clone())
-                .with_port(cx.advertised.1)
+                .with_port(cx.advertised.1),
         })
         .collect();
+    if version < 4 {
+        if let Some(code) = refusal(&request.key) {
+            return FindCoordinatorResponse::default()
+                .with_error_code(code)
+                .with_node_id(BrokerId(-1))
+                .with_port(-1);
+        }
+    }
     FindCoordinatorResponse::default()
         .with_node_id(BrokerId(NODE_ID))
         .with_host(host)
@@ -151,6 +186,7 @@ fn encode_assignment(partitions: &[TopicPartition]) -> Bytes {
 
 pub(super) async fn join(
     cx: &Context,
+    session: &Session,
     request: JoinGroupRequest,
     version: i16,
     client_id: String,
@@ -164,6 +200,9 @@ pub(super) async fn join(
     };
     if request.group_id.0.is_empty() {
         return failed(ResponseError::InvalidGroupId.code());
+    }
+    if !cx.allowed_on_group(session, Operation::Read, &request.group_id.0) {
+        return failed(GROUP_DENIED);
     }
     let session_timeout_ms = u64::try_from(request.session_timeout_ms).unwrap_or(0);
     // JoinGroup v0 has no rebalance timeout: the session timeout stands in, as in Kafka.
@@ -217,7 +256,14 @@ pub(super) async fn join(
     }
 }
 
-pub(super) async fn sync(cx: &Context, request: SyncGroupRequest) -> SyncGroupResponse {
+pub(super) async fn sync(
+    cx: &Context,
+    session: &Session,
+    request: SyncGroupRequest,
+) -> SyncGroupResponse {
+    if !cx.allowed_on_group(session, Operation::Read, &request.group_id.0) {
+        return SyncGroupResponse::default().with_error_code(GROUP_DENIED);
+    }
     let assignments = request
         .assignments
         .iter()
@@ -246,7 +292,14 @@ pub(super) async fn sync(cx: &Context, request: SyncGroupRequest) -> SyncGroupRe
     }
 }
 
-pub(super) fn heartbeat(cx: &Context, request: HeartbeatRequest) -> HeartbeatResponse {
+pub(super) fn heartbeat(
+    cx: &Context,
+    session: &Session,
+    request: HeartbeatRequest,
+) -> HeartbeatResponse {
+    if !cx.allowed_on_group(session, Operation::Read, &request.group_id.0) {
+        return HeartbeatResponse::default().with_error_code(GROUP_DENIED);
+    }
     let result = cx.broker.groups.heartbeat(
         &request.group_id.0,
         &request.member_id,
@@ -255,8 +308,15 @@ pub(super) fn heartbeat(cx: &Context, request: HeartbeatRequest) -> HeartbeatRes
     HeartbeatResponse::default().with_error_code(result.err().map_or(0, group_code))
 }
 
-pub(super) fn leave(cx: &Context, request: LeaveGroupRequest) -> LeaveGroupResponse {
+pub(super) fn leave(
+    cx: &Context,
+    session: &Session,
+    request: LeaveGroupRequest,
+) -> LeaveGroupResponse {
     let group = request.group_id.0.to_string();
+    if !cx.allowed_on_group(session, Operation::Read, &group) {
+        return LeaveGroupResponse::default().with_error_code(GROUP_DENIED);
+    }
     if request.members.is_empty() {
         // v0-v2: one member, the sender.
         let result = cx.broker.groups.leave(&group, &request.member_id);
@@ -276,16 +336,22 @@ pub(super) fn leave(cx: &Context, request: LeaveGroupRequest) -> LeaveGroupRespo
     LeaveGroupResponse::default().with_members(members)
 }
 
+/// Commits need Read on the group (else every partition is GROUP_AUTHORIZATION_FAILED and
+/// nothing is committed) and Read on each topic (else its partitions are
+/// TOPIC_AUTHORIZATION_FAILED and only the others are committed), as in Kafka.
 pub(super) async fn offset_commit(
     cx: &Context,
+    session: &Session,
     request: OffsetCommitRequest,
 ) -> OffsetCommitResponse {
+    let group_allowed = cx.allowed_on_group(session, Operation::Read, &request.group_id.0);
     // Per partition: the error found while checking it, else the commit's outcome.
     let mut checked: TopicChecks = Vec::new();
     let mut offsets = Vec::new();
     for topic in &request.topics {
         let name = topic.name.0.to_string();
         let n_partitions = cx.broker.topics.get(&name).map(|t| t.partitions.len());
+        let topic_allowed = cx.allowed_on_topic(session, Operation::Read, &name);
         let mut partitions = Vec::new();
         for p in &topic.partitions {
             let metadata = p
@@ -294,7 +360,11 @@ pub(super) async fn offset_commit(
                 .map_or_else(String::new, |m| m.to_string());
             let known =
                 n_partitions.is_some_and(|n| (partition_index(p.partition_index) as usize) < n);
-            let error = if !known {
+            let error = if !group_allowed {
+                Some(GROUP_DENIED)
+            } else if !topic_allowed {
+                Some(ResponseError::TopicAuthorizationFailed.code())
+            } else if !known {
                 Some(ResponseError::UnknownTopicOrPartition.code())
             } else if metadata.len() > cx.broker.groups.commit_metadata_bytes_max() {
                 Some(ResponseError::OffsetMetadataTooLarge.code())
@@ -405,8 +475,12 @@ fn committed_offsets(
     }
 }
 
+/// As in Kafka: Describe on the group (else GROUP_AUTHORIZATION_FAILED and no offsets), and
+/// on each topic (named topics the session may not Describe are TOPIC_AUTHORIZATION_FAILED;
+/// when all of the group's offsets are asked, such topics are left out).
 pub(super) fn offset_fetch(
     cx: &Context,
+    session: &Session,
     request: OffsetFetchRequest,
     version: i16,
 ) -> OffsetFetchResponse {
@@ -416,30 +490,53 @@ pub(super) fn offset_fetch(
             None => (-1, StrBytes::default()),
         }
     }
+    let topic_denied = |name: &TopicName| {
+        (!cx.allowed_on_topic(session, Operation::Describe, name.0.as_str()))
+            .then(|| ResponseError::TopicAuthorizationFailed.code())
+    };
+    // The asked offsets, each topic with the code its partitions are refused with (if any).
+    let offsets = |group: &str, topics: Option<Vec<(TopicName, Vec<i32>)>>| {
+        let all = topics.is_none();
+        committed_offsets(cx, group, topics)
+            .into_iter()
+            .map(|(name, partitions)| {
+                let denied = topic_denied(&name);
+                (name, partitions, denied)
+            })
+            .filter(move |(_, _, denied)| !(all && denied.is_some()))
+    };
     if version >= 8 {
         let groups = request
             .groups
             .into_iter()
             .map(|g| {
+                if !cx.allowed_on_group(session, Operation::Describe, &g.group_id.0) {
+                    return OffsetFetchResponseGroup::default()
+                        .with_group_id(g.group_id)
+                        .with_error_code(GROUP_DENIED);
+                }
                 let topics = g.topics.map(|ts| {
                     ts.into_iter()
                         .map(|t| (t.name, t.partition_indexes))
                         .collect()
                 });
-                let topics = committed_offsets(cx, &g.group_id.0, topics)
-                    .into_iter()
-                    .map(|(name, partitions)| {
+                let topics = offsets(&g.group_id.0, topics)
+                    .map(|(name, partitions, denied)| {
                         OffsetFetchResponseTopics::default()
                             .with_name(name)
                             .with_partitions(
                                 partitions
                                     .iter()
                                     .map(|(index, offset)| {
-                                        let (committed, metadata) = fields(offset);
+                                        let (committed, metadata) = match denied {
+                                            Some(_) => (-1, StrBytes::default()),
+                                            None => fields(offset),
+                                        };
                                         OffsetFetchResponsePartitions::default()
                                             .with_partition_index(*index)
                                             .with_committed_offset(committed)
                                             .with_metadata(Some(metadata))
+                                            .with_error_code(denied.unwrap_or(0))
                                     })
                                     .collect(),
                             )
@@ -455,22 +552,55 @@ pub(super) fn offset_fetch(
     let topics = request.topics.map(|ts| {
         ts.into_iter()
             .map(|t| (t.name, t.partition_indexes))
-            .collect()
+            .collect::<Vec<_>>()
     });
-    let topics = committed_offsets(cx, &request.group_id.0, topics)
-        .into_iter()
-        .map(|(name, partitions)| {
+    if !cx.allowed_on_group(session, Operation::Describe, &request.group_id.0) {
+        // v2+ carries the refusal at the top; v1 only per partition, so each asked partition
+        // carries it too.
+        let topics = topics
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(name, partitions)| {
+                OffsetFetchResponseTopic::default()
+                    .with_name(name)
+                    .with_partitions(
+                        partitions
+                            .into_iter()
+                            .map(|index| {
+                                OffsetFetchResponsePartition::default()
+                                    .with_partition_index(index)
+                                    .with_committed_offset(-1)
+                                    .with_metadata(Some(StrBytes::default()))
+                                    .with_error_code(GROUP_DENIED)
+                            })
+                            .collect(),
+                    )
+            })
+            .collect();
+        let response = OffsetFetchResponse::default().with_topics(topics);
+        return if version >= 2 {
+            response.with_error_code(GROUP_DENIED)
+        } else {
+            response
+        };
+    }
+    let topics = offsets(&request.group_id.0, topics)
+        .map(|(name, partitions, denied)| {
             OffsetFetchResponseTopic::default()
                 .with_name(name)
                 .with_partitions(
                     partitions
                         .iter()
                         .map(|(index, offset)| {
-                            let (committed, metadata) = fields(offset);
+                            let (committed, metadata) = match denied {
+                                Some(_) => (-1, StrBytes::default()),
+                                None => fields(offset),
+                            };
                             OffsetFetchResponsePartition::default()
                                 .with_partition_index(*index)
                                 .with_committed_offset(committed)
                                 .with_metadata(Some(metadata))
+                                .with_error_code(denied.unwrap_or(0))
                         })
                         .collect(),
                 )
@@ -488,12 +618,15 @@ fn state_name(state: GroupState) -> &'static str {
     }
 }
 
-pub(super) fn list(cx: &Context) -> ListGroupsResponse {
+/// Every group with Describe on the cluster; else only the groups the session may Describe.
+pub(super) fn list(cx: &Context, session: &Session) -> ListGroupsResponse {
+    let all = cx.allowed_on_cluster(session, Operation::Describe);
     let groups = cx
         .broker
         .groups
         .list()
         .into_iter()
+        .filter(|name| all || cx.allowed_on_group(session, Operation::Describe, name))
         .filter_map(|name| cx.broker.groups.describe(&name))
         .map(|d| {
             let protocol_type = d
@@ -508,11 +641,29 @@ pub(super) fn list(cx: &Context) -> ListGroupsResponse {
     ListGroupsResponse::default().with_groups(groups)
 }
 
-pub(super) fn describe(cx: &Context, request: DescribeGroupsRequest) -> DescribeGroupsResponse {
+pub(super) fn describe(
+    cx: &Context,
+    session: &Session,
+    request: DescribeGroupsRequest,
+) -> DescribeGroupsResponse {
     let groups = request
         .groups
         .into_iter()
-        .map(|name| match cx.broker.groups.describe(&name.0) {
+        .map(|name| {
+            if !cx.allowed_on_group(session, Operation::Describe, &name.0) {
+                return DescribedGroup::default()
+                    .with_group_id(name)
+                    .with_error_code(GROUP_DENIED);
+            }
+            describe_one(cx, name)
+        })
+        .collect();
+    DescribeGroupsResponse::default().with_groups(groups)
+}
+
+fn describe_one(cx: &Context, name: GroupId) -> DescribedGroup {
+    {
+        match cx.broker.groups.describe(&name.0) {
             // Kafka describes a group it does not know as Dead, without an error.
             None => DescribedGroup::default()
                 .with_group_id(name)
@@ -544,9 +695,8 @@ pub(super) fn describe(cx: &Context, request: DescribeGroupsRequest) -> Describe
                             .collect(),
                     )
             }
-        })
-        .collect();
-    DescribeGroupsResponse::default().with_groups(groups)
+        }
+    }
 }
 
 #[cfg(test)]

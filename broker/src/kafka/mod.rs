@@ -16,10 +16,21 @@
 //! - `groups`: FindCoordinator, JoinGroup, SyncGroup, Heartbeat, LeaveGroup, OffsetCommit,
 //!   OffsetFetch, ListGroups, DescribeGroups on the broker's one coordinator.
 //! - `admin`: CreateTopics, DeleteTopics, InitProducerId.
+//! - `sasl`: SaslHandshake, SaslAuthenticate (both token framings), and the SCRAM user admin
+//!   APIs; until a connection on a SASL listener has authenticated, `connection` lets through
+//!   only ApiVersions and the SASL requests.
+//! - `acls`: CreateAcls, DescribeAcls, DeleteAcls.
+//!
+//! Every handler gets the connection's [`Session`] and asks the broker's
+//! [`crate::security::acl::Authorizer`] what Kafka's broker asks for the same request; a
+//! refusal is answered with the protocol's own code (TOPIC_, GROUP_ or
+//! CLUSTER_AUTHORIZATION_FAILED) and changes nothing.
 
+mod acls;
 mod admin;
 mod data;
 mod groups;
+mod sasl;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,8 +40,8 @@ use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::api_versions_response::ApiVersion;
 use kafka_protocol::messages::{
     AddOffsetsToTxnResponse, ApiKey, ApiVersionsResponse, ConsumerGroupHeartbeatResponse,
-    EndTxnResponse, GetTelemetrySubscriptionsResponse, RequestHeader, RequestKind, ResponseHeader,
-    ResponseKind, SaslAuthenticateResponse, SaslHandshakeResponse,
+    DescribeUserScramCredentialsResponse, EndTxnResponse, GetTelemetrySubscriptionsResponse,
+    RequestHeader, RequestKind, ResponseHeader, ResponseKind, SaslAuthenticateResponse,
 };
 use kafka_protocol::protocol::{Decodable, Encodable};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -40,6 +51,8 @@ use tokio::time::Instant;
 use crate::budget::{Budget, Charge};
 use crate::listener::{self, stopped, Admission, AdvertisedListener, BoundListener};
 use crate::log::LogError;
+use crate::security::acl::{Operation, ResourceType};
+use crate::security::sasl::{Authenticator, TOKEN_BYTES_MAX};
 use crate::security::{ListenerSpec, SecurityProtocol, Session};
 use crate::service::{Broker, ServiceError};
 use crate::topics::TopicError;
@@ -48,7 +61,7 @@ use crate::topics::TopicError;
 const NODE_ID: i32 = 0;
 
 /// Requests served, with the versions this listener speaks (within what the crate encodes).
-pub const SUPPORTED: [(ApiKey, i16, i16); 19] = [
+pub const SUPPORTED: [(ApiKey, i16, i16); 25] = [
     // Advertised from v0 although v0-v2 (legacy message sets) are refused: librdkafka up to
     // 2.11 enables gzip, snappy and lz4 only when the broker lists Produce v0 (it checks the
     // range [0, 0]); with v3 as the minimum it silently sends everything uncompressed.
@@ -74,6 +87,13 @@ pub const SUPPORTED: [(ApiKey, i16, i16); 19] = [
     (ApiKey::InitProducerId, 0, 4),
     (ApiKey::DescribeCluster, 0, 1),
     (ApiKey::SaslHandshake, 0, 1),
+    (ApiKey::SaslAuthenticate, 0, 2),
+    (ApiKey::DescribeUserScramCredentials, 0, 0),
+    (ApiKey::AlterUserScramCredentials, 0, 0),
+    // Every version the crate encodes (librdkafka sends v1 of each).
+    (ApiKey::CreateAcls, 1, 3),
+    (ApiKey::DescribeAcls, 1, 3),
+    (ApiKey::DeleteAcls, 1, 3),
 ];
 
 pub(crate) use crate::topics::is_internal_topic;
@@ -109,6 +129,9 @@ pub struct KafkaConfig {
     pub default_partitions: u32,
     /// Topics one Metadata request may auto-create.
     pub metadata_auto_create_topics_max: u32,
+    /// Users and SASL mechanisms: what SASL listeners authenticate against and what the SCRAM
+    /// user APIs change. `None`: no user store, every SASL handshake fails.
+    pub authenticator: Option<Arc<Authenticator>>,
 }
 
 impl Default for KafkaConfig {
@@ -127,6 +150,7 @@ impl Default for KafkaConfig {
             auto_create_topics: true,
             default_partitions: 1,
             metadata_auto_create_topics_max: 100,
+            authenticator: None,
         }
     }
 }
@@ -138,6 +162,33 @@ struct Context {
     config: KafkaConfig,
     /// The (host, port) advertised in Metadata and FindCoordinator.
     advertised: (String, i32),
+}
+
+impl Context {
+    /// Whether the session may do `operation` to the resource.
+    fn allowed(
+        &self,
+        session: &Session,
+        operation: Operation,
+        resource_type: ResourceType,
+        name: &str,
+    ) -> bool {
+        self.broker
+            .authorizer
+            .authorize(session, operation, resource_type, name)
+    }
+
+    fn allowed_on_topic(&self, session: &Session, operation: Operation, topic: &str) -> bool {
+        self.allowed(session, operation, ResourceType::Topic, topic)
+    }
+
+    fn allowed_on_group(&self, session: &Session, operation: Operation, group: &str) -> bool {
+        self.allowed(session, operation, ResourceType::Group, group)
+    }
+
+    fn allowed_on_cluster(&self, session: &Session, operation: Operation) -> bool {
+        self.broker.authorizer.authorize_cluster(session, operation)
+    }
 }
 
 /// Serves Kafka clients on every listener until shutdown. Each listener advertises its own
@@ -213,6 +264,7 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
 ) -> Result<(), String> {
     let context = &*context;
     let config = &context.config;
+    let mut sasl = sasl::SaslState::default();
     loop {
         // Idle until the first byte of the next request's length.
         let mut len = [0u8; 4];
@@ -233,6 +285,25 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
             .map_err(|_| request_timeout(config))?
             .map_err(|e| format!("read failed: {e}"))?;
         let len = i32::from_be_bytes(len);
+        if sasl.expects_raw_token() {
+            // After SaslHandshake v0 the client sends bare tokens, not requests.
+            if !(0..=TOKEN_BYTES_MAX as i32).contains(&len) {
+                return Err(format!(
+                    "SASL token length {len} outside 0..={TOKEN_BYTES_MAX}"
+                ));
+            }
+            let mut token = vec![0u8; len as usize];
+            tokio::time::timeout_at(deadline, socket.read_exact(&mut token))
+                .await
+                .map_err(|_| request_timeout(config))?
+                .map_err(|e| format!("read failed: {e}"))?;
+            let answer = sasl::raw_token(context, &mut sasl, &mut session, &token).await?;
+            let mut out = Vec::with_capacity(4 + answer.len());
+            out.extend_from_slice(&(answer.len() as u32).to_be_bytes());
+            out.extend_from_slice(&answer);
+            write_answer(&mut socket, &out, config).await?;
+            continue;
+        }
         if len < 8 || len as usize > config.frame_bytes_max {
             return Err(format!(
                 "frame length {len} outside 8..={}",
@@ -250,9 +321,28 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
             .await
             .map_err(|_| request_timeout(config))?
             .map_err(|e| format!("read failed: {e}"))?;
-        let (header, response, response_version, charge) = match decode_request(Bytes::from(
-            frame,
-        ))? {
+        let decoded = decode_request(Bytes::from(frame))?;
+        if !session.may_send_requests() {
+            // As Kafka: before authentication only ApiVersions and the SASL requests.
+            let key = match &decoded {
+                Decoded::ApiVersionsFallback { .. } => ApiKey::ApiVersions,
+                Decoded::Unsupported { api_key, .. } => *api_key,
+                Decoded::Request { header, .. } => {
+                    ApiKey::try_from(header.request_api_key).expect("checked when decoded")
+                }
+            };
+            if !matches!(
+                key,
+                ApiKey::ApiVersions | ApiKey::SaslHandshake | ApiKey::SaslAuthenticate
+            ) {
+                return Err(format!(
+                    "{key:?} request before SASL authentication (closing, as Kafka does)"
+                ));
+            }
+        }
+        // The reason to close the connection once the answer is written (failed SASL).
+        let mut close_after: Option<String> = None;
+        let (header, response, response_version, charge) = match decoded {
             Decoded::ApiVersionsFallback { header } => (
                 header,
                 ResponseKind::ApiVersions(api_versions(ResponseError::UnsupportedVersion.code())),
@@ -289,6 +379,17 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
                     drop(frame_charge);
                     let (response, charge) = data::fetch(context, &session, fetch).await;
                     (header, ResponseKind::Fetch(response), version, charge)
+                } else if let RequestKind::SaslHandshake(r) = *request {
+                    drop(frame_charge);
+                    let (response, close) = sasl::handshake(context, &mut sasl, &session, r, version);
+                    close_after = close;
+                    (header, ResponseKind::SaslHandshake(response), version, Charge::default())
+                } else if let RequestKind::SaslAuthenticate(r) = *request {
+                    drop(frame_charge);
+                    let (response, close) =
+                        sasl::authenticate(context, &mut sasl, &mut session, r).await;
+                    close_after = close;
+                    (header, ResponseKind::SaslAuthenticate(response), version, Charge::default())
                 } else {
                     let handled = handle(context, &mut session, &header, *request, version).await;
                     drop(frame_charge);
@@ -315,17 +416,29 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
         drop(response);
         let n = (out.len() - 4) as i32;
         out[..4].copy_from_slice(&n.to_be_bytes());
-        tokio::time::timeout(config.write_timeout, socket.write_all(&out))
-            .await
-            .map_err(|_| {
-                format!(
-                    "the client did not take its answer within the write timeout ({:?})",
-                    config.write_timeout
-                )
-            })?
-            .map_err(|e| format!("write failed: {e}"))?;
+        write_answer(&mut socket, &out, config).await?;
         drop(charge);
+        if let Some(reason) = close_after {
+            return Err(reason);
+        }
     }
+}
+
+/// Writes one answer within the write timeout.
+async fn write_answer<S: AsyncWrite + Unpin>(
+    socket: &mut S,
+    out: &[u8],
+    config: &KafkaConfig,
+) -> Result<(), String> {
+    tokio::time::timeout(config.write_timeout, socket.write_all(out))
+        .await
+        .map_err(|_| {
+            format!(
+                "the client did not take its answer within the write timeout ({:?})",
+                config.write_timeout
+            )
+        })?
+        .map_err(|e| format!("write failed: {e}"))
 }
 
 fn request_timeout(config: &KafkaConfig) -> String {
@@ -461,48 +574,87 @@ async fn handle(
         .map_or_else(String::new, |c| c.to_string());
     Some(match request {
         RequestKind::ApiVersions(_) => ResponseKind::ApiVersions(api_versions(0)),
-        RequestKind::Metadata(r) => ResponseKind::Metadata(data::metadata(cx, r, version).await),
-        RequestKind::Produce(r) => ResponseKind::Produce(data::produce(cx, r).await?),
-        RequestKind::ListOffsets(r) => ResponseKind::ListOffsets(data::list_offsets(cx, r).await),
+        RequestKind::Metadata(r) => {
+            ResponseKind::Metadata(data::metadata(cx, session, r, version).await)
+        }
+        RequestKind::Produce(r) => ResponseKind::Produce(data::produce(cx, session, r).await?),
+        RequestKind::ListOffsets(r) => {
+            ResponseKind::ListOffsets(data::list_offsets(cx, session, r).await)
+        }
         RequestKind::FindCoordinator(r) => {
-            ResponseKind::FindCoordinator(groups::find_coordinator(cx, r))
+            ResponseKind::FindCoordinator(groups::find_coordinator(cx, session, r, version))
         }
         RequestKind::JoinGroup(r) => {
-            ResponseKind::JoinGroup(groups::join(cx, r, version, client_id).await)
+            ResponseKind::JoinGroup(groups::join(cx, session, r, version, client_id).await)
         }
-        RequestKind::SyncGroup(r) => ResponseKind::SyncGroup(groups::sync(cx, r).await),
-        RequestKind::Heartbeat(r) => ResponseKind::Heartbeat(groups::heartbeat(cx, r)),
-        RequestKind::LeaveGroup(r) => ResponseKind::LeaveGroup(groups::leave(cx, r)),
+        RequestKind::SyncGroup(r) => ResponseKind::SyncGroup(groups::sync(cx, session, r).await),
+        RequestKind::Heartbeat(r) => ResponseKind::Heartbeat(groups::heartbeat(cx, session, r)),
+        RequestKind::LeaveGroup(r) => ResponseKind::LeaveGroup(groups::leave(cx, session, r)),
         RequestKind::OffsetCommit(r) => {
-            ResponseKind::OffsetCommit(groups::offset_commit(cx, r).await)
+            ResponseKind::OffsetCommit(groups::offset_commit(cx, session, r).await)
         }
         RequestKind::OffsetFetch(r) => {
-            ResponseKind::OffsetFetch(groups::offset_fetch(cx, r, version))
+            ResponseKind::OffsetFetch(groups::offset_fetch(cx, session, r, version))
         }
-        RequestKind::ListGroups(_) => ResponseKind::ListGroups(groups::list(cx)),
-        RequestKind::DescribeGroups(r) => ResponseKind::DescribeGroups(groups::describe(cx, r)),
+        RequestKind::ListGroups(_) => ResponseKind::ListGroups(groups::list(cx, session)),
+        RequestKind::DescribeGroups(r) => {
+            ResponseKind::DescribeGroups(groups::describe(cx, session, r))
+        }
         RequestKind::CreateTopics(r) => {
-            ResponseKind::CreateTopics(admin::create_topics(cx, r).await)
+            ResponseKind::CreateTopics(admin::create_topics(cx, session, r).await)
         }
         RequestKind::DeleteTopics(r) => {
-            ResponseKind::DeleteTopics(admin::delete_topics(cx, r, version).await)
+            ResponseKind::DeleteTopics(admin::delete_topics(cx, session, r, version).await)
         }
-        RequestKind::InitProducerId(r) => ResponseKind::InitProducerId(admin::init_producer_id(r)),
+        RequestKind::InitProducerId(r) => {
+            ResponseKind::InitProducerId(admin::init_producer_id(cx, session, r))
+        }
+        RequestKind::CreateAcls(r) => {
+            ResponseKind::CreateAcls(acls::create_acls(cx, session, r).await)
+        }
+        RequestKind::DescribeAcls(r) => {
+            ResponseKind::DescribeAcls(acls::describe_acls(cx, session, r))
+        }
+        RequestKind::DeleteAcls(r) => {
+            ResponseKind::DeleteAcls(acls::delete_acls(cx, session, r).await)
+        }
         RequestKind::DescribeCluster(_) => {
             ResponseKind::DescribeCluster(data::describe_cluster(cx))
         }
-        RequestKind::SaslHandshake(_) => ResponseKind::SaslHandshake(
-            // No SASL mechanism is enabled: the client learns it with the list it may use.
-            SaslHandshakeResponse::default()
-                .with_error_code(ResponseError::UnsupportedSaslMechanism.code()),
+        // As Kafka: describing users needs Describe on the cluster, changing them Alter.
+        RequestKind::DescribeUserScramCredentials(r) => ResponseKind::DescribeUserScramCredentials(
+            if cx.allowed_on_cluster(session, Operation::Describe) {
+                sasl::describe_user_scram_credentials(cx, r)
+            } else {
+                DescribeUserScramCredentialsResponse::default()
+                    .with_error_code(ResponseError::ClusterAuthorizationFailed.code())
+            },
+        ),
+        RequestKind::AlterUserScramCredentials(r) => ResponseKind::AlterUserScramCredentials(
+            if cx.allowed_on_cluster(session, Operation::Alter) {
+                sasl::alter_user_scram_credentials(cx, r).await
+            } else {
+                sasl::refuse_user_scram_changes(r, ResponseError::ClusterAuthorizationFailed)
+            },
         ),
         other => {
             // Only requests listed in SUPPORTED are decoded, and each has an arm above (Fetch
-            // is served by the connection, which keeps its budget charge).
+            // and the SASL exchange are served by the connection, which keeps its budget
+            // charge and its SASL state).
             tracing::error!(request = ?std::mem::discriminant(&other), "kafka request decoded but not served");
             return None;
         }
     })
+}
+
+/// Kafka's code for a refusal of an operation on a resource of this type.
+fn authorization_failed(resource_type: ResourceType) -> ResponseError {
+    match resource_type {
+        ResourceType::Topic => ResponseError::TopicAuthorizationFailed,
+        ResourceType::Group => ResponseError::GroupAuthorizationFailed,
+        ResourceType::Cluster => ResponseError::ClusterAuthorizationFailed,
+        ResourceType::TransactionalId => ResponseError::TransactionalIdAuthorizationFailed,
+    }
 }
 
 /// The Kafka error code for a broker error.
@@ -544,6 +696,7 @@ fn error_code(e: &ServiceError) -> i16 {
             ResponseError::InvalidProducerEpoch
         }
         ServiceError::IdempotentBatchCount => ResponseError::InvalidRecord,
+        ServiceError::Denied(denied) => authorization_failed(denied.resource_type),
         _ => {
             tracing::error!(error = %e, "kafka request failed");
             ResponseError::UnknownServerError

@@ -6,16 +6,27 @@
 //! - [`Session`]: one connection's protocol, peer and principal. It starts as
 //!   [`Principal::anonymous`] (or the client certificate's principal on an `SSL` listener with
 //!   client authentication) and becomes the SASL user once a handshake succeeds.
+//! - `users`: the SCRAM credential store (`<data_dir>/security/users.json`).
+//! - `sasl`: the server's side of a SASL exchange (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512),
+//!   which both listeners drive.
 //! - [`tls`]: server TLS from PEM files, reloaded without a restart, and the principal of a
 //!   client certificate.
+//! - [`jwt`]: bearer JWTs for the HTTP APIs (keys, verification, scopes, reloading).
+//! - [`acl`]: Kafka-style ACLs, the [`acl::Authorizer`] that checks requests against them, and
+//!   their store (`<data_dir>/security/acls.json`).
 
+pub mod acl;
+pub mod sasl;
 pub mod tls;
+pub mod users;
 
 use std::fmt;
 use std::net::SocketAddr;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
+
+pub mod jwt;
 
 /// An identity, as Kafka writes it: `<type>:<name>`, almost always `User:<name>`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -609,7 +609,8 @@ const PYTHON: &str = "/usr/bin/python3";
 
 /// Runs a peer script (`tests/peers/`) with `program` against a fresh broker: it produces 500
 /// order events and 10 more, consumes them through group `order-processor` and prints
-/// "500 True" when every order came back once and the group's commits held.
+/// "500 True" when every order came back once and the group's commits held; then its admin
+/// client creates a topic and lists it ("admin True").
 fn peer_order_events(program: &str, check: &[&str], what: &str, script: &str) {
     let has_client = Command::new(program)
         .args(check)
@@ -647,7 +648,11 @@ fn peer_order_events(program: &str, check: &[&str], what: &str, script: &str) {
         "{what} failed: {stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(stdout.trim(), "500 True");
+    assert_eq!(
+        stdout.lines().collect::<Vec<_>>(),
+        ["500 True", "admin True"],
+        "{stdout}"
+    );
     let consumed = run_cli(&cli, &broker.addr, &["consume", "order-events"], b"");
     let lines = String::from_utf8(consumed.stdout).unwrap();
     assert_eq!(lines.lines().count(), 510);

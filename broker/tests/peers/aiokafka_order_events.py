@@ -3,19 +3,28 @@
 An idempotent producer sends JSON order events to the topic with acks=all; a consumer in group
 `order-processor` reads them and commits; after ten more events a second consumer of the group
 gets exactly those ten. Prints one line: the count and whether every order came back once.
+Then the admin client creates a topic and finds it listed: "admin True".
+
+Security settings come from `PEER_*` variables (see `peer_security.py`); with a fourth argument
+`refused` or `denied` the script instead tries to produce one record and prints how it was refused.
 """
 import asyncio
 import json
 import sys
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from peer_security import aiokafka_settings, mode
 
 bootstrap, topic, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+security = aiokafka_settings()
 
 
 async def produce(first, count):
     producer = AIOKafkaProducer(
         bootstrap_servers=bootstrap,
+        **security,
         value_serializer=lambda v: json.dumps(v).encode(),
         acks="all",
         enable_idempotence=True,
@@ -35,6 +44,7 @@ async def consume(count):
     consumer = AIOKafkaConsumer(
         topic,
         bootstrap_servers=bootstrap,
+        **security,
         group_id="order-processor",
         auto_offset_reset="earliest",
         enable_auto_commit=False,
@@ -54,12 +64,41 @@ async def consume(count):
     return sorted(seen)
 
 
+async def try_produce_one():
+    """Prints how producing one record was refused, or "accepted"."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, **security, acks="all")
+    try:
+        async with asyncio.timeout(30):
+            await producer.start()
+            await producer.send_and_wait(topic, b"x")
+        print("accepted")
+    except Exception as e:  # the error's class is what the test checks
+        print("refused", type(e).__name__, str(e).replace("\n", " ")[:300])
+    finally:
+        await producer.stop()
+
+
+async def admin():
+    client = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **security)
+    await client.start()
+    try:
+        name = topic + "-admin"
+        await client.create_topics([NewTopic(name, num_partitions=2, replication_factor=1)])
+        return name in await client.list_topics()
+    finally:
+        await client.close()
+
+
 async def main():
+    if mode() in ("refused", "denied"):
+        await try_produce_one()
+        return
     await produce(0, n)
     first = await consume(n)
     await produce(n, 10)
     second = await consume(10)
     print(len(first), first == list(range(n)) and second == list(range(n, n + 10)))
+    print("admin", await admin())
 
 
 asyncio.run(main())

@@ -3,6 +3,8 @@
 //! ```text
 //! seq 1 100000 | strand produce t
 //! strand consume t --from earliest --count 100000
+//! strand --user admin --password-file admin.pw user create alice --password-file alice.pw
+//! strand acl add --allow-principal User:alice --operation Read --topic orders
 //! ```
 
 use std::io::Write;
@@ -13,11 +15,12 @@ use anyhow::{bail, Context};
 use bytes::Bytes;
 use clap::{Parser, Subcommand, ValueEnum};
 use strand_client::consumer::Delivery;
-use strand_client::native::messages::OffsetEntry;
+use strand_client::native::messages::{AclBinding, AclBindingFilter, OffsetEntry};
 use strand_client::native::{Request, ResponseBody, TopicDescription};
 use strand_client::{
     Acks, Client, ClientConfig, ClientTlsConfig, Consumer, ConsumerConfig, GroupConfig,
-    GroupConsumer, OffsetReset, Producer, ProducerConfig, ProducerRecord, StartFrom, TopicSettings,
+    GroupConsumer, OffsetReset, Producer, ProducerConfig, ProducerRecord, SaslConfig, StartFrom,
+    TopicSettings,
 };
 use tokio::io::{AsyncBufReadExt, BufReader};
 
@@ -66,21 +69,47 @@ struct Cli {
         requires = "tls_ca"
     )]
     tls_server_name: Option<String>,
+    /// SASL user to authenticate as (for a broker whose native listener uses SASL). Given
+    /// before the command.
+    #[arg(long, env = "STRAND_USER")]
+    user: Option<String>,
+    /// File whose first line is the SASL password (needs --user).
+    #[arg(
+        long,
+        env = "STRAND_PASSWORD_FILE",
+        value_name = "FILE",
+        requires = "user"
+    )]
+    password_file: Option<std::path::PathBuf>,
+    /// SASL mechanism: SCRAM-SHA-512, SCRAM-SHA-256 or PLAIN.
+    #[arg(long, env = "STRAND_SASL_MECHANISM", default_value = "SCRAM-SHA-512")]
+    sasl_mechanism: String,
     #[command(subcommand)]
     command: Command,
 }
 
 impl Cli {
     /// The client settings the flags ask for: TLS when --tls-ca is given.
-    fn client_config(&self) -> ClientConfig {
+    fn client_config(&self) -> anyhow::Result<ClientConfig> {
         let mut config = ClientConfig::default();
+        if let Some(username) = self.user.clone() {
+            let Some(file) = &self.password_file else {
+                bail!("--user needs --password-file (or STRAND_PASSWORD_FILE)");
+            };
+            config.connection.sasl = Some(SaslConfig {
+                mechanism: self.sasl_mechanism.parse().map_err(anyhow::Error::msg)?,
+                username,
+                password: strand_client::sasl::read_password_file(file)
+                    .map_err(anyhow::Error::msg)?,
+            });
+        }
         config.connection.tls = self.tls_ca.as_ref().map(|ca_file| ClientTlsConfig {
             ca_file: ca_file.clone(),
             cert_file: self.tls_cert.clone(),
             key_file: self.tls_key.clone(),
             server_name: self.tls_server_name.clone(),
         });
-        config
+        Ok(config)
     }
 }
 
@@ -136,6 +165,95 @@ enum Command {
         #[command(subcommand)]
         command: GroupCommand,
     },
+    /// Create, delete and list SCRAM users.
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+    /// Add, list and remove ACLs, with kafka-acls' flags.
+    Acl {
+        #[command(subcommand)]
+        command: AclCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum UserCommand {
+    /// Adds a user, or replaces its credential for the mechanism. The password is salted
+    /// here; the broker never sees it.
+    Create {
+        name: String,
+        /// File whose first line is the new user's password.
+        #[arg(long, value_name = "FILE")]
+        password_file: std::path::PathBuf,
+        /// SCRAM-SHA-512 or SCRAM-SHA-256 (run twice for both).
+        #[arg(long, default_value = "SCRAM-SHA-512")]
+        mechanism: String,
+        /// PBKDF2 iterations, 4096 to 16384.
+        #[arg(long, default_value_t = strand_client::scram::ITERATIONS_MIN)]
+        iterations: u32,
+    },
+    /// Deletes a user (every mechanism, or only --mechanism).
+    Delete {
+        name: String,
+        #[arg(long)]
+        mechanism: Option<String>,
+    },
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+enum AclCommand {
+    /// Add a binding for every principal x resource x operation given.
+    Add(AclArgs),
+    /// List the bindings that match the flags (all of them with none).
+    List(AclArgs),
+    /// Remove the bindings that match the flags, and print them.
+    Remove(AclArgs),
+}
+
+/// The flags kafka-acls takes, for all three subcommands.
+#[derive(Debug, clap::Args)]
+struct AclArgs {
+    /// Principal to allow, such as User:alice or User:* (repeatable).
+    #[arg(long, value_name = "PRINCIPAL")]
+    allow_principal: Vec<String>,
+    /// Principal to deny (repeatable).
+    #[arg(long, value_name = "PRINCIPAL")]
+    deny_principal: Vec<String>,
+    /// Host the allow applies to: an IP address or * (repeatable) [default: *]
+    #[arg(long, value_name = "HOST")]
+    allow_host: Vec<String>,
+    /// Host the deny applies to (repeatable) [default: *]
+    #[arg(long, value_name = "HOST")]
+    deny_host: Vec<String>,
+    /// Read, Write, Create, Delete, Alter, Describe, ClusterAction, DescribeConfigs,
+    /// AlterConfigs, IdempotentWrite or All (repeatable) [add: required; list, remove: any]
+    #[arg(long, value_name = "OPERATION")]
+    operation: Vec<String>,
+    /// Topic resource (repeatable); * names every topic.
+    #[arg(long)]
+    topic: Vec<String>,
+    /// Consumer group resource (repeatable).
+    #[arg(long)]
+    group: Vec<String>,
+    /// Transactional id resource (repeatable).
+    #[arg(long)]
+    transactional_id: Vec<String>,
+    /// The cluster resource.
+    #[arg(long)]
+    cluster: bool,
+    /// literal or prefixed; list and remove also take any and match.
+    #[arg(long, value_enum, default_value_t = PatternArg::Literal)]
+    resource_pattern_type: PatternArg,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum PatternArg {
+    Literal,
+    Prefixed,
+    Any,
+    Match,
 }
 
 #[derive(Debug, Subcommand)]
@@ -217,7 +335,7 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let client = Client::connect(cli.broker.clone(), cli.client_config())
+    let client = Client::connect(cli.broker.clone(), cli.client_config()?)
         .await
         .with_context(|| format!("connecting to {}", cli.broker))?;
     match cli.command {
@@ -255,7 +373,287 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             group: None,
         } => consume(client, topic, from, count, follow, format, partition, push).await,
         Command::Group { command } => group(client, command).await,
+        Command::User { command } => user(client, command).await,
+        Command::Acl { command } => acl(client, command).await,
     }
+}
+
+async fn user(client: Client, command: UserCommand) -> anyhow::Result<()> {
+    use strand_client::scram::ScramMechanism;
+    let admin = client.admin();
+    let mechanism = |m: &str| m.parse::<ScramMechanism>().map_err(anyhow::Error::msg);
+    match command {
+        UserCommand::Create {
+            name,
+            password_file,
+            mechanism: m,
+            iterations,
+        } => {
+            let m = mechanism(&m)?;
+            let password = strand_client::sasl::read_password_file(&password_file)
+                .map_err(anyhow::Error::msg)?;
+            admin.upsert_user(&name, m, &password, iterations).await?;
+            println!("user {name}: {m} credential stored");
+        }
+        UserCommand::Delete { name, mechanism: m } => {
+            let m = m.as_deref().map(mechanism).transpose()?;
+            admin.delete_user(&name, m).await?;
+            println!("deleted user {name}");
+        }
+        UserCommand::List => {
+            for user in admin.list_users().await? {
+                let mechanisms: Vec<String> = user
+                    .mechanisms
+                    .iter()
+                    .map(|(m, iterations)| format!("{m} ({iterations} iterations)"))
+                    .collect();
+                println!("{}\t{}", user.name, mechanisms.join(", "));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Kafka's codes, as the native protocol carries them.
+const ANY: u8 = 1;
+const DENY: u8 = 2;
+const ALLOW: u8 = 3;
+const OPERATIONS: [(&str, u8); 11] = [
+    ("All", 2),
+    ("Read", 3),
+    ("Write", 4),
+    ("Create", 5),
+    ("Delete", 6),
+    ("Alter", 7),
+    ("Describe", 8),
+    ("ClusterAction", 9),
+    ("DescribeConfigs", 10),
+    ("AlterConfigs", 11),
+    ("IdempotentWrite", 12),
+];
+const RESOURCE_TYPES: [(&str, u8); 4] = [
+    ("Topic", 2),
+    ("Group", 3),
+    ("Cluster", 4),
+    ("TransactionalId", 5),
+];
+
+fn operation_code(name: &str) -> anyhow::Result<u8> {
+    let wanted: String = name
+        .chars()
+        .filter(|c| *c != '_' && *c != '-')
+        .collect::<String>()
+        .to_ascii_lowercase();
+    OPERATIONS
+        .iter()
+        .find(|(n, _)| n.to_ascii_lowercase() == wanted)
+        .map(|(_, code)| *code)
+        .with_context(|| {
+            let names: Vec<_> = OPERATIONS.iter().map(|(n, _)| *n).collect();
+            format!("operation {name:?} is not one of {}", names.join(", "))
+        })
+}
+
+fn code_name(table: &[(&'static str, u8)], code: u8) -> String {
+    table
+        .iter()
+        .find(|(_, c)| *c == code)
+        .map_or_else(|| format!("#{code}"), |(n, _)| n.to_string())
+}
+
+impl AclArgs {
+    /// Every resource the flags name, as (type code, name).
+    fn resources(&self) -> Vec<(u8, String)> {
+        let mut out = Vec::new();
+        out.extend(self.topic.iter().map(|t| (2, t.clone())));
+        out.extend(self.group.iter().map(|g| (3, g.clone())));
+        if self.cluster {
+            out.push((4, "kafka-cluster".to_string()));
+        }
+        out.extend(self.transactional_id.iter().map(|t| (5, t.clone())));
+        out
+    }
+
+    fn operations(&self) -> anyhow::Result<Vec<u8>> {
+        self.operation.iter().map(|o| operation_code(o)).collect()
+    }
+
+    /// (permission, principal, hosts) for every principal given.
+    fn principals(&self) -> Vec<(u8, &str, Vec<String>)> {
+        let hosts = |given: &[String]| {
+            if given.is_empty() {
+                vec!["*".to_string()]
+            } else {
+                given.to_vec()
+            }
+        };
+        let mut out = Vec::new();
+        for p in &self.allow_principal {
+            out.push((ALLOW, p.as_str(), hosts(&self.allow_host)));
+        }
+        for p in &self.deny_principal {
+            out.push((DENY, p.as_str(), hosts(&self.deny_host)));
+        }
+        out
+    }
+
+    fn bindings(&self) -> anyhow::Result<Vec<AclBinding>> {
+        let pattern_type = match self.resource_pattern_type {
+            PatternArg::Literal => 3,
+            PatternArg::Prefixed => 4,
+            other => {
+                bail!("acl add takes --resource-pattern-type literal or prefixed, not {other:?}")
+            }
+        };
+        let resources = self.resources();
+        let operations = self.operations()?;
+        let principals = self.principals();
+        if resources.is_empty() {
+            bail!("name a resource: --topic, --group, --transactional-id or --cluster");
+        }
+        if principals.is_empty() {
+            bail!("name a principal: --allow-principal or --deny-principal");
+        }
+        if operations.is_empty() {
+            bail!("name an operation: --operation (All for every operation)");
+        }
+        let mut out = Vec::new();
+        for (resource_type, resource_name) in &resources {
+            for (permission, principal, hosts) in &principals {
+                for host in hosts {
+                    for operation in &operations {
+                        out.push(AclBinding {
+                            resource_type: *resource_type,
+                            resource_name: resource_name.clone(),
+                            pattern_type,
+                            principal: principal.to_string(),
+                            host: host.clone(),
+                            operation: *operation,
+                            permission: *permission,
+                        });
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Filters for list and remove: the cross product of what is given, "any" for what is not.
+    fn filters(&self) -> anyhow::Result<Vec<AclBindingFilter>> {
+        let pattern_type = match self.resource_pattern_type {
+            PatternArg::Any => 1,
+            PatternArg::Match => 2,
+            PatternArg::Literal => 3,
+            PatternArg::Prefixed => 4,
+        };
+        let resources: Vec<(u8, Option<String>, u8)> = match self.resources() {
+            // No resource named: every binding, whatever its pattern type.
+            r if r.is_empty() => vec![(ANY, None, ANY)],
+            r => r
+                .into_iter()
+                .map(|(t, name)| (t, Some(name), pattern_type))
+                .collect(),
+        };
+        let operations = match self.operations()? {
+            ops if ops.is_empty() => vec![ANY],
+            ops => ops,
+        };
+        let principals: Vec<(u8, Option<String>, Vec<Option<String>>)> =
+            if self.allow_principal.is_empty() && self.deny_principal.is_empty() {
+                vec![(ANY, None, vec![None])]
+            } else {
+                let hosts = |given: &[String]| {
+                    if given.is_empty() {
+                        vec![None]
+                    } else {
+                        given.iter().cloned().map(Some).collect()
+                    }
+                };
+                self.allow_principal
+                    .iter()
+                    .map(|p| (ALLOW, Some(p.clone()), hosts(&self.allow_host)))
+                    .chain(
+                        self.deny_principal
+                            .iter()
+                            .map(|p| (DENY, Some(p.clone()), hosts(&self.deny_host))),
+                    )
+                    .collect()
+            };
+        let mut out = Vec::new();
+        for (resource_type, resource_name, pattern_type) in &resources {
+            for (permission, principal, hosts) in &principals {
+                for host in hosts {
+                    for operation in &operations {
+                        out.push(AclBindingFilter {
+                            resource_type: *resource_type,
+                            resource_name: resource_name.clone(),
+                            pattern_type: *pattern_type,
+                            principal: principal.clone(),
+                            host: host.clone(),
+                            operation: *operation,
+                            permission: *permission,
+                        });
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn print_acl(b: &AclBinding) {
+    let pattern = match b.pattern_type {
+        3 => "literal",
+        4 => "prefixed",
+        _ => "?",
+    };
+    let permission = if b.permission == ALLOW {
+        "Allow"
+    } else {
+        "Deny"
+    };
+    println!(
+        "{}\t{}:{}\t{}\t{}\t{}\thost={}",
+        code_name(&RESOURCE_TYPES, b.resource_type),
+        pattern,
+        b.resource_name,
+        permission,
+        b.principal,
+        code_name(&OPERATIONS, b.operation),
+        b.host
+    );
+}
+
+async fn acl(client: Client, command: AclCommand) -> anyhow::Result<()> {
+    let admin = client.admin();
+    match command {
+        AclCommand::Add(args) => {
+            let bindings = args.bindings()?;
+            let n = bindings.len();
+            admin.create_acls(bindings.clone()).await?;
+            for b in &bindings {
+                print_acl(b);
+            }
+            eprintln!("added {n} ACL binding(s)");
+        }
+        AclCommand::List(args) => {
+            let mut seen = std::collections::BTreeSet::new();
+            for filter in args.filters()? {
+                seen.extend(admin.describe_acls(filter).await?);
+            }
+            for b in &seen {
+                print_acl(b);
+            }
+        }
+        AclCommand::Remove(args) => {
+            let removed = admin.delete_acls(args.filters()?).await?;
+            for b in &removed {
+                print_acl(b);
+            }
+            eprintln!("removed {} ACL binding(s)", removed.len());
+        }
+    }
+    Ok(())
 }
 
 async fn topic(client: Client, command: TopicCommand) -> anyhow::Result<()> {

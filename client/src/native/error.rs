@@ -42,6 +42,19 @@ pub enum ErrorCode {
     /// One of the broker's resource limits (topics, partitions, groups, members) would be
     /// passed; the message names it. Nothing was changed.
     LimitReached = 22,
+    /// SASL authentication failed: wrong password, unknown user (the two are not told apart)
+    /// or a malformed token. The broker closes the connection after this answer.
+    SaslAuthenticationFailed = 23,
+    /// The SaslHandshake named a mechanism the broker has not enabled; the message lists the
+    /// enabled ones.
+    UnsupportedSaslMechanism = 24,
+    /// A SASL request out of order (SaslAuthenticate before SaslHandshake, a second
+    /// handshake), or any other request before authentication on a SASL listener; the broker
+    /// closes the connection after this answer.
+    IllegalSaslState = 25,
+    /// The connection's principal may not do this; the message names the operation and the
+    /// resource. Nothing was changed.
+    AuthorizationFailed = 26,
 }
 
 impl ErrorCode {
@@ -70,6 +83,10 @@ impl ErrorCode {
             20 => InconsistentGroupProtocol,
             21 => InternalTopic,
             22 => LimitReached,
+            23 => SaslAuthenticationFailed,
+            24 => UnsupportedSaslMechanism,
+            25 => IllegalSaslState,
+            26 => AuthorizationFailed,
             _ => Internal,
         }
     }

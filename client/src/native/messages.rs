@@ -28,10 +28,21 @@ pub enum ApiKey {
     OffsetFetch = 15,
     ListGroups = 16,
     DescribeGroup = 17,
+    /// Chooses a SASL mechanism (see `docs/native-protocol.md`, Authentication).
+    SaslHandshake = 18,
+    /// Carries one SASL token each way.
+    SaslAuthenticate = 19,
+    /// Adds or replaces a user's SCRAM credential.
+    UpsertUser = 20,
+    DeleteUser = 21,
+    ListUsers = 22,
+    CreateAcls = 23,
+    DescribeAcls = 24,
+    DeleteAcls = 25,
 }
 
 impl ApiKey {
-    pub const ALL: [ApiKey; 18] = [
+    pub const ALL: [ApiKey; 26] = [
         ApiKey::Handshake,
         ApiKey::CreateTopic,
         ApiKey::DeleteTopic,
@@ -50,10 +61,19 @@ impl ApiKey {
         ApiKey::OffsetFetch,
         ApiKey::ListGroups,
         ApiKey::DescribeGroup,
+        ApiKey::SaslHandshake,
+        ApiKey::SaslAuthenticate,
+        ApiKey::UpsertUser,
+        ApiKey::DeleteUser,
+        ApiKey::ListUsers,
+        ApiKey::CreateAcls,
+        ApiKey::DescribeAcls,
+        ApiKey::DeleteAcls,
     ];
 
+    /// The request type with this number; the numbers have gaps (see `docs/native-protocol.md`).
     pub fn from_u16(key: u16) -> Option<ApiKey> {
-        ApiKey::ALL.get(key as usize).copied()
+        ApiKey::ALL.into_iter().find(|k| *k as u16 == key)
     }
 
     /// Versions of this request this implementation speaks.
@@ -81,6 +101,14 @@ impl ApiKey {
             ApiKey::OffsetFetch => "offset_fetch",
             ApiKey::ListGroups => "list_groups",
             ApiKey::DescribeGroup => "describe_group",
+            ApiKey::SaslHandshake => "sasl_handshake",
+            ApiKey::SaslAuthenticate => "sasl_authenticate",
+            ApiKey::UpsertUser => "upsert_user",
+            ApiKey::DeleteUser => "delete_user",
+            ApiKey::ListUsers => "list_users",
+            ApiKey::CreateAcls => "create_acls",
+            ApiKey::DescribeAcls => "describe_acls",
+            ApiKey::DeleteAcls => "delete_acls",
         }
     }
 }
@@ -200,6 +228,177 @@ pub enum Request {
     DescribeGroup {
         group: String,
     },
+    /// The mechanism the connection will authenticate with (`PLAIN`, `SCRAM-SHA-256`,
+    /// `SCRAM-SHA-512`).
+    SaslHandshake {
+        mechanism: String,
+    },
+    /// The client's next SASL token.
+    SaslAuthenticate {
+        token: Bytes,
+    },
+    /// A SCRAM credential salted by the client (`Hi(password, salt, iterations)`), so that the
+    /// password never crosses the wire; as Kafka's AlterUserScramCredentials.
+    UpsertUser {
+        name: String,
+        mechanism: String,
+        iterations: u32,
+        salt: Bytes,
+        salted_password: Bytes,
+    },
+    /// Deletes the user's credential for `mechanism`, or all of them when it is empty.
+    DeleteUser {
+        name: String,
+        mechanism: String,
+    },
+    ListUsers,
+    /// Adds ACL bindings: all of them, or none (the error says why).
+    CreateAcls {
+        bindings: Vec<AclBinding>,
+    },
+    /// The bindings the filter matches.
+    DescribeAcls {
+        filter: AclBindingFilter,
+    },
+    /// Removes the bindings any of the filters match, and answers with them.
+    DeleteAcls {
+        filters: Vec<AclBindingFilter>,
+    },
+}
+
+/// One ACL binding, with Kafka's codes: resource type 2 topic, 3 group, 4 cluster, 5
+/// transactional id; pattern type 3 literal, 4 prefixed; operation 2 all, 3 read, 4 write,
+/// 5 create, 6 delete, 7 alter, 8 describe, 9 cluster action, 10 describe configs, 11 alter
+/// configs, 12 idempotent write; permission 2 deny, 3 allow.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AclBinding {
+    pub resource_type: u8,
+    pub resource_name: String,
+    pub pattern_type: u8,
+    /// `User:alice`, or `User:*` for every user.
+    pub principal: String,
+    /// An IP address, or `*` for every host.
+    pub host: String,
+    pub operation: u8,
+    pub permission: u8,
+}
+
+/// Selects ACL bindings, with Kafka's filter codes: 1 is "any" for the resource type, pattern
+/// type, operation and permission; pattern type 2 ("match") selects every binding that applies
+/// to the named resource (its literal name, `*`, its prefixes). `None` strings match any value.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct AclBindingFilter {
+    pub resource_type: u8,
+    pub resource_name: Option<String>,
+    pub pattern_type: u8,
+    pub principal: Option<String>,
+    pub host: Option<String>,
+    pub operation: u8,
+    pub permission: u8,
+}
+
+impl AclBindingFilter {
+    /// Matches every binding.
+    pub fn any() -> AclBindingFilter {
+        AclBindingFilter {
+            resource_type: 1,
+            resource_name: None,
+            pattern_type: 1,
+            principal: None,
+            host: None,
+            operation: 1,
+            permission: 1,
+        }
+    }
+}
+
+fn put_acl(buf: &mut BytesMut, b: &AclBinding) {
+    buf.put_u8(b.resource_type);
+    put_string(buf, &b.resource_name);
+    buf.put_u8(b.pattern_type);
+    put_string(buf, &b.principal);
+    put_string(buf, &b.host);
+    buf.put_u8(b.operation);
+    buf.put_u8(b.permission);
+}
+
+fn get_acl(r: &mut Reader) -> Result<AclBinding, DecodeError> {
+    Ok(AclBinding {
+        resource_type: r.u8("resource_type")?,
+        resource_name: r.string("resource_name")?,
+        pattern_type: r.u8("pattern_type")?,
+        principal: r.string("principal")?,
+        host: r.string("host")?,
+        operation: r.u8("operation")?,
+        permission: r.u8("permission")?,
+    })
+}
+
+/// Encoded size of the smallest binding: four one-byte codes and three empty strings.
+const ACL_BYTES_MIN: usize = 10;
+
+fn put_acls(buf: &mut BytesMut, bindings: &[AclBinding]) {
+    buf.put_u32(bindings.len() as u32);
+    for b in bindings {
+        put_acl(buf, b);
+    }
+}
+
+fn get_acls(r: &mut Reader, what: &'static str) -> Result<Vec<AclBinding>, DecodeError> {
+    let n = r.count(what, ACL_BYTES_MIN)?;
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        out.push(get_acl(r)?);
+    }
+    Ok(out)
+}
+
+/// An optional string: a presence byte (0 or 1), then the string if present.
+fn put_opt_string(buf: &mut BytesMut, s: &Option<String>) {
+    match s {
+        None => buf.put_u8(0),
+        Some(s) => {
+            buf.put_u8(1);
+            put_string(buf, s);
+        }
+    }
+}
+
+fn get_opt_string(r: &mut Reader, what: &'static str) -> Result<Option<String>, DecodeError> {
+    Ok(if r.bool(what)? {
+        Some(r.string(what)?)
+    } else {
+        None
+    })
+}
+
+fn put_acl_filter(buf: &mut BytesMut, f: &AclBindingFilter) {
+    buf.put_u8(f.resource_type);
+    put_opt_string(buf, &f.resource_name);
+    buf.put_u8(f.pattern_type);
+    put_opt_string(buf, &f.principal);
+    put_opt_string(buf, &f.host);
+    buf.put_u8(f.operation);
+    buf.put_u8(f.permission);
+}
+
+fn get_acl_filter(r: &mut Reader) -> Result<AclBindingFilter, DecodeError> {
+    Ok(AclBindingFilter {
+        resource_type: r.u8("resource_type")?,
+        resource_name: get_opt_string(r, "resource_name")?,
+        pattern_type: r.u8("pattern_type")?,
+        principal: get_opt_string(r, "principal")?,
+        host: get_opt_string(r, "host")?,
+        operation: r.u8("operation")?,
+        permission: r.u8("permission")?,
+    })
+}
+
+/// A user and the SCRAM mechanisms (with iteration counts) it has credentials for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserEntry {
+    pub name: String,
+    pub mechanisms: Vec<(String, u32)>,
 }
 
 /// One partition's committed offset.
@@ -306,6 +505,14 @@ impl Request {
             Request::OffsetFetch { .. } => ApiKey::OffsetFetch,
             Request::ListGroups => ApiKey::ListGroups,
             Request::DescribeGroup { .. } => ApiKey::DescribeGroup,
+            Request::SaslHandshake { .. } => ApiKey::SaslHandshake,
+            Request::SaslAuthenticate { .. } => ApiKey::SaslAuthenticate,
+            Request::UpsertUser { .. } => ApiKey::UpsertUser,
+            Request::DeleteUser { .. } => ApiKey::DeleteUser,
+            Request::ListUsers => ApiKey::ListUsers,
+            Request::CreateAcls { .. } => ApiKey::CreateAcls,
+            Request::DescribeAcls { .. } => ApiKey::DescribeAcls,
+            Request::DeleteAcls { .. } => ApiKey::DeleteAcls,
         }
     }
 
@@ -464,6 +671,34 @@ impl Request {
             }
             Request::ListGroups => {}
             Request::DescribeGroup { group } => put_string(buf, group),
+            Request::SaslHandshake { mechanism } => put_string(buf, mechanism),
+            Request::SaslAuthenticate { token } => put_bytes(buf, token),
+            Request::UpsertUser {
+                name,
+                mechanism,
+                iterations,
+                salt,
+                salted_password,
+            } => {
+                put_string(buf, name);
+                put_string(buf, mechanism);
+                buf.put_u32(*iterations);
+                put_bytes(buf, salt);
+                put_bytes(buf, salted_password);
+            }
+            Request::DeleteUser { name, mechanism } => {
+                put_string(buf, name);
+                put_string(buf, mechanism);
+            }
+            Request::ListUsers => {}
+            Request::CreateAcls { bindings } => put_acls(buf, bindings),
+            Request::DescribeAcls { filter } => put_acl_filter(buf, filter),
+            Request::DeleteAcls { filters } => {
+                buf.put_u32(filters.len() as u32);
+                for f in filters {
+                    put_acl_filter(buf, f);
+                }
+            }
         }
         frame::end_frame(buf, at);
     }
@@ -618,6 +853,39 @@ impl Request {
             ApiKey::DescribeGroup => Request::DescribeGroup {
                 group: r.string("group")?,
             },
+            ApiKey::SaslHandshake => Request::SaslHandshake {
+                mechanism: r.string("mechanism")?,
+            },
+            ApiKey::SaslAuthenticate => Request::SaslAuthenticate {
+                token: r.bytes("token")?,
+            },
+            ApiKey::UpsertUser => Request::UpsertUser {
+                name: r.string("name")?,
+                mechanism: r.string("mechanism")?,
+                iterations: r.u32("iterations")?,
+                salt: r.bytes("salt")?,
+                salted_password: r.bytes("salted_password")?,
+            },
+            ApiKey::DeleteUser => Request::DeleteUser {
+                name: r.string("name")?,
+                mechanism: r.string("mechanism")?,
+            },
+            ApiKey::ListUsers => Request::ListUsers,
+            ApiKey::CreateAcls => Request::CreateAcls {
+                bindings: get_acls(&mut r, "bindings")?,
+            },
+            ApiKey::DescribeAcls => Request::DescribeAcls {
+                filter: get_acl_filter(&mut r)?,
+            },
+            ApiKey::DeleteAcls => {
+                // Four codes and three absent strings.
+                let n = r.count("filters", 7)?;
+                let mut filters = Vec::with_capacity(n);
+                for _ in 0..n {
+                    filters.push(get_acl_filter(&mut r)?);
+                }
+                Request::DeleteAcls { filters }
+            }
         };
         r.finish()?;
         Ok(request)
@@ -675,6 +943,13 @@ pub enum ResponseBody {
     Committed(Vec<Option<OffsetEntry>>),
     Groups(Vec<String>),
     Group(GroupInfo),
+    /// SaslHandshake: the mechanisms the broker has enabled.
+    SaslMechanisms(Vec<String>),
+    /// SaslAuthenticate: the server's next token (empty after PLAIN).
+    SaslToken(Bytes),
+    Users(Vec<UserEntry>),
+    /// DescribeAcls: the bindings matched; DeleteAcls: the bindings removed.
+    Acls(Vec<AclBinding>),
 }
 
 /// A response: an error code with a human message, then the body when the code is `None`.
@@ -812,7 +1087,21 @@ impl Response {
                             }
                         }
                     }
-                    ResponseBody::Groups(groups) => put_strings(buf, groups),
+                    ResponseBody::Groups(groups) | ResponseBody::SaslMechanisms(groups) => {
+                        put_strings(buf, groups)
+                    }
+                    ResponseBody::SaslToken(token) => put_bytes(buf, token),
+                    ResponseBody::Users(users) => {
+                        buf.put_u32(users.len() as u32);
+                        for u in users {
+                            put_string(buf, &u.name);
+                            buf.put_u32(u.mechanisms.len() as u32);
+                            for (mechanism, iterations) in &u.mechanisms {
+                                put_string(buf, mechanism);
+                                buf.put_u32(*iterations);
+                            }
+                        }
+                    }
                     ResponseBody::Group(g) => {
                         put_string(buf, &g.group);
                         put_string(buf, &g.state);
@@ -832,6 +1121,7 @@ impl Response {
                             buf.put_i64(o.lag);
                         }
                     }
+                    ResponseBody::Acls(bindings) => put_acls(buf, bindings),
                 }
             }
         }
@@ -870,7 +1160,11 @@ impl Response {
             | ApiKey::DeleteTopic
             | ApiKey::Subscribe
             | ApiKey::Unsubscribe
-            | ApiKey::AddCredit => ResponseBody::Empty,
+            | ApiKey::AddCredit
+            | ApiKey::CreateAcls => ResponseBody::Empty,
+            ApiKey::DescribeAcls | ApiKey::DeleteAcls => {
+                ResponseBody::Acls(get_acls(&mut r, "bindings")?)
+            }
             ApiKey::ListTopics => {
                 let n = r.count("topics", 23)?;
                 let mut topics = Vec::with_capacity(n);
@@ -922,6 +1216,25 @@ impl Response {
                 ResponseBody::Committed(entries)
             }
             ApiKey::ListGroups => ResponseBody::Groups(get_strings(&mut r, "groups")?),
+            ApiKey::SaslHandshake => {
+                ResponseBody::SaslMechanisms(get_strings(&mut r, "mechanisms")?)
+            }
+            ApiKey::SaslAuthenticate => ResponseBody::SaslToken(r.bytes("token")?),
+            ApiKey::UpsertUser | ApiKey::DeleteUser => ResponseBody::Empty,
+            ApiKey::ListUsers => {
+                let n = r.count("users", 6)?;
+                let mut users = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let name = r.string("name")?;
+                    let k = r.count("mechanisms", 6)?;
+                    let mut mechanisms = Vec::with_capacity(k);
+                    for _ in 0..k {
+                        mechanisms.push((r.string("mechanism")?, r.u32("iterations")?));
+                    }
+                    users.push(UserEntry { name, mechanisms });
+                }
+                ResponseBody::Users(users)
+            }
             ApiKey::DescribeGroup => {
                 let group = r.string("group")?;
                 let state = r.string("state")?;

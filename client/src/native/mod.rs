@@ -178,7 +178,59 @@ mod tests {
                 .prop_map(|(group, partitions)| Request::OffsetFetch { group, partitions }),
             Just(Request::ListGroups),
             name().prop_map(|group| Request::DescribeGroup { group }),
+            name().prop_map(|mechanism| Request::SaslHandshake { mechanism }),
+            blob().prop_map(|token| Request::SaslAuthenticate { token }),
+            (name(), name(), any::<u32>(), blob(), blob()).prop_map(
+                |(name, mechanism, iterations, salt, salted_password)| Request::UpsertUser {
+                    name,
+                    mechanism,
+                    iterations,
+                    salt,
+                    salted_password,
+                }
+            ),
+            (name(), name()).prop_map(|(name, mechanism)| Request::DeleteUser { name, mechanism }),
+            Just(Request::ListUsers),
+            proptest::collection::vec(acl(), 0..4)
+                .prop_map(|bindings| Request::CreateAcls { bindings }),
+            acl_filter().prop_map(|filter| Request::DescribeAcls { filter }),
+            proptest::collection::vec(acl_filter(), 0..4)
+                .prop_map(|filters| Request::DeleteAcls { filters }),
         ]
+    }
+
+    fn acl() -> impl Strategy<Value = messages::AclBinding> {
+        (any::<[u8; 4]>(), name(), name(), name()).prop_map(
+            |(codes, resource_name, principal, host)| messages::AclBinding {
+                resource_type: codes[0],
+                resource_name,
+                pattern_type: codes[1],
+                principal,
+                host,
+                operation: codes[2],
+                permission: codes[3],
+            },
+        )
+    }
+
+    fn acl_filter() -> impl Strategy<Value = messages::AclBindingFilter> {
+        (
+            any::<[u8; 4]>(),
+            proptest::option::of(name()),
+            proptest::option::of(name()),
+            proptest::option::of(name()),
+        )
+            .prop_map(|(codes, resource_name, principal, host)| {
+                messages::AclBindingFilter {
+                    resource_type: codes[0],
+                    resource_name,
+                    pattern_type: codes[1],
+                    principal,
+                    host,
+                    operation: codes[2],
+                    permission: codes[3],
+                }
+            })
     }
 
     fn offset_entry() -> impl Strategy<Value = messages::OffsetEntry> {
@@ -326,7 +378,32 @@ mod tests {
             proptest::collection::vec(name(), 0..4)
                 .prop_map(move |groups| ok(ApiKey::ListGroups, ResponseBody::Groups(groups))),
             group_info().prop_map(move |g| ok(ApiKey::DescribeGroup, ResponseBody::Group(g))),
-            (0usize..ApiKey::ALL.len(), 1u16..20, name()).prop_map(|(k, code, message)| (
+            proptest::collection::vec(name(), 0..4)
+                .prop_map(move |m| ok(ApiKey::SaslHandshake, ResponseBody::SaslMechanisms(m))),
+            blob().prop_map(move |t| ok(ApiKey::SaslAuthenticate, ResponseBody::SaslToken(t))),
+            Just(ok(ApiKey::UpsertUser, ResponseBody::Empty)),
+            proptest::collection::vec(
+                (
+                    name(),
+                    proptest::collection::vec((name(), any::<u32>()), 0..3)
+                ),
+                0..4
+            )
+            .prop_map(move |users| ok(
+                ApiKey::ListUsers,
+                ResponseBody::Users(
+                    users
+                        .into_iter()
+                        .map(|(name, mechanisms)| messages::UserEntry { name, mechanisms })
+                        .collect()
+                )
+            )),
+            Just(ok(ApiKey::CreateAcls, ResponseBody::Empty)),
+            proptest::collection::vec(acl(), 0..4)
+                .prop_map(move |a| ok(ApiKey::DescribeAcls, ResponseBody::Acls(a))),
+            proptest::collection::vec(acl(), 0..4)
+                .prop_map(move |a| ok(ApiKey::DeleteAcls, ResponseBody::Acls(a))),
+            (0usize..ApiKey::ALL.len(), 1u16..30, name()).prop_map(|(k, code, message)| (
                 ApiKey::ALL[k],
                 Response::Err {
                     code: ErrorCode::from_u16(code),
@@ -384,7 +461,7 @@ mod tests {
         }
 
         #[test]
-        fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..400), key in 0u16..20, version in 0u16..2) {
+        fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..400), key in 0u16..30, version in 0u16..2) {
             let header = RequestHeader { api_key: key, version, correlation_id: 1 };
             let _ = Request::decode(&header, Bytes::from(bytes.clone()));
             for k in ApiKey::ALL {

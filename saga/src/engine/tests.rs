@@ -15,6 +15,7 @@ fn http(url: &str) -> Participant {
         url: url.into(),
         headers: Default::default(),
         body: None,
+        auth: None,
     }
 }
 
@@ -175,6 +176,7 @@ fn success_runs_every_step_in_order_with_outputs_in_templates() {
         url: "http://pay/charge/{{ steps.order.output.order_id }}".into(),
         headers: Default::default(),
         body: Some(json!({"amount": "{{ input.amount }}", "order": "{{ steps.order.output }}"})),
+        auth: None,
     };
     let mut sim = Sim::start(Arc::new(def));
     sim.reply(Ok(json!({"order_id": "o-1"})));
@@ -189,6 +191,7 @@ fn success_runs_every_step_in_order_with_outputs_in_templates() {
             url: "http://pay/charge/o-1".into(),
             headers: Default::default(),
             body: Some(json!({"amount": 30, "order": {"order_id": "o-1"}})),
+            auth: None,
         }
     );
     sim.reply(Ok(json!({"payment_id": "p-1"})));

@@ -1,5 +1,6 @@
 //! Integration tests of the saga orchestrator, one binary with a module per subject.
 
+mod auth;
 mod broker_participants;
 mod consistency;
 mod crash;

@@ -231,13 +231,28 @@ impl Stack {
     }
 
     pub async fn start_with(dir: &std::path::Path, config: OrchestratorConfig) -> Stack {
-        Stack::start_on(dir, config, false).await
+        Stack::start_on(dir, config, false, HttpConfig::default()).await
+    }
+
+    /// With the API settings given (bearer-token verification).
+    pub async fn start_with_http(
+        dir: &std::path::Path,
+        config: OrchestratorConfig,
+        http: HttpConfig,
+    ) -> Stack {
+        Stack::start_on(dir, config, false, http).await
     }
 
     /// The orchestrator's journal and topics on the embedded broker's Kafka listener, reached
     /// through librdkafka as a Kafka cluster would be.
     pub async fn start_kafka(dir: &std::path::Path) -> Stack {
-        Stack::start_on(dir, OrchestratorConfig::default(), true).await
+        Stack::start_on(
+            dir,
+            OrchestratorConfig::default(),
+            true,
+            HttpConfig::default(),
+        )
+        .await
     }
 
     /// The cluster the orchestrator keeps its journal on, as a participant would reach it.
@@ -245,7 +260,12 @@ impl Stack {
         connect(self.broker.as_ref().unwrap(), self.kafka).await
     }
 
-    async fn start_on(dir: &std::path::Path, config: OrchestratorConfig, kafka: bool) -> Stack {
+    async fn start_on(
+        dir: &std::path::Path,
+        config: OrchestratorConfig,
+        kafka: bool,
+        http_config: HttpConfig,
+    ) -> Stack {
         let orchestrator_config = OrchestratorConfig {
             journal_partitions: 4,
             ..config
@@ -289,7 +309,7 @@ impl Stack {
         }
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let api = format!("http://{}", listener.local_addr().unwrap());
-        let app = http::router(handle, &HttpConfig::default());
+        let app = http::router(handle, &http_config);
         let mut stop = rx;
         tokio::spawn(async move {
             axum::serve(listener, app)
