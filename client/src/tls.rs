@@ -167,7 +167,7 @@ mod tests {
     }
 
     #[test]
-    fn missing_files_and_half_a_client_identity_are_refused() {
+    fn missing_and_empty_ca_files_are_refused() {
         let config = ClientTlsConfig {
             ca_file: "/nonexistent/ca.pem".into(),
             cert_file: None,
