@@ -733,3 +733,66 @@ async fn idle_and_unfinished_requests_over_tls_are_closed() {
     }
     broker.stop().await.unwrap();
 }
+
+/// The `strand` CLI over TLS: `--tls-ca` for the broker's certificate, `--tls-cert` and
+/// `--tls-key` for a client certificate the listener requires; without them it is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_speaks_tls_with_a_client_certificate() {
+    use super::broker_process::{run_cli, strand_cli};
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new(dir.path(), "test");
+    let (cert, key) = ca.issue("cli", "cli");
+    let broker = RunningBroker::start(config(
+        &dir.path().join("data"),
+        server_tls(&ca, ClientAuth::Required),
+    ))
+    .await
+    .unwrap();
+    let addr = ssl(&broker, ListenerKind::Native);
+    let cli = strand_cli();
+    let (ca_file, cert, key) = (
+        ca.ca_file().to_str().unwrap().to_string(),
+        cert.to_str().unwrap().to_string(),
+        key.to_str().unwrap().to_string(),
+    );
+    let tls_args = ["--tls-ca", &ca_file, "--tls-cert", &cert, "--tls-key", &key];
+    let run = |args: &[&str], input: &[u8]| {
+        let (addr, cli) = (addr.clone(), cli.clone());
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        let input = input.to_vec();
+        tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            run_cli(&cli, &addr, &args, &input)
+        })
+    };
+    let mut create = tls_args.to_vec();
+    create.extend(["topic", "create", "cli", "--partitions", "1"]);
+    let created = run(&create, b"").await.unwrap();
+    assert!(
+        created.status.success(),
+        "{}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+    let mut produce = tls_args.to_vec();
+    produce.extend(["produce", "cli"]);
+    assert!(run(&produce, b"one\ntwo\n").await.unwrap().status.success());
+    let mut consume = tls_args.to_vec();
+    consume.extend(["consume", "cli", "--count", "2"]);
+    let consumed = run(&consume, b"").await.unwrap();
+    assert_eq!(String::from_utf8_lossy(&consumed.stdout), "one\ntwo\n");
+
+    // Without a client certificate, or without TLS at all, the CLI is refused and says so.
+    for args in [
+        vec!["--tls-ca", ca_file.as_str(), "topic", "list"],
+        vec!["topic", "list"],
+    ] {
+        let refused = run(&args, b"").await.unwrap();
+        assert_eq!(refused.status.code(), Some(1), "{args:?}");
+        assert!(
+            String::from_utf8_lossy(&refused.stderr).starts_with("strand: "),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&refused.stderr)
+        );
+    }
+    broker.stop().await.unwrap();
+}
