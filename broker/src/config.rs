@@ -29,7 +29,8 @@ pub struct BrokerConfig {
     pub listen: SocketAddr,
     /// Kafka-protocol listener. Default `127.0.0.1:9092`.
     pub kafka_listen: SocketAddr,
-    /// `host:port` Kafka clients of the PLAINTEXT listener are told to connect to; default: the
+    /// `host:port` Kafka clients are told to connect to, by the PLAINTEXT listener or by the
+    /// only Kafka listener (`kafka_listen` with `kafka_listen_protocol`); default: the
     /// listener's address (127.0.0.1 when it binds 0.0.0.0). Set it when clients reach Strand
     /// by another name. `kafka_advertised_listeners` says it for every protocol.
     pub kafka_advertised: Option<String>,
