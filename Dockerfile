@@ -52,4 +52,15 @@ EXPOSE 7171 9092 7180 7190
 HEALTHCHECK --interval=10s --timeout=3s --start-period=60s --retries=3 \
     CMD curl -fsS -o /dev/null http://127.0.0.1:7180/health || exit 1
 # Everything in one process; `--entrypoint strand-broker` runs the broker alone.
+#
+# The defaults above bind every interface with nothing secured: fine behind a private network,
+# not beyond it (strand-saga warns at start, naming each open listener). To secure it, mount a
+# certificate and key (and a client CA) and set, for example:
+#   STRAND_NATIVE_LISTENERS=SASL_SSL://0.0.0.0:7171  STRAND_KAFKA_LISTENERS=SASL_SSL://0.0.0.0:9092
+#   STRAND_HTTP_LISTENERS=SSL://0.0.0.0:7180  STRAND_TLS_CERT_FILE=...  STRAND_TLS_KEY_FILE=...
+#   STRAND_AUTHORIZER_ENABLED=true  STRAND_SUPER_USERS=User:admin,User:saga
+#   STRAND_SAGA_BROKER_TLS_CA=...  STRAND_SAGA_BROKER_USER=saga  STRAND_SAGA_BROKER_PASSWORD_FILE=...
+#   STRAND_SAGA_API_TLS_CERT_FILE=...  STRAND_SAGA_JWT_ISSUER=...  STRAND_SAGA_JWT_KEY_FILES=...
+# and create the first users with `strand-saga user add NAME --password-file FILE` before the
+# start. compose.yaml's `secure` profile does all of it; README "Security" explains each part.
 ENTRYPOINT ["strand-saga"]

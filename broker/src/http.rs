@@ -178,7 +178,7 @@ where
                 Ok(claims) => {
                     request.extensions_mut().insert(claims);
                 }
-                Err(refusal) => return Box::pin(std::future::ready(Ok(refusal))),
+                Err(refusal) => return Box::pin(std::future::ready(Ok(refusal.into_response()))),
             }
         }
         let answer = self.inner.call(request);
@@ -186,23 +186,65 @@ where
     }
 }
 
-/// The token's claims when `headers` carry a valid bearer token with `scope`; otherwise the
-/// 401 or 403 answer.
+/// Why a request was refused: 401 (no token, or one that fails a check) or 403 (a valid token
+/// without the route's scope).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthRefusal {
+    Unauthenticated { reason: String, token_sent: bool },
+    Forbidden { scope: String },
+}
+
+impl IntoResponse for AuthRefusal {
+    /// RFC 6750's challenges, and the JSON error body every Strand API answers with.
+    fn into_response(self) -> Response {
+        let (status, challenge, error) = match self {
+            AuthRefusal::Unauthenticated { reason, token_sent } => (
+                StatusCode::UNAUTHORIZED,
+                if token_sent {
+                    HeaderValue::from_static("Bearer realm=\"strand\", error=\"invalid_token\"")
+                } else {
+                    HeaderValue::from_static("Bearer realm=\"strand\"")
+                },
+                reason,
+            ),
+            AuthRefusal::Forbidden { scope } => (
+                StatusCode::FORBIDDEN,
+                HeaderValue::from_str(&format!(
+                    "Bearer realm=\"strand\", error=\"insufficient_scope\", scope=\"{scope}\""
+                ))
+                .unwrap_or_else(|_| HeaderValue::from_static("Bearer realm=\"strand\"")),
+                format!("the token does not grant scope {scope}"),
+            ),
+        };
+        (
+            status,
+            [(header::WWW_AUTHENTICATE, challenge)],
+            Json(serde_json::json!({ "error": error })),
+        )
+            .into_response()
+    }
+}
+
+/// The token's claims when `headers` carry a valid bearer token with `scope`.
 pub fn authorize(
     verifier: &Verifier,
     headers: &HeaderMap,
     scope: &str,
-) -> Result<Claims, Response> {
+) -> Result<Claims, AuthRefusal> {
+    let refuse = |reason: &str, token_sent: bool| AuthRefusal::Unauthenticated {
+        reason: reason.to_string(),
+        token_sent,
+    };
     let mut values = headers.get_all(header::AUTHORIZATION).iter();
     let (value, more) = (values.next(), values.next());
     let Some(value) = value else {
-        return Err(unauthenticated(
+        return Err(refuse(
             "a bearer token is required (Authorization: Bearer <token>)",
             false,
         ));
     };
     if more.is_some() {
-        return Err(unauthenticated("more than one Authorization header", true));
+        return Err(refuse("more than one Authorization header", true));
     }
     let token = value
         .to_str()
@@ -212,40 +254,18 @@ pub fn authorize(
         .map(|(_, token)| token.trim())
         .filter(|token| !token.is_empty());
     let Some(token) = token else {
-        return Err(unauthenticated(
+        return Err(refuse(
             "the Authorization header is not \"Bearer <token>\"",
             true,
         ));
     };
     let claims = verifier
         .verify(token)
-        .map_err(|e| unauthenticated(&e.to_string(), true))?;
+        .map_err(|e| refuse(&e.to_string(), true))?;
     if !claims.has_scope(scope) {
-        let challenge =
-            format!("Bearer realm=\"strand\", error=\"insufficient_scope\", scope=\"{scope}\"");
-        return Err((
-            StatusCode::FORBIDDEN,
-            [(header::WWW_AUTHENTICATE, challenge)],
-            Json(serde_json::json!({
-                "error": format!("the token does not grant scope {scope}"),
-            })),
-        )
-            .into_response());
+        return Err(AuthRefusal::Forbidden {
+            scope: scope.to_string(),
+        });
     }
     Ok(claims)
-}
-
-/// A 401 with RFC 6750's challenge: `invalid_token` when a token was sent and refused.
-fn unauthenticated(reason: &str, token_sent: bool) -> Response {
-    let challenge = if token_sent {
-        HeaderValue::from_static("Bearer realm=\"strand\", error=\"invalid_token\"")
-    } else {
-        HeaderValue::from_static("Bearer realm=\"strand\"")
-    };
-    (
-        StatusCode::UNAUTHORIZED,
-        [(header::WWW_AUTHENTICATE, challenge)],
-        Json(serde_json::json!({ "error": reason })),
-    )
-        .into_response()
 }

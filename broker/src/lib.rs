@@ -10,7 +10,9 @@
 //! - [`producers`]: idempotent producers' sequence numbers per partition.
 //! - [`service`]: what the broker does for a request, whatever protocol carried it.
 //! - [`run`]: the whole broker as a library (start, stop), for `strand-broker` and embedding.
-//! - [`metrics`]: Prometheus metrics; [`http`]: `/health` and `/metrics`.
+//! - [`metrics`]: Prometheus metrics; [`http`]: `/health` and `/metrics`, and the bearer-token
+//!   layer every Strand HTTP API uses.
+//! - [`security`]: who is on a connection (principal, session); bearer JWT verification.
 //! - [`listener`]: connection caps and timeouts every listener shares; [`budget`]: the one
 //!   memory budget for bytes in flight across the native and Kafka listeners.
 

@@ -331,22 +331,27 @@ impl AsyncWrite for Stream {
 
 /// Runs the TLS handshake when the listener uses TLS, within `timeout`, and returns the stream
 /// with the connection's session: the listener's protocol, and the client certificate's
-/// principal when one was verified.
+/// principal when one was verified. `client_certificates`: whether to ask for one as
+/// `client_auth` says (an `SSL` listener) or never (`SASL_SSL`, the broker's HTTPS ports).
 pub async fn establish(
     socket: TcpStream,
     peer: SocketAddr,
     protocol: SecurityProtocol,
     tls: Option<&ServerTls>,
+    client_certificates: bool,
     timeout: Duration,
 ) -> Result<(Stream, Session), String> {
     let mut session = Session::new(protocol, peer);
     let Some(tls) = tls else {
         return Ok((Stream::Plain(socket), session));
     };
-    let stream = tokio::time::timeout(timeout, tls.acceptor().accept(socket))
-        .await
-        .map_err(|_| format!("TLS handshake not completed within {timeout:?}"))?
-        .map_err(|e| format!("TLS handshake failed: {e}"))?;
+    let stream = tokio::time::timeout(
+        timeout,
+        tls.acceptor_for(client_certificates).accept(socket),
+    )
+    .await
+    .map_err(|_| format!("TLS handshake not completed within {timeout:?}"))?
+    .map_err(|e| format!("TLS handshake failed: {e}"))?;
     // rustls hands out peer certificates only once its verifier has accepted them.
     if let Some(cert) = stream
         .get_ref()
@@ -406,7 +411,14 @@ pub async fn serve<F, Fut>(
         let mut stop = shutdown.clone();
         connections.spawn(async move {
             let established = tokio::select! {
-                established = establish(socket, peer, spec.protocol, tls.as_deref(), handshake_timeout) => established,
+                established = establish(
+                    socket,
+                    peer,
+                    spec.protocol,
+                    tls.as_deref(),
+                    spec.protocol == SecurityProtocol::Ssl,
+                    handshake_timeout,
+                ) => established,
                 _ = stopped(&mut stop) => return,
             };
             let result = match established {
@@ -521,7 +533,8 @@ impl axum::serve::Listener for GuardedListener {
             let listener_name = self.admission.listener;
             let protocol = self.spec.protocol;
             self.handshakes.spawn(async move {
-                match establish(socket, peer, protocol, Some(&tls), read_timeout).await {
+                // Bearer tokens, not certificates, say who an HTTP client is.
+                match establish(socket, peer, protocol, Some(&tls), false, read_timeout).await {
                     Ok((stream, _)) => Some((guarded(stream), peer)),
                     Err(reason) => {
                         tracing::info!(listener = listener_name, %peer, %reason, "closed connection");
@@ -589,7 +602,16 @@ impl axum::serve::Listener for TlsListener {
             let tls = self.tls.clone();
             let timeout = self.handshake_timeout;
             self.handshakes.spawn(async move {
-                match establish(socket, peer, SecurityProtocol::Ssl, Some(&tls), timeout).await {
+                match establish(
+                    socket,
+                    peer,
+                    SecurityProtocol::Ssl,
+                    Some(&tls),
+                    true,
+                    timeout,
+                )
+                .await
+                {
                     Ok((stream, _)) => Some((stream, peer)),
                     Err(reason) => {
                         tracing::info!(%peer, %reason, "closed connection");

@@ -13,7 +13,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::budget::Budget;
-use crate::config::BrokerConfig;
+use crate::config::{BrokerConfig, UserCommand};
 use crate::group::CoordinatorConfig;
 use crate::http::{self, HttpState};
 use crate::listener::{Admission, BoundListener, GuardedListener, ListenerKind};
@@ -199,6 +199,9 @@ impl RunningBroker {
             topics = topics.list().len(),
             "strand-broker listening"
         );
+        for warning in open_listener_warnings(&config, &listeners) {
+            tracing::warn!("{warning}");
+        }
 
         let broker = {
             let topics = topics.clone();
@@ -435,6 +438,43 @@ pub fn spawn_tls_reload_on_sighup(
     }))
 }
 
+/// What a listener on a non-loopback address leaves open, one sentence each: without the
+/// authorizer anyone who reaches a native or Kafka listener may do anything; a PLAINTEXT or
+/// SASL_PLAINTEXT listener carries data (and PLAIN passwords) unencrypted; an HTTP port without
+/// bearer tokens shows its metrics to anyone.
+pub fn open_listener_warnings(
+    config: &BrokerConfig,
+    listeners: &[(ListenerKind, ListenerSpec)],
+) -> Vec<String> {
+    let mut warnings = Vec::new();
+    for (kind, spec) in listeners {
+        if spec.addr.ip().is_loopback() {
+            continue;
+        }
+        match kind {
+            ListenerKind::Native | ListenerKind::Kafka if !config.authorizer_enabled => warnings
+                .push(format!(
+                    "the {kind} listener {spec} is reachable beyond this host and the authorizer \
+                     is off: anyone who reaches it can produce, consume, create and delete \
+                     topics and join any group (set authorizer_enabled, with SASL or client \
+                     certificates)"
+                )),
+            ListenerKind::Http if config.http_jwt.is_none() => warnings.push(format!(
+                "the HTTP listener {spec} is reachable beyond this host without bearer tokens: \
+                 /health and /metrics are open to anyone (set http_jwt)"
+            )),
+            _ => {}
+        }
+        if !spec.protocol.uses_tls() {
+            warnings.push(format!(
+                "the {kind} listener {spec} is reachable beyond this host without TLS: what it \
+                 carries, credentials included, can be read on the network"
+            ));
+        }
+    }
+    warnings
+}
+
 /// Runs `job` over every topic every `interval_ms` on the blocking pool until shutdown.
 fn spawn_periodic<T: Send + 'static>(
     what: &'static str,
@@ -460,4 +500,75 @@ fn spawn_periodic<T: Send + 'static>(
             }
         }
     })
+}
+
+/// `strand-broker user ...` (and `strand-saga user ...`, for its embedded broker): edits
+/// `<data_dir>/security/users.json` while no broker runs on it (the store's lock refuses
+/// otherwise).
+pub fn user_command(
+    config: &BrokerConfig,
+    command: crate::config::UserCommand,
+) -> anyhow::Result<()> {
+    use crate::security::users::Users;
+    use anyhow::Context;
+    use strand_client::scram::ScramMechanism;
+    let users = Users::open(&config.data_dir, config.users_config())
+        .with_context(|| format!("opening the users of {}", config.data_dir.display()))?;
+    match command {
+        UserCommand::Add {
+            name,
+            password_file,
+            mechanism,
+            iterations,
+        } => {
+            let mechanism: ScramMechanism = mechanism.parse().map_err(anyhow::Error::msg)?;
+            let password = strand_client::sasl::read_password_file(&password_file)
+                .map_err(anyhow::Error::msg)?;
+            users.upsert_password(&name, mechanism, &password, iterations)?;
+            eprintln!("user {name}: {mechanism} credential stored");
+        }
+        UserCommand::Delete { name } => {
+            users.delete(&name, None)?;
+            eprintln!("user {name} deleted");
+        }
+        UserCommand::List => {
+            for user in users.list() {
+                let mechanisms: Vec<String> = user
+                    .mechanisms
+                    .iter()
+                    .map(|(m, iterations)| format!("{m} ({iterations} iterations)"))
+                    .collect();
+                println!("{}\t{}", user.name, mechanisms.join(", "));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn open_listeners_beyond_loopback_are_named() {
+        let spec = |s: &str| s.parse::<ListenerSpec>().unwrap();
+        let listeners = [
+            (ListenerKind::Native, spec("PLAINTEXT://127.0.0.1:7171")),
+            (ListenerKind::Kafka, spec("SASL_SSL://0.0.0.0:9093")),
+            (ListenerKind::Http, spec("PLAINTEXT://0.0.0.0:7180")),
+        ];
+        let open = open_listener_warnings(&BrokerConfig::default(), &listeners);
+        assert_eq!(open.len(), 3, "{open:#?}");
+        assert!(open[0].contains("kafka listener SASL_SSL://0.0.0.0:9093"));
+        assert!(open[0].contains("authorizer is off"));
+        assert!(open[1].contains("/metrics are open"));
+        assert!(open[2].contains("without TLS"));
+        let secured = BrokerConfig {
+            authorizer_enabled: true,
+            ..BrokerConfig::default()
+        };
+        let open = open_listener_warnings(&secured, &listeners[..2]);
+        assert!(open.is_empty(), "{open:#?}");
+        assert!(open_listener_warnings(&BrokerConfig::default(), &listeners[..1]).is_empty());
+    }
 }

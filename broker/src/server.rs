@@ -584,6 +584,7 @@ impl Connection {
                 });
                 let task = tokio::spawn(run_subscription(
                     broker,
+                    self.session.clone(),
                     topic,
                     partition,
                     offset,
@@ -647,10 +648,13 @@ impl Connection {
 }
 
 /// Pushes batches from `offset` while there is credit, waiting for data at the high watermark
-/// and for credit when it runs out. Ends with an error response if the partition fails.
+/// and for credit when it runs out. Ends with an error response if the partition fails, or if
+/// the session may no longer Read the topic (rights are checked before every read, as Kafka
+/// checks every fetch).
 #[allow(clippy::too_many_arguments)]
 async fn run_subscription(
     broker: Broker,
+    session: Arc<Session>,
     topic: String,
     partition: u32,
     mut offset: u64,
@@ -669,6 +673,16 @@ async fn run_subscription(
             continue;
         }
         let max_bytes = (available as usize).min(records_max);
+        if let Err(e) = authorize(
+            &broker,
+            &session,
+            Operation::Read,
+            ResourceType::Topic,
+            &topic,
+        ) {
+            let _ = send(&out, error_response(&e), subscription, Charge::default()).await;
+            return;
+        }
         let read = broker
             .read_charged(
                 &topic,
@@ -1063,7 +1077,7 @@ async fn users_request(config: &ServerConfig, request: Request) -> Response {
     let users = authenticator.users.clone();
     let mechanism = |name: &str| {
         name.parse::<ScramMechanism>()
-            .map_err(|e| Response::error(ErrorCode::InvalidRequest, e))
+            .map_err(|e| Box::new(Response::error(ErrorCode::InvalidRequest, e)))
     };
     let change = match request {
         Request::ListUsers => {
@@ -1091,7 +1105,7 @@ async fn users_request(config: &ServerConfig, request: Request) -> Response {
         } => {
             let m = match mechanism(&m) {
                 Ok(m) => m,
-                Err(response) => return response,
+                Err(response) => return *response,
             };
             let credential =
                 StoredCredential::from_salted_password(m, &salted_password, &salt, iterations);
@@ -1108,7 +1122,7 @@ async fn users_request(config: &ServerConfig, request: Request) -> Response {
                 "" => None,
                 m => match mechanism(m) {
                     Ok(m) => Some(m),
-                    Err(response) => return response,
+                    Err(response) => return *response,
                 },
             };
             tokio::task::spawn_blocking(move || users.delete(&name, m)).await

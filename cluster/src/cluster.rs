@@ -6,6 +6,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::time::Duration;
 
@@ -20,8 +21,9 @@ use rdkafka::{ClientConfig as KafkaConfig, Message as _, Offset, TopicPartitionL
 use serde::Deserialize;
 use strand_client::native::ErrorCode;
 use strand_client::{
-    Acks, Client, ClientConfig, ClientError, Consumer, ConsumerConfig, GroupConfig, GroupConsumer,
-    OffsetReset, Producer, ProducerConfig, ProducerRecord, TopicSettings,
+    Acks, Client, ClientConfig, ClientError, ClientTlsConfig, Consumer, ConsumerConfig,
+    GroupConfig, GroupConsumer, OffsetReset, Producer, ProducerConfig, ProducerRecord, SaslConfig,
+    TopicSettings,
 };
 
 /// How long a Kafka metadata or admin request may take.
@@ -31,8 +33,13 @@ const KAFKA_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
 pub enum ClusterConfig {
-    /// A Strand broker, through its native protocol.
-    Strand { address: String },
+    /// A Strand broker, through its native protocol; `security` for a listener with TLS or
+    /// SASL.
+    Strand {
+        address: String,
+        #[serde(default)]
+        security: StrandSecurity,
+    },
     /// A Kafka-protocol cluster through librdkafka; `properties` go to librdkafka unchanged
     /// (`security.protocol`, `sasl.*`, `ssl.*`, ...).
     Kafka {
@@ -40,6 +47,73 @@ pub enum ClusterConfig {
         #[serde(default)]
         properties: BTreeMap<String, String>,
     },
+}
+
+/// How to reach a Strand broker's secured native listener: TLS (a CA bundle, optionally a
+/// client certificate) for `SSL` and `SASL_SSL`, a user and password for `SASL_*`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StrandSecurity {
+    /// PEM bundle of the CAs the broker's certificate must chain to; turns TLS on.
+    pub tls_ca_file: Option<PathBuf>,
+    /// PEM client certificate, for a listener that asks for one (its CN is the principal).
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
+    /// Name the broker's certificate must carry; default the host of `address`.
+    pub tls_server_name: Option<String>,
+    /// SASL user; needs `password_file`.
+    pub user: Option<String>,
+    /// File whose first line is the SASL password.
+    pub password_file: Option<PathBuf>,
+    /// `SCRAM-SHA-512` (default), `SCRAM-SHA-256` or `PLAIN`.
+    pub sasl_mechanism: Option<String>,
+}
+
+impl StrandSecurity {
+    /// The client's connection settings: reads the password file; a client certificate
+    /// without its key (or the other way), or a user without a password, is an error.
+    pub fn client_config(&self) -> Result<ClientConfig, String> {
+        let mut config = ClientConfig::default();
+        if self.tls_cert_file.is_some() != self.tls_key_file.is_some() {
+            return Err("a client certificate needs its key, and a key its certificate".into());
+        }
+        if let Some(ca_file) = &self.tls_ca_file {
+            config.connection.tls = Some(ClientTlsConfig {
+                ca_file: ca_file.clone(),
+                cert_file: self.tls_cert_file.clone(),
+                key_file: self.tls_key_file.clone(),
+                server_name: self.tls_server_name.clone(),
+            });
+        } else if self.tls_cert_file.is_some() || self.tls_server_name.is_some() {
+            return Err("a client certificate or TLS server name needs a TLS CA file".into());
+        }
+        match (&self.user, &self.password_file) {
+            (Some(user), Some(file)) => {
+                config.connection.sasl = Some(SaslConfig {
+                    mechanism: self
+                        .sasl_mechanism
+                        .as_deref()
+                        .unwrap_or("SCRAM-SHA-512")
+                        .parse()?,
+                    username: user.clone(),
+                    password: strand_client::sasl::read_password_file(file)?,
+                });
+            }
+            (None, None) if self.sasl_mechanism.is_none() => {}
+            _ => return Err("SASL needs both a user and a password file".into()),
+        }
+        Ok(config)
+    }
+
+    /// Whether these settings connect over TLS.
+    pub fn uses_tls(&self) -> bool {
+        self.tls_ca_file.is_some()
+    }
+
+    /// Whether these settings authenticate with SASL.
+    pub fn uses_sasl(&self) -> bool {
+        self.user.is_some()
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -149,12 +223,15 @@ impl Cluster {
     /// Connects and checks the cluster answers (a bad address fails here, at start).
     pub async fn connect(name: &str, config: &ClusterConfig) -> Result<Cluster, SideError> {
         match config {
-            ClusterConfig::Strand { address } => {
+            ClusterConfig::Strand { address, security } => {
                 let strand = |source| SideError::Strand {
                     cluster: name.to_string(),
                     source,
                 };
-                let client = Client::connect(address.clone(), ClientConfig::default())
+                let config = security
+                    .client_config()
+                    .map_err(|e| strand(ClientError::Invalid(e)))?;
+                let client = Client::connect(address.clone(), config)
                     .await
                     .map_err(strand)?;
                 client.admin().list_topics().await.map_err(strand)?;

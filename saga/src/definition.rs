@@ -108,12 +108,16 @@ fn default_method() -> String {
 /// stored in `__saga_definitions` and returned by `GET /definitions`); a [`SecretHeader`]
 /// names where the value comes from instead.
 pub const SECRET_HEADERS: [&str; 2] = ["authorization", "proxy-authorization"];
+/// Environment variables a [`SecretHeader`] may not name: Strand's own settings, which hold the
+/// orchestrator's credentials (a definition could otherwise send them to any participant).
+pub const RESERVED_ENV_PREFIX: &str = "STRAND_";
 /// Longest environment variable name or file path a [`SecretHeader`] may name.
 pub const SECRET_SOURCE_CHARS_MAX: usize = 4096;
 
 /// Where an HTTP participant's secret header value comes from: exactly one of `env` (a
-/// variable of the orchestrator's environment) or `file` (an absolute path, read at each
-/// call so a rotated secret is picked up), e.g. `{"env": "PAYMENTS_TOKEN"}`.
+/// variable of the orchestrator's environment, not a `STRAND_*` one) or `file` (an absolute
+/// path under the orchestrator's secrets folder, read at each call so a rotated secret is
+/// picked up), e.g. `{"env": "PAYMENTS_TOKEN"}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SecretHeader {
@@ -217,7 +221,27 @@ pub struct Definition {
     pub spec: DefinitionSpec,
 }
 
+/// What the API shows instead of a credential header's value.
+pub const REDACTED: &str = "<redacted>";
+
 impl Definition {
+    /// The definition as the API shows it: the value of any credential header written out (in
+    /// a version stored before such headers were refused) replaced by [`REDACTED`].
+    pub fn redacted(mut self) -> Definition {
+        for step in &mut self.spec.steps {
+            for participant in std::iter::once(&mut step.action).chain(step.compensation.as_mut()) {
+                if let Participant::Http { headers, .. } = participant {
+                    for (name, value) in headers.iter_mut() {
+                        if SECRET_HEADERS.contains(&name.to_ascii_lowercase().as_str()) {
+                            *value = REDACTED.into();
+                        }
+                    }
+                }
+            }
+        }
+        self
+    }
+
     /// Index of the pivot step, if any.
     pub fn pivot(&self) -> Option<usize> {
         self.spec
@@ -392,6 +416,14 @@ fn check_secret_header(
                 err(
                     format!("{path}.env"),
                     "must be an environment variable name (no '=' or NUL)".into(),
+                );
+            } else if var.starts_with(RESERVED_ENV_PREFIX) {
+                err(
+                    format!("{path}.env"),
+                    format!(
+                        "{RESERVED_ENV_PREFIX}* variables are the orchestrator's own settings \
+                         (broker and Kafka passwords among them) and cannot be sent to participants"
+                    ),
                 );
             }
         }
@@ -609,6 +641,13 @@ mod tests {
             vec!["steps[0].action.auth"]
         );
         assert_eq!(
+            paths(&with_auth(
+                json!({"env": "STRAND_SAGA_BROKER_PASSWORD"}),
+                json!({})
+            )),
+            vec!["steps[0].action.auth.env"]
+        );
+        assert_eq!(
             paths(&with_auth(json!({}), json!({}))),
             vec!["steps[0].action.auth"]
         );
@@ -643,6 +682,19 @@ mod tests {
             literal_secret_headers(&literal),
             vec!["steps[0].compensation.headers.AUTHORIZATION"]
         );
+        // One stored before such headers were refused is shown without the value.
+        let shown = Definition {
+            name: "d".into(),
+            version: 1,
+            spec: literal,
+        }
+        .redacted();
+        let text = serde_json::to_string(&shown).unwrap();
+        assert!(
+            !text.contains("Bearer x") && text.contains(REDACTED),
+            "{text}"
+        );
+        assert_eq!(literal_secret_headers(&shown.spec).len(), 1, "still found");
     }
 
     #[test]

@@ -229,6 +229,7 @@ fn definition_body(body: &Bytes) -> Result<DefinitionSpec, AppError> {
         breakers,
         health
     ),
+    modifiers(&BearerScheme),
     components(schemas(
         ErrorBody,
         FieldError,
@@ -241,6 +242,28 @@ fn definition_body(body: &Bytes) -> Result<DefinitionSpec, AppError> {
     ))
 )]
 pub struct ApiDoc;
+
+/// The `bearer` security scheme the paths name with their scopes; it applies when the
+/// orchestrator runs with JWT settings.
+#[derive(Debug)]
+struct BearerScheme;
+
+impl utoipa::Modify for BearerScheme {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        let scheme = HttpBuilder::new()
+            .scheme(HttpAuthScheme::Bearer)
+            .bearer_format("JWT")
+            .description(Some(
+                "A JWT from the configured issuer for the configured audience, with the \
+                 route's scope in `scope` or `scp`; required only when strand-saga runs with \
+                 --jwt-issuer",
+            ))
+            .build();
+        components.add_security_scheme("bearer", SecurityScheme::Http(scheme));
+    }
+}
 
 pub fn router(handle: Handle, config: &HttpConfig) -> Router {
     let scope = |scope| RequireScope::new(config.auth.clone(), scope);
@@ -308,6 +331,7 @@ async fn health(State(handle): State<Handle>) -> Json<serde_json::Value> {
 /// Stores a new version of a definition.
 #[utoipa::path(
     put, path = "/definitions/{name}",
+    security(("bearer" = ["saga:define"])),
     params(("name" = String, Path, description = "definition name")),
     request_body = DefinitionSpec,
     responses(
@@ -330,14 +354,22 @@ async fn put_definition(
 }
 
 /// The latest version of every definition.
-#[utoipa::path(get, path = "/definitions", responses((status = 200, body = Vec<Definition>)))]
+#[utoipa::path(
+    get, path = "/definitions",
+    security(("bearer" = ["saga:read"])),
+    responses((status = 200, body = Vec<Definition>))
+)]
 async fn list_definitions(State(handle): State<Handle>) -> Result<Json<Vec<Definition>>, AppError> {
-    Ok(Json(handle.definitions().await?))
+    let definitions = handle.definitions().await?;
+    Ok(Json(
+        definitions.into_iter().map(Definition::redacted).collect(),
+    ))
 }
 
 /// The latest version of a definition.
 #[utoipa::path(
     get, path = "/definitions/{name}",
+    security(("bearer" = ["saga:read"])),
     params(("name" = String, Path,)),
     responses((status = 200, body = Definition), (status = 404, body = ErrorBody))
 )]
@@ -345,12 +377,13 @@ async fn get_definition(
     State(handle): State<Handle>,
     Path(name): Path<String>,
 ) -> Result<Json<Definition>, AppError> {
-    Ok(Json(handle.definition(name, None).await?))
+    Ok(Json(handle.definition(name, None).await?.redacted()))
 }
 
 /// One version of a definition.
 #[utoipa::path(
     get, path = "/definitions/{name}/versions/{version}",
+    security(("bearer" = ["saga:read"])),
     params(("name" = String, Path,), ("version" = u32, Path,)),
     responses((status = 200, body = Definition), (status = 404, body = ErrorBody))
 )]
@@ -358,13 +391,16 @@ async fn get_definition_version(
     State(handle): State<Handle>,
     Path((name, version)): Path<(String, u32)>,
 ) -> Result<Json<Definition>, AppError> {
-    Ok(Json(handle.definition(name, Some(version)).await?))
+    Ok(Json(
+        handle.definition(name, Some(version)).await?.redacted(),
+    ))
 }
 
 /// Starts a saga. With an idempotency key already used: the same request returns the saga it
 /// started (200), a different one is a conflict (409).
 #[utoipa::path(
     post, path = "/sagas",
+    security(("bearer" = ["saga:start"])),
     request_body = StartRequest,
     responses(
         (status = 201, description = "started (journaled)", body = Saga),
@@ -404,6 +440,7 @@ pub struct ListParams {
 /// Sagas, oldest first, filtered and paged.
 #[utoipa::path(
     get, path = "/sagas", params(ListParams),
+    security(("bearer" = ["saga:read"])),
     responses((status = 200, body = SagaPage), (status = 400, body = ErrorBody))
 )]
 async fn list_sagas(
@@ -427,6 +464,7 @@ async fn list_sagas(
 /// A saga with every step, its attempts, outputs and errors, and its full history.
 #[utoipa::path(
     get, path = "/sagas/{id}", params(("id" = String, Path,)),
+    security(("bearer" = ["saga:read"])),
     responses((status = 200, body = Saga), (status = 404, body = ErrorBody))
 )]
 async fn get_saga(
@@ -442,6 +480,7 @@ async fn get_saga(
 /// Compensates a running saga now.
 #[utoipa::path(
     post, path = "/sagas/{id}/abort", params(("id" = String, Path,)),
+    security(("bearer" = ["saga:operate"])),
     responses(
         (status = 202, description = "compensating (journaled)", body = Saga),
         (status = 404, body = ErrorBody),
@@ -462,6 +501,7 @@ async fn abort_saga(
 /// Resumes a failed (stuck) saga with a fresh attempt budget for the step that held it.
 #[utoipa::path(
     post, path = "/sagas/{id}/retry", params(("id" = String, Path,)),
+    security(("bearer" = ["saga:operate"])),
     responses(
         (status = 202, description = "resumed (journaled)", body = Saga),
         (status = 404, body = ErrorBody),
@@ -480,7 +520,11 @@ async fn retry_saga(
 }
 
 /// Every participant endpoint's circuit breaker.
-#[utoipa::path(get, path = "/breakers", responses((status = 200, body = BTreeMap<String, Breaker>)))]
+#[utoipa::path(
+    get, path = "/breakers",
+    security(("bearer" = ["saga:read"])),
+    responses((status = 200, body = BTreeMap<String, Breaker>))
+)]
 async fn breakers(State(handle): State<Handle>) -> Json<BTreeMap<String, Breaker>> {
     Json(handle.breakers())
 }

@@ -7,10 +7,11 @@
 //! - `journal`: the durable journal, snapshots and definitions, on a Strand broker or a Kafka
 //!   cluster (`strand_broker::cluster`).
 //! - `ownership`: which instance drives which journal partitions, and where the others are.
-//! - `participants`: HTTP and broker-command calls, and the consumer of broker replies.
+//! - `participants`: HTTP and broker-command calls, and the consumer of broker replies; which
+//!   hosts may be called, secret headers, TLS towards HTTPS participants.
 //! - `orchestrator`: the task that owns every saga: journal first, then act.
 //! - `triggers`: one saga per record of a trigger topic, through a consumer group.
-//! - `http`: the HTTP API and its generated OpenAPI document.
+//! - `http`: the HTTP API (scopes per route when bearer JWTs are on) and its OpenAPI document.
 //! - `main.rs`: `strand-saga`, with an embedded broker unless `--broker` or `--kafka-brokers`
 //!   names a cluster.
 

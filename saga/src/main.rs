@@ -13,12 +13,13 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use strand_broker::config::{BrokerArgs, BrokerConfig};
+use strand_broker::config::{BrokerArgs, BrokerCommand, BrokerConfig};
 use strand_broker::listener::ListenerKind;
 use strand_broker::run::RunningBroker;
 use strand_broker::security::jwt::{JwtConfig, Verifier};
 use strand_broker::security::tls::{ClientAuth, ServerTls, TlsConfig};
 use strand_broker::security::SecurityProtocol;
+use strand_cluster::StrandSecurity;
 use strand_cluster::{properties, Cluster, ClusterConfig};
 use strand_saga::breaker::BreakerConfig;
 use strand_saga::http::{self, HttpConfig};
@@ -43,6 +44,32 @@ struct Args {
         conflicts_with = "kafka_brokers"
     )]
     broker: Option<String>,
+    /// TLS to the Strand broker (--broker, or the embedded one): the CA bundle its
+    /// certificate must chain to.
+    #[arg(long, env = "STRAND_SAGA_BROKER_TLS_CA", value_name = "FILE")]
+    broker_tls_ca: Option<PathBuf>,
+    /// Client certificate for the broker's SSL listener (its CN is the orchestrator's
+    /// principal); needs --broker-tls-key.
+    #[arg(long, env = "STRAND_SAGA_BROKER_TLS_CERT", value_name = "FILE")]
+    broker_tls_cert: Option<PathBuf>,
+    #[arg(long, env = "STRAND_SAGA_BROKER_TLS_KEY", value_name = "FILE")]
+    broker_tls_key: Option<PathBuf>,
+    /// Name the broker's certificate must carry [default: the host of its address]
+    #[arg(long, env = "STRAND_SAGA_BROKER_TLS_SERVER_NAME", value_name = "NAME")]
+    broker_tls_server_name: Option<String>,
+    /// SASL user the orchestrator authenticates to the Strand broker as.
+    #[arg(long, env = "STRAND_SAGA_BROKER_USER", value_name = "USER")]
+    broker_user: Option<String>,
+    /// File whose first line is that user's password.
+    #[arg(long, env = "STRAND_SAGA_BROKER_PASSWORD_FILE", value_name = "FILE")]
+    broker_password_file: Option<PathBuf>,
+    /// SCRAM-SHA-512, SCRAM-SHA-256 or PLAIN [default: SCRAM-SHA-512]
+    #[arg(
+        long,
+        env = "STRAND_SAGA_BROKER_SASL_MECHANISM",
+        value_name = "MECHANISM"
+    )]
+    broker_sasl_mechanism: Option<String>,
     /// A Kafka-protocol cluster to keep the journal on (through librdkafka) instead of a Strand
     /// broker; several instances then share the journal's partitions.
     #[arg(long, env = "STRAND_SAGA_KAFKA_BROKERS", value_name = "HOST:PORT[,..]")]
@@ -151,6 +178,14 @@ struct Args {
     /// PEM private key of --participant-cert-file
     #[arg(long, env = "STRAND_SAGA_PARTICIPANT_KEY_FILE", value_name = "FILE")]
     participant_key_file: Option<std::path::PathBuf>,
+    /// The folder secret files of participants' `auth` must be in
+    #[arg(
+        long,
+        env = "STRAND_SAGA_PARTICIPANT_SECRETS_DIR",
+        value_name = "DIR",
+        default_value = strand_saga::participants::SECRETS_DIR_DEFAULT
+    )]
+    participant_secrets_dir: std::path::PathBuf,
     #[command(flatten)]
     embedded: BrokerArgs,
 }
@@ -252,8 +287,12 @@ impl Settings {
             cert_file: args.participant_cert_file.clone(),
             key_file: args.participant_key_file.clone(),
         };
-        let participants = ParticipantsConfig::new(args.participant_hosts.clone(), &tls)
-            .context("participant settings")?;
+        let participants = ParticipantsConfig::new(
+            args.participant_hosts.clone(),
+            &tls,
+            args.participant_secrets_dir.clone(),
+        )
+        .context("participant settings")?;
         Ok(Settings {
             args,
             embedded,
@@ -267,7 +306,22 @@ impl Settings {
 
 fn main() -> ExitCode {
     strand_broker::run::init_tracing();
-    let settings = match Settings::load(Args::parse()) {
+    let mut args = Args::parse();
+    // `strand-saga user add|delete|list`: the embedded broker's SCRAM users, edited while it
+    // is stopped, as `strand-broker user ...` does.
+    if let Some(BrokerCommand::User(command)) = args.embedded.command.take() {
+        let result = BrokerConfig::load(&args.embedded)
+            .map_err(anyhow::Error::from)
+            .and_then(|config| strand_broker::run::user_command(&config, command));
+        return match result {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("strand-saga: {e:#}");
+                ExitCode::from(1)
+            }
+        };
+    }
+    let settings = match Settings::load(args) {
         Ok(settings) => settings,
         Err(e) => {
             eprintln!("strand-saga: {e:#}");
@@ -293,6 +347,21 @@ fn main() -> ExitCode {
     }
 }
 
+/// The embedded broker's native listener the orchestrator connects to: the first whose
+/// protocol the `--broker-*` settings speak (TLS when a CA is given, SASL when a user is), so
+/// that with every listener secured the orchestrator still gets in, as its own principal.
+fn embedded_listener(broker: &RunningBroker, security: &StrandSecurity) -> std::net::SocketAddr {
+    let protocol = match (security.uses_tls(), security.uses_sasl()) {
+        (false, false) => SecurityProtocol::Plaintext,
+        (true, false) => SecurityProtocol::Ssl,
+        (false, true) => SecurityProtocol::SaslPlaintext,
+        (true, true) => SecurityProtocol::SaslSsl,
+    };
+    broker
+        .listener(ListenerKind::Native, protocol)
+        .unwrap_or(broker.native_addr)
+}
+
 async fn run(settings: Settings) -> anyhow::Result<()> {
     let Settings {
         args,
@@ -302,6 +371,15 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         auth,
         participants,
     } = settings;
+    let broker_security = StrandSecurity {
+        tls_ca_file: args.broker_tls_ca.clone(),
+        tls_cert_file: args.broker_tls_cert.clone(),
+        tls_key_file: args.broker_tls_key.clone(),
+        tls_server_name: args.broker_tls_server_name.clone(),
+        user: args.broker_user.clone(),
+        password_file: args.broker_password_file.clone(),
+        sasl_mechanism: args.broker_sasl_mechanism.clone(),
+    };
     let embedded = match embedded {
         Some(config) => Some(RunningBroker::start(config).await?),
         None => None,
@@ -318,24 +396,21 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
             "strand",
             ClusterConfig::Strand {
                 address: address.clone(),
+                security: broker_security.clone(),
             },
         ),
         (None, None, Some(b)) => (
             "strand",
             ClusterConfig::Strand {
-                // The embedded broker's PLAINTEXT listener when it has one (the orchestrator
-                // connects in-host).
-                address: b
-                    .listener(ListenerKind::Native, SecurityProtocol::Plaintext)
-                    .unwrap_or(b.native_addr)
-                    .to_string(),
+                address: embedded_listener(b, &broker_security).to_string(),
+                security: broker_security.clone(),
             },
         ),
         (None, None, None) => unreachable!("a broker is embedded"),
     };
     let cluster_addr = match &config {
         ClusterConfig::Kafka { bootstrap, .. } => bootstrap.clone(),
-        ClusterConfig::Strand { address } => address.clone(),
+        ClusterConfig::Strand { address, .. } => address.clone(),
     };
     let cluster = Cluster::connect(name, &config)
         .await

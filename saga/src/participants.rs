@@ -127,12 +127,18 @@ pub struct ParticipantTls {
 pub struct ParticipantsConfig {
     /// Hosts HTTP participants may be on; `None` allows any.
     pub allowed_hosts: Option<AllowedHosts>,
+    /// The folder secret files must be in; a definition naming a file elsewhere is refused,
+    /// so a definition cannot send any file the orchestrator can read to a participant.
+    pub secrets_dir: PathBuf,
     http: reqwest::Client,
 }
 
+/// Where secret files are by default: where Docker and Kubernetes mount secrets.
+pub const SECRETS_DIR_DEFAULT: &str = "/run/secrets";
+
 impl Default for ParticipantsConfig {
     fn default() -> Self {
-        ParticipantsConfig::new(None, &ParticipantTls::default())
+        ParticipantsConfig::new(None, &ParticipantTls::default(), SECRETS_DIR_DEFAULT.into())
             .expect("an HTTP client without TLS files builds")
     }
 }
@@ -142,7 +148,14 @@ impl ParticipantsConfig {
     pub fn new(
         allowed_hosts: Option<AllowedHosts>,
         tls: &ParticipantTls,
+        secrets_dir: PathBuf,
     ) -> Result<ParticipantsConfig, ParticipantError> {
+        if !secrets_dir.is_absolute() {
+            return Err(ParticipantError::Config(format!(
+                "the participant secrets folder {} is not an absolute path",
+                secrets_dir.display()
+            )));
+        }
         let hosts = allowed_hosts.clone();
         let redirects = reqwest::redirect::Policy::custom(move |attempt| {
             if attempt.previous().len() >= REDIRECTS_MAX {
@@ -204,6 +217,7 @@ impl ParticipantsConfig {
         }
         Ok(ParticipantsConfig {
             allowed_hosts,
+            secrets_dir,
             http: builder.build().map_err(ParticipantError::Client)?,
         })
     }
@@ -220,6 +234,35 @@ impl ParticipantsConfig {
                  {{\"file\": \"/run/secrets/name\"}}",
                 literal.join(", ")
             ));
+        }
+        for (i, step) in spec.steps.iter().enumerate() {
+            let participants = [
+                ("action", Some(&step.action)),
+                ("compensation", step.compensation.as_ref()),
+            ];
+            for (field, participant) in participants {
+                if let Some(Participant::Http {
+                    auth:
+                        Some(SecretHeader {
+                            file: Some(file), ..
+                        }),
+                    ..
+                }) = participant
+                {
+                    let path = Path::new(file);
+                    let inside = path.starts_with(&self.secrets_dir)
+                        && !path
+                            .components()
+                            .any(|c| matches!(c, std::path::Component::ParentDir));
+                    if !inside {
+                        return Err(format!(
+                            "steps[{i}].{field}.auth.file: {file} is not in the participant \
+                             secrets folder {} (--participant-secrets-dir)",
+                            self.secrets_dir.display()
+                        ));
+                    }
+                }
+            }
         }
         let Some(hosts) = &self.allowed_hosts else {
             return Ok(());
@@ -404,6 +447,7 @@ impl AllowedHosts {
 /// never the value.
 fn resolve_secret(
     secret: &SecretHeader,
+    secrets_dir: &Path,
 ) -> Result<(reqwest::header::HeaderName, reqwest::header::HeaderValue), Failure> {
     let name = reqwest::header::HeaderName::from_bytes(secret.header.as_bytes()).map_err(|_| {
         Failure::permanent(format!(
@@ -412,6 +456,12 @@ fn resolve_secret(
         ))
     })?;
     let (raw, from) = match (&secret.env, &secret.file) {
+        (Some(var), _) if var.starts_with(crate::definition::RESERVED_ENV_PREFIX) => {
+            return Err(Failure::permanent(format!(
+                "secret for header {}: {var} is one of the orchestrator's own settings",
+                secret.header
+            )))
+        }
         (Some(var), _) => match std::env::var(var) {
             Ok(value) => (value, format!("environment variable {var}")),
             // The variable cannot appear in this process later: trying again will not help.
@@ -423,6 +473,21 @@ fn resolve_secret(
             }
         },
         (None, Some(file)) => {
+            // Symbolic links and `..` must not lead out of the secrets folder.
+            let inside = match (
+                std::fs::canonicalize(file),
+                std::fs::canonicalize(secrets_dir),
+            ) {
+                (Ok(file), Ok(dir)) => file.starts_with(dir),
+                _ => true, // Missing: reading it below says so.
+            };
+            if !inside {
+                return Err(Failure::permanent(format!(
+                    "secret for header {}: {file} is not in the secrets folder {}",
+                    secret.header,
+                    secrets_dir.display()
+                )));
+            }
             // A secret file may be mounted or rotated later: worth another attempt.
             let bytes = read_limited(Path::new(file), SECRET_FILE_BYTES_MAX).map_err(|e| {
                 Failure::retriable(format!("secret for header {}: {e}", secret.header))
@@ -464,6 +529,7 @@ fn resolve_secret(
 pub struct Participants {
     http: reqwest::Client,
     allowed_hosts: Option<AllowedHosts>,
+    secrets_dir: PathBuf,
     cluster: Arc<Cluster>,
     breakers: Mutex<BTreeMap<String, Breaker>>,
     breaker_config: BreakerConfig,
@@ -480,6 +546,7 @@ impl Participants {
         Participants {
             http: config.http,
             allowed_hosts: config.allowed_hosts,
+            secrets_dir: config.secrets_dir,
             cluster,
             breakers: Mutex::new(BTreeMap::new()),
             breaker_config,
@@ -492,6 +559,7 @@ impl Participants {
     pub fn check_definition(&self, spec: &DefinitionSpec) -> Result<(), String> {
         ParticipantsConfig {
             allowed_hosts: self.allowed_hosts.clone(),
+            secrets_dir: self.secrets_dir.clone(),
             http: self.http.clone(),
         }
         .check_definition(spec)
@@ -573,7 +641,10 @@ impl Participants {
                 );
             }
         }
-        let secret = match secret.map(resolve_secret).transpose() {
+        let secret = match secret
+            .map(|s| resolve_secret(s, &self.secrets_dir))
+            .transpose()
+        {
             Ok(secret) => secret,
             Err(failure) => return self.reply(call, Err(failure)),
         };
@@ -659,13 +730,17 @@ impl Participants {
             }
             Err(e) if e.is_redirect() => {
                 // Answered with a redirect this policy does not follow: a refusal.
-                self.reply(call, Err(Failure::permanent(format!("{endpoint}: {e}"))));
+                let error = format!("{endpoint}: {}", chain(&e));
+                self.reply(call, Err(Failure::permanent(error)));
             }
             Err(e) if e.is_connect() => {
                 // Never reached the participant: it certainly did not happen.
                 self.reply(
                     call,
-                    Err(Failure::retriable(format!("{endpoint} unreachable: {e}"))),
+                    Err(Failure::retriable(format!(
+                        "{endpoint} unreachable: {}",
+                        chain(&e)
+                    ))),
                 );
             }
             Err(e) => {
@@ -709,6 +784,22 @@ impl Participants {
             tracing::warn!(attempt = %call.attempt_id, error = %e, "sending a broker command failed");
         }
     }
+}
+
+/// An error with its causes, which reqwest keeps out of its message (a refused redirect, a
+/// certificate the participant's CA did not sign).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 fn truncate(s: &str, n: usize) -> &str {
@@ -974,42 +1065,107 @@ mod tests {
             file: Some(file.to_str().unwrap().into()),
             prefix: prefix.map(str::to_string),
         };
-        let (name, value) = resolve_secret(&secret(&file, Some("Bearer "))).unwrap();
+        let (name, value) = resolve_secret(&secret(&file, Some("Bearer ")), dir.path()).unwrap();
         assert_eq!(name, reqwest::header::AUTHORIZATION);
         assert_eq!(value, "Bearer s3cret-value");
         assert!(value.is_sensitive());
 
-        let missing = resolve_secret(&secret(&dir.path().join("nope"), None)).unwrap_err();
+        let missing =
+            resolve_secret(&secret(&dir.path().join("nope"), None), dir.path()).unwrap_err();
         assert!(
             missing.retriable && missing.error.contains("nope"),
             "{missing:?}"
         );
         std::fs::write(&file, "two\nlines-s3cret\n").unwrap();
-        let broken = resolve_secret(&secret(&file, None)).unwrap_err();
+        let broken = resolve_secret(&secret(&file, None), dir.path()).unwrap_err();
         assert!(
             broken.error.contains("not a valid header value"),
             "{broken:?}"
         );
         assert!(!broken.error.contains("s3cret"), "{broken:?}");
         std::fs::write(&file, "\n").unwrap();
-        assert!(resolve_secret(&secret(&file, None))
+        assert!(resolve_secret(&secret(&file, None), dir.path())
             .unwrap_err()
             .error
             .contains("empty"));
         std::fs::write(&file, vec![b'a'; SECRET_FILE_BYTES_MAX as usize + 1]).unwrap();
-        assert!(resolve_secret(&secret(&file, None))
+        assert!(resolve_secret(&secret(&file, None), dir.path())
             .unwrap_err()
             .error
             .contains("larger"));
 
         let unset = SecretHeader {
             header: "X-Token".into(),
-            env: Some("STRAND_TEST_SURELY_UNSET_VARIABLE".into()),
+            env: Some("TEST_SURELY_UNSET_VARIABLE_OF_STRAND".into()),
             file: None,
             prefix: None,
         };
-        let failure = resolve_secret(&unset).unwrap_err();
-        assert!(!failure.retriable && failure.error.contains("STRAND_TEST_SURELY_UNSET_VARIABLE"));
+        let failure = resolve_secret(&unset, dir.path()).unwrap_err();
+        assert!(
+            !failure.retriable
+                && failure
+                    .error
+                    .contains("TEST_SURELY_UNSET_VARIABLE_OF_STRAND")
+        );
+    }
+
+    #[test]
+    fn secret_files_stay_in_their_folder_and_strand_variables_are_not_secrets() {
+        let secrets = tempfile::tempdir().unwrap();
+        let elsewhere = tempfile::tempdir().unwrap();
+        let outside = elsewhere.path().join("orchestrator.key");
+        std::fs::write(&outside, "private").unwrap();
+        // A link inside the folder that points out of it.
+        let link = secrets.path().join("innocent");
+        std::os::unix::fs::symlink(&outside, &link).unwrap();
+        let file = |path: &Path| SecretHeader {
+            header: "Authorization".into(),
+            env: None,
+            file: Some(path.to_str().unwrap().into()),
+            prefix: None,
+        };
+        let failure = resolve_secret(&file(&link), secrets.path()).unwrap_err();
+        assert!(
+            failure.error.contains("not in the secrets folder")
+                && !failure.error.contains("private")
+        );
+        let dotted = secrets
+            .path()
+            .join("..")
+            .join(elsewhere.path().file_name().unwrap())
+            .join("orchestrator.key");
+        assert!(resolve_secret(&file(&dotted), secrets.path()).is_err());
+        let own = SecretHeader {
+            env: Some("STRAND_SAGA_KAFKA_PROPERTY_SASL_PASSWORD".into()),
+            file: None,
+            ..file(&link)
+        };
+        assert!(resolve_secret(&own, secrets.path())
+            .unwrap_err()
+            .error
+            .contains("own settings"));
+
+        // At definition time too.
+        let config = ParticipantsConfig::new(
+            None,
+            &ParticipantTls::default(),
+            secrets.path().to_path_buf(),
+        )
+        .unwrap();
+        let spec = |path: &Path| -> DefinitionSpec {
+            serde_json::from_value(serde_json::json!({"steps": [{"name": "a", "kind": "pivot",
+                "action": {"type": "http", "url": "http://p/a", "auth": {"file": path}}}]}))
+            .unwrap()
+        };
+        assert!(config
+            .check_definition(&spec(&secrets.path().join("payments")))
+            .is_ok());
+        let err = config.check_definition(&spec(&outside)).unwrap_err();
+        assert!(err.contains("--participant-secrets-dir"), "{err}");
+        assert!(config.check_definition(&spec(&dotted)).is_err());
+        assert!(
+            ParticipantsConfig::new(None, &ParticipantTls::default(), "relative".into()).is_err()
+        );
     }
 
     #[test]
@@ -1021,19 +1177,25 @@ mod tests {
             ca_file: Some(garbage),
             ..ParticipantTls::default()
         };
-        let err = ParticipantsConfig::new(None, &tls).unwrap_err().to_string();
+        let err = ParticipantsConfig::new(None, &tls, SECRETS_DIR_DEFAULT.into())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("ca.pem"), "{err}");
         let tls = ParticipantTls {
             ca_file: Some(dir.path().join("missing.pem")),
             ..ParticipantTls::default()
         };
-        let err = ParticipantsConfig::new(None, &tls).unwrap_err().to_string();
+        let err = ParticipantsConfig::new(None, &tls, SECRETS_DIR_DEFAULT.into())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("missing.pem"), "{err}");
         let tls = ParticipantTls {
             cert_file: Some(dir.path().join("c.pem")),
             ..ParticipantTls::default()
         };
-        let err = ParticipantsConfig::new(None, &tls).unwrap_err().to_string();
+        let err = ParticipantsConfig::new(None, &tls, SECRETS_DIR_DEFAULT.into())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("both"), "{err}");
     }
 

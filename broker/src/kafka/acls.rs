@@ -251,3 +251,256 @@ pub(super) async fn delete_acls(
         .collect();
     DeleteAclsResponse::default().with_filter_results(results)
 }
+
+/// The Kafka handlers under principals other than `User:ANONYMOUS` (which authentication
+/// gives connections; here sessions are built directly): what one user may do another may not,
+/// and super users may do everything.
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use kafka_protocol::messages::create_acls_request::AclCreation;
+    use kafka_protocol::messages::delete_acls_request::DeleteAclsFilter;
+    use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+    use kafka_protocol::messages::{
+        GroupId, HeartbeatRequest, ProduceRequest, RequestHeader, RequestKind, ResponseKind,
+        TopicName,
+    };
+
+    use super::*;
+    use crate::group::CoordinatorConfig;
+    use crate::kafka::{handle, KafkaConfig};
+    use crate::log::LogConfig;
+    use crate::metrics::Metrics;
+    use crate::security::acl::{Authorizer, AuthorizerConfig};
+    use crate::security::{Principal, SecurityProtocol};
+    use crate::service::Broker;
+    use crate::topics::{TopicConfig, Topics};
+
+    async fn context(dir: &std::path::Path) -> Context {
+        let (topics, _) = Topics::open(dir, LogConfig::default()).unwrap();
+        let mut broker = Broker::new(
+            Arc::new(topics),
+            Arc::new(Metrics::default()),
+            CoordinatorConfig::default(),
+            Duration::from_secs(1),
+        )
+        .unwrap();
+        let config = AuthorizerConfig {
+            enabled: true,
+            super_users: vec![Principal::user("admin")],
+            ..AuthorizerConfig::default()
+        };
+        broker.authorizer = Arc::new(Authorizer::open(dir, config).unwrap());
+        broker
+            .create_topic(
+                "orders".into(),
+                TopicConfig {
+                    partitions: 1,
+                    ..TopicConfig::default()
+                },
+            )
+            .await
+            .unwrap();
+        Context {
+            broker,
+            config: KafkaConfig::default(),
+            advertised: ("127.0.0.1".into(), 9092),
+        }
+    }
+
+    fn session(user: &str) -> Session {
+        let mut s = Session::new(
+            SecurityProtocol::SaslPlaintext,
+            "10.0.0.7:4000".parse().unwrap(),
+        );
+        s.principal = Principal::user(user);
+        s.sasl_authenticated = true;
+        s
+    }
+
+    async fn call(cx: &Context, user: &str, request: RequestKind, version: i16) -> ResponseKind {
+        let mut session = session(user);
+        handle(
+            cx,
+            &mut session,
+            &RequestHeader::default(),
+            request,
+            version,
+        )
+        .await
+        .expect("an answer")
+    }
+
+    fn produce() -> RequestKind {
+        let mut batch = strand_client::batch::BatchBuilder::new();
+        batch.push(1_700_000_000_000, None, Some(b"v"), &[]);
+        RequestKind::Produce(ProduceRequest::default().with_acks(1).with_topic_data(vec![
+                TopicProduceData::default()
+                    .with_name(TopicName(StrBytes::from_static_str("orders")))
+                    .with_partition_data(vec![PartitionProduceData::default()
+                        .with_index(0)
+                        .with_records(Some(Bytes::from(batch.finish())))]),
+            ]))
+    }
+
+    fn produce_code(response: ResponseKind) -> i16 {
+        match response {
+            ResponseKind::Produce(r) => r.responses[0].partition_responses[0].error_code,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn grant(user: &str, resource_type: i8, name: &str, operation: i8) -> RequestKind {
+        RequestKind::CreateAcls(CreateAclsRequest::default().with_creations(vec![
+            AclCreation::default()
+                .with_resource_type(resource_type)
+                .with_resource_name(StrBytes::from_string(name.into()))
+                .with_resource_pattern_type(3)
+                .with_principal(StrBytes::from_string(format!("User:{user}")))
+                .with_host(StrBytes::from_static_str("10.0.0.7"))
+                .with_operation(operation)
+                .with_permission_type(3),
+        ]))
+    }
+
+    fn create_code(response: ResponseKind) -> i16 {
+        match response {
+            ResponseKind::CreateAcls(r) => r.results[0].error_code,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn what_alice_is_granted_bob_is_refused_and_admin_needs_no_grant() {
+        let dir = tempfile::tempdir().unwrap();
+        let cx = context(dir.path()).await;
+        let topic_denied = ResponseError::TopicAuthorizationFailed.code();
+        assert_eq!(
+            produce_code(call(&cx, "alice", produce(), 9).await),
+            topic_denied
+        );
+        // Only a principal with Alter on the cluster manages ACLs: alice cannot grant herself.
+        assert_eq!(
+            create_code(call(&cx, "alice", grant("alice", 2, "orders", 4), 1).await),
+            ResponseError::ClusterAuthorizationFailed.code()
+        );
+        assert_eq!(
+            create_code(call(&cx, "admin", grant("alice", 2, "orders", 4), 1).await),
+            0
+        );
+        assert_eq!(produce_code(call(&cx, "alice", produce(), 9).await), 0);
+        assert_eq!(
+            produce_code(call(&cx, "bob", produce(), 9).await),
+            topic_denied
+        );
+        assert_eq!(produce_code(call(&cx, "admin", produce(), 9).await), 0);
+        assert_eq!(
+            cx.broker
+                .partition_info("orders", 0)
+                .unwrap()
+                .high_watermark,
+            2
+        );
+        // Group rights are per group and per principal too.
+        let heartbeat = || {
+            RequestKind::Heartbeat(
+                HeartbeatRequest::default().with_group_id(GroupId(StrBytes::from_static_str("g"))),
+            )
+        };
+        let code = |r: ResponseKind| match r {
+            ResponseKind::Heartbeat(r) => r.error_code,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            code(call(&cx, "alice", heartbeat(), 4).await),
+            ResponseError::GroupAuthorizationFailed.code()
+        );
+        assert_eq!(
+            create_code(call(&cx, "admin", grant("alice", 3, "g", 3), 1).await),
+            0
+        );
+        // Allowed now: the coordinator answers (it does not know the member).
+        assert_eq!(
+            code(call(&cx, "alice", heartbeat(), 4).await),
+            ResponseError::UnknownMemberId.code()
+        );
+        // The grants were bound to alice's host: from elsewhere she is refused.
+        let mut elsewhere = session("alice");
+        elsewhere.peer = "10.0.0.8:4000".parse().unwrap();
+        let response = handle(&cx, &mut elsewhere, &RequestHeader::default(), produce(), 9)
+            .await
+            .unwrap();
+        assert_eq!(produce_code(response), topic_denied);
+    }
+
+    #[tokio::test]
+    async fn invalid_filters_are_refused_alone_and_change_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let cx = context(dir.path()).await;
+        assert_eq!(
+            create_code(call(&cx, "admin", grant("alice", 2, "orders", 3), 1).await),
+            0
+        );
+        let filter = |resource_type: i8, pattern_type: i8, operation: i8| {
+            DeleteAclsFilter::default()
+                .with_resource_type_filter(resource_type)
+                .with_resource_name_filter(None)
+                .with_pattern_type_filter(pattern_type)
+                .with_principal_filter(None)
+                .with_host_filter(None)
+                .with_operation(operation)
+                .with_permission_type(1)
+        };
+        let request = RequestKind::DeleteAcls(DeleteAclsRequest::default().with_filters(vec![
+            filter(0, 1, 1),  // UNKNOWN resource type
+            filter(2, 0, 1),  // UNKNOWN pattern type
+            filter(2, 1, 99), // no such operation
+            filter(6, 1, 1),  // delegation tokens: valid, matches nothing of Strand's
+        ]));
+        let ResponseKind::DeleteAcls(response) = call(&cx, "admin", request, 1).await else {
+            panic!("not a DeleteAcls answer")
+        };
+        let codes: Vec<i16> = response
+            .filter_results
+            .iter()
+            .map(|r| r.error_code)
+            .collect();
+        let invalid = ResponseError::InvalidRequest.code();
+        assert_eq!(codes, vec![invalid, invalid, invalid, 0]);
+        assert_eq!(cx.broker.authorizer.describe(&AclFilter::any()).len(), 1);
+        // DescribeAcls with an invalid filter says so; a wildcard one lists the binding.
+        let describe = |pattern_type: i8| {
+            RequestKind::DescribeAcls(
+                DescribeAclsRequest::default()
+                    .with_resource_type_filter(1)
+                    .with_resource_name_filter(None)
+                    .with_pattern_type_filter(pattern_type)
+                    .with_principal_filter(None)
+                    .with_host_filter(None)
+                    .with_operation(1)
+                    .with_permission_type(1),
+            )
+        };
+        let ResponseKind::DescribeAcls(bad) = call(&cx, "admin", describe(9), 1).await else {
+            panic!("not a DescribeAcls answer")
+        };
+        assert_eq!(bad.error_code, invalid);
+        let ResponseKind::DescribeAcls(all) = call(&cx, "admin", describe(1), 1).await else {
+            panic!("not a DescribeAcls answer")
+        };
+        assert_eq!(all.resources.len(), 1);
+        assert_eq!(all.resources[0].acls[0].host.as_str(), "10.0.0.7");
+        // Bob may not even look.
+        let ResponseKind::DescribeAcls(bobs) = call(&cx, "bob", describe(1), 1).await else {
+            panic!("not a DescribeAcls answer")
+        };
+        assert_eq!(
+            bobs.error_code,
+            ResponseError::ClusterAuthorizationFailed.code()
+        );
+        assert!(bobs.resources.is_empty());
+    }
+}

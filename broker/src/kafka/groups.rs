@@ -661,40 +661,39 @@ pub(super) fn describe(
     DescribeGroupsResponse::default().with_groups(groups)
 }
 
+/// One group as DescribeGroups shows it (Dead when unknown, as in Kafka).
 fn describe_one(cx: &Context, name: GroupId) -> DescribedGroup {
-    {
-        match cx.broker.groups.describe(&name.0) {
-            // Kafka describes a group it does not know as Dead, without an error.
-            None => DescribedGroup::default()
+    match cx.broker.groups.describe(&name.0) {
+        // Kafka describes a group it does not know as Dead, without an error.
+        None => DescribedGroup::default()
+            .with_group_id(name)
+            .with_group_state(StrBytes::from_static_str("Dead")),
+        Some(d) => {
+            let (protocol_type, protocol) = d.protocol.unwrap_or_else(|| {
+                // Native groups assign on the broker; name the assignor like Kafka's.
+                let assignor = match d.assignor {
+                    Assignor::Range => "range",
+                    Assignor::RoundRobin => "roundrobin",
+                    Assignor::CooperativeSticky => "cooperative-sticky",
+                };
+                ("consumer".to_string(), assignor.to_string())
+            });
+            DescribedGroup::default()
                 .with_group_id(name)
-                .with_group_state(StrBytes::from_static_str("Dead")),
-            Some(d) => {
-                let (protocol_type, protocol) = d.protocol.unwrap_or_else(|| {
-                    // Native groups assign on the broker; name the assignor like Kafka's.
-                    let assignor = match d.assignor {
-                        Assignor::Range => "range",
-                        Assignor::RoundRobin => "roundrobin",
-                        Assignor::CooperativeSticky => "cooperative-sticky",
-                    };
-                    ("consumer".to_string(), assignor.to_string())
-                });
-                DescribedGroup::default()
-                    .with_group_id(name)
-                    .with_group_state(StrBytes::from_static_str(state_name(d.state)))
-                    .with_protocol_type(str_bytes(protocol_type))
-                    .with_protocol_data(str_bytes(protocol))
-                    .with_members(
-                        d.members
-                            .into_iter()
-                            .map(|m| {
-                                DescribedGroupMember::default()
-                                    .with_member_assignment(encode_assignment(&m.assignment))
-                                    .with_member_id(str_bytes(m.member_id))
-                                    .with_client_id(str_bytes(m.client_id))
-                            })
-                            .collect(),
-                    )
-            }
+                .with_group_state(StrBytes::from_static_str(state_name(d.state)))
+                .with_protocol_type(str_bytes(protocol_type))
+                .with_protocol_data(str_bytes(protocol))
+                .with_members(
+                    d.members
+                        .into_iter()
+                        .map(|m| {
+                            DescribedGroupMember::default()
+                                .with_member_assignment(encode_assignment(&m.assignment))
+                                .with_member_id(str_bytes(m.member_id))
+                                .with_client_id(str_bytes(m.client_id))
+                        })
+                        .collect(),
+                )
         }
     }
 }

@@ -35,6 +35,8 @@ pub const KEY_FILE_BYTES_MAX: u64 = 1 << 20;
 pub const LEEWAY_S_MAX: u64 = 300;
 /// Most keys loaded from all files together.
 pub const KEYS_MAX: usize = 100;
+/// Shortest RSA modulus `ring` verifies signatures with.
+pub const RSA_BITS_MIN: usize = 2048;
 
 const RSA_ALGORITHMS: [Algorithm; 6] = [
     Algorithm::RS256,
@@ -512,12 +514,33 @@ fn jwks_keys(path: &Path, json: &[u8]) -> Result<Vec<VerifyKey>, JwtError> {
             continue;
         }
         let family = match &jwk.algorithm {
-            AlgorithmParameters::RSA(_) => RSA_ALGORITHMS.to_vec(),
-            AlgorithmParameters::EllipticCurve(p) => match p.curve {
-                EllipticCurve::P256 => vec![Algorithm::ES256],
-                EllipticCurve::P384 => vec![Algorithm::ES384],
-                ref other => return Err(bad(format!("{name}: curve {other:?} is not supported"))),
-            },
+            AlgorithmParameters::RSA(p) => {
+                // ring verifies nothing with a shorter modulus: say so now, not at every token.
+                let bits = base64url_bytes(&p.n) * 8;
+                if bits < RSA_BITS_MIN {
+                    return Err(bad(format!(
+                        "{name}: an RSA key of about {bits} bits; at least {RSA_BITS_MIN}"
+                    )));
+                }
+                RSA_ALGORITHMS.to_vec()
+            }
+            AlgorithmParameters::EllipticCurve(p) => {
+                let (algorithm, coordinate_bytes) = match p.curve {
+                    EllipticCurve::P256 => (Algorithm::ES256, 32),
+                    EllipticCurve::P384 => (Algorithm::ES384, 48),
+                    ref other => {
+                        return Err(bad(format!("{name}: curve {other:?} is not supported")))
+                    }
+                };
+                if base64url_bytes(&p.x) != coordinate_bytes
+                    || base64url_bytes(&p.y) != coordinate_bytes
+                {
+                    return Err(bad(format!(
+                        "{name}: x and y must be {coordinate_bytes} bytes each for its curve"
+                    )));
+                }
+                vec![algorithm]
+            }
             AlgorithmParameters::OctetKey(_) => {
                 return Err(bad(format!(
                     "{name} is a symmetric (oct) key; only RSA and EC public keys are accepted"
@@ -554,6 +577,11 @@ fn jwks_keys(path: &Path, json: &[u8]) -> Result<Vec<VerifyKey>, JwtError> {
         return Err(bad("no signing keys in it".into()));
     }
     Ok(keys)
+}
+
+/// How many bytes a base64url text (padded or not) decodes to.
+fn base64url_bytes(text: &str) -> usize {
+    text.trim_end_matches('=').len() * 3 / 4
 }
 
 fn key_algorithm(a: KeyAlgorithm) -> Option<Algorithm> {
@@ -919,6 +947,16 @@ mod tests {
         let twice = jwk(&private.public, "k");
         let dup = write("dup.json", &json!({"keys": [twice, twice]}).to_string());
         assert!(load(config(vec![], Some(dup))).contains("appears twice"));
+        let short = write(
+            "short.json",
+            &json!({"keys": [{"kty": "RSA", "kid": "s", "n": b64url(&[0xc5; 128]), "e": "AQAB"}]})
+                .to_string(),
+        );
+        assert!(load(config(vec![], Some(short))).contains("at least 2048"));
+        let mut point = jwk(&ec(dir.path(), "e").public, "e");
+        point["x"] = json!("AQAB");
+        let point = write("point.json", &json!({"keys": [point]}).to_string());
+        assert!(load(config(vec![], Some(point))).contains("32 bytes"));
         let empty = write("empty.json", r#"{"keys": []}"#);
         assert!(load(config(vec![], Some(empty))).contains("no signing keys"));
         let err = load(JwtConfig {
@@ -929,6 +967,41 @@ mod tests {
             err.contains("key file") && err.contains("leeway_s"),
             "{err}"
         );
+    }
+
+    #[tokio::test]
+    async fn the_watcher_reloads_a_changed_file_by_itself_and_stops_on_shutdown() {
+        let dir = tempfile::tempdir().unwrap();
+        let (old, new) = (ec(dir.path(), "old"), ec(dir.path(), "new"));
+        let key_file = dir.path().join("signing.pem");
+        std::fs::copy(&old.public, &key_file).unwrap();
+        let config = JwtConfig {
+            reload_interval_ms: 20,
+            ..config(vec![key_file.clone()], None)
+        };
+        let v = Arc::new(Verifier::load(config).unwrap());
+        let (stop, shutdown) = watch::channel(false);
+        let task = v.clone().watch(shutdown);
+        let token = sign(&new, Algorithm::ES256, None, &claims(json!({})));
+        assert_eq!(v.verify(&token).unwrap_err(), TokenError::Signature);
+        // Renamed into place, as a secret mount or a careful operator does.
+        let staged = dir.path().join("staged.pem");
+        std::fs::write(
+            &staged,
+            format!("{}\n", std::fs::read_to_string(&new.public).unwrap()),
+        )
+        .unwrap();
+        std::fs::rename(&staged, &key_file).unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while v.verify(&token).is_err() {
+            assert!(tokio::time::Instant::now() < deadline, "never reloaded");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        stop.send(true).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .unwrap()
+            .unwrap();
     }
 
     #[test]

@@ -186,8 +186,39 @@ pub struct ServerTls {
     config: TlsConfig,
     /// Offered by the server in ALPN, in preference order (empty: no ALPN).
     alpn: Vec<Vec<u8>>,
-    current: RwLock<Arc<ServerConfig>>,
+    current: RwLock<Material>,
     check: Mutex<Check>,
+}
+
+/// The rustls configurations built from one load of the files.
+struct Material {
+    /// With `client_auth` as configured: the `SSL` listeners of the native and Kafka
+    /// protocols, where the certificate is how a client is known, and ports with their own TLS
+    /// settings (the saga API's, the bridge's).
+    tls: Arc<ServerConfig>,
+    /// Without client certificates, for listeners that know their clients otherwise:
+    /// `SASL_SSL` (SASL; Kafka too asks for no certificate there unless `ssl.client.auth` is
+    /// set for that listener) and the broker's HTTPS ports (bearer tokens).
+    without_client_auth: Arc<ServerConfig>,
+}
+
+impl Material {
+    fn build(config: &TlsConfig, alpn: &[Vec<u8>]) -> Result<Material, TlsError> {
+        let tls = build(config, alpn)?;
+        let without_client_auth = if config.client_auth == ClientAuth::None {
+            tls.clone()
+        } else {
+            let without = TlsConfig {
+                client_auth: ClientAuth::None,
+                ..config.clone()
+            };
+            build(&without, alpn)?
+        };
+        Ok(Material {
+            tls,
+            without_client_auth,
+        })
+    }
 }
 
 struct Check {
@@ -216,11 +247,11 @@ impl ServerTls {
     pub fn with_alpn(config: TlsConfig, alpn: Vec<Vec<u8>>) -> Result<Arc<ServerTls>, TlsError> {
         config.validate(true).map_err(TlsError::Invalid)?;
         let stamps = stamps(&config);
-        let server_config = build(&config, &alpn)?;
+        let material = Material::build(&config, &alpn)?;
         Ok(Arc::new(ServerTls {
             config,
             alpn,
-            current: RwLock::new(server_config),
+            current: RwLock::new(material),
             check: Mutex::new(Check {
                 last: Instant::now(),
                 stamps,
@@ -235,13 +266,24 @@ impl ServerTls {
     /// An acceptor with the current material, after reloading it if a file changed since the
     /// last check (looked at most every `reload_check_interval_ms`).
     pub fn acceptor(&self) -> TlsAcceptor {
-        self.reload_if_changed();
-        TlsAcceptor::from(self.current())
+        self.acceptor_for(true)
     }
 
-    /// The rustls configuration new connections get now.
+    /// As [`ServerTls::acceptor`]; with `client_certificates` false, one that never asks for a
+    /// client certificate, whatever `client_auth` says (see [`Material`]).
+    pub fn acceptor_for(&self, client_certificates: bool) -> TlsAcceptor {
+        self.reload_if_changed();
+        let current = self.current.read().expect("tls config lock");
+        TlsAcceptor::from(if client_certificates {
+            current.tls.clone()
+        } else {
+            current.without_client_auth.clone()
+        })
+    }
+
+    /// The rustls configuration new connections of `SSL` listeners and HTTPS ports get now.
     pub fn current(&self) -> Arc<ServerConfig> {
-        self.current.read().expect("tls config lock").clone()
+        self.current.read().expect("tls config lock").tls.clone()
     }
 
     /// Reloads every file now (SIGHUP); on failure logs why and keeps the current material.
@@ -269,9 +311,9 @@ impl ServerTls {
     }
 
     fn load(&self, why: &str) -> bool {
-        match build(&self.config, &self.alpn) {
-            Ok(config) => {
-                *self.current.write().expect("tls config lock") = config;
+        match Material::build(&self.config, &self.alpn) {
+            Ok(material) => {
+                *self.current.write().expect("tls config lock") = material;
                 tracing::info!(
                     cert_file = ?self.config.cert_file,
                     reason = why,

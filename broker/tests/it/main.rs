@@ -1,5 +1,6 @@
 //! Integration tests of the broker crate, one binary with a module per subject.
 
+mod acl;
 mod broker_process;
 mod compaction;
 mod corruption;
@@ -15,6 +16,7 @@ mod internal_topics;
 mod kafka_clients;
 mod log_model;
 mod sasl;
+mod secure_clients;
 mod server;
 mod support;
 mod tls;

@@ -2,5 +2,6 @@
 
 mod bridge;
 mod librdkafka;
+mod secure_bridge;
 mod support;
 mod tls;

@@ -14,7 +14,9 @@ use kafka_protocol::messages::{self as k, ApiKey, RequestHeader, RequestKind};
 use kafka_protocol::protocol::{Encodable, StrBytes};
 use serde_json::json;
 use strand_client::batch::BatchBuilder;
-use strand_client::native::messages::{GroupInfo, GroupMember, GroupOffset, OffsetEntry};
+use strand_client::native::messages::{
+    AclBinding, AclBindingFilter, GroupInfo, GroupMember, GroupOffset, OffsetEntry,
+};
 use strand_client::native::{
     Acks, ErrorCode, OffsetQuery, PartitionState, Push, Request, Response, ResponseBody,
     TopicDescription, TopicSettings,
@@ -58,6 +60,19 @@ fn sample_batches() -> Vec<(&'static str, Vec<u8>)> {
     );
     let three = b.finish();
     vec![("one-record", one), ("three-records", three)]
+}
+
+/// Allow User:alice to Read the topic `orders` from any host, with Kafka's codes.
+fn seed_acl() -> AclBinding {
+    AclBinding {
+        resource_type: 2,
+        resource_name: "orders".into(),
+        pattern_type: 3,
+        principal: "User:alice".into(),
+        host: "*".into(),
+        operation: 3,
+        permission: 3,
+    }
 }
 
 fn native(dir: &Path) {
@@ -196,6 +211,28 @@ fn native(dir: &Path) {
                 group: "billing".into(),
             },
         ),
+        (
+            "create-acls",
+            Request::CreateAcls {
+                bindings: vec![seed_acl()],
+            },
+        ),
+        (
+            "describe-acls",
+            Request::DescribeAcls {
+                filter: AclBindingFilter {
+                    resource_name: Some("orders".into()),
+                    pattern_type: 2,
+                    ..AclBindingFilter::any()
+                },
+            },
+        ),
+        (
+            "delete-acls",
+            Request::DeleteAcls {
+                filters: vec![AclBindingFilter::any()],
+            },
+        ),
     ];
     let mut all = vec![0u8];
     for (i, (name, request)) in requests.iter().enumerate() {
@@ -320,6 +357,11 @@ fn native(dir: &Path) {
                     lag: 1,
                 }],
             })),
+        ),
+        (
+            19,
+            "describe-acls",
+            Response::Ok(ResponseBody::Acls(vec![seed_acl()])),
         ),
         (
             1,
@@ -465,6 +507,42 @@ fn kafka(dir: &Path) {
                 ApiKey::SaslHandshake => RequestKind::SaslHandshake(
                     k::SaslHandshakeRequest::default().with_mechanism(name("PLAIN")),
                 ),
+                ApiKey::CreateAcls => {
+                    use k::create_acls_request::AclCreation;
+                    RequestKind::CreateAcls(k::CreateAclsRequest::default().with_creations(vec![
+                        AclCreation::default()
+                            .with_resource_type(2)
+                            .with_resource_name(name("orders"))
+                            .with_resource_pattern_type(3)
+                            .with_principal(name("User:alice"))
+                            .with_host(name("*"))
+                            .with_operation(3)
+                            .with_permission_type(3),
+                    ]))
+                }
+                ApiKey::DescribeAcls => RequestKind::DescribeAcls(
+                    k::DescribeAclsRequest::default()
+                        .with_resource_type_filter(1)
+                        .with_resource_name_filter(None)
+                        .with_pattern_type_filter(1)
+                        .with_principal_filter(None)
+                        .with_host_filter(None)
+                        .with_operation(1)
+                        .with_permission_type(1),
+                ),
+                ApiKey::DeleteAcls => {
+                    use k::delete_acls_request::DeleteAclsFilter;
+                    RequestKind::DeleteAcls(k::DeleteAclsRequest::default().with_filters(vec![
+                        DeleteAclsFilter::default()
+                            .with_resource_type_filter(2)
+                            .with_resource_name_filter(Some(name("orders")))
+                            .with_pattern_type_filter(2)
+                            .with_principal_filter(None)
+                            .with_host_filter(None)
+                            .with_operation(1)
+                            .with_permission_type(1),
+                    ]))
+                }
                 _ => unreachable!("only the kinds listed"),
             };
             let mut buf = BytesMut::new();

@@ -17,7 +17,7 @@ use strand_broker::security::jwt::{JwtConfig, Verifier};
 use strand_saga::http::HttpConfig;
 use strand_saga::journal::DEFINITION_TOPIC;
 use strand_saga::orchestrator::OrchestratorConfig;
-use strand_saga::participants::{ParticipantTls, ParticipantsConfig};
+use strand_saga::participants::{ParticipantTls, ParticipantsConfig, SECRETS_DIR_DEFAULT};
 
 use super::support::{order_definition, Participants, Stack};
 
@@ -207,12 +207,22 @@ async fn bearer_tokens_and_scopes_guard_the_api() {
         call(&stack, Method::GET, "/health", None, None).await.0,
         200
     );
+    let (status, _, openapi) = call(&stack, Method::GET, "/openapi.json", None, None).await;
+    assert_eq!(status, 200);
+    // The document names the scheme and each route's scope.
     assert_eq!(
-        call(&stack, Method::GET, "/openapi.json", None, None)
-            .await
-            .0,
-        200
+        openapi["components"]["securitySchemes"]["bearer"]["scheme"],
+        "bearer"
     );
+    assert_eq!(
+        openapi["paths"]["/sagas"]["post"]["security"],
+        json!([{"bearer": ["saga:start"]}])
+    );
+    assert_eq!(
+        openapi["paths"]["/sagas/{id}/abort"]["post"]["security"],
+        json!([{"bearer": ["saga:operate"]}])
+    );
+    assert!(openapi["paths"]["/health"]["get"]["security"].is_null());
 
     // No token, or not a bearer one: 401 with the challenge and a reason.
     let (status, challenge, body) = call(&stack, Method::GET, "/definitions", None, None).await;
@@ -300,6 +310,59 @@ async fn bearer_tokens_and_scopes_guard_the_api() {
             .0,
         401
     );
+
+    // Hostile headers: `alg: none`, two Authorization headers, an empty token, a huge one.
+    let unsigned = format!(
+        "{}.{}.",
+        b64url(br#"{"alg":"none","typ":"JWT"}"#),
+        b64url(
+            json!({"iss": ISSUER, "aud": AUDIENCE, "exp": now() + 600, "scope": "saga:read"})
+                .to_string()
+                .as_bytes()
+        )
+    );
+    assert_eq!(
+        call(&stack, Method::GET, "/definitions", Some(&unsigned), None)
+            .await
+            .0,
+        401
+    );
+    let url = format!("{}/definitions", stack.api);
+    let twice = stack
+        .http
+        .get(&url)
+        .bearer_auth(&read)
+        .bearer_auth(&read)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(twice.status().as_u16(), 401);
+    assert!(twice.text().await.unwrap().contains("more than one"));
+    let empty = stack
+        .http
+        .get(&url)
+        .header("authorization", "Bearer ")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(empty.status().as_u16(), 401);
+    let huge = stack
+        .http
+        .get(&url)
+        .bearer_auth("a".repeat(20_000))
+        .send()
+        .await
+        .unwrap();
+    assert!(matches!(huge.status().as_u16(), 401 | 431), "{huge:?}");
+    // The scheme is case-insensitive (RFC 7235).
+    let lower = stack
+        .http
+        .get(&url)
+        .header("authorization", format!("bearer {read}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(lower.status().as_u16(), 200);
 
     // A read-only token reads, and can neither define nor start.
     assert_eq!(
@@ -452,7 +515,7 @@ fn one_step(url: &str, auth: Option<Value>) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn participant_secrets_reach_the_participant_and_nothing_stores_them() {
     const SECRET: &str = "tok-5ecret-from-env";
-    std::env::set_var("STRAND_IT_PAYMENTS_TOKEN", SECRET);
+    std::env::set_var("IT_PAYMENTS_TOKEN_OF_STRAND", SECRET);
     let (participant, seen) = recording_participant().await;
     let (other, _) = recording_participant().await;
     let dir = tempfile::tempdir().unwrap();
@@ -460,6 +523,7 @@ async fn participant_secrets_reach_the_participant_and_nothing_stores_them() {
         participants: ParticipantsConfig::new(
             Some(format!("localhost, {participant}").parse().unwrap()),
             &ParticipantTls::default(),
+            SECRETS_DIR_DEFAULT.into(),
         )
         .unwrap(),
         ..OrchestratorConfig::default()
@@ -467,7 +531,7 @@ async fn participant_secrets_reach_the_participant_and_nothing_stores_them() {
     let stack = Stack::start_with(dir.path(), config).await;
     let url = format!("http://{participant}/charge");
 
-    let auth = json!({"env": "STRAND_IT_PAYMENTS_TOKEN", "prefix": "Bearer "});
+    let auth = json!({"env": "IT_PAYMENTS_TOKEN_OF_STRAND", "prefix": "Bearer "});
     let (status, stored) = stack
         .put("/definitions/pay", &one_step(&url, Some(auth)))
         .await;
@@ -483,7 +547,7 @@ async fn participant_secrets_reach_the_participant_and_nothing_stores_them() {
     let (_, fetched) = stack.get("/definitions/pay").await;
     assert_eq!(
         fetched["steps"][0]["action"]["auth"]["env"],
-        "STRAND_IT_PAYMENTS_TOKEN"
+        "IT_PAYMENTS_TOKEN_OF_STRAND"
     );
     for text in [
         fetched.to_string(),
@@ -500,7 +564,7 @@ async fn participant_secrets_reach_the_participant_and_nothing_stores_them() {
     for record in records {
         let value =
             String::from_utf8_lossy(record.value.as_deref().unwrap_or_default()).into_owned();
-        assert!(value.contains("STRAND_IT_PAYMENTS_TOKEN"), "{value}");
+        assert!(value.contains("IT_PAYMENTS_TOKEN_OF_STRAND"), "{value}");
         assert!(!value.contains(SECRET), "{value}");
     }
 
@@ -522,7 +586,7 @@ async fn participant_secrets_reach_the_participant_and_nothing_stores_them() {
     );
 
     // A variable that is not set fails the attempt, naming it; nothing is sent.
-    let unset = json!({"header": "X-Payments-Key", "env": "STRAND_IT_NOT_SET_ANYWHERE"});
+    let unset = json!({"header": "X-Payments-Key", "env": "IT_NOT_SET_ANYWHERE_OF_STRAND"});
     assert_eq!(
         stack
             .put("/definitions/unset", &one_step(&url, Some(unset)))
@@ -538,7 +602,7 @@ async fn participant_secrets_reach_the_participant_and_nothing_stores_them() {
         .as_str()
         .unwrap_or_default()
         .to_string();
-    assert!(error.contains("STRAND_IT_NOT_SET_ANYWHERE"), "{saga}");
+    assert!(error.contains("IT_NOT_SET_ANYWHERE_OF_STRAND"), "{saga}");
     assert_eq!(
         seen.lock().unwrap().len(),
         1,
@@ -718,7 +782,7 @@ async fn an_https_participant_with_a_private_ca_and_client_certificates() {
         key_file: Some(client_key),
     };
     let config = OrchestratorConfig {
-        participants: ParticipantsConfig::new(None, &tls).unwrap(),
+        participants: ParticipantsConfig::new(None, &tls, SECRETS_DIR_DEFAULT.into()).unwrap(),
         ..OrchestratorConfig::default()
     };
     let stack = Stack::start_with(dir.path(), config).await;
@@ -737,5 +801,81 @@ async fn an_https_participant_with_a_private_ca_and_client_certificates() {
     assert_eq!(saga["state"], "completed", "{saga}");
     assert_eq!(saga["steps"][0]["output"], json!({"charged": true}));
     assert_eq!(seen.lock().unwrap().len(), 1);
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_allow_list_is_checked_again_when_sending_and_on_redirects() {
+    let (participant, seen) = recording_participant().await;
+    // An allowed participant that redirects to one that is not.
+    let target = format!("http://{participant}/charge");
+    let redirector = Router::new().route(
+        "/charge",
+        post(move || {
+            let target = target.clone();
+            async move { axum::response::Redirect::temporary(&target) }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let redirecting = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, redirector).await });
+
+    // Stored while any host is allowed.
+    let dir = tempfile::tempdir().unwrap();
+    let stack = Stack::start(dir.path()).await;
+    let direct = one_step(&format!("http://{participant}/charge"), None);
+    assert_eq!(stack.put("/definitions/direct", &direct).await.0, 201);
+    let redirected = one_step(&format!("http://{redirecting}/charge"), None);
+    assert_eq!(
+        stack.put("/definitions/redirected", &redirected).await.0,
+        201
+    );
+    let (_, saga) = stack
+        .post("/sagas", &json!({"definition": "redirected"}))
+        .await;
+    let saga = stack
+        .wait_for(saga["id"].as_str().unwrap(), &["completed"])
+        .await;
+    assert_eq!(
+        saga["steps"][0]["output"],
+        json!({"charged": true}),
+        "followed the redirect"
+    );
+    assert_eq!(seen.lock().unwrap().len(), 1);
+    stack.stop().await;
+
+    // Restarted with only the redirecting participant allowed: the stored definition naming
+    // the other one fails when sent, and the redirect to it is not followed.
+    let config = OrchestratorConfig {
+        participants: ParticipantsConfig::new(
+            Some(redirecting.to_string().parse().unwrap()),
+            &ParticipantTls::default(),
+            SECRETS_DIR_DEFAULT.into(),
+        )
+        .unwrap(),
+        ..OrchestratorConfig::default()
+    };
+    let stack = Stack::start_with(dir.path(), config).await;
+    for (definition, says) in [
+        ("direct", "not an allowed participant host"),
+        ("redirected", "redirected to"),
+    ] {
+        let (status, saga) = stack
+            .post("/sagas", &json!({"definition": definition}))
+            .await;
+        assert_eq!(status, 201, "{saga}");
+        let saga = stack
+            .wait_for(saga["id"].as_str().unwrap(), &["compensated", "failed"])
+            .await;
+        let error = saga["steps"][0]["attempts"][0]["error"]
+            .as_str()
+            .unwrap_or_default();
+        assert!(error.contains(says), "{definition}: {saga}");
+    }
+    assert_eq!(
+        seen.lock().unwrap().len(),
+        1,
+        "the disallowed participant was not called again"
+    );
     stack.stop().await;
 }

@@ -210,7 +210,13 @@ async fn connect(broker: &RunningBroker, kafka: bool) -> Arc<Cluster> {
         )
     } else {
         let address = broker.native_addr.to_string();
-        ("strand", ClusterConfig::Strand { address })
+        (
+            "strand",
+            ClusterConfig::Strand {
+                address,
+                security: Default::default(),
+            },
+        )
     };
     Arc::new(Cluster::connect(name, &config).await.unwrap())
 }

@@ -122,6 +122,7 @@ pub async fn run(n_records: u64, record_bytes: usize, partitions: u32) -> anyhow
                 "a".to_string(),
                 ClusterConfig::Strand {
                     address: a.native_addr.to_string(),
+                    security: Default::default(),
                 },
             ),
             (

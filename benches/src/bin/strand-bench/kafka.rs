@@ -170,8 +170,11 @@ fn kafka_acks(acks: &str) -> anyhow::Result<&'static str> {
 
 /// Produces `n_records` values of `record_bytes` to `topic` (partition `(i / 1000) %
 /// partitions`, as the native run), then reads them all back by assigned partitions.
+/// `properties` go to both clients (TLS settings, say).
+#[allow(clippy::too_many_arguments)]
 pub fn throughput(
     bootstrap: &str,
+    properties: &[(String, String)],
     topic: &str,
     n_records: u64,
     record_bytes: usize,
@@ -179,7 +182,13 @@ pub fn throughput(
     acks: &str,
     linger_ms: u64,
 ) -> anyhow::Result<Rates> {
-    let producer: BaseProducer<Deliveries> = ClientConfig::new()
+    let with = |mut config: ClientConfig| {
+        for (k, v) in properties {
+            config.set(k, v);
+        }
+        config
+    };
+    let producer: BaseProducer<Deliveries> = with(ClientConfig::new())
         .set("bootstrap.servers", bootstrap)
         .set("acks", kafka_acks(acks)?)
         .set("linger.ms", linger_ms.to_string())
@@ -227,7 +236,7 @@ pub fn throughput(
     }
     drop(producer);
 
-    let consumer: BaseConsumer = ClientConfig::new()
+    let consumer: BaseConsumer = with(ClientConfig::new())
         .set("bootstrap.servers", bootstrap)
         .set("group.id", "strand-bench")
         .set("enable.auto.commit", "false")

@@ -13,6 +13,7 @@
 mod bridge;
 mod kafka;
 mod saga;
+mod tls;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,17 +23,16 @@ use bytes::Bytes;
 use clap::{Parser, Subcommand};
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
-use strand_broker::listener::{BoundListener, ListenerKind};
+use strand_broker::listener::BoundListener;
 use strand_broker::log::{FsyncPolicy, LogConfig};
 use strand_broker::metrics::Metrics;
-use strand_broker::security::tls::{ServerTls, TlsConfig};
 use strand_broker::server::{self, ServerConfig};
 use strand_broker::service::Broker;
 use strand_broker::topics::Topics;
 use strand_client::consumer::Delivery;
 use strand_client::{
-    Acks, Client, ClientConfig, ClientTlsConfig, Consumer, ConsumerConfig, Producer,
-    ProducerConfig, ProducerRecord, TopicSettings,
+    Acks, Client, ClientConfig, Consumer, ConsumerConfig, Producer, ProducerConfig, ProducerRecord,
+    TopicSettings,
 };
 
 #[derive(Debug, Parser)]
@@ -82,25 +82,6 @@ enum Command {
         #[arg(long, default_value_t = 5)]
         linger_ms: u64,
     },
-    /// The throughput run twice on one in-process broker: through its PLAINTEXT native
-    /// listener, then through its SSL one (a P-256 certificate made at start); prints both and
-    /// their ratio.
-    Tls {
-        #[arg(long, default_value_t = 1_000_000)]
-        records: u64,
-        #[arg(long, default_value_t = 100)]
-        record_bytes: usize,
-        #[arg(long, default_value_t = 4)]
-        partitions: u32,
-        /// Concurrent producers, each with its own connection.
-        #[arg(long, default_value_t = 2)]
-        producers: usize,
-        /// none, leader or durable.
-        #[arg(long, default_value = "leader")]
-        acks: String,
-        #[arg(long, default_value_t = 5)]
-        linger_ms: u64,
-    },
     /// strand-bridge's throughput against what its destination alone takes.
     Bridge {
         #[arg(long, default_value_t = 200_000)]
@@ -121,6 +102,16 @@ enum Command {
         /// Keep the journal and topics on the broker's Kafka listener, through librdkafka.
         #[arg(long)]
         kafka: bool,
+    },
+    /// The throughput runs over plaintext and over TLS on one broker, native client and
+    /// librdkafka: records/s each way and the TLS/plaintext ratio.
+    Tls {
+        #[arg(long, default_value_t = 1_000_000)]
+        records: u64,
+        #[arg(long, default_value_t = 100)]
+        record_bytes: usize,
+        #[arg(long, default_value_t = 4)]
+        partitions: u32,
     },
     /// Produce at a fixed rate and measure produce-to-consume latency (push consumer).
     Latency {
@@ -157,6 +148,12 @@ fn main() -> anyhow::Result<()> {
             record_bytes,
             partitions,
         } => return runtime()?.block_on(bridge::run(records, record_bytes, partitions.max(1))),
+        // Its broker (with TLS listeners) runs on a runtime of its own, as the embedded one.
+        Command::Tls {
+            records,
+            record_bytes,
+            partitions,
+        } => return tls::run(records, record_bytes, partitions.max(1)),
         _ => {}
     }
     // The embedded broker gets its own runtime so that client and broker do not share workers.
@@ -196,27 +193,6 @@ fn main() -> anyhow::Result<()> {
                 )
                 .await
             }
-            Command::Tls {
-                records,
-                record_bytes,
-                partitions,
-                producers,
-                acks,
-                linger_ms,
-            } => {
-                let embedded = embedded
-                    .as_ref()
-                    .context("tls runs on its own in-process broker, not with --broker")?;
-                let run = Run {
-                    n_records: records,
-                    record_bytes,
-                    partitions,
-                    n_producers: producers,
-                    acks: &acks,
-                    linger_ms,
-                };
-                compare_tls(&addr, client, embedded, &run).await
-            }
             Command::Throughput {
                 records,
                 record_bytes,
@@ -227,7 +203,6 @@ fn main() -> anyhow::Result<()> {
             } => throughput(
                 &addr,
                 &ClientConfig::default(),
-                &format!("bench-{}", std::process::id()),
                 client,
                 records,
                 record_bytes,
@@ -243,7 +218,7 @@ fn main() -> anyhow::Result<()> {
                 seconds,
                 record_bytes,
             } => latency(client, rate, seconds, record_bytes).await,
-            Command::Saga { .. } | Command::Bridge { .. } => {
+            Command::Saga { .. } | Command::Bridge { .. } | Command::Tls { .. } => {
                 unreachable!("handled before a broker is started")
             }
         }
@@ -258,9 +233,6 @@ fn main() -> anyhow::Result<()> {
 struct EmbeddedBroker {
     addr: String,
     kafka_addr: String,
-    /// The native SSL listener, and the CA file that verifies its certificate.
-    tls_addr: String,
-    ca_file: std::path::PathBuf,
     runtime: tokio::runtime::Runtime,
     shutdown: tokio::sync::watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
@@ -286,8 +258,6 @@ impl EmbeddedBroker {
         let addr = listener.local_addr()?.to_string();
         let kafka_listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
         let kafka_addr = kafka_listener.local_addr()?.to_string();
-        let (tls_listener, ca_file) = tls_listener(dir.path(), &runtime)?;
-        let tls_addr = tls_listener.spec.addr.to_string();
         let (shutdown, rx) = tokio::sync::watch::channel(false);
         let broker = Broker::new(
             topics.clone(),
@@ -306,7 +276,7 @@ impl EmbeddedBroker {
             rx.clone(),
         ));
         let native_task = runtime.spawn(server::serve(
-            vec![BoundListener::plaintext(listener)?, tls_listener],
+            vec![BoundListener::plaintext(listener)?],
             broker,
             ServerConfig::default(),
             rx,
@@ -318,8 +288,6 @@ impl EmbeddedBroker {
         Ok(EmbeddedBroker {
             addr,
             kafka_addr,
-            tls_addr,
-            ca_file,
             runtime,
             shutdown,
             task,
@@ -333,107 +301,6 @@ impl EmbeddedBroker {
         let _ = self.runtime.block_on(self.task);
         let _ = self.topics.close();
     }
-}
-
-/// A native SSL listener with a certificate for 127.0.0.1 signed by a CA made here; returns it
-/// and the CA's PEM file (both in `dir`).
-fn tls_listener(
-    dir: &std::path::Path,
-    runtime: &tokio::runtime::Runtime,
-) -> anyhow::Result<(BoundListener, std::path::PathBuf)> {
-    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
-    let mut params = CertificateParams::new(Vec::<String>::new())?;
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = CertifiedIssuer::self_signed(params, KeyPair::generate()?)?;
-    let key = KeyPair::generate()?;
-    let cert = CertificateParams::new(vec!["127.0.0.1".to_string()])?.signed_by(&key, &ca)?;
-    let (ca_file, cert_file, key_file) = (
-        dir.join("bench-ca.pem"),
-        dir.join("bench.pem"),
-        dir.join("bench.key"),
-    );
-    std::fs::write(&ca_file, ca.pem())?;
-    std::fs::write(&cert_file, cert.pem())?;
-    std::fs::write(&key_file, key.serialize_pem())?;
-    let tls = ServerTls::new(TlsConfig {
-        cert_file: Some(cert_file),
-        key_file: Some(key_file),
-        ..TlsConfig::default()
-    })?;
-    let listener = runtime.block_on(BoundListener::bind(
-        ListenerKind::Native,
-        "SSL://127.0.0.1:0".parse().map_err(anyhow::Error::msg)?,
-        Some(&tls),
-    ))?;
-    Ok((listener, ca_file))
-}
-
-/// One throughput run's shape.
-struct Run<'a> {
-    n_records: u64,
-    record_bytes: usize,
-    partitions: u32,
-    n_producers: usize,
-    acks: &'a str,
-    linger_ms: u64,
-}
-
-/// The same run over the PLAINTEXT and the SSL native listener of one broker.
-async fn compare_tls(
-    addr: &str,
-    client: Client,
-    embedded: &EmbeddedBroker,
-    run: &Run<'_>,
-) -> anyhow::Result<()> {
-    let mut tls_config = ClientConfig::default();
-    tls_config.connection.tls = Some(ClientTlsConfig {
-        ca_file: embedded.ca_file.clone(),
-        cert_file: None,
-        key_file: None,
-        server_name: None,
-    });
-    let pid = std::process::id();
-    let mut rates = Vec::new();
-    for (what, addr, config, client) in [
-        ("PLAINTEXT", addr, ClientConfig::default(), client),
-        (
-            "SSL",
-            embedded.tls_addr.as_str(),
-            tls_config.clone(),
-            Client::connect(embedded.tls_addr.clone(), tls_config.clone()).await?,
-        ),
-    ] {
-        println!("native client over {what}:");
-        let topic = format!("bench-{}-{pid}", what.to_ascii_lowercase());
-        rates.push(
-            throughput(
-                addr,
-                &config,
-                &topic,
-                client,
-                run.n_records,
-                run.record_bytes,
-                run.partitions,
-                run.n_producers,
-                run.acks,
-                run.linger_ms,
-            )
-            .await?,
-        );
-    }
-    let mb = |rate: f64| rate * run.record_bytes as f64 / 1e6;
-    for (what, plain, tls) in [
-        ("produce", rates[0].produce, rates[1].produce),
-        ("consume", rates[0].consume, rates[1].consume),
-    ] {
-        println!(
-            "{what}: PLAINTEXT {plain:.0} records/s ({:.1} MB/s), SSL {tls:.0} records/s ({:.1} MB/s): ssl/plaintext = {:.2}",
-            mb(plain),
-            mb(tls),
-            tls / plain
-        );
-    }
-    Ok(())
 }
 
 fn bar(len: u64, what: &str) -> ProgressBar {
@@ -467,11 +334,9 @@ async fn compare_kafka(
     linger_ms: u64,
 ) -> anyhow::Result<()> {
     println!("native client, one producer:");
-    let native_topic = format!("bench-{}", std::process::id());
     let native = throughput(
         addr,
         &ClientConfig::default(),
-        &native_topic,
         client.clone(),
         n_records,
         record_bytes,
@@ -481,6 +346,7 @@ async fn compare_kafka(
         linger_ms,
     )
     .await?;
+    let native_topic = format!("bench-{}", std::process::id());
     let topic = format!("kafka-bench-{}", std::process::id());
     client
         .admin()
@@ -497,6 +363,7 @@ async fn compare_kafka(
     let rdkafka = tokio::task::spawn_blocking(move || {
         kafka::throughput(
             &bootstrap,
+            &[],
             &kafka_topic,
             n_records,
             record_bytes,
@@ -538,8 +405,7 @@ async fn compare_kafka(
 #[allow(clippy::too_many_arguments)]
 async fn throughput(
     addr: &str,
-    config: &ClientConfig,
-    topic: &str,
+    client_config: &ClientConfig,
     client: Client,
     n_records: u64,
     record_bytes: usize,
@@ -554,7 +420,7 @@ async fn throughput(
         "durable" => Acks::Durable,
         other => anyhow::bail!("--acks must be none, leader or durable, got {other}"),
     };
-    let topic = topic.to_string();
+    let topic = format!("bench-{}", std::process::id());
     client
         .admin()
         .create_topic(
@@ -571,7 +437,7 @@ async fn throughput(
     let mut tasks = Vec::new();
     let per_producer = n_records.div_ceil(n_producers as u64);
     for p in 0..n_producers {
-        let client = Client::connect(addr.to_string(), config.clone()).await?;
+        let client = Client::connect(addr.to_string(), client_config.clone()).await?;
         let topic = topic.clone();
         let value = value.clone();
         let progress = progress.clone();
