@@ -427,21 +427,26 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
-/// Writes one answer within the write timeout.
+/// Writes one answer within the write timeout. The flush matters on TLS: a write may leave
+/// the last records in the TLS layer when the socket is full, and the client, waiting for its
+/// answer, would send nothing that pushes them out.
 async fn write_answer<S: AsyncWrite + Unpin>(
     socket: &mut S,
     out: &[u8],
     config: &KafkaConfig,
 ) -> Result<(), String> {
-    tokio::time::timeout(config.write_timeout, socket.write_all(out))
-        .await
-        .map_err(|_| {
-            format!(
-                "the client did not take its answer within the write timeout ({:?})",
-                config.write_timeout
-            )
-        })?
-        .map_err(|e| format!("write failed: {e}"))
+    tokio::time::timeout(config.write_timeout, async {
+        socket.write_all(out).await?;
+        socket.flush().await
+    })
+    .await
+    .map_err(|_| {
+        format!(
+            "the client did not take its answer within the write timeout ({:?})",
+            config.write_timeout
+        )
+    })?
+    .map_err(|e| format!("write failed: {e}"))
 }
 
 fn request_timeout(config: &KafkaConfig) -> String {
