@@ -29,7 +29,8 @@ pub struct BrokerConfig {
     pub listen: SocketAddr,
     /// Kafka-protocol listener. Default `127.0.0.1:9092`.
     pub kafka_listen: SocketAddr,
-    /// `host:port` Kafka clients of the PLAINTEXT listener are told to connect to; default: the
+    /// `host:port` Kafka clients are told to connect to, by the PLAINTEXT listener or by the
+    /// only Kafka listener (`kafka_listen` with `kafka_listen_protocol`); default: the
     /// listener's address (127.0.0.1 when it binds 0.0.0.0). Set it when clients reach Strand
     /// by another name. `kafka_advertised_listeners` says it for every protocol.
     pub kafka_advertised: Option<String>,
@@ -1018,6 +1019,66 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("in_flight_bytes_max"));
+    }
+
+    #[test]
+    fn listeners_and_tls_come_from_the_file_and_flags() {
+        // By default one PLAINTEXT listener per kind, on the single addresses.
+        let config = BrokerConfig::default();
+        assert_eq!(
+            config.listeners(ListenerKind::Kafka),
+            vec!["PLAINTEXT://127.0.0.1:9092".parse().unwrap()]
+        );
+        assert!(!config.uses_tls());
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("strand.toml");
+        std::fs::write(
+            &file,
+            "kafka_listeners = [\"PLAINTEXT://127.0.0.1:9092\", \"SSL://0.0.0.0:9093\"]\n\
+             kafka_advertised_listeners = [\"SSL://broker.example:9093\"]\n\
+             [tls]\ncert_file = \"/etc/strand/broker.pem\"\nkey_file = \"/etc/strand/broker.key\"\n",
+        )
+        .unwrap();
+        let args = BrokerArgs::parse_from([
+            "strand-broker",
+            "--config",
+            file.to_str().unwrap(),
+            "--native-listeners",
+            "PLAINTEXT://127.0.0.1:7171,SASL_SSL://0.0.0.0:7172",
+            "--tls-client-ca-file",
+            "/etc/strand/ca.pem",
+            "--tls-client-auth",
+            "requested",
+        ]);
+        let config = BrokerConfig::load(&args).unwrap();
+        assert_eq!(
+            config.listeners(ListenerKind::Native)[1].to_string(),
+            "SASL_SSL://0.0.0.0:7172"
+        );
+        assert_eq!(config.listeners(ListenerKind::Kafka).len(), 2);
+        assert_eq!(
+            config.kafka_advertised_listeners[0].to_string(),
+            "SSL://broker.example:9093"
+        );
+        assert_eq!(config.tls.client_auth, ClientAuth::Requested);
+        assert_eq!(
+            config.tls.cert_file,
+            Some(PathBuf::from("/etc/strand/broker.pem"))
+        );
+        assert!(config.uses_tls());
+        // A listener list that does not parse names the entry.
+        let err = BrokerArgs::try_parse_from([
+            "strand-broker",
+            "--kafka-listeners",
+            "PLAINTEXT://127.0.0.1:1,TLS://127.0.0.1:2",
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("TLS"), "{err}");
+        assert!("SSL://:1".parse::<AdvertisedListener>().is_err());
+        assert!("SSL://host".parse::<AdvertisedListener>().is_err());
+        assert!("host:1".parse::<AdvertisedListener>().is_err());
     }
 
     #[test]

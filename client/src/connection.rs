@@ -112,6 +112,11 @@ impl Connection {
                 if writer.write_all(&frame).await.is_err() {
                     return;
                 }
+                // On TLS a write may leave its last records in the TLS layer (the socket was
+                // full); with nothing more to send they must be pushed out now.
+                if out_rx.is_empty() && writer.flush().await.is_err() {
+                    return;
+                }
             }
             let _ = writer.shutdown().await;
         });

@@ -167,7 +167,7 @@ mod tests {
     }
 
     #[test]
-    fn missing_files_and_half_a_client_identity_are_refused() {
+    fn missing_and_empty_ca_files_are_refused() {
         let config = ClientTlsConfig {
             ca_file: "/nonexistent/ca.pem".into(),
             cert_file: None,
@@ -179,5 +179,26 @@ mod tests {
         };
         let err = err.to_string();
         assert!(err.contains("/nonexistent/ca.pem"), "{err}");
+        let config = ClientTlsConfig {
+            ca_file: "/nonexistent/ca.pem".into(),
+            cert_file: None,
+            key_file: None,
+            server_name: None,
+        };
+        // A CA file without a certificate is refused, naming what it lacks.
+        let dir = std::env::temp_dir().join(format!("strand-tls-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ca_file = dir.join("ca.pem");
+        std::fs::write(&ca_file, "garbage").unwrap();
+        let err = ClientTlsConfig {
+            ca_file: ca_file.clone(),
+            ..config
+        }
+        .connector()
+        .err()
+        .expect("a CA file without a certificate was accepted")
+        .to_string();
+        assert!(err.contains("CERTIFICATE"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -116,9 +116,10 @@ pub struct KafkaConfig {
     pub fetch_bytes_max: usize,
     /// Bytes in flight across every connection (shared with the native listener).
     pub budget: Budget,
-    /// `host:port` clients of the PLAINTEXT listener are told to connect to (Metadata,
-    /// FindCoordinator) unless `advertised_listeners` names one for PLAINTEXT. By default each
-    /// listener's bound address, with 127.0.0.1 in place of an unspecified IP.
+    /// `host:port` clients of the PLAINTEXT listener, or of the only listener, are told to
+    /// connect to (Metadata, FindCoordinator) unless `advertised_listeners` names one for its
+    /// protocol. By default each listener's bound address, with 127.0.0.1 in place of an
+    /// unspecified IP.
     pub advertised: Option<String>,
     /// Per protocol, the address clients of the listener with that protocol are told to
     /// connect to, as Kafka's `advertised.listeners`.
@@ -206,8 +207,9 @@ pub async fn serve(
         config.connections_per_ip_max,
         broker.metrics.clone(),
     );
+    let only = listeners.len() == 1;
     let served = listeners.into_iter().map(|bound| {
-        let advertised = advertised_address(&config, bound.spec);
+        let advertised = advertised_address(&config, bound.spec, only);
         let context = Arc::new(Context {
             broker: broker.clone(),
             config: config.clone(),
@@ -225,10 +227,11 @@ pub async fn serve(
     futures::future::join_all(served).await;
 }
 
-/// The (host, port) a listener advertises: the advertised listener with its protocol, else
-/// for a PLAINTEXT listener the single `advertised` address, else the bound address with
-/// 127.0.0.1 in place of an unspecified IP (0.0.0.0 cannot be connected to).
-fn advertised_address(config: &KafkaConfig, bound: ListenerSpec) -> (String, i32) {
+/// The (host, port) a listener advertises: the advertised listener with its protocol, else the
+/// single `advertised` address for the PLAINTEXT listener or for the only listener (whatever
+/// its protocol), else the bound address with 127.0.0.1 in place of an unspecified IP (0.0.0.0
+/// cannot be connected to).
+fn advertised_address(config: &KafkaConfig, bound: ListenerSpec, only: bool) -> (String, i32) {
     if let Some(a) = config
         .advertised_listeners
         .iter()
@@ -239,7 +242,7 @@ fn advertised_address(config: &KafkaConfig, bound: ListenerSpec) -> (String, i32
     let configured = config
         .advertised
         .as_deref()
-        .filter(|_| bound.protocol == SecurityProtocol::Plaintext);
+        .filter(|_| only || bound.protocol == SecurityProtocol::Plaintext);
     if let Some((host, port)) = configured.and_then(|a| a.rsplit_once(':')) {
         if let Ok(port) = port.parse() {
             return (host.to_string(), port);
@@ -424,21 +427,26 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
-/// Writes one answer within the write timeout.
+/// Writes one answer within the write timeout. The flush matters on TLS: a write may leave
+/// the last records in the TLS layer when the socket is full, and the client, waiting for its
+/// answer, would send nothing that pushes them out.
 async fn write_answer<S: AsyncWrite + Unpin>(
     socket: &mut S,
     out: &[u8],
     config: &KafkaConfig,
 ) -> Result<(), String> {
-    tokio::time::timeout(config.write_timeout, socket.write_all(out))
-        .await
-        .map_err(|_| {
-            format!(
-                "the client did not take its answer within the write timeout ({:?})",
-                config.write_timeout
-            )
-        })?
-        .map_err(|e| format!("write failed: {e}"))
+    tokio::time::timeout(config.write_timeout, async {
+        socket.write_all(out).await?;
+        socket.flush().await
+    })
+    .await
+    .map_err(|_| {
+        format!(
+            "the client did not take its answer within the write timeout ({:?})",
+            config.write_timeout
+        )
+    })?
+    .map_err(|e| format!("write failed: {e}"))
 }
 
 fn request_timeout(config: &KafkaConfig) -> String {
@@ -707,6 +715,32 @@ fn error_code(e: &ServiceError) -> i16 {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn each_listener_advertises_its_own_address() {
+        let spec = |s: &str| s.parse::<ListenerSpec>().unwrap();
+        let config = KafkaConfig {
+            advertised: Some("public.example:9092".into()),
+            advertised_listeners: vec!["SSL://tls.example:9093".parse().unwrap()],
+            ..KafkaConfig::default()
+        };
+        let at = |s: &str, only| super::advertised_address(&config, spec(s), only);
+        assert_eq!(at("SSL://0.0.0.0:1", false), ("tls.example".into(), 9093));
+        assert_eq!(
+            at("PLAINTEXT://0.0.0.0:2", false),
+            ("public.example".into(), 9092)
+        );
+        // The single address is not another protocol's, unless that listener is the only one.
+        assert_eq!(at("SASL_SSL://0.0.0.0:3", false), ("127.0.0.1".into(), 3));
+        assert_eq!(
+            at("SASL_SSL://0.0.0.0:3", true),
+            ("public.example".into(), 9092)
+        );
+        assert_eq!(
+            at("SASL_PLAINTEXT://10.0.0.1:4", false),
+            ("10.0.0.1".into(), 4)
+        );
+    }
+
     use super::*;
     use kafka_protocol::messages::{ApiVersionsRequest, MetadataRequest};
     use kafka_protocol::protocol::StrBytes;

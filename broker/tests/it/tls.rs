@@ -620,3 +620,180 @@ async fn listener_settings_that_cannot_work_are_refused() {
     let err = format!("{:#}", RunningBroker::start(config).await.unwrap_err());
     assert!(err.contains("c.pem"), "{err}");
 }
+
+/// The real binary reloads its certificate on SIGHUP (the file check is set to once an hour, so
+/// only the signal can have done it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_certificate_of_the_running_binary() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = Ca::new(dir.path(), "first");
+    let second = Ca::new(dir.path(), "second");
+    let (cert, key) = first.issue("broker", "localhost");
+    let config_file = dir.path().join("strand.toml");
+    std::fs::write(
+        &config_file,
+        format!(
+            "native_listeners = [\"PLAINTEXT://127.0.0.1:0\", \"SSL://127.0.0.1:0\"]\n\
+             [tls]\ncert_file = {cert:?}\nkey_file = {key:?}\nreload_check_interval_ms = 3600000\n"
+        ),
+    )
+    .unwrap();
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_strand-broker"));
+    command.args(["--config", config_file.to_str().unwrap()]);
+    command.args(["--data-dir", dir.path().join("data").to_str().unwrap()]);
+    command.args([
+        "--kafka-listen",
+        "127.0.0.1:0",
+        "--http-listen",
+        "127.0.0.1:0",
+    ]);
+    let (child, line) = super::broker_process::spawn_until(&mut command, "strand-broker listening");
+    let child = KillOnDrop(child);
+    let addr = line
+        .split("native=SSL://")
+        .nth(1)
+        .expect("the start line lists the SSL listener")
+        .split([',', ' '])
+        .next()
+        .unwrap()
+        .to_string();
+    Client::connect(addr.clone(), tls_client(&first.ca_file(), None))
+        .await
+        .unwrap();
+
+    let (new_cert, new_key) = second.issue("renewed", "localhost");
+    std::fs::rename(new_key, &key).unwrap();
+    std::fs::rename(new_cert, &cert).unwrap();
+    // Not looked at yet: the old certificate is still served.
+    Client::connect(addr.clone(), tls_client(&first.ca_file(), None))
+        .await
+        .unwrap();
+    let status = std::process::Command::new("kill")
+        .args(["-HUP", &child.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match Client::connect(addr.clone(), tls_client(&second.ca_file(), None)).await {
+            Ok(_) => break,
+            Err(e) if std::time::Instant::now() > deadline => {
+                panic!("the renewed certificate is not served after SIGHUP: {e}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+    assert!(Client::connect(addr, tls_client(&first.ca_file(), None))
+        .await
+        .is_err());
+}
+
+/// Kills the child when the test ends, whatever happened.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The idle and request timeouts hold on TLS connections too: a client that finishes the
+/// handshake and then says nothing, or starts a frame and never finishes it, is closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_and_unfinished_requests_over_tls_are_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new(dir.path(), "test");
+    let broker = RunningBroker::start(BrokerConfig {
+        idle_timeout_ms: 500,
+        request_timeout_ms: 500,
+        ..config(&dir.path().join("data"), server_tls(&ca, ClientAuth::None))
+    })
+    .await
+    .unwrap();
+    let tls = tls_client(&ca.ca_file(), None).connection.tls.unwrap();
+    for kind in [ListenerKind::Native, ListenerKind::Kafka] {
+        let addr = ssl(&broker, kind);
+        for sent in [&b""[..], &b"\x00\x00\x01\x00\x00"[..]] {
+            let socket = TcpStream::connect(&addr).await.unwrap();
+            let mut stream = tls.connect(&addr, socket).await.unwrap();
+            stream.write_all(sent).await.unwrap();
+            stream.flush().await.unwrap();
+            let started = std::time::Instant::now();
+            let read =
+                tokio::time::timeout(Duration::from_secs(10), stream.read(&mut [0u8; 64])).await;
+            assert!(
+                matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+                "{kind} after {sent:?}: {read:?}"
+            );
+            assert!(
+                started.elapsed() >= Duration::from_millis(400),
+                "{kind} after {sent:?}: closed before the timeout"
+            );
+        }
+    }
+    broker.stop().await.unwrap();
+}
+
+/// The `strand` CLI over TLS: `--tls-ca` for the broker's certificate, `--tls-cert` and
+/// `--tls-key` for a client certificate the listener requires; without them it is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_speaks_tls_with_a_client_certificate() {
+    use super::broker_process::{run_cli, strand_cli};
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new(dir.path(), "test");
+    let (cert, key) = ca.issue("cli", "cli");
+    let broker = RunningBroker::start(config(
+        &dir.path().join("data"),
+        server_tls(&ca, ClientAuth::Required),
+    ))
+    .await
+    .unwrap();
+    let addr = ssl(&broker, ListenerKind::Native);
+    let cli = strand_cli();
+    let (ca_file, cert, key) = (
+        ca.ca_file().to_str().unwrap().to_string(),
+        cert.to_str().unwrap().to_string(),
+        key.to_str().unwrap().to_string(),
+    );
+    let tls_args = ["--tls-ca", &ca_file, "--tls-cert", &cert, "--tls-key", &key];
+    let run = |args: &[&str], input: &[u8]| {
+        let (addr, cli) = (addr.clone(), cli.clone());
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        let input = input.to_vec();
+        tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            run_cli(&cli, &addr, &args, &input)
+        })
+    };
+    let mut create = tls_args.to_vec();
+    create.extend(["topic", "create", "cli", "--partitions", "1"]);
+    let created = run(&create, b"").await.unwrap();
+    assert!(
+        created.status.success(),
+        "{}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+    let mut produce = tls_args.to_vec();
+    produce.extend(["produce", "cli"]);
+    assert!(run(&produce, b"one\ntwo\n").await.unwrap().status.success());
+    let mut consume = tls_args.to_vec();
+    consume.extend(["consume", "cli", "--count", "2"]);
+    let consumed = run(&consume, b"").await.unwrap();
+    assert_eq!(String::from_utf8_lossy(&consumed.stdout), "one\ntwo\n");
+
+    // Without a client certificate, or without TLS at all, the CLI is refused and says so.
+    for args in [
+        vec!["--tls-ca", ca_file.as_str(), "topic", "list"],
+        vec!["topic", "list"],
+    ] {
+        let refused = run(&args, b"").await.unwrap();
+        assert_eq!(refused.status.code(), Some(1), "{args:?}");
+        assert!(
+            String::from_utf8_lossy(&refused.stderr).starts_with("strand: "),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&refused.stderr)
+        );
+    }
+    broker.stop().await.unwrap();
+}
