@@ -34,7 +34,7 @@ pub use cache::{
 pub use cleaner::{CleanReport, LogCleaner};
 pub use config::{FsyncPolicy, LogConfig};
 pub use error::{LogError, Result};
-pub(crate) use recovery::{sync_dir, write_atomically as write_file_atomically};
+pub(crate) use recovery::{replace_file, sync_dir, write_atomically as write_file_atomically};
 pub use recovery::{RecoveryReport, Truncation};
 
 use cache::SegmentCache;

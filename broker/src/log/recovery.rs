@@ -156,12 +156,35 @@ pub(crate) fn write_checkpoint(dir: &Path, offset: u64) -> Result<()> {
 
 /// Writes `name` in `dir` so that a crash leaves either the old or the new content.
 pub(crate) fn write_atomically(dir: &Path, name: &str, content: &[u8]) -> Result<()> {
+    replace_file(dir, name, content, false)
+}
+
+/// Replaces `dir/name` with `content` so that a crash leaves the old file or the new one,
+/// never a mix: write a temporary file, fsync it, rename it over, fsync the folder. Every
+/// fsync's result is checked; on failure the temporary file is removed and the old file stays.
+/// `owner_only` makes the file readable by its owner alone (mode 0600), for secrets.
+pub(crate) fn replace_file(dir: &Path, name: &str, content: &[u8], owner_only: bool) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
     let tmp = dir.join(format!("{name}.tmp"));
     let path = dir.join(name);
-    let written = File::create(&tmp).ctx("create", &tmp).and_then(|file| {
-        std::io::Write::write_all(&mut &file, content).ctx("write", &tmp)?;
-        file.sync_all().ctx("fsync", &tmp)
-    });
+    // A leftover from a crash goes first, so that the mode of the new file applies.
+    match std::fs::remove_file(&tmp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(e).ctx("remove leftover", &tmp)
+        }
+        _ => {}
+    }
+    let written = File::options()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(if owner_only { 0o600 } else { 0o666 })
+        .open(&tmp)
+        .ctx("create", &tmp)
+        .and_then(|file| {
+            std::io::Write::write_all(&mut &file, content).ctx("write", &tmp)?;
+            file.sync_all().ctx("fsync", &tmp)
+        });
     if let Err(e) = written {
         // No debris: a half-written temporary file would only hold disk space.
         let _ = std::fs::remove_file(&tmp);

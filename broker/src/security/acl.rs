@@ -25,7 +25,6 @@
 use std::collections::BTreeSet;
 use std::fmt;
 use std::fs::File;
-use std::io::Write;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -983,20 +982,18 @@ fn store(dir: &Path, bindings: &BTreeSet<AclBinding>) -> Result<(), AclError> {
             sync_dir(parent)?;
         }
     }
-    let tmp = dir.join(format!("{FILE_NAME}.tmp"));
-    let path = dir.join(FILE_NAME);
-    let written = File::create(&tmp)
-        .map_err(io("create", &tmp))
-        .and_then(|mut f| {
-            f.write_all(&content).map_err(io("write", &tmp))?;
-            f.sync_all().map_err(io("fsync", &tmp))
-        });
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e);
-    }
-    std::fs::rename(&tmp, &path).map_err(io("rename", &path))?;
-    sync_dir(dir)
+    crate::log::replace_file(dir, FILE_NAME, &content, false).map_err(|e| match e {
+        crate::log::LogError::Io { op, path, source } => AclError::Io {
+            operation: op,
+            path,
+            source,
+        },
+        other => AclError::Io {
+            operation: "replace",
+            path: dir.join(FILE_NAME),
+            source: std::io::Error::other(other.to_string()),
+        },
+    })
 }
 
 fn sync_dir(dir: &Path) -> Result<(), AclError> {

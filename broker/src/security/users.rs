@@ -13,8 +13,6 @@
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -414,39 +412,16 @@ fn parse(path: &Path, bytes: &[u8]) -> Result<Credentials, UsersError> {
     Ok(users)
 }
 
-/// Replaces `dir/name` with `bytes` so that a crash leaves the old file or the new one, never
-/// a mix: write a temporary file, fsync it, rename it over, fsync the folder. Every fsync's
-/// result is checked; on failure the temporary file is removed and the old file stays.
+/// Replaces `dir/name` with `bytes`, owner-only (the keys allow an offline dictionary attack on
+/// the passwords), atomically and durably ([`crate::log::replace_file`]).
 pub fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), UsersError> {
-    let tmp = dir.join(format!("{name}.tmp"));
-    let path = dir.join(name);
-    let written = (|| {
-        // Owner-only: the keys allow an offline dictionary attack on the passwords. A leftover
-        // from a crash is removed first, so that the mode applies.
-        match fs::remove_file(&tmp) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err(UsersError::io(&tmp)(e))
-            }
-            _ => {}
-        }
-        let mut file = File::options()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(UsersError::io(&tmp))?;
-        file.write_all(bytes).map_err(UsersError::io(&tmp))?;
-        file.sync_all().map_err(UsersError::io(&tmp))?;
-        fs::rename(&tmp, &path).map_err(UsersError::io(&path))
-    })();
-    if let Err(e) = written {
-        let _ = fs::remove_file(&tmp);
-        return Err(e);
-    }
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(UsersError::io(dir))
+    crate::log::replace_file(dir, name, bytes, true).map_err(|e| match e {
+        crate::log::LogError::Io { path, source, .. } => UsersError::Io { path, source },
+        other => UsersError::Io {
+            path: dir.join(name),
+            source: std::io::Error::other(other.to_string()),
+        },
+    })
 }
 
 #[cfg(test)]
