@@ -498,21 +498,16 @@ impl axum::serve::Listener for GuardedListener {
 
     async fn accept(&mut self) -> (GuardedStream, SocketAddr) {
         loop {
-            // Both branches are cancel-safe: axum drops this future at shutdown.
-            let accepting = self.handshakes.len() < HTTP_HANDSHAKES_MAX;
-            let (socket, peer) = tokio::select! {
-                accepted = self.listener.accept(), if accepting => match accepted {
-                    Ok(accepted) => accepted,
-                    Err(e) => {
-                        tracing::warn!(listener = self.admission.listener, error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                },
-                Some(done) = self.handshakes.join_next() => match done {
-                    Ok(Some(established)) => return established,
-                    _ => continue,
-                },
+            let (socket, peer) = match next_http(
+                &self.listener,
+                &mut self.handshakes,
+                self.admission.listener,
+            )
+            .await
+            {
+                Next::Accepted(socket, peer) => (socket, peer),
+                Next::Established(established) => return established,
+                Next::Nothing => continue,
             };
             let Ok(admitted) = self.admission.admit(peer.ip()) else {
                 continue;
@@ -550,6 +545,41 @@ impl axum::serve::Listener for GuardedListener {
     }
 }
 
+/// What an HTTP listener's accept loop got next.
+enum Next<T> {
+    /// A new connection, its handshake not started.
+    Accepted(TcpStream, SocketAddr),
+    /// A connection whose TLS handshake (run in its own task) has finished.
+    Established(T),
+    /// An accept that failed (after a short back-off) or a handshake that did: try again.
+    Nothing,
+}
+
+/// Waits for a new connection (while fewer than [`HTTP_HANDSHAKES_MAX`] handshakes run) or a
+/// finished handshake, whichever comes first. Both branches are cancel-safe: axum drops the
+/// accept future at shutdown.
+async fn next_http<T: 'static>(
+    listener: &TcpListener,
+    handshakes: &mut JoinSet<Option<T>>,
+    name: &str,
+) -> Next<T> {
+    let accepting = handshakes.len() < HTTP_HANDSHAKES_MAX;
+    tokio::select! {
+        accepted = listener.accept(), if accepting => match accepted {
+            Ok((socket, peer)) => Next::Accepted(socket, peer),
+            Err(e) => {
+                tracing::warn!(listener = name, error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                Next::Nothing
+            }
+        },
+        Some(done) = handshakes.join_next() => match done {
+            Ok(Some(established)) => Next::Established(established),
+            _ => Next::Nothing,
+        },
+    }
+}
+
 /// An HTTPS listener for axum without connection caps, for the saga API and the bridge's HTTP
 /// port: handshakes run in their own tasks (at most [`HTTP_HANDSHAKES_MAX`] at once, each within
 /// `handshake_timeout`), so one slow client does not hold up accepting, and a failed handshake
@@ -583,21 +613,12 @@ impl axum::serve::Listener for TlsListener {
 
     async fn accept(&mut self) -> (Stream, SocketAddr) {
         loop {
-            let accepting = self.handshakes.len() < HTTP_HANDSHAKES_MAX;
-            let (socket, peer) = tokio::select! {
-                accepted = self.listener.accept(), if accepting => match accepted {
-                    Ok(accepted) => accepted,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                },
-                Some(done) = self.handshakes.join_next() => match done {
-                    Ok(Some(established)) => return established,
-                    _ => continue,
-                },
-            };
+            let (socket, peer) =
+                match next_http(&self.listener, &mut self.handshakes, "https").await {
+                    Next::Accepted(socket, peer) => (socket, peer),
+                    Next::Established(established) => return established,
+                    Next::Nothing => continue,
+                };
             let _ = socket.set_nodelay(true);
             let tls = self.tls.clone();
             let timeout = self.handshake_timeout;
