@@ -273,10 +273,21 @@ pub(crate) fn run_cli(
     args: &[&str],
     input: &[u8],
 ) -> std::process::Output {
+    run_cli_with(cli, &["--broker", addr], args, input)
+}
+
+/// Like [`run_cli`], with `connection` (the broker address and any TLS or SASL flags) before
+/// the command.
+pub(crate) fn run_cli_with(
+    cli: &std::path::Path,
+    connection: &[&str],
+    args: &[&str],
+    input: &[u8],
+) -> std::process::Output {
     let mut child = Command::new("timeout")
         .arg("120")
         .arg(cli)
-        .args(["--broker", addr])
+        .args(connection)
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

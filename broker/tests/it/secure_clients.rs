@@ -23,7 +23,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::Message;
 
-use crate::broker_process::{spawn_until, strand_cli, BrokerProcess};
+use crate::broker_process::{run_cli_with, spawn_until, strand_cli, BrokerProcess};
 
 /// Debian's interpreter, where python3-kafka lives and where `bash .ci/run` installs aiokafka.
 const PYTHON: &str = "/usr/bin/python3";
@@ -166,18 +166,7 @@ client_auth = "required"
     }
 
     fn cli(&self, connection: &[&str], args: &[&str], input: &[u8]) -> Output {
-        let mut child = Command::new("timeout")
-            .arg("60")
-            .arg(strand_cli())
-            .args(connection)
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        std::io::Write::write_all(&mut child.stdin.take().unwrap(), input).unwrap();
-        child.wait_with_output().unwrap()
+        run_cli_with(&strand_cli(), connection, args, input)
     }
 
     /// What topic `secret` holds, read by admin: the one record admin wrote, whatever alice
