@@ -411,6 +411,10 @@ pub struct BrokerArgs {
     /// ACL bindings stored at most [default: 10000]
     #[arg(long, env = "STRAND_ACL_BINDINGS_MAX", value_name = "N")]
     pub acl_bindings_max: Option<usize>,
+    /// Log lines as `text` or `json` (one object per line, with the trace and span ids of the
+    /// request they belong to); `RUST_LOG` filters them [default: text]
+    #[arg(long, env = "STRAND_LOG_FORMAT", value_name = "FORMAT", value_enum, default_value_t)]
+    pub log_format: crate::telemetry::LogFormat,
     /// What to do instead of serving (user administration while the broker is stopped).
     #[command(subcommand)]
     pub command: Option<BrokerCommand>,

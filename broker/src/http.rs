@@ -43,6 +43,8 @@ pub struct HttpState {
     pub auth: Option<Arc<Verifier>>,
     /// Whether `/metrics` needs a token with [`SCOPE_METRICS`] (requires `auth`).
     pub metrics_require_auth: bool,
+    /// The consumer groups, for `strand_consumer_group_lag_records` (set when scraped).
+    pub groups: Option<Arc<crate::group::Groups>>,
 }
 
 /// Request bodies larger than this are refused (the endpoints take none).
@@ -114,11 +116,21 @@ async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
         .metrics
         .open_sealed_segments
         .set(crate::log::open_sealed_segments() as i64);
+    if let Some(groups) = &state.groups {
+        let lags = groups.committed_offsets().into_iter().filter_map(|(group, (topic, partition), offset)| {
+            let end = state
+                .topics
+                .get(&topic)?
+                .partitions
+                .get(partition as usize)?
+                .reader()
+                .high_watermark();
+            Some((group, topic, partition, end.saturating_sub(offset) as i64))
+        });
+        state.metrics.set_consumer_group_lag(lags);
+    }
     (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
+        [(header::CONTENT_TYPE, crate::metrics::OPENMETRICS_CONTENT_TYPE)],
         state.metrics.render(),
     )
 }

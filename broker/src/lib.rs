@@ -15,6 +15,8 @@
 //! - [`security`]: who is on a connection (principal, session); bearer JWT verification.
 //! - [`listener`]: connection caps and timeouts every listener shares; [`budget`]: the one
 //!   memory budget for bytes in flight across the native and Kafka listeners.
+//! - [`telemetry`]: logs (text or JSON with trace ids) and OpenTelemetry traces over OTLP,
+//!   set up the same way by every Strand binary.
 
 pub mod budget;
 pub mod config;
@@ -29,4 +31,5 @@ pub mod run;
 pub mod security;
 pub mod server;
 pub mod service;
+pub mod telemetry;
 pub mod topics;

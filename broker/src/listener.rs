@@ -27,7 +27,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::Sleep;
 
-use crate::metrics::Metrics;
+use crate::metrics::{ListenerLabel, Metrics};
 use crate::security::tls::{principal_from_certificate, ServerTls};
 use crate::security::{ListenerSpec, SecurityProtocol, Session};
 
@@ -112,6 +112,12 @@ impl Admission {
         state.n_open += 1;
         *state.n_open_per_ip.entry(ip).or_insert(0) += 1;
         self.metrics.connections.inc();
+        self.metrics
+            .listener_connections
+            .get_or_create(&ListenerLabel {
+                listener: self.listener,
+            })
+            .inc();
         Ok(Admitted {
             admission: self.clone(),
             ip,
@@ -137,6 +143,13 @@ impl Drop for Admitted {
             }
         }
         self.admission.metrics.connections.dec();
+        self.admission
+            .metrics
+            .listener_connections
+            .get_or_create(&ListenerLabel {
+                listener: self.admission.listener,
+            })
+            .dec();
     }
 }
 

@@ -10,8 +10,14 @@ use strand_broker::config::{BrokerArgs, BrokerCommand, BrokerConfig};
 use strand_broker::run::RunningBroker;
 
 fn main() -> ExitCode {
-    strand_broker::run::init_tracing();
     let args = BrokerArgs::parse();
+    let _telemetry = match strand_broker::telemetry::init("strand-broker", args.log_format) {
+        Ok(telemetry) => telemetry,
+        Err(e) => {
+            eprintln!("strand-broker: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
     let config = match BrokerConfig::load(&args) {
         Ok(config) => config,
         Err(e) => {

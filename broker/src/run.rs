@@ -28,18 +28,6 @@ use crate::server::{self, ServerConfig};
 use crate::service::Broker;
 use crate::topics::{TopicError, TopicLimits, Topics};
 
-/// Logs to stderr for the strand binaries: `RUST_LOG` filters (default info), colours only on a
-/// terminal.
-pub fn init_tracing() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-}
-
 /// Raises this process's soft limit on open files to its hard limit, as a broker holding
 /// descriptors for segment files and connections needs (Go's runtime does the same for every
 /// program); returns the limit now in force, `None` when unlimited.
@@ -290,6 +278,7 @@ impl RunningBroker {
                     budget,
                     auth: http_auth.clone(),
                     metrics_require_auth: config.http_metrics_require_auth,
+                    groups: Some(broker_handle.groups.clone()),
                 },
                 request_timeout,
             );

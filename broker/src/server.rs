@@ -17,6 +17,7 @@
 //! `IllegalSaslState` and the connection is closed, as is one whose authentication fails. The
 //! SASL requests are served in the reader, in order, and replace the connection's session.
 
+use tracing::Instrument;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
@@ -490,6 +491,8 @@ impl Connection {
                 records,
             } => {
                 // Appended here, in arrival order; only the wait runs apart.
+                let span = tracing::info_span!("native.produce", otel.kind = "server", %topic, partition);
+                let entered = span.enter();
                 let mut records = records.to_vec();
                 let appended = authorize(
                     &broker,
@@ -501,6 +504,7 @@ impl Connection {
                 .and_then(|()| broker.append(&topic, partition, &mut records));
                 drop(records);
                 drop(frame_charge);
+                drop(entered);
                 if acks == Acks::None {
                     if let Err(e) = appended {
                         tracing::debug!(%topic, partition, error = %e, "acks=none produce failed");
@@ -527,7 +531,7 @@ impl Connection {
                         .observe_request(key.name(), started.elapsed());
                     let _ = send(&out, response, correlation_id, Charge::default()).await;
                     drop(permit);
-                });
+                }.instrument(span));
             }
             Request::Subscribe {
                 topic,
@@ -839,6 +843,12 @@ async fn handle(
                         Duration::from_millis(max_wait_ms.into()),
                         budget,
                     )
+                    .instrument(tracing::info_span!(
+                        "native.fetch",
+                        otel.kind = "server",
+                        %topic,
+                        partition
+                    ))
                     .await?;
                 charge = records_charge;
                 ResponseBody::Fetched {

@@ -204,7 +204,10 @@ impl Broker {
             }
         }
         let info = match sequence {
-            None => target.writer().append_all(batches)?,
+            None => target
+                .writer()
+                .append_all(batches)
+                .inspect_err(|e| self.metrics.count_storage_error("append", e))?,
             Some(_) if n_batches != 1 => return Err(ServiceError::IdempotentBatchCount),
             Some(sequence) => {
                 let mut log = target.writer();
@@ -221,7 +224,9 @@ impl Broker {
                         })
                     }
                     SequenceCheck::Append => {
-                        let info = log.append_all(batches)?;
+                        let info = log
+                            .append_all(batches)
+                            .inspect_err(|e| self.metrics.count_storage_error("append", e))?;
                         producers.record(&sequence, info.base_offset, info.last_offset);
                         info
                     }
@@ -241,7 +246,11 @@ impl Broker {
         last_offset: u64,
     ) -> Result<(), ServiceError> {
         let target = self.partition(topic, partition)?;
-        target.reader().wait_durable(last_offset + 1).await?;
+        target
+            .reader()
+            .wait_durable(last_offset + 1)
+            .await
+            .inspect_err(|e| self.metrics.count_storage_error("fsync", e))?;
         Ok(())
     }
 
@@ -316,8 +325,9 @@ impl Broker {
         let target = self.partition(topic, partition)?;
         let reader = target.reader().clone();
         let max_bytes = max_bytes.max(1);
-        let result =
-            blocking(move || reader.read_limited(offset, max_bytes, first_batch)).await??;
+        let result = blocking(move || reader.read_limited(offset, max_bytes, first_batch))
+            .await?
+            .inspect_err(|e| self.metrics.count_storage_error("read", e))?;
         self.count_out(topic, &result);
         Ok(result)
     }

@@ -305,8 +305,14 @@ impl Settings {
 }
 
 fn main() -> ExitCode {
-    strand_broker::run::init_tracing();
     let mut args = Args::parse();
+    let _telemetry = match strand_broker::telemetry::init("strand-saga", args.embedded.log_format) {
+        Ok(telemetry) => telemetry,
+        Err(e) => {
+            eprintln!("strand-saga: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
     // `strand-saga user add|delete|list`: the embedded broker's SCRAM users, edited while it
     // is stopped, as `strand-broker user ...` does.
     if let Some(BrokerCommand::User(command)) = args.embedded.command.take() {

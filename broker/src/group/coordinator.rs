@@ -326,6 +326,16 @@ impl Coordinator {
         self.groups.get(group)?.committed.get(tp)
     }
 
+    /// Every committed offset, by group and partition.
+    pub fn all_committed(&self) -> impl Iterator<Item = (&str, &TopicPartition, &CommittedOffset)> {
+        self.groups.iter().flat_map(|(name, group)| {
+            group
+                .committed
+                .iter()
+                .map(move |(tp, committed)| (name.as_str(), tp, committed))
+        })
+    }
+
     pub fn groups(&self) -> impl Iterator<Item = &str> {
         self.groups.keys().map(String::as_str)
     }

@@ -250,6 +250,17 @@ impl Groups {
             .cloned()
     }
 
+    /// Every committed offset: (group, partition, offset).
+    pub fn committed_offsets(&self) -> Vec<(String, TopicPartition, u64)> {
+        self.state
+            .lock()
+            .expect("groups lock")
+            .coordinator
+            .all_committed()
+            .map(|(group, tp, committed)| (group.to_string(), tp.clone(), committed.offset))
+            .collect()
+    }
+
     pub fn describe(&self, group: &str) -> Option<GroupDescription> {
         self.state
             .lock()

@@ -47,6 +47,7 @@ use kafka_protocol::protocol::{Decodable, Encodable};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use crate::budget::{Budget, Charge};
 use crate::listener::{self, stopped, Admission, AdvertisedListener, BoundListener};
@@ -325,6 +326,7 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
             .map_err(|_| request_timeout(config))?
             .map_err(|e| format!("read failed: {e}"))?;
         let decoded = decode_request(Bytes::from(frame))?;
+        let started = Instant::now();
         if !session.may_send_requests() {
             // As Kafka: before authentication only ApiVersions and the SASL requests.
             let key = match &decoded {
@@ -380,7 +382,9 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
                     // A fetch request holds little; what it reads is charged on its own,
                     // and waiting for that must not hold this frame's charge.
                     drop(frame_charge);
-                    let (response, charge) = data::fetch(context, &session, fetch).await;
+                    let (response, charge) = data::fetch(context, &session, fetch)
+                        .instrument(tracing::info_span!("kafka.fetch", otel.kind = "server"))
+                        .await;
                     (header, ResponseKind::Fetch(response), version, charge)
                 } else if let RequestKind::SaslHandshake(r) = *request {
                     drop(frame_charge);
@@ -421,6 +425,10 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
         out[..4].copy_from_slice(&n.to_be_bytes());
         write_answer(&mut socket, &out, config).await?;
         drop(charge);
+        context
+            .broker
+            .metrics
+            .observe_kafka_request(&format!("{api_key:?}"), started.elapsed());
         if let Some(reason) = close_after {
             return Err(reason);
         }
@@ -585,7 +593,11 @@ async fn handle(
         RequestKind::Metadata(r) => {
             ResponseKind::Metadata(data::metadata(cx, session, r, version).await)
         }
-        RequestKind::Produce(r) => ResponseKind::Produce(data::produce(cx, session, r).await?),
+        RequestKind::Produce(r) => ResponseKind::Produce(
+            data::produce(cx, session, r)
+                .instrument(tracing::info_span!("kafka.produce", otel.kind = "server"))
+                .await?,
+        ),
         RequestKind::ListOffsets(r) => {
             ResponseKind::ListOffsets(data::list_offsets(cx, session, r).await)
         }

@@ -8,7 +8,6 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -55,11 +54,20 @@ struct Args {
     /// How often source positions are checkpointed, in ms [default: the file's, else 1000]
     #[arg(long, env = "STRAND_BRIDGE_CHECKPOINT_INTERVAL_MS")]
     checkpoint_interval_ms: Option<u64>,
+    /// Log lines as `text` or `json` (one object per line, with trace ids) [default: text]
+    #[arg(long, env = "STRAND_LOG_FORMAT", value_name = "FORMAT", value_enum, default_value_t)]
+    log_format: strand_broker::telemetry::LogFormat,
 }
 
 fn main() -> ExitCode {
-    strand_broker::run::init_tracing();
     let args = Args::parse();
+    let _telemetry = match strand_broker::telemetry::init("strand-bridge", args.log_format) {
+        Ok(telemetry) => telemetry,
+        Err(e) => {
+            eprintln!("strand-bridge: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
     let mut config = match BridgeConfig::load(&args.config) {
         Ok(c) => c,
         Err(e) => {
@@ -100,40 +108,6 @@ fn main() -> ExitCode {
     }
 }
 
-fn metrics_text(stats: &BTreeMap<String, Arc<RouteStats>>) -> String {
-    let mut out = String::new();
-    for (name, help, get) in [
-        ("strand_bridge_records_total", "records mirrored", 0),
-        ("strand_bridge_bytes_total", "value bytes mirrored", 1),
-        (
-            "strand_bridge_skipped_loops_total",
-            "records not mirrored back (already copies)",
-            2,
-        ),
-        (
-            "strand_bridge_errors_total",
-            "route failures (each retried)",
-            3,
-        ),
-        (
-            "strand_bridge_in_flight",
-            "records sent and not yet acknowledged",
-            4,
-        ),
-    ] {
-        out.push_str(&format!(
-            "# HELP {name} {help}\n# TYPE {name} {}\n",
-            if get == 4 { "gauge" } else { "counter" }
-        ));
-        for (route, s) in stats {
-            let v = [&s.records, &s.bytes, &s.skipped_loops, &s.errors, &s.lag][get]
-                .load(Ordering::Relaxed);
-            out.push_str(&format!("{name}{{route=\"{route}\"}} {v}\n"));
-        }
-    }
-    out
-}
-
 async fn run(config: BridgeConfig) -> anyhow::Result<()> {
     let stats: BTreeMap<String, Arc<RouteStats>> = config
         .routes()
@@ -154,7 +128,7 @@ async fn run(config: BridgeConfig) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.http_listen).await?;
     let http_addr = listener.local_addr()?;
     let health_stats = stats.clone();
-    let metrics_stats = stats.clone();
+    let registry = Arc::new(bridge::metrics::registry(stats.clone()));
     let app = Router::new()
         .route(
             "/health",
@@ -172,8 +146,16 @@ async fn run(config: BridgeConfig) -> anyhow::Result<()> {
         .route(
             "/metrics",
             get(move || {
-                let stats = metrics_stats.clone();
-                async move { metrics_text(&stats) }
+                let registry = registry.clone();
+                async move {
+                    (
+                        [(
+                            axum::http::header::CONTENT_TYPE,
+                            strand_broker::metrics::OPENMETRICS_CONTENT_TYPE,
+                        )],
+                        bridge::metrics::render(&registry),
+                    )
+                }
             }),
         );
     let mut http_stop = stopped.clone();

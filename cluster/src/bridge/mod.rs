@@ -17,6 +17,7 @@
 //! - `config`: the TOML file. Reading and writing either kind of cluster is `crate::cluster`.
 
 pub mod config;
+pub mod metrics;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -132,10 +132,18 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    // Logs only when asked for (RUST_LOG=warn, say): they would mix with the results.
-    if std::env::var_os("RUST_LOG").is_some() {
-        strand_broker::run::init_tracing();
-    }
+    // Logs only when asked for (RUST_LOG=warn, say): they would mix with the results. Traces
+    // when the OpenTelemetry variables ask for them (the brokers it starts run in-process).
+    let _telemetry = if std::env::var_os("RUST_LOG").is_some()
+        || std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").is_some()
+    {
+        Some(strand_broker::telemetry::init(
+            "strand-bench",
+            strand_broker::telemetry::LogFormat::Text,
+        )?)
+    } else {
+        None
+    };
     // Saga and bridge runs start their own brokers, in the same runtime as their clients.
     match cli.command {
         Command::Saga {
