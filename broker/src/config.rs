@@ -413,7 +413,13 @@ pub struct BrokerArgs {
     pub acl_bindings_max: Option<usize>,
     /// Log lines as `text` or `json` (one object per line, with the trace and span ids of the
     /// request they belong to); `RUST_LOG` filters them [default: text]
-    #[arg(long, env = "STRAND_LOG_FORMAT", value_name = "FORMAT", value_enum, default_value_t)]
+    #[arg(
+        long,
+        env = "STRAND_LOG_FORMAT",
+        value_name = "FORMAT",
+        value_enum,
+        default_value_t
+    )]
     pub log_format: crate::telemetry::LogFormat,
     /// What to do instead of serving (user administration while the broker is stopped).
     #[command(subcommand)]

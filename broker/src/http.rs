@@ -117,20 +117,25 @@ async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
         .open_sealed_segments
         .set(crate::log::open_sealed_segments() as i64);
     if let Some(groups) = &state.groups {
-        let lags = groups.committed_offsets().into_iter().filter_map(|(group, (topic, partition), offset)| {
-            let end = state
-                .topics
-                .get(&topic)?
-                .partitions
-                .get(partition as usize)?
-                .reader()
-                .high_watermark();
-            Some((group, topic, partition, end.saturating_sub(offset) as i64))
-        });
+        let lags = groups.committed_offsets().into_iter().filter_map(
+            |(group, (topic, partition), offset)| {
+                let end = state
+                    .topics
+                    .get(&topic)?
+                    .partitions
+                    .get(partition as usize)?
+                    .reader()
+                    .high_watermark();
+                Some((group, topic, partition, end.saturating_sub(offset) as i64))
+            },
+        );
         state.metrics.set_consumer_group_lag(lags);
     }
     (
-        [(header::CONTENT_TYPE, crate::metrics::OPENMETRICS_CONTENT_TYPE)],
+        [(
+            header::CONTENT_TYPE,
+            crate::metrics::OPENMETRICS_CONTENT_TYPE,
+        )],
         state.metrics.render(),
     )
 }

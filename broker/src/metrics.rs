@@ -11,7 +11,8 @@ use prometheus_client::registry::Registry;
 
 /// The content type of [`Metrics::render`]'s text: OpenMetrics 1.0 (it ends in `# EOF` and
 /// names counters' samples `_total`), which Prometheus scrapes natively.
-pub const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+pub const OPENMETRICS_CONTENT_TYPE: &str =
+    "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TopicLabel {
@@ -257,7 +258,10 @@ impl Metrics {
 
     /// Replaces the consumer-group lag gauges with `lags` (group, topic, partition, lag), so
     /// that deleted groups and topics disappear.
-    pub fn set_consumer_group_lag(&self, lags: impl IntoIterator<Item = (String, String, u32, i64)>) {
+    pub fn set_consumer_group_lag(
+        &self,
+        lags: impl IntoIterator<Item = (String, String, u32, i64)>,
+    ) {
         self.consumer_group_lag.clear();
         for (group, topic, partition, lag) in lags {
             self.consumer_group_lag

@@ -17,11 +17,11 @@
 //! `IllegalSaslState` and the connection is closed, as is one whose authentication fails. The
 //! SASL requests are served in the reader, in order, and replace the connection's session.
 
-use tracing::Instrument;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tracing::Instrument;
 
 use bytes::{Bytes, BytesMut};
 use strand_client::batch::Batches;
@@ -491,7 +491,8 @@ impl Connection {
                 records,
             } => {
                 // Appended here, in arrival order; only the wait runs apart.
-                let span = tracing::info_span!("native.produce", otel.kind = "server", %topic, partition);
+                let span =
+                    tracing::info_span!("native.produce", otel.kind = "server", %topic, partition);
                 let entered = span.enter();
                 let mut records = records.to_vec();
                 let appended = authorize(
@@ -511,27 +512,30 @@ impl Connection {
                     }
                     return;
                 }
-                tasks.spawn(async move {
-                    let result = match appended {
-                        Ok(info) if acks == Acks::Durable => broker
-                            .wait_durable(&topic, partition, info.last_offset)
-                            .await
-                            .map(|()| info),
-                        other => other,
-                    };
-                    let response = match result {
-                        Ok(info) => Response::Ok(ResponseBody::Produced {
-                            base_offset: info.base_offset,
-                            last_offset: info.last_offset,
-                        }),
-                        Err(e) => error_response(&e),
-                    };
-                    broker
-                        .metrics
-                        .observe_request(key.name(), started.elapsed());
-                    let _ = send(&out, response, correlation_id, Charge::default()).await;
-                    drop(permit);
-                }.instrument(span));
+                tasks.spawn(
+                    async move {
+                        let result = match appended {
+                            Ok(info) if acks == Acks::Durable => broker
+                                .wait_durable(&topic, partition, info.last_offset)
+                                .await
+                                .map(|()| info),
+                            other => other,
+                        };
+                        let response = match result {
+                            Ok(info) => Response::Ok(ResponseBody::Produced {
+                                base_offset: info.base_offset,
+                                last_offset: info.last_offset,
+                            }),
+                            Err(e) => error_response(&e),
+                        };
+                        broker
+                            .metrics
+                            .observe_request(key.name(), started.elapsed());
+                        let _ = send(&out, response, correlation_id, Charge::default()).await;
+                        drop(permit);
+                    }
+                    .instrument(span),
+                );
             }
             Request::Subscribe {
                 topic,

@@ -207,7 +207,8 @@ where
         let leaf = ctx.event_scope().and_then(|mut scope| scope.next());
         let ids = leaf.and_then(|span| self.ids(&span.id()));
         let mut line = String::new();
-        self.inner.format_event(ctx, Writer::new(&mut line), event)?;
+        self.inner
+            .format_event(ctx, Writer::new(&mut line), event)?;
         match (ids, line.strip_prefix('{')) {
             (Some((trace_id, span_id)), Some(rest)) => write!(
                 writer,
@@ -228,7 +229,9 @@ mod tests {
             parse_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").unwrap();
         assert_eq!(trace, "4bf92f3577b34da6a3ce929d0e0e4736");
         assert_eq!(span, "00f067aa0ba902b7");
-        assert!(parse_traceparent("00-00000000000000000000000000000000-00f067aa0ba902b7-01").is_none());
+        assert!(
+            parse_traceparent("00-00000000000000000000000000000000-00f067aa0ba902b7-01").is_none()
+        );
         assert!(parse_traceparent("garbage").is_none());
     }
 }

@@ -15,6 +15,7 @@ mod http_auth;
 mod internal_topics;
 mod kafka_clients;
 mod log_model;
+mod observability;
 mod sasl;
 mod secure_clients;
 mod server;

@@ -55,7 +55,13 @@ struct Args {
     #[arg(long, env = "STRAND_BRIDGE_CHECKPOINT_INTERVAL_MS")]
     checkpoint_interval_ms: Option<u64>,
     /// Log lines as `text` or `json` (one object per line, with trace ids) [default: text]
-    #[arg(long, env = "STRAND_LOG_FORMAT", value_name = "FORMAT", value_enum, default_value_t)]
+    #[arg(
+        long,
+        env = "STRAND_LOG_FORMAT",
+        value_name = "FORMAT",
+        value_enum,
+        default_value_t
+    )]
     log_format: strand_broker::telemetry::LogFormat,
 }
 

@@ -23,18 +23,12 @@ type Field = fn(&RouteStats) -> &AtomicU64;
 
 /// (name, help, type, field): the series, each with one sample per route.
 const SERIES: [(&str, &str, MetricType, Field); 5] = [
-    (
-        "records",
-        "Records mirrored",
-        MetricType::Counter,
-        |s| &s.records,
-    ),
-    (
-        "bytes",
-        "Value bytes mirrored",
-        MetricType::Counter,
-        |s| &s.bytes,
-    ),
+    ("records", "Records mirrored", MetricType::Counter, |s| {
+        &s.records
+    }),
+    ("bytes", "Value bytes mirrored", MetricType::Counter, |s| {
+        &s.bytes
+    }),
     (
         "skipped_loops",
         "Records not mirrored back (already copies)",
@@ -65,7 +59,9 @@ impl Collector for Routes {
                 let sample = family.encode_family(&labels)?;
                 match metric_type {
                     MetricType::Counter => ConstCounter::new(value).encode(sample)?,
-                    _ => ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX)).encode(sample)?,
+                    _ => {
+                        ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX)).encode(sample)?
+                    }
                 }
             }
         }
@@ -99,8 +95,14 @@ mod tests {
         stats.records.store(7, Ordering::Relaxed);
         stats.lag.store(3, Ordering::Relaxed);
         let text = render(&registry(BTreeMap::from([("a->b".to_string(), stats)])));
-        assert!(text.contains("strand_bridge_records_total{route=\"a->b\"} 7\n"), "{text}");
-        assert!(text.contains("strand_bridge_in_flight_records{route=\"a->b\"} 3\n"), "{text}");
+        assert!(
+            text.contains("strand_bridge_records_total{route=\"a->b\"} 7\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("strand_bridge_in_flight_records{route=\"a->b\"} 3\n"),
+            "{text}"
+        );
         assert!(text.ends_with("# EOF\n"), "{text}");
     }
 }
