@@ -36,7 +36,7 @@ pub mod orchestrator;
 pub mod ownership;
 pub mod participants;
 pub mod recovery;
-
+pub mod sim;
 pub mod template;
 pub mod triggers;
 
