@@ -254,6 +254,12 @@ struct Partition {
     /// When the last append becomes durable (appends become durable in order).
     durable_at: i64,
     snapshots: Vec<MirroredRecord>,
+    /// The journal's entries, parsed once (checks read them often).
+    entries: Vec<Entry>,
+    /// Per saga, the snapshot recovery would pick: what it covers and how many transitions.
+    best_snapshot: HashMap<String, (u64, usize)>,
+    /// The checkpoint recovery would pick.
+    checkpoint: Checkpoint,
 }
 
 /// What a participant did for one saga step.
@@ -732,6 +738,7 @@ impl World {
                     Some(format!("{i}/{inc}/{}", batch.id).into_bytes()),
                 ));
                 p.journal.push(record);
+                p.entries.push(entry.clone());
             }
             let upto = p.journal.len();
             let delay = if self.quiet { 1 } else { self.rng.i64(0..30) };
@@ -904,8 +911,7 @@ impl World {
     /// The API never reports what is not durable: every transition an answer shows is in the
     /// journal (or a snapshot) a recovery would read now.
     fn durable_check(&self, saga: &Saga, what: &str) -> Result<(), String> {
-        let durable = self.durable_saga(&saga.id);
-        let have = durable.as_ref().map_or(0, |s| s.history.len());
+        let have = self.durable_history(&saga.id);
         if have < saga.history.len() {
             return Err(format!(
                 "{what} showed saga {} with {} transitions, of which only {have} are durable",
@@ -916,40 +922,65 @@ impl World {
         Ok(())
     }
 
-    /// A saga as a recovery from the durable journal and snapshots would rebuild it.
-    fn durable_saga(&self, id: &str) -> Option<Saga> {
+    /// How many transitions of a saga a recovery now would rebuild: the same rules as
+    /// `recovery` (the best checkpoint and snapshot, owner epochs), on parsed entries.
+    fn durable_history(&self, id: &str) -> usize {
         let p =
             strand_client::partitioner::partition_for_key(id.as_bytes(), self.options.partitions);
         let part = &self.partitions[p as usize];
-        let snaps = recovery::snapshots(part.snapshots.iter()).expect("snapshots parse");
-        let from = recovery::journal_starts(&snaps, &[p])[0].1;
-        let records: Vec<&MirroredRecord> = part.journal[..part.durable]
-            .iter()
-            .filter(|r| r.offset >= from)
-            .collect();
-        let recovered = recovery::replay(snaps, &[p], records).expect("journal parses");
-        let mut saga = recovered.snapshots.into_iter().find(|s| s.id == id);
-        for e in recovered.entries.iter().filter(|e| e.saga_id == id) {
-            if let Event::Started {
-                definition,
-                version,
-                ..
-            } = &e.event
-            {
-                if saga.is_none() {
-                    let def = self
-                        .definitions
-                        .iter()
-                        .find(|d| d.name == *definition && d.version == *version)?
-                        .clone();
-                    saga = Some(Saga::new(id.to_string(), def));
-                }
+        let (covers, mut n) = part.best_snapshot.get(id).copied().unwrap_or((0, 0));
+        let mut epoch = part.checkpoint.epoch;
+        let from = part.checkpoint.journal_offset as usize;
+        let mut known = n > 0;
+        for (offset, e) in part.entries[..part.durable].iter().enumerate().skip(from) {
+            if matches!(e.event, Event::Owner { .. }) {
+                epoch = e.epoch;
+                continue;
             }
-            if let Some(s) = saga.as_mut() {
-                s.apply(e);
+            if e.saga_id != id || e.epoch != epoch || (offset as u64) < covers {
+                continue;
+            }
+            if matches!(e.event, Event::Started { .. }) {
+                known = true;
+            }
+            if known {
+                n += 1;
             }
         }
-        saga
+        n
+    }
+
+    /// Every saga as a fresh instance taking every partition over now would rebuild it (the
+    /// real recovery and takeover code, on what is durable).
+    fn rebuild_all(&self) -> Result<HashMap<String, Saga>, String> {
+        let mut all = HashMap::new();
+        for (p, part) in self.partitions.iter().enumerate() {
+            let p = p as u32;
+            let snaps = recovery::snapshots(part.snapshots.iter()).map_err(|e| e.to_string())?;
+            let from = recovery::journal_starts(&snaps, &[p])[0].1;
+            let records = part.journal[..part.durable]
+                .iter()
+                .filter(|r| r.offset >= from);
+            let mut recovered =
+                recovery::replay(snaps, &[p], records).map_err(|e| e.to_string())?;
+            recovered.owners.insert(p, (u64::MAX, 0));
+            let mut core = Core::new(
+                CoreConfig {
+                    partitions: self.options.partitions,
+                    instance_id: "rebuild".into(),
+                    finished_in_memory_max: usize::MAX,
+                },
+                0,
+                Box::new(|_| None),
+            );
+            for d in &self.definitions {
+                core.install_definition(d.clone());
+            }
+            let end = part.durable as u64;
+            let _ = core.take_over(&[(p, u64::MAX, end)], recovered, self.now);
+            all.extend(core.sagas().map(|s| (s.id.clone(), s.clone())));
+        }
+        Ok(all)
     }
 
     /// The saga as the instance driving its partition has it.
@@ -1191,6 +1222,10 @@ impl World {
             let part = &mut self.partitions[p as usize];
             record.offset = part.snapshots.len() as u64;
             part.snapshots.push(record);
+            let best = part.best_snapshot.entry(saga.id.clone()).or_default();
+            if end >= best.0 {
+                *best = (end, saga.history.len());
+            }
             written += 1;
         }
         for &(p, end) in &plan.partitions {
@@ -1207,6 +1242,12 @@ impl World {
             let part = &mut self.partitions[p as usize];
             record.offset = part.snapshots.len() as u64;
             part.snapshots.push(record);
+            if end >= part.checkpoint.journal_offset {
+                part.checkpoint = Checkpoint {
+                    journal_offset: end,
+                    epoch,
+                };
+            }
             written += 1;
         }
         if !plan.sagas.is_empty() {
@@ -1239,6 +1280,7 @@ impl World {
                 if part.journal.len() > part.durable {
                     let keep = self.rng.usize(part.durable..=part.journal.len());
                     part.journal.truncate(keep);
+                    part.entries.truncate(keep);
                     part.durable = keep;
                 }
                 part.durable_at = self.now;
@@ -1316,6 +1358,7 @@ impl World {
             record.partition = p;
             record.offset = part.journal.len() as u64;
             part.journal.push(record);
+            part.entries.push(marker);
             let due = (self.now + 5).max(part.durable_at);
             part.durable_at = due;
             upto = part.journal.len();
@@ -1384,6 +1427,7 @@ impl World {
                 return Err(format!("request {n} was never answered"));
             }
         }
+        let rebuilt = self.rebuild_all()?;
         let mut seen = BTreeSet::new();
         let acked: Vec<(String, Arc<Definition>, Option<String>)> = self
             .requests
@@ -1489,8 +1533,9 @@ impl World {
             }
             let _ = lock;
             // Recovery rebuilds the same saga.
-            let rebuilt = self
-                .durable_saga(id)
+            let rebuilt = rebuilt
+                .get(id)
+                .cloned()
                 .ok_or_else(|| format!("saga {id}: nothing durable"))?;
             if rebuilt.state != saga.state || rebuilt.steps != saga.steps {
                 return Err(format!(
