@@ -291,6 +291,8 @@ pub enum EngineError {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Call {
     pub saga_id: String,
+    /// The W3C `traceparent` sent with the call (the attempt's span), set by the orchestrator.
+    pub traceparent: Option<String>,
     pub step: usize,
     pub step_name: String,
     pub phase: Phase,
@@ -986,6 +988,7 @@ impl Saga {
         }?;
         Some(Call {
             saga_id: self.id.clone(),
+            traceparent: None,
             step: *step,
             step_name: spec.name.clone(),
             phase: *phase,

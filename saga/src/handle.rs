@@ -21,7 +21,8 @@ pub(crate) enum Command {
     PutDefinition(String, Box<DefinitionSpec>, Respond<Definition>),
     GetDefinition(String, Option<u32>, Respond<Definition>),
     ListDefinitions(Respond<Vec<Definition>>),
-    Start(StartRequest, Respond<(Saga, bool)>),
+    /// With the `traceparent` of the request that asked (its own span's, when traced).
+    Start(StartRequest, Option<String>, Respond<(Saga, bool)>),
     Get(String, Respond<Saga>),
     List(ListQuery, Respond<SagaPage>),
     Abort(String, Respond<Saga>),
@@ -42,6 +43,7 @@ pub struct Handle {
     pub(crate) forward_token_file: Option<std::path::PathBuf>,
     pub(crate) instance_id: String,
     pub(crate) owned: watch::Receiver<Vec<u32>>,
+    pub(crate) metrics: Arc<crate::metrics::SagaMetrics>,
 }
 
 impl std::fmt::Debug for Command {
@@ -95,7 +97,25 @@ impl Handle {
     /// Starts a saga (or finds the one its idempotency key started); answers once `Started`
     /// is durable. The flag is true when a new saga was started.
     pub async fn start(&self, request: StartRequest) -> Result<(Saga, bool), ApiError> {
-        self.ask(|r| Command::Start(request, r)).await
+        self.start_traced(request, None).await
+    }
+
+    /// [`Handle::start`] for a request that carried a W3C `traceparent`: the saga's trace
+    /// continues it.
+    pub async fn start_traced(
+        &self,
+        request: StartRequest,
+        traceparent: Option<String>,
+    ) -> Result<(Saga, bool), ApiError> {
+        self.ask(|r| Command::Start(request, traceparent, r)).await
+    }
+
+    /// The orchestrator's metrics, as OpenMetrics text; breaker states are read now.
+    pub fn render_metrics(&self) -> String {
+        for (endpoint, breaker) in self.breakers() {
+            self.metrics.set_breaker(&endpoint, breaker.state);
+        }
+        self.metrics.render()
     }
 
     /// Starts a saga here or, when its key belongs to a partition another instance drives,

@@ -17,7 +17,7 @@
 //! With [`HttpConfig::auth`] set, every route but `/health` and `/openapi.json` needs a bearer
 //! JWT with its scope: [`SCOPE_READ`] for reading definitions, sagas and breakers,
 //! [`SCOPE_START`] to start a saga, [`SCOPE_DEFINE`] to store a definition, [`SCOPE_OPERATE`]
-//! to abort or retry one. No or an invalid token is a 401 (`WWW-Authenticate: Bearer`), a
+//! to abort or retry one, `strand:metrics` for `/metrics`. No or an invalid token is a 401 (`WWW-Authenticate: Bearer`), a
 //! token without the scope a 403 (see `strand_broker::http::RequireScope`).
 
 use std::collections::BTreeMap;
@@ -258,8 +258,13 @@ pub fn router(handle: Handle, config: &HttpConfig) -> Router {
         .route("/sagas/{id}/abort", post(abort_saga.layer(operate.clone())))
         .route("/sagas/{id}/retry", post(retry_saga.layer(operate)))
         .route("/breakers", get(breakers.layer(read)))
+        .route(
+            "/metrics",
+            get(metrics.layer(scope(strand_broker::http::SCOPE_METRICS))),
+        )
         .route("/health", get(health))
         .route("/openapi.json", get(openapi))
+        .route_layer(axum::middleware::from_fn(traced))
         .with_state(handle)
         .layer(
             ServiceBuilder::new()
@@ -282,6 +287,52 @@ pub fn router(handle: Handle, config: &HttpConfig) -> Router {
         .layer(tower_http::limit::RequestBodyLimitLayer::new(
             config.body_bytes_max,
         ))
+}
+
+/// A server span per API request (not for `/health` and `/metrics`), continuing the caller's
+/// W3C `traceparent`.
+async fn traced(
+    matched: Option<axum::extract::MatchedPath>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let route = matched.as_ref().map_or_else(
+        || request.uri().path().to_string(),
+        |m| m.as_str().to_string(),
+    );
+    if route == "/health" || route == "/metrics" {
+        return next.run(request).await;
+    }
+    let span = tracing::info_span!(
+        "http request",
+        otel.name = %format!("{} {route}", request.method()),
+        otel.kind = "server",
+        http.request.method = %request.method(),
+        http.route = %route,
+        http.response.status_code = tracing::field::Empty,
+    );
+    if let Some(parent) = request
+        .headers()
+        .get(strand_broker::telemetry::TRACEPARENT)
+        .and_then(|v| v.to_str().ok())
+    {
+        strand_broker::telemetry::set_parent(&span, parent);
+    }
+    let response = tracing::Instrument::instrument(next.run(request), span.clone()).await;
+    span.record("http.response.status_code", response.status().as_u16());
+    response
+}
+
+/// The orchestrator's metrics (OpenMetrics text; see `crate::metrics`). Needs a token with
+/// `strand:metrics` when the API requires tokens.
+async fn metrics(State(handle): State<Handle>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            strand_broker::metrics::OPENMETRICS_CONTENT_TYPE,
+        )],
+        handle.render_metrics(),
+    )
 }
 
 async fn openapi() -> Json<utoipa::openapi::OpenApi> {
@@ -382,14 +433,25 @@ async fn start_saga(
     body: Bytes,
 ) -> Result<Response, AppError> {
     let request: StartRequest = json_body(&body)?;
-    let result = handle.start(request).await.map(|(saga, created)| {
-        let status = if created {
-            StatusCode::CREATED
-        } else {
-            StatusCode::OK
-        };
-        (status, saga)
-    });
+    // The saga's trace continues this request's span (or, untraced, the caller's own).
+    let traceparent =
+        strand_broker::telemetry::traceparent(&tracing::Span::current()).or_else(|| {
+            headers
+                .get(strand_broker::telemetry::TRACEPARENT)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        });
+    let result = handle
+        .start_traced(request, traceparent)
+        .await
+        .map(|(saga, created)| {
+            let status = if created {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
+            (status, saga)
+        });
     let request = (Method::POST, "/sagas".to_string(), Some(body));
     Ok(answer(&handle, &headers, request, result).await)
 }

@@ -16,6 +16,8 @@
 //! - `clock`: monotonic milliseconds for timers.
 //! - `handle`: how the API and triggers reach the orchestrator task; forwarding.
 //! - `orchestrator`: the task around the core: journal first, then act.
+//! - `metrics`: the orchestrator's Prometheus metrics (`/metrics`); `observe`: a trace per saga
+//!   (steps, attempts, journal appends) and the metrics, fed every journal entry.
 //! - `sim`: the deterministic simulation of the core with simulated time, journal,
 //!   participants, crashes and stale instances.
 //! - `triggers`: one saga per record of a trigger topic, through a consumer group.
@@ -32,6 +34,8 @@ pub mod engine;
 pub mod handle;
 pub mod http;
 pub mod journal;
+pub mod metrics;
+pub mod observe;
 pub mod orchestrator;
 pub mod ownership;
 pub mod participants;

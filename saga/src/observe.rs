@@ -67,6 +67,9 @@ impl Observer {
             telemetry::set_parent(&span, parent);
         }
         self.metrics.saga_started(&saga.definition);
+        span.in_scope(|| {
+            tracing::info!(saga = %saga.id, definition = %saga.definition, "saga started");
+        });
         self.sagas.insert(
             saga.id.clone(),
             Traced {
@@ -105,7 +108,12 @@ impl Observer {
                 .map_or_else(|| step.to_string(), |s| s.name.clone())
         };
         match &entry.event {
-            Event::Started { .. } | Event::OutcomePublished | Event::CompensationStarted { .. } => {}
+            Event::CompensationStarted { reason } => {
+                let traced = self.traced(saga);
+                traced.saga.in_scope(|| {
+                    tracing::info!(saga = %saga.id, %reason, "saga compensating");
+                });
+            }
             Event::Dispatched {
                 step,
                 phase,
@@ -180,10 +188,18 @@ impl Observer {
             Event::Resumed => {
                 self.traced(saga);
             }
+            _ => {}
         }
     }
 
-    fn end_attempt(&mut self, saga: &Saga, step: usize, phase: Phase, attempt: u32, outcome: &'static str) {
+    fn end_attempt(
+        &mut self,
+        saga: &Saga,
+        step: usize,
+        phase: Phase,
+        attempt: u32,
+        outcome: &'static str,
+    ) {
         let Some(traced) = self.sagas.get_mut(&saga.id) else {
             return;
         };
@@ -209,15 +225,16 @@ impl Observer {
     }
 
     fn finish(&mut self, saga: &Saga, entry: &Entry, outcome: Outcome) {
+        let name = match outcome {
+            Outcome::Completed => "completed",
+            Outcome::Compensated => "compensated",
+            Outcome::Failed => "failed",
+        };
         if let Some(traced) = self.sagas.remove(&saga.id) {
-            traced.saga.record(
-                "saga.outcome",
-                match outcome {
-                    Outcome::Completed => "completed",
-                    Outcome::Compensated => "compensated",
-                    Outcome::Failed => "failed",
-                },
-            );
+            traced.saga.record("saga.outcome", name);
+            traced.saga.in_scope(|| {
+                tracing::info!(saga = %saga.id, outcome = name, "saga finished");
+            });
         }
         let ms = (entry.at_ms - saga.created_at_ms).max(0) as u64;
         self.metrics
@@ -250,11 +267,13 @@ impl Observer {
         tracing::info_span!(parent: parent, "journal append", otel.name = "journal append")
     }
 
-    /// The span of saga `id`, for log lines about it.
-    pub fn saga_span(&self, id: &str) -> Span {
-        self.sagas
-            .get(id)
-            .map_or_else(Span::none, |t| t.saga.clone())
+    /// The span a call of saga `id` runs in: its attempt in flight, else the saga's.
+    pub fn call_span(&self, id: &str) -> Span {
+        self.sagas.get(id).map_or_else(Span::none, |t| {
+            t.attempt
+                .as_ref()
+                .map_or_else(|| t.saga.clone(), |(_, span, _)| span.clone())
+        })
     }
 
     /// Forgets the sagas `keep` refuses (their partition went to another instance).

@@ -23,12 +23,15 @@ use crate::breaker::BreakerConfig;
 use crate::clock;
 use crate::core::{Batch, Confirmed, Core, CoreConfig, Effects};
 use crate::definition::{self, Definition, DefinitionSpec, FieldError, Participant};
-use crate::engine::Input;
+use crate::engine::{Event, Input};
 use crate::handle::{Command, Handle};
 use crate::journal::{Journal, JournalError};
+use crate::metrics::SagaMetrics;
+use crate::observe::Observer;
 use crate::ownership::{self, Ownership, Routes};
 use crate::participants::{self, Participants, ParticipantsConfig, Reply};
 use crate::triggers;
+use tracing::Instrument;
 
 #[derive(Debug, Clone)]
 pub struct OrchestratorConfig {
@@ -90,7 +93,9 @@ pub async fn start(
     ));
     let (tx, rx) = mpsc::channel(config.queue_max.max(1));
     let (owned_tx, owned_rx) = watch::channel(Vec::new());
+    let metrics = Arc::new(SagaMetrics::default());
     let handle = Handle {
+        metrics: metrics.clone(),
         instance_id: config.instance_id.clone(),
         owned: owned_rx,
         tx: tx.clone(),
@@ -142,6 +147,8 @@ pub async fn start(
         owned_tx,
         instance_id: config.instance_id.clone(),
         api_url: config.api_url.clone(),
+        observer: Observer::new(metrics),
+        start_traceparent: None,
     };
     let (definitions, next) = orchestrator.journal.definitions().await?;
     for d in definitions {
@@ -200,6 +207,10 @@ struct Orchestrator {
     owned_tx: watch::Sender<Vec<u32>>,
     instance_id: String,
     api_url: String,
+    /// Spans and metrics of the sagas, told every journal entry.
+    observer: Observer,
+    /// The `traceparent` of the start request being handled, for its `Started` entry.
+    start_traceparent: Option<String>,
 }
 
 impl Orchestrator {
@@ -219,26 +230,48 @@ impl Orchestrator {
     /// Appends batches in order; a task per batch reports when it is durable.
     async fn submit(&mut self, batches: Vec<Batch>) -> Result<(), JournalError> {
         for batch in batches {
-            let deliveries = self.journal.append(batch.partition, &batch.entries).await?;
+            for entry in &batch.entries {
+                if let Some(saga) = self.core.saga(&entry.saga_id) {
+                    if matches!(entry.event, Event::Started { .. }) {
+                        let traceparent = self.start_traceparent.take();
+                        self.observer.started(saga, traceparent.as_deref());
+                    }
+                    self.observer.entry(saga, entry);
+                }
+            }
+            let span = batch.entries.first().map_or_else(tracing::Span::none, |e| {
+                self.observer.append_span(&e.saga_id)
+            });
+            let appended = std::time::Instant::now();
+            let deliveries = self
+                .journal
+                .append(batch.partition, &batch.entries)
+                .instrument(span.clone())
+                .await?;
             let confirmations = self.confirmations.clone();
-            tokio::spawn(async move {
-                let mut offsets = Vec::with_capacity(deliveries.len());
-                let mut failed = None;
-                for d in deliveries {
-                    match d.await {
-                        Ok(offset) => offsets.push(offset),
-                        Err(e) => {
-                            failed = Some(JournalError::from(e));
-                            break;
+            let metrics = self.observer.metrics.clone();
+            tokio::spawn(
+                async move {
+                    let mut offsets = Vec::with_capacity(deliveries.len());
+                    let mut failed = None;
+                    for d in deliveries {
+                        match d.await {
+                            Ok(offset) => offsets.push(offset),
+                            Err(e) => {
+                                failed = Some(JournalError::from(e));
+                                break;
+                            }
                         }
                     }
+                    metrics.observe_journal_append(appended.elapsed());
+                    let _ = confirmations.send(Confirmation {
+                        partition: batch.partition,
+                        batch: batch.id,
+                        offsets: failed.map_or(Ok(offsets), Err),
+                    });
                 }
-                let _ = confirmations.send(Confirmation {
-                    partition: batch.partition,
-                    batch: batch.id,
-                    offsets: failed.map_or(Ok(offsets), Err),
-                });
-            });
+                .instrument(span),
+            );
         }
         Ok(())
     }
@@ -270,8 +303,11 @@ impl Orchestrator {
     }
 
     fn act(&self, effects: Effects) {
-        for call in effects.calls {
-            self.participants.dispatch(call);
+        for mut call in effects.calls {
+            call.traceparent = self.observer.traceparent(&call.saga_id);
+            self.observer
+                .call_span(&call.saga_id)
+                .in_scope(|| self.participants.dispatch(call));
         }
         if !effects.outcomes.is_empty() {
             tokio::spawn(publish(
@@ -331,6 +367,8 @@ impl Orchestrator {
         }
         self.checkpoint(Some(&partitions), confirmations).await?;
         self.core.give_up(&partitions);
+        let core = &self.core;
+        self.observer.retain(|id| core.saga(id).is_some());
         self.announce();
         Ok(())
     }
@@ -473,7 +511,11 @@ impl Orchestrator {
                 let _ = respond.send(Ok(self.core.latest_definitions()));
                 Vec::new()
             }
-            Command::Start(request, respond) => self.core.start(request, now, respond),
+            Command::Start(request, traceparent, respond) => {
+                // Taken by the saga's Started entry in `submit` (every start sets it anew).
+                self.start_traceparent = traceparent;
+                self.core.start(request, now, respond)
+            }
             Command::Get(id, respond) => {
                 self.core.get(&id, respond);
                 Vec::new()

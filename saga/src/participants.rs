@@ -50,25 +50,6 @@ pub struct Reply {
     pub result: Result<Value, Failure>,
 }
 
-/// W3C trace context for a saga: the trace id from the saga id, a span per attempt.
-pub fn traceparent(saga_id: &str, attempt_id: &str) -> String {
-    let trace: String = saga_id
-        .chars()
-        .filter(|c| c.is_ascii_hexdigit())
-        .chain(std::iter::repeat('0'))
-        .take(32)
-        .collect();
-    let span = fnv1a(attempt_id.as_bytes());
-    format!("00-{}-{span:016x}-01", trace.to_ascii_lowercase())
-}
-
-/// A stable 64-bit hash (FNV-1a) for span ids.
-fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf29ce484222325u64, |h, b| {
-        (h ^ *b as u64).wrapping_mul(0x100000001b3)
-    }) | 1
-}
-
 /// Parses an attempt id `saga:step:phase:attempt` back into its parts (saga ids and step names
 /// have no ':').
 pub fn parse_attempt_id(id: &str) -> Option<(String, String, Phase, u32)> {
@@ -581,28 +562,34 @@ impl Participants {
     }
 
     /// Makes the call in the background; the answer (if any) arrives as a [`Reply`].
+    /// Calls in the background, in the current span (the attempt's), so what it logs carries
+    /// the saga's trace.
     pub fn dispatch(self: &Arc<Self>, call: Call) {
         let this = self.clone();
-        tokio::spawn(async move {
-            match call.participant.clone() {
-                Err(e) => this.reply(&call, Err(Failure::permanent(format!("template: {e}")))),
-                Ok(Participant::Http {
-                    method,
-                    url,
-                    headers,
-                    body,
-                    auth,
-                }) => {
-                    this.http_call(&call, &method, &url, headers, auth.as_ref(), body)
-                        .await
+        let span = tracing::Span::current();
+        tokio::spawn(tracing::Instrument::instrument(
+            async move {
+                match call.participant.clone() {
+                    Err(e) => this.reply(&call, Err(Failure::permanent(format!("template: {e}")))),
+                    Ok(Participant::Http {
+                        method,
+                        url,
+                        headers,
+                        body,
+                        auth,
+                    }) => {
+                        this.http_call(&call, &method, &url, headers, auth.as_ref(), body)
+                            .await
+                    }
+                    Ok(Participant::Broker {
+                        topic,
+                        reply_topic,
+                        body,
+                    }) => this.broker_call(&call, topic, reply_topic, body).await,
                 }
-                Ok(Participant::Broker {
-                    topic,
-                    reply_topic,
-                    body,
-                }) => this.broker_call(&call, topic, reply_topic, body).await,
-            }
-        });
+            },
+            span,
+        ));
     }
 
     async fn http_call(
@@ -676,11 +663,10 @@ impl Participants {
             .header(headers::SAGA_ID, &call.saga_id)
             .header(headers::STEP, &call.step_name)
             .header(headers::PHASE, call.phase.as_str())
-            .header(headers::ATTEMPT_ID, &call.attempt_id)
-            .header(
-                headers::TRACEPARENT,
-                traceparent(&call.saga_id, &call.attempt_id),
-            );
+            .header(headers::ATTEMPT_ID, &call.attempt_id);
+        if let Some(traceparent) = &call.traceparent {
+            request = request.header(headers::TRACEPARENT, traceparent);
+        }
         for (k, v) in &extra_headers {
             request = request.header(k, v);
         }
@@ -759,19 +745,19 @@ impl Participants {
     ) {
         let value = serde_json::to_vec(&body.unwrap_or(Value::Null)).expect("JSON serializes");
         let h = |v: &str| Some(v.as_bytes().to_vec());
+        let mut record_headers = vec![
+            (headers::IDEMPOTENCY_KEY.into(), h(&call.idempotency_key)),
+            (headers::SAGA_ID.into(), h(&call.saga_id)),
+            (headers::STEP.into(), h(&call.step_name)),
+            (headers::PHASE.into(), h(call.phase.as_str())),
+            (headers::ATTEMPT_ID.into(), h(&call.attempt_id)),
+            (headers::REPLY_TOPIC.into(), h(&reply_topic)),
+        ];
+        if let Some(traceparent) = &call.traceparent {
+            record_headers.push((headers::TRACEPARENT.into(), h(traceparent)));
+        }
         let record = MirroredRecord {
-            headers: vec![
-                (headers::IDEMPOTENCY_KEY.into(), h(&call.idempotency_key)),
-                (headers::SAGA_ID.into(), h(&call.saga_id)),
-                (headers::STEP.into(), h(&call.step_name)),
-                (headers::PHASE.into(), h(call.phase.as_str())),
-                (headers::ATTEMPT_ID.into(), h(&call.attempt_id)),
-                (headers::REPLY_TOPIC.into(), h(&reply_topic)),
-                (
-                    headers::TRACEPARENT.into(),
-                    h(&traceparent(&call.saga_id, &call.attempt_id)),
-                ),
-            ],
+            headers: record_headers,
             ..MirroredRecord::new(Some(call.saga_id.clone().into_bytes()), value)
         };
         // A lost command is a step that times out and is sent again.
@@ -907,6 +893,8 @@ pub struct Command {
     pub attempt_id: String,
     pub reply_topic: String,
     pub body: Value,
+    /// The W3C `traceparent` of the orchestrator's attempt, when it sent one.
+    pub traceparent: Option<String>,
 }
 
 fn header_str(record: &MirroredRecord, name: &str) -> Option<String> {
@@ -926,6 +914,7 @@ impl Command {
             idempotency_key: header_str(record, headers::IDEMPOTENCY_KEY)?,
             attempt_id: header_str(record, headers::ATTEMPT_ID)?,
             reply_topic: header_str(record, headers::REPLY_TOPIC)?,
+            traceparent: header_str(record, headers::TRACEPARENT),
             body: serde_json::from_slice(record.value.as_deref().unwrap_or(b"null"))
                 .unwrap_or(Value::Null),
         })
@@ -966,7 +955,17 @@ where
             tracing::debug!(topic = %record.topic, offset = record.offset, "not a saga command");
             continue;
         };
-        let answer = match handler(&command) {
+        // The participant's span continues the attempt's trace.
+        let span = tracing::info_span!(
+            "saga command",
+            otel.name = %format!("{} {}", command.phase, command.step),
+            otel.kind = "consumer",
+            saga = %command.saga_id,
+        );
+        if let Some(traceparent) = &command.traceparent {
+            strand_broker::telemetry::set_parent(&span, traceparent);
+        }
+        let answer = match span.in_scope(|| handler(&command)) {
             Ok(output) => serde_json::json!({"ok": true, "output": output}),
             Err(f) => serde_json::json!({"ok": false, "error": f.error, "retriable": f.retriable}),
         };
@@ -1200,7 +1199,7 @@ mod tests {
     }
 
     #[test]
-    fn replies_and_trace_context() {
+    fn replies_parse() {
         assert_eq!(
             parse_reply_value(br#"{"ok": true, "output": {"id": 1}}"#),
             Ok(serde_json::json!({"id": 1}))
@@ -1210,8 +1209,5 @@ mod tests {
             Err(Failure::permanent("declined"))
         );
         assert!(parse_reply_value(b"garbage").is_err());
-        let tp = traceparent("0190f1c2-7d3e-7a1b-9c2d-123456789abc", "a:b:action:1");
-        assert_eq!(tp.len(), 55);
-        assert!(tp.starts_with("00-0190f1c27d3e7a1b9c2d123456789abc-"));
     }
 }

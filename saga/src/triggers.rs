@@ -136,6 +136,8 @@ async fn run(
         };
         tracing::info!(definition = %definition.name, topic = %trigger.topic, group = %trigger.group, "trigger consuming");
         let mut pending = FuturesOrdered::new();
+        // Per partition, the offset after the last record read (for the lag metric).
+        let mut read_to: std::collections::BTreeMap<u32, u64> = Default::default();
         loop {
             let next = tokio::select! {
                 next = tokio::time::timeout(Duration::from_millis(20), consumer.next()) => next,
@@ -148,6 +150,7 @@ async fn run(
             };
             let idle = match next {
                 Ok(Ok(record)) => {
+                    read_to.insert(record.partition, record.offset + 1);
                     let request = start_request(&definition, &record);
                     pending.push_back(start_until_journaled(handle.clone(), request));
                     false
@@ -163,6 +166,18 @@ async fn run(
                 while pending.next().await.is_some() {}
                 if let Err(e) = consumer.commit().await {
                     tracing::warn!(definition = %definition.name, error = %e, "committing trigger offsets failed");
+                }
+                // What the topic holds beyond what was read, per partition read from.
+                if let Ok(marks) = cluster.watermarks(&trigger.topic).await {
+                    for (&partition, &next) in &read_to {
+                        if let Some(&(_, end)) = marks.get(partition as usize) {
+                            handle.metrics.set_trigger_lag(
+                                &trigger.topic,
+                                partition,
+                                end.saturating_sub(next),
+                            );
+                        }
+                    }
                 }
             }
         }
