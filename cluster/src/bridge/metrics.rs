@@ -52,7 +52,7 @@ const SERIES: [(&str, &str, MetricType, Field); 5] = [
 impl Collector for Routes {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         for (name, help, metric_type, field) in SERIES {
-            let mut family = encoder.encode_descriptor(name, help, None, metric_type.clone())?;
+            let mut family = encoder.encode_descriptor(name, help, None, metric_type)?;
             for (route, stats) in &self.0 {
                 let labels = [("route", route.as_str())];
                 let value = field(stats).load(Ordering::Relaxed);
