@@ -307,6 +307,8 @@ struct World {
     deliveries: HashMap<String, Vec<(i64, usize, Phase)>>,
     retries: HashMap<String, u32>,
     quiet: bool,
+    /// The journal of the saga being checked, for the message of a violation.
+    checking: Option<String>,
     summary: Summary,
     trace: std::collections::VecDeque<String>,
 }
@@ -345,6 +347,7 @@ impl World {
             deliveries: HashMap::new(),
             retries: HashMap::new(),
             quiet: false,
+            checking: None,
             summary: Summary::default(),
             trace: std::collections::VecDeque::new(),
         }
@@ -467,7 +470,10 @@ impl World {
             }
         }
         self.summary.simulated_ms = self.now - start;
-        self.check()?;
+        self.check().map_err(|e| match &self.checking {
+            Some(story) => format!("{e}\n  its journal: {story}"),
+            None => e,
+        })?;
         Ok(self.summary.clone())
     }
 
@@ -590,14 +596,15 @@ impl World {
                 }
             }
             Ev::Operator => {
+                // Every failed saga an operator lists (GET /sagas?state=failed), including
+                // ones whose start was never acknowledged.
                 let failed: Vec<String> = self
-                    .requests
+                    .instances
                     .iter()
-                    .flat_map(|r| r.saga.iter().chain(&r.others).cloned())
-                    .filter(|id| {
-                        self.live_saga(id)
-                            .is_some_and(|s| s.state == SagaState::Failed)
-                    })
+                    .filter(|i| i.stalled_until <= self.now)
+                    .filter_map(|i| i.core.as_ref())
+                    .flat_map(|c| c.sagas().filter(|s| s.state == SagaState::Failed))
+                    .map(|s| s.id.clone())
                     .collect();
                 for id in failed {
                     let n = self.retries.entry(id.clone()).or_default();
@@ -1445,9 +1452,24 @@ impl World {
             let Some(saga) = self.live_saga(id).cloned() else {
                 return Err(format!("acknowledged saga {id} is lost"));
             };
+            self.checking = Some(story(&saga));
             if !saga.state.is_finished() {
+                let mut others = String::new();
+                if let Some(lock) = &saga.lock {
+                    for other in self.instances.iter().filter_map(|i| i.core.as_ref()) {
+                        for o in other.sagas().filter(|o| o.lock.as_ref() == Some(lock)) {
+                            others.push_str(&format!(
+                                "\n  same lock {lock}: {} {} holds={} [{}]",
+                                o.id,
+                                o.state.as_str(),
+                                o.holds_lock,
+                                story(o)
+                            ));
+                        }
+                    }
+                }
                 return Err(format!(
-                    "acknowledged saga {id} is still {} at the end ({:?})",
+                    "acknowledged saga {id} is still {} at the end ({:?}){others}",
                     saga.state.as_str(),
                     saga.error
                 ));
@@ -1588,6 +1610,80 @@ impl World {
 impl Saga {
     fn outcome_published_or_none(&self) -> bool {
         self.outcome_published || self.definition().spec.outcome_topic.is_none()
+    }
+}
+
+/// A saga's journal in one line: what a failing seed's message shows.
+fn story(saga: &Saga) -> String {
+    let start = saga.created_at_ms;
+    saga.history
+        .iter()
+        .map(|e| {
+            let t = e.at_ms - start;
+            let what = match &e.event {
+                Event::Dispatched {
+                    step,
+                    phase,
+                    attempt,
+                    ..
+                } => {
+                    format!("dispatch {step}{} #{attempt}", ph(*phase))
+                }
+                Event::Succeeded {
+                    step,
+                    phase,
+                    attempt,
+                    ..
+                } => {
+                    format!("ok {step}{} #{attempt}", ph(*phase))
+                }
+                Event::Failed {
+                    step,
+                    phase,
+                    attempt,
+                    retry_at_ms,
+                    ..
+                } => format!(
+                    "fail {step}{} #{attempt}{}",
+                    ph(*phase),
+                    if retry_at_ms.is_some() {
+                        " (retry)"
+                    } else {
+                        ""
+                    }
+                ),
+                Event::TimedOut {
+                    step,
+                    phase,
+                    attempt,
+                    retry_at_ms,
+                } => format!(
+                    "timeout {step}{} #{attempt}{}",
+                    ph(*phase),
+                    if retry_at_ms.is_some() {
+                        " (retry)"
+                    } else {
+                        ""
+                    }
+                ),
+                Event::CompensationStarted { reason } => format!("compensate ({reason})"),
+                Event::Stuck { step, .. } => format!("stuck {step}"),
+                other => format!("{other:?}")
+                    .split(|c: char| !c.is_alphanumeric())
+                    .next()
+                    .unwrap_or("")
+                    .to_lowercase(),
+            };
+            format!("{t}:{what}")
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn ph(phase: Phase) -> &'static str {
+    match phase {
+        Phase::Action => "a",
+        Phase::Compensation => "c",
     }
 }
 
