@@ -1770,7 +1770,7 @@ mod tests {
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(default)
         };
-        let (from, seeds) = (env("STRAND_SIM_FROM", 0), env("STRAND_SIM_SEEDS", 300));
+        let (from, seeds) = (env("STRAND_SIM_FROM", 0), env("STRAND_SIM_SEEDS", 2_000));
         match super::run_many(from, seeds) {
             Ok(summary) => {
                 // The runs did what they are for: sagas ended both ways, instances crashed and

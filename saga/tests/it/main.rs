@@ -6,6 +6,7 @@ mod consistency;
 mod crash;
 mod http_api;
 mod kafka_journal;
+mod locks;
 mod secure;
 mod support;
 mod tls;
