@@ -12,3 +12,4 @@ mod support;
 mod tls;
 mod triggers;
 mod usage;
+mod zombie;
