@@ -8,11 +8,27 @@
 //! it starts right after the last one (sequences wrap from `i32::MAX` to 0); a new epoch starts
 //! at sequence 0; an older epoch is fenced.
 //!
-//! The table lives in memory. After a broker restart a producer's first batch is taken at
-//! whatever sequence it carries (as Kafka does once a producer's state has expired), so a retry
-//! that straddles a restart is not recognised as a duplicate.
+//! The table lives in memory and is rebuilt when a partition opens, from the batch headers of
+//! the last [`PRODUCER_STATE_SCAN_BYTES`] of its log (whole segments, so at least that much):
+//! every idempotent batch there is recorded again with the offsets it was written at, so a
+//! retry that straddles a restart (or a crash) is still answered as a duplicate. A producer
+//! whose last batch lies before that tail is not known after a restart, and its next batch is
+//! taken at whatever sequence it carries (as Kafka does once a producer's state has expired).
 
 use std::collections::{HashMap, VecDeque};
+
+use strand_client::batch::Batches;
+
+use crate::log::{LogError, LogReader};
+
+/// Bytes at the end of a partition's log whose batch headers rebuild its producers' sequences
+/// when it opens. Clients keep at most five batches in flight, and a retry follows its batch
+/// within the client's delivery timeout, so the batches a retry can repeat are at the very end
+/// of the log; this bounds the time a start spends per partition.
+pub const PRODUCER_STATE_SCAN_BYTES: u64 = 64 << 20;
+
+/// Bytes read at a time while rebuilding.
+const REBUILD_READ_BYTES: usize = 1 << 20;
 
 /// Batches remembered per producer and partition: Kafka clients keep at most five in flight.
 pub const BATCHES_KEPT: usize = 5;
@@ -132,6 +148,40 @@ impl ProducerTable {
                 got: batch.first_seq,
             })
         }
+    }
+
+    /// The table the batches at the end of `log` describe (see the module doc): every
+    /// idempotent batch from [`LogReader::tail_start_offset`]`(scan_bytes)` to the high
+    /// watermark, recorded in log order.
+    pub fn rebuild(log: &LogReader, scan_bytes: u64) -> Result<ProducerTable, LogError> {
+        let mut table = ProducerTable::default();
+        let end = log.high_watermark();
+        let mut offset = log.tail_start_offset(scan_bytes);
+        while offset < end {
+            let read = log.read(offset, REBUILD_READ_BYTES)?;
+            let mut next = offset;
+            for (h, _) in Batches::new(&read.batches) {
+                let base_offset = h.base_offset.max(0) as u64;
+                let last_offset = base_offset + h.last_offset_delta.max(0) as u64;
+                next = last_offset + 1;
+                if h.producer_id >= 0 && h.base_sequence >= 0 {
+                    let batch = BatchSequence {
+                        producer_id: h.producer_id,
+                        epoch: h.producer_epoch,
+                        first_seq: h.base_sequence,
+                        record_count: h.record_count.max(1),
+                    };
+                    table.record(&batch, base_offset, last_offset);
+                }
+            }
+            if next <= offset {
+                // Nothing whole came back (the log changed under the read): stop rather than
+                // spin; what was recorded so far stands.
+                break;
+            }
+            offset = next;
+        }
+        Ok(table)
     }
 
     /// Remembers a batch that was appended at `base_offset..=last_offset`.

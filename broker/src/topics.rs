@@ -20,7 +20,7 @@ use crate::log::{
     CleanReport, FsyncObserver, Log, LogCleaner, LogConfig, LogError, LogReader, ObserverSlot,
     RecoveryReport,
 };
-use crate::producers::ProducerTable;
+use crate::producers::{ProducerTable, PRODUCER_STATE_SCAN_BYTES};
 
 const TOPICS_DIR: &str = "topics";
 const DELETING_DIR: &str = "deleting";
@@ -553,8 +553,8 @@ impl Topics {
 
     /// Tries to bring every poisoned partition back in place (see [`Log::recover`]); returns
     /// how many came back. One whose disk still fails stays poisoned until the next try. The
-    /// idempotent producers' sequences are forgotten, since the records they describe may be
-    /// gone: a producer's next batch starts a new sequence, as after a restart.
+    /// idempotent producers' sequences are rebuilt from what the recovered log holds, since
+    /// the records some of them describe may be gone, as after a restart.
     pub fn recover_poisoned(&self) -> usize {
         let mut recovered = 0;
         for topic in self.list() {
@@ -565,7 +565,14 @@ impl Topics {
                 let mut writer = partition.writer();
                 match writer.recover() {
                     Ok(_) => {
-                        *partition.producers() = ProducerTable::default();
+                        *partition.producers() = ProducerTable::rebuild(
+                            &partition.reader,
+                            PRODUCER_STATE_SCAN_BYTES,
+                        )
+                        .unwrap_or_else(|e| {
+                            tracing::warn!(topic = %partition.topic, partition = partition.index, error = %e, "rebuilding idempotent producer state failed; starting empty");
+                            ProducerTable::default()
+                        });
                         recovered += 1;
                     }
                     Err(e) => {
@@ -623,6 +630,7 @@ fn open_partition(
         config.log_config(defaults),
     )?;
     let reader = log.reader();
+    let producers = ProducerTable::rebuild(&reader, PRODUCER_STATE_SCAN_BYTES)?;
     let cleaner = log.cleaner();
     let tombstone_retention_ms = log.config().tombstone_retention_ms;
     Ok((
@@ -633,7 +641,7 @@ fn open_partition(
             reader,
             cleaner,
             tombstone_retention_ms,
-            producers: Mutex::new(ProducerTable::default()),
+            producers: Mutex::new(producers),
         }),
         report,
     ))

@@ -14,6 +14,7 @@ mod hostile;
 mod http_auth;
 mod internal_topics;
 mod kafka_clients;
+mod kafka_versions;
 mod log_model;
 mod sasl;
 mod secure_clients;

@@ -1,0 +1,379 @@
+//! Request versions Kafka 3.9 serves that `kafka-protocol` no longer encodes (its schemas are
+//! Kafka 4's, which dropped them): OffsetCommit v0-v1, OffsetFetch v0, ListOffsets v0,
+//! CreateTopics v0-v1, DeleteTopics v0, Produce v0-v2 and Fetch v0-v3.
+//!
+//! Each is read into the crate's request type (the shape of the crate's lowest version), is
+//! served by the same handler as every other version, and its answer is written in the old
+//! version's layout. Where an old layout is a newer one with a field more or less at a fixed
+//! place, the bytes are spliced and the crate does the rest; otherwise the fields are read and
+//! written here one by one, with the few primitives below.
+//!
+//! Produce v0-v2 carry message sets v0/v1 and Fetch v0-v3 expect them back; Strand stores only
+//! record batches v2 and converts neither way. Such requests are answered, not dropped:
+//! Produce with UNSUPPORTED_FOR_MESSAGE_FORMAT for every partition (nothing is written), Fetch
+//! with UNSUPPORTED_VERSION for every partition, which is what Kafka answers old consumers
+//! when its down-conversion is turned off (`message.downconversion.enable=false`).
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+use kafka_protocol::messages::offset_commit_request::{
+    OffsetCommitRequestPartition, OffsetCommitRequestTopic,
+};
+use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::{
+    ApiKey, CreateTopicsRequest, DeleteTopicsRequest, FetchRequest, FetchResponse,
+    ListOffsetsRequest, OffsetCommitRequest, OffsetFetchRequest, ProduceRequest, ProduceResponse,
+    RequestKind, ResponseKind, TopicName,
+};
+use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+
+/// Whether `version` of `api_key` is one this module reads and writes (below the crate's
+/// lowest version).
+pub(super) fn is_legacy(api_key: ApiKey, version: i16) -> bool {
+    version >= 0 && version < api_key.valid_versions().min
+}
+
+type Result<T> = std::result::Result<T, String>;
+
+fn bad(api_key: ApiKey, version: i16) -> impl Fn(anyhow::Error) -> String {
+    move |e| format!("bad {api_key:?} v{version}: {e}")
+}
+
+fn need(buf: &Bytes, n: usize) -> anyhow::Result<()> {
+    anyhow::ensure!(buf.remaining() >= n, "{n} bytes needed, {} left", buf.remaining());
+    Ok(())
+}
+
+fn get_i32(buf: &mut Bytes) -> anyhow::Result<i32> {
+    need(buf, 4)?;
+    Ok(buf.get_i32())
+}
+
+fn get_i64(buf: &mut Bytes) -> anyhow::Result<i64> {
+    need(buf, 8)?;
+    Ok(buf.get_i64())
+}
+
+/// A nullable string (i16 length, -1 for null).
+fn get_nullable_string(buf: &mut Bytes) -> anyhow::Result<Option<StrBytes>> {
+    need(buf, 2)?;
+    let len = buf.get_i16();
+    let Ok(len) = usize::try_from(len) else {
+        return Ok(None);
+    };
+    need(buf, len)?;
+    Ok(Some(StrBytes::from_utf8(buf.split_to(len))?))
+}
+
+fn get_string(buf: &mut Bytes) -> anyhow::Result<StrBytes> {
+    get_nullable_string(buf)?.ok_or_else(|| anyhow::anyhow!("null where a string is required"))
+}
+
+/// Reads an array's element count: -1 (null) as none, and never more elements than the bytes
+/// left could hold, so a hostile count fails when the bytes run out instead of allocating.
+fn count(buf: &mut Bytes) -> anyhow::Result<usize> {
+    let n = usize::try_from(get_i32(buf)?).unwrap_or(0);
+    anyhow::ensure!(n <= buf.remaining(), "array of {n} elements in fewer bytes");
+    Ok(n)
+}
+
+fn put_string(out: &mut BytesMut, s: &str) -> anyhow::Result<()> {
+    let len = i16::try_from(s.len())?;
+    out.put_i16(len);
+    out.put_slice(s.as_bytes());
+    Ok(())
+}
+
+fn put_count(out: &mut BytesMut, n: usize) -> anyhow::Result<()> {
+    out.put_i32(i32::try_from(n)?);
+    Ok(())
+}
+
+/// Reads the body of a legacy request into the crate's request type.
+pub(super) fn decode(api_key: ApiKey, version: i16, mut body: Bytes) -> Result<RequestKind> {
+    let bad = bad(api_key, version);
+    Ok(match api_key {
+        // v0 (offsets kept in ZooKeeper by old Kafka) has v1's layout.
+        ApiKey::OffsetFetch => RequestKind::OffsetFetch(
+            OffsetFetchRequest::decode(&mut body, 1).map_err(bad)?,
+        ),
+        // v0 has v1's layout.
+        ApiKey::DeleteTopics => RequestKind::DeleteTopics(
+            DeleteTopicsRequest::decode(&mut body, 1).map_err(bad)?,
+        ),
+        // v1 has v2's layout; v0 lacks v1's trailing validate_only.
+        ApiKey::CreateTopics => {
+            let mut spliced = BytesMut::from(&body[..]);
+            if version == 0 {
+                spliced.put_u8(0);
+            }
+            RequestKind::CreateTopics(
+                CreateTopicsRequest::decode(&mut spliced.freeze(), 2).map_err(bad)?,
+            )
+        }
+        // v0-v2 lack v3's leading transactional_id (null for them).
+        ApiKey::Produce => {
+            let mut spliced = BytesMut::with_capacity(body.len() + 2);
+            spliced.put_i16(-1);
+            spliced.put_slice(&body);
+            RequestKind::Produce(ProduceRequest::decode(&mut spliced.freeze(), 3).map_err(bad)?)
+        }
+        // v4 adds isolation_level after v3's max_bytes, which v0-v2 lack; both sit after the
+        // fixed replica_id, max_wait_ms and min_bytes.
+        ApiKey::Fetch => {
+            let fixed = if version == 3 { 16 } else { 12 };
+            if body.len() < fixed {
+                return Err(format!("bad Fetch v{version}: {} bytes", body.len()));
+            }
+            let mut spliced = BytesMut::with_capacity(body.len() + 5);
+            spliced.put_slice(&body[..fixed]);
+            if version < 3 {
+                spliced.put_i32(i32::MAX);
+            }
+            spliced.put_i8(0);
+            spliced.put_slice(&body[fixed..]);
+            RequestKind::Fetch(FetchRequest::decode(&mut spliced.freeze(), 4).map_err(bad)?)
+        }
+        ApiKey::OffsetCommit => {
+            RequestKind::OffsetCommit(offset_commit(&mut body, version).map_err(bad)?)
+        }
+        ApiKey::ListOffsets => RequestKind::ListOffsets(list_offsets(&mut body).map_err(bad)?),
+        other => return Err(format!("{other:?} v{version} is not served")),
+    })
+}
+
+/// OffsetCommit v0: group, then per partition offset and metadata. v1 adds the generation and
+/// member id, and a commit timestamp per partition (which Strand, keeping offsets until they
+/// are replaced, has no use for, like v2-v4's retention time).
+fn offset_commit(buf: &mut Bytes, version: i16) -> anyhow::Result<OffsetCommitRequest> {
+    let group_id = get_string(buf)?;
+    let (generation, member_id) = if version >= 1 {
+        let generation = get_i32(buf)?;
+        let member_id = get_string(buf)?;
+        (generation, member_id)
+    } else {
+        // A v0 commit comes from outside any membership, as generation -1 with no member id.
+        (-1, StrBytes::default())
+    };
+    let mut topics = Vec::new();
+    for _ in 0..count(buf)? {
+        let name = get_string(buf)?;
+        let mut partitions = Vec::new();
+        for _ in 0..count(buf)? {
+            let index = get_i32(buf)?;
+            let offset = get_i64(buf)?;
+            if version >= 1 {
+                let _commit_timestamp = get_i64(buf)?;
+            }
+            let metadata = get_nullable_string(buf)?;
+            partitions.push(
+                OffsetCommitRequestPartition::default()
+                    .with_partition_index(index)
+                    .with_committed_offset(offset)
+                    .with_committed_metadata(metadata),
+            );
+        }
+        topics.push(
+            OffsetCommitRequestTopic::default()
+                .with_name(TopicName(name))
+                .with_partitions(partitions),
+        );
+    }
+    Ok(OffsetCommitRequest::default()
+        .with_group_id(group_id.into())
+        .with_generation_id_or_member_epoch(generation)
+        .with_member_id(member_id)
+        .with_retention_time_ms(-1)
+        .with_topics(topics))
+}
+
+/// ListOffsets v0: v1 with a maximum number of offsets per partition, which is at most one
+/// here (see [`encode`]).
+fn list_offsets(buf: &mut Bytes) -> anyhow::Result<ListOffsetsRequest> {
+    let replica_id = get_i32(buf)?;
+    let mut topics = Vec::new();
+    for _ in 0..count(buf)? {
+        let name = get_string(buf)?;
+        let mut partitions = Vec::new();
+        for _ in 0..count(buf)? {
+            let index = get_i32(buf)?;
+            let timestamp = get_i64(buf)?;
+            let _max_num_offsets = get_i32(buf)?;
+            partitions.push(
+                ListOffsetsPartition::default()
+                    .with_partition_index(index)
+                    .with_timestamp(timestamp),
+            );
+        }
+        topics.push(
+            ListOffsetsTopic::default()
+                .with_name(TopicName(name))
+                .with_partitions(partitions),
+        );
+    }
+    Ok(ListOffsetsRequest::default()
+        .with_replica_id(replica_id.into())
+        .with_topics(topics))
+}
+
+/// The answer to a legacy Produce or Fetch, which are refused without reading or writing
+/// anything (see the module doc); `None` for the other requests, which are served. A Produce
+/// with acks=0 is answered with nothing, as any acks=0 Produce.
+pub(super) fn refused(request: &RequestKind) -> Option<Option<ResponseKind>> {
+    match request {
+        RequestKind::Produce(r) => Some((r.acks != 0).then(|| {
+            let code = ResponseError::UnsupportedForMessageFormat.code();
+            let responses = r
+                .topic_data
+                .iter()
+                .map(|t| {
+                    TopicProduceResponse::default()
+                        .with_name(t.name.clone())
+                        .with_partition_responses(
+                            t.partition_data
+                                .iter()
+                                .map(|p| {
+                                    PartitionProduceResponse::default()
+                                        .with_index(p.index)
+                                        .with_error_code(code)
+                                        .with_base_offset(-1)
+                                        .with_log_append_time_ms(-1)
+                                })
+                                .collect(),
+                        )
+                })
+                .collect();
+            ResponseKind::Produce(ProduceResponse::default().with_responses(responses))
+        })),
+        RequestKind::Fetch(r) => {
+            let code = ResponseError::UnsupportedVersion.code();
+            let responses = r
+                .topics
+                .iter()
+                .map(|t| {
+                    FetchableTopicResponse::default()
+                        .with_topic(t.topic.clone())
+                        .with_partitions(
+                            t.partitions
+                                .iter()
+                                .map(|p| {
+                                    PartitionData::default()
+                                        .with_partition_index(p.partition)
+                                        .with_error_code(code)
+                                        .with_high_watermark(-1)
+                                        .with_records(Some(Bytes::new()))
+                                })
+                                .collect(),
+                        )
+                })
+                .collect();
+            Some(Some(ResponseKind::Fetch(
+                FetchResponse::default().with_responses(responses),
+            )))
+        }
+        _ => None,
+    }
+}
+
+/// Writes the answer to a legacy request in its version's layout.
+pub(super) fn encode(response: &ResponseKind, version: i16, out: &mut BytesMut) -> Result<()> {
+    let failed = |e: anyhow::Error| format!("encoding a v{version} answer: {e}");
+    match response {
+        // v0 and v1 answers have v2's layout.
+        ResponseKind::OffsetCommit(r) => r.encode(out, 2).map_err(failed),
+        ResponseKind::OffsetFetch(r) => r.encode(out, 1).map_err(failed),
+        // v1's answer is v2's without the leading throttle time; v0's also has no messages.
+        ResponseKind::CreateTopics(r) if version == 1 => {
+            without_throttle_time(out, |b| r.encode(b, 2)).map_err(failed)
+        }
+        ResponseKind::CreateTopics(r) => (|| {
+            put_count(out, r.topics.len())?;
+            for t in &r.topics {
+                put_string(out, &t.name.0)?;
+                out.put_i16(t.error_code);
+            }
+            Ok(())
+        })()
+        .map_err(failed),
+        // v0's answer is v1's without the leading throttle time.
+        ResponseKind::DeleteTopics(r) => {
+            without_throttle_time(out, |b| r.encode(b, 1)).map_err(failed)
+        }
+        ResponseKind::ListOffsets(r) => (|| {
+            put_count(out, r.topics.len())?;
+            for t in &r.topics {
+                put_string(out, &t.name.0)?;
+                put_count(out, t.partitions.len())?;
+                for p in &t.partitions {
+                    out.put_i32(p.partition_index);
+                    out.put_i16(p.error_code);
+                    // Old-style offsets: the one offset found, or none.
+                    let offsets: Vec<i64> = (p.error_code == 0 && p.offset >= 0)
+                        .then_some(p.offset)
+                        .into_iter()
+                        .collect();
+                    put_count(out, offsets.len())?;
+                    offsets.iter().for_each(|o| out.put_i64(*o));
+                }
+            }
+            Ok(())
+        })()
+        .map_err(failed),
+        // v2's answer has v3's layout; v1's lacks the log append time, v0's also the trailing
+        // throttle time.
+        ResponseKind::Produce(r) if version == 2 => r.encode(out, 3).map_err(failed),
+        ResponseKind::Produce(r) => (|| {
+            put_count(out, r.responses.len())?;
+            for t in &r.responses {
+                put_string(out, &t.name.0)?;
+                put_count(out, t.partition_responses.len())?;
+                for p in &t.partition_responses {
+                    out.put_i32(p.index);
+                    out.put_i16(p.error_code);
+                    out.put_i64(p.base_offset);
+                }
+            }
+            if version == 1 {
+                out.put_i32(r.throttle_time_ms);
+            }
+            Ok(())
+        })()
+        .map_err(failed),
+        // v1-v3 lead with the throttle time; each partition has no more than v0's fields.
+        ResponseKind::Fetch(r) => (|| {
+            if version >= 1 {
+                out.put_i32(r.throttle_time_ms);
+            }
+            put_count(out, r.responses.len())?;
+            for t in &r.responses {
+                put_string(out, &t.topic.0)?;
+                put_count(out, t.partitions.len())?;
+                for p in &t.partitions {
+                    out.put_i32(p.partition_index);
+                    out.put_i16(p.error_code);
+                    out.put_i64(p.high_watermark);
+                    let records = p.records.as_deref().unwrap_or_default();
+                    out.put_i32(i32::try_from(records.len())?);
+                    out.put_slice(records);
+                }
+            }
+            Ok(())
+        })()
+        .map_err(failed),
+        _ => Err(format!("no v{version} layout for this answer")),
+    }
+}
+
+/// Encodes with `encode` and drops the throttle time it writes first.
+fn without_throttle_time(
+    out: &mut BytesMut,
+    encode: impl FnOnce(&mut BytesMut) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let mut full = BytesMut::new();
+    encode(&mut full)?;
+    anyhow::ensure!(full.len() >= 4, "answer shorter than its throttle time");
+    out.put_slice(&full[4..]);
+    Ok(())
+}
