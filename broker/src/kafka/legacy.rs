@@ -42,7 +42,11 @@ fn bad(api_key: ApiKey, version: i16) -> impl Fn(anyhow::Error) -> String {
 }
 
 fn need(buf: &Bytes, n: usize) -> anyhow::Result<()> {
-    anyhow::ensure!(buf.remaining() >= n, "{n} bytes needed, {} left", buf.remaining());
+    anyhow::ensure!(
+        buf.remaining() >= n,
+        "{n} bytes needed, {} left",
+        buf.remaining()
+    );
     Ok(())
 }
 
@@ -96,13 +100,13 @@ pub(super) fn decode(api_key: ApiKey, version: i16, mut body: Bytes) -> Result<R
     let bad = bad(api_key, version);
     Ok(match api_key {
         // v0 (offsets kept in ZooKeeper by old Kafka) has v1's layout.
-        ApiKey::OffsetFetch => RequestKind::OffsetFetch(
-            OffsetFetchRequest::decode(&mut body, 1).map_err(bad)?,
-        ),
+        ApiKey::OffsetFetch => {
+            RequestKind::OffsetFetch(OffsetFetchRequest::decode(&mut body, 1).map_err(bad)?)
+        }
         // v0 has v1's layout.
-        ApiKey::DeleteTopics => RequestKind::DeleteTopics(
-            DeleteTopicsRequest::decode(&mut body, 1).map_err(bad)?,
-        ),
+        ApiKey::DeleteTopics => {
+            RequestKind::DeleteTopics(DeleteTopicsRequest::decode(&mut body, 1).map_err(bad)?)
+        }
         // v1 has v2's layout; v0 lacks v1's trailing validate_only.
         ApiKey::CreateTopics => {
             let mut spliced = BytesMut::from(&body[..]);
@@ -376,4 +380,249 @@ fn without_throttle_time(
     anyhow::ensure!(full.len() >= 4, "answer shorter than its throttle time");
     out.put_slice(&full[4..]);
     Ok(())
+}
+
+#[cfg(test)]
+pub(super) mod tests {
+    use super::*;
+    use kafka_protocol::messages::create_topics_response::CreatableTopicResult;
+    use kafka_protocol::messages::list_offsets_response::{
+        ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
+    };
+    use kafka_protocol::messages::{CreateTopicsResponse, ListOffsetsResponse};
+
+    fn put_str(b: &mut BytesMut, s: &str) {
+        b.put_i16(s.len() as i16);
+        b.put_slice(s.as_bytes());
+    }
+
+    /// A request body in Kafka 3.9's layout for `version`, written field by field: topic `t`,
+    /// partition 0, group `g`.
+    pub(in crate::kafka) fn example_body(api_key: ApiKey, version: i16) -> BytesMut {
+        let mut b = BytesMut::new();
+        match api_key {
+            ApiKey::Produce => {
+                b.put_i16(1);
+                b.put_i32(5_000);
+                b.put_i32(1);
+                put_str(&mut b, "t");
+                b.put_i32(1);
+                b.put_i32(0);
+                b.put_i32(3);
+                b.put_slice(b"abc"); // a message set, never looked at
+            }
+            ApiKey::Fetch => {
+                b.put_i32(-1);
+                b.put_i32(100);
+                b.put_i32(1);
+                if version == 3 {
+                    b.put_i32(4096);
+                }
+                b.put_i32(1);
+                put_str(&mut b, "t");
+                b.put_i32(1);
+                b.put_i32(0);
+                b.put_i64(17);
+                b.put_i32(1024);
+            }
+            ApiKey::ListOffsets => {
+                b.put_i32(-1);
+                b.put_i32(1);
+                put_str(&mut b, "t");
+                b.put_i32(1);
+                b.put_i32(0);
+                b.put_i64(-2);
+                b.put_i32(1);
+            }
+            ApiKey::OffsetCommit => {
+                put_str(&mut b, "g");
+                if version == 1 {
+                    b.put_i32(4);
+                    put_str(&mut b, "m");
+                }
+                b.put_i32(1);
+                put_str(&mut b, "t");
+                b.put_i32(1);
+                b.put_i32(0);
+                b.put_i64(42);
+                if version == 1 {
+                    b.put_i64(1_700_000_000_000);
+                }
+                put_str(&mut b, "meta");
+            }
+            ApiKey::OffsetFetch => {
+                put_str(&mut b, "g");
+                b.put_i32(1);
+                put_str(&mut b, "t");
+                b.put_i32(1);
+                b.put_i32(0);
+            }
+            ApiKey::CreateTopics => {
+                b.put_i32(1);
+                put_str(&mut b, "t");
+                b.put_i32(3);
+                b.put_i16(1);
+                b.put_i32(0);
+                b.put_i32(1);
+                put_str(&mut b, "retention.ms");
+                put_str(&mut b, "1000");
+                b.put_i32(5_000);
+                if version == 1 {
+                    b.put_u8(1);
+                }
+            }
+            ApiKey::DeleteTopics => {
+                b.put_i32(1);
+                put_str(&mut b, "t");
+                b.put_i32(5_000);
+            }
+            other => panic!("{other:?} has no legacy versions"),
+        }
+        b
+    }
+
+    fn decoded(api_key: ApiKey, version: i16) -> RequestKind {
+        decode(api_key, version, example_body(api_key, version).freeze()).unwrap()
+    }
+
+    #[test]
+    fn old_layouts_read_into_the_crate_types() {
+        let RequestKind::OffsetCommit(v0) = decoded(ApiKey::OffsetCommit, 0) else {
+            panic!()
+        };
+        assert_eq!(v0.generation_id_or_member_epoch, -1);
+        assert!(v0.member_id.is_empty());
+        let p = &v0.topics[0].partitions[0];
+        assert_eq!(
+            (p.committed_offset, p.committed_metadata.as_deref()),
+            (42, Some("meta"))
+        );
+        let RequestKind::OffsetCommit(v1) = decoded(ApiKey::OffsetCommit, 1) else {
+            panic!()
+        };
+        assert_eq!(
+            (v1.generation_id_or_member_epoch, v1.member_id.as_str()),
+            (4, "m")
+        );
+        assert_eq!(v1.topics[0].partitions[0].committed_offset, 42);
+
+        let RequestKind::ListOffsets(l) = decoded(ApiKey::ListOffsets, 0) else {
+            panic!()
+        };
+        assert_eq!(l.topics[0].partitions[0].timestamp, -2);
+
+        for version in 0..=3 {
+            let RequestKind::Fetch(f) = decoded(ApiKey::Fetch, version) else {
+                panic!()
+            };
+            assert_eq!((f.max_wait_ms, f.min_bytes), (100, 1));
+            assert_eq!(f.max_bytes, if version == 3 { 4096 } else { i32::MAX });
+            let p = &f.topics[0].partitions[0];
+            assert_eq!((p.fetch_offset, p.partition_max_bytes), (17, 1024));
+        }
+        for version in 0..=2 {
+            let RequestKind::Produce(p) = decoded(ApiKey::Produce, version) else {
+                panic!()
+            };
+            assert_eq!((p.acks, p.transactional_id.is_none()), (1, true));
+            let data = &p.topic_data[0].partition_data[0];
+            assert_eq!(data.records.as_deref(), Some(&b"abc"[..]));
+        }
+        for version in 0..=1 {
+            let RequestKind::CreateTopics(c) = decoded(ApiKey::CreateTopics, version) else {
+                panic!()
+            };
+            assert_eq!(c.topics[0].num_partitions, 3);
+            assert_eq!(c.topics[0].configs[0].value.as_deref(), Some("1000"));
+            assert_eq!(c.validate_only, version == 1);
+        }
+        let RequestKind::DeleteTopics(d) = decoded(ApiKey::DeleteTopics, 0) else {
+            panic!()
+        };
+        assert_eq!(d.topic_names[0].as_str(), "t");
+        let RequestKind::OffsetFetch(o) = decoded(ApiKey::OffsetFetch, 0) else {
+            panic!()
+        };
+        assert_eq!(o.topics.unwrap()[0].partition_indexes, vec![0]);
+    }
+
+    #[test]
+    fn truncated_and_lying_bodies_are_errors() {
+        for (api_key, version) in [
+            (ApiKey::OffsetCommit, 0),
+            (ApiKey::OffsetCommit, 1),
+            (ApiKey::ListOffsets, 0),
+            (ApiKey::Fetch, 2),
+            (ApiKey::Produce, 0),
+        ] {
+            let body = example_body(api_key, version);
+            for cut in 0..body.len() - 1 {
+                let short = Bytes::copy_from_slice(&body[..cut]);
+                let _ = decode(api_key, version, short);
+            }
+        }
+        // A topic count far beyond the bytes left fails without allocating for it.
+        let mut b = BytesMut::new();
+        put_str(&mut b, "g");
+        b.put_i32(i32::MAX);
+        assert!(decode(ApiKey::OffsetCommit, 0, b.freeze()).is_err());
+    }
+
+    fn encoded(response: &ResponseKind, version: i16) -> Vec<u8> {
+        let mut out = BytesMut::new();
+        encode(response, version, &mut out).unwrap();
+        out.to_vec()
+    }
+
+    #[test]
+    fn answers_take_the_old_layouts() {
+        let list = ResponseKind::ListOffsets(ListOffsetsResponse::default().with_topics(vec![
+            ListOffsetsTopicResponse::default()
+                .with_name(TopicName(StrBytes::from_static_str("t")))
+                .with_partitions(vec![ListOffsetsPartitionResponse::default()
+                    .with_partition_index(2)
+                    .with_offset(9)]),
+        ]));
+        let mut v0 = vec![
+            0, 0, 0, 1, 0, 1, b't', 0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 0, 0, 1,
+        ];
+        v0.extend_from_slice(&9i64.to_be_bytes());
+        assert_eq!(encoded(&list, 0), v0);
+
+        let created = CreateTopicsResponse::default()
+            .with_throttle_time_ms(7)
+            .with_topics(vec![CreatableTopicResult::default()
+                .with_name(TopicName(StrBytes::from_static_str("t")))
+                .with_error_code(36)
+                .with_error_message(Some(StrBytes::from_static_str("x")))]);
+        let created = ResponseKind::CreateTopics(created);
+        assert_eq!(encoded(&created, 0), [0, 0, 0, 1, 0, 1, b't', 0, 36]);
+        assert_eq!(
+            encoded(&created, 1),
+            [0, 0, 0, 1, 0, 1, b't', 0, 36, 0, 1, b'x']
+        );
+
+        let produce = refused(&decoded(ApiKey::Produce, 0)).unwrap().unwrap();
+        let mut v0 = vec![0, 0, 0, 1, 0, 1, b't', 0, 0, 0, 1, 0, 0, 0, 0, 0, 43];
+        v0.extend_from_slice(&(-1i64).to_be_bytes());
+        assert_eq!(encoded(&produce, 0), v0);
+        let mut v1 = v0.clone();
+        v1.extend_from_slice(&[0, 0, 0, 0]);
+        assert_eq!(encoded(&produce, 1), v1, "v1 adds the throttle time last");
+
+        let fetch = refused(&decoded(ApiKey::Fetch, 0)).unwrap().unwrap();
+        let mut v0 = vec![0, 0, 0, 1, 0, 1, b't', 0, 0, 0, 1, 0, 0, 0, 0, 0, 35];
+        v0.extend_from_slice(&(-1i64).to_be_bytes());
+        v0.extend_from_slice(&[0, 0, 0, 0]);
+        assert_eq!(encoded(&fetch, 0), v0);
+        let mut v1 = vec![0, 0, 0, 0];
+        v1.extend_from_slice(&v0);
+        assert_eq!(encoded(&fetch, 1), v1, "v1 leads with the throttle time");
+
+        // An acks=0 Produce gets no answer, as at every version.
+        let mut body = example_body(ApiKey::Produce, 0);
+        body[..2].copy_from_slice(&0i16.to_be_bytes());
+        let request = decode(ApiKey::Produce, 0, body.freeze()).unwrap();
+        assert_eq!(refused(&request), Some(None));
+    }
 }

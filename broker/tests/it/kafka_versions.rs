@@ -28,9 +28,7 @@ fn default_request(api_key: ApiKey) -> RequestKind {
         ApiKey::Metadata => RequestKind::Metadata(MetadataRequest::default()),
         ApiKey::OffsetCommit => RequestKind::OffsetCommit(OffsetCommitRequest::default()),
         ApiKey::OffsetFetch => RequestKind::OffsetFetch(OffsetFetchRequest::default()),
-        ApiKey::FindCoordinator => {
-            RequestKind::FindCoordinator(FindCoordinatorRequest::default())
-        }
+        ApiKey::FindCoordinator => RequestKind::FindCoordinator(FindCoordinatorRequest::default()),
         ApiKey::JoinGroup => RequestKind::JoinGroup(JoinGroupRequest::default()),
         ApiKey::Heartbeat => RequestKind::Heartbeat(HeartbeatRequest::default()),
         ApiKey::LeaveGroup => RequestKind::LeaveGroup(LeaveGroupRequest::default()),
@@ -41,19 +39,17 @@ fn default_request(api_key: ApiKey) -> RequestKind {
         ApiKey::CreateTopics => RequestKind::CreateTopics(CreateTopicsRequest::default()),
         ApiKey::DeleteTopics => RequestKind::DeleteTopics(DeleteTopicsRequest::default()),
         ApiKey::InitProducerId => RequestKind::InitProducerId(InitProducerIdRequest::default()),
-        ApiKey::DescribeCluster => {
-            RequestKind::DescribeCluster(DescribeClusterRequest::default())
-        }
+        ApiKey::DescribeCluster => RequestKind::DescribeCluster(DescribeClusterRequest::default()),
         ApiKey::SaslHandshake => RequestKind::SaslHandshake(SaslHandshakeRequest::default()),
         ApiKey::SaslAuthenticate => {
             RequestKind::SaslAuthenticate(SaslAuthenticateRequest::default())
         }
-        ApiKey::DescribeUserScramCredentials => RequestKind::DescribeUserScramCredentials(
-            DescribeUserScramCredentialsRequest::default(),
-        ),
-        ApiKey::AlterUserScramCredentials => RequestKind::AlterUserScramCredentials(
-            AlterUserScramCredentialsRequest::default(),
-        ),
+        ApiKey::DescribeUserScramCredentials => {
+            RequestKind::DescribeUserScramCredentials(DescribeUserScramCredentialsRequest::default())
+        }
+        ApiKey::AlterUserScramCredentials => {
+            RequestKind::AlterUserScramCredentials(AlterUserScramCredentialsRequest::default())
+        }
         ApiKey::CreateAcls => RequestKind::CreateAcls(CreateAclsRequest::default()),
         ApiKey::DescribeAcls => RequestKind::DescribeAcls(DescribeAclsRequest::default()),
         ApiKey::DeleteAcls => RequestKind::DeleteAcls(DeleteAclsRequest::default()),
@@ -175,9 +171,17 @@ async fn exchange(addr: &str, api_key: ApiKey, version: i16, body: &[u8]) -> Opt
     let mut answer = tokio::time::timeout(Duration::from_secs(30), read)
         .await
         .expect("no answer within 30 s")?;
-    assert_eq!(answer.get_i32(), 4242, "{api_key:?} v{version}: correlation id");
+    assert_eq!(
+        answer.get_i32(),
+        4242,
+        "{api_key:?} v{version}: correlation id"
+    );
     if api_key.response_header_version(version) >= 1 {
-        assert_eq!(answer.get_u8(), 0, "no tagged fields in the response header");
+        assert_eq!(
+            answer.get_u8(),
+            0,
+            "no tagged fields in the response header"
+        );
     }
     Some(answer)
 }
@@ -206,7 +210,9 @@ async fn every_advertised_version_is_answered() {
 
     let mut body = BytesMut::new();
     ApiVersionsRequest::default().encode(&mut body, 0).unwrap();
-    let mut answer = exchange(&addr, ApiKey::ApiVersions, 0, &body).await.unwrap();
+    let mut answer = exchange(&addr, ApiKey::ApiVersions, 0, &body)
+        .await
+        .unwrap();
     let advertised = ApiVersionsResponse::decode(&mut answer, 0).unwrap();
     assert_eq!(advertised.error_code, 0);
     let advertised: Vec<(i16, i16, i16)> = advertised
@@ -218,7 +224,10 @@ async fn every_advertised_version_is_answered() {
         .iter()
         .map(|(k, min, max)| (*k as i16, *min, *max))
         .collect();
-    assert_eq!(advertised, expected, "ApiVersions advertises exactly SUPPORTED");
+    assert_eq!(
+        advertised, expected,
+        "ApiVersions advertises exactly SUPPORTED"
+    );
 
     let mut n_answered = 0;
     for (api_key, min, max) in SUPPORTED {
@@ -262,9 +271,14 @@ async fn every_advertised_version_is_answered() {
     assert_eq!(fetched.error_code, 35, "Fetch v13 needs topic ids");
     let mut body = BytesMut::new();
     ApiVersionsRequest::default().encode(&mut body, 4).unwrap();
-    let mut answer = exchange(&addr, ApiKey::ApiVersions, 4, &body).await.unwrap();
+    let mut answer = exchange(&addr, ApiKey::ApiVersions, 4, &body)
+        .await
+        .unwrap();
     let fallback = ApiVersionsResponse::decode(&mut answer, 0).unwrap();
-    assert_eq!(fallback.error_code, 35, "ApiVersions v4 is answered in v0 with 35");
+    assert_eq!(
+        fallback.error_code, 35,
+        "ApiVersions v4 is answered in v0 with 35"
+    );
     stop(broker);
 }
 
@@ -311,7 +325,11 @@ fn check_legacy_answer(api_key: ApiKey, version: i16, b: &mut Bytes) {
             assert_eq!(b.get_i32(), 0);
             assert_eq!(b.get_i16(), 0, "{at}");
             assert_eq!(b.get_i32(), 1, "{at}: one old-style offset");
-            assert_eq!(b.get_i64(), 0, "{at}: the latest offset of an empty partition");
+            assert_eq!(
+                b.get_i64(),
+                0,
+                "{at}: the latest offset of an empty partition"
+            );
         }
         ApiKey::OffsetCommit => {
             assert_eq!(b.get_i32(), 1);
@@ -446,7 +464,10 @@ async fn idempotent_retries_straddling_a_broker_kill_are_not_written_twice() {
             .await
             .expect("native consumer stalled")
             .unwrap();
-        values.push((r.offset, String::from_utf8(r.value.unwrap().to_vec()).unwrap()));
+        values.push((
+            r.offset,
+            String::from_utf8(r.value.unwrap().to_vec()).unwrap(),
+        ));
     }
     let expected: Vec<(u64, String)> = (0..11).map(|i| (i, format!("seq-{i}"))).collect();
     assert_eq!(values, expected, "no retry was written twice");
@@ -459,7 +480,9 @@ fn build_sarama_check(dir: &Path) -> PathBuf {
     let binary = dir.join("sarama-check");
     let gopath = "/usr/share/gocode";
     assert!(
-        Path::new(gopath).join("src/github.com/Shopify/sarama").is_dir(),
+        Path::new(gopath)
+            .join("src/github.com/Shopify/sarama")
+            .is_dir(),
         "sarama is missing: apt-get install golang-go golang-github-shopify-sarama-dev \
          (bash .ci/run installs them)"
     );
@@ -554,7 +577,10 @@ async fn sarama_produces_idempotently_and_its_group_resumes_after_its_commit() {
         "{legacy:?}"
     );
     let legacy = sarama(&binary, &["legacy", &bootstrap, "sarama-old"]);
-    assert!(legacy.contains(&"topic sarama-old".to_string()), "{legacy:?}");
+    assert!(
+        legacy.contains(&"topic sarama-old".to_string()),
+        "{legacy:?}"
+    );
     assert!(legacy.contains(&"newest 0".to_string()), "{legacy:?}");
     stop(broker);
 }
