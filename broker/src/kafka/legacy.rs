@@ -9,14 +9,14 @@
 //! written here one by one, with the few primitives below.
 //!
 //! Produce v0-v2 carry message sets v0/v1 and Fetch v0-v3 expect them back; Strand stores only
-//! record batches v2 and converts neither way. Such requests are answered, not dropped:
-//! Produce with UNSUPPORTED_FOR_MESSAGE_FORMAT for every partition (nothing is written), Fetch
-//! with UNSUPPORTED_VERSION for every partition, which is what Kafka answers old consumers
-//! when its down-conversion is turned off (`message.downconversion.enable=false`).
+//! record batches v2. Fetch answers are converted down, as Kafka does: each batch read is
+//! decoded (decompressed) and its records written as uncompressed messages of magic 0 (Fetch
+//! v0-v1) or 1 (v2-v3, with timestamps); headers and control records have no place there and
+//! are left out. Produce is not converted up: it is answered, not dropped, with
+//! UNSUPPORTED_FOR_MESSAGE_FORMAT for every partition, and nothing is written.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use kafka_protocol::error::ResponseError;
-use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
 use kafka_protocol::messages::offset_commit_request::{
     OffsetCommitRequestPartition, OffsetCommitRequestTopic,
@@ -222,9 +222,9 @@ fn list_offsets(buf: &mut Bytes) -> anyhow::Result<ListOffsetsRequest> {
         .with_topics(topics))
 }
 
-/// The answer to a legacy Produce or Fetch, which are refused without reading or writing
-/// anything (see the module doc); `None` for the other requests, which are served. A Produce
-/// with acks=0 is answered with nothing, as any acks=0 Produce.
+/// The answer to a legacy Produce, which is refused without writing anything (see the module
+/// doc); `None` for the other requests, which are served. A Produce with acks=0 is answered
+/// with nothing, as any acks=0 Produce.
 pub(super) fn refused(request: &RequestKind) -> Option<Option<ResponseKind>> {
     match request {
         RequestKind::Produce(r) => Some((r.acks != 0).then(|| {
@@ -251,34 +251,65 @@ pub(super) fn refused(request: &RequestKind) -> Option<Option<ResponseKind>> {
                 .collect();
             ResponseKind::Produce(ProduceResponse::default().with_responses(responses))
         })),
-        RequestKind::Fetch(r) => {
-            let code = ResponseError::UnsupportedVersion.code();
-            let responses = r
-                .topics
-                .iter()
-                .map(|t| {
-                    FetchableTopicResponse::default()
-                        .with_topic(t.topic.clone())
-                        .with_partitions(
-                            t.partitions
-                                .iter()
-                                .map(|p| {
-                                    PartitionData::default()
-                                        .with_partition_index(p.partition)
-                                        .with_error_code(code)
-                                        .with_high_watermark(-1)
-                                        .with_records(Some(Bytes::new()))
-                                })
-                                .collect(),
-                        )
-                })
-                .collect();
-            Some(Some(ResponseKind::Fetch(
-                FetchResponse::default().with_responses(responses),
-            )))
-        }
         _ => None,
     }
+}
+
+/// Rewrites the records of a Fetch v0-v3 answer as message sets (see the module doc). A
+/// partition whose batches cannot be decoded is answered CORRUPT_MESSAGE with no records.
+pub(super) fn down_convert(response: &mut FetchResponse, version: i16) {
+    let magic = if version >= 2 { 1 } else { 0 };
+    for topic in &mut response.responses {
+        for p in &mut topic.partitions {
+            let Some(batches) = p.records.take().filter(|b| !b.is_empty()) else {
+                p.records = Some(Bytes::new());
+                continue;
+            };
+            match message_set(batches, magic) {
+                Ok(set) => p.records = Some(set),
+                Err(e) => {
+                    tracing::warn!(topic = %topic.topic.0, partition = p.partition_index, error = %e, "cannot convert stored batches for an old fetcher");
+                    p.error_code = ResponseError::CorruptMessage.code();
+                    p.records = Some(Bytes::new());
+                }
+            }
+        }
+    }
+}
+
+/// The records of `batches` as a message set of `magic` 0 or 1, uncompressed.
+fn message_set(mut batches: Bytes, magic: i8) -> anyhow::Result<Bytes> {
+    use kafka_protocol::records::{RecordBatchDecoder, TimestampType};
+    let mut out = BytesMut::with_capacity(batches.len());
+    for set in RecordBatchDecoder::decode_all(&mut batches)? {
+        for record in set.records.iter().filter(|r| !r.control) {
+            let mut message = BytesMut::new();
+            message.put_i8(magic);
+            let log_append_time = record.timestamp_type == TimestampType::LogAppend;
+            message.put_i8(if magic == 1 && log_append_time {
+                0x08
+            } else {
+                0
+            });
+            if magic == 1 {
+                message.put_i64(record.timestamp);
+            }
+            for field in [&record.key, &record.value] {
+                match field {
+                    None => message.put_i32(-1),
+                    Some(b) => {
+                        message.put_i32(i32::try_from(b.len())?);
+                        message.put_slice(b);
+                    }
+                }
+            }
+            out.put_i64(record.offset);
+            out.put_i32(i32::try_from(4 + message.len())?);
+            out.put_u32(crc32fast::hash(&message));
+            out.put_slice(&message);
+        }
+    }
+    Ok(out.freeze())
 }
 
 /// Writes the answer to a legacy request in its version's layout.
@@ -386,10 +417,14 @@ fn without_throttle_time(
 pub(super) mod tests {
     use super::*;
     use kafka_protocol::messages::create_topics_response::CreatableTopicResult;
+    use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
     use kafka_protocol::messages::list_offsets_response::{
         ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
     };
     use kafka_protocol::messages::{CreateTopicsResponse, ListOffsetsResponse};
+    use kafka_protocol::records::{
+        Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+    };
 
     fn put_str(b: &mut BytesMut, s: &str) {
         b.put_i16(s.len() as i16);
@@ -610,10 +645,17 @@ pub(super) mod tests {
         v1.extend_from_slice(&[0, 0, 0, 0]);
         assert_eq!(encoded(&produce, 1), v1, "v1 adds the throttle time last");
 
-        let fetch = refused(&decoded(ApiKey::Fetch, 0)).unwrap().unwrap();
-        let mut v0 = vec![0, 0, 0, 1, 0, 1, b't', 0, 0, 0, 1, 0, 0, 0, 0, 0, 35];
-        v0.extend_from_slice(&(-1i64).to_be_bytes());
-        v0.extend_from_slice(&[0, 0, 0, 0]);
+        let fetch = ResponseKind::Fetch(FetchResponse::default().with_responses(vec![
+            FetchableTopicResponse::default()
+                .with_topic(TopicName(StrBytes::from_static_str("t")))
+                .with_partitions(vec![PartitionData::default()
+                    .with_error_code(1)
+                    .with_high_watermark(5)
+                    .with_records(Some(Bytes::from_static(b"ab")))]),
+        ]));
+        let mut v0 = vec![0, 0, 0, 1, 0, 1, b't', 0, 0, 0, 1, 0, 0, 0, 0, 0, 1];
+        v0.extend_from_slice(&5i64.to_be_bytes());
+        v0.extend_from_slice(&[0, 0, 0, 2, b'a', b'b']);
         assert_eq!(encoded(&fetch, 0), v0);
         let mut v1 = vec![0, 0, 0, 0];
         v1.extend_from_slice(&v0);
@@ -624,5 +666,97 @@ pub(super) mod tests {
         body[..2].copy_from_slice(&0i16.to_be_bytes());
         let request = decode(ApiKey::Produce, 0, body.freeze()).unwrap();
         assert_eq!(refused(&request), Some(None));
+    }
+
+    /// Two stored batches, one gzip-compressed, with a key, a null value and a header, read as
+    /// message sets of magic 0 and 1: every record in order, CRC-32 right, headers left out.
+    #[test]
+    fn fetched_batches_are_converted_to_message_sets() {
+        let record = |offset: i64, key: Option<&'static [u8]>, value: Option<&'static [u8]>| {
+            let mut headers = kafka_protocol::indexmap::IndexMap::new();
+            headers.insert(
+                StrBytes::from_static_str("h"),
+                Some(Bytes::from_static(b"v")),
+            );
+            Record {
+                transactional: false,
+                control: false,
+                partition_leader_epoch: -1,
+                producer_id: -1,
+                producer_epoch: -1,
+                timestamp_type: TimestampType::Creation,
+                offset,
+                sequence: -1,
+                timestamp: 1_700_000_000_000 + offset,
+                key: key.map(Bytes::from_static),
+                value: value.map(Bytes::from_static),
+                headers,
+                delete_horizon: false,
+            }
+        };
+        let mut stored = BytesMut::new();
+        for (records, compression) in [
+            (vec![record(0, Some(b"k0"), Some(b"v0"))], Compression::None),
+            (
+                vec![record(1, None, Some(b"v1")), record(2, Some(b"k2"), None)],
+                Compression::Gzip,
+            ),
+        ] {
+            let options = RecordEncodeOptions {
+                version: 2,
+                compression,
+            };
+            RecordBatchEncoder::encode(&mut stored, &records, &options).unwrap();
+        }
+        for (version, magic) in [(0i16, 0i8), (1, 0), (2, 1), (3, 1)] {
+            let mut response =
+                FetchResponse::default()
+                    .with_responses(vec![FetchableTopicResponse::default().with_partitions(
+                        vec![PartitionData::default().with_records(Some(stored.clone().freeze()))],
+                    )]);
+            down_convert(&mut response, version);
+            let p = &response.responses[0].partitions[0];
+            assert_eq!(p.error_code, 0);
+            let mut set = p.records.clone().unwrap();
+            let mut seen = Vec::new();
+            while set.has_remaining() {
+                let offset = set.get_i64();
+                let size = set.get_i32() as usize;
+                let mut message = set.split_to(size);
+                let crc = message.get_u32();
+                assert_eq!(crc, crc32fast::hash(&message), "v{version}: CRC-32");
+                assert_eq!(message.get_i8(), magic);
+                assert_eq!(message.get_i8(), 0, "uncompressed, creation time");
+                if magic == 1 {
+                    assert_eq!(message.get_i64(), 1_700_000_000_000 + offset);
+                }
+                let mut field = || {
+                    let len = message.get_i32();
+                    (len >= 0).then(|| message.split_to(len as usize).to_vec())
+                };
+                let key = field();
+                let value = field();
+                assert!(!message.has_remaining(), "no headers");
+                seen.push((offset, key, value));
+            }
+            assert_eq!(
+                seen,
+                vec![
+                    (0, Some(b"k0".to_vec()), Some(b"v0".to_vec())),
+                    (1, None, Some(b"v1".to_vec())),
+                    (2, Some(b"k2".to_vec()), None),
+                ],
+                "v{version}"
+            );
+        }
+        // Bytes that are no batch: CORRUPT_MESSAGE, no records.
+        let mut response =
+            FetchResponse::default()
+                .with_responses(vec![FetchableTopicResponse::default().with_partitions(
+                    vec![PartitionData::default().with_records(Some(Bytes::from_static(&[0; 70])))],
+                )]);
+        down_convert(&mut response, 2);
+        let p = &response.responses[0].partitions[0];
+        assert_eq!((p.error_code, p.records.as_deref()), (2, Some(&[][..])));
     }
 }

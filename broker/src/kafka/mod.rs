@@ -71,9 +71,8 @@ pub const SUPPORTED: [(ApiKey, i16, i16); 25] = [
     // 2.11 enables gzip, snappy and lz4 only when the broker lists Produce v0 (it checks the
     // range [0, 0]); with v3 as the minimum it silently sends everything uncompressed.
     (ApiKey::Produce, 0, 11),
-    // v0-v3 expect message sets v0/v1 back: answered with UNSUPPORTED_VERSION per partition,
-    // as Kafka does with down-conversion turned off. v13 and later name topics by topic id,
-    // which Strand does not assign yet.
+    // v0-v3 expect message sets v0/v1 back: the batches read are converted down, as Kafka
+    // does. v13 and later name topics by topic id, which Strand does not assign yet.
     (ApiKey::Fetch, 0, 12),
     (ApiKey::ListOffsets, 0, 8),
     (ApiKey::Metadata, 0, 12),
@@ -400,7 +399,10 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
                     // A fetch request holds little; what it reads is charged on its own,
                     // and waiting for that must not hold this frame's charge.
                     drop(frame_charge);
-                    let (response, charge) = data::fetch(context, &session, fetch).await;
+                    let (mut response, charge) = data::fetch(context, &session, fetch).await;
+                    if legacy::is_legacy(api_key, version) {
+                        legacy::down_convert(&mut response, version);
+                    }
                     (header, ResponseKind::Fetch(response), version, charge)
                 } else if let RequestKind::SaslHandshake(r) = *request {
                     drop(frame_charge);

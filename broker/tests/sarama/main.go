@@ -153,8 +153,9 @@ func consume(bootstrap, topic, group string, n int) {
 }
 
 // legacy sends what a client configured for Kafka 0.10.0 sends: CreateTopics v0, ListOffsets
-// v0, and a Produce v2 holding a message set v1, which the broker refuses with
-// UNSUPPORTED_FOR_MESSAGE_FORMAT instead of closing the connection.
+// v0, Fetch v2 (which gets message sets v1 back, converted from the stored batches, and reads
+// the partition from its start), and a Produce v2 holding a message set v1, which the broker
+// refuses with UNSUPPORTED_FOR_MESSAGE_FORMAT instead of closing the connection.
 func legacy(bootstrap, topic string) {
 	c := config(sarama.V0_10_1_0)
 	createTopic(bootstrap, topic, c)
@@ -169,6 +170,28 @@ func legacy(bootstrap, topic string) {
 		fail("newest offset: %v", err)
 	}
 	fmt.Printf("newest %d\n", newest)
+	if newest > 0 {
+		consumer, err := sarama.NewConsumerFromClient(client)
+		if err != nil {
+			fail("consumer: %v", err)
+		}
+		pc, err := consumer.ConsumePartition(topic, 0, sarama.OffsetOldest)
+		if err != nil {
+			fail("consume partition: %v", err)
+		}
+		for read := int64(0); read < newest; read++ {
+			select {
+			case m := <-pc.Messages():
+				fmt.Printf("old got %s at %d\n", m.Value, m.Offset)
+			case err := <-pc.Errors():
+				fail("fetch v2: %v", err)
+			case <-time.After(waitMax):
+				fail("fetch v2: only %d of %d records within %v", read, newest, waitMax)
+			}
+		}
+		pc.Close()
+		consumer.Close()
+	}
 	c.Producer.Return.Successes = true
 	c.Producer.Retry.Max = 0
 	producer, err := sarama.NewSyncProducerFromClient(client)
