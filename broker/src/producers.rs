@@ -9,7 +9,7 @@
 //! at sequence 0; an older epoch is fenced.
 //!
 //! The table lives in memory and is rebuilt when a partition opens, from the batch headers of
-//! the last [`PRODUCER_STATE_SCAN_BYTES`] of its log (whole segments, so at least that much):
+//! the last `log.producer_state_scan_bytes` of its log (whole segments, so at least that much):
 //! every idempotent batch there is recorded again with the offsets it was written at, so a
 //! retry that straddles a restart (or a crash) is still answered as a duplicate. A producer
 //! whose last batch lies before that tail is not known after a restart, and its next batch is
@@ -20,12 +20,6 @@ use std::collections::{HashMap, VecDeque};
 use strand_client::batch::Batches;
 
 use crate::log::{LogError, LogReader};
-
-/// Bytes at the end of a partition's log whose batch headers rebuild its producers' sequences
-/// when it opens. Clients keep at most five batches in flight, and a retry follows its batch
-/// within the client's delivery timeout, so the batches a retry can repeat are at the very end
-/// of the log; this bounds the time a start spends per partition.
-pub const PRODUCER_STATE_SCAN_BYTES: u64 = 64 << 20;
 
 /// Bytes read at a time while rebuilding.
 const REBUILD_READ_BYTES: usize = 1 << 20;
@@ -302,6 +296,101 @@ mod tests {
         let wrapping = batch(0, 0, 1);
         t.record(&wrapping, 2, 2);
         assert_eq!(t.check(&batch(0, 1, 3)), Ok(SequenceCheck::Append));
+    }
+
+    /// One stored batch of `n` records, from producer `producer_id` starting at `first_seq`,
+    /// or from no producer when `producer_id` is -1.
+    fn stored_batch(producer_id: i64, first_seq: i32, n: usize) -> Vec<u8> {
+        use kafka_protocol::records::{
+            Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+        };
+        let records: Vec<Record> = (0..n)
+            .map(|i| Record {
+                transactional: false,
+                control: false,
+                partition_leader_epoch: -1,
+                producer_id,
+                producer_epoch: if producer_id < 0 { -1 } else { 0 },
+                timestamp_type: TimestampType::Creation,
+                offset: i as i64,
+                sequence: if producer_id < 0 {
+                    -1
+                } else {
+                    first_seq + i as i32
+                },
+                timestamp: 1_700_000_000_000,
+                key: None,
+                value: Some(bytes::Bytes::from(vec![b'x'; 200])),
+                headers: Default::default(),
+                delete_horizon: false,
+            })
+            .collect();
+        let mut out = bytes::BytesMut::new();
+        let options = RecordEncodeOptions {
+            version: 2,
+            compression: Compression::None,
+        };
+        RecordBatchEncoder::encode(&mut out, &records, &options).unwrap();
+        out.to_vec()
+    }
+
+    /// The table rebuilt from a log knows the producers whose batches lie in the scanned tail,
+    /// with the offsets they were written at, and not the ones before it.
+    #[test]
+    fn the_table_is_rebuilt_from_the_tail_of_the_log() {
+        use crate::log::{Log, LogConfig};
+        let dir = tempfile::tempdir().unwrap();
+        let config = LogConfig {
+            segment_bytes_max: 4096,
+            ..LogConfig::default()
+        };
+        let (mut log, _) = Log::open(dir.path(), config).unwrap();
+        // Producer 1 first, then enough anonymous batches for several segments, then 2.
+        log.append(&mut stored_batch(1, 0, 3)).unwrap();
+        for _ in 0..60 {
+            log.append(&mut stored_batch(-1, 0, 1)).unwrap();
+        }
+        let at = log.append(&mut stored_batch(2, 0, 4)).unwrap();
+        log.append(&mut stored_batch(2, 4, 1)).unwrap();
+        let reader = log.reader();
+        let batch = |producer_id, first_seq, record_count| BatchSequence {
+            producer_id,
+            epoch: 0,
+            first_seq,
+            record_count,
+        };
+
+        let whole = ProducerTable::rebuild(&reader, u64::MAX).unwrap();
+        assert_eq!(
+            whole.check(&batch(1, 0, 3)),
+            Ok(SequenceCheck::Duplicate {
+                base_offset: 0,
+                last_offset: 2
+            })
+        );
+        assert_eq!(
+            whole.check(&batch(2, 0, 4)),
+            Ok(SequenceCheck::Duplicate {
+                base_offset: at.base_offset,
+                last_offset: at.base_offset + 3
+            })
+        );
+        assert!(matches!(
+            whole.check(&batch(2, 9, 1)),
+            Err(SequenceError::OutOfOrder { expected: 5, .. })
+        ));
+
+        // Only the last segment: producer 2 is known, producer 1 is not (any sequence goes).
+        let tail = ProducerTable::rebuild(&reader, 1).unwrap();
+        assert!(matches!(
+            tail.check(&batch(2, 4, 1)),
+            Ok(SequenceCheck::Duplicate { .. })
+        ));
+        assert_eq!(tail.check(&batch(1, 77, 1)), Ok(SequenceCheck::Append));
+        assert!(matches!(
+            whole.check(&batch(1, 77, 1)),
+            Err(SequenceError::OutOfOrder { expected: 3, .. })
+        ));
     }
 
     #[test]

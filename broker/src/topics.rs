@@ -20,7 +20,7 @@ use crate::log::{
     CleanReport, FsyncObserver, Log, LogCleaner, LogConfig, LogError, LogReader, ObserverSlot,
     RecoveryReport,
 };
-use crate::producers::{ProducerTable, PRODUCER_STATE_SCAN_BYTES};
+use crate::producers::ProducerTable;
 
 const TOPICS_DIR: &str = "topics";
 const DELETING_DIR: &str = "deleting";
@@ -565,10 +565,9 @@ impl Topics {
                 let mut writer = partition.writer();
                 match writer.recover() {
                     Ok(_) => {
-                        *partition.producers() = ProducerTable::rebuild(
-                            &partition.reader,
-                            PRODUCER_STATE_SCAN_BYTES,
-                        )
+                        let scan_bytes = writer.config().producer_state_scan_bytes;
+                        *partition.producers() =
+                            ProducerTable::rebuild(&partition.reader, scan_bytes)
                         .unwrap_or_else(|e| {
                             tracing::warn!(topic = %partition.topic, partition = partition.index, error = %e, "rebuilding idempotent producer state failed; starting empty");
                             ProducerTable::default()
@@ -630,7 +629,9 @@ fn open_partition(
         config.log_config(defaults),
     )?;
     let reader = log.reader();
-    let producers = ProducerTable::rebuild(&reader, PRODUCER_STATE_SCAN_BYTES)?;
+    // Clients keep at most five batches in flight and retry within their delivery timeout,
+    // so the batches a retry can repeat are at the end of the log: only that tail is read.
+    let producers = ProducerTable::rebuild(&reader, log.config().producer_state_scan_bytes)?;
     let cleaner = log.cleaner();
     let tombstone_retention_ms = log.config().tombstone_retention_ms;
     Ok((
