@@ -12,7 +12,9 @@
 //! record batches v2. Fetch answers are converted down, as Kafka does: each batch read is
 //! decoded (decompressed) and its records written as uncompressed messages of magic 0 (Fetch
 //! v0-v1) or 1 (v2-v3, with timestamps); headers and control records have no place there and
-//! are left out. Produce is not converted up: it is answered, not dropped, with
+//! are left out. An answer's message sets hold about as many bytes as the batches read (at
+//! least one batch each), so conversion holds at most one batch's decompressed records beyond
+//! what the fetch was charged for. Produce is not converted up: it is answered, not dropped, with
 //! UNSUPPORTED_FOR_MESSAGE_FORMAT for every partition, and nothing is written.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -277,11 +279,23 @@ pub(super) fn down_convert(response: &mut FetchResponse, version: i16) {
     }
 }
 
-/// The records of `batches` as a message set of `magic` 0 or 1, uncompressed.
-fn message_set(mut batches: Bytes, magic: i8) -> anyhow::Result<Bytes> {
+/// The records of `batches` as a message set of `magic` 0 or 1, uncompressed. Batches are
+/// converted one at a time, and none is started once the output holds as many bytes as the
+/// batches read: decompressed records may take many times the room of the batches the fetch
+/// was charged for, and the fetcher asks again from where the answer stops. The first batch is
+/// always converted, so a fetcher always makes progress.
+fn message_set(batches: Bytes, magic: i8) -> anyhow::Result<Bytes> {
     use kafka_protocol::records::{RecordBatchDecoder, TimestampType};
-    let mut out = BytesMut::with_capacity(batches.len());
-    for set in RecordBatchDecoder::decode_all(&mut batches)? {
+    let limit = batches.len();
+    let mut out = BytesMut::with_capacity(limit);
+    let mut at = 0;
+    for (header, raw) in strand_client::batch::Batches::new(&batches) {
+        if at > 0 && out.len() >= limit {
+            break;
+        }
+        let mut one = batches.slice(at..at + raw.len());
+        at += header.total_len();
+        let set = RecordBatchDecoder::decode(&mut one)?;
         for record in set.records.iter().filter(|r| !r.control) {
             let mut message = BytesMut::new();
             message.put_i8(magic);
@@ -309,6 +323,7 @@ fn message_set(mut batches: Bytes, magic: i8) -> anyhow::Result<Bytes> {
             out.put_slice(&message);
         }
     }
+    anyhow::ensure!(at > 0, "no whole batch in {} bytes", batches.len());
     Ok(out.freeze())
 }
 
@@ -758,5 +773,41 @@ pub(super) mod tests {
         down_convert(&mut response, 2);
         let p = &response.responses[0].partitions[0];
         assert_eq!((p.error_code, p.records.as_deref()), (2, Some(&[][..])));
+    }
+
+    /// Batches that decompress to far more than they take stored: the answer stops after the
+    /// first, whole, and the fetcher asks again from there.
+    #[test]
+    fn conversion_stops_near_the_bytes_read() {
+        let mut stored = BytesMut::new();
+        for offset in 0..3 {
+            let record = Record {
+                transactional: false,
+                control: false,
+                partition_leader_epoch: -1,
+                producer_id: -1,
+                producer_epoch: -1,
+                timestamp_type: TimestampType::Creation,
+                offset,
+                sequence: -1,
+                timestamp: 0,
+                key: None,
+                value: Some(Bytes::from(vec![b'z'; 100_000])),
+                headers: Default::default(),
+                delete_horizon: false,
+            };
+            let options = RecordEncodeOptions {
+                version: 2,
+                compression: Compression::Gzip,
+            };
+            RecordBatchEncoder::encode(&mut stored, [&record], &options).unwrap();
+        }
+        assert!(stored.len() < 3_000, "{} bytes stored", stored.len());
+        let set = message_set(stored.freeze(), 1).unwrap();
+        assert_eq!(
+            set.len(),
+            8 + 4 + 4 + 1 + 1 + 8 + 4 + 4 + 100_000,
+            "one message"
+        );
     }
 }
