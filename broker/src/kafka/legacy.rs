@@ -1,6 +1,7 @@
 //! Request versions Kafka 3.9 serves that `kafka-protocol` no longer encodes (its schemas are
 //! Kafka 4's, which dropped them): OffsetCommit v0-v1, OffsetFetch v0, ListOffsets v0,
-//! CreateTopics v0-v1, DeleteTopics v0, Produce v0-v2 and Fetch v0-v3.
+//! CreateTopics v0-v1, DeleteTopics v0, Produce v0-v2, Fetch v0-v3, and CreateAcls,
+//! DescribeAcls and DeleteAcls v0 (which name only literal resource patterns).
 //!
 //! Each is read into the crate's request type (the shape of the crate's lowest version), is
 //! served by the same handler as every other version, and its answer is written in the old
@@ -19,15 +20,17 @@
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::create_acls_request::AclCreation;
+use kafka_protocol::messages::delete_acls_request::DeleteAclsFilter;
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
 use kafka_protocol::messages::offset_commit_request::{
     OffsetCommitRequestPartition, OffsetCommitRequestTopic,
 };
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{
-    ApiKey, CreateTopicsRequest, DeleteTopicsRequest, FetchRequest, FetchResponse,
-    ListOffsetsRequest, OffsetCommitRequest, OffsetFetchRequest, ProduceRequest, ProduceResponse,
-    RequestKind, ResponseKind, TopicName,
+    ApiKey, CreateAclsRequest, CreateTopicsRequest, DeleteAclsRequest, DeleteTopicsRequest,
+    DescribeAclsRequest, FetchRequest, FetchResponse, ListOffsetsRequest, OffsetCommitRequest,
+    OffsetFetchRequest, ProduceRequest, ProduceResponse, RequestKind, ResponseKind, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 
@@ -50,6 +53,11 @@ fn need(buf: &Bytes, n: usize) -> anyhow::Result<()> {
         buf.remaining()
     );
     Ok(())
+}
+
+fn get_i8(buf: &mut Bytes) -> anyhow::Result<i8> {
+    need(buf, 1)?;
+    Ok(buf.get_i8())
 }
 
 fn get_i32(buf: &mut Bytes) -> anyhow::Result<i32> {
@@ -90,6 +98,16 @@ fn put_string(out: &mut BytesMut, s: &str) -> anyhow::Result<()> {
     out.put_i16(len);
     out.put_slice(s.as_bytes());
     Ok(())
+}
+
+fn put_nullable_string(out: &mut BytesMut, s: Option<&str>) -> anyhow::Result<()> {
+    match s {
+        Some(s) => put_string(out, s),
+        None => {
+            out.put_i16(-1);
+            Ok(())
+        }
+    }
 }
 
 fn put_count(out: &mut BytesMut, n: usize) -> anyhow::Result<()> {
@@ -146,6 +164,27 @@ pub(super) fn decode(api_key: ApiKey, version: i16, mut body: Bytes) -> Result<R
             RequestKind::OffsetCommit(offset_commit(&mut body, version).map_err(bad)?)
         }
         ApiKey::ListOffsets => RequestKind::ListOffsets(list_offsets(&mut body).map_err(bad)?),
+        ApiKey::CreateAcls => RequestKind::CreateAcls(create_acls(&mut body).map_err(bad)?),
+        ApiKey::DescribeAcls => {
+            let f = acl_filter(&mut body).map_err(bad)?;
+            RequestKind::DescribeAcls(
+                DescribeAclsRequest::default()
+                    .with_resource_type_filter(f.resource_type_filter)
+                    .with_resource_name_filter(f.resource_name_filter)
+                    .with_pattern_type_filter(f.pattern_type_filter)
+                    .with_principal_filter(f.principal_filter)
+                    .with_host_filter(f.host_filter)
+                    .with_operation(f.operation)
+                    .with_permission_type(f.permission_type),
+            )
+        }
+        ApiKey::DeleteAcls => {
+            let mut filters = Vec::new();
+            for _ in 0..count(&mut body).map_err(&bad)? {
+                filters.push(acl_filter(&mut body).map_err(&bad)?);
+            }
+            RequestKind::DeleteAcls(DeleteAclsRequest::default().with_filters(filters))
+        }
         other => return Err(format!("{other:?} v{version} is not served")),
     })
 }
@@ -193,6 +232,52 @@ fn offset_commit(buf: &mut Bytes, version: i16) -> anyhow::Result<OffsetCommitRe
         .with_member_id(member_id)
         .with_retention_time_ms(-1)
         .with_topics(topics))
+}
+
+/// Kafka's code for the literal resource pattern, the only one ACL requests v0 can name.
+const PATTERN_LITERAL: i8 = 3;
+
+/// CreateAcls v0: v1 without the resource pattern type, which is literal.
+fn create_acls(buf: &mut Bytes) -> anyhow::Result<CreateAclsRequest> {
+    let mut creations = Vec::new();
+    for _ in 0..count(buf)? {
+        let resource_type = get_i8(buf)?;
+        let resource_name = get_string(buf)?;
+        let principal = get_string(buf)?;
+        let host = get_string(buf)?;
+        let operation = get_i8(buf)?;
+        let permission_type = get_i8(buf)?;
+        creations.push(
+            AclCreation::default()
+                .with_resource_type(resource_type)
+                .with_resource_name(resource_name)
+                .with_resource_pattern_type(PATTERN_LITERAL)
+                .with_principal(principal)
+                .with_host(host)
+                .with_operation(operation)
+                .with_permission_type(permission_type),
+        );
+    }
+    Ok(CreateAclsRequest::default().with_creations(creations))
+}
+
+/// An ACL filter of DescribeAcls or DeleteAcls v0: v1's without the pattern type, which is
+/// literal (Kafka matches v0 filters against literal patterns only).
+fn acl_filter(buf: &mut Bytes) -> anyhow::Result<DeleteAclsFilter> {
+    let resource_type_filter = get_i8(buf)?;
+    let resource_name_filter = get_nullable_string(buf)?;
+    let principal_filter = get_nullable_string(buf)?;
+    let host_filter = get_nullable_string(buf)?;
+    let operation = get_i8(buf)?;
+    let permission_type = get_i8(buf)?;
+    Ok(DeleteAclsFilter::default()
+        .with_resource_type_filter(resource_type_filter)
+        .with_resource_name_filter(resource_name_filter)
+        .with_pattern_type_filter(PATTERN_LITERAL)
+        .with_principal_filter(principal_filter)
+        .with_host_filter(host_filter)
+        .with_operation(operation)
+        .with_permission_type(permission_type))
 }
 
 /// ListOffsets v0: v1 with a maximum number of offsets per partition, which is at most one
@@ -333,6 +418,49 @@ pub(super) fn encode(response: &ResponseKind, version: i16, out: &mut BytesMut) 
     match response {
         // v0 and v1 answers have v2's layout.
         ResponseKind::OffsetCommit(r) => r.encode(out, 2).map_err(failed),
+        // v0's answer has v1's layout.
+        ResponseKind::CreateAcls(r) => r.encode(out, 1).map_err(failed),
+        // v0's answers are v1's without the pattern types.
+        ResponseKind::DescribeAcls(r) => (|| {
+            out.put_i32(r.throttle_time_ms);
+            out.put_i16(r.error_code);
+            put_nullable_string(out, r.error_message.as_deref())?;
+            put_count(out, r.resources.len())?;
+            for resource in &r.resources {
+                out.put_i8(resource.resource_type);
+                put_string(out, &resource.resource_name)?;
+                put_count(out, resource.acls.len())?;
+                for acl in &resource.acls {
+                    put_string(out, &acl.principal)?;
+                    put_string(out, &acl.host)?;
+                    out.put_i8(acl.operation);
+                    out.put_i8(acl.permission_type);
+                }
+            }
+            Ok(())
+        })()
+        .map_err(failed),
+        ResponseKind::DeleteAcls(r) => (|| {
+            out.put_i32(r.throttle_time_ms);
+            put_count(out, r.filter_results.len())?;
+            for result in &r.filter_results {
+                out.put_i16(result.error_code);
+                put_nullable_string(out, result.error_message.as_deref())?;
+                put_count(out, result.matching_acls.len())?;
+                for acl in &result.matching_acls {
+                    out.put_i16(acl.error_code);
+                    put_nullable_string(out, acl.error_message.as_deref())?;
+                    out.put_i8(acl.resource_type);
+                    put_string(out, &acl.resource_name)?;
+                    put_string(out, &acl.principal)?;
+                    put_string(out, &acl.host)?;
+                    out.put_i8(acl.operation);
+                    out.put_i8(acl.permission_type);
+                }
+            }
+            Ok(())
+        })()
+        .map_err(failed),
         ResponseKind::OffsetFetch(r) => r.encode(out, 1).map_err(failed),
         // v1's answer is v2's without the leading throttle time; v0's also has no messages.
         ResponseKind::CreateTopics(r) if version == 1 => {
@@ -526,6 +654,26 @@ pub(super) mod tests {
                 put_str(&mut b, "t");
                 b.put_i32(5_000);
             }
+            ApiKey::CreateAcls => {
+                b.put_i32(1);
+                b.put_i8(2); // topic
+                put_str(&mut b, "t");
+                put_str(&mut b, "User:alice");
+                put_str(&mut b, "*");
+                b.put_i8(3); // read
+                b.put_i8(3); // allow
+            }
+            ApiKey::DescribeAcls | ApiKey::DeleteAcls => {
+                if api_key == ApiKey::DeleteAcls {
+                    b.put_i32(1);
+                }
+                b.put_i8(1); // any resource type
+                b.put_i16(-1); // any name
+                put_str(&mut b, "User:alice");
+                b.put_i16(-1); // any host
+                b.put_i8(1); // any operation
+                b.put_i8(1); // any permission
+            }
             other => panic!("{other:?} has no legacy versions"),
         }
         b
@@ -594,6 +742,31 @@ pub(super) mod tests {
             panic!()
         };
         assert_eq!(o.topics.unwrap()[0].partition_indexes, vec![0]);
+
+        let RequestKind::CreateAcls(c) = decoded(ApiKey::CreateAcls, 0) else {
+            panic!()
+        };
+        let c = &c.creations[0];
+        assert_eq!((c.resource_type, c.resource_name.as_str()), (2, "t"));
+        assert_eq!(
+            (c.resource_pattern_type, c.principal.as_str()),
+            (3, "User:alice")
+        );
+        assert_eq!(
+            (c.host.as_str(), c.operation, c.permission_type),
+            ("*", 3, 3)
+        );
+        let RequestKind::DescribeAcls(d) = decoded(ApiKey::DescribeAcls, 0) else {
+            panic!()
+        };
+        assert_eq!((d.resource_type_filter, d.pattern_type_filter), (1, 3));
+        assert_eq!(d.resource_name_filter, None);
+        assert_eq!(d.principal_filter.as_deref(), Some("User:alice"));
+        let RequestKind::DeleteAcls(d) = decoded(ApiKey::DeleteAcls, 0) else {
+            panic!()
+        };
+        assert_eq!(d.filters[0].host_filter, None);
+        assert_eq!(d.filters[0].pattern_type_filter, 3);
     }
 
     #[test]

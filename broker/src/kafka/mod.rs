@@ -97,11 +97,10 @@ pub const SUPPORTED: [(ApiKey, i16, i16); 25] = [
     (ApiKey::SaslAuthenticate, 0, 2),
     (ApiKey::DescribeUserScramCredentials, 0, 0),
     (ApiKey::AlterUserScramCredentials, 0, 0),
-    // Every version the crate encodes (librdkafka sends v1 of each); Kafka 3.9 also serves v0,
-    // which has no resource pattern type.
-    (ApiKey::CreateAcls, 1, 3),
-    (ApiKey::DescribeAcls, 1, 3),
-    (ApiKey::DeleteAcls, 1, 3),
+    // v0 has no resource pattern type: its resources and filters are literal.
+    (ApiKey::CreateAcls, 0, 3),
+    (ApiKey::DescribeAcls, 0, 3),
+    (ApiKey::DeleteAcls, 0, 3),
 ];
 
 pub(crate) use crate::topics::is_internal_topic;

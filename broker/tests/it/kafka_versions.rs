@@ -139,6 +139,26 @@ fn legacy_body(api_key: ApiKey, version: i16) -> BytesMut {
             put_str(&mut b, "legacy-created");
             b.put_i32(5_000);
         }
+        ApiKey::CreateAcls => {
+            b.put_i32(1);
+            b.put_i8(2); // topic
+            put_str(&mut b, "t");
+            put_str(&mut b, "User:alice");
+            put_str(&mut b, "*");
+            b.put_i8(3); // read
+            b.put_i8(3); // allow
+        }
+        ApiKey::DescribeAcls | ApiKey::DeleteAcls => {
+            if api_key == ApiKey::DeleteAcls {
+                b.put_i32(1);
+            }
+            b.put_i8(1); // any resource type
+            b.put_i16(-1); // any name
+            put_str(&mut b, "User:alice");
+            b.put_i16(-1); // any host
+            b.put_i8(1); // any operation
+            b.put_i8(1); // any permission
+        }
         other => panic!("no legacy body for {other:?} v{version}"),
     }
     b
@@ -364,6 +384,34 @@ fn check_legacy_answer(api_key: ApiKey, version: i16, b: &mut Bytes) {
             assert_eq!(b.get_i32(), 1);
             assert_eq!(get_str(b), "legacy-created");
             assert_eq!(b.get_i16(), 0, "{at}: deleted");
+        }
+        ApiKey::CreateAcls => {
+            assert_eq!(b.get_i32(), 0, "{at}: throttle time");
+            assert_eq!(b.get_i32(), 1);
+            assert_eq!(b.get_i16(), 0, "{at}: created");
+            assert_eq!(b.get_i16(), -1, "{at}: no error message");
+        }
+        // The binding CreateAcls v0 made, without a pattern type; DeleteAcls v0 removes it.
+        ApiKey::DescribeAcls | ApiKey::DeleteAcls => {
+            assert_eq!(b.get_i32(), 0, "{at}: throttle time");
+            if api_key == ApiKey::DeleteAcls {
+                assert_eq!(b.get_i32(), 1, "{at}: one filter result");
+            }
+            assert_eq!(b.get_i16(), 0, "{at}");
+            get_str(b); // error message: null or empty
+            assert_eq!(b.get_i32(), 1, "{at}: one binding");
+            if api_key == ApiKey::DeleteAcls {
+                assert_eq!(b.get_i16(), 0, "{at}: deleted");
+                get_str(b);
+            }
+            assert_eq!(b.get_i8(), 2, "{at}: topic");
+            assert_eq!(get_str(b), "t");
+            if api_key == ApiKey::DescribeAcls {
+                assert_eq!(b.get_i32(), 1, "{at}: one ACL");
+            }
+            assert_eq!(get_str(b), "User:alice");
+            assert_eq!(get_str(b), "*");
+            assert_eq!((b.get_i8(), b.get_i8()), (3, 3), "{at}: read, allow");
         }
         other => panic!("{other:?} v{version} has no legacy layout"),
     }
