@@ -2,6 +2,7 @@
 
 mod acl;
 mod broker_process;
+mod cli_verbs;
 mod compaction;
 mod corruption;
 mod crash;
