@@ -290,6 +290,7 @@ impl RunningBroker {
                     budget,
                     auth: http_auth.clone(),
                     metrics_require_auth: config.http_metrics_require_auth,
+                    broker: broker_handle.clone(),
                 },
                 request_timeout,
             );
@@ -307,11 +308,16 @@ impl RunningBroker {
                         .with_context(|| format!("serving HTTP on {spec}"))?;
                 let mut rx = shutdown_rx.clone();
                 served.push(
-                    axum::serve(listener, app.clone())
-                        .with_graceful_shutdown(async move {
-                            let _ = rx.wait_for(|stop| *stop).await;
-                        })
-                        .into_future(),
+                    // The client's address, for the console API's host-based ACLs.
+                    axum::serve(
+                        listener,
+                        app.clone()
+                            .into_make_service_with_connect_info::<crate::console::PeerAddr>(),
+                    )
+                    .with_graceful_shutdown(async move {
+                        let _ = rx.wait_for(|stop| *stop).await;
+                    })
+                    .into_future(),
                 );
             }
             tokio::spawn(async move {
@@ -462,7 +468,9 @@ pub fn open_listener_warnings(
                 )),
             ListenerKind::Http if config.http_jwt.is_none() => warnings.push(format!(
                 "the HTTP listener {spec} is reachable beyond this host without bearer tokens: \
-                 /health and /metrics are open to anyone (set http_jwt)"
+                 /health, /metrics and the console's /api (topics, messages, groups; within the \
+                 ACLs of User:ANONYMOUS when the authorizer is on) are open to anyone (set \
+                 http_jwt)"
             )),
             _ => {}
         }
