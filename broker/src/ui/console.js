@@ -131,7 +131,7 @@ const Strand = (() => {
     async function render() {
       if (stop) { stop(); stop = null; }
       showError("");
-      const parts = (location.hash.replace(/^#\/?/, "") || fallback).split("/").map(decodeURIComponent);
+      const parts = (location.hash.replace(/^#\/?/, "").split("?")[0] || fallback).split("/").map(decodeURIComponent);
       for (const a of nav.querySelectorAll("a")) a.classList.toggle("active", a.dataset.route === parts[0]);
       const page = routes[parts[0]] || routes[fallback];
       main.replaceChildren();
