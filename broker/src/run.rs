@@ -570,7 +570,7 @@ mod tests {
         assert_eq!(open.len(), 3, "{open:#?}");
         assert!(open[0].contains("kafka listener SASL_SSL://0.0.0.0:9093"));
         assert!(open[0].contains("authorizer is off"));
-        assert!(open[1].contains("/metrics are open"));
+        assert!(open[1].contains("/metrics and the console's /api"));
         assert!(open[2].contains("without TLS"));
         let secured = BrokerConfig {
             authorizer_enabled: true,
