@@ -2,7 +2,9 @@
 
 mod acl;
 mod broker_process;
+mod cli_verbs;
 mod compaction;
+mod console;
 mod corruption;
 mod crash;
 mod disk_full;
