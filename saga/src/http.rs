@@ -301,8 +301,7 @@ pub fn router(handle: Handle, config: &HttpConfig) -> Router {
 }
 
 /// A server span per API request (not for `/health`, `/metrics` and the console's pages),
-/// continuing the caller's
-/// W3C `traceparent`.
+/// continuing the caller's W3C `traceparent`.
 async fn traced(
     matched: Option<axum::extract::MatchedPath>,
     request: axum::extract::Request,
