@@ -392,12 +392,27 @@ impl Cluster {
         }
     }
 
-    /// Creates a topic unless it exists.
+    /// Creates a topic unless it exists; on a Kafka cluster with the cluster's
+    /// `default.replication.factor`.
     pub async fn ensure_topic(
         &self,
         topic: &str,
         partitions: u32,
         kind: TopicKind,
+    ) -> Result<(), SideError> {
+        self.ensure_topic_replicated(topic, partitions, kind, None)
+            .await
+    }
+
+    /// As [`Cluster::ensure_topic`], with `replication` copies of each partition on a Kafka
+    /// cluster (`None`: the cluster's default, sent as -1). A Strand broker is one node: it
+    /// keeps one copy whatever is asked. An existing topic is left as it is.
+    pub async fn ensure_topic_replicated(
+        &self,
+        topic: &str,
+        partitions: u32,
+        kind: TopicKind,
+        replication: Option<u16>,
     ) -> Result<(), SideError> {
         let compact = kind == TopicKind::Compacted;
         let keep = kind != TopicKind::Plain;
@@ -419,7 +434,9 @@ impl Cluster {
                 }
             }
             Cluster::Kafka { admin, .. } => {
-                let mut new = NewTopic::new(topic, partitions as i32, TopicReplication::Fixed(1));
+                let factor = replication.map_or(-1, i32::from);
+                let mut new =
+                    NewTopic::new(topic, partitions as i32, TopicReplication::Fixed(factor));
                 if compact {
                     new = new.set("cleanup.policy", "compact");
                 } else if keep {

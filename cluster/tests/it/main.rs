@@ -6,3 +6,4 @@ mod read_to_end;
 mod secure_bridge;
 mod support;
 mod tls;
+mod topics;
