@@ -2,6 +2,7 @@
 
 mod auth;
 mod broker_participants;
+mod chaos;
 mod consistency;
 mod crash;
 mod http_api;
