@@ -169,10 +169,11 @@ fn definition(orders: SocketAddr, payments: SocketAddr, inventory: SocketAddr) -
         "description": "order, payment, inventory",
         "steps": [
             step("order", orders, input.clone()),
-            // The refund names the payment, as the shipped order saga does.
+            // The refund names the charge it undoes by the charge's idempotency key: a charge
+            // that timed out returned no payment id.
             step("charge", payments, json!({
                 "input": "{{ input }}",
-                "payment_id": "{{ steps.charge.output.payment_id }}"
+                "charge": "{{ action_key }}"
             })),
             step("reserve", inventory, input.clone()),
         ]
@@ -425,15 +426,26 @@ async fn a_thousand_sagas_through_late_answers_an_open_breaker_and_three_kills()
             }
         }
     }
-    // Every refund names the payment it refunds.
-    for (applied, _) in payments.ledger.lock().unwrap().applied.values() {
-        if applied.phase == "compensation" {
-            let expected = format!("pay-{}", applied.saga);
-            if applied.body["payment_id"] != json!(expected) {
-                problems.push(format!(
-                    "refund of saga {} named payment {} instead of {expected}",
-                    applied.saga, applied.body["payment_id"]
-                ));
+    // Every refund names the charge of its own saga.
+    {
+        let ledger = payments.ledger.lock().unwrap();
+        let charges: HashMap<&str, &str> = ledger
+            .applied
+            .iter()
+            .filter(|(_, (a, _))| a.phase == "action")
+            .map(|(key, (a, _))| (a.saga.as_str(), key.as_str()))
+            .collect();
+        for (applied, _) in ledger.applied.values() {
+            if applied.phase != "compensation" {
+                continue;
+            }
+            if let Some(charge) = charges.get(applied.saga.as_str()) {
+                if applied.body["charge"] != json!(charge) {
+                    problems.push(format!(
+                        "refund of saga {} named charge {} instead of {charge}",
+                        applied.saga, applied.body["charge"]
+                    ));
+                }
             }
         }
     }
