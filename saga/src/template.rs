@@ -122,7 +122,7 @@ fn render_value_within(
                     return Err(format!("{{{{ {expr} }}}} is undefined"));
                 }
                 let json = serde_json::to_value(&result).map_err(|e| e.to_string())?;
-                spend(budget, json_len(&json))?;
+                spend(budget, crate::limits::json_len(&json))?;
                 json
             }
             None => Value::String(render_str_within(s, context, budget)?),
@@ -141,23 +141,6 @@ fn render_value_within(
         ),
         other => other.clone(),
     })
-}
-
-/// The length of `value` as compact JSON, without building the text.
-fn json_len(value: &Value) -> usize {
-    struct Count(usize);
-    impl std::io::Write for Count {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0 += buf.len();
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let mut count = Count(0);
-    let _ = serde_json::to_writer(&mut count, value);
-    count.0
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ mod crash;
 mod http_api;
 mod kafka_journal;
 mod secure;
+mod sizes;
 mod support;
 mod tls;
 mod triggers;
