@@ -662,7 +662,7 @@ impl Participants {
             Ok(secret) => secret,
             Err(failure) => return self.reply(call, Err(failure)),
         };
-        let now = crate::now_ms();
+        let now = crate::clock::now_ms();
         let refused_until = {
             let mut breakers = self.breakers.lock().expect("breakers lock");
             let breaker = breakers.entry(endpoint.clone()).or_default();
@@ -713,7 +713,7 @@ impl Participants {
             let mut breakers = self.breakers.lock().expect("breakers lock");
             let breaker = breakers.entry(endpoint.clone()).or_default();
             if failed {
-                breaker.record_failure(&self.breaker_config, crate::now_ms());
+                breaker.record_failure(&self.breaker_config, crate::clock::now_ms());
             } else {
                 breaker.record_success();
             }

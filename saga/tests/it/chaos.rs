@@ -26,8 +26,8 @@ use super::crash::{start_saga_args, SagaProcess};
 
 const SAGAS: usize = 1_000;
 /// Each step's timeout; a late answer comes after `LATE_MS`.
-const STEP_TIMEOUT_MS: u64 = 400;
-const LATE_MS: u64 = 700;
+const STEP_TIMEOUT_MS: u64 = 1_000;
+const LATE_MS: u64 = 1_500;
 /// How long the payment service answers 503 to every charge.
 const OUTAGE: Duration = Duration::from_millis(1_500);
 
@@ -155,7 +155,7 @@ async fn call(
 fn definition(orders: SocketAddr, payments: SocketAddr, inventory: SocketAddr) -> Value {
     let http = |addr: SocketAddr, op: &str, body: Value| json!({"type": "http", "url": format!("http://{addr}/{op}"), "body": body});
     let input = json!({"input": "{{ input }}"});
-    let retry = json!({"max_attempts": 4, "initial_backoff_ms": 50, "max_backoff_ms": 300, "multiplier": 2.0, "jitter": 0.2});
+    let retry = json!({"max_attempts": 8, "initial_backoff_ms": 50, "max_backoff_ms": 500, "multiplier": 2.0, "jitter": 0.2});
     let step = |name: &str, addr: SocketAddr, undo: Value| {
         json!({
             "name": name,
@@ -375,11 +375,26 @@ async fn a_thousand_sagas_through_late_answers_an_open_breaker_and_three_kills()
                 Ok(r) => r.json().await.unwrap_or(Value::Null),
                 Err(e) => json!(e.to_string()),
             };
+            let steps: Vec<String> = body["steps"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|s| {
+                    format!(
+                        "{} {} ({} attempts, may have happened: {})",
+                        s["name"].as_str().unwrap_or("?"),
+                        s["state"],
+                        s["attempts"].as_array().map_or(0, Vec::len),
+                        s["may_have_happened"]
+                    )
+                })
+                .collect();
             problems.push(format!(
-                "saga {i} ({id}, input {}) did not end completed or compensated: state {}, error {}",
+                "saga {i} ({id}, input {}) did not end completed or compensated: state {}, error {}; steps: {}",
                 input(*i),
                 body["state"],
-                first_line(&body["error"])
+                first_line(&body["error"]),
+                steps.join(", ")
             ));
         }
     }
