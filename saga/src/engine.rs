@@ -724,8 +724,22 @@ impl Saga {
             }
             return events;
         }
+        // A step whose attempts are spent without what follows in the journal: a crash kept
+        // only part of the batch that said so. Decide it again.
+        let spent = |state| {
+            self.steps
+                .iter()
+                .position(|s| s.state == state && s.retry_at_ms.is_none())
+        };
         match self.state {
             SagaState::Running => {
+                if let Some(step) = spent(StepState::TimedOut).or(spent(StepState::Failed)) {
+                    let s = &self.steps[step];
+                    let error = s.error.clone().unwrap_or_else(|| "failed".into());
+                    let timed_out = s.state == StepState::TimedOut;
+                    events.extend(self.exhausted(step, Phase::Action, error, timed_out));
+                    return events;
+                }
                 // The next pending step, or done.
                 match self
                     .steps
@@ -733,13 +747,27 @@ impl Saga {
                     .position(|s| s.state == StepState::Pending)
                 {
                     Some(next) => events.push(self.dispatch(next, Phase::Action, now_ms)),
-                    None => events.push(Event::Completed),
+                    None if self.steps.iter().all(|s| s.state == StepState::Succeeded) => {
+                        events.push(Event::Completed)
+                    }
+                    None => {}
                 }
             }
-            SagaState::Compensating => match self.next_compensation() {
-                Some(step) => events.push(self.dispatch(step, Phase::Compensation, now_ms)),
-                None => events.push(Event::Compensated),
-            },
+            SagaState::Compensating => {
+                if let Some(step) = spent(StepState::CompensationFailed) {
+                    let error = self.steps[step].error.clone().unwrap_or_default();
+                    events.push(Event::Stuck {
+                        step,
+                        phase: Phase::Compensation,
+                        error,
+                    });
+                    return events;
+                }
+                match self.next_compensation() {
+                    Some(step) => events.push(self.dispatch(step, Phase::Compensation, now_ms)),
+                    None => events.push(Event::Compensated),
+                }
+            }
             _ => {}
         }
         events

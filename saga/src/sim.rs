@@ -254,6 +254,12 @@ struct Partition {
     /// When the last append becomes durable (appends become durable in order).
     durable_at: i64,
     snapshots: Vec<MirroredRecord>,
+    /// The journal's entries, parsed once (checks read them often).
+    entries: Vec<Entry>,
+    /// Per saga, the snapshot recovery would pick: what it covers and how many transitions.
+    best_snapshot: HashMap<String, (u64, usize)>,
+    /// The checkpoint recovery would pick.
+    checkpoint: Checkpoint,
 }
 
 /// What a participant did for one saga step.
@@ -301,6 +307,8 @@ struct World {
     deliveries: HashMap<String, Vec<(i64, usize, Phase)>>,
     retries: HashMap<String, u32>,
     quiet: bool,
+    /// The journal of the saga being checked, for the message of a violation.
+    checking: Option<String>,
     summary: Summary,
     trace: std::collections::VecDeque<String>,
 }
@@ -339,6 +347,7 @@ impl World {
             deliveries: HashMap::new(),
             retries: HashMap::new(),
             quiet: false,
+            checking: None,
             summary: Summary::default(),
             trace: std::collections::VecDeque::new(),
         }
@@ -461,7 +470,10 @@ impl World {
             }
         }
         self.summary.simulated_ms = self.now - start;
-        self.check()?;
+        self.check().map_err(|e| match &self.checking {
+            Some(story) => format!("{e}\n  its journal: {story}"),
+            None => e,
+        })?;
         Ok(self.summary.clone())
     }
 
@@ -584,14 +596,15 @@ impl World {
                 }
             }
             Ev::Operator => {
+                // Every failed saga an operator lists (GET /sagas?state=failed), including
+                // ones whose start was never acknowledged.
                 let failed: Vec<String> = self
-                    .requests
+                    .instances
                     .iter()
-                    .flat_map(|r| r.saga.iter().chain(&r.others).cloned())
-                    .filter(|id| {
-                        self.live_saga(id)
-                            .is_some_and(|s| s.state == SagaState::Failed)
-                    })
+                    .filter(|i| i.stalled_until <= self.now)
+                    .filter_map(|i| i.core.as_ref())
+                    .flat_map(|c| c.sagas().filter(|s| s.state == SagaState::Failed))
+                    .map(|s| s.id.clone())
                     .collect();
                 for id in failed {
                     let n = self.retries.entry(id.clone()).or_default();
@@ -732,6 +745,7 @@ impl World {
                     Some(format!("{i}/{inc}/{}", batch.id).into_bytes()),
                 ));
                 p.journal.push(record);
+                p.entries.push(entry.clone());
             }
             let upto = p.journal.len();
             let delay = if self.quiet { 1 } else { self.rng.i64(0..30) };
@@ -904,8 +918,7 @@ impl World {
     /// The API never reports what is not durable: every transition an answer shows is in the
     /// journal (or a snapshot) a recovery would read now.
     fn durable_check(&self, saga: &Saga, what: &str) -> Result<(), String> {
-        let durable = self.durable_saga(&saga.id);
-        let have = durable.as_ref().map_or(0, |s| s.history.len());
+        let have = self.durable_history(&saga.id);
         if have < saga.history.len() {
             return Err(format!(
                 "{what} showed saga {} with {} transitions, of which only {have} are durable",
@@ -916,40 +929,65 @@ impl World {
         Ok(())
     }
 
-    /// A saga as a recovery from the durable journal and snapshots would rebuild it.
-    fn durable_saga(&self, id: &str) -> Option<Saga> {
+    /// How many transitions of a saga a recovery now would rebuild: the same rules as
+    /// `recovery` (the best checkpoint and snapshot, owner epochs), on parsed entries.
+    fn durable_history(&self, id: &str) -> usize {
         let p =
             strand_client::partitioner::partition_for_key(id.as_bytes(), self.options.partitions);
         let part = &self.partitions[p as usize];
-        let snaps = recovery::snapshots(part.snapshots.iter()).expect("snapshots parse");
-        let from = recovery::journal_starts(&snaps, &[p])[0].1;
-        let records: Vec<&MirroredRecord> = part.journal[..part.durable]
-            .iter()
-            .filter(|r| r.offset >= from)
-            .collect();
-        let recovered = recovery::replay(snaps, &[p], records).expect("journal parses");
-        let mut saga = recovered.snapshots.into_iter().find(|s| s.id == id);
-        for e in recovered.entries.iter().filter(|e| e.saga_id == id) {
-            if let Event::Started {
-                definition,
-                version,
-                ..
-            } = &e.event
-            {
-                if saga.is_none() {
-                    let def = self
-                        .definitions
-                        .iter()
-                        .find(|d| d.name == *definition && d.version == *version)?
-                        .clone();
-                    saga = Some(Saga::new(id.to_string(), def));
-                }
+        let (covers, mut n) = part.best_snapshot.get(id).copied().unwrap_or((0, 0));
+        let mut epoch = part.checkpoint.epoch;
+        let from = part.checkpoint.journal_offset as usize;
+        let mut known = n > 0;
+        for (offset, e) in part.entries[..part.durable].iter().enumerate().skip(from) {
+            if matches!(e.event, Event::Owner { .. }) {
+                epoch = e.epoch;
+                continue;
             }
-            if let Some(s) = saga.as_mut() {
-                s.apply(e);
+            if e.saga_id != id || e.epoch != epoch || (offset as u64) < covers {
+                continue;
+            }
+            if matches!(e.event, Event::Started { .. }) {
+                known = true;
+            }
+            if known {
+                n += 1;
             }
         }
-        saga
+        n
+    }
+
+    /// Every saga as a fresh instance taking every partition over now would rebuild it (the
+    /// real recovery and takeover code, on what is durable).
+    fn rebuild_all(&self) -> Result<HashMap<String, Saga>, String> {
+        let mut all = HashMap::new();
+        for (p, part) in self.partitions.iter().enumerate() {
+            let p = p as u32;
+            let snaps = recovery::snapshots(part.snapshots.iter()).map_err(|e| e.to_string())?;
+            let from = recovery::journal_starts(&snaps, &[p])[0].1;
+            let records = part.journal[..part.durable]
+                .iter()
+                .filter(|r| r.offset >= from);
+            let mut recovered =
+                recovery::replay(snaps, &[p], records).map_err(|e| e.to_string())?;
+            recovered.owners.insert(p, (u64::MAX, 0));
+            let mut core = Core::new(
+                CoreConfig {
+                    partitions: self.options.partitions,
+                    instance_id: "rebuild".into(),
+                    finished_in_memory_max: usize::MAX,
+                },
+                0,
+                Box::new(|_| None),
+            );
+            for d in &self.definitions {
+                core.install_definition(d.clone());
+            }
+            let end = part.durable as u64;
+            let _ = core.take_over(&[(p, u64::MAX, end)], recovered, self.now);
+            all.extend(core.sagas().map(|s| (s.id.clone(), s.clone())));
+        }
+        Ok(all)
     }
 
     /// The saga as the instance driving its partition has it.
@@ -1191,6 +1229,10 @@ impl World {
             let part = &mut self.partitions[p as usize];
             record.offset = part.snapshots.len() as u64;
             part.snapshots.push(record);
+            let best = part.best_snapshot.entry(saga.id.clone()).or_default();
+            if end >= best.0 {
+                *best = (end, saga.history.len());
+            }
             written += 1;
         }
         for &(p, end) in &plan.partitions {
@@ -1207,6 +1249,12 @@ impl World {
             let part = &mut self.partitions[p as usize];
             record.offset = part.snapshots.len() as u64;
             part.snapshots.push(record);
+            if end >= part.checkpoint.journal_offset {
+                part.checkpoint = Checkpoint {
+                    journal_offset: end,
+                    epoch,
+                };
+            }
             written += 1;
         }
         if !plan.sagas.is_empty() {
@@ -1239,6 +1287,7 @@ impl World {
                 if part.journal.len() > part.durable {
                     let keep = self.rng.usize(part.durable..=part.journal.len());
                     part.journal.truncate(keep);
+                    part.entries.truncate(keep);
                     part.durable = keep;
                 }
                 part.durable_at = self.now;
@@ -1316,6 +1365,7 @@ impl World {
             record.partition = p;
             record.offset = part.journal.len() as u64;
             part.journal.push(record);
+            part.entries.push(marker);
             let due = (self.now + 5).max(part.durable_at);
             part.durable_at = due;
             upto = part.journal.len();
@@ -1384,6 +1434,7 @@ impl World {
                 return Err(format!("request {n} was never answered"));
             }
         }
+        let rebuilt = self.rebuild_all()?;
         let mut seen = BTreeSet::new();
         let acked: Vec<(String, Arc<Definition>, Option<String>)> = self
             .requests
@@ -1401,9 +1452,24 @@ impl World {
             let Some(saga) = self.live_saga(id).cloned() else {
                 return Err(format!("acknowledged saga {id} is lost"));
             };
+            self.checking = Some(story(&saga));
             if !saga.state.is_finished() {
+                let mut others = String::new();
+                if let Some(lock) = &saga.lock {
+                    for other in self.instances.iter().filter_map(|i| i.core.as_ref()) {
+                        for o in other.sagas().filter(|o| o.lock.as_ref() == Some(lock)) {
+                            others.push_str(&format!(
+                                "\n  same lock {lock}: {} {} holds={} [{}]",
+                                o.id,
+                                o.state.as_str(),
+                                o.holds_lock,
+                                story(o)
+                            ));
+                        }
+                    }
+                }
                 return Err(format!(
-                    "acknowledged saga {id} is still {} at the end ({:?})",
+                    "acknowledged saga {id} is still {} at the end ({:?}){others}",
                     saga.state.as_str(),
                     saga.error
                 ));
@@ -1489,8 +1555,9 @@ impl World {
             }
             let _ = lock;
             // Recovery rebuilds the same saga.
-            let rebuilt = self
-                .durable_saga(id)
+            let rebuilt = rebuilt
+                .get(id)
+                .cloned()
                 .ok_or_else(|| format!("saga {id}: nothing durable"))?;
             if rebuilt.state != saga.state || rebuilt.steps != saga.steps {
                 return Err(format!(
@@ -1543,6 +1610,80 @@ impl World {
 impl Saga {
     fn outcome_published_or_none(&self) -> bool {
         self.outcome_published || self.definition().spec.outcome_topic.is_none()
+    }
+}
+
+/// A saga's journal in one line: what a failing seed's message shows.
+fn story(saga: &Saga) -> String {
+    let start = saga.created_at_ms;
+    saga.history
+        .iter()
+        .map(|e| {
+            let t = e.at_ms - start;
+            let what = match &e.event {
+                Event::Dispatched {
+                    step,
+                    phase,
+                    attempt,
+                    ..
+                } => {
+                    format!("dispatch {step}{} #{attempt}", ph(*phase))
+                }
+                Event::Succeeded {
+                    step,
+                    phase,
+                    attempt,
+                    ..
+                } => {
+                    format!("ok {step}{} #{attempt}", ph(*phase))
+                }
+                Event::Failed {
+                    step,
+                    phase,
+                    attempt,
+                    retry_at_ms,
+                    ..
+                } => format!(
+                    "fail {step}{} #{attempt}{}",
+                    ph(*phase),
+                    if retry_at_ms.is_some() {
+                        " (retry)"
+                    } else {
+                        ""
+                    }
+                ),
+                Event::TimedOut {
+                    step,
+                    phase,
+                    attempt,
+                    retry_at_ms,
+                } => format!(
+                    "timeout {step}{} #{attempt}{}",
+                    ph(*phase),
+                    if retry_at_ms.is_some() {
+                        " (retry)"
+                    } else {
+                        ""
+                    }
+                ),
+                Event::CompensationStarted { reason } => format!("compensate ({reason})"),
+                Event::Stuck { step, .. } => format!("stuck {step}"),
+                other => format!("{other:?}")
+                    .split(|c: char| !c.is_alphanumeric())
+                    .next()
+                    .unwrap_or("")
+                    .to_lowercase(),
+            };
+            format!("{t}:{what}")
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn ph(phase: Phase) -> &'static str {
+    match phase {
+        Phase::Action => "a",
+        Phase::Compensation => "c",
     }
 }
 
@@ -1629,7 +1770,7 @@ mod tests {
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(default)
         };
-        let (from, seeds) = (env("STRAND_SIM_FROM", 0), env("STRAND_SIM_SEEDS", 300));
+        let (from, seeds) = (env("STRAND_SIM_FROM", 0), env("STRAND_SIM_SEEDS", 2_000));
         match super::run_many(from, seeds) {
             Ok(summary) => {
                 // The runs did what they are for: sagas ended both ways, instances crashed and

@@ -21,7 +21,7 @@ use super::support::{order_definition, Participants};
 const SAGAS: usize = 1_000;
 const PARTITIONS: u32 = 8;
 
-fn start_instance(kafka: &str, n: usize) -> SagaProcess {
+pub fn start_instance(kafka: &str, n: usize) -> SagaProcess {
     let id = format!("saga-{n}");
     start_saga_with(&[
         "--kafka-brokers",
@@ -35,7 +35,7 @@ fn start_instance(kafka: &str, n: usize) -> SagaProcess {
     ])
 }
 
-async fn health(http: &reqwest::Client, api: &str) -> Option<Vec<u32>> {
+pub async fn health(http: &reqwest::Client, api: &str) -> Option<Vec<u32>> {
     let body: Value = http
         .get(format!("{api}/health"))
         .send()
@@ -48,7 +48,7 @@ async fn health(http: &reqwest::Client, api: &str) -> Option<Vec<u32>> {
 }
 
 /// Every saga an instance drives, with its state.
-async fn states(http: &reqwest::Client, api: &str) -> HashMap<String, String> {
+pub async fn states(http: &reqwest::Client, api: &str) -> HashMap<String, String> {
     let mut out = HashMap::new();
     let mut cursor: Option<String> = None;
     loop {
