@@ -6,8 +6,8 @@
 //! What the world does to the orchestrator:
 //! - **Journal**: appends become durable after a random delay, in order per partition; a crash
 //!   of the single instance (whose broker is embedded) loses a random part of what was written
-//!   but not yet durable; readers see only what is durable. Checkpoints can be cut short by a
-//!   crash between any two snapshot writes.
+//!   but not yet durable; readers see only what is durable, and a takeover's read is slow.
+//!   Checkpoints can be cut short by a crash between any two snapshot writes.
 //! - **Participants**: each call succeeds, is refused (4xx), fails (5xx), times out before or
 //!   after applying its effect, answers late or twice, or is refused unsent by an open circuit
 //!   breaker. Effects are applied once per idempotency key; a compensation that arrives before
@@ -32,7 +32,7 @@ use strand_cluster::MirroredRecord;
 use tokio::sync::oneshot;
 
 use crate::api::{ApiError, StartRequest};
-use crate::core::{Batch, Confirmed, Core, CoreConfig, Effects};
+use crate::core::{Batch, CheckpointPlan, Confirmed, Core, CoreConfig, Effects};
 use crate::definition::{self, Definition, DefinitionSpec, Participant, RetryPolicy, StepKind};
 use crate::engine::{Call, Entry, Event, Failure, Input, Phase, Saga, SagaState};
 use crate::participants::Reply;
@@ -117,6 +117,14 @@ pub fn run(seed: u64, options: &Options) -> Result<Summary, Violation> {
 }
 
 const TRACE_KEEP: usize = 60;
+/// With STRAND_SIM_TRACE set, every event is kept.
+fn trace_keep() -> usize {
+    if std::env::var_os("STRAND_SIM_TRACE").is_some() {
+        usize::MAX
+    } else {
+        TRACE_KEEP
+    }
+}
 /// How long after the workload every saga must have ended.
 const SETTLE_MS: i64 = 600_000;
 /// The session timeout: a stalled instance's partitions move after this long.
@@ -163,6 +171,11 @@ enum Ev {
     Checkpoint {
         at: (InstanceId, u64),
     },
+    /// The snapshot and checkpoint writes of a checkpoint checked earlier.
+    CheckpointWrite {
+        at: (InstanceId, u64),
+        plan: Box<CheckpointPlan>,
+    },
     Crash {
         instance: InstanceId,
     },
@@ -201,6 +214,8 @@ struct Instance {
     incarnation: u64,
     /// Not running until then.
     stalled_until: i64,
+    /// Writing a checkpoint: the real task does nothing else meanwhile.
+    busy: bool,
     timer_at: Option<i64>,
     /// Answers it owes, by client request.
     answers: Vec<Pending>,
@@ -324,6 +339,7 @@ impl World {
                 core: None,
                 incarnation: 0,
                 stalled_until: 0,
+                busy: false,
                 timer_at: None,
                 answers: Vec::new(),
             })
@@ -361,7 +377,7 @@ impl World {
     }
 
     fn log(&mut self, line: String) {
-        if self.trace.len() == TRACE_KEEP {
+        if self.trace.len() >= trace_keep() {
             self.trace.pop_front();
         }
         self.trace
@@ -528,10 +544,13 @@ impl World {
         inst.incarnation == inc && inst.core.is_some()
     }
 
-    /// Defers an event for a stalled instance until it runs again.
-    fn stalled(&mut self, i: InstanceId) -> Option<i64> {
-        let until = self.instances[i].stalled_until;
-        (until > self.now).then_some(until)
+    /// Defers an event for a stalled (or busy) instance until it runs again.
+    fn stalled(&mut self, i: InstanceId, busy_too: bool) -> Option<i64> {
+        let inst = &self.instances[i];
+        if inst.stalled_until > self.now {
+            return Some(inst.stalled_until);
+        }
+        (busy_too && inst.busy).then_some(self.now + 1)
     }
 
     fn step(&mut self, ev: Ev) -> Result<(), String> {
@@ -547,10 +566,12 @@ impl World {
             | Ev::Recover { at, .. }
             | Ev::Published { at, .. } => Some(at.0),
             Ev::Revoke { instance, .. } => Some(*instance),
+            Ev::CheckpointWrite { at, .. } => Some(at.0),
             _ => None,
         };
+        let busy_too = !matches!(ev, Ev::CheckpointWrite { .. });
         if let Some(i) = target {
-            if let Some(until) = self.stalled(i) {
+            if let Some(until) = self.stalled(i, busy_too) {
                 if let Ev::Durable {
                     partition,
                     upto,
@@ -575,10 +596,10 @@ impl World {
             }
         }
         match ev {
-            Ev::Start { n, tries } => self.client_start(n, tries),
+            Ev::Start { n, tries } => self.client_start(n, tries)?,
             Ev::Abort { n } => {
                 if let Some(id) = self.requests[n].saga.clone() {
-                    self.operator(&id, Input::Abort);
+                    self.operator(&id, Input::Abort)?;
                 }
             }
             Ev::Get { n } => {
@@ -601,7 +622,7 @@ impl World {
                 let failed: Vec<String> = self
                     .instances
                     .iter()
-                    .filter(|i| i.stalled_until <= self.now)
+                    .filter(|i| i.stalled_until <= self.now && !i.busy)
                     .filter_map(|i| i.core.as_ref())
                     .flat_map(|c| c.sagas().filter(|s| s.state == SagaState::Failed))
                     .map(|s| s.id.clone())
@@ -611,7 +632,7 @@ impl World {
                     if *n < 20 {
                         *n += 1;
                         self.log(format!("operator retries saga {id}"));
-                        self.operator(&id, Input::Retry);
+                        self.operator(&id, Input::Retry)?;
                     }
                 }
                 self.at(1_000, Ev::Operator);
@@ -659,6 +680,13 @@ impl World {
                     self.checkpoint(at.0, None)?;
                     let every = self.rng.i64(200..1_500);
                     self.at(every, Ev::Checkpoint { at });
+                }
+            }
+            Ev::CheckpointWrite { at, plan } => {
+                if self.running(at) {
+                    self.instances[at.0].busy = false;
+                    self.write_checkpoint(at.0, *plan, None);
+                    self.after(at.0)?;
                 }
             }
             Ev::Crash { instance } => self.crash(instance),
@@ -990,6 +1018,32 @@ impl World {
         Ok(all)
     }
 
+    /// The snapshot and checkpoint records of a saga's partition, for a violation's message.
+    fn snapshots_of(&self, id: &str) -> String {
+        let p =
+            strand_client::partitioner::partition_for_key(id.as_bytes(), self.options.partitions);
+        let mut out = format!(
+            "\n  partition {p}, journal end {}:",
+            self.partitions[p as usize].durable
+        );
+        for r in &self.partitions[p as usize].snapshots {
+            let value: Value =
+                serde_json::from_slice(r.value.as_deref().unwrap_or_default()).unwrap_or_default();
+            if r.key.as_deref() == Some(recovery::CHECKPOINT_KEY.as_bytes()) {
+                out.push_str(&format!("\n    @{} checkpoint {value}", r.offset));
+            } else if value["saga"]["id"] == id {
+                out.push_str(&format!(
+                    "\n    @{} snapshot covers {} state {} transitions {}",
+                    r.offset,
+                    value["covers"],
+                    value["saga"]["state"],
+                    value["saga"]["history"].as_array().map_or(0, Vec::len)
+                ));
+            }
+        }
+        out
+    }
+
     /// The saga as the instance driving its partition has it.
     fn live_saga(&self, id: &str) -> Option<&Saga> {
         let i = self.owner_of(id)?;
@@ -1002,14 +1056,15 @@ impl World {
             strand_client::partitioner::partition_for_key(key.as_bytes(), self.options.partitions);
         self.instances.iter().position(|inst| {
             inst.stalled_until <= self.now
+                && !inst.busy
                 && inst.core.as_ref().is_some_and(|c| c.held().contains(&p))
         })
     }
 
-    fn client_start(&mut self, n: usize, tries: u32) {
+    fn client_start(&mut self, n: usize, tries: u32) -> Result<(), String> {
         let r = &self.requests[n];
         if r.refused || (r.saga.is_some() && tries > 0 && r.key.is_some()) {
-            return;
+            return Ok(());
         }
         let request = StartRequest {
             definition: r.definition.name.clone(),
@@ -1023,7 +1078,9 @@ impl World {
         let target = match &placed {
             Some(k) => self.owner_of(k),
             None => self.instances.iter().position(|i| {
-                i.stalled_until <= self.now && i.core.as_ref().is_some_and(|c| !c.held().is_empty())
+                i.stalled_until <= self.now
+                    && !i.busy
+                    && i.core.as_ref().is_some_and(|c| !c.held().is_empty())
             }),
         };
         let Some(i) = target else {
@@ -1034,24 +1091,26 @@ impl World {
                     tries: tries + 1,
                 },
             );
-            return;
+            return Ok(());
         };
         let (tx, rx) = oneshot::channel();
         let now = self.now;
         let batches = self.core(i).start(request, now, tx);
         self.instances[i].answers.push(Pending::Start(n, rx));
         self.submit(i, batches);
-        let _ = self.after(i);
+        self.after(i)
     }
 
-    fn operator(&mut self, id: &str, input: Input) {
-        let Some(i) = self.owner_of(id) else { return };
+    fn operator(&mut self, id: &str, input: Input) -> Result<(), String> {
+        let Some(i) = self.owner_of(id) else {
+            return Ok(());
+        };
         let (tx, rx) = oneshot::channel();
         let now = self.now;
         let batches = self.core(i).operator(id, input, now, tx);
         self.instances[i].answers.push(Pending::Operator(rx));
         self.submit(i, batches);
-        let _ = self.after(i);
+        self.after(i)
     }
 
     /// A call reaches its participant, which does what this run's dice say.
@@ -1206,14 +1265,41 @@ impl World {
             }
         }
         let plan = self.core(i).checkpoint_plan(partitions.as_deref(), &ends);
+        if self.options.two_instances && !self.quiet && partitions.is_none() {
+            // The writes take a while, during which the instance may stall: a stale owner's
+            // snapshots then land after the new owner's.
+            let took = self.rng.i64(1..50);
+            self.instances[i].busy = true;
+            let at = (i, self.instances[i].incarnation);
+            self.at(
+                took,
+                Ev::CheckpointWrite {
+                    at,
+                    plan: Box::new(plan),
+                },
+            );
+            return Ok(());
+        }
         // A crash can come between any two writes.
         let crash_after = (!self.quiet && !self.options.two_instances && self.rng.u8(..20) == 0)
             .then(|| self.rng.usize(0..=plan.sagas.len() + plan.partitions.len()));
+        self.write_checkpoint(i, plan, crash_after);
+        Ok(())
+    }
+
+    /// Writes a checkpoint's snapshots, then its checkpoint records; a crash after
+    /// `crash_after` writes, if given.
+    fn write_checkpoint(
+        &mut self,
+        i: InstanceId,
+        plan: CheckpointPlan,
+        crash_after: Option<usize>,
+    ) {
         let mut written = 0;
         for saga in &plan.sagas {
             if crash_after == Some(written) {
                 self.crash(i);
-                return Ok(());
+                return;
             }
             let p = strand_client::partitioner::partition_for_key(
                 saga.id.as_bytes(),
@@ -1238,7 +1324,7 @@ impl World {
         for &(p, end) in &plan.partitions {
             if crash_after == Some(written) {
                 self.crash(i);
-                return Ok(());
+                return;
             }
             let epoch = self.core(i).epoch(p).unwrap_or(0);
             let mut record = recovery::checkpoint_record(Checkpoint {
@@ -1265,7 +1351,6 @@ impl World {
             ));
         }
         self.core(i).checkpoint_done(plan);
-        Ok(())
     }
 
     fn crash(&mut self, i: InstanceId) {
@@ -1274,6 +1359,7 @@ impl World {
         }
         self.summary.crashes += 1;
         self.instances[i].core = None;
+        self.instances[i].busy = false;
         // Clients whose requests died with it try again.
         for pending in std::mem::take(&mut self.instances[i].answers) {
             if let Pending::Start(n, _) = pending {
@@ -1384,7 +1470,8 @@ impl World {
         let _ = upto;
         self.log(format!("instance {i} takes over {partitions:?}"));
         self.summary.takeovers += 1;
-        let when = last - self.now + 1;
+        // Reading the journal back takes a while (a slow read).
+        let when = last - self.now + 1 + if self.quiet { 0 } else { self.rng.i64(0..400) };
         self.at(
             when,
             Ev::Recover {
@@ -1561,9 +1648,10 @@ impl World {
                 .ok_or_else(|| format!("saga {id}: nothing durable"))?;
             if rebuilt.state != saga.state || rebuilt.steps != saga.steps {
                 return Err(format!(
-                    "saga {id}: a recovery now would rebuild it {} where it is {}",
+                    "saga {id}: a recovery now would rebuild it {} where it is {}{}",
                     rebuilt.state.as_str(),
-                    saga.state.as_str()
+                    saga.state.as_str(),
+                    self.snapshots_of(id)
                 ));
             }
         }

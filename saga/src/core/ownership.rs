@@ -8,7 +8,8 @@ use super::*;
 pub struct CheckpointPlan {
     pub partitions: Vec<(u32, u64)>,
     pub sagas: Vec<Saga>,
-    pub(super) ids: Vec<String>,
+    /// Each saga snapshotted, with how many transitions its snapshot holds.
+    pub(super) ids: Vec<(String, usize)>,
 }
 
 impl Core {
@@ -248,7 +249,7 @@ impl Core {
             let p = self.partition_of(id);
             if chosen.contains(&p) && (self.held[&p].snapshot_all || self.dirty.contains(id)) {
                 plan.sagas.push(saga.clone());
-                plan.ids.push(id.clone());
+                plan.ids.push((id.clone(), saga.history.len()));
             }
         }
         plan
@@ -256,8 +257,15 @@ impl Core {
 
     /// The plan's snapshots and checkpoints are durable.
     pub fn checkpoint_done(&mut self, plan: CheckpointPlan) {
-        for id in &plan.ids {
-            self.dirty.remove(id);
+        for (id, transitions) in &plan.ids {
+            // A saga that changed after the plan was made stays dirty.
+            if self
+                .sagas
+                .get(id)
+                .is_none_or(|s| s.history.len() == *transitions)
+            {
+                self.dirty.remove(id);
+            }
         }
         for (p, _) in &plan.partitions {
             if let Some(h) = self.held.get_mut(p) {

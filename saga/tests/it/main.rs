@@ -4,6 +4,7 @@ mod auth;
 mod broker_participants;
 mod chaos;
 mod consistency;
+mod console;
 mod crash;
 mod http_api;
 mod kafka_journal;

@@ -9,15 +9,11 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use strand_broker::config::BrokerConfig;
-use strand_broker::run::RunningBroker;
-use strand_cluster::{Cluster, ClusterConfig};
 use strand_saga::engine::{Entry, Event};
-use strand_saga::journal::JOURNAL_TOPIC;
 use strand_saga::recovery;
 
-use super::kafka_journal::{health, start_instance, states};
-use super::support::{order_definition, Participants};
+use super::kafka_journal::{health, journal_records, start_instance, states, KafkaJournal};
+use super::support::order_definition;
 
 const SAGAS: usize = 60;
 const PARTITIONS: usize = 8;
@@ -33,21 +29,13 @@ fn signal(pid: u32, sig: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_instance_that_comes_back_is_fenced() {
     let dir = tempfile::tempdir().unwrap();
-    let config = BrokerConfig {
-        data_dir: dir.path().to_path_buf(),
-        listen: "127.0.0.1:0".parse().unwrap(),
-        kafka_listen: "127.0.0.1:0".parse().unwrap(),
-        http_listen: "127.0.0.1:0".parse().unwrap(),
-        ..BrokerConfig::default()
-    };
-    let broker = RunningBroker::start(config).await.unwrap();
-    let kafka = broker.kafka_addr.to_string();
-    let participants = Participants::default();
-    let addr = participants.serve().await;
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap();
+    let KafkaJournal {
+        broker,
+        kafka,
+        participants,
+        addr,
+        http,
+    } = KafkaJournal::start(dir.path()).await;
     let a = start_instance(&kafka, 0);
     let b = start_instance(&kafka, 1);
     let (api_a, api_b) = (a.api.clone(), b.api.clone());
@@ -143,18 +131,7 @@ async fn a_stalled_instance_that_comes_back_is_fenced() {
     assert!(sa.is_disjoint(&sb), "{sa:?} {sb:?}");
 
     // The journal as a recovery reads it: stale writes ignored, one end per saga.
-    let cluster = Cluster::connect(
-        "journal",
-        &ClusterConfig::Kafka {
-            bootstrap: kafka.clone(),
-            properties: Default::default(),
-        },
-    )
-    .await
-    .unwrap();
-    let from: Vec<(u32, u64)> = (0..PARTITIONS as u32).map(|p| (p, 0)).collect();
-    let mut records = cluster.read_to_end(JOURNAL_TOPIC, &from).await.unwrap();
-    records.sort_by_key(|r| (r.partition, r.offset));
+    let records = journal_records(&kafka, PARTITIONS as u32).await;
     let partitions: Vec<u32> = (0..PARTITIONS as u32).collect();
     let replayed = recovery::replay(recovery::Snapshots::default(), &partitions, &records).unwrap();
     let written = records
