@@ -261,6 +261,8 @@ struct Settings {
     auth: Option<Arc<Verifier>>,
     participants: ParticipantsConfig,
     limits: SizeLimits,
+    /// The journal's record limit (the flag, or the embedded broker's batch limit if smaller).
+    record_bytes_max: usize,
 }
 
 impl Settings {
@@ -350,6 +352,7 @@ impl Settings {
             auth,
             participants,
             limits,
+            record_bytes_max,
         })
     }
 }
@@ -421,6 +424,7 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         auth,
         participants,
         limits,
+        record_bytes_max,
     } = settings;
     let broker_security = StrandSecurity {
         tls_ca_file: args.broker_tls_ca.clone(),
@@ -506,6 +510,7 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
             open_ms: args.breaker_open_ms,
         },
         finished_in_memory_max: args.finished_sagas_max,
+        snapshot_bytes_max: record_bytes_max,
         // On a shared journal every instance reads every reply (and drops the others').
         reply_group: match cluster.kafka_config() {
             Some(_) => format!("strand-saga-replies-{instance_id}"),
