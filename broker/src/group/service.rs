@@ -241,6 +241,21 @@ impl Groups {
         Ok(())
     }
 
+    /// Makes a committed transaction's offsets the group's, durably first (no member or
+    /// generation check: the transaction coordinator fenced the producer that sent them).
+    pub async fn commit_transactional(
+        &self,
+        group: &str,
+        offsets: Vec<(TopicPartition, CommittedOffset)>,
+    ) -> Result<(), ServiceError> {
+        self.store.persist(group, &offsets).await?;
+        let mut state = self.state.lock().expect("groups lock");
+        for (tp, committed) in offsets {
+            state.coordinator.restore_commit(group, tp, committed);
+        }
+        Ok(())
+    }
+
     pub fn committed(&self, group: &str, tp: &TopicPartition) -> Option<CommittedOffset> {
         self.state
             .lock()

@@ -15,7 +15,10 @@
 //! - `data`: Metadata, Produce, Fetch, ListOffsets.
 //! - `groups`: FindCoordinator, JoinGroup, SyncGroup, Heartbeat, LeaveGroup, OffsetCommit,
 //!   OffsetFetch, ListGroups, DescribeGroups on the broker's one coordinator.
-//! - `admin`: CreateTopics, DeleteTopics, InitProducerId.
+//! - `admin`: CreateTopics, DeleteTopics, InitProducerId (idempotent producers).
+//! - `txn`: InitProducerId with a transactional id, AddPartitionsToTxn, AddOffsetsToTxn,
+//!   TxnOffsetCommit, EndTxn; the last stable offset and aborted transactions `data` serves
+//!   `read_committed` fetches with.
 //! - `sasl`: SaslHandshake, SaslAuthenticate (both token framings), and the SCRAM user admin
 //!   APIs; until a connection on a SASL listener has authenticated, `connection` lets through
 //!   only ApiVersions and the SASL requests.
@@ -31,6 +34,7 @@ mod admin;
 mod data;
 mod groups;
 mod sasl;
+mod txn;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -61,7 +65,7 @@ use crate::topics::TopicError;
 const NODE_ID: i32 = 0;
 
 /// Requests served, with the versions this listener speaks (within what the crate encodes).
-pub const SUPPORTED: [(ApiKey, i16, i16); 25] = [
+pub const SUPPORTED: [(ApiKey, i16, i16); 29] = [
     // Advertised from v0 although v0-v2 (legacy message sets) are refused: librdkafka up to
     // 2.11 enables gzip, snappy and lz4 only when the broker lists Produce v0 (it checks the
     // range [0, 0]); with v3 as the minimum it silently sends everything uncompressed.
@@ -83,8 +87,12 @@ pub const SUPPORTED: [(ApiKey, i16, i16); 25] = [
     (ApiKey::ApiVersions, 0, 3),
     (ApiKey::CreateTopics, 2, 7),
     (ApiKey::DeleteTopics, 1, 6),
-    // Transactions are not supported: InitProducerId serves idempotent producers only.
     (ApiKey::InitProducerId, 0, 4),
+    // Transactions (`txn`). AddPartitionsToTxn v4+ is the brokers' batched form (KIP-890).
+    (ApiKey::AddPartitionsToTxn, 0, 3),
+    (ApiKey::AddOffsetsToTxn, 0, 4),
+    (ApiKey::EndTxn, 0, 4),
+    (ApiKey::TxnOffsetCommit, 0, 4),
     (ApiKey::DescribeCluster, 0, 1),
     (ApiKey::SaslHandshake, 0, 1),
     (ApiKey::SaslAuthenticate, 0, 2),
@@ -614,9 +622,22 @@ async fn handle(
         RequestKind::DeleteTopics(r) => {
             ResponseKind::DeleteTopics(admin::delete_topics(cx, session, r, version).await)
         }
+        RequestKind::InitProducerId(r) if txn::is_transactional(&r) => {
+            ResponseKind::InitProducerId(txn::init_producer_id(cx, session, r, version).await)
+        }
         RequestKind::InitProducerId(r) => {
             ResponseKind::InitProducerId(admin::init_producer_id(cx, session, r))
         }
+        RequestKind::AddPartitionsToTxn(r) => {
+            ResponseKind::AddPartitionsToTxn(txn::add_partitions(cx, session, r, version).await)
+        }
+        RequestKind::AddOffsetsToTxn(r) => {
+            ResponseKind::AddOffsetsToTxn(txn::add_offsets(cx, session, r, version).await)
+        }
+        RequestKind::TxnOffsetCommit(r) => {
+            ResponseKind::TxnOffsetCommit(txn::txn_offset_commit(cx, session, r, version).await)
+        }
+        RequestKind::EndTxn(r) => ResponseKind::EndTxn(txn::end_txn(cx, session, r, version).await),
         RequestKind::CreateAcls(r) => {
             ResponseKind::CreateAcls(acls::create_acls(cx, session, r).await)
         }
@@ -704,6 +725,13 @@ fn error_code(e: &ServiceError) -> i16 {
             ResponseError::InvalidProducerEpoch
         }
         ServiceError::IdempotentBatchCount => ResponseError::InvalidRecord,
+        ServiceError::Txn(crate::txn::TxnAppendError::NotInTransaction { .. }) => {
+            ResponseError::InvalidTxnState
+        }
+        ServiceError::Txn(crate::txn::TxnAppendError::Fenced { .. }) => {
+            ResponseError::InvalidProducerEpoch
+        }
+        ServiceError::Txn(_) => ResponseError::InvalidRecord,
         ServiceError::Denied(denied) => authorization_failed(denied.resource_type),
         _ => {
             tracing::error!(error = %e, "kafka request failed");
