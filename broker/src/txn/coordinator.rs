@@ -500,6 +500,9 @@ impl Transactions {
         epoch: i16,
         commit: bool,
     ) -> Result<(), TxnError> {
+        if commit {
+            crash_point("before-prepare-commit");
+        }
         let offset = {
             let mut state = self.lock();
             let busy = state.completing.contains(id);

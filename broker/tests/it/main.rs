@@ -21,3 +21,4 @@ mod server;
 mod support;
 mod tls;
 mod topics;
+mod transactions;
