@@ -105,19 +105,33 @@ pub struct Broker {
 }
 
 impl Broker {
-    /// Opens the group coordinator over `topics` (restoring committed offsets).
+    /// Opens the group coordinator over `topics` (restoring committed offsets) and the
+    /// transaction coordinator with its default limits.
     pub fn new(
         topics: Arc<Topics>,
         metrics: Arc<Metrics>,
         coordinator: CoordinatorConfig,
         fetch_wait_max: Duration,
     ) -> Result<Broker, TopicError> {
-        let groups = Arc::new(Groups::open(topics.clone(), coordinator)?);
-        let txns = Arc::new(Transactions::open(
-            topics.clone(),
-            groups.clone(),
+        Broker::open(
+            topics,
+            metrics,
+            coordinator,
             TxnConfig::default(),
-        )?);
+            fetch_wait_max,
+        )
+    }
+
+    /// [`Broker::new`] with the transaction coordinator's limits.
+    pub fn open(
+        topics: Arc<Topics>,
+        metrics: Arc<Metrics>,
+        coordinator: CoordinatorConfig,
+        txn: TxnConfig,
+        fetch_wait_max: Duration,
+    ) -> Result<Broker, TopicError> {
+        let groups = Arc::new(Groups::open(topics.clone(), coordinator)?);
+        let txns = Arc::new(Transactions::open(topics.clone(), groups.clone(), txn)?);
         Ok(Broker {
             topics,
             metrics,
@@ -139,10 +153,7 @@ impl Broker {
             .groups
             .clone()
             .run_ticker(Duration::from_millis(100), shutdown.clone());
-        let txns = self
-            .txns
-            .clone()
-            .run(Duration::from_millis(100), shutdown);
+        let txns = self.txns.clone().run(Duration::from_millis(100), shutdown);
         tokio::spawn(async move {
             tokio::join!(groups, txns);
         })

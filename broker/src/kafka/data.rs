@@ -189,7 +189,11 @@ pub(super) async fn produce(
                 .authorizer
                 .check(session, Operation::Write, ResourceType::Topic, &name);
         // A transactional producer also needs Write on its transactional id, as in Kafka.
-        if let Some(id) = request.transactional_id.as_ref().filter(|id| !id.0.is_empty()) {
+        if let Some(id) = request
+            .transactional_id
+            .as_ref()
+            .filter(|id| !id.0.is_empty())
+        {
             if let Err(denied) = broker.authorizer.check(
                 session,
                 Operation::Write,
@@ -462,9 +466,9 @@ pub(super) async fn list_offsets(
             let listed = cx.broker.list_offset(&name, index, spec).await;
             // read_committed consumers start at the end of what is stable, not the log's end.
             let listed = match listed {
-                Ok(Some(end)) if spec == OffsetSpec::Latest && request.isolation_level == 1 => Ok(
-                    Some(super::txn::last_stable_offset(cx, &name, index, end)),
-                ),
+                Ok(Some(end)) if spec == OffsetSpec::Latest && request.isolation_level == 1 => {
+                    Ok(Some(super::txn::last_stable_offset(cx, &name, index, end)))
+                }
                 other => other,
             };
             partitions.push(match listed {

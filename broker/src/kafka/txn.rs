@@ -19,8 +19,7 @@ use kafka_protocol::messages::txn_offset_commit_response::{
 use kafka_protocol::messages::{
     AddOffsetsToTxnRequest, AddOffsetsToTxnResponse, AddPartitionsToTxnRequest,
     AddPartitionsToTxnResponse, EndTxnRequest, EndTxnResponse, InitProducerIdRequest,
-    InitProducerIdResponse, ProducerId, TopicName, TxnOffsetCommitRequest,
-    TxnOffsetCommitResponse,
+    InitProducerIdResponse, ProducerId, TopicName, TxnOffsetCommitRequest, TxnOffsetCommitResponse,
 };
 use strand_client::batch::Batches;
 
@@ -86,8 +85,8 @@ pub(super) async fn init_producer_id(
     if !may_write_txn(cx, session, &id) {
         return refused(ResponseError::TransactionalIdAuthorizationFailed.code());
     }
-    let producer = (request.producer_id.0 >= 0)
-        .then_some((request.producer_id.0, request.producer_epoch));
+    let producer =
+        (request.producer_id.0 >= 0).then_some((request.producer_id.0, request.producer_epoch));
     match cx
         .broker
         .txns

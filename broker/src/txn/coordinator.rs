@@ -203,7 +203,10 @@ impl Transactions {
         let mut live: HashMap<TopicPartition, Vec<i64>> = HashMap::new();
         for meta in state.txns.values() {
             if meta.state == TxnState::Empty
-                || matches!(meta.state, TxnState::CompleteCommit | TxnState::CompleteAbort)
+                || matches!(
+                    meta.state,
+                    TxnState::CompleteCommit | TxnState::CompleteAbort
+                )
             {
                 continue;
             }
@@ -265,7 +268,13 @@ impl Transactions {
         for _ in 0..2 {
             // The record to wait for, and the answer (`None`: an abort to complete first).
             let (offset, answer) = self.init_step(id, timeout_ms as u64, producer)?;
-            self.store.wait_durable(offset).await?;
+            if let Err(e) = self.store.wait_durable(offset).await {
+                if answer.is_none() {
+                    // Not known to be durable: the ticker completes the abort (or start does).
+                    self.lock().completing.remove(id);
+                }
+                return Err(e.into());
+            }
             match answer {
                 Some(answer) => return Ok(answer),
                 None => {
@@ -418,9 +427,22 @@ impl Transactions {
             .map_err(|e| ServiceError::Internal(format!("flagging partitions failed: {e}")))?
             .map_err(|e| ServiceError::Internal(format!("flagging a partition failed: {e}")))?;
         self.store.wait_durable(offset).await?;
+        // Opened on the partitions under the coordinator's lock, and only while the transaction
+        // is still this producer's and Ongoing: once an abort or commit has begun, its markers
+        // may be written already, and a partition opened after them would never be closed.
+        let state = self.lock();
+        match state.txns.get(id) {
+            Some(meta) if meta.producer_id != producer_id || meta.epoch != epoch => {
+                return Err(TxnError::ProducerFenced)
+            }
+            Some(meta) if meta.state == TxnState::Ongoing && !state.completing.contains(id) => {}
+            Some(meta) => return Err(TxnError::InvalidTxnState(meta.state)),
+            None => return Err(TxnError::InvalidProducerIdMapping),
+        }
         for p in targets {
             p.txns.lock().begin(producer_id, epoch);
         }
+        drop(state);
         Ok(())
     }
 
@@ -470,8 +492,9 @@ impl Transactions {
             }
             let mut next = meta.clone();
             for ((topic, partition), committed) in offsets {
-                next.offsets
-                    .retain(|o| !(o.group == group && o.topic == topic && o.partition == partition));
+                next.offsets.retain(|o| {
+                    !(o.group == group && o.topic == topic && o.partition == partition)
+                });
                 next.offsets.push(PendingOffset {
                     group: group.to_string(),
                     topic,
@@ -576,10 +599,14 @@ impl Transactions {
             written.push((p, offset));
         }
         for (p, offset) in written {
-            p.reader().wait_durable(offset + 1).await.map_err(ServiceError::from)?;
+            p.reader()
+                .wait_durable(offset + 1)
+                .await
+                .map_err(ServiceError::from)?;
         }
         if commit {
-            let mut by_group: HashMap<&str, Vec<(TopicPartition, CommittedOffset)>> = HashMap::new();
+            let mut by_group: HashMap<&str, Vec<(TopicPartition, CommittedOffset)>> =
+                HashMap::new();
             for o in &meta.offsets {
                 by_group.entry(&o.group).or_default().push((
                     (o.topic.clone(), o.partition),
@@ -722,4 +749,145 @@ fn write_marker(
     };
     p.txns.notify();
     Ok(offset)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::group::CoordinatorConfig;
+    use crate::log::LogConfig;
+    use crate::topics::TopicConfig;
+
+    fn open(dir: &std::path::Path) -> (Arc<Topics>, Transactions) {
+        let (topics, _) = Topics::open(dir, LogConfig::default()).unwrap();
+        let topics = Arc::new(topics);
+        let groups = Arc::new(Groups::open(topics.clone(), CoordinatorConfig::default()).unwrap());
+        let txns = Transactions::open(topics.clone(), groups, TxnConfig::default()).unwrap();
+        (topics, txns)
+    }
+
+    #[tokio::test]
+    async fn epochs_fence_states_refuse_and_state_survives_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let (topics, txns) = open(dir.path());
+        topics
+            .create(
+                "out",
+                TopicConfig {
+                    partitions: 2,
+                    ..TopicConfig::default()
+                },
+            )
+            .unwrap();
+        assert!(matches!(
+            txns.init_producer("t", 0, None).await,
+            Err(TxnError::InvalidTransactionTimeout(0, _))
+        ));
+        let (id, epoch) = txns.init_producer("t", 60_000, None).await.unwrap();
+        assert!(matches!(
+            txns.end("t", id, epoch, true).await,
+            Err(TxnError::InvalidTxnState(TxnState::Empty))
+        ));
+        txns.add_partitions("t", id, epoch, vec![("out".into(), 1)])
+            .await
+            .unwrap();
+        assert!(matches!(
+            txns.add_partitions("t", id + 1, epoch, vec![]).await,
+            Err(TxnError::InvalidProducerIdMapping)
+        ));
+        // A new instance aborts the open transaction and fences the old epoch.
+        let (id2, epoch2) = txns.init_producer("t", 60_000, None).await.unwrap();
+        assert_eq!(id2, id);
+        assert!(epoch2 > epoch);
+        assert!(matches!(
+            txns.end("t", id, epoch, true).await,
+            Err(TxnError::ProducerFenced)
+        ));
+        let p = topics.get("out").unwrap().partitions[1].clone();
+        assert!(p.txns.lock().check_append(id, epoch).is_err());
+        txns.add_partitions("t", id, epoch2, vec![("out".into(), 0)])
+            .await
+            .unwrap();
+        txns.add_offsets("t", id, epoch2, "g").await.unwrap();
+        txns.commit_offsets(
+            "t",
+            id,
+            epoch2,
+            "g",
+            vec![(
+                ("out".into(), 0),
+                CommittedOffset {
+                    offset: 7,
+                    metadata: String::new(),
+                },
+            )],
+        )
+        .await
+        .unwrap();
+        txns.end("t", id, epoch2, true).await.unwrap();
+        // A retry of the same EndTxn is answered as done; the other outcome is refused.
+        txns.end("t", id, epoch2, true).await.unwrap();
+        assert!(matches!(
+            txns.end("t", id, epoch2, false).await,
+            Err(TxnError::InvalidTxnState(TxnState::CompleteCommit))
+        ));
+        assert_eq!(
+            txns.groups
+                .committed("g", &("out".into(), 0))
+                .map(|c| c.offset),
+            Some(7),
+            "the transaction's offsets are the group's once it committed"
+        );
+        drop(txns);
+        topics.close().unwrap();
+        drop(topics);
+        let (_topics, txns) = open(dir.path());
+        let meta = txns.lock().txns.get("t").cloned().unwrap();
+        assert_eq!(
+            (meta.producer_id, meta.epoch, meta.state),
+            (id, epoch2, TxnState::CompleteCommit)
+        );
+        assert_eq!(
+            txns.groups
+                .committed("g", &("out".into(), 0))
+                .map(|c| c.offset),
+            Some(7)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_transaction_past_its_timeout_is_aborted_and_its_producer_fenced() {
+        let dir = tempfile::tempdir().unwrap();
+        let (topics, txns) = open(dir.path());
+        topics
+            .create(
+                "out",
+                TopicConfig {
+                    partitions: 1,
+                    ..TopicConfig::default()
+                },
+            )
+            .unwrap();
+        let (id, epoch) = txns.init_producer("slow", 1, None).await.unwrap();
+        txns.add_partitions("slow", id, epoch, vec![("out".into(), 0)])
+            .await
+            .unwrap();
+        let p = topics.get("out").unwrap().partitions[0].clone();
+        assert!(p.txns.lock().appending(id, 0));
+        assert_eq!(p.txns.lock().first_unstable(), Some(0));
+        std::thread::sleep(Duration::from_millis(5));
+        txns.tick().await;
+        let meta = txns.lock().txns.get("slow").cloned().unwrap();
+        assert_eq!(meta.state, TxnState::CompleteAbort);
+        assert!(meta.epoch > epoch);
+        assert_eq!(
+            p.txns.lock().first_unstable(),
+            None,
+            "the abort marker closed it"
+        );
+        assert!(matches!(
+            txns.end("slow", id, epoch, true).await,
+            Err(TxnError::ProducerFenced)
+        ));
+    }
 }

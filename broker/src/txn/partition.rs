@@ -39,7 +39,9 @@ pub enum TxnAppendError {
         epoch: i16,
         current: i16,
     },
-    #[error("a transactional batch must come from an idempotent producer (producer id and sequence)")]
+    #[error(
+        "a transactional batch must come from an idempotent producer (producer id and sequence)"
+    )]
     NotIdempotent,
     #[error("control batches are written by the broker only")]
     ControlBatch,

@@ -109,7 +109,12 @@ impl TxnStore {
         let value = serde_json::to_vec(meta)
             .map_err(|e| ServiceError::Internal(format!("encoding transaction state: {e}")))?;
         let mut builder = BatchBuilder::with_capacity(value.len() + transactional_id.len() + 96);
-        builder.push(now_ms(), Some(transactional_id.as_bytes()), Some(&value), &[]);
+        builder.push(
+            now_ms(),
+            Some(transactional_id.as_bytes()),
+            Some(&value),
+            &[],
+        );
         let mut batch = builder.finish();
         Ok(self.partition.writer().append(&mut batch)?.last_offset)
     }

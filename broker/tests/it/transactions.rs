@@ -14,9 +14,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 
-use super::broker_process::{
-    run_cli, spawn_until, start_broker, stop, strand_cli, BrokerProcess,
-};
+use super::broker_process::{run_cli, spawn_until, start_broker, stop, strand_cli, BrokerProcess};
 
 fn config(bootstrap: &str) -> ClientConfig {
     let mut config = ClientConfig::new();
@@ -67,7 +65,8 @@ fn read_values(
         .expect("consumer");
     let mut tpl = TopicPartitionList::new();
     for p in 0..n_partitions {
-        tpl.add_partition_offset(topic, p, Offset::Beginning).unwrap();
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .unwrap();
     }
     consumer.assign(&tpl).unwrap();
     let mut got: BTreeMap<i32, Vec<String>> = BTreeMap::new();
@@ -160,9 +159,13 @@ fn rdkafka_commit_and_abort_as_each_isolation_level_sees_them() {
     everything.extend((0..5).map(|i| format!("aborted-{i}")));
     everything.extend((0..3).map(|i| format!("after-{i}")));
     everything.push("open".into());
-    let got = read_values(&broker.kafka_addr, "txn-basic", 1, "read_uncommitted", |g| {
-        count(g) >= 19
-    });
+    let got = read_values(
+        &broker.kafka_addr,
+        "txn-basic",
+        1,
+        "read_uncommitted",
+        |g| count(g) >= 19,
+    );
     assert_eq!(all(&got), everything);
 
     // A new instance with the same transactional id aborts the open transaction and fences
@@ -226,7 +229,10 @@ fn eos_transformer() {
             _ => 0,
         };
         positions.insert(p, start);
-        ends.insert(p, consumer.fetch_watermarks("eos-in", p, TIMEOUT).unwrap().1);
+        ends.insert(
+            p,
+            consumer.fetch_watermarks("eos-in", p, TIMEOUT).unwrap().1,
+        );
         assignment
             .add_partition_offset("eos-in", p, Offset::Offset(start))
             .unwrap();
@@ -345,7 +351,10 @@ fn rdkafka_exactly_once_across_kill_9_of_the_transformer() {
         if let Some(status) = child.try_wait().unwrap() {
             break status;
         }
-        assert!(Instant::now() < deadline, "the last transformer never finished");
+        assert!(
+            Instant::now() < deadline,
+            "the last transformer never finished"
+        );
         std::thread::sleep(Duration::from_millis(100));
     };
     assert!(status.success(), "the last transformer failed: {status}");
@@ -450,19 +459,33 @@ fn a_broker_killed_between_the_phases_of_a_commit_keeps_the_transaction_whole() 
     successor.init_transactions(TIMEOUT).unwrap();
     successor.begin_transaction().unwrap();
     for p in 0..2 {
-        send(&successor, "crash-out", Some(p), "tail", &format!("tail-{p}"));
+        send(
+            &successor,
+            "crash-out",
+            Some(p),
+            "tail",
+            &format!("tail-{p}"),
+        );
     }
     successor.commit_transaction(TIMEOUT).unwrap();
     let got = read_values(&broker.kafka_addr, "crash-out", 2, "read_committed", |g| {
-        g.values().all(|v| v.last().is_some_and(|l| l.starts_with("tail")))
+        g.values()
+            .all(|v| v.last().is_some_and(|l| l.starts_with("tail")))
             && g.len() == 2
     });
     let values = all(&got);
-    assert!(values.iter().all(|v| !v.starts_with("unprepared")), "{values:?}");
+    assert!(
+        values.iter().all(|v| !v.starts_with("unprepared")),
+        "{values:?}"
+    );
     assert_eq!(values.len(), 202, "{values:?}");
-    let uncommitted = read_values(&broker.kafka_addr, "crash-out", 2, "read_uncommitted", |g| {
-        count(g) >= 302
-    });
+    let uncommitted = read_values(
+        &broker.kafka_addr,
+        "crash-out",
+        2,
+        "read_uncommitted",
+        |g| count(g) >= 302,
+    );
     assert_eq!(
         all(&uncommitted)
             .iter()
