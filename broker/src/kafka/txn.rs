@@ -221,7 +221,9 @@ pub(super) async fn txn_offset_commit(
     } else {
         None
     };
-    let mut codes: Vec<(TopicName, Vec<(i32, Option<i16>)>)> = Vec::new();
+    // Per topic, each partition with the code it is refused with, if any.
+    type Codes = Vec<(i32, Option<i16>)>;
+    let mut codes: Vec<(TopicName, Codes)> = Vec::new();
     let mut offsets = Vec::new();
     let metadata_max = cx.broker.groups.commit_metadata_bytes_max();
     for topic in request.topics {
