@@ -1304,7 +1304,9 @@ fn error_response(e: &ServiceError) -> Response {
         ServiceError::Group(GroupError::RebalanceInProgress) => ErrorCode::RebalanceInProgress,
         ServiceError::Group(GroupError::InvalidSessionTimeout) => ErrorCode::InvalidSessionTimeout,
         ServiceError::UnknownGroup(_) => ErrorCode::UnknownGroup,
-        ServiceError::Sequence(_) | ServiceError::IdempotentBatchCount => ErrorCode::InvalidRequest,
+        ServiceError::Sequence(_) | ServiceError::IdempotentBatchCount | ServiceError::Txn(_) => {
+            ErrorCode::InvalidRequest
+        }
         ServiceError::Group(GroupError::InconsistentGroupProtocol) => {
             ErrorCode::InconsistentGroupProtocol
         }

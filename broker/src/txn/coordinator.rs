@@ -638,15 +638,6 @@ impl Transactions {
         Ok(())
     }
 
-    /// Whether any transaction holds uncommitted offsets for `group` (OffsetFetch with
-    /// require_stable answers UNSTABLE_OFFSET_COMMIT then, as Kafka).
-    pub fn has_pending_offsets(&self, group: &str) -> bool {
-        self.lock().txns.values().any(|m| {
-            matches!(m.state, TxnState::Ongoing | TxnState::PrepareCommit)
-                && m.offsets.iter().any(|o| o.group == group)
-        })
-    }
-
     /// One round of the coordinator's own work: completes Prepare states nobody is completing
     /// (found at start, or left by a failure) and aborts transactions past their timeout,
     /// bumping the epoch so the producer is fenced.
