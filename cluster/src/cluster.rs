@@ -170,8 +170,8 @@ impl MirroredRecord {
 /// Resolves when the destination acknowledged a record durably: its source (partition, offset).
 pub type Ack = Pin<Box<dyn Future<Output = Result<(u32, u64), SideError>> + Send>>;
 
-/// Resolves when a send is durable.
-pub type Sent = Pin<Box<dyn Future<Output = Result<(), SideError>> + Send>>;
+/// Resolves when a send is durable, with the record's offset in its partition.
+pub type Sent = Pin<Box<dyn Future<Output = Result<u64, SideError>> + Send>>;
 
 /// What a new topic keeps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -488,7 +488,7 @@ impl Cluster {
                 Ok(Box::pin(async move {
                     delivery
                         .await
-                        .map(|_| ())
+                        .map(|d| d.offset)
                         .map_err(|source| SideError::Strand { cluster, source })
                 }))
             }
@@ -518,7 +518,7 @@ impl Cluster {
                             let cluster = name.clone();
                             return Ok(Box::pin(async move {
                                 match delivery.await {
-                                    Ok(Ok(_)) => Ok(()),
+                                    Ok(Ok(delivered)) => Ok(delivered.offset as u64),
                                     Ok(Err((source, _))) => {
                                         Err(SideError::Kafka { cluster, source })
                                     }

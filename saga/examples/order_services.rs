@@ -6,8 +6,11 @@
 //! ```
 //!
 //! Every effect is applied once per `Idempotency-Key` (a repeat gets the first answer back), as
-//! a participant of an at-least-once orchestrator must. Inventory refuses the sku
-//! `out-of-stock`. `GET /ledger` lists what was applied, in order.
+//! a participant of an at-least-once orchestrator must. A refund names the charge it undoes by
+//! the charge's idempotency key (`{{ action_key }}`), so it works when the charge timed out and
+//! its payment id never reached the orchestrator; a refund that arrives before its charge
+//! ("undo before do") leaves a mark that refuses the charge when it comes. Inventory refuses the
+//! sku `out-of-stock`. `GET /ledger` lists what was applied, in order.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -24,6 +27,10 @@ struct Services {
     answered: HashMap<String, (StatusCode, Value)>,
     ledger: Vec<String>,
     next_id: u64,
+    /// Charge idempotency key to the payment it made.
+    charges: HashMap<String, String>,
+    /// Charge keys refunded before any charge arrived: such a charge is refused.
+    refunded_first: std::collections::HashSet<String>,
 }
 
 type Shared = Arc<Mutex<Services>>;
@@ -34,11 +41,7 @@ fn once(
     headers: &HeaderMap,
     effect: impl FnOnce(&mut Services) -> (StatusCode, Value),
 ) -> (StatusCode, Json<Value>) {
-    let key = headers
-        .get("idempotency-key")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_string();
+    let key = key_of(headers);
     let mut s = services.lock().expect("lock");
     if let Some((status, answer)) = s.answered.get(&key) {
         return (*status, Json(answer.clone()));
@@ -52,6 +55,14 @@ fn once(
         s.answered.insert(key, (status, answer.clone()));
     }
     (status, Json(answer))
+}
+
+fn key_of(headers: &HeaderMap) -> String {
+    headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string()
 }
 
 fn text(body: &Value, field: &str) -> String {
@@ -102,7 +113,14 @@ async fn main() -> std::io::Result<()> {
             "/payments/charge",
             post(
                 |State(s): State<Shared>, h: HeaderMap, Json(b): Json<Value>| async move {
+                    let key = key_of(&h);
                     once(&s, &h, |s| {
+                        if s.refunded_first.contains(&key) {
+                            return (
+                                StatusCode::CONFLICT,
+                                json!({"error": "this charge was refunded before it arrived"}),
+                            );
+                        }
                         s.next_id += 1;
                         let id = format!("pay-{}", s.next_id);
                         s.ledger.push(format!(
@@ -110,6 +128,7 @@ async fn main() -> std::io::Result<()> {
                             text(&b, "amount"),
                             text(&b, "order_id")
                         ));
+                        s.charges.insert(key, id.clone());
                         (StatusCode::OK, json!({"payment_id": id}))
                     })
                 },
@@ -120,12 +139,20 @@ async fn main() -> std::io::Result<()> {
             post(
                 |State(s): State<Shared>, h: HeaderMap, Json(b): Json<Value>| async move {
                     once(&s, &h, |s| {
-                        s.ledger
-                            .push(format!("payment {} refunded", text(&b, "payment_id")));
-                        (
-                            StatusCode::OK,
-                            json!({"payment_id": b["payment_id"], "status": "refunded"}),
-                        )
+                        let charge_key = text(&b, "charge_key");
+                        match s.charges.get(&charge_key).cloned() {
+                            Some(id) => {
+                                s.ledger.push(format!("payment {id} refunded"));
+                                (
+                                    StatusCode::OK,
+                                    json!({"payment_id": id, "status": "refunded"}),
+                                )
+                            }
+                            None => {
+                                s.refunded_first.insert(charge_key);
+                                (StatusCode::OK, json!({"status": "nothing was charged"}))
+                            }
+                        }
                     })
                 },
             ),

@@ -210,6 +210,11 @@ pub struct DefinitionSpec {
     /// Topic every finished saga's outcome is published to.
     #[serde(default)]
     pub outcome_topic: Option<String>,
+    /// A semantic lock: a template over `input` (`"{{ input.customer_id }}"`). Sagas whose lock
+    /// renders to the same key run one at a time, in start order; a saga holds its lock from
+    /// its first step until it ends (completed or compensated).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lock: Option<String>,
 }
 
 /// A stored definition version.
@@ -359,10 +364,9 @@ pub fn validate(spec: &DefinitionSpec) -> Result<(), Vec<FieldError>> {
         let earlier: Vec<&str> = spec.steps[..i].iter().map(|s| s.name.as_str()).collect();
         check_participant(&step.action, &at("action"), &earlier, &mut err);
         if let Some(c) = &step.compensation {
-            // A compensation may also use its own step's output.
-            let mut visible = earlier.clone();
-            visible.push(&step.name);
-            check_participant(c, &at("compensation"), &visible, &mut err);
+            // Not its own step's output: a compensation must run when the action timed out
+            // and returned nothing. It names what it undoes by `action_key`.
+            check_participant(c, &at("compensation"), &earlier, &mut err);
         }
     }
     if let Some(t) = &spec.trigger {
@@ -371,6 +375,20 @@ pub fn validate(spec: &DefinitionSpec) -> Result<(), Vec<FieldError>> {
         }
         if t.group.is_empty() {
             err("trigger.group".into(), "must not be empty".into());
+        }
+    }
+    if let Some(lock) = &spec.lock {
+        match template::references(lock) {
+            Err(e) => err("lock".into(), format!("bad template: {e}")),
+            Ok(refs) if refs.is_empty() => err(
+                "lock".into(),
+                "must use the input (\"{{ input.customer_id }}\"): a constant would serialize every saga".into(),
+            ),
+            Ok(refs) => {
+                for r in refs.iter().filter(|r| !r.starts_with("input")) {
+                    err("lock".into(), format!("{{{{{r}}}}}: a lock may only use input"));
+                }
+            }
         }
     }
     if spec.outcome_topic.as_deref() == Some("") {
@@ -504,12 +522,12 @@ fn check_participant(
             Ok(refs) => {
                 for r in refs {
                     match r.split('.').collect::<Vec<_>>().as_slice() {
-                        ["input", ..] | ["saga_id"] => {}
+                        ["input", ..] | ["saga_id"] | ["action_key"] => {}
                         ["steps", name, rest @ ..] => {
                             if !visible_steps.contains(name) {
                                 err(
                                     at.clone(),
-                                    format!("{{{{{r}}}}} names step {name:?}, which does not run before this one"),
+                                    format!("{{{{{r}}}}} names step {name:?}, which does not run before this one (a compensation cannot use its own step's output, which a timed-out action never returned: name what it undoes by {{{{ action_key }}}}, the action's idempotency key)"),
                                 );
                             } else if rest.first() != Some(&"output") {
                                 err(at.clone(), format!("{{{{{r}}}}}: use steps.{name}.output"));
@@ -517,7 +535,7 @@ fn check_participant(
                         }
                         _ => err(
                             at.clone(),
-                            format!("{{{{{r}}}}}: templates may use input, saga_id and steps.<name>.output"),
+                            format!("{{{{{r}}}}}: templates may use input, saga_id, action_key and steps.<name>.output"),
                         ),
                     }
                 }
@@ -554,7 +572,7 @@ mod tests {
             {"name": "charge", "action": {"type": "http", "url": "http://p/charge",
                 "body": {"order": "{{ steps.order.output.id }}", "amount": "{{ input.amount }}"}},
              "compensation": {"type": "http", "url": "http://p/refund",
-                "body": {"payment": "{{ steps.charge.output.payment_id }}"}}},
+                "body": {"payment": "{{ action_key }}"}}},
             {"name": "ship", "kind": "pivot", "action": http("http://s/ship")},
             {"name": "notify", "kind": "retriable", "action": {"type": "broker", "topic": "mail", "reply_topic": "mail-replies"}}
         ]));

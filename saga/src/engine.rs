@@ -132,6 +132,11 @@ pub struct StepRecord {
     pub timeout_at_ms: Option<i64>,
     /// Attempts made in the current phase since the budget was last granted.
     pub budget_used: u32,
+    /// Whether an action attempt may have happened without saying so (it timed out, or was in
+    /// flight when it was abandoned): such a step is compensated even if a later attempt was
+    /// answered with a failure or never sent.
+    #[serde(default)]
+    pub may_have_happened: bool,
 }
 
 /// One journal record: what happened to which saga, and when.
@@ -139,6 +144,10 @@ pub struct StepRecord {
 pub struct Entry {
     pub saga_id: String,
     pub at_ms: i64,
+    /// The owner epoch of the instance that wrote it (see `recovery`): an entry counts only
+    /// when it is the epoch of the last owner marker before it in its journal partition.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub epoch: u64,
     #[serde(flatten)]
     pub event: Event,
 }
@@ -154,6 +163,9 @@ pub enum Event {
         input: Value,
         idempotency_key: Option<String>,
         deadline_at_ms: Option<i64>,
+        /// The semantic lock key the saga runs under, rendered from its input.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        lock: Option<String>,
     },
     Dispatched {
         step: usize,
@@ -196,6 +208,13 @@ pub enum Event {
     Resumed,
     /// The outcome of a finished saga was published to the definition's outcome topic.
     OutcomePublished,
+    /// The saga holds its semantic lock from here until it ends.
+    Acquired,
+    /// Not a saga's: an instance took its journal partition over with the entry's epoch
+    /// (`saga_id` is empty). Entries of older epochs after it are a stale owner's.
+    Owner {
+        instance: String,
+    },
 }
 
 impl Event {
@@ -254,6 +273,8 @@ pub enum Input {
     Retry,
     /// After a restart: send every attempt that was in flight again, as a new attempt.
     Redispatch,
+    /// The saga's semantic lock is its now: run.
+    Acquire,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -291,6 +312,12 @@ pub struct Saga {
     #[schema(value_type = Object)]
     pub input: Value,
     pub idempotency_key: Option<String>,
+    /// The semantic lock key it runs under, if its definition names one.
+    #[serde(default)]
+    pub lock: Option<String>,
+    /// Whether it holds its lock (a saga under a lock waits until it does).
+    #[serde(default)]
+    pub holds_lock: bool,
     pub state: SagaState,
     pub steps: Vec<StepRecord>,
     pub created_at_ms: i64,
@@ -316,6 +343,10 @@ impl PartialEq for Saga {
     }
 }
 
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
 pub fn idempotency_key(saga_id: &str, step_name: &str, phase: Phase) -> String {
     format!("{saga_id}:{step_name}:{}", phase.as_str())
 }
@@ -333,6 +364,8 @@ impl Saga {
             version: definition.version,
             input: Value::Null,
             idempotency_key: None,
+            lock: None,
+            holds_lock: false,
             state: SagaState::Running,
             steps: Vec::new(),
             created_at_ms: 0,
@@ -346,12 +379,15 @@ impl Saga {
         }
     }
 
-    /// The events that start a saga: `Started`, then the first dispatch.
+    /// The events that start a saga: `Started`, then the first dispatch unless the saga must
+    /// `wait` for its lock (an `Input::Start` dispatches it once the lock is its).
     pub fn start(
         id: String,
         definition: Arc<Definition>,
         input: Value,
         idempotency_key: Option<String>,
+        lock: Option<String>,
+        wait: bool,
         now_ms: i64,
     ) -> (Saga, Vec<Entry>) {
         let mut saga = Saga::new(id, definition.clone());
@@ -361,10 +397,18 @@ impl Saga {
             input,
             idempotency_key,
             deadline_at_ms: definition.spec.deadline_ms.map(|d| now_ms + d as i64),
+            lock,
         };
         let mut entries = vec![saga.entry(started, now_ms)];
         saga.apply(&entries[0]);
-        entries.extend(saga.handle(Input::Start, now_ms, 0.0).expect("start"));
+        if !wait {
+            let go = if saga.lock.is_some() {
+                Input::Acquire
+            } else {
+                Input::Start
+            };
+            entries.extend(saga.handle(go, now_ms, 0.0).expect("start"));
+        }
         (saga, entries)
     }
 
@@ -394,6 +438,7 @@ impl Saga {
         Entry {
             saga_id: self.id.clone(),
             at_ms: now_ms,
+            epoch: 0,
             event,
         }
     }
@@ -441,6 +486,7 @@ impl Saga {
                         ..
                     }
                     | Event::Resumed
+                    | Event::Acquired
             )
     }
 
@@ -458,15 +504,40 @@ impl Saga {
             .is_some_and(|p| self.steps.get(p).map(|s| s.state) == Some(StepState::Succeeded))
     }
 
+    /// Whether the pivot may have happened without the saga knowing: it is in flight, or an
+    /// attempt of it timed out or was abandoned and no later one succeeded. Such a saga cannot
+    /// compensate (the pivot cannot be undone) and waits for the pivot's outcome instead.
+    pub fn pivot_uncertain(&self) -> bool {
+        self.definition().pivot().is_some_and(|p| {
+            self.steps.get(p).is_some_and(|s| {
+                s.state != StepState::Succeeded
+                    && (s.may_have_happened
+                        || s.state == StepState::Dispatched
+                        || s.state == StepState::TimedOut)
+            })
+        })
+    }
+
+    /// Whether the saga waits for its semantic lock (it has not started a step).
+    pub fn waiting_for_lock(&self) -> bool {
+        self.lock.is_some() && !self.holds_lock && self.state == SagaState::Running
+    }
+
+    /// Whether the deadline applies now: before the pivot, and only while its outcome is known.
+    fn deadline_applies(&self) -> bool {
+        self.state == SagaState::Running && !self.pivot_passed() && !self.pivot_uncertain()
+    }
+
     /// The next step to compensate: the last one whose action may have happened.
     fn next_compensation(&self) -> Option<usize> {
         let def = self.definition();
         (0..self.steps.len()).rev().find(|&i| {
             def.spec.steps[i].compensation.is_some()
-                && matches!(
-                    self.steps[i].state,
-                    StepState::Succeeded | StepState::TimedOut | StepState::Dispatched
-                )
+                && match self.steps[i].state {
+                    StepState::Succeeded | StepState::TimedOut | StepState::Dispatched => true,
+                    StepState::Failed => self.steps[i].may_have_happened,
+                    _ => false,
+                }
         })
     }
 
@@ -487,9 +558,19 @@ impl Saga {
         (used < policy.max_attempts).then(|| now_ms + policy.backoff_ms(used, random_unit) as i64)
     }
 
-    /// What follows once `step`'s `phase` spent its attempts.
-    fn exhausted(&self, step: usize, phase: Phase, error: String) -> Vec<Event> {
+    /// What follows once `step`'s `phase` spent its attempts; `timed_out` when the last
+    /// attempt got no answer.
+    fn exhausted(&self, step: usize, phase: Phase, error: String, timed_out: bool) -> Vec<Event> {
+        let pivot_maybe = self.definition().pivot() == Some(step)
+            && (timed_out || self.steps[step].may_have_happened);
         match phase {
+            // A pivot that may have happened cannot be compensated around: held for an
+            // operator, whose retry asks it again (with the same idempotency key).
+            Phase::Action if pivot_maybe => vec![Event::Stuck {
+                step,
+                phase,
+                error: format!("{error}; the pivot may have happened, so the saga cannot compensate: retry it to learn its outcome"),
+            }],
             Phase::Action if !self.pivot_passed() => vec![Event::CompensationStarted {
                 reason: format!("step {} failed: {error}", self.steps[step].name),
             }],
@@ -511,8 +592,14 @@ impl Saga {
         };
         let mut events = Vec::new();
         match input {
+            Input::Acquire => {
+                if self.lock.is_some() && !self.holds_lock && !self.state.is_finished() {
+                    events.push(Event::Acquired);
+                }
+            }
             Input::Start => {
-                if self.state == SagaState::Running
+                if !self.waiting_for_lock()
+                    && self.state == SagaState::Running
                     && self.steps.first().is_some_and(|s| s.attempts.is_empty())
                 {
                     events.push(self.dispatch(0, Phase::Action, now_ms));
@@ -553,7 +640,7 @@ impl Saga {
                             retry_at_ms,
                         });
                         if retry_at_ms.is_none() {
-                            events.extend(self.exhausted(step, phase, error));
+                            events.extend(self.exhausted(step, phase, error, false));
                         }
                     }
                 }
@@ -566,6 +653,11 @@ impl Saga {
                 if self.pivot_passed() {
                     return Err(conflict("past its pivot, a saga only goes forward"));
                 }
+                if self.pivot_uncertain() {
+                    return Err(conflict(
+                        "its pivot is in flight or its outcome is unknown; it cannot be undone",
+                    ));
+                }
                 events.push(Event::CompensationStarted {
                     reason: "aborted by an operator".into(),
                 });
@@ -577,7 +669,13 @@ impl Saga {
                 events.push(Event::Resumed);
             }
             Input::Redispatch => {
-                if let Some((step, phase, _)) = self.in_flight() {
+                if self.deadline_applies() && self.deadline_at_ms.is_some_and(|d| now_ms >= d) {
+                    // Past the deadline after a restart: compensate now rather than send the
+                    // action again and its compensation right after it.
+                    events.push(Event::CompensationStarted {
+                        reason: "the saga's deadline passed".into(),
+                    });
+                } else if let Some((step, phase, _)) = self.in_flight() {
                     events.push(self.dispatch(step, phase, now_ms));
                 }
             }
@@ -590,13 +688,13 @@ impl Saga {
         if self.state.is_finished() || self.state == SagaState::Failed {
             return events;
         }
-        if self.state == SagaState::Running
-            && !self.pivot_passed()
-            && self.deadline_at_ms.is_some_and(|d| now_ms >= d)
-        {
+        if self.deadline_applies() && self.deadline_at_ms.is_some_and(|d| now_ms >= d) {
             events.push(Event::CompensationStarted {
                 reason: "the saga's deadline passed".into(),
             });
+            return events;
+        }
+        if self.waiting_for_lock() {
             return events;
         }
         if let Some((step, phase, attempt)) = self.in_flight() {
@@ -609,7 +707,7 @@ impl Saga {
                     retry_at_ms,
                 });
                 if retry_at_ms.is_none() {
-                    events.extend(self.exhausted(step, phase, "timed out".into()));
+                    events.extend(self.exhausted(step, phase, "timed out".into(), true));
                 }
             }
             return events;
@@ -626,8 +724,22 @@ impl Saga {
             }
             return events;
         }
+        // A step whose attempts are spent without what follows in the journal: a crash kept
+        // only part of the batch that said so. Decide it again.
+        let spent = |state| {
+            self.steps
+                .iter()
+                .position(|s| s.state == state && s.retry_at_ms.is_none())
+        };
         match self.state {
             SagaState::Running => {
+                if let Some(step) = spent(StepState::TimedOut).or(spent(StepState::Failed)) {
+                    let s = &self.steps[step];
+                    let error = s.error.clone().unwrap_or_else(|| "failed".into());
+                    let timed_out = s.state == StepState::TimedOut;
+                    events.extend(self.exhausted(step, Phase::Action, error, timed_out));
+                    return events;
+                }
                 // The next pending step, or done.
                 match self
                     .steps
@@ -635,13 +747,27 @@ impl Saga {
                     .position(|s| s.state == StepState::Pending)
                 {
                     Some(next) => events.push(self.dispatch(next, Phase::Action, now_ms)),
-                    None => events.push(Event::Completed),
+                    None if self.steps.iter().all(|s| s.state == StepState::Succeeded) => {
+                        events.push(Event::Completed)
+                    }
+                    None => {}
                 }
             }
-            SagaState::Compensating => match self.next_compensation() {
-                Some(step) => events.push(self.dispatch(step, Phase::Compensation, now_ms)),
-                None => events.push(Event::Compensated),
-            },
+            SagaState::Compensating => {
+                if let Some(step) = spent(StepState::CompensationFailed) {
+                    let error = self.steps[step].error.clone().unwrap_or_default();
+                    events.push(Event::Stuck {
+                        step,
+                        phase: Phase::Compensation,
+                        error,
+                    });
+                    return events;
+                }
+                match self.next_compensation() {
+                    Some(step) => events.push(self.dispatch(step, Phase::Compensation, now_ms)),
+                    None => events.push(Event::Compensated),
+                }
+            }
             _ => {}
         }
         events
@@ -649,6 +775,9 @@ impl Saga {
 
     /// Changes the state by one journaled event.
     pub fn apply(&mut self, entry: &Entry) {
+        if matches!(entry.event, Event::Owner { .. }) {
+            return; // the partition's, not the saga's
+        }
         let now = entry.at_ms;
         self.updated_at_ms = now;
         match &entry.event {
@@ -658,7 +787,9 @@ impl Saga {
                 input,
                 idempotency_key,
                 deadline_at_ms,
+                lock,
             } => {
+                self.lock = lock.clone();
                 self.definition = definition.clone();
                 self.version = *version;
                 self.input = input.clone();
@@ -680,6 +811,7 @@ impl Saga {
                         retry_at_ms: None,
                         timeout_at_ms: None,
                         budget_used: 0,
+                        may_have_happened: false,
                     })
                     .collect();
             }
@@ -695,6 +827,10 @@ impl Saga {
                     if last.outcome.is_none() {
                         last.outcome = Some("abandoned".into());
                         last.ended_at_ms = Some(now);
+                        // Sent before a restart and never answered: it may have happened.
+                        if last.phase == Phase::Action {
+                            s.may_have_happened = true;
+                        }
                     }
                     if last.phase != *phase {
                         s.budget_used = 0;
@@ -761,6 +897,9 @@ impl Saga {
             } => {
                 let s = &mut self.steps[*step];
                 end_attempt(s, now, "timed_out", Some("timed out".into()));
+                if *phase == Phase::Action {
+                    s.may_have_happened = true;
+                }
                 s.timeout_at_ms = None;
                 s.error = Some("timed out".into());
                 s.retry_at_ms = *retry_at_ms;
@@ -779,12 +918,15 @@ impl Saga {
                     if s.state == StepState::Dispatched {
                         end_attempt(s, now, "abandoned", None);
                         s.state = StepState::TimedOut;
+                        s.may_have_happened = true;
                     }
                     s.timeout_at_ms = None;
                     s.retry_at_ms = None;
                 }
             }
             Event::OutcomePublished => self.outcome_published = true,
+            Event::Acquired => self.holds_lock = true,
+            Event::Owner { .. } => {}
             Event::Completed => self.state = SagaState::Completed,
             Event::Compensated => self.state = SagaState::Compensated,
             Event::Stuck { error, step, .. } => {
@@ -831,7 +973,7 @@ impl Saga {
             .flat_map(|s| [s.timeout_at_ms, s.retry_at_ms])
             .flatten()
             .min();
-        if self.state == SagaState::Running && !self.pivot_passed() {
+        if self.deadline_applies() {
             if let Some(d) = self.deadline_at_ms {
                 due = Some(due.map_or(d, |t| t.min(d)));
             }
@@ -864,6 +1006,8 @@ impl Saga {
             return None;
         };
         let spec = &self.definition().spec.steps[*step];
+        let mut context = self.template_context();
+        context["action_key"] = Value::String(idempotency_key(&self.id, &spec.name, Phase::Action));
         let participant = match phase {
             Phase::Action => Some(&spec.action),
             Phase::Compensation => spec.compensation.as_ref(),
@@ -877,7 +1021,7 @@ impl Saga {
             idempotency_key: idempotency_key(&self.id, &spec.name, *phase),
             attempt_id: attempt_id(&self.id, &spec.name, *phase, *attempt),
             timeout_at_ms: *timeout_at_ms,
-            participant: render(participant, &self.template_context()),
+            participant: render(participant, &context),
         })
     }
 }

@@ -36,12 +36,13 @@ use serde::{Deserialize, Serialize};
 use strand_broker::http::RequireScope;
 use strand_broker::security::jwt::Verifier;
 use tower::ServiceBuilder;
-use utoipa::{IntoParams, OpenApi, ToSchema};
+use utoipa::{IntoParams, OpenApi};
 
+use crate::api::{ApiError, ListQuery, SagaPage, StartRequest};
 use crate::breaker::Breaker;
 use crate::definition::{Definition, DefinitionSpec, FieldError};
 use crate::engine::{Saga, SagaState};
-use crate::orchestrator::{ApiError, Handle, ListQuery, SagaPage, StartRequest};
+use crate::handle::Handle;
 
 /// Reading definitions, sagas and circuit breakers.
 pub const SCOPE_READ: &str = "saga:read";
@@ -73,13 +74,7 @@ impl Default for HttpConfig {
     }
 }
 
-/// The shape of every error answer.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct ErrorBody {
-    pub error: String,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub details: Vec<FieldError>,
-}
+pub use crate::api::ErrorBody;
 
 /// An error as an HTTP answer: one status per kind.
 #[derive(Debug)]
@@ -125,35 +120,7 @@ impl IntoResponse for AppError {
 }
 
 /// Marks a request one instance forwarded to another.
-pub const FORWARDED_HEADER: &str = "strand-saga-forwarded";
-
-/// Sends a request to another instance's API; its status and body.
-pub async fn forward(
-    http: &reqwest::Client,
-    api: &str,
-    method: Method,
-    path_and_query: &str,
-    body: Option<Vec<u8>>,
-    authorization: Option<&header::HeaderValue>,
-) -> Result<(StatusCode, Bytes), ApiError> {
-    let url = format!("{}{path_and_query}", api.trim_end_matches('/'));
-    let mut request = http.request(method, &url).header(FORWARDED_HEADER, "1");
-    if let Some(authorization) = authorization {
-        request = request.header(header::AUTHORIZATION, authorization.clone());
-    }
-    if let Some(body) = body {
-        request = request
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(body);
-    }
-    let unavailable = |e: reqwest::Error| {
-        ApiError::Unavailable(format!("forwarding to the owning instance {api}: {e}"))
-    };
-    let response = request.send().await.map_err(unavailable)?;
-    let status = response.status();
-    let body = response.bytes().await.map_err(unavailable)?;
-    Ok((status, body))
-}
+pub use crate::handle::{forward, FORWARDED_HEADER};
 
 /// The answer: `result`, or for a saga another instance drives, that instance's answer.
 async fn answer<T: Serialize>(

@@ -19,18 +19,17 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use strand_client::partitioner::partition_for_key;
 use strand_cluster::{Cluster, MirroredRecord, Sent, SideError, TopicKind};
 
 use crate::definition::Definition;
 use crate::engine::{Entry, Saga};
+use crate::recovery::{self, parse, Checkpoint, Recovered};
 
 pub const JOURNAL_TOPIC: &str = "__saga_journal";
 pub const SNAPSHOT_TOPIC: &str = "__saga_snapshots";
 pub const DEFINITION_TOPIC: &str = "__saga_definitions";
 pub const INSTANCES_TOPIC: &str = "__saga_instances";
-const CHECKPOINT_KEY: &str = "__checkpoint";
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -44,36 +43,6 @@ pub enum JournalError {
         offset: u64,
         reason: String,
     },
-}
-
-/// Where the journal of one partition must be read from: every saga with an entry before
-/// `journal_offset` has a snapshot covering at least that far.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-struct Checkpoint {
-    journal_offset: u64,
-}
-
-/// A saga's state as of a journal offset: entries before `covers` are in it.
-#[derive(Debug, Deserialize)]
-struct Snapshot {
-    covers: u64,
-    saga: Saga,
-}
-
-/// A [`Snapshot`] as written, borrowing the saga.
-#[derive(Serialize)]
-struct SnapshotOf<'a> {
-    covers: u64,
-    saga: &'a Saga,
-}
-
-/// What taking over partitions recovers.
-#[derive(Debug, Default)]
-pub struct Recovered {
-    /// Sagas as of their snapshots.
-    pub snapshots: Vec<Saga>,
-    /// Journal entries newer than those snapshots, in order per saga.
-    pub entries: Vec<Entry>,
 }
 
 #[derive(Debug, Clone)]
@@ -126,20 +95,62 @@ impl Journal {
         partition_for_key(key.as_bytes(), self.partitions)
     }
 
-    /// Queues entries in order; each future resolves when its entry is durable.
-    pub async fn append(&self, entries: &[Entry]) -> Result<Vec<Sent>, JournalError> {
+    /// Queues entries in order on `partition`; each future resolves, with the entry's offset,
+    /// when it is durable.
+    pub async fn append(
+        &self,
+        partition: u32,
+        entries: &[Entry],
+    ) -> Result<Vec<Sent>, JournalError> {
         let mut deliveries = Vec::with_capacity(entries.len());
         for e in entries {
-            let value = serde_json::to_vec(e).expect("entries serialize");
-            let record = MirroredRecord::new(Some(e.saga_id.clone().into_bytes()), value);
-            let partition = self.partition_of(&e.saga_id);
             deliveries.push(
                 self.cluster
-                    .send(JOURNAL_TOPIC, Some(partition), record)
+                    .send(JOURNAL_TOPIC, Some(partition), recovery::entry_record(e))
                     .await?,
             );
         }
         Ok(deliveries)
+    }
+
+    /// The high watermark of every journal partition.
+    pub async fn ends(&self) -> Result<HashMap<u32, u64>, JournalError> {
+        Ok(self
+            .cluster
+            .watermarks(JOURNAL_TOPIC)
+            .await?
+            .into_iter()
+            .enumerate()
+            .map(|(p, (_, high))| (p as u32, high))
+            .collect())
+    }
+
+    /// Whether an owner marker of another epoch than `epoch` is in `partition` at `from..to`.
+    pub async fn foreign_owner(
+        &self,
+        partition: u32,
+        from: u64,
+        to: u64,
+        epoch: u64,
+    ) -> Result<bool, JournalError> {
+        if to <= from {
+            return Ok(true); // nothing to read, yet offsets did not line up: trust nothing
+        }
+        for r in self
+            .cluster
+            .read_to_end(JOURNAL_TOPIC, &[(partition, from)])
+            .await?
+        {
+            if r.offset >= to {
+                break;
+            }
+            let Some(value) = &r.value else { continue };
+            let entry: Entry = parse(value, &r)?;
+            if matches!(entry.event, crate::engine::Event::Owner { .. }) && entry.epoch != epoch {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// Waits until everything appended so far is durable.
@@ -187,27 +198,24 @@ impl Journal {
             .transpose()
     }
 
-    /// Writes the given sagas' snapshots, then a checkpoint for each of `partitions`: the
-    /// caller must not append while this runs, and every saga of those partitions changed
-    /// since their last checkpoint must be among `sagas`.
+    /// Writes snapshots, then a checkpoint for each partition (`(partition, journal offset,
+    /// epoch)`): every snapshot covers its partition's offset, so the caller must not append
+    /// to those partitions while this runs.
     pub async fn checkpoint(
         &self,
-        partitions: &[u32],
-        sagas: &[&Saga],
+        partitions: &[(u32, u64, u64)],
+        sagas: &[Saga],
     ) -> Result<(), JournalError> {
-        // Everything queued is acknowledged, so the journal's ends are exact.
-        self.flush().await?;
-        let ends = self.cluster.watermarks(JOURNAL_TOPIC).await?;
-        let end = |p: u32| ends.get(p as usize).map_or(0, |(_, high)| *high);
+        let end = |p: u32| {
+            partitions
+                .iter()
+                .find(|(q, _, _)| *q == p)
+                .map_or(0, |(_, end, _)| *end)
+        };
         let mut deliveries = Vec::new();
         for saga in sagas {
             let partition = self.partition_of(&saga.id);
-            let snapshot = SnapshotOf {
-                covers: end(partition),
-                saga,
-            };
-            let value = serde_json::to_vec(&snapshot).expect("sagas serialize");
-            let record = MirroredRecord::new(Some(saga.id.clone().into_bytes()), value);
+            let record = recovery::snapshot_record(end(partition), saga);
             deliveries.push(
                 self.cluster
                     .send(SNAPSHOT_TOPIC, Some(partition), record)
@@ -218,13 +226,12 @@ impl Journal {
             d.await?;
         }
         let mut deliveries = Vec::new();
-        for &p in partitions {
+        for &(p, journal_offset, epoch) in partitions {
             // One record under a fixed key per partition: compaction keeps the latest.
-            let checkpoint = Checkpoint {
-                journal_offset: end(p),
-            };
-            let value = serde_json::to_vec(&checkpoint).expect("checkpoint serializes");
-            let record = MirroredRecord::new(Some(CHECKPOINT_KEY.as_bytes().to_vec()), value);
+            let record = recovery::checkpoint_record(Checkpoint {
+                journal_offset,
+                epoch,
+            });
             deliveries.push(self.cluster.send(SNAPSHOT_TOPIC, Some(p), record).await?);
         }
         for d in deliveries {
@@ -236,44 +243,15 @@ impl Journal {
     /// Reads the snapshots of `partitions` and the journal after their checkpoints.
     pub async fn recover(&self, partitions: &[u32]) -> Result<Recovered, JournalError> {
         let from_start: Vec<(u32, u64)> = partitions.iter().map(|&p| (p, 0)).collect();
-        let mut checkpoints: HashMap<u32, u64> = HashMap::new();
-        let mut snapshots: HashMap<String, Snapshot> = HashMap::new();
-        for r in self
+        let records = self
             .cluster
             .read_to_end(SNAPSHOT_TOPIC, &from_start)
-            .await?
-        {
-            let Some(value) = &r.value else {
-                continue; // a compaction tombstone
-            };
-            if r.key.as_deref() == Some(CHECKPOINT_KEY.as_bytes()) {
-                let c: Checkpoint = parse(value, &r)?;
-                checkpoints.insert(r.partition, c.journal_offset);
-            } else {
-                let s: Snapshot = parse(value, &r)?;
-                snapshots.insert(s.saga.id.clone(), s);
-            }
-        }
-        let from: Vec<(u32, u64)> = partitions
-            .iter()
-            .map(|&p| (p, checkpoints.get(&p).copied().unwrap_or(0)))
-            .collect();
-        let mut entries = Vec::new();
-        for r in self.cluster.read_to_end(JOURNAL_TOPIC, &from).await? {
-            let Some(value) = &r.value else { continue };
-            let entry: Entry = parse(value, &r)?;
-            // Entries a snapshot already holds are not applied twice.
-            if snapshots
-                .get(&entry.saga_id)
-                .is_none_or(|s| r.offset >= s.covers)
-            {
-                entries.push(entry);
-            }
-        }
-        Ok(Recovered {
-            snapshots: snapshots.into_values().map(|s| s.saga).collect(),
-            entries,
-        })
+            .await?;
+        let snapshots = recovery::snapshots(&records)?;
+        let from = recovery::journal_starts(&snapshots, partitions);
+        let mut journal = self.cluster.read_to_end(JOURNAL_TOPIC, &from).await?;
+        journal.sort_by_key(|r| (r.partition, r.offset));
+        recovery::replay(snapshots, partitions, &journal)
     }
 }
 
@@ -318,16 +296,4 @@ pub async fn follow<F, Fut>(
             }
         }
     }
-}
-
-fn parse<T: serde::de::DeserializeOwned>(
-    value: &[u8],
-    at: &MirroredRecord,
-) -> Result<T, JournalError> {
-    serde_json::from_slice(value).map_err(|e| JournalError::Corrupt {
-        topic: at.topic.clone(),
-        partition: at.partition,
-        offset: at.offset,
-        reason: e.to_string(),
-    })
 }

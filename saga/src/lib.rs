@@ -9,20 +9,34 @@
 //! - `ownership`: which instance drives which journal partitions, and where the others are.
 //! - `participants`: HTTP and broker-command calls, and the consumer of broker replies; which
 //!   hosts may be called, secret headers, TLS towards HTTPS participants.
-//! - `orchestrator`: the task that owns every saga: journal first, then act.
+//! - `api`: the API's request, answer and error types.
+//! - `core`: the orchestrator's state and decisions without IO: sagas, timers, locks, journal
+//!   batches, what their confirmation releases, fencing by owner epoch.
+//! - `recovery`: rebuilding sagas from snapshot and journal records; checkpoints.
+//! - `clock`: monotonic milliseconds for timers.
+//! - `handle`: how the API and triggers reach the orchestrator task; forwarding.
+//! - `orchestrator`: the task around the core: journal first, then act.
+//! - `sim`: the deterministic simulation of the core with simulated time, journal,
+//!   participants, crashes and stale instances.
 //! - `triggers`: one saga per record of a trigger topic, through a consumer group.
 //! - `http`: the HTTP API (scopes per route when bearer JWTs are on) and its OpenAPI document.
 //! - `main.rs`: `strand-saga`, with an embedded broker unless `--broker` or `--kafka-brokers`
 //!   names a cluster.
 
+pub mod api;
 pub mod breaker;
+pub mod clock;
+pub mod core;
 pub mod definition;
 pub mod engine;
+pub mod handle;
 pub mod http;
 pub mod journal;
 pub mod orchestrator;
 pub mod ownership;
 pub mod participants;
+pub mod recovery;
+pub mod sim;
 pub mod template;
 pub mod triggers;
 

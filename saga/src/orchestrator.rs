@@ -1,55 +1,34 @@
-//! The orchestrator: one task that owns every saga and definition and feeds the engine, with
-//! the IO around it. Requests (from HTTP, triggers), participant replies and timers arrive as
-//! messages; each produces journal entries, which are appended in order, and only once they
-//! are durable does a spawned task act on them (call participants, publish outcomes, answer
-//! the request). A journal that cannot be written stops the orchestrator: a restart replays
-//! what is durable, and nothing was done that the journal does not know of.
+//! The orchestrator task: the IO around [`Core`]. Requests (from HTTP, triggers), participant
+//! replies, timers and journal confirmations arrive as messages; the core answers each with
+//! journal batches, which this task appends in order, and with what the journal's confirmations
+//! release (participant calls, outcome publications, API answers). A journal that cannot be
+//! written stops the orchestrator: a restart replays what is durable, and nothing was done that
+//! the journal does not know of.
 //!
 //! The task drives the sagas of the journal partitions this instance owns ([`Ownership`]):
-//! taking a partition over recovers its sagas from snapshots and journal and resumes them;
-//! giving one up makes its state durable and drops its sagas. A request for a saga of a
-//! partition owned elsewhere is answered with [`ApiError::Elsewhere`], which the HTTP layer
+//! taking a partition over writes an owner marker and recovers its sagas from snapshots and
+//! journal; giving one up makes its state durable and drops its sagas. A request for a saga of
+//! a partition owned elsewhere is answered with [`ApiError::Elsewhere`], which the HTTP layer
 //! forwards.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use strand_cluster::{Cluster, MirroredRecord, TopicKind};
-use tokio::sync::{mpsc, oneshot, watch};
-use utoipa::ToSchema;
+use tokio::sync::{mpsc, watch};
 
-use crate::breaker::{Breaker, BreakerConfig};
+use crate::api::{ApiError, Outcome};
+use crate::breaker::BreakerConfig;
+use crate::clock;
+use crate::core::{Batch, Confirmed, Core, CoreConfig, Effects};
 use crate::definition::{self, Definition, DefinitionSpec, FieldError, Participant};
-use crate::engine::{Call, EngineError, Entry, Event, Input, Saga, SagaState};
+use crate::engine::Input;
+use crate::handle::{Command, Handle};
 use crate::journal::{Journal, JournalError};
 use crate::ownership::{self, Ownership, Routes};
 use crate::participants::{self, Participants, ParticipantsConfig, Reply};
 use crate::triggers;
-
-/// Why a request could not be served; `http` maps each to a status.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum ApiError {
-    #[error("{0}")]
-    NotFound(String),
-    #[error("{0}")]
-    Conflict(String),
-    #[error("invalid definition")]
-    Invalid(Vec<FieldError>),
-    #[error("{0}")]
-    BadRequest(String),
-    #[error("{0}")]
-    Unavailable(String),
-    /// The saga belongs to a journal partition another instance drives (`owner`, its API
-    /// address, when known).
-    #[error("journal partition {partition} is driven by {}", owner.as_deref().unwrap_or("no instance right now (instances are rebalancing); retry"))]
-    Elsewhere {
-        partition: u32,
-        owner: Option<String>,
-    },
-}
 
 #[derive(Debug, Clone)]
 pub struct OrchestratorConfig {
@@ -89,227 +68,6 @@ impl Default for OrchestratorConfig {
             participants: ParticipantsConfig::default(),
             forward_token_file: None,
         }
-    }
-}
-
-/// `POST /sagas`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct StartRequest {
-    pub definition: String,
-    /// The latest version when absent.
-    #[serde(default)]
-    pub version: Option<u32>,
-    #[serde(default)]
-    #[schema(value_type = Object)]
-    pub input: Value,
-    /// A repeated start with the same key returns the saga it started.
-    #[serde(default)]
-    pub idempotency_key: Option<String>,
-}
-
-/// A saga in a list.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct SagaSummary {
-    pub id: String,
-    pub definition: String,
-    pub version: u32,
-    pub state: SagaState,
-    pub idempotency_key: Option<String>,
-    pub created_at_ms: i64,
-    pub updated_at_ms: i64,
-}
-
-impl From<&Saga> for SagaSummary {
-    fn from(s: &Saga) -> SagaSummary {
-        SagaSummary {
-            id: s.id.clone(),
-            definition: s.definition.clone(),
-            version: s.version,
-            state: s.state,
-            idempotency_key: s.idempotency_key.clone(),
-            created_at_ms: s.created_at_ms,
-            updated_at_ms: s.updated_at_ms,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Default)]
-pub struct ListQuery {
-    pub state: Option<SagaState>,
-    pub definition: Option<String>,
-    pub limit: usize,
-    /// Sagas after this id (ids grow with creation time).
-    pub cursor: Option<String>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct SagaPage {
-    pub sagas: Vec<SagaSummary>,
-    /// Pass as `cursor` for the next page; absent on the last one.
-    pub next_cursor: Option<String>,
-}
-
-/// What a finished saga publishes on its definition's outcome topic.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct Outcome {
-    pub saga_id: String,
-    pub definition: String,
-    pub version: u32,
-    pub state: SagaState,
-    pub idempotency_key: Option<String>,
-}
-
-type Respond<T> = oneshot::Sender<Result<T, ApiError>>;
-
-enum Command {
-    PutDefinition(String, Box<DefinitionSpec>, Respond<Definition>),
-    GetDefinition(String, Option<u32>, Respond<Definition>),
-    ListDefinitions(Respond<Vec<Definition>>),
-    Start(StartRequest, Respond<(Saga, bool)>),
-    Get(String, Respond<Saga>),
-    List(ListQuery, Respond<SagaPage>),
-    Abort(String, Respond<Saga>),
-    Retry(String, Respond<Saga>),
-    /// A finished saga's outcome is on its topic.
-    OutcomePublished(String),
-    /// A definition stored (by this or another instance).
-    DefinitionSeen(Box<Definition>),
-}
-
-/// Sends requests to the orchestrator task; cheap to clone.
-#[derive(Debug, Clone)]
-pub struct Handle {
-    tx: mpsc::Sender<Command>,
-    participants: Arc<Participants>,
-    /// Forwards requests to other instances.
-    pub(crate) http: reqwest::Client,
-    forward_token_file: Option<std::path::PathBuf>,
-    instance_id: String,
-    owned: watch::Receiver<Vec<u32>>,
-}
-
-impl Handle {
-    async fn ask<T>(&self, make: impl FnOnce(Respond<T>) -> Command) -> Result<T, ApiError> {
-        let (tx, rx) = oneshot::channel();
-        self.tx.try_send(make(tx)).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => {
-                ApiError::Unavailable("the orchestrator is overloaded; retry later".into())
-            }
-            mpsc::error::TrySendError::Closed(_) => {
-                ApiError::Unavailable("the orchestrator stopped".into())
-            }
-        })?;
-        rx.await
-            .map_err(|_| ApiError::Unavailable("the orchestrator stopped".into()))?
-    }
-
-    pub async fn put_definition(
-        &self,
-        name: String,
-        spec: DefinitionSpec,
-    ) -> Result<Definition, ApiError> {
-        self.participants
-            .check_definition(&spec)
-            .map_err(ApiError::BadRequest)?;
-        self.ask(|r| Command::PutDefinition(name, Box::new(spec), r))
-            .await
-    }
-
-    pub async fn definition(
-        &self,
-        name: String,
-        version: Option<u32>,
-    ) -> Result<Definition, ApiError> {
-        self.ask(|r| Command::GetDefinition(name, version, r)).await
-    }
-
-    pub async fn definitions(&self) -> Result<Vec<Definition>, ApiError> {
-        self.ask(Command::ListDefinitions).await
-    }
-
-    /// Starts a saga (or finds the one its idempotency key started); answers once `Started`
-    /// is durable. The flag is true when a new saga was started.
-    pub async fn start(&self, request: StartRequest) -> Result<(Saga, bool), ApiError> {
-        self.ask(|r| Command::Start(request, r)).await
-    }
-
-    /// Starts a saga here or, when its key belongs to a partition another instance drives,
-    /// through that instance's API.
-    pub async fn start_anywhere(&self, request: StartRequest) -> Result<(), ApiError> {
-        match self.start(request.clone()).await {
-            Err(ApiError::Elsewhere {
-                owner: Some(api), ..
-            }) => {
-                let body = serde_json::to_vec(&request).expect("requests serialize");
-                let authorization = self.forward_authorization().await?;
-                let (status, body) = crate::http::forward(
-                    &self.http,
-                    &api,
-                    reqwest::Method::POST,
-                    "/sagas",
-                    Some(body),
-                    authorization.as_ref(),
-                )
-                .await?;
-                if status.is_success() {
-                    return Ok(());
-                }
-                let message = serde_json::from_slice::<crate::http::ErrorBody>(&body)
-                    .map_or_else(|_| format!("{api} answered {status}"), |e| e.error);
-                Err(match status.as_u16() {
-                    404 => ApiError::NotFound(message),
-                    409 => ApiError::Conflict(message),
-                    400 | 413 | 422 => ApiError::BadRequest(message),
-                    _ => ApiError::Unavailable(message),
-                })
-            }
-            other => other.map(|_| ()),
-        }
-    }
-
-    /// `Bearer <token>` from the forward token file, when one is configured.
-    async fn forward_authorization(
-        &self,
-    ) -> Result<Option<reqwest::header::HeaderValue>, ApiError> {
-        let Some(path) = &self.forward_token_file else {
-            return Ok(None);
-        };
-        let unavailable = |why: String| {
-            ApiError::Unavailable(format!("forward token file {}: {why}", path.display()))
-        };
-        let text = tokio::fs::read_to_string(path)
-            .await
-            .map_err(|e| unavailable(e.to_string()))?;
-        let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {}", text.trim()))
-            .map_err(|_| unavailable("not a valid header value".into()))?;
-        value.set_sensitive(true);
-        Ok(Some(value))
-    }
-
-    pub async fn get(&self, id: String) -> Result<Saga, ApiError> {
-        self.ask(|r| Command::Get(id, r)).await
-    }
-
-    pub async fn list(&self, query: ListQuery) -> Result<SagaPage, ApiError> {
-        self.ask(|r| Command::List(query, r)).await
-    }
-
-    pub async fn abort(&self, id: String) -> Result<Saga, ApiError> {
-        self.ask(|r| Command::Abort(id, r)).await
-    }
-
-    pub async fn retry(&self, id: String) -> Result<Saga, ApiError> {
-        self.ask(|r| Command::Retry(id, r)).await
-    }
-
-    pub fn breakers(&self) -> BTreeMap<String, Breaker> {
-        self.participants.breakers()
-    }
-
-    /// This instance's name and the journal partitions it drives now.
-    pub fn ownership(&self) -> (String, Vec<u32>) {
-        (self.instance_id.clone(), self.owned.borrow().clone())
     }
 }
 
@@ -353,26 +111,35 @@ pub async fn start(
     ));
     let routes = Arc::new(Routes::default());
     tokio::spawn(routes.clone().follow(cluster.clone(), shutdown.clone()));
-    let (fatal_tx, fatal_rx) = mpsc::unbounded_channel();
+    let owner_of = {
+        let (routes, instance) = (routes.clone(), config.instance_id.clone());
+        Box::new(move |partition| {
+            routes
+                .owner(partition)
+                .filter(|(owner, _)| *owner != instance)
+                .map(|(_, api)| api)
+        })
+    };
+    let core = Core::new(
+        CoreConfig {
+            partitions: journal.partitions(),
+            instance_id: config.instance_id.clone(),
+            finished_in_memory_max: config.finished_in_memory_max,
+        },
+        fastrand::u64(..),
+        owner_of,
+    );
+    let (confirm_tx, confirm_rx) = mpsc::unbounded_channel();
     let mut orchestrator = Orchestrator {
+        core,
         journal,
         participants,
         cluster: cluster.clone(),
-        definitions: BTreeMap::new(),
-        sagas: BTreeMap::new(),
-        by_key: HashMap::new(),
-        timers: BTreeSet::new(),
-        wakeups: HashMap::new(),
-        dirty: HashSet::new(),
         reply_topics: reply_topics_tx,
         triggers: triggers::Triggers::new(cluster.clone(), handle.clone(), shutdown.clone()),
         commands: tx.clone(),
-        fatal: fatal_tx,
-        finished: std::collections::VecDeque::new(),
-        finished_max: config.finished_in_memory_max.max(1),
-        owned: BTreeSet::new(),
+        confirmations: confirm_tx,
         owned_tx,
-        routes,
         instance_id: config.instance_id.clone(),
         api_url: config.api_url.clone(),
     };
@@ -381,7 +148,8 @@ pub async fn start(
         orchestrator.install_definition(Arc::new(d));
     }
     tokio::spawn(follow_definitions(cluster, next, tx, shutdown.clone()));
-    let task = tokio::spawn(orchestrator.run(rx, reply_rx, fatal_rx, ownership, config, shutdown));
+    let task =
+        tokio::spawn(orchestrator.run(rx, reply_rx, confirm_rx, ownership, config, shutdown));
     Ok((handle, task))
 }
 
@@ -412,373 +180,175 @@ async fn follow_definitions(
     .await
 }
 
+/// A batch's journal append, confirmed (with its entries' offsets) or failed.
+struct Confirmation {
+    partition: u32,
+    batch: u64,
+    offsets: Result<Vec<u64>, JournalError>,
+}
+
+/// The IO around [`Core`]: the journal on a cluster, participants, outcome topics, ownership.
 struct Orchestrator {
+    core: Core,
     journal: Journal,
     participants: Arc<Participants>,
     cluster: Arc<Cluster>,
-    definitions: BTreeMap<String, Vec<Arc<Definition>>>,
-    sagas: BTreeMap<String, Saga>,
-    /// Idempotency key to saga id.
-    by_key: HashMap<String, String>,
-    timers: BTreeSet<(i64, String)>,
-    wakeups: HashMap<String, i64>,
-    /// Sagas changed since the last checkpoint.
-    dirty: HashSet<String>,
     reply_topics: watch::Sender<BTreeSet<String>>,
     triggers: triggers::Triggers,
     commands: mpsc::Sender<Command>,
-    fatal: mpsc::UnboundedSender<JournalError>,
-    /// Finished sagas in the order they finished, for eviction.
-    finished: std::collections::VecDeque<String>,
-    finished_max: usize,
-    /// Journal partitions this instance drives.
-    owned: BTreeSet<u32>,
+    confirmations: mpsc::UnboundedSender<Confirmation>,
     owned_tx: watch::Sender<Vec<u32>>,
-    routes: Arc<Routes>,
     instance_id: String,
     api_url: String,
 }
 
-/// Effects to run once a batch of entries is durable.
-#[derive(Default)]
-struct Effects {
-    calls: Vec<Call>,
-    outcomes: Vec<(String, Outcome)>,
-}
-
 impl Orchestrator {
-    /// Takes partitions over: their sagas from snapshots and journal, resumed.
+    fn install_definition(&mut self, def: Arc<Definition>) {
+        let newest = self.core.install_definition(def.clone());
+        if newest && def.spec.trigger.is_some() {
+            self.triggers.install(def);
+        }
+        let topics = self.core.reply_topics();
+        self.reply_topics.send_if_modified(|current| {
+            let changed = *current != topics;
+            *current = topics;
+            changed
+        });
+    }
+
+    /// Appends batches in order; a task per batch reports when it is durable.
+    async fn submit(&mut self, batches: Vec<Batch>) -> Result<(), JournalError> {
+        for batch in batches {
+            let deliveries = self.journal.append(batch.partition, &batch.entries).await?;
+            let confirmations = self.confirmations.clone();
+            tokio::spawn(async move {
+                let mut offsets = Vec::with_capacity(deliveries.len());
+                let mut failed = None;
+                for d in deliveries {
+                    match d.await {
+                        Ok(offset) => offsets.push(offset),
+                        Err(e) => {
+                            failed = Some(JournalError::from(e));
+                            break;
+                        }
+                    }
+                }
+                let _ = confirmations.send(Confirmation {
+                    partition: batch.partition,
+                    batch: batch.id,
+                    offsets: failed.map_or(Ok(offsets), Err),
+                });
+            });
+        }
+        Ok(())
+    }
+
+    /// A batch is durable (or the journal failed, which stops everything).
+    async fn confirmed(&mut self, c: Confirmation) -> Result<(), JournalError> {
+        let mut released = self.core.confirmed(c.partition, c.batch, c.offsets?);
+        while let Some(r) = released.pop() {
+            match r {
+                Confirmed::Effects(effects) => self.act(effects),
+                Confirmed::Check {
+                    partition,
+                    from,
+                    to,
+                } => {
+                    let epoch = self.core.epoch(partition).unwrap_or(0);
+                    let foreign = self
+                        .journal
+                        .foreign_owner(partition, from, to, epoch)
+                        .await?;
+                    released.extend(self.core.checked(partition, to, foreign));
+                    if !self.core.held().contains(&partition) {
+                        self.announce();
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn act(&self, effects: Effects) {
+        for call in effects.calls {
+            self.participants.dispatch(call);
+        }
+        if !effects.outcomes.is_empty() {
+            tokio::spawn(publish(
+                self.cluster.clone(),
+                self.commands.clone(),
+                effects.outcomes,
+            ));
+        }
+    }
+
+    /// Takes partitions over: an owner marker each, then their sagas from snapshots and
+    /// journal, resumed.
     async fn assigned(&mut self, partitions: Vec<u32>) -> Result<(), JournalError> {
+        let held = self.core.held();
         let partitions: Vec<u32> = partitions
             .into_iter()
-            .filter(|p| !self.owned.contains(p))
+            .filter(|p| !held.contains(p))
             .collect();
         if partitions.is_empty() {
             return Ok(());
         }
+        let mut epochs = Vec::new();
+        for &p in &partitions {
+            let epoch = self.core.new_epoch();
+            let marker = self.core.owner_marker(epoch, clock::now_ms());
+            for d in self.journal.append(p, &[marker]).await? {
+                d.await?;
+            }
+            epochs.push((p, epoch));
+        }
         let recovered = self.journal.recover(&partitions).await?;
-        let n_snapshots = recovered.snapshots.len();
-        let mut taken = Vec::new();
-        for mut saga in recovered.snapshots {
-            let Some(def) = self.find_definition(&saga.definition, Some(saga.version)) else {
-                tracing::error!(saga = %saga.id, definition = %saga.definition, "snapshot of a saga whose definition is gone");
-                continue;
-            };
-            saga.attach(def);
-            taken.push(saga.id.clone());
-            self.sagas.insert(saga.id.clone(), saga);
-        }
-        let n_entries = recovered.entries.len();
-        for entry in recovered.entries {
-            if let Event::Started {
-                definition,
-                version,
-                ..
-            } = &entry.event
-            {
-                if self.sagas.contains_key(&entry.saga_id) {
-                    continue; // already in a snapshot
-                }
-                let Some(def) = self.find_definition(definition, Some(*version)) else {
-                    tracing::error!(saga = %entry.saga_id, %definition, "journal names an unknown definition");
-                    continue;
-                };
-                let mut saga = Saga::new(entry.saga_id.clone(), def);
-                saga.apply(&entry);
-                taken.push(saga.id.clone());
-                self.sagas.insert(saga.id.clone(), saga);
-            } else if let Some(saga) = self.sagas.get_mut(&entry.saga_id) {
-                saga.apply(&entry);
-            } else {
-                tracing::warn!(saga = %entry.saga_id, "journal entry of an unknown saga");
-            }
-        }
-        self.owned.extend(partitions.iter().copied());
-        let mut finished: Vec<(i64, String)> = Vec::new();
-        let mut unfinished = Vec::new();
-        let mut pending = Vec::new();
-        for id in &taken {
-            let saga = &self.sagas[id];
-            if saga.state.is_finished() {
-                finished.push((saga.updated_at_ms, id.clone()));
-                if !saga.outcome_published && self.outcome_topic(saga).is_some() {
-                    pending.push(id.clone());
-                }
-            } else {
-                unfinished.push(id.clone());
-            }
-            self.index(id);
-        }
-        finished.sort();
-        self.finished.extend(finished.into_iter().map(|(_, id)| id));
-        // Resume every unfinished saga: resend what was in flight (same idempotency keys), and
-        // take whatever step is due.
-        for id in &unfinished {
-            self.drive(id, Input::Redispatch).await.ok();
-            self.drive(id, Input::Tick).await.ok();
-        }
-        // Outcomes that may not have been published before the stop.
-        for id in pending {
-            if let Some((topic, outcome)) = self.sagas.get(&id).and_then(|s| self.outcome(s)) {
-                self.publish_later(Effects {
-                    calls: Vec::new(),
-                    outcomes: vec![(topic, outcome)],
-                });
-            }
-        }
-        tracing::info!(
-            ?partitions,
-            snapshots = n_snapshots,
-            journal_entries = n_entries,
-            resumed = unfinished.len(),
-            "journal partitions taken over"
-        );
+        let taken: Vec<(u32, u64, u64)> = epochs
+            .iter()
+            .map(|&(p, epoch)| (p, epoch, recovered.ends.get(&p).copied().unwrap_or(0)))
+            .collect();
+        let (batches, effects) = self.core.take_over(&taken, recovered, clock::now_ms());
+        self.submit(batches).await?;
+        self.act(effects);
         self.announce();
         Ok(())
     }
 
     /// Gives partitions up: everything of theirs durable (a last checkpoint), their sagas
     /// dropped. The next owner starts from there.
-    async fn revoked(&mut self, partitions: Vec<u32>) -> Result<(), JournalError> {
+    async fn revoked(
+        &mut self,
+        partitions: Vec<u32>,
+        confirmations: &mut mpsc::UnboundedReceiver<Confirmation>,
+    ) -> Result<(), JournalError> {
+        let held = self.core.held();
         let partitions: Vec<u32> = partitions
             .into_iter()
-            .filter(|p| self.owned.contains(p))
+            .filter(|p| held.contains(p))
             .collect();
         if partitions.is_empty() {
             return Ok(());
         }
-        self.checkpoint_partitions(&partitions).await?;
-        let gone: Vec<String> = self
-            .sagas
-            .keys()
-            .filter(|id| partitions.contains(&self.journal.partition_of(id)))
-            .cloned()
-            .collect();
-        for id in &gone {
-            if let Some(saga) = self.sagas.remove(id) {
-                if let Some(key) = &saga.idempotency_key {
-                    self.by_key.remove(key);
-                }
-            }
-            self.schedule(id.clone(), None);
-        }
-        let gone_set: HashSet<&String> = gone.iter().collect();
-        self.finished.retain(|id| !gone_set.contains(id));
-        for p in &partitions {
-            self.owned.remove(p);
-        }
-        tracing::info!(
-            ?partitions,
-            sagas = gone.len(),
-            "journal partitions given up"
-        );
+        self.checkpoint(Some(&partitions), confirmations).await?;
+        self.core.give_up(&partitions);
         self.announce();
         Ok(())
     }
 
     /// Tells the other instances (and `/health`) which partitions this one drives.
     fn announce(&self) {
-        let _ = self.owned_tx.send(self.owned.iter().copied().collect());
+        let owned = self.core.held();
+        let _ = self.owned_tx.send(owned.clone());
         let cluster = self.cluster.clone();
         let (instance, api) = (self.instance_id.clone(), self.api_url.clone());
-        let owned: Vec<u32> = self.owned.iter().copied().collect();
         tokio::spawn(async move { ownership::announce(&cluster, &instance, &api, owned).await });
-    }
-
-    /// `Elsewhere` unless this instance drives the partition of `key`.
-    fn owns(&self, key: &str) -> Result<u32, ApiError> {
-        let partition = self.journal.partition_of(key);
-        if self.owned.contains(&partition) {
-            return Ok(partition);
-        }
-        let owner = self
-            .routes
-            .owner(partition)
-            .filter(|(instance, _)| *instance != self.instance_id)
-            .map(|(_, api)| api);
-        Err(ApiError::Elsewhere { partition, owner })
-    }
-
-    /// As [`Orchestrator::owns`] for a saga id; something that is no saga id is nowhere (and is
-    /// never forwarded).
-    fn owns_saga(&self, id: &str) -> Result<u32, ApiError> {
-        if uuid::Uuid::parse_str(id).is_err() {
-            return Err(ApiError::NotFound(format!("{id:?} is not a saga id")));
-        }
-        self.owns(id)
-    }
-
-    /// A new saga id in `partition` (ids stay time-ordered UUIDv7s).
-    fn new_id(&self, partition: u32) -> String {
-        loop {
-            let id = uuid::Uuid::now_v7().to_string();
-            if self.journal.partition_of(&id) == partition {
-                return id;
-            }
-        }
-    }
-
-    /// Indexes a saga in memory: its idempotency key and its next wakeup.
-    fn index(&mut self, id: &str) {
-        let Some(saga) = self.sagas.get(id) else {
-            return;
-        };
-        let (key, wakeup) = (saga.idempotency_key.clone(), saga.next_wakeup_ms());
-        if let Some(key) = key {
-            self.by_key.insert(key, id.to_string());
-        }
-        self.schedule(id.to_string(), wakeup);
-    }
-
-    fn find_definition(&self, name: &str, version: Option<u32>) -> Option<Arc<Definition>> {
-        let versions = self.definitions.get(name)?;
-        match version {
-            None => versions.last().cloned(),
-            Some(v) => versions.iter().find(|d| d.version == v).cloned(),
-        }
-    }
-
-    fn install_definition(&mut self, def: Arc<Definition>) {
-        let mut topics = self.reply_topics.borrow().clone();
-        for step in &def.spec.steps {
-            for p in std::iter::once(&step.action).chain(step.compensation.as_ref()) {
-                if let Participant::Broker { reply_topic, .. } = p {
-                    topics.insert(reply_topic.clone());
-                }
-            }
-        }
-        self.reply_topics.send_if_modified(|current| {
-            let changed = *current != topics;
-            *current = topics;
-            changed
-        });
-        let versions = self.definitions.entry(def.name.clone()).or_default();
-        if versions.iter().any(|d| d.version == def.version) {
-            return;
-        }
-        let newest = versions.last().is_none_or(|d| d.version < def.version);
-        if newest && def.spec.trigger.is_some() {
-            self.triggers.install(def.clone());
-        }
-        versions.push(def);
-        versions.sort_by_key(|d| d.version);
-    }
-
-    fn schedule(&mut self, id: String, at: Option<i64>) {
-        if let Some(old) = self.wakeups.remove(&id) {
-            self.timers.remove(&(old, id.clone()));
-        }
-        if let Some(at) = at {
-            self.timers.insert((at, id.clone()));
-            self.wakeups.insert(id, at);
-        }
-    }
-
-    fn outcome_topic<'a>(&'a self, saga: &'a Saga) -> Option<&'a str> {
-        saga.definition().spec.outcome_topic.as_deref()
-    }
-
-    fn outcome(&self, saga: &Saga) -> Option<(String, Outcome)> {
-        let topic = self.outcome_topic(saga)?.to_string();
-        Some((
-            topic,
-            Outcome {
-                saga_id: saga.id.clone(),
-                definition: saga.definition.clone(),
-                version: saga.version,
-                state: saga.state,
-                idempotency_key: saga.idempotency_key.clone(),
-            },
-        ))
-    }
-
-    /// Runs one input through a saga and journals what follows.
-    async fn drive(&mut self, id: &str, input: Input) -> Result<(), EngineError> {
-        let Some(saga) = self.sagas.get_mut(id) else {
-            return Ok(());
-        };
-        let entries = saga.handle(input, crate::now_ms(), fastrand::f64())?;
-        if entries.is_empty() {
-            return Ok(());
-        }
-        let effects = self.effects_of(id, &entries);
-        let durable = self.append(&entries).await;
-        self.after_durable(durable, effects, None::<(Respond<Saga>, Saga)>);
-        Ok(())
-    }
-
-    fn effects_of(&mut self, id: &str, entries: &[Entry]) -> Effects {
-        let mut effects = Effects::default();
-        let saga = &self.sagas[id];
-        for e in entries {
-            if let Some(call) = saga.call(&e.event) {
-                effects.calls.push(call);
-            }
-            if e.event.is_terminal() {
-                if let Some(outcome) = self.outcome(saga) {
-                    effects.outcomes.push(outcome);
-                }
-                self.finished.push_back(id.to_string());
-            }
-        }
-        let wakeup = saga.next_wakeup_ms();
-        self.dirty.insert(id.to_string());
-        self.schedule(id.to_string(), wakeup);
-        effects
-    }
-
-    /// Queues entries on the journal in order; the future resolves when all are durable.
-    async fn append(
-        &self,
-        entries: &[Entry],
-    ) -> impl std::future::Future<Output = Result<(), JournalError>> + Send + 'static {
-        let deliveries = self.journal.append(entries).await;
-        async move {
-            for d in deliveries? {
-                d.await?;
-            }
-            Ok(())
-        }
-    }
-
-    /// Once `durable` resolves: run the effects and answer the request, or stop everything
-    /// when the journal failed.
-    fn after_durable<T: Send + 'static>(
-        &self,
-        durable: impl std::future::Future<Output = Result<(), JournalError>> + Send + 'static,
-        effects: Effects,
-        respond: Option<(Respond<T>, T)>,
-    ) {
-        let participants = self.participants.clone();
-        let outcomes = self.cluster.clone();
-        let fatal = self.fatal.clone();
-        let commands = self.commands.clone();
-        tokio::spawn(async move {
-            if let Err(e) = durable.await {
-                let _ = fatal.send(e);
-                return;
-            }
-            for call in effects.calls {
-                participants.dispatch(call);
-            }
-            if let Some((respond, value)) = respond {
-                let _ = respond.send(Ok(value));
-            }
-            publish(outcomes, commands, effects.outcomes).await;
-        });
-    }
-
-    fn publish_later(&self, effects: Effects) {
-        let outcomes = self.cluster.clone();
-        let commands = self.commands.clone();
-        tokio::spawn(publish(outcomes, commands, effects.outcomes));
     }
 
     async fn run(
         mut self,
         mut commands: mpsc::Receiver<Command>,
         mut replies: mpsc::UnboundedReceiver<Reply>,
-        mut fatal: mpsc::UnboundedReceiver<JournalError>,
+        mut confirmations: mpsc::UnboundedReceiver<Confirmation>,
         mut ownership: mpsc::UnboundedReceiver<Ownership>,
         config: OrchestratorConfig,
         mut shutdown: watch::Receiver<bool>,
@@ -786,131 +356,108 @@ impl Orchestrator {
         let mut snapshot = tokio::time::interval(config.snapshot_interval);
         snapshot.tick().await;
         loop {
-            let next_timer = self.timers.first().map(|(at, _)| *at);
+            let next_timer = self.core.next_timer();
             let sleep = async {
                 match next_timer {
                     Some(at) => {
-                        let wait = (at - crate::now_ms()).max(0) as u64;
+                        let wait = (at - clock::now_ms()).max(0) as u64;
                         tokio::time::sleep(Duration::from_millis(wait)).await
                     }
                     None => std::future::pending().await,
                 }
             };
             tokio::select! {
-                Some(command) = commands.recv() => self.command(command).await,
-                Some(reply) = replies.recv() => self.reply(reply).await,
-                () = sleep => self.fire_timers().await,
-                Some(e) = fatal.recv() => {
-                    tracing::error!(error = %e, "the journal failed: stopping the orchestrator");
-                    return Err(e);
+                Some(c) = confirmations.recv() => self.confirmed(c).await?,
+                Some(command) = commands.recv() => self.command(command).await?,
+                Some(reply) = replies.recv() => {
+                    let batches = self.core.reply(reply, clock::now_ms());
+                    self.submit(batches).await?;
+                }
+                () = sleep => {
+                    let batches = self.core.tick(clock::now_ms());
+                    self.submit(batches).await?;
                 }
                 Some(change) = ownership.recv() => match change {
                     Ownership::Assigned(partitions) => self.assigned(partitions).await?,
                     Ownership::Revoked(partitions, done) => {
-                        self.revoked(partitions).await?;
+                        self.revoked(partitions, &mut confirmations).await?;
                         let _ = done.send(());
                     }
                 },
-                _ = snapshot.tick() => self.checkpoint().await?,
+                _ = snapshot.tick() => self.checkpoint(None, &mut confirmations).await?,
                 _ = crate::stopped(&mut shutdown) => {
-                    self.checkpoint().await?;
+                    self.checkpoint(None, &mut confirmations).await?;
                     return Ok(());
                 }
             }
         }
     }
 
-    /// Snapshots every changed saga and checkpoints their partitions.
-    async fn checkpoint(&mut self) -> Result<(), JournalError> {
-        let partitions: BTreeSet<u32> = self
-            .dirty
-            .iter()
-            .map(|id| self.journal.partition_of(id))
-            .collect();
-        let partitions: Vec<u32> = partitions.into_iter().collect();
-        self.checkpoint_partitions(&partitions).await?;
-        self.evict_finished();
-        Ok(())
-    }
-
-    async fn checkpoint_partitions(&mut self, partitions: &[u32]) -> Result<(), JournalError> {
-        if partitions.is_empty() {
+    /// Snapshots every changed saga (of `partitions`, or of every partition) and checkpoints
+    /// their partitions, once everything appended is durable and confirmed.
+    async fn checkpoint(
+        &mut self,
+        partitions: Option<&[u32]>,
+        confirmations: &mut mpsc::UnboundedReceiver<Confirmation>,
+    ) -> Result<(), JournalError> {
+        self.journal.flush().await?;
+        let wanted = partitions.map_or_else(|| self.core.held(), <[u32]>::to_vec);
+        while wanted.iter().any(|p| self.core.unconfirmed(*p)) {
+            match confirmations.recv().await {
+                Some(c) => self.confirmed(c).await?,
+                None => break,
+            }
+        }
+        let ends = self.journal.ends().await?;
+        // Records past where this instance's appends stopped: someone else wrote (a stale
+        // owner, or a new owner that fenced this one).
+        for p in self.core.held() {
+            if let (Some(&end), Some(next)) = (ends.get(&p), self.core.next_offset(p)) {
+                if end > next && !self.core.unconfirmed(p) {
+                    let epoch = self.core.epoch(p).unwrap_or(0);
+                    let foreign = self.journal.foreign_owner(p, next, end, epoch).await?;
+                    let released = self.core.checked(p, end, foreign);
+                    for r in released {
+                        if let Confirmed::Effects(e) = r {
+                            self.act(e);
+                        }
+                    }
+                    if foreign {
+                        self.announce();
+                    }
+                }
+            }
+        }
+        let plan = self.core.checkpoint_plan(partitions, &ends);
+        if plan.partitions.is_empty() {
             return Ok(());
         }
-        let ids: Vec<String> = self
-            .dirty
+        let with_epochs: Vec<(u32, u64, u64)> = plan
+            .partitions
             .iter()
-            .filter(|id| partitions.contains(&self.journal.partition_of(id)))
-            .cloned()
+            .map(|&(p, end)| (p, end, self.core.epoch(p).unwrap_or(0)))
             .collect();
-        let dirty: Vec<&Saga> = ids.iter().filter_map(|id| self.sagas.get(id)).collect();
-        self.journal.checkpoint(partitions, &dirty).await?;
-        tracing::debug!(sagas = dirty.len(), ?partitions, "checkpoint written");
-        for id in &ids {
-            self.dirty.remove(id);
-        }
+        self.journal.checkpoint(&with_epochs, &plan.sagas).await?;
+        tracing::debug!(
+            sagas = plan.sagas.len(),
+            partitions = ?plan.partitions,
+            "checkpoint written"
+        );
+        self.core.checkpoint_done(plan);
         Ok(())
     }
 
-    /// Drops the oldest finished sagas beyond the limit; their final state is in a snapshot.
-    fn evict_finished(&mut self) {
-        while self.finished.len() > self.finished_max {
-            let Some(id) = self.finished.front() else {
-                break;
-            };
-            let done = self.sagas.get(id).is_none_or(|s| {
-                !self.dirty.contains(id) && (s.outcome_published || self.outcome_topic(s).is_none())
-            });
-            if !done {
-                break; // its outcome is not out yet: keep it (and everything after it)
-            }
-            let id = self.finished.pop_front().expect("checked");
-            self.sagas.remove(&id);
-            self.schedule(id, None);
-        }
-    }
-
-    async fn fire_timers(&mut self) {
-        let now = crate::now_ms();
-        while let Some((at, id)) = self.timers.first().cloned() {
-            if at > now {
-                break;
-            }
-            self.timers.remove(&(at, id.clone()));
-            self.wakeups.remove(&id);
-            if let Err(e) = self.drive(&id, Input::Tick).await {
-                tracing::warn!(saga = %id, error = %e, "tick refused");
-            }
-        }
-    }
-
-    async fn reply(&mut self, reply: Reply) {
-        let Some(step) = self
-            .sagas
-            .get(&reply.saga_id)
-            .and_then(|s| s.steps.iter().position(|st| st.name == reply.step_name))
-        else {
-            return;
-        };
-        let input = Input::Reply {
-            step,
-            phase: reply.phase,
-            attempt: reply.attempt,
-            result: reply.result,
-        };
-        if let Err(e) = self.drive(&reply.saga_id, input).await {
-            tracing::warn!(saga = %reply.saga_id, error = %e, "reply refused");
-        }
-    }
-
-    async fn command(&mut self, command: Command) {
-        match command {
+    async fn command(&mut self, command: Command) -> Result<(), JournalError> {
+        let now = clock::now_ms();
+        let batches = match command {
             Command::PutDefinition(name, spec, respond) => {
                 let result = self.put_definition(name, *spec).await;
                 let _ = respond.send(result);
+                Vec::new()
             }
             Command::GetDefinition(name, version, respond) => {
                 let result = self
+                    .core
                     .find_definition(&name, version)
                     .map(|d| (*d).clone())
                     .ok_or_else(|| {
@@ -920,76 +467,30 @@ impl Orchestrator {
                         })
                     });
                 let _ = respond.send(result);
+                Vec::new()
             }
             Command::ListDefinitions(respond) => {
-                let all = self
-                    .definitions
-                    .values()
-                    .filter_map(|v| v.last().map(|d| (**d).clone()))
-                    .collect();
-                let _ = respond.send(Ok(all));
+                let _ = respond.send(Ok(self.core.latest_definitions()));
+                Vec::new()
             }
-            Command::Start(request, respond) => self.start_saga(request, respond).await,
+            Command::Start(request, respond) => self.core.start(request, now, respond),
             Command::Get(id, respond) => {
-                let found = match self.sagas.get(&id) {
-                    Some(saga) => Ok(saga.clone()),
-                    None => self.owns_saga(&id).and_then(|_| {
-                        Err(ApiError::NotFound(format!(
-                            "no saga {id:?} in memory (sagas that finished long ago are only in {})",
-                            crate::journal::SNAPSHOT_TOPIC
-                        )))
-                    }),
-                };
-                let _ = respond.send(found);
+                self.core.get(&id, respond);
+                Vec::new()
             }
             Command::List(query, respond) => {
-                let _ = respond.send(Ok(self.list(query)));
+                self.core.list(query, respond);
+                Vec::new()
             }
-            Command::Abort(id, respond) => self.operator(id, Input::Abort, respond).await,
-            Command::Retry(id, respond) => self.operator(id, Input::Retry, respond).await,
-            Command::OutcomePublished(id) => {
-                if self.sagas.get(&id).is_some_and(|s| !s.outcome_published) {
-                    let _ = self.drive_event(&id, Event::OutcomePublished).await;
-                }
-            }
-            Command::DefinitionSeen(def) => self.install_definition(Arc::new(*def)),
-        }
-    }
-
-    /// Journals an event the orchestrator itself decides (not the engine).
-    async fn drive_event(&mut self, id: &str, event: Event) -> Result<(), JournalError> {
-        let Some(saga) = self.sagas.get_mut(id) else {
-            return Ok(());
-        };
-        let entry = Entry {
-            saga_id: id.to_string(),
-            at_ms: crate::now_ms(),
-            event,
-        };
-        saga.apply(&entry);
-        self.dirty.insert(id.to_string());
-        let durable = self.append(std::slice::from_ref(&entry)).await;
-        self.after_durable(durable, Effects::default(), None::<(Respond<()>, ())>);
-        Ok(())
-    }
-
-    async fn operator(&mut self, id: String, input: Input, respond: Respond<Saga>) {
-        let Some(saga) = self.sagas.get_mut(&id) else {
-            let missing = ApiError::NotFound(format!("no saga {id:?}"));
-            let _ = respond.send(Err(self.owns_saga(&id).err().unwrap_or(missing)));
-            return;
-        };
-        let entries = match saga.handle(input, crate::now_ms(), fastrand::f64()) {
-            Ok(entries) => entries,
-            Err(e) => {
-                let _ = respond.send(Err(ApiError::Conflict(e.to_string())));
-                return;
+            Command::Abort(id, respond) => self.core.operator(&id, Input::Abort, now, respond),
+            Command::Retry(id, respond) => self.core.operator(&id, Input::Retry, now, respond),
+            Command::OutcomePublished(id) => self.core.outcome_published(&id, now),
+            Command::DefinitionSeen(def) => {
+                self.install_definition(Arc::new(*def));
+                Vec::new()
             }
         };
-        let effects = self.effects_of(&id, &entries);
-        let snapshot = self.sagas[&id].clone();
-        let durable = self.append(&entries).await;
-        self.after_durable(durable, effects, Some((respond, snapshot)));
+        self.submit(batches).await
     }
 
     async fn put_definition(
@@ -1010,7 +511,7 @@ impl Orchestrator {
         definition::validate(&spec).map_err(ApiError::Invalid)?;
         // Versions of a name are numbered by one instance: the owner of the name's journal
         // partition (the others forward to it).
-        self.owns(&name)?;
+        self.core.owns(&name)?;
         // The topics it uses exist before any saga needs them.
         let mut topics = BTreeSet::new();
         for step in &spec.steps {
@@ -1032,14 +533,9 @@ impl Orchestrator {
                 .await
                 .map_err(|e| ApiError::BadRequest(format!("topic {topic:?}: {e}")))?;
         }
-        let version = self
-            .definitions
-            .get(&name)
-            .and_then(|v| v.last())
-            .map_or(1, |d| d.version + 1);
         let def = Definition {
+            version: self.core.next_version(&name),
             name,
-            version,
             spec,
         };
         self.journal
@@ -1048,106 +544,6 @@ impl Orchestrator {
             .map_err(|e| ApiError::Unavailable(format!("storing the definition: {e}")))?;
         self.install_definition(Arc::new(def.clone()));
         Ok(def)
-    }
-
-    async fn start_saga(&mut self, request: StartRequest, respond: Respond<(Saga, bool)>) {
-        // A keyed saga lives in its key's partition, so every instance finds it by its key; an
-        // unkeyed one in any partition this instance drives.
-        let partition = match &request.idempotency_key {
-            Some(key) => match self.owns(key) {
-                Ok(p) => p,
-                Err(e) => {
-                    let _ = respond.send(Err(e));
-                    return;
-                }
-            },
-            None => {
-                let owned: Vec<u32> = self.owned.iter().copied().collect();
-                if owned.is_empty() {
-                    let _ = respond.send(Err(ApiError::Unavailable(
-                        "this instance drives no journal partition right now; retry".into(),
-                    )));
-                    return;
-                }
-                owned[fastrand::usize(..owned.len())]
-            }
-        };
-        if let Some(key) = &request.idempotency_key {
-            if let Some(id) = self
-                .by_key
-                .get(key)
-                .filter(|id| !self.sagas.contains_key(*id))
-            {
-                let _ = respond.send(Err(ApiError::Conflict(format!(
-                    "idempotency key {key:?} started saga {id}, which finished long ago (its final state is in {})",
-                    crate::journal::SNAPSHOT_TOPIC
-                ))));
-                return;
-            }
-            if let Some(existing) = self.by_key.get(key).and_then(|id| self.sagas.get(id)) {
-                let same = existing.definition == request.definition
-                    && request.version.is_none_or(|v| v == existing.version)
-                    && existing.input == request.input;
-                let _ = respond.send(if same {
-                    Ok((existing.clone(), false))
-                } else {
-                    Err(ApiError::Conflict(format!(
-                        "idempotency key {key:?} already started saga {} with a different request",
-                        existing.id
-                    )))
-                });
-                return;
-            }
-        }
-        let Some(def) = self.find_definition(&request.definition, request.version) else {
-            let _ = respond.send(Err(ApiError::NotFound(format!(
-                "no definition {:?}{}",
-                request.definition,
-                request
-                    .version
-                    .map(|v| format!(" version {v}"))
-                    .unwrap_or_default()
-            ))));
-            return;
-        };
-        let id = self.new_id(partition);
-        let (saga, entries) = Saga::start(
-            id.clone(),
-            def,
-            request.input,
-            request.idempotency_key,
-            crate::now_ms(),
-        );
-        self.sagas.insert(id.clone(), saga);
-        self.index(&id);
-        let effects = self.effects_of(&id, &entries);
-        let snapshot = self.sagas[&id].clone();
-        let durable = self.append(&entries).await;
-        self.after_durable(durable, effects, Some((respond, (snapshot, true))));
-    }
-
-    fn list(&self, query: ListQuery) -> SagaPage {
-        let limit = query.limit.clamp(1, 1_000);
-        let from = match &query.cursor {
-            Some(c) => std::ops::Bound::Excluded(c.clone()),
-            None => std::ops::Bound::Unbounded,
-        };
-        let mut sagas = Vec::new();
-        let mut next_cursor = None;
-        for saga in self
-            .sagas
-            .range((from, std::ops::Bound::Unbounded))
-            .map(|(_, s)| s)
-            .filter(|s| query.state.is_none_or(|st| s.state == st))
-            .filter(|s| query.definition.as_ref().is_none_or(|d| &s.definition == d))
-        {
-            if sagas.len() == limit {
-                next_cursor = sagas.last().map(|s: &SagaSummary| s.id.clone());
-                break;
-            }
-            sagas.push(SagaSummary::from(saga));
-        }
-        SagaPage { sagas, next_cursor }
     }
 }
 
@@ -1165,7 +561,7 @@ async fn publish(
             Err(e) => Err(e),
         };
         match sent {
-            Ok(()) => {
+            Ok(_) => {
                 let _ = commands
                     .send(Command::OutcomePublished(outcome.saga_id))
                     .await;

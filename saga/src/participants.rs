@@ -585,7 +585,7 @@ impl Participants {
         let this = self.clone();
         tokio::spawn(async move {
             match call.participant.clone() {
-                Err(e) => this.reply(&call, Err(Failure::retriable(format!("template: {e}")))),
+                Err(e) => this.reply(&call, Err(Failure::permanent(format!("template: {e}")))),
                 Ok(Participant::Http {
                     method,
                     url,

@@ -12,8 +12,9 @@ use serde_json::Value;
 use strand_cluster::{Cluster, GroupSpec, MirroredRecord};
 use tokio::sync::watch;
 
+use crate::api::{ApiError, StartRequest};
 use crate::definition::Definition;
-use crate::orchestrator::{ApiError, Handle, StartRequest};
+use crate::handle::Handle;
 
 /// Starts that may be waiting for the journal at once, per trigger.
 const STARTS_IN_FLIGHT_MAX: usize = 256;

@@ -160,7 +160,7 @@ async fn mirror(
                 copy.headers.push((PROVENANCE_PARTITION.into(), Some(p.to_string().into_bytes())));
                 copy.headers.push((PROVENANCE_OFFSET.into(), Some(o.to_string().into_bytes())));
                 let ack = to.send(&route.to.topic, Some(partition), copy).await?;
-                in_flight.push_back(Box::pin(async move { ack.await.map(|()| (p, o)) }) as side::Ack);
+                in_flight.push_back(Box::pin(async move { ack.await.map(|_| (p, o)) }) as side::Ack);
             }
             _ = checkpoint.tick() => {
                 if unsaved > 0 {

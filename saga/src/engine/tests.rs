@@ -47,6 +47,7 @@ fn definition(steps: Vec<StepSpec>) -> Arc<Definition> {
             deadline_ms: None,
             trigger: None,
             outcome_topic: None,
+            lock: None,
         },
     })
 }
@@ -70,7 +71,15 @@ struct Sim {
 
 impl Sim {
     fn start(def: Arc<Definition>) -> Sim {
-        let (saga, entries) = Saga::start("s1".into(), def, json!({"amount": 30}), None, 1_000);
+        let (saga, entries) = Saga::start(
+            "s1".into(),
+            def,
+            json!({"amount": 30}),
+            None,
+            None,
+            false,
+            1_000,
+        );
         let mut sim = Sim {
             saga,
             journal: Vec::new(),

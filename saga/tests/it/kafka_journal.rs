@@ -19,9 +19,63 @@ use super::crash::{start_saga_with, SagaProcess};
 use super::support::{order_definition, Participants};
 
 const SAGAS: usize = 1_000;
+
+/// A broker reached only through its Kafka listener, the participants, and an HTTP client.
+pub struct KafkaJournal {
+    pub broker: RunningBroker,
+    pub kafka: String,
+    pub participants: Participants,
+    pub addr: std::net::SocketAddr,
+    pub http: reqwest::Client,
+}
+
+impl KafkaJournal {
+    pub async fn start(dir: &std::path::Path) -> KafkaJournal {
+        let config = BrokerConfig {
+            data_dir: dir.to_path_buf(),
+            listen: "127.0.0.1:0".parse().unwrap(),
+            kafka_listen: "127.0.0.1:0".parse().unwrap(),
+            http_listen: "127.0.0.1:0".parse().unwrap(),
+            ..BrokerConfig::default()
+        };
+        let broker = RunningBroker::start(config).await.unwrap();
+        let kafka = broker.kafka_addr.to_string();
+        let participants = Participants::default();
+        let addr = participants.serve().await;
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap();
+        KafkaJournal {
+            broker,
+            kafka,
+            participants,
+            addr,
+            http,
+        }
+    }
+}
+
+/// Every record of the journal's `partitions`, read through librdkafka, in offset order per
+/// partition.
+pub async fn journal_records(kafka: &str, partitions: u32) -> Vec<strand_cluster::MirroredRecord> {
+    let cluster = Cluster::connect(
+        "journal",
+        &ClusterConfig::Kafka {
+            bootstrap: kafka.to_string(),
+            properties: Default::default(),
+        },
+    )
+    .await
+    .unwrap();
+    let from: Vec<(u32, u64)> = (0..partitions).map(|p| (p, 0)).collect();
+    let mut records = cluster.read_to_end(JOURNAL_TOPIC, &from).await.unwrap();
+    records.sort_by_key(|r| (r.partition, r.offset));
+    records
+}
 const PARTITIONS: u32 = 8;
 
-fn start_instance(kafka: &str, n: usize) -> SagaProcess {
+pub fn start_instance(kafka: &str, n: usize) -> SagaProcess {
     let id = format!("saga-{n}");
     start_saga_with(&[
         "--kafka-brokers",
@@ -35,7 +89,7 @@ fn start_instance(kafka: &str, n: usize) -> SagaProcess {
     ])
 }
 
-async fn health(http: &reqwest::Client, api: &str) -> Option<Vec<u32>> {
+pub async fn health(http: &reqwest::Client, api: &str) -> Option<Vec<u32>> {
     let body: Value = http
         .get(format!("{api}/health"))
         .send()
@@ -48,7 +102,7 @@ async fn health(http: &reqwest::Client, api: &str) -> Option<Vec<u32>> {
 }
 
 /// Every saga an instance drives, with its state.
-async fn states(http: &reqwest::Client, api: &str) -> HashMap<String, String> {
+pub async fn states(http: &reqwest::Client, api: &str) -> HashMap<String, String> {
     let mut out = HashMap::new();
     let mut cursor: Option<String> = None;
     loop {
@@ -86,21 +140,13 @@ fn expected_state(i: usize) -> &'static str {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_instances_share_a_kafka_journal_and_survive_a_kill_9() {
     let dir = tempfile::tempdir().unwrap();
-    let config = BrokerConfig {
-        data_dir: dir.path().to_path_buf(),
-        listen: "127.0.0.1:0".parse().unwrap(),
-        kafka_listen: "127.0.0.1:0".parse().unwrap(),
-        http_listen: "127.0.0.1:0".parse().unwrap(),
-        ..BrokerConfig::default()
-    };
-    let broker = RunningBroker::start(config).await.unwrap();
-    let kafka = broker.kafka_addr.to_string();
-    let participants = Participants::default();
-    let addr = participants.serve().await;
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap();
+    let KafkaJournal {
+        broker,
+        kafka,
+        participants,
+        addr,
+        http,
+    } = KafkaJournal::start(dir.path()).await;
 
     let mut instances: Vec<Option<SagaProcess>> =
         (0..3).map(|n| Some(start_instance(&kafka, n))).collect();
@@ -296,19 +342,9 @@ async fn three_instances_share_a_kafka_journal_and_survive_a_kill_9() {
     }
 
     // The journal: one start and exactly one end per saga, whoever drove it.
-    let cluster = Cluster::connect(
-        "journal",
-        &ClusterConfig::Kafka {
-            bootstrap: kafka.clone(),
-            properties: Default::default(),
-        },
-    )
-    .await
-    .unwrap();
-    let from: Vec<(u32, u64)> = (0..PARTITIONS).map(|p| (p, 0)).collect();
     let mut starts_seen: HashMap<String, usize> = HashMap::new();
     let mut ends: HashMap<String, usize> = HashMap::new();
-    for record in cluster.read_to_end(JOURNAL_TOPIC, &from).await.unwrap() {
+    for record in journal_records(&kafka, PARTITIONS).await {
         let entry: Entry = serde_json::from_slice(record.value.as_deref().unwrap()).unwrap();
         if matches!(entry.event, Event::Started { .. }) {
             *starts_seen.entry(entry.saga_id.clone()).or_default() += 1;
