@@ -26,6 +26,7 @@ use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
 
 use crate::budget::Budget;
+use crate::console;
 use crate::metrics::Metrics;
 use crate::security::jwt::{Claims, Verifier};
 use crate::topics::Topics;
@@ -43,6 +44,8 @@ pub struct HttpState {
     pub auth: Option<Arc<Verifier>>,
     /// Whether `/metrics` needs a token with [`SCOPE_METRICS`] (requires `auth`).
     pub metrics_require_auth: bool,
+    /// Topics, groups and the authorizer, for the console's API ([`crate::console`]).
+    pub broker: crate::service::Broker,
 }
 
 /// Request bodies larger than this are refused (the endpoints take none).
@@ -59,9 +62,30 @@ pub fn router(state: HttpState, request_timeout: Duration) -> Router {
         }
         _ => get(metrics),
     };
+    let console = |route: axum::routing::MethodRouter<HttpState>| match &state.auth {
+        Some(verifier) => route.layer(RequireScope::new(
+            Some(verifier.clone()),
+            console::SCOPE_CONSOLE,
+        )),
+        None => route,
+    };
     Router::new()
         .route("/health", get(health))
         .route("/metrics", metrics_route)
+        .route("/ui", get(|| ui_asset(None)))
+        .route("/ui/", get(|| ui_asset(None)))
+        .route(
+            "/ui/{file}",
+            get(|axum::extract::Path(file): axum::extract::Path<String>| ui_asset(Some(file))),
+        )
+        .route("/api/topics", console(get(console::list_topics)))
+        .route("/api/topics/{topic}", console(get(console::describe_topic)))
+        .route(
+            "/api/topics/{topic}/messages",
+            console(get(console::messages)),
+        )
+        .route("/api/groups", console(get(console::list_groups)))
+        .route("/api/groups/{group}", console(get(console::describe_group)))
         .with_state(state)
         .layer(
             ServiceBuilder::new()
@@ -76,6 +100,19 @@ pub fn router(state: HttpState, request_timeout: Duration) -> Router {
                 ))
                 .layer(RequestBodyLimitLayer::new(BODY_BYTES_MAX)),
         )
+}
+
+/// One of the console's static files ([`console::ASSETS`]), or a JSON 404.
+async fn ui_asset(file: Option<String>) -> Response {
+    let wanted = file.as_deref().unwrap_or("");
+    match console::ASSETS.iter().find(|(path, _, _)| *path == wanted) {
+        Some((_, content_type, body)) => console::asset_response(content_type, body),
+        None => (
+            StatusCode::NOT_FOUND,
+            Json(serde_json::json!({ "error": format!("no file {wanted:?} in the console") })),
+        )
+            .into_response(),
+    }
 }
 
 /// 200 while every partition takes writes; 503 with the partitions that refuse them (after a

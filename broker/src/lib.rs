@@ -11,13 +11,15 @@
 //! - [`service`]: what the broker does for a request, whatever protocol carried it.
 //! - [`run`]: the whole broker as a library (start, stop), for `strand-broker` and embedding.
 //! - [`metrics`]: Prometheus metrics; [`http`]: `/health` and `/metrics`, and the bearer-token
-//!   layer every Strand HTTP API uses.
+//!   layer every Strand HTTP API uses; [`console`]: the web console at `/ui` and its JSON API
+//!   under `/api` (topics, messages, groups), assets in `src/ui/`.
 //! - [`security`]: who is on a connection (principal, session); bearer JWT verification.
 //! - [`listener`]: connection caps and timeouts every listener shares; [`budget`]: the one
 //!   memory budget for bytes in flight across the native and Kafka listeners.
 
 pub mod budget;
 pub mod config;
+pub mod console;
 pub mod group;
 pub mod http;
 pub mod kafka;

@@ -8,11 +8,21 @@
 //! it starts right after the last one (sequences wrap from `i32::MAX` to 0); a new epoch starts
 //! at sequence 0; an older epoch is fenced.
 //!
-//! The table lives in memory. After a broker restart a producer's first batch is taken at
-//! whatever sequence it carries (as Kafka does once a producer's state has expired), so a retry
-//! that straddles a restart is not recognised as a duplicate.
+//! The table lives in memory and is rebuilt when a partition opens, from the batch headers of
+//! the last `log.producer_state_scan_bytes` of its log (whole segments, so at least that much):
+//! every idempotent batch there is recorded again with the offsets it was written at, so a
+//! retry that straddles a restart (or a crash) is still answered as a duplicate. A producer
+//! whose last batch lies before that tail is not known after a restart, and its next batch is
+//! taken at whatever sequence it carries (as Kafka does once a producer's state has expired).
 
 use std::collections::{HashMap, VecDeque};
+
+use strand_client::batch::Batches;
+
+use crate::log::{LogError, LogReader};
+
+/// Bytes read at a time while rebuilding.
+const REBUILD_READ_BYTES: usize = 1 << 20;
 
 /// Batches remembered per producer and partition: Kafka clients keep at most five in flight.
 pub const BATCHES_KEPT: usize = 5;
@@ -134,6 +144,40 @@ impl ProducerTable {
         }
     }
 
+    /// The table the batches at the end of `log` describe (see the module doc): every
+    /// idempotent batch from [`LogReader::tail_start_offset`]`(scan_bytes)` to the high
+    /// watermark, recorded in log order.
+    pub fn rebuild(log: &LogReader, scan_bytes: u64) -> Result<ProducerTable, LogError> {
+        let mut table = ProducerTable::default();
+        let end = log.high_watermark();
+        let mut offset = log.tail_start_offset(scan_bytes);
+        while offset < end {
+            let read = log.read(offset, REBUILD_READ_BYTES)?;
+            let mut next = offset;
+            for (h, _) in Batches::new(&read.batches) {
+                let base_offset = h.base_offset.max(0) as u64;
+                let last_offset = base_offset + h.last_offset_delta.max(0) as u64;
+                next = last_offset + 1;
+                if h.producer_id >= 0 && h.base_sequence >= 0 {
+                    let batch = BatchSequence {
+                        producer_id: h.producer_id,
+                        epoch: h.producer_epoch,
+                        first_seq: h.base_sequence,
+                        record_count: h.record_count.max(1),
+                    };
+                    table.record(&batch, base_offset, last_offset);
+                }
+            }
+            if next <= offset {
+                // Nothing whole came back (the log changed under the read): stop rather than
+                // spin; what was recorded so far stands.
+                break;
+            }
+            offset = next;
+        }
+        Ok(table)
+    }
+
     /// Remembers a batch that was appended at `base_offset..=last_offset`.
     pub fn record(&mut self, batch: &BatchSequence, base_offset: u64, last_offset: u64) {
         self.clock += 1;
@@ -252,6 +296,101 @@ mod tests {
         let wrapping = batch(0, 0, 1);
         t.record(&wrapping, 2, 2);
         assert_eq!(t.check(&batch(0, 1, 3)), Ok(SequenceCheck::Append));
+    }
+
+    /// One stored batch of `n` records, from producer `producer_id` starting at `first_seq`,
+    /// or from no producer when `producer_id` is -1.
+    fn stored_batch(producer_id: i64, first_seq: i32, n: usize) -> Vec<u8> {
+        use kafka_protocol::records::{
+            Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+        };
+        let records: Vec<Record> = (0..n)
+            .map(|i| Record {
+                transactional: false,
+                control: false,
+                partition_leader_epoch: -1,
+                producer_id,
+                producer_epoch: if producer_id < 0 { -1 } else { 0 },
+                timestamp_type: TimestampType::Creation,
+                offset: i as i64,
+                sequence: if producer_id < 0 {
+                    -1
+                } else {
+                    first_seq + i as i32
+                },
+                timestamp: 1_700_000_000_000,
+                key: None,
+                value: Some(bytes::Bytes::from(vec![b'x'; 200])),
+                headers: Default::default(),
+                delete_horizon: false,
+            })
+            .collect();
+        let mut out = bytes::BytesMut::new();
+        let options = RecordEncodeOptions {
+            version: 2,
+            compression: Compression::None,
+        };
+        RecordBatchEncoder::encode(&mut out, &records, &options).unwrap();
+        out.to_vec()
+    }
+
+    /// The table rebuilt from a log knows the producers whose batches lie in the scanned tail,
+    /// with the offsets they were written at, and not the ones before it.
+    #[test]
+    fn the_table_is_rebuilt_from_the_tail_of_the_log() {
+        use crate::log::{Log, LogConfig};
+        let dir = tempfile::tempdir().unwrap();
+        let config = LogConfig {
+            segment_bytes_max: 4096,
+            ..LogConfig::default()
+        };
+        let (mut log, _) = Log::open(dir.path(), config).unwrap();
+        // Producer 1 first, then enough anonymous batches for several segments, then 2.
+        log.append(&mut stored_batch(1, 0, 3)).unwrap();
+        for _ in 0..60 {
+            log.append(&mut stored_batch(-1, 0, 1)).unwrap();
+        }
+        let at = log.append(&mut stored_batch(2, 0, 4)).unwrap();
+        log.append(&mut stored_batch(2, 4, 1)).unwrap();
+        let reader = log.reader();
+        let batch = |producer_id, first_seq, record_count| BatchSequence {
+            producer_id,
+            epoch: 0,
+            first_seq,
+            record_count,
+        };
+
+        let whole = ProducerTable::rebuild(&reader, u64::MAX).unwrap();
+        assert_eq!(
+            whole.check(&batch(1, 0, 3)),
+            Ok(SequenceCheck::Duplicate {
+                base_offset: 0,
+                last_offset: 2
+            })
+        );
+        assert_eq!(
+            whole.check(&batch(2, 0, 4)),
+            Ok(SequenceCheck::Duplicate {
+                base_offset: at.base_offset,
+                last_offset: at.base_offset + 3
+            })
+        );
+        assert!(matches!(
+            whole.check(&batch(2, 9, 1)),
+            Err(SequenceError::OutOfOrder { expected: 5, .. })
+        ));
+
+        // Only the last segment: producer 2 is known, producer 1 is not (any sequence goes).
+        let tail = ProducerTable::rebuild(&reader, 1).unwrap();
+        assert!(matches!(
+            tail.check(&batch(2, 4, 1)),
+            Ok(SequenceCheck::Duplicate { .. })
+        ));
+        assert_eq!(tail.check(&batch(1, 77, 1)), Ok(SequenceCheck::Append));
+        assert!(matches!(
+            whole.check(&batch(1, 77, 1)),
+            Err(SequenceError::OutOfOrder { expected: 3, .. })
+        ));
     }
 
     #[test]

@@ -291,6 +291,7 @@ impl RunningBroker {
                     budget,
                     auth: http_auth.clone(),
                     metrics_require_auth: config.http_metrics_require_auth,
+                    broker: broker_handle.clone(),
                 },
                 request_timeout,
             );
@@ -308,11 +309,16 @@ impl RunningBroker {
                         .with_context(|| format!("serving HTTP on {spec}"))?;
                 let mut rx = shutdown_rx.clone();
                 served.push(
-                    axum::serve(listener, app.clone())
-                        .with_graceful_shutdown(async move {
-                            let _ = rx.wait_for(|stop| *stop).await;
-                        })
-                        .into_future(),
+                    // The client's address, for the console API's host-based ACLs.
+                    axum::serve(
+                        listener,
+                        app.clone()
+                            .into_make_service_with_connect_info::<crate::console::PeerAddr>(),
+                    )
+                    .with_graceful_shutdown(async move {
+                        let _ = rx.wait_for(|stop| *stop).await;
+                    })
+                    .into_future(),
                 );
             }
             tokio::spawn(async move {
@@ -463,7 +469,9 @@ pub fn open_listener_warnings(
                 )),
             ListenerKind::Http if config.http_jwt.is_none() => warnings.push(format!(
                 "the HTTP listener {spec} is reachable beyond this host without bearer tokens: \
-                 /health and /metrics are open to anyone (set http_jwt)"
+                 /health, /metrics and the console's /api (topics, messages, groups; within the \
+                 ACLs of User:ANONYMOUS when the authorizer is on) are open to anyone (set \
+                 http_jwt)"
             )),
             _ => {}
         }
@@ -563,7 +571,7 @@ mod tests {
         assert_eq!(open.len(), 3, "{open:#?}");
         assert!(open[0].contains("kafka listener SASL_SSL://0.0.0.0:9093"));
         assert!(open[0].contains("authorizer is off"));
-        assert!(open[1].contains("/metrics are open"));
+        assert!(open[1].contains("/metrics and the console's /api"));
         assert!(open[2].contains("without TLS"));
         let secured = BrokerConfig {
             authorizer_enabled: true,

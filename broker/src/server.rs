@@ -988,6 +988,12 @@ async fn handle(
                     .retain(|tp, _| allowed(Operation::Describe, ResourceType::Topic, &tp.0));
                 ResponseBody::Group(group_info(broker, described))
             }
+            Request::DeleteGroup { group } => {
+                check(Operation::Delete, ResourceType::Group, &group)?;
+                broker.groups.delete(&group).await?;
+                tracing::info!(principal = %session.principal, %group, "deleted group");
+                ResponseBody::Empty
+            }
             Request::CreateAcls { bindings } => {
                 check_cluster(broker, session, Operation::Alter)?;
                 let bindings = bindings
@@ -1304,6 +1310,7 @@ fn error_response(e: &ServiceError) -> Response {
         ServiceError::Group(GroupError::RebalanceInProgress) => ErrorCode::RebalanceInProgress,
         ServiceError::Group(GroupError::InvalidSessionTimeout) => ErrorCode::InvalidSessionTimeout,
         ServiceError::UnknownGroup(_) => ErrorCode::UnknownGroup,
+        ServiceError::GroupNotEmpty { .. } => ErrorCode::GroupNotEmpty,
         ServiceError::Sequence(_) | ServiceError::IdempotentBatchCount | ServiceError::Txn(_) => {
             ErrorCode::InvalidRequest
         }

@@ -51,6 +51,9 @@ pub enum ServiceError {
     Group(GroupError),
     #[error("unknown group {0:?}")]
     UnknownGroup(String),
+    /// Only a group without members can be deleted.
+    #[error("group {group:?} has {n_members} member(s): stop its consumers first")]
+    GroupNotEmpty { group: String, n_members: usize },
     #[error(transparent)]
     Sequence(#[from] SequenceError),
     #[error("a produce carrying an idempotent batch must carry exactly one batch")]

@@ -555,8 +555,8 @@ impl Topics {
 
     /// Tries to bring every poisoned partition back in place (see [`Log::recover`]); returns
     /// how many came back. One whose disk still fails stays poisoned until the next try. The
-    /// idempotent producers' sequences are forgotten, since the records they describe may be
-    /// gone: a producer's next batch starts a new sequence, as after a restart.
+    /// idempotent producers' sequences are rebuilt from what the recovered log holds, since
+    /// the records some of them describe may be gone, as after a restart.
     pub fn recover_poisoned(&self) -> usize {
         let mut recovered = 0;
         for topic in self.list() {
@@ -567,7 +567,13 @@ impl Topics {
                 let mut writer = partition.writer();
                 match writer.recover() {
                     Ok(_) => {
-                        *partition.producers() = ProducerTable::default();
+                        let scan_bytes = writer.config().producer_state_scan_bytes;
+                        *partition.producers() =
+                            ProducerTable::rebuild(&partition.reader, scan_bytes)
+                        .unwrap_or_else(|e| {
+                            tracing::warn!(topic = %partition.topic, partition = partition.index, error = %e, "rebuilding idempotent producer state failed; starting empty");
+                            ProducerTable::default()
+                        });
                         recovered += 1;
                     }
                     Err(e) => {
@@ -625,6 +631,9 @@ fn open_partition(
         config.log_config(defaults),
     )?;
     let reader = log.reader();
+    // Clients keep at most five batches in flight and retry within their delivery timeout,
+    // so the batches a retry can repeat are at the end of the log: only that tail is read.
+    let producers = ProducerTable::rebuild(&reader, log.config().producer_state_scan_bytes)?;
     let cleaner = log.cleaner();
     let tombstone_retention_ms = log.config().tombstone_retention_ms;
     Ok((
@@ -635,7 +644,7 @@ fn open_partition(
             reader,
             cleaner,
             tombstone_retention_ms,
-            producers: Mutex::new(ProducerTable::default()),
+            producers: Mutex::new(producers),
             txns: Default::default(),
         }),
         report,

@@ -204,6 +204,20 @@ impl Admin {
         }
     }
 
+    /// Deletes a consumer group that has no members, with its committed offsets.
+    pub async fn delete_group(&self, group: &str) -> Result<(), ClientError> {
+        match self
+            .client
+            .request(Request::DeleteGroup {
+                group: group.to_string(),
+            })
+            .await?
+        {
+            ResponseBody::Empty => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
     /// Resolves an offset query; `None` when no record is as new as a timestamp asked for.
     pub async fn list_offset(
         &self,

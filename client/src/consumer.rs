@@ -22,6 +22,9 @@ pub enum StartFrom {
     Earliest,
     Latest,
     Offset(u64),
+    /// The first record whose timestamp is at least this many ms since the epoch (the end of
+    /// a partition that has none that new).
+    Timestamp(i64),
 }
 
 /// How records reach the consumer.
@@ -131,6 +134,18 @@ impl Consumer {
                     .list_offset(topic, partition, OffsetQuery::Latest)
                     .await?
                     .unwrap_or(0),
+                StartFrom::Timestamp(ms) => {
+                    match admin
+                        .list_offset(topic, partition, OffsetQuery::Timestamp(ms))
+                        .await?
+                    {
+                        Some(offset) => offset,
+                        None => admin
+                            .list_offset(topic, partition, OffsetQuery::Latest)
+                            .await?
+                            .unwrap_or(0),
+                    }
+                }
             };
             positions.push((partition, offset));
         }

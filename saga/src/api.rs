@@ -86,6 +86,26 @@ pub struct ListQuery {
     pub limit: usize,
     /// Sagas after this id (ids grow with creation time).
     pub cursor: Option<String>,
+    /// A saga id, an id's prefix, or an idempotency key.
+    pub search: Option<String>,
+    /// Created at or after this (ms since the epoch).
+    pub created_from_ms: Option<i64>,
+    /// Created before this (ms since the epoch).
+    pub created_to_ms: Option<i64>,
+}
+
+impl ListQuery {
+    /// Whether `saga` passes every filter but the state one.
+    pub fn matches_all_but_state(&self, saga: &SagaSummary) -> bool {
+        self.definition
+            .as_ref()
+            .is_none_or(|d| &saga.definition == d)
+            && self.created_from_ms.is_none_or(|t| saga.created_at_ms >= t)
+            && self.created_to_ms.is_none_or(|t| saga.created_at_ms < t)
+            && self.search.as_ref().is_none_or(|q| {
+                saga.id.starts_with(q.as_str()) || saga.idempotency_key.as_ref() == Some(q)
+            })
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -93,6 +113,10 @@ pub struct SagaPage {
     pub sagas: Vec<SagaSummary>,
     /// Pass as `cursor` for the next page; absent on the last one.
     pub next_cursor: Option<String>,
+    /// How many sagas this instance holds that pass every filter but `state`, by state (the
+    /// console's live counts).
+    #[serde(default)]
+    pub counts: std::collections::BTreeMap<String, usize>,
 }
 
 /// What a finished saga publishes on its definition's outcome topic.

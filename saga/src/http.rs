@@ -188,6 +188,7 @@ fn definition_body(body: &Bytes) -> Result<DefinitionSpec, AppError> {
         list_definitions,
         get_definition,
         get_definition_version,
+        list_definition_versions,
         start_saga,
         list_sagas,
         get_saga,
@@ -247,6 +248,10 @@ pub fn router(handle: Handle, config: &HttpConfig) -> Router {
             put(put_definition.layer(define)).get(get_definition.layer(read.clone())),
         )
         .route(
+            "/definitions/{name}/versions",
+            get(list_definition_versions.layer(read.clone())),
+        )
+        .route(
             "/definitions/{name}/versions/{version}",
             get(get_definition_version.layer(read.clone())),
         )
@@ -260,6 +265,12 @@ pub fn router(handle: Handle, config: &HttpConfig) -> Router {
         .route("/breakers", get(breakers.layer(read)))
         .route("/health", get(health))
         .route("/openapi.json", get(openapi))
+        .route("/ui", get(|| ui_asset(None)))
+        .route("/ui/", get(|| ui_asset(None)))
+        .route(
+            "/ui/{file}",
+            get(|Path(file): Path<String>| ui_asset(Some(file))),
+        )
         .with_state(handle)
         .layer(
             ServiceBuilder::new()
@@ -283,6 +294,38 @@ pub fn router(handle: Handle, config: &HttpConfig) -> Router {
             config.body_bytes_max,
         ))
 }
+
+/// The console's pages for sagas ([`UI_ASSETS`], and the stylesheet and helpers shared with the
+/// broker's console). They hold no data, so they load without a token; the API they call
+/// checks it.
+async fn ui_asset(file: Option<String>) -> Response {
+    let wanted = file.as_deref().unwrap_or("");
+    let shared = strand_broker::console::ASSETS
+        .iter()
+        .filter(|(path, _, _)| matches!(*path, "console.css" | "console.js"));
+    match UI_ASSETS
+        .iter()
+        .chain(shared)
+        .find(|(path, _, _)| *path == wanted)
+    {
+        Some((_, content_type, body)) => strand_broker::console::asset_response(content_type, body),
+        None => AppError::new(
+            StatusCode::NOT_FOUND,
+            format!("no file {wanted:?} in the console"),
+        )
+        .into_response(),
+    }
+}
+
+/// The saga pages: (path under `/ui/`, content type, text), compiled into the binary.
+const UI_ASSETS: [(&str, &str, &str); 2] = [
+    ("", "text/html; charset=utf-8", include_str!("ui/saga.html")),
+    (
+        "saga.js",
+        "text/javascript; charset=utf-8",
+        include_str!("ui/saga.js"),
+    ),
+];
 
 async fn openapi() -> Json<utoipa::openapi::OpenApi> {
     Json(ApiDoc::openapi())
@@ -363,6 +406,37 @@ async fn get_definition_version(
     ))
 }
 
+/// Versions one definition lists at most, newest first.
+const DEFINITION_VERSIONS_LISTED_MAX: u32 = 1_000;
+
+/// Every version of a definition, newest first (at most 1000).
+#[utoipa::path(
+    get, path = "/definitions/{name}/versions",
+    security(("bearer" = ["saga:read"])),
+    params(("name" = String, Path,)),
+    responses((status = 200, body = Vec<Definition>), (status = 404, body = ErrorBody))
+)]
+async fn list_definition_versions(
+    State(handle): State<Handle>,
+    Path(name): Path<String>,
+) -> Result<Json<Vec<Definition>>, AppError> {
+    let latest = handle.definition(name.clone(), None).await?;
+    let oldest = latest
+        .version
+        .saturating_sub(DEFINITION_VERSIONS_LISTED_MAX - 1)
+        .max(1);
+    let mut versions = vec![latest.clone().redacted()];
+    for version in (oldest..latest.version).rev() {
+        versions.push(
+            handle
+                .definition(name.clone(), Some(version))
+                .await?
+                .redacted(),
+        );
+    }
+    Ok(Json(versions))
+}
+
 /// Starts a saga. With an idempotency key already used: the same request returns the saga it
 /// started (200), a different one is a conflict (409).
 #[utoipa::path(
@@ -402,6 +476,12 @@ pub struct ListParams {
     /// At most 1000; default 100.
     limit: Option<usize>,
     cursor: Option<String>,
+    /// A saga id, an id's prefix, or an idempotency key.
+    search: Option<String>,
+    /// Only sagas created at or after this (ms since the epoch).
+    created_from_ms: Option<i64>,
+    /// Only sagas created before this (ms since the epoch).
+    created_to_ms: Option<i64>,
 }
 
 /// Sagas, oldest first, filtered and paged.
@@ -424,6 +504,9 @@ async fn list_sagas(
         definition: params.definition,
         limit: params.limit.unwrap_or(100),
         cursor: params.cursor,
+        search: params.search.filter(|s| !s.is_empty()),
+        created_from_ms: params.created_from_ms,
+        created_to_ms: params.created_to_ms,
     };
     Ok(Json(handle.list(query).await?))
 }

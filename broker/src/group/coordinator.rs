@@ -48,6 +48,16 @@ pub enum GroupError {
     OffsetMetadataTooLarge,
 }
 
+/// Why a group cannot be deleted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeleteGroupError {
+    Unknown,
+    /// Only a group without members can be deleted.
+    NotEmpty {
+        n_members: usize,
+    },
+}
+
 /// How a Kafka client-assigned member joins: its protocol type (`consumer`) and the protocols it
 /// supports, in preference order, each with its opaque metadata.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -320,6 +330,30 @@ impl Coordinator {
             .or_insert_with(Group::new)
             .committed
             .insert(tp, committed);
+    }
+
+    /// Replays a deletion read from the offsets log (a tombstone): the commit is forgotten,
+    /// and the group with it once it has neither commits nor members.
+    pub fn restore_deletion(&mut self, group: &str, tp: &TopicPartition) {
+        if let Some(g) = self.groups.get_mut(group) {
+            g.committed.remove(tp);
+            if g.committed.is_empty() && g.members.is_empty() {
+                self.groups.remove(group);
+            }
+        }
+    }
+
+    /// Deletes a group that has no members, with every commit it holds (Kafka's DeleteGroups):
+    /// answers the partitions whose commits must be deleted durably, or why it cannot.
+    pub fn delete_group(&mut self, group: &str) -> Result<Vec<TopicPartition>, DeleteGroupError> {
+        let g = self.groups.get(group).ok_or(DeleteGroupError::Unknown)?;
+        if !g.members.is_empty() {
+            return Err(DeleteGroupError::NotEmpty {
+                n_members: g.members.len(),
+            });
+        }
+        let g = self.groups.remove(group).ok_or(DeleteGroupError::Unknown)?;
+        Ok(g.committed.into_keys().collect())
     }
 
     pub fn committed(&self, group: &str, tp: &TopicPartition) -> Option<&CommittedOffset> {
@@ -1406,6 +1440,36 @@ mod tests {
             },
             now,
         )
+    }
+
+    #[test]
+    fn only_a_group_without_members_is_deleted_with_its_commits() {
+        let mut c = coordinator(2);
+        assert_eq!(c.delete_group("g"), Err(DeleteGroupError::Unknown));
+        join_group(&mut c, 1, "g", 0);
+        assert_eq!(
+            c.delete_group("g"),
+            Err(DeleteGroupError::NotEmpty { n_members: 1 })
+        );
+        assert!(
+            c.describe("g").is_some(),
+            "a refused delete changes nothing"
+        );
+        assert!(matches!(
+            admin_commit(&mut c, "idle", "m"),
+            Output::CommitAccepted { .. }
+        ));
+        assert_eq!(c.delete_group("idle"), Ok(vec![("t".to_string(), 0)]));
+        assert!(c.describe("idle").is_none());
+        assert!(c.committed("idle", &("t".to_string(), 0)).is_none());
+        // Replaying the log: a commit, then its tombstone, leaves no group behind.
+        let committed = CommittedOffset {
+            offset: 4,
+            metadata: String::new(),
+        };
+        c.restore_commit("old", ("t".to_string(), 1), committed);
+        c.restore_deletion("old", &("t".to_string(), 1));
+        assert!(c.describe("old").is_none());
     }
 
     fn admin_commit(c: &mut Coordinator, group: &str, metadata: &str) -> Output {

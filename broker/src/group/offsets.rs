@@ -30,8 +30,9 @@ pub struct OffsetStore {
     partition: Arc<Partition>,
 }
 
-/// One stored commit.
-pub type StoredCommit = (String, TopicPartition, CommittedOffset);
+/// One stored commit, or (`None`) its deletion: a tombstone written when the group was
+/// deleted.
+pub type StoredCommit = (String, TopicPartition, Option<CommittedOffset>);
 
 fn encode_key(group: &str, tp: &TopicPartition) -> Vec<u8> {
     let mut key = Vec::with_capacity(group.len() + tp.0.len() + 6);
@@ -53,8 +54,17 @@ fn decode(key: &[u8], value: &[u8]) -> Option<StoredCommit> {
     Some((
         group,
         (topic, partition),
-        CommittedOffset { offset, metadata },
+        Some(CommittedOffset { offset, metadata }),
     ))
+}
+
+/// The group and partition a tombstone's key names.
+fn decode_deletion(key: &[u8]) -> Option<StoredCommit> {
+    let mut parts = key.splitn(3, |&b| b == 0);
+    let group = std::str::from_utf8(parts.next()?).ok()?.to_string();
+    let topic = std::str::from_utf8(parts.next()?).ok()?.to_string();
+    let partition = u32::from_be_bytes(parts.next()?.try_into().ok()?);
+    Some((group, (topic, partition), None))
 }
 
 /// Adds the usable commits of one batch to `commits`, warning about what it skips: one line
@@ -68,8 +78,8 @@ fn read_batch(header: &BatchHeader, bytes: &[u8], commits: &mut Vec<StoredCommit
     let mut skipped: Option<(usize, i64)> = None;
     let mut use_record = |offset: i64, key: Option<&[u8]>, value: Option<&[u8]>| {
         let commit = match (key, value) {
-            // A tombstone (key, no value) is compaction's, not a commit: nothing to restore.
-            (Some(_), None) => return,
+            // A tombstone (key, no value): the group was deleted, and its commit with it.
+            (Some(key), None) => decode_deletion(key),
             (Some(key), Some(value)) => decode(key, value),
             (None, _) => None,
         };
@@ -170,28 +180,37 @@ impl OffsetStore {
         Ok((OffsetStore { partition }, commits))
     }
 
-    /// Appends the commits and waits until they are durable.
-    pub async fn persist(
+    /// Appends the commits (`None`: a deletion, written as a tombstone) and answers the offset
+    /// that [`OffsetStore::wait_durable`] must see fsynced. Appending is synchronous so that a
+    /// caller holding the coordinator's lock writes in the order it decided.
+    pub fn append(
         &self,
         group: &str,
-        offsets: &[(TopicPartition, CommittedOffset)],
-    ) -> Result<(), ServiceError> {
+        offsets: &[(TopicPartition, Option<CommittedOffset>)],
+    ) -> Result<Option<u64>, ServiceError> {
         if offsets.is_empty() {
-            return Ok(());
+            return Ok(None);
         }
         let mut builder = BatchBuilder::new();
         let now = now_ms();
         for (tp, committed) in offsets {
-            let mut value = committed.offset.to_be_bytes().to_vec();
-            value.extend_from_slice(committed.metadata.as_bytes());
-            builder.push(now, Some(&encode_key(group, tp)), Some(&value), &[]);
+            let value = committed.as_ref().map(|committed| {
+                let mut value = committed.offset.to_be_bytes().to_vec();
+                value.extend_from_slice(committed.metadata.as_bytes());
+                value
+            });
+            builder.push(now, Some(&encode_key(group, tp)), value.as_deref(), &[]);
         }
         let mut batch = builder.finish();
         let info = self.partition.writer().append(&mut batch)?;
-        self.partition
-            .reader()
-            .wait_durable(info.last_offset + 1)
-            .await?;
+        Ok(Some(info.last_offset + 1))
+    }
+
+    /// Waits until the log is durable up to `end` (from [`OffsetStore::append`]).
+    pub async fn wait_durable(&self, end: Option<u64>) -> Result<(), ServiceError> {
+        if let Some(end) = end {
+            self.partition.reader().wait_durable(end).await?;
+        }
         Ok(())
     }
 }
@@ -207,6 +226,7 @@ mod tests {
         let mut value = 42u64.to_be_bytes().to_vec();
         value.extend_from_slice(b"meta");
         let (group, got_tp, committed) = decode(&key, &value).unwrap();
+        let committed = committed.unwrap();
         assert_eq!(
             (
                 group.as_str(),
@@ -217,5 +237,9 @@ mod tests {
             ("group-a", tp, 42, "meta")
         );
         assert!(decode(b"garbage", b"x").is_none());
+        assert_eq!(
+            decode_deletion(&key),
+            Some(("group-a".to_string(), ("orders.v1".to_string(), 7), None))
+        );
     }
 }

@@ -9,8 +9,8 @@ use std::time::Duration;
 use tokio::sync::{oneshot, watch};
 
 use super::coordinator::{
-    ClientProtocol, Coordinator, CoordinatorConfig, GroupDescription, GroupError, Input,
-    JoinResult, Output, RequestId, SyncAssignment,
+    ClientProtocol, Coordinator, CoordinatorConfig, DeleteGroupError, GroupDescription, GroupError,
+    Input, JoinResult, Output, RequestId, SyncAssignment,
 };
 use super::offsets::OffsetStore;
 use super::{Assignor, CommittedOffset, TopicPartition};
@@ -65,7 +65,10 @@ impl Groups {
         let mut coordinator = Coordinator::new(config);
         let n_commits = commits.len();
         for (group, tp, committed) in commits {
-            coordinator.restore_commit(&group, tp, committed);
+            match committed {
+                Some(committed) => coordinator.restore_commit(&group, tp, committed),
+                None => coordinator.restore_deletion(&group, &tp),
+            }
         }
         tracing::info!(commits = n_commits, "restored committed offsets");
         Ok(Groups {
@@ -223,7 +226,7 @@ impl Groups {
         generation: u32,
         offsets: Vec<(TopicPartition, CommittedOffset)>,
     ) -> Result<(), CommitError> {
-        let accepted = {
+        let end = {
             let mut state = self.state.lock().expect("groups lock");
             let input = Input::Commit {
                 group: group.into(),
@@ -231,13 +234,40 @@ impl Groups {
                 generation,
                 offsets,
             };
-            match self.drive(&mut state, input).into_iter().next() {
+            let accepted = match self.drive(&mut state, input).into_iter().next() {
                 Some(Output::CommitAccepted { offsets, .. }) => offsets,
                 Some(Output::CommitRejected(e)) => return Err(CommitError::Fenced(e)),
                 _ => return Err(CommitError::Fenced(GroupError::UnknownMember)),
-            }
+            };
+            // Appended under the lock, so the log orders commits and deletions as the
+            // coordinator did.
+            let accepted: Vec<_> = accepted
+                .into_iter()
+                .map(|(tp, committed)| (tp, Some(committed)))
+                .collect();
+            self.store.append(group, &accepted)?
         };
-        self.store.persist(group, &accepted).await?;
+        self.store.wait_durable(end).await?;
+        Ok(())
+    }
+
+    /// Deletes a group without members and its commits, durably (tombstones in the offsets
+    /// topic, fsynced before the answer).
+    pub async fn delete(&self, group: &str) -> Result<(), ServiceError> {
+        let end = {
+            let mut state = self.state.lock().expect("groups lock");
+            let partitions = state.coordinator.delete_group(group).map_err(|e| match e {
+                DeleteGroupError::Unknown => ServiceError::UnknownGroup(group.to_string()),
+                DeleteGroupError::NotEmpty { n_members } => ServiceError::GroupNotEmpty {
+                    group: group.to_string(),
+                    n_members,
+                },
+            })?;
+            let deletions: Vec<_> = partitions.into_iter().map(|tp| (tp, None)).collect();
+            self.store.append(group, &deletions)?
+        };
+        self.store.wait_durable(end).await?;
+        tracing::info!(%group, "group deleted");
         Ok(())
     }
 
@@ -248,11 +278,21 @@ impl Groups {
         group: &str,
         offsets: Vec<(TopicPartition, CommittedOffset)>,
     ) -> Result<(), ServiceError> {
-        self.store.persist(group, &offsets).await?;
-        let mut state = self.state.lock().expect("groups lock");
-        for (tp, committed) in offsets {
-            state.coordinator.restore_commit(group, tp, committed);
-        }
+        // Appended under the lock, as the coordinator's own commits, so the log keeps the
+        // order in which commits were applied.
+        let end = {
+            let mut state = self.state.lock().expect("groups lock");
+            let stored: Vec<_> = offsets
+                .iter()
+                .map(|(tp, committed)| (tp.clone(), Some(committed.clone())))
+                .collect();
+            let end = self.store.append(group, &stored)?;
+            for (tp, committed) in offsets {
+                state.coordinator.restore_commit(group, tp, committed);
+            }
+            end
+        };
+        self.store.wait_durable(end).await?;
         Ok(())
     }
 

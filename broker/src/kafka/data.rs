@@ -455,7 +455,8 @@ pub(super) async fn list_offsets(
                 continue;
             }
             let spec = match p.timestamp {
-                -2 => OffsetSpec::Earliest,
+                // -4 (v8): the earliest offset on local storage, which is all of it here.
+                -2 | -4 => OffsetSpec::Earliest,
                 -1 => OffsetSpec::Latest,
                 ts => OffsetSpec::Timestamp(ts),
             };

@@ -118,11 +118,15 @@ pub(super) fn find_coordinator(
                 .with_port(-1);
         }
     }
+    // v4 and later answer per key only: the top-level fields are not in their layout (the
+    // crate refuses to encode them set).
+    if version >= 4 {
+        return FindCoordinatorResponse::default().with_coordinators(coordinators);
+    }
     FindCoordinatorResponse::default()
         .with_node_id(BrokerId(NODE_ID))
         .with_host(host)
         .with_port(cx.advertised.1)
-        .with_coordinators(coordinators)
 }
 
 /// The topics a `consumer` member subscribes to, from its protocol metadata (a version, then

@@ -23,6 +23,8 @@
 //!   APIs; until a connection on a SASL listener has authenticated, `connection` lets through
 //!   only ApiVersions and the SASL requests.
 //! - `acls`: CreateAcls, DescribeAcls, DeleteAcls.
+//! - `legacy`: the request versions Kafka 3.9 serves below what `kafka-protocol` encodes,
+//!   read into the crate's types and answered in their own layout.
 //!
 //! Every handler gets the connection's [`Session`] and asks the broker's
 //! [`crate::security::acl::Authorizer`] what Kafka's broker asks for the same request; a
@@ -33,6 +35,7 @@ mod acls;
 mod admin;
 mod data;
 mod groups;
+mod legacy;
 mod sasl;
 mod txn;
 
@@ -64,29 +67,33 @@ use crate::topics::TopicError;
 /// The node id Strand answers as: one broker, leader of every partition.
 const NODE_ID: i32 = 0;
 
-/// Requests served, with the versions this listener speaks (within what the crate encodes).
+/// Requests served, with the versions this listener speaks: Kafka 3.9's, except where noted.
+/// Versions below what `kafka-protocol` encodes are `legacy`'s.
 pub const SUPPORTED: [(ApiKey, i16, i16); 29] = [
-    // Advertised from v0 although v0-v2 (legacy message sets) are refused: librdkafka up to
+    // v0-v2 carry message sets v0/v1, which Strand does not store: they are answered with
+    // UNSUPPORTED_FOR_MESSAGE_FORMAT. They must be advertised all the same: librdkafka up to
     // 2.11 enables gzip, snappy and lz4 only when the broker lists Produce v0 (it checks the
     // range [0, 0]); with v3 as the minimum it silently sends everything uncompressed.
-    (ApiKey::Produce, 0, 9),
-    (ApiKey::Fetch, 4, 12),
-    (ApiKey::ListOffsets, 1, 7),
+    (ApiKey::Produce, 0, 11),
+    // v0-v3 expect message sets v0/v1 back: the batches read are converted down, as Kafka
+    // does. v13 and later name topics by topic id, which Strand does not assign yet.
+    (ApiKey::Fetch, 0, 12),
+    (ApiKey::ListOffsets, 0, 8),
     (ApiKey::Metadata, 0, 12),
-    (ApiKey::OffsetCommit, 2, 8),
-    (ApiKey::OffsetFetch, 1, 8),
+    (ApiKey::OffsetCommit, 0, 9),
+    (ApiKey::OffsetFetch, 0, 9),
     // librdkafka takes support for FindCoordinator as the sign of a broker new enough for
     // groups and compressed batches, so it must be advertised.
-    (ApiKey::FindCoordinator, 0, 4),
-    (ApiKey::JoinGroup, 0, 7),
+    (ApiKey::FindCoordinator, 0, 5),
+    (ApiKey::JoinGroup, 0, 9),
     (ApiKey::Heartbeat, 0, 4),
     (ApiKey::LeaveGroup, 0, 5),
     (ApiKey::SyncGroup, 0, 5),
     (ApiKey::DescribeGroups, 0, 5),
     (ApiKey::ListGroups, 0, 4),
     (ApiKey::ApiVersions, 0, 3),
-    (ApiKey::CreateTopics, 2, 7),
-    (ApiKey::DeleteTopics, 1, 6),
+    (ApiKey::CreateTopics, 0, 7),
+    (ApiKey::DeleteTopics, 0, 6),
     (ApiKey::InitProducerId, 0, 4),
     // Transactions (`txn`). AddPartitionsToTxn v4+ is the brokers' batched form (KIP-890).
     (ApiKey::AddPartitionsToTxn, 0, 3),
@@ -98,10 +105,10 @@ pub const SUPPORTED: [(ApiKey, i16, i16); 29] = [
     (ApiKey::SaslAuthenticate, 0, 2),
     (ApiKey::DescribeUserScramCredentials, 0, 0),
     (ApiKey::AlterUserScramCredentials, 0, 0),
-    // Every version the crate encodes (librdkafka sends v1 of each).
-    (ApiKey::CreateAcls, 1, 3),
-    (ApiKey::DescribeAcls, 1, 3),
-    (ApiKey::DeleteAcls, 1, 3),
+    // v0 has no resource pattern type: its resources and filters are literal.
+    (ApiKey::CreateAcls, 0, 3),
+    (ApiKey::DescribeAcls, 0, 3),
+    (ApiKey::DeleteAcls, 0, 3),
 ];
 
 pub(crate) use crate::topics::is_internal_topic;
@@ -384,11 +391,25 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
                 version,
                 request,
             } => {
-                if let RequestKind::Fetch(fetch) = *request {
+                let api_key =
+                    ApiKey::try_from(header.request_api_key).expect("checked when decoded");
+                let refused = legacy::is_legacy(api_key, version)
+                    .then(|| legacy::refused(&request))
+                    .flatten();
+                if let Some(answer) = refused {
+                    drop(frame_charge);
+                    match answer {
+                        Some(response) => (header, response, version, Charge::default()),
+                        None => continue,
+                    }
+                } else if let RequestKind::Fetch(fetch) = *request {
                     // A fetch request holds little; what it reads is charged on its own,
                     // and waiting for that must not hold this frame's charge.
                     drop(frame_charge);
-                    let (response, charge) = data::fetch(context, &session, fetch).await;
+                    let (mut response, charge) = data::fetch(context, &session, fetch).await;
+                    if legacy::is_legacy(api_key, version) {
+                        legacy::down_convert(&mut response, version);
+                    }
                     (header, ResponseKind::Fetch(response), version, charge)
                 } else if let RequestKind::SaslHandshake(r) = *request {
                     drop(frame_charge);
@@ -421,9 +442,14 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
         response_header
             .encode(&mut out, api_key.response_header_version(response_version))
             .map_err(|e| format!("encoding a response header: {e}"))?;
-        response
-            .encode(&mut out, response_version)
-            .map_err(|e| format!("encoding {api_key:?}: {e}"))?;
+        if legacy::is_legacy(api_key, response_version) {
+            legacy::encode(&response, response_version, &mut out)
+                .map_err(|e| format!("encoding {api_key:?}: {e}"))?;
+        } else {
+            response
+                .encode(&mut out, response_version)
+                .map_err(|e| format!("encoding {api_key:?}: {e}"))?;
+        }
         drop(response);
         let n = (out.len() - 4) as i32;
         out[..4].copy_from_slice(&n.to_be_bytes());
@@ -505,6 +531,14 @@ fn decode_request(mut frame: Bytes) -> Result<Decoded, String> {
     if api_key == ApiKey::ApiVersions && !in_range {
         return Ok(Decoded::ApiVersionsFallback { header });
     }
+    if in_range && legacy::is_legacy(api_key, version) {
+        let request = legacy::decode(api_key, version, frame)?;
+        return Ok(Decoded::Request {
+            header,
+            version,
+            request: Box::new(request),
+        });
+    }
     let valid = api_key.valid_versions();
     if !in_range || version < valid.min || version > valid.max {
         return Ok(Decoded::Unsupported {
@@ -554,8 +588,84 @@ fn unsupported(api_key: ApiKey, version: i16) -> Option<ResponseKind> {
             ResponseKind::AddOffsetsToTxn(AddOffsetsToTxnResponse::default().with_error_code(code))
         }
         ApiKey::EndTxn => ResponseKind::EndTxn(EndTxnResponse::default().with_error_code(code)),
-        _ => return None,
+        _ => return unsupported_more(api_key, version),
     })
+}
+
+/// More of [`unsupported`]: the other responses with a top-level error code, in the versions
+/// that have it (checked by encoding the answer once here).
+fn unsupported_more(api_key: ApiKey, version: i16) -> Option<ResponseKind> {
+    use kafka_protocol::messages::*;
+    let code = ResponseError::UnsupportedVersion.code();
+    let response = match api_key {
+        ApiKey::Fetch => ResponseKind::Fetch(FetchResponse::default().with_error_code(code)),
+        ApiKey::Metadata => {
+            ResponseKind::Metadata(MetadataResponse::default().with_error_code(code))
+        }
+        ApiKey::OffsetFetch => {
+            ResponseKind::OffsetFetch(OffsetFetchResponse::default().with_error_code(code))
+        }
+        ApiKey::FindCoordinator => {
+            ResponseKind::FindCoordinator(FindCoordinatorResponse::default().with_error_code(code))
+        }
+        ApiKey::JoinGroup => {
+            ResponseKind::JoinGroup(JoinGroupResponse::default().with_error_code(code))
+        }
+        ApiKey::SyncGroup => {
+            ResponseKind::SyncGroup(SyncGroupResponse::default().with_error_code(code))
+        }
+        ApiKey::Heartbeat => {
+            ResponseKind::Heartbeat(HeartbeatResponse::default().with_error_code(code))
+        }
+        ApiKey::LeaveGroup => {
+            ResponseKind::LeaveGroup(LeaveGroupResponse::default().with_error_code(code))
+        }
+        ApiKey::ListGroups => {
+            ResponseKind::ListGroups(ListGroupsResponse::default().with_error_code(code))
+        }
+        ApiKey::InitProducerId => ResponseKind::InitProducerId(
+            InitProducerIdResponse::default()
+                .with_error_code(code)
+                .with_producer_id((-1).into())
+                .with_producer_epoch(-1),
+        ),
+        ApiKey::DescribeCluster => {
+            ResponseKind::DescribeCluster(DescribeClusterResponse::default().with_error_code(code))
+        }
+        ApiKey::OffsetDelete => {
+            ResponseKind::OffsetDelete(OffsetDeleteResponse::default().with_error_code(code))
+        }
+        ApiKey::DescribeQuorum => {
+            ResponseKind::DescribeQuorum(DescribeQuorumResponse::default().with_error_code(code))
+        }
+        ApiKey::ListTransactions => ResponseKind::ListTransactions(
+            ListTransactionsResponse::default().with_error_code(code),
+        ),
+        ApiKey::PushTelemetry => {
+            ResponseKind::PushTelemetry(PushTelemetryResponse::default().with_error_code(code))
+        }
+        ApiKey::DescribeClientQuotas => ResponseKind::DescribeClientQuotas(
+            DescribeClientQuotasResponse::default().with_error_code(code),
+        ),
+        ApiKey::ListPartitionReassignments => ResponseKind::ListPartitionReassignments(
+            ListPartitionReassignmentsResponse::default().with_error_code(code),
+        ),
+        ApiKey::AlterPartitionReassignments => ResponseKind::AlterPartitionReassignments(
+            AlterPartitionReassignmentsResponse::default().with_error_code(code),
+        ),
+        ApiKey::ElectLeaders => {
+            ResponseKind::ElectLeaders(ElectLeadersResponse::default().with_error_code(code))
+        }
+        ApiKey::AllocateProducerIds => ResponseKind::AllocateProducerIds(
+            AllocateProducerIdsResponse::default().with_error_code(code),
+        ),
+        _ => return None,
+    };
+    // A version without the field cannot say it; such a request closes the connection.
+    response
+        .encode(&mut BytesMut::new(), version)
+        .ok()
+        .map(|()| response)
 }
 
 fn api_versions(error_code: i16) -> ApiVersionsResponse {
@@ -565,7 +675,7 @@ fn api_versions(error_code: i16) -> ApiVersionsResponse {
             SUPPORTED
                 .iter()
                 .map(|(key, min, max)| {
-                    // The advertised minimum may go below what the crate decodes (see Produce).
+                    // The minimum may go below what the crate decodes (`legacy` serves those).
                     let valid = key.valid_versions();
                     ApiVersion::default()
                         .with_api_key(*key as i16)
@@ -896,13 +1006,22 @@ mod tests {
         let metadata =
             decode_request(frame(ApiKey::Metadata, 12, &MetadataRequest::default())).unwrap();
         assert!(matches!(metadata, Decoded::Request { version: 12, .. }));
-        // Unsupported: decoded as such; Metadata has no top-level error field (the connection
-        // is closed with a log line), telemetry has one (answered with UNSUPPORTED_VERSION).
+        // Unsupported: decoded as such and answered with UNSUPPORTED_VERSION where the answer
+        // has a top-level error field in that version (Metadata v13 and telemetry do; Produce
+        // has none, so its connection is closed with a log line).
         assert!(matches!(
             decode_request(frame(ApiKey::Metadata, 13, &MetadataRequest::default())),
             Ok(Decoded::Unsupported { version: 13, .. })
         ));
-        assert!(unsupported(ApiKey::Metadata, 13).is_none());
+        assert!(matches!(
+            unsupported(ApiKey::Metadata, 13),
+            Some(ResponseKind::Metadata(r)) if r.error_code == 35
+        ));
+        assert!(unsupported(ApiKey::Produce, 12).is_none());
+        assert!(
+            unsupported(ApiKey::FindCoordinator, 6).is_none(),
+            "no top-level code in v6"
+        );
         assert!(matches!(
             unsupported(ApiKey::GetTelemetrySubscriptions, 0),
             Some(ResponseKind::GetTelemetrySubscriptions(r)) if r.error_code == 35
@@ -946,7 +1065,130 @@ mod tests {
                     .with_records(Some(Bytes::from_static(&[0u8; 70])))])])
     }
 
+    /// A request of `api_key` with every field at its default, in the crate's encoding of
+    /// `version`, or in the old layout `legacy` reads for the versions the crate lacks.
+    fn default_body(api_key: ApiKey, version: i16) -> BytesMut {
+        try_default_body(api_key, version).unwrap_or_else(|e| panic!("{api_key:?} v{version}: {e}"))
+    }
+
+    fn try_default_body(api_key: ApiKey, version: i16) -> anyhow::Result<BytesMut> {
+        use kafka_protocol::messages::*;
+        if legacy::is_legacy(api_key, version) {
+            return Ok(legacy::tests::example_body(api_key, version));
+        }
+        macro_rules! body {
+            ($($key:ident => $request:ty),* $(,)?) => {
+                match api_key {
+                    $(ApiKey::$key => {
+                        let mut b = BytesMut::new();
+                        <$request>::default().encode(&mut b, version)?;
+                        Ok(b)
+                    })*
+                    other => panic!("no default request for {other:?}: add it here"),
+                }
+            };
+        }
+        body!(
+            Produce => ProduceRequest,
+            Fetch => FetchRequest,
+            ListOffsets => ListOffsetsRequest,
+            Metadata => MetadataRequest,
+            OffsetCommit => OffsetCommitRequest,
+            OffsetFetch => OffsetFetchRequest,
+            FindCoordinator => FindCoordinatorRequest,
+            JoinGroup => JoinGroupRequest,
+            Heartbeat => HeartbeatRequest,
+            LeaveGroup => LeaveGroupRequest,
+            SyncGroup => SyncGroupRequest,
+            DescribeGroups => DescribeGroupsRequest,
+            ListGroups => ListGroupsRequest,
+            ApiVersions => ApiVersionsRequest,
+            CreateTopics => CreateTopicsRequest,
+            DeleteTopics => DeleteTopicsRequest,
+            InitProducerId => InitProducerIdRequest,
+            DescribeCluster => DescribeClusterRequest,
+            SaslHandshake => SaslHandshakeRequest,
+            SaslAuthenticate => SaslAuthenticateRequest,
+            DescribeUserScramCredentials => DescribeUserScramCredentialsRequest,
+            AlterUserScramCredentials => AlterUserScramCredentialsRequest,
+            CreateAcls => CreateAclsRequest,
+            DescribeAcls => DescribeAclsRequest,
+            DeleteAcls => DeleteAclsRequest,
+        )
+    }
+
+    /// Every (API, version) ApiVersions advertises.
+    fn served() -> Vec<(ApiKey, i16)> {
+        SUPPORTED
+            .iter()
+            .flat_map(|(key, min, max)| (*min..=*max).map(move |v| (*key, v)))
+            .collect()
+    }
+
+    fn framed(api_key: ApiKey, version: i16, body: &[u8]) -> Bytes {
+        let mut buf = BytesMut::new();
+        RequestHeader::default()
+            .with_request_api_key(api_key as i16)
+            .with_request_api_version(version)
+            .with_correlation_id(7)
+            .with_client_id(Some(StrBytes::from_static_str("test")))
+            .encode(&mut buf, api_key.request_header_version(version))
+            .unwrap();
+        buf.put_slice(body);
+        buf.freeze()
+    }
+
+    /// Every advertised version of every API decodes through the listener's decoder into a
+    /// request of that version, and the version past each range does not (it is answered
+    /// with UNSUPPORTED_VERSION where the answer allows, else the connection is closed). The
+    /// handlers' answers are checked over a socket in `tests/it/kafka_versions.rs`.
+    #[test]
+    fn every_advertised_version_decodes() {
+        for (api_key, version) in served() {
+            let frame = framed(api_key, version, &default_body(api_key, version));
+            match decode_request(frame) {
+                Ok(Decoded::Request { version: v, .. }) if v == version => {}
+                other => panic!("{api_key:?} v{version}: {other:?}"),
+            }
+        }
+        for (api_key, _, max) in SUPPORTED {
+            if api_key == ApiKey::ApiVersions || max >= api_key.valid_versions().max {
+                continue;
+            }
+            // Some of the crate's types encode fewer versions than its ApiKey table lists.
+            let Ok(body) = try_default_body(api_key, max + 1) else {
+                continue;
+            };
+            let frame = framed(api_key, max + 1, &body);
+            assert!(
+                matches!(decode_request(frame), Ok(Decoded::Unsupported { .. })),
+                "{api_key:?} v{}",
+                max + 1
+            );
+            if let Some(answer) = unsupported(api_key, max + 1) {
+                answer.encode(&mut BytesMut::new(), max + 1).unwrap();
+            }
+        }
+    }
+
     proptest! {
+        /// Any advertised version of any API, with a byte changed and the tail cut anywhere.
+        #[test]
+        fn damaged_requests_of_every_version_never_panic(
+            which in any::<prop::sample::Index>(),
+            at in any::<prop::sample::Index>(),
+            byte in any::<u8>(),
+            cut in any::<prop::sample::Index>(),
+        ) {
+            let served = served();
+            let (api_key, version) = served[which.index(served.len())];
+            let mut bytes = framed(api_key, version, &default_body(api_key, version)).to_vec();
+            let i = at.index(bytes.len());
+            bytes[i] = byte;
+            bytes.truncate(cut.index(bytes.len() + 1));
+            let _ = decode_request(Bytes::from(bytes));
+        }
+
         #[test]
         fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
             let _ = decode_request(Bytes::from(bytes));

@@ -51,6 +51,10 @@ pub struct LogConfig {
     /// cleaner may drop it, so that consumers see deletions. Default 1 day, as Kafka's
     /// `delete.retention.ms`.
     pub tombstone_retention_ms: u64,
+    /// Bytes at the end of the log (whole segments, so at least this many) whose batch headers
+    /// rebuild the idempotent producers' sequences when the partition opens; see
+    /// `crate::producers`. Default 64 MiB.
+    pub producer_state_scan_bytes: u64,
 }
 
 impl Default for LogConfig {
@@ -66,6 +70,7 @@ impl Default for LogConfig {
             retention_ms: Some(WEEK_MS),
             fsync: FsyncPolicy::IntervalMs(1000),
             tombstone_retention_ms: 24 * 3600 * 1000,
+            producer_state_scan_bytes: 64 << 20,
         }
     }
 }

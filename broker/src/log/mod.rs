@@ -841,6 +841,22 @@ impl LogReader {
         &self.shared.dir
     }
 
+    /// The base offset of the earliest of the last segments that together hold at least
+    /// `bytes` (the log start when the whole log holds less): where a scan of the log's tail
+    /// begins.
+    pub fn tail_start_offset(&self, bytes: u64) -> u64 {
+        let log_start = self.log_start_offset();
+        let segments = self.shared.segments();
+        let mut total = 0u64;
+        for segment in segments.iter().rev() {
+            total = total.saturating_add(segment.size());
+            if total >= bytes {
+                return segment.base_offset.max(log_start);
+            }
+        }
+        log_start
+    }
+
     /// Whole stored batches starting with the one holding `offset`, at most `max_bytes` in all
     /// except that the first batch is returned whole whatever its size.
     pub fn read(&self, offset: u64, max_bytes: usize) -> Result<ReadResult> {

@@ -18,7 +18,7 @@ fn openssl(args: &[&str]) {
 }
 
 /// An EC P-256 key pair: the private key's PEM and the public key's file.
-fn ec_pair(dir: &Path, name: &str) -> (Vec<u8>, PathBuf) {
+pub(crate) fn ec_pair(dir: &Path, name: &str) -> (Vec<u8>, PathBuf) {
     let private = dir.join(format!("{name}.key"));
     let public = dir.join(format!("{name}.pub"));
     let (private_s, public_s) = (private.to_str().unwrap(), public.to_str().unwrap());
@@ -47,7 +47,7 @@ fn token(private: &[u8], scope: &str) -> String {
 }
 
 /// The status line and the whole answer of `GET path`, with `authorization` if given.
-async fn get(addr: &str, path: &str, authorization: Option<&str>) -> (u16, String) {
+pub(crate) async fn get(addr: &str, path: &str, authorization: Option<&str>) -> (u16, String) {
     let mut s = TcpStream::connect(addr).await.unwrap();
     let auth = authorization.map_or(String::new(), |a| format!("Authorization: {a}\r\n"));
     let request = format!("GET {path} HTTP/1.1\r\nHost: strand\r\n{auth}Connection: close\r\n\r\n");

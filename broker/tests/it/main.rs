@@ -2,7 +2,9 @@
 
 mod acl;
 mod broker_process;
+mod cli_verbs;
 mod compaction;
+mod console;
 mod corruption;
 mod crash;
 mod disk_full;
@@ -14,6 +16,7 @@ mod hostile;
 mod http_auth;
 mod internal_topics;
 mod kafka_clients;
+mod kafka_versions;
 mod log_model;
 mod sasl;
 mod secure_clients;

@@ -3,6 +3,9 @@
 //! ```text
 //! seq 1 100000 | strand produce t
 //! strand consume t --from earliest --count 100000
+//! strand produce t -H source=cli --key-separator : --empty-as-null < changes.txt
+//! strand consume t --from @-10m --format json
+//! strand group reset-offsets billing --to @1764700000000
 //! strand --user admin --password-file admin.pw user create alice --password-file alice.pw
 //! strand acl add --allow-principal User:alice --operation Read --topic orders
 //! ```
@@ -12,17 +15,18 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
+use base64::Engine as _;
 use bytes::Bytes;
 use clap::{Parser, Subcommand, ValueEnum};
 use strand_client::consumer::Delivery;
-use strand_client::native::messages::{AclBinding, AclBindingFilter, OffsetEntry};
+use strand_client::native::messages::{AclBinding, AclBindingFilter, OffsetEntry, OffsetQuery};
 use strand_client::native::{Request, ResponseBody, TopicDescription};
 use strand_client::{
     Acks, Client, ClientConfig, ClientTlsConfig, Consumer, ConsumerConfig, GroupConfig,
     GroupConsumer, OffsetReset, Producer, ProducerConfig, ProducerRecord, SaslConfig, StartFrom,
     TopicSettings,
 };
-use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -120,12 +124,26 @@ enum Command {
         #[command(subcommand)]
         command: TopicCommand,
     },
-    /// Produce one record per line of standard input.
+    /// Produce one record per line of standard input (or of --file). Lines are bytes, not
+    /// necessarily UTF-8.
     Produce {
         topic: String,
         /// Split each line at the first SEP into key and value.
         #[arg(long, value_name = "SEP")]
         key_separator: Option<String>,
+        /// A header for every record, KEY=VALUE (repeatable; VALUE may be empty).
+        #[arg(short = 'H', long = "header", value_name = "KEY=VALUE")]
+        headers: Vec<String>,
+        /// Send an empty value as a null one: a tombstone, which compaction uses to delete
+        /// the key (as kcat -Z).
+        #[arg(short = 'Z', long)]
+        empty_as_null: bool,
+        /// Read records from FILE instead of standard input.
+        #[arg(long, value_name = "FILE")]
+        file: Option<PathBuf>,
+        /// The whole input is one record's value, byte for byte (binary-safe; no key).
+        #[arg(long, conflicts_with = "key_separator")]
+        whole: bool,
         #[arg(long, value_enum, default_value_t = AcksArg::Leader)]
         acks: AcksArg,
         /// Send every record to this partition instead of partitioning by key.
@@ -135,10 +153,13 @@ enum Command {
         #[arg(long, default_value_t = 5)]
         linger_ms: u64,
     },
-    /// Print records of a topic, one per line.
+    /// Print records of a topic, one per line. Raw output writes values byte for byte; JSON
+    /// output carries keys, values and headers as text when they are UTF-8 and as base64
+    /// (`value_base64`, ...) when they are not.
     Consume {
         topic: String,
-        /// earliest, latest, or an offset.
+        /// earliest, latest, an offset, or @TIME: the first record at or after TIME, in ms
+        /// since the epoch or relative to now (@-30s, @-10m, @-2h, @-1d).
         #[arg(long, default_value = "earliest")]
         from: String,
         /// Stop after this many records.
@@ -263,10 +284,15 @@ enum GroupCommand {
     Describe {
         group: String,
     },
+    /// Delete a group without members, with its committed offsets.
+    Delete {
+        group: String,
+    },
     /// Move the group's committed offsets (only while the group has no members).
     ResetOffsets {
         group: String,
-        /// earliest, latest, or an offset.
+        /// earliest, latest, an offset, or @TIME (as consume --from): each partition's first
+        /// record at or after TIME.
         #[arg(long)]
         to: String,
         /// The topic to reset (all of it); default: every topic the group has commits for.
@@ -343,10 +369,42 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Produce {
             topic,
             key_separator,
+            headers,
+            empty_as_null,
+            file,
+            whole,
             acks,
             partition,
             linger_ms,
-        } => produce(client, topic, key_separator, acks, partition, linger_ms).await,
+        } => {
+            let headers = headers
+                .iter()
+                .map(|h| match h.split_once('=') {
+                    Some((k, v)) if !k.is_empty() => {
+                        Ok((k.to_string(), Some(Bytes::from(v.to_string()))))
+                    }
+                    _ => bail!("--header must be KEY=VALUE, got {h:?}"),
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let input: Box<dyn AsyncRead + Unpin + Send> = match &file {
+                Some(path) => Box::new(
+                    tokio::fs::File::open(path)
+                        .await
+                        .with_context(|| format!("opening {}", path.display()))?,
+                ),
+                None => Box::new(tokio::io::stdin()),
+            };
+            let options = ProduceOptions {
+                key_separator,
+                headers,
+                empty_as_null,
+                whole,
+                acks,
+                partition,
+                linger_ms,
+            };
+            produce(client, topic, options, input).await
+        }
         Command::Consume {
             topic,
             from,
@@ -721,15 +779,28 @@ fn print_description(topic: &TopicDescription) {
     }
 }
 
-async fn produce(
-    client: Client,
-    topic: String,
+/// What `strand produce` was asked to do.
+struct ProduceOptions {
     key_separator: Option<String>,
+    headers: Vec<(String, Option<Bytes>)>,
+    empty_as_null: bool,
+    whole: bool,
     acks: AcksArg,
     partition: Option<u32>,
     linger_ms: u64,
+}
+
+/// The most a `--whole` input may be: one record, which the broker's batch limit bounds
+/// anyway; reading more would only fill memory.
+const WHOLE_INPUT_BYTES_MAX: u64 = 64 << 20;
+
+async fn produce(
+    client: Client,
+    topic: String,
+    options: ProduceOptions,
+    input: Box<dyn AsyncRead + Unpin + Send>,
 ) -> anyhow::Result<()> {
-    let acks = match acks {
+    let acks = match options.acks {
         AcksArg::None => Acks::None,
         AcksArg::Leader => Acks::Leader,
         AcksArg::Durable => Acks::Durable,
@@ -744,34 +815,64 @@ async fn produce(
         client,
         ProducerConfig {
             acks,
-            linger: std::time::Duration::from_millis(linger_ms),
+            linger: std::time::Duration::from_millis(options.linger_ms),
             ..ProducerConfig::default()
         },
     );
-    let mut lines = BufReader::with_capacity(1 << 20, tokio::io::stdin()).lines();
+    let record = |key: Option<&[u8]>, value: &[u8]| ProducerRecord {
+        topic: topic.clone(),
+        partition: options.partition,
+        key: key.map(Bytes::copy_from_slice),
+        value: if value.is_empty() && options.empty_as_null {
+            None
+        } else {
+            Some(Bytes::copy_from_slice(value))
+        },
+        headers: options.headers.clone(),
+        ..Default::default()
+    };
     let mut deliveries = Vec::new();
     let mut n = 0u64;
-    while let Some(line) = lines.next_line().await.context("reading standard input")? {
-        let (key, value) = match &key_separator {
-            Some(sep) => match line.split_once(sep.as_str()) {
-                Some((k, v)) => (Some(Bytes::from(k.to_string())), v.to_string()),
-                None => (None, line),
-            },
-            None => (None, line),
-        };
-        let record = ProducerRecord {
-            topic: topic.clone(),
-            partition,
-            key,
-            value: Some(Bytes::from(value)),
-            ..Default::default()
-        };
-        deliveries.push(producer.send(record).await?);
+    if options.whole {
+        let mut value = Vec::new();
+        input
+            .take(WHOLE_INPUT_BYTES_MAX + 1)
+            .read_to_end(&mut value)
+            .await
+            .context("reading the input")?;
+        if value.len() as u64 > WHOLE_INPUT_BYTES_MAX {
+            bail!("--whole input is larger than {WHOLE_INPUT_BYTES_MAX} bytes");
+        }
+        deliveries.push(producer.send(record(None, &value)).await?);
         n += 1;
-        // Check delivery reports as we go, so memory stays bounded on long inputs.
-        if deliveries.len() >= 100_000 {
-            for delivery in deliveries.drain(..) {
-                delivery.await?;
+    } else {
+        let mut reader = BufReader::with_capacity(1 << 20, input);
+        let mut line = Vec::new();
+        let separator = options.key_separator.as_deref().map(str::as_bytes);
+        loop {
+            line.clear();
+            if reader
+                .read_until(b'\n', &mut line)
+                .await
+                .context("reading the input")?
+                == 0
+            {
+                break;
+            }
+            if line.last() == Some(&b'\n') {
+                line.pop();
+            }
+            let (key, value) = match separator.and_then(|sep| split_once(&line, sep)) {
+                Some((k, v)) => (Some(k), v),
+                None => (None, &line[..]),
+            };
+            deliveries.push(producer.send(record(key, value)).await?);
+            n += 1;
+            // Check delivery reports as we go, so memory stays bounded on long inputs.
+            if deliveries.len() >= 100_000 {
+                for delivery in deliveries.drain(..) {
+                    delivery.await?;
+                }
             }
         }
     }
@@ -782,6 +883,45 @@ async fn produce(
     producer.close().await?;
     eprintln!("produced {n} records to {topic}");
     Ok(())
+}
+
+/// `line` split at the first `sep`.
+fn split_once<'a>(line: &'a [u8], sep: &[u8]) -> Option<(&'a [u8], &'a [u8])> {
+    if sep.is_empty() {
+        return None;
+    }
+    let at = line.windows(sep.len()).position(|w| w == sep)?;
+    Some((&line[..at], &line[at + sep.len()..]))
+}
+
+/// A time given as `@MS` (ms since the epoch) or `@-N{s,m,h,d}` (that long before now), in
+/// ms since the epoch; `None` when `spec` does not start with `@`.
+fn parse_time(spec: &str) -> anyhow::Result<Option<i64>> {
+    let Some(time) = spec.strip_prefix('@') else {
+        return Ok(None);
+    };
+    let bad = || {
+        anyhow::anyhow!(
+            "{spec:?} is not a time: @MS (ms since the epoch) or @-N followed by s, m, h or d"
+        )
+    };
+    if let Some(ago) = time.strip_prefix('-') {
+        let (n, unit) = ago.split_at(ago.len().saturating_sub(1));
+        let n: i64 = n.parse().map_err(|_| bad())?;
+        let unit_ms = match unit {
+            "s" => 1_000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            "d" => 86_400_000,
+            _ => return Err(bad()),
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .context("the clock is before 1970")?
+            .as_millis() as i64;
+        return Ok(Some(now - n.checked_mul(unit_ms).ok_or_else(bad)?));
+    }
+    time.parse().map(Some).map_err(|_| bad())
 }
 
 fn print_record(
@@ -795,16 +935,41 @@ fn print_record(
             out.write_all(b"\n")
         }
         Format::Json => {
-            let text =
-                |b: &Option<Bytes>| b.as_ref().map(|b| String::from_utf8_lossy(b).into_owned());
-            let line = serde_json::json!({
+            let mut line = serde_json::json!({
+                "topic": record.topic,
                 "partition": record.partition,
                 "offset": record.offset,
                 "timestamp": record.timestamp,
-                "key": text(&record.key),
-                "value": text(&record.value),
             });
+            put_bytes(&mut line, "key", record.key.as_deref());
+            put_bytes(&mut line, "value", record.value.as_deref());
+            let headers: Vec<serde_json::Value> = record
+                .headers
+                .iter()
+                .map(|(k, v)| {
+                    let mut header = serde_json::json!({});
+                    put_bytes(&mut header, "key", Some(k));
+                    put_bytes(&mut header, "value", v.as_deref());
+                    header
+                })
+                .collect();
+            line["headers"] = headers.into();
             writeln!(out, "{line}")
+        }
+    }
+}
+
+/// Sets `name` to the bytes as text when they are UTF-8 (null when absent), and otherwise to
+/// null with `name_base64` holding them: nothing is lost or replaced.
+fn put_bytes(object: &mut serde_json::Value, name: &str, bytes: Option<&[u8]>) {
+    match bytes.map(std::str::from_utf8) {
+        None => object[name] = serde_json::Value::Null,
+        Some(Ok(text)) => object[name] = text.into(),
+        Some(Err(_)) => {
+            object[name] = serde_json::Value::Null;
+            object[format!("{name}_base64")] = base64::engine::general_purpose::STANDARD
+                .encode(bytes.unwrap_or_default())
+                .into();
         }
     }
 }
@@ -903,8 +1068,17 @@ async fn group(client: Client, command: GroupCommand) -> anyhow::Result<()> {
                 );
             }
         }
+        GroupCommand::Delete { group } => {
+            client
+                .admin()
+                .delete_group(&group)
+                .await
+                .with_context(|| format!("deleting group {group}"))?;
+            println!("deleted group {group}");
+        }
         GroupCommand::ResetOffsets { group, to, topic } => {
             let admin = client.admin();
+            let time = parse_time(&to)?;
             let topics: Vec<String> = match topic {
                 Some(topic) => vec![topic],
                 None => {
@@ -925,11 +1099,18 @@ async fn group(client: Client, command: GroupCommand) -> anyhow::Result<()> {
             let mut offsets = Vec::new();
             for topic in topics {
                 for p in admin.describe_topic(&topic).await?.partitions {
-                    let offset = match to.as_str() {
-                        "earliest" => p.log_start_offset,
-                        "latest" => p.high_watermark,
-                        n => n.parse().map_err(|_| {
-                            anyhow::anyhow!("--to must be earliest, latest or an offset, got {n:?}")
+                    let offset = match (time, to.as_str()) {
+                        // No record that new: the end, as Kafka's --to-datetime does.
+                        (Some(ms), _) => admin
+                            .list_offset(&topic, p.partition, OffsetQuery::Timestamp(ms))
+                            .await?
+                            .unwrap_or(p.high_watermark),
+                        (None, "earliest") => p.log_start_offset,
+                        (None, "latest") => p.high_watermark,
+                        (None, n) => n.parse().map_err(|_| {
+                            anyhow::anyhow!(
+                                "--to must be earliest, latest, an offset or @TIME, got {n:?}"
+                            )
                         })?,
                     };
                     offsets.push(OffsetEntry {
@@ -967,12 +1148,13 @@ async fn consume(
     partition: Option<u32>,
     push: bool,
 ) -> anyhow::Result<()> {
-    let start = match from.as_str() {
-        "earliest" => StartFrom::Earliest,
-        "latest" => StartFrom::Latest,
-        offset => match offset.parse() {
+    let start = match (parse_time(&from)?, from.as_str()) {
+        (Some(ms), _) => StartFrom::Timestamp(ms),
+        (None, "earliest") => StartFrom::Earliest,
+        (None, "latest") => StartFrom::Latest,
+        (None, offset) => match offset.parse() {
             Ok(offset) => StartFrom::Offset(offset),
-            Err(_) => bail!("--from must be earliest, latest or an offset, got {offset:?}"),
+            Err(_) => bail!("--from must be earliest, latest, an offset or @TIME, got {offset:?}"),
         },
     };
     let description = client

@@ -55,6 +55,8 @@ pub enum ErrorCode {
     /// The connection's principal may not do this; the message names the operation and the
     /// resource. Nothing was changed.
     AuthorizationFailed = 26,
+    /// The group has members: only an empty group can be deleted. Nothing was changed.
+    GroupNotEmpty = 27,
 }
 
 impl ErrorCode {
@@ -87,6 +89,7 @@ impl ErrorCode {
             24 => UnsupportedSaslMechanism,
             25 => IllegalSaslState,
             26 => AuthorizationFailed,
+            27 => GroupNotEmpty,
             _ => Internal,
         }
     }

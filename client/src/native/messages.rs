@@ -39,10 +39,12 @@ pub enum ApiKey {
     CreateAcls = 23,
     DescribeAcls = 24,
     DeleteAcls = 25,
+    /// Deletes a consumer group without members, with its committed offsets.
+    DeleteGroup = 26,
 }
 
 impl ApiKey {
-    pub const ALL: [ApiKey; 26] = [
+    pub const ALL: [ApiKey; 27] = [
         ApiKey::Handshake,
         ApiKey::CreateTopic,
         ApiKey::DeleteTopic,
@@ -69,6 +71,7 @@ impl ApiKey {
         ApiKey::CreateAcls,
         ApiKey::DescribeAcls,
         ApiKey::DeleteAcls,
+        ApiKey::DeleteGroup,
     ];
 
     /// The request type with this number; the numbers have gaps (see `docs/native-protocol.md`).
@@ -109,6 +112,7 @@ impl ApiKey {
             ApiKey::CreateAcls => "create_acls",
             ApiKey::DescribeAcls => "describe_acls",
             ApiKey::DeleteAcls => "delete_acls",
+            ApiKey::DeleteGroup => "delete_group",
         }
     }
 }
@@ -263,6 +267,10 @@ pub enum Request {
     /// Removes the bindings any of the filters match, and answers with them.
     DeleteAcls {
         filters: Vec<AclBindingFilter>,
+    },
+    /// Deletes a group that has no members, and its commits (durably, before the answer).
+    DeleteGroup {
+        group: String,
     },
 }
 
@@ -513,6 +521,7 @@ impl Request {
             Request::CreateAcls { .. } => ApiKey::CreateAcls,
             Request::DescribeAcls { .. } => ApiKey::DescribeAcls,
             Request::DeleteAcls { .. } => ApiKey::DeleteAcls,
+            Request::DeleteGroup { .. } => ApiKey::DeleteGroup,
         }
     }
 
@@ -670,7 +679,9 @@ impl Request {
                 put_tps(buf, partitions);
             }
             Request::ListGroups => {}
-            Request::DescribeGroup { group } => put_string(buf, group),
+            Request::DescribeGroup { group } | Request::DeleteGroup { group } => {
+                put_string(buf, group)
+            }
             Request::SaslHandshake { mechanism } => put_string(buf, mechanism),
             Request::SaslAuthenticate { token } => put_bytes(buf, token),
             Request::UpsertUser {
@@ -851,6 +862,9 @@ impl Request {
             },
             ApiKey::ListGroups => Request::ListGroups,
             ApiKey::DescribeGroup => Request::DescribeGroup {
+                group: r.string("group")?,
+            },
+            ApiKey::DeleteGroup => Request::DeleteGroup {
                 group: r.string("group")?,
             },
             ApiKey::SaslHandshake => Request::SaslHandshake {
@@ -1161,7 +1175,8 @@ impl Response {
             | ApiKey::Subscribe
             | ApiKey::Unsubscribe
             | ApiKey::AddCredit
-            | ApiKey::CreateAcls => ResponseBody::Empty,
+            | ApiKey::CreateAcls
+            | ApiKey::DeleteGroup => ResponseBody::Empty,
             ApiKey::DescribeAcls | ApiKey::DeleteAcls => {
                 ResponseBody::Acls(get_acls(&mut r, "bindings")?)
             }

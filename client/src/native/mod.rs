@@ -178,6 +178,7 @@ mod tests {
                 .prop_map(|(group, partitions)| Request::OffsetFetch { group, partitions }),
             Just(Request::ListGroups),
             name().prop_map(|group| Request::DescribeGroup { group }),
+            name().prop_map(|group| Request::DeleteGroup { group }),
             name().prop_map(|mechanism| Request::SaslHandshake { mechanism }),
             blob().prop_map(|token| Request::SaslAuthenticate { token }),
             (name(), name(), any::<u32>(), blob(), blob()).prop_map(

@@ -71,21 +71,34 @@ impl Core {
         let mut sagas = Vec::new();
         let mut next_cursor = None;
         let mut partitions = BTreeSet::new();
+        let mut counts = std::collections::BTreeMap::new();
+        for saga in self.sagas.values() {
+            if query.matches_all_but_state(&SagaSummary::from(saga)) {
+                *counts.entry(saga.state.as_str().to_string()).or_insert(0) += 1;
+            }
+        }
         for saga in self
             .sagas
             .range((from, std::ops::Bound::Unbounded))
             .map(|(_, s)| s)
             .filter(|s| query.state.is_none_or(|st| s.state == st))
-            .filter(|s| query.definition.as_ref().is_none_or(|d| &s.definition == d))
         {
+            let summary = SagaSummary::from(saga);
+            if !query.matches_all_but_state(&summary) {
+                continue;
+            }
             if sagas.len() == limit {
                 next_cursor = sagas.last().map(|s: &SagaSummary| s.id.clone());
                 break;
             }
             partitions.insert(self.partition_of(&saga.id));
-            sagas.push(SagaSummary::from(saga));
+            sagas.push(summary);
         }
-        let page = SagaPage { sagas, next_cursor };
+        let page = SagaPage {
+            sagas,
+            next_cursor,
+            counts,
+        };
         // Answered after the last of the partitions it shows is confirmed.
         let waiting: Vec<u32> = partitions
             .into_iter()

@@ -3,6 +3,7 @@
 mod auth;
 mod broker_participants;
 mod consistency;
+mod console;
 mod crash;
 mod http_api;
 mod kafka_journal;
