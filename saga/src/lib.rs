@@ -32,6 +32,7 @@ pub mod engine;
 pub mod handle;
 pub mod http;
 pub mod journal;
+pub mod limits;
 pub mod orchestrator;
 pub mod ownership;
 pub mod participants;

@@ -108,6 +108,7 @@ pub async fn start(
         reply_topics_rx,
         reply_tx,
         shutdown.clone(),
+        participants.output_bytes_max(),
     ));
     let routes = Arc::new(Routes::default());
     tokio::spawn(routes.clone().follow(cluster.clone(), shutdown.clone()));

@@ -2,6 +2,8 @@
 
 mod bridge;
 mod librdkafka;
+mod read_to_end;
 mod secure_bridge;
 mod support;
 mod tls;
+mod topics;

@@ -2,6 +2,7 @@
 
 mod auth;
 mod broker_participants;
+mod chaos;
 mod consistency;
 mod console;
 mod crash;
@@ -9,6 +10,7 @@ mod http_api;
 mod kafka_journal;
 mod locks;
 mod secure;
+mod sizes;
 mod support;
 mod tls;
 mod triggers;
