@@ -32,3 +32,4 @@ pub mod security;
 pub mod server;
 pub mod service;
 pub mod topics;
+pub mod txn;

@@ -24,3 +24,4 @@ mod server;
 mod support;
 mod tls;
 mod topics;
+mod transactions;
