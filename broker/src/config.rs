@@ -119,6 +119,13 @@ pub struct BrokerConfig {
     /// Longest metadata string one committed offset may carry, as Kafka's
     /// `offset.metadata.max.bytes`. Default 4096.
     pub commit_metadata_bytes_max: usize,
+    /// The longest transaction timeout a transactional producer may ask for, as Kafka's
+    /// `transaction.max.timeout.ms`. Default 900,000.
+    pub transaction_timeout_ms_max: u64,
+    /// Transactional ids the transaction coordinator keeps. Default 10,000.
+    pub transactional_ids_max: usize,
+    /// Partitions (and offsets) one transaction may hold. Default 1000.
+    pub partitions_per_transaction_max: usize,
     /// Sealed segments whose files (three descriptors and two mappings each) may be open at
     /// once, across every partition; more are closed, oldest first, and reopened when read.
     /// Active segments are not counted. Default 1000.
@@ -196,6 +203,9 @@ impl Default for BrokerConfig {
             groups_max: 10_000,
             members_per_group_max: 1000,
             commit_metadata_bytes_max: 4096,
+            transaction_timeout_ms_max: 900_000,
+            transactional_ids_max: 10_000,
+            partitions_per_transaction_max: 1000,
             open_sealed_segments_max: crate::log::OPEN_SEALED_SEGMENTS_MAX_DEFAULT,
             listen_protocol: SecurityProtocol::Plaintext,
             kafka_listen_protocol: SecurityProtocol::Plaintext,
@@ -376,6 +386,15 @@ pub struct BrokerArgs {
     /// Longest commit metadata in bytes [default: 4096]
     #[arg(long, env = "STRAND_COMMIT_METADATA_BYTES_MAX", value_name = "BYTES")]
     pub commit_metadata_bytes_max: Option<usize>,
+    /// Longest transaction timeout a producer may ask for [default: 900000]
+    #[arg(long, env = "STRAND_TRANSACTION_TIMEOUT_MS_MAX", value_name = "MS")]
+    pub transaction_timeout_ms_max: Option<u64>,
+    /// Transactional ids at most [default: 10000]
+    #[arg(long, env = "STRAND_TRANSACTIONAL_IDS_MAX", value_name = "N")]
+    pub transactional_ids_max: Option<usize>,
+    /// Partitions (and offsets) of one transaction at most [default: 1000]
+    #[arg(long, env = "STRAND_PARTITIONS_PER_TRANSACTION_MAX", value_name = "N")]
+    pub partitions_per_transaction_max: Option<usize>,
     /// Native listener security: PLAINTEXT or SASL_PLAINTEXT [default: PLAINTEXT]
     #[arg(long, env = "STRAND_LISTEN_PROTOCOL", value_name = "PROTOCOL")]
     pub listen_protocol: Option<SecurityProtocol>,
@@ -505,6 +524,15 @@ pub enum ConfigError {
 }
 
 impl BrokerConfig {
+    /// The transaction coordinator's limits.
+    pub fn txn(&self) -> crate::txn::TxnConfig {
+        crate::txn::TxnConfig {
+            transaction_timeout_ms_max: self.transaction_timeout_ms_max,
+            transactional_ids_max: self.transactional_ids_max,
+            partitions_per_transaction_max: self.partitions_per_transaction_max,
+        }
+    }
+
     /// The listeners of one kind: the configured list, or the single address (`listen`,
     /// `kafka_listen`, `http_listen`) with its protocol (`listen_protocol`,
     /// `kafka_listen_protocol`; HTTP's is PLAINTEXT).
@@ -681,6 +709,15 @@ impl BrokerConfig {
             config.commit_metadata_bytes_max,
             args.commit_metadata_bytes_max
         );
+        set!(
+            config.transaction_timeout_ms_max,
+            args.transaction_timeout_ms_max
+        );
+        set!(config.transactional_ids_max, args.transactional_ids_max);
+        set!(
+            config.partitions_per_transaction_max,
+            args.partitions_per_transaction_max
+        );
         set!(config.listen_protocol, args.listen_protocol);
         set!(config.kafka_listen_protocol, args.kafka_listen_protocol);
         set!(
@@ -731,6 +768,15 @@ impl BrokerConfig {
             ),
             ("partitions_max", self.partitions_max as usize),
             ("groups_max", self.groups_max),
+            (
+                "transaction_timeout_ms_max",
+                self.transaction_timeout_ms_max as usize,
+            ),
+            ("transactional_ids_max", self.transactional_ids_max),
+            (
+                "partitions_per_transaction_max",
+                self.partitions_per_transaction_max,
+            ),
             ("members_per_group_max", self.members_per_group_max),
             ("open_sealed_segments_max", self.open_sealed_segments_max),
             ("acl_bindings_max", self.acl_bindings_max),

@@ -35,3 +35,4 @@ pub mod server;
 pub mod service;
 pub mod telemetry;
 pub mod topics;
+pub mod txn;

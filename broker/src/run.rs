@@ -202,8 +202,9 @@ impl RunningBroker {
                 commit_metadata_bytes_max: config.commit_metadata_bytes_max,
                 ..CoordinatorConfig::default()
             };
+            let txn = config.txn();
             let mut broker = tokio::task::spawn_blocking(move || {
-                Broker::new(topics, metrics, coordinator, wait)
+                Broker::open(topics, metrics, coordinator, txn, wait)
             })
             .await?
             .context("opening the group coordinator")?;

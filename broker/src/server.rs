@@ -1325,7 +1325,9 @@ fn error_response(e: &ServiceError) -> Response {
         ServiceError::Group(GroupError::InvalidSessionTimeout) => ErrorCode::InvalidSessionTimeout,
         ServiceError::UnknownGroup(_) => ErrorCode::UnknownGroup,
         ServiceError::GroupNotEmpty { .. } => ErrorCode::GroupNotEmpty,
-        ServiceError::Sequence(_) | ServiceError::IdempotentBatchCount => ErrorCode::InvalidRequest,
+        ServiceError::Sequence(_) | ServiceError::IdempotentBatchCount | ServiceError::Txn(_) => {
+            ErrorCode::InvalidRequest
+        }
         ServiceError::Group(GroupError::InconsistentGroupProtocol) => {
             ErrorCode::InconsistentGroupProtocol
         }

@@ -16,6 +16,7 @@ use crate::metrics::Metrics;
 use crate::producers::{BatchSequence, SequenceCheck, SequenceError};
 use crate::security::acl::{AclError, Authorizer, Denied};
 use crate::topics::{is_internal_topic, Partition, Topic, TopicConfig, TopicError, Topics};
+use crate::txn::{Transactions, TxnAppendError, TxnConfig};
 
 /// How long a produce waits before it is acknowledged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,6 +58,9 @@ pub enum ServiceError {
     Sequence(#[from] SequenceError),
     #[error("a produce carrying an idempotent batch must carry exactly one batch")]
     IdempotentBatchCount,
+    /// A transactional (or control) batch the partition's transactions do not allow.
+    #[error(transparent)]
+    Txn(#[from] crate::txn::TxnAppendError),
     /// A client asked to write, create or delete a topic only the broker writes.
     #[error("topic {topic:?} is the broker's own: clients may read it but not {operation} it")]
     InternalTopic {
@@ -99,37 +103,63 @@ pub struct Broker {
     /// Decides what each connection's principal may do, for both listeners alike. Disabled
     /// (everything allowed) unless the broker is started with `authorizer_enabled`.
     pub authorizer: Arc<Authorizer>,
+    /// The transaction coordinator (transactional ids, markers, timeouts).
+    pub txns: Arc<Transactions>,
 }
 
 impl Broker {
-    /// Opens the group coordinator over `topics` (restoring committed offsets).
+    /// Opens the group coordinator over `topics` (restoring committed offsets) and the
+    /// transaction coordinator with its default limits.
     pub fn new(
         topics: Arc<Topics>,
         metrics: Arc<Metrics>,
         coordinator: CoordinatorConfig,
         fetch_wait_max: Duration,
     ) -> Result<Broker, TopicError> {
+        Broker::open(
+            topics,
+            metrics,
+            coordinator,
+            TxnConfig::default(),
+            fetch_wait_max,
+        )
+    }
+
+    /// [`Broker::new`] with the transaction coordinator's limits.
+    pub fn open(
+        topics: Arc<Topics>,
+        metrics: Arc<Metrics>,
+        coordinator: CoordinatorConfig,
+        txn: TxnConfig,
+        fetch_wait_max: Duration,
+    ) -> Result<Broker, TopicError> {
         let groups = Arc::new(Groups::open(topics.clone(), coordinator)?);
+        let txns = Arc::new(Transactions::open(topics.clone(), groups.clone(), txn)?);
         Ok(Broker {
             topics,
             metrics,
             groups,
             fetch_wait_max,
             authorizer: Arc::new(Authorizer::disabled()),
+            txns,
         })
     }
 
-    /// Advances the group coordinator's clock (session timeouts, rebalance deadlines) until
+    /// Advances the group coordinator's clock (session timeouts, rebalance deadlines) and the
+    /// transaction coordinator's (timeouts, completing what a crash left prepared) until
     /// shutdown.
     pub fn spawn_group_ticker(
         &self,
         shutdown: tokio::sync::watch::Receiver<bool>,
     ) -> tokio::task::JoinHandle<()> {
-        tokio::spawn(
-            self.groups
-                .clone()
-                .run_ticker(Duration::from_millis(100), shutdown),
-        )
+        let groups = self
+            .groups
+            .clone()
+            .run_ticker(Duration::from_millis(100), shutdown.clone());
+        let txns = self.txns.clone().run(Duration::from_millis(100), shutdown);
+        tokio::spawn(async move {
+            tokio::join!(groups, txns);
+        })
     }
 
     fn partition(&self, topic: &str, partition: u32) -> Result<Arc<Partition>, ServiceError> {
@@ -194,9 +224,14 @@ impl Broker {
         let mut n_records = 0u64;
         let mut n_batches = 0usize;
         let mut sequence = None;
+        let mut transactional = false;
         for (h, _) in Batches::new(batches) {
             n_records += h.record_count.max(0) as u64;
             n_batches += 1;
+            if h.is_control() {
+                return Err(TxnAppendError::ControlBatch.into());
+            }
+            transactional |= h.is_transactional();
             if h.producer_id >= 0 && h.base_sequence >= 0 {
                 sequence = Some(BatchSequence {
                     producer_id: h.producer_id,
@@ -207,6 +242,7 @@ impl Broker {
             }
         }
         let info = match sequence {
+            None if transactional => return Err(TxnAppendError::NotIdempotent.into()),
             None => target
                 .writer()
                 .append_all(batches)
@@ -215,6 +251,13 @@ impl Broker {
             Some(sequence) => {
                 let mut log = target.writer();
                 let mut producers = target.producers();
+                // A transactional batch only from the producer of a transaction open here
+                // (checked, and its first offset noted, under the writer lock, so a reader
+                // never sees it below the last stable offset).
+                let mut txns = transactional.then(|| target.txns.lock());
+                if let Some(txns) = &txns {
+                    txns.check_append(sequence.producer_id, sequence.epoch)?;
+                }
                 match producers.check(&sequence)? {
                     SequenceCheck::Duplicate {
                         base_offset,
@@ -227,9 +270,19 @@ impl Broker {
                         })
                     }
                     SequenceCheck::Append => {
-                        let info = log
-                            .append_all(batches)
-                            .inspect_err(|e| self.metrics.count_storage_error("append", e))?;
+                        let first = txns.as_mut().is_some_and(|t| {
+                            t.appending(sequence.producer_id, log.high_watermark())
+                        });
+                        let info = match log.append_all(batches) {
+                            Ok(info) => info,
+                            Err(e) => {
+                                self.metrics.count_storage_error("append", &e);
+                                if let (true, Some(t)) = (first, txns.as_mut()) {
+                                    t.append_failed(sequence.producer_id);
+                                }
+                                return Err(e.into());
+                            }
+                        };
                         producers.record(&sequence, info.base_offset, info.last_offset);
                         info
                     }

@@ -196,6 +196,8 @@ pub struct Partition {
     cleaner: LogCleaner,
     tombstone_retention_ms: u64,
     producers: Mutex<ProducerTable>,
+    /// Open and aborted transactions on this partition (see `crate::txn::partition`).
+    pub txns: crate::txn::PartitionTxnState,
 }
 
 impl Partition {
@@ -643,6 +645,7 @@ fn open_partition(
             cleaner,
             tombstone_retention_ms,
             producers: Mutex::new(producers),
+            txns: Default::default(),
         }),
         report,
     ))

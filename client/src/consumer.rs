@@ -203,6 +203,25 @@ impl Consumer {
         &self.positions
     }
 
+    /// Per partition, the offset this consumer has read up to: the next record it yields, or,
+    /// with nothing buffered, the next offset it fetches. Unlike [`Consumer::positions`] it moves
+    /// past offsets that hold no record (compacted away, transaction markers), so a reader can
+    /// tell it reached a high watermark whose last offsets are gone.
+    pub fn read_positions(&self) -> Vec<(u32, u64)> {
+        self.positions
+            .iter()
+            .zip(&self.fetch_offsets)
+            .map(|(&(partition, _), &fetch)| {
+                let buffered = self
+                    .buffer
+                    .iter()
+                    .find(|r| r.partition == partition)
+                    .map(|r| r.offset);
+                (partition, buffered.unwrap_or(fetch))
+            })
+            .collect()
+    }
+
     fn start_fetch(&mut self, idx: usize) {
         let (partition, _) = self.positions[idx];
         let offset = self.fetch_offsets[idx];
@@ -238,8 +257,21 @@ impl Consumer {
                         return Err(ClientError::Invalid("no partitions to consume".into()));
                     };
                     let outcome = match result {
-                        Ok(ResponseBody::Fetched { records, .. }) => {
-                            self.take_batches(idx, records)
+                        Ok(ResponseBody::Fetched {
+                            records,
+                            high_watermark,
+                            ..
+                        }) => {
+                            if records.is_empty() {
+                                // The broker answers the whole first batch at or after the
+                                // offset: nothing below its high watermark means that range
+                                // holds no records any more (a compacted or expired tail).
+                                let at = &mut self.fetch_offsets[idx];
+                                *at = (*at).max(high_watermark);
+                                Ok(())
+                            } else {
+                                self.take_batches(idx, records)
+                            }
                         }
                         Ok(other) => Err(ClientError::Invalid(format!(
                             "unexpected answer: {other:?}"

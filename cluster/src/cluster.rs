@@ -4,7 +4,7 @@
 //! counts and watermarks, topic creation, durable sends, reading from positions, reading to the
 //! current end, and consumer-group members.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
@@ -28,6 +28,13 @@ use strand_client::{
 
 /// How long a Kafka metadata or admin request may take.
 const KAFKA_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long [`Cluster::read_to_end`] keeps trying to reach the end before it fails.
+pub const READ_TO_END_LIMIT: Duration = Duration::from_secs(120);
+/// How often a read to the end checks its reader's positions while no record comes.
+const READ_POLL: Duration = Duration::from_millis(200);
+const READ_BACKOFF_MIN: Duration = Duration::from_millis(100);
+const READ_BACKOFF_MAX: Duration = Duration::from_secs(2);
 
 /// How to reach a cluster.
 #[derive(Debug, Clone, Deserialize)]
@@ -134,6 +141,18 @@ pub enum SideError {
     UnknownTopic(String),
     #[error("checkpoint record of {0:?} is not valid: {1}")]
     BadCheckpoint(String, String),
+    /// A read to the end did not reach it in time: per partition, the end taken at the start
+    /// and the offset reached.
+    #[error(
+        "topic {topic:?}: reading to the end did not finish within {waited:?}: \
+         partition ends {ends:?}, reached {reached:?} (is the cluster reachable?)"
+    )]
+    ReadIncomplete {
+        topic: String,
+        waited: Duration,
+        ends: BTreeMap<u32, u64>,
+        reached: BTreeMap<u32, u64>,
+    },
 }
 
 /// A record read from, or on its way to, a cluster.
@@ -373,12 +392,27 @@ impl Cluster {
         }
     }
 
-    /// Creates a topic unless it exists.
+    /// Creates a topic unless it exists; on a Kafka cluster with the cluster's
+    /// `default.replication.factor`.
     pub async fn ensure_topic(
         &self,
         topic: &str,
         partitions: u32,
         kind: TopicKind,
+    ) -> Result<(), SideError> {
+        self.ensure_topic_replicated(topic, partitions, kind, None)
+            .await
+    }
+
+    /// As [`Cluster::ensure_topic`], with `replication` copies of each partition on a Kafka
+    /// cluster (`None`: the cluster's default, sent as -1). A Strand broker is one node: it
+    /// keeps one copy whatever is asked. An existing topic is left as it is.
+    pub async fn ensure_topic_replicated(
+        &self,
+        topic: &str,
+        partitions: u32,
+        kind: TopicKind,
+        replication: Option<u16>,
     ) -> Result<(), SideError> {
         let compact = kind == TopicKind::Compacted;
         let keep = kind != TopicKind::Plain;
@@ -400,7 +434,9 @@ impl Cluster {
                 }
             }
             Cluster::Kafka { admin, .. } => {
-                let mut new = NewTopic::new(topic, partitions as i32, TopicReplication::Fixed(1));
+                let factor = replication.map_or(-1, i32::from);
+                let mut new =
+                    NewTopic::new(topic, partitions as i32, TopicReplication::Fixed(factor));
                 if compact {
                     new = new.set("cleanup.policy", "compact");
                 } else if keep {
@@ -571,6 +607,17 @@ impl Cluster {
 
     /// Reads the given partitions of `topic` from the given offsets on.
     pub async fn reader_at(&self, topic: &str, at: Vec<(u32, u64)>) -> Result<Reader, SideError> {
+        self.open_reader(topic, at, false).await
+    }
+
+    /// A reader; `eof`: a Kafka reader reports reaching a partition's end as
+    /// `KafkaError::PartitionEOF`.
+    async fn open_reader(
+        &self,
+        topic: &str,
+        at: Vec<(u32, u64)>,
+        eof: bool,
+    ) -> Result<Reader, SideError> {
         match self {
             Cluster::Strand { client, .. } => {
                 let config = ConsumerConfig {
@@ -588,7 +635,8 @@ impl Cluster {
                 let mut c = config.clone();
                 c.set("group.id", "strand-reader")
                     .set("enable.auto.commit", "false")
-                    .set("fetch.wait.max.ms", "100");
+                    .set("fetch.wait.max.ms", "100")
+                    .set("enable.partition.eof", eof.to_string());
                 let consumer: StreamConsumer = c.create().map_err(|e| self.kafka_error(e))?;
                 let mut tpl = TopicPartitionList::new();
                 for (p, o) in at {
@@ -602,14 +650,42 @@ impl Cluster {
     }
 
     /// Reads the given partitions of `topic`, each from its offset (or its log start, if later)
-    /// to its high watermark as of now, in order per partition.
+    /// to its high watermark as of now, in order per partition, within
+    /// [`READ_TO_END_LIMIT`]. See [`Cluster::read_to_end_within`].
     pub async fn read_to_end(
         &self,
         topic: &str,
         from: &[(u32, u64)],
     ) -> Result<Vec<MirroredRecord>, SideError> {
-        let marks = self.watermarks(topic).await?;
-        let mut ends = HashMap::new();
+        self.read_to_end_within(topic, from, READ_TO_END_LIMIT)
+            .await
+    }
+
+    /// As [`Cluster::read_to_end`], giving up after `limit`. The end of a partition is its
+    /// high watermark taken when the read begins, and a partition is done when the reader's
+    /// position (the next offset it yields or fetches, which moves past offsets compaction or
+    /// transaction markers left empty) reaches it: never on a quiet spell, so a broker
+    /// restart or leader election during the read delays it instead of cutting it short.
+    /// Errors while reading are retried with a backoff (doubling from 100 ms to 2 s); if the
+    /// read is not done after `limit`, it fails with [`SideError::ReadIncomplete`] rather than
+    /// return less than was there.
+    pub async fn read_to_end_within(
+        &self,
+        topic: &str,
+        from: &[(u32, u64)],
+        limit: Duration,
+    ) -> Result<Vec<MirroredRecord>, SideError> {
+        let started = tokio::time::Instant::now();
+        let deadline = started + limit;
+        let mut backoff = READ_BACKOFF_MIN;
+        let marks = loop {
+            match self.watermarks(topic).await {
+                Ok(marks) => break marks,
+                Err(e @ SideError::UnknownTopic(_)) => return Err(e),
+                Err(e) => self.read_retry(topic, e, deadline, &mut backoff).await?,
+            }
+        };
+        let mut ends = BTreeMap::new();
         let mut at = Vec::new();
         for &(p, offset) in from {
             let Some(&(low, high)) = marks.get(p as usize) else {
@@ -625,32 +701,82 @@ impl Cluster {
         if at.is_empty() {
             return Ok(out);
         }
-        let mut reader = self.reader_at(topic, at).await?;
-        while !ends.is_empty() {
-            // The last offsets may be gone (compaction, transaction markers): a quiet spell
-            // means the end.
-            let Ok(record) = tokio::time::timeout(Duration::from_secs(2), reader.next()).await
-            else {
-                tracing::warn!(
-                    cluster = self.name(),
-                    topic,
-                    partitions = ?ends.keys().collect::<Vec<_>>(),
-                    "stopped short of the high watermark"
-                );
-                break;
-            };
-            let record = record?;
-            let Some(&end) = ends.get(&record.partition) else {
-                continue; // read past the end of its partition: later reads get it
-            };
-            if record.offset + 1 >= end {
-                ends.remove(&record.partition);
+        let mut reader = loop {
+            match self.open_reader(topic, at.clone(), true).await {
+                Ok(reader) => break reader,
+                Err(e) => self.read_retry(topic, e, deadline, &mut backoff).await?,
             }
-            if record.offset < end {
-                out.push(record);
+        };
+        let mut reached = BTreeMap::new();
+        while !ends.is_empty() {
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Err(SideError::ReadIncomplete {
+                    topic: topic.to_string(),
+                    waited: now - started,
+                    ends: ends.clone(),
+                    reached,
+                });
+            }
+            let poll = READ_POLL.min(deadline - now);
+            match tokio::time::timeout(poll, reader.next()).await {
+                Err(_) => {} // quiet: the positions below tell whether the end is reached
+                Ok(Ok(record)) => {
+                    backoff = READ_BACKOFF_MIN;
+                    if let Some(&end) = ends.get(&record.partition) {
+                        if record.offset < end {
+                            reached.insert(record.partition, record.offset + 1);
+                            out.push(record);
+                        }
+                    }
+                }
+                Ok(Err(SideError::Kafka {
+                    source: KafkaError::PartitionEOF(p),
+                    ..
+                })) => {
+                    // librdkafka's fetcher reached the broker's high watermark, which is at
+                    // least the one taken at the start; every record before it was delivered.
+                    if let Some(end) = ends.remove(&(p as u32)) {
+                        reached.insert(p as u32, end);
+                    }
+                }
+                Ok(Err(e)) => self.read_retry(topic, e, deadline, &mut backoff).await?,
+            }
+            for (p, position) in reader.read_positions() {
+                if let Some(&end) = ends.get(&p) {
+                    if position >= end {
+                        ends.remove(&p);
+                    }
+                    let r = reached.entry(p).or_insert(0);
+                    *r = (*r).max(position.min(end));
+                }
             }
         }
         Ok(out)
+    }
+
+    /// Logs a failed step of [`Cluster::read_to_end_within`] and waits out the backoff, or
+    /// returns the error when the deadline leaves no time for another try.
+    async fn read_retry(
+        &self,
+        topic: &str,
+        error: SideError,
+        deadline: tokio::time::Instant,
+        backoff: &mut Duration,
+    ) -> Result<(), SideError> {
+        if tokio::time::Instant::now() + *backoff >= deadline {
+            return Err(error);
+        }
+        tracing::warn!(
+            cluster = self.name(),
+            topic,
+            %error,
+            retry_in = ?*backoff,
+            "reading to the end: retrying"
+        );
+        tokio::time::sleep(*backoff).await;
+        *backoff = (*backoff * 2).min(READ_BACKOFF_MAX);
+        Ok(())
     }
 
     /// Joins a consumer group.
@@ -721,6 +847,26 @@ impl Reader {
         match self {
             Reader::Strand(consumer, cluster) => from_strand(consumer.next().await, cluster),
             Reader::Kafka(consumer, cluster) => next_kafka(consumer, cluster).await,
+        }
+    }
+
+    /// Per partition, the offset read up to (see [`Consumer::read_positions`]; for Kafka,
+    /// librdkafka's position, the offset after the last record returned).
+    pub fn read_positions(&self) -> Vec<(u32, u64)> {
+        match self {
+            Reader::Strand(consumer, _) => consumer.read_positions(),
+            Reader::Kafka(consumer, _) => consumer
+                .position()
+                .map(|list| {
+                    list.elements()
+                        .iter()
+                        .filter_map(|e| match e.offset() {
+                            Offset::Offset(o) if o >= 0 => Some((e.partition() as u32, o as u64)),
+                            _ => None,
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
         }
     }
 }

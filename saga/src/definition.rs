@@ -20,6 +20,27 @@ pub const STEPS_MAX: usize = 64;
 /// Most attempts of one action or compensation.
 pub const ATTEMPTS_MAX: u32 = 100;
 
+/// Whether `topic` is internal: the orchestrator's own (`__saga_journal`, `__saga_snapshots`,
+/// ...), a broker's (`__consumer_offsets`, `__transaction_state`) or any other `__`-prefixed
+/// topic. A definition may not command, reply on, publish to or trigger from one: a record a
+/// saga put there could be read back as a journal entry or group offset.
+pub fn is_internal_topic(topic: &str) -> bool {
+    topic.starts_with("__")
+}
+
+/// A field error for `topic` at `path` if it is internal.
+fn check_topic(topic: &str, path: &str, err: &mut impl FnMut(String, String)) {
+    if is_internal_topic(topic) {
+        err(
+            path.to_string(),
+            format!(
+                "{topic:?} is an internal topic (every \"__\"-prefixed topic is: the saga journal, \
+                 snapshots and definitions, consumer offsets); sagas may not use it"
+            ),
+        );
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum StepKind {
@@ -373,6 +394,7 @@ pub fn validate(spec: &DefinitionSpec) -> Result<(), Vec<FieldError>> {
         if t.topic.is_empty() {
             err("trigger.topic".into(), "must not be empty".into());
         }
+        check_topic(&t.topic, "trigger.topic", &mut err);
         if t.group.is_empty() {
             err("trigger.group".into(), "must not be empty".into());
         }
@@ -393,6 +415,9 @@ pub fn validate(spec: &DefinitionSpec) -> Result<(), Vec<FieldError>> {
     }
     if spec.outcome_topic.as_deref() == Some("") {
         err("outcome_topic".into(), "must not be empty".into());
+    }
+    if let Some(topic) = &spec.outcome_topic {
+        check_topic(topic, "outcome_topic", &mut err);
     }
     if errors.is_empty() {
         Ok(())
@@ -507,6 +532,7 @@ fn check_participant(
                 if value.is_empty() {
                     err(format!("{path}.{field}"), "must not be empty".into());
                 }
+                check_topic(value, &format!("{path}.{field}"), err);
             }
             body
         }
@@ -517,6 +543,17 @@ fn check_participant(
         });
     }
     for (at, source) in templates {
+        if source.len() > template::TEMPLATE_BYTES_MAX {
+            err(
+                at,
+                format!(
+                    "{} bytes: a template is at most {} bytes",
+                    source.len(),
+                    template::TEMPLATE_BYTES_MAX
+                ),
+            );
+            continue;
+        }
         match template::references(source) {
             Err(e) => err(at, format!("bad template: {e}")),
             Ok(refs) => {
@@ -577,6 +614,55 @@ mod tests {
             {"name": "notify", "kind": "retriable", "action": {"type": "broker", "topic": "mail", "reply_topic": "mail-replies"}}
         ]));
         assert_eq!(validate(&s), Ok(()));
+    }
+
+    #[test]
+    fn internal_topics_are_refused_wherever_a_topic_is_named() {
+        let broker = |topic: &str, reply: &str| json!({"type": "broker", "topic": topic, "reply_topic": reply});
+        let mut s = spec(json!([
+            {"name": "a", "action": broker("__saga_journal", "ok"), "compensation": broker("ok", "__consumer_offsets")},
+            {"name": "b", "action": broker("orders", "order-replies"), "compensation": broker("__x", "__saga_snapshots")}
+        ]));
+        s.outcome_topic = Some("__saga_journal".into());
+        s.trigger = Some(TriggerSpec {
+            topic: "__transaction_state".into(),
+            group: "g".into(),
+            idempotency_field: None,
+        });
+        let errors = validate(&s).unwrap_err();
+        let at: Vec<&str> = errors.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(
+            at,
+            vec![
+                "steps[0].action.topic",
+                "steps[0].compensation.reply_topic",
+                "steps[1].compensation.topic",
+                "steps[1].compensation.reply_topic",
+                "trigger.topic",
+                "outcome_topic",
+            ]
+        );
+        assert!(errors[0].reason.contains("internal topic"), "{errors:?}");
+        // One underscore is an ordinary name.
+        s.steps.truncate(1);
+        s.steps[0].action = serde_json::from_value(broker("_private", "replies")).unwrap();
+        s.steps[0].compensation = Some(serde_json::from_value(broker("a", "b")).unwrap());
+        s.outcome_topic = Some("_outcomes".into());
+        s.trigger = None;
+        assert_eq!(validate(&s), Ok(()));
+    }
+
+    #[test]
+    fn an_oversized_template_is_a_field_error() {
+        let big = format!(
+            "{{{{ input.x }}}}{}",
+            "y".repeat(template::TEMPLATE_BYTES_MAX)
+        );
+        let s = spec(json!([
+            {"name": "a", "action": {"type": "http", "url": "http://x/a", "body": {"note": big}},
+             "compensation": http("http://x/b")}
+        ]));
+        assert_eq!(paths(&s), vec!["steps[0].action.body.note"]);
     }
 
     #[test]

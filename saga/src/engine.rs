@@ -332,8 +332,11 @@ pub struct Saga {
     /// Whether the outcome of a finished saga reached its outcome topic.
     #[serde(default)]
     pub outcome_published: bool,
-    /// Every transition, oldest first.
+    /// The latest transitions (at most [`HISTORY_KEPT`]), oldest first.
     pub history: Vec<Entry>,
+    /// Older transitions left out of `history` (they stay in the journal).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub history_dropped: u64,
     #[serde(skip)]
     #[schema(ignore)]
     def: Option<Arc<Definition>>,
@@ -344,6 +347,9 @@ impl PartialEq for Saga {
         serde_json::to_value(self).ok() == serde_json::to_value(other).ok()
     }
 }
+
+/// Transitions a saga keeps in `history`.
+pub const HISTORY_KEPT: usize = 1_000;
 
 fn is_zero(n: &u64) -> bool {
     *n == 0
@@ -377,6 +383,7 @@ impl Saga {
             error: None,
             outcome_published: false,
             history: Vec::new(),
+            history_dropped: 0,
             def: Some(definition),
         }
     }
@@ -962,6 +969,13 @@ impl Saga {
             }
         }
         self.history.push(entry.clone());
+        // The journal keeps every transition; the saga (and its snapshot) the latest ones, so
+        // a saga retried for months stays a bounded record.
+        if self.history.len() > HISTORY_KEPT {
+            let drop = self.history.len() - HISTORY_KEPT;
+            self.history.drain(..drop);
+            self.history_dropped += drop as u64;
+        }
     }
 
     /// The earliest time something is due (a timeout, a retry, the deadline).

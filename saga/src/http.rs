@@ -4,7 +4,7 @@
 //! Every error is a JSON body `{"error": "...", "details": [...]}`: 400 for a body that is not
 //! the expected JSON, 404 for unknown names and ids, 409 for conflicts (an idempotency key
 //! reused with another request, an abort or retry in the wrong state), 413 for an oversized
-//! body, 422 for an invalid definition (one detail per problem, with its JSON path, also when
+//! body, input or definition (see [`crate::limits`]), 422 for an invalid definition (one detail per problem, with its JSON path, also when
 //! the JSON has the wrong shape), 503 when
 //! the orchestrator is overloaded or stopped, or when the saga's journal partition is moving
 //! between instances.
@@ -43,6 +43,7 @@ use crate::breaker::Breaker;
 use crate::definition::{Definition, DefinitionSpec, FieldError};
 use crate::engine::{Saga, SagaState};
 use crate::handle::Handle;
+use crate::limits::{OverLimit, SizeLimits};
 
 /// Reading definitions, sagas and circuit breakers.
 pub const SCOPE_READ: &str = "saga:read";
@@ -61,6 +62,8 @@ pub struct HttpConfig {
     pub request_timeout: Duration,
     /// Bearer-token verification; `None` leaves the API open (the default, for loopback).
     pub auth: Option<Arc<Verifier>>,
+    /// Sizes of inputs, idempotency keys and definitions (413 or 400 past them).
+    pub limits: SizeLimits,
 }
 
 impl Default for HttpConfig {
@@ -70,6 +73,7 @@ impl Default for HttpConfig {
             requests_in_flight_max: 1024,
             request_timeout: Duration::from_secs(30),
             auth: None,
+            limits: SizeLimits::default(),
         }
     }
 }
@@ -110,6 +114,13 @@ impl From<ApiError> for AppError {
                 },
             ),
         }
+    }
+}
+
+impl From<OverLimit> for AppError {
+    fn from(e: OverLimit) -> AppError {
+        let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::BAD_REQUEST);
+        AppError::new(status, e.message)
     }
 }
 
@@ -298,6 +309,7 @@ pub fn router(handle: Handle, config: &HttpConfig) -> Router {
         .layer(tower_http::limit::RequestBodyLimitLayer::new(
             config.body_bytes_max,
         ))
+        .layer(axum::Extension(config.limits))
 }
 
 /// A server span per API request (not for `/health`, `/metrics` and the console's pages),
@@ -397,15 +409,18 @@ async fn health(State(handle): State<Handle>) -> Json<serde_json::Value> {
     responses(
         (status = 201, description = "the new version", body = Definition),
         (status = 400, description = "not JSON", body = ErrorBody),
+        (status = 413, description = "larger than the definition size limit", body = ErrorBody),
         (status = 422, description = "invalid, with every problem and its path", body = ErrorBody),
     )
 )]
 async fn put_definition(
     State(handle): State<Handle>,
+    axum::Extension(limits): axum::Extension<SizeLimits>,
     headers: HeaderMap,
     Path(name): Path<String>,
     body: Bytes,
 ) -> Result<Response, AppError> {
+    limits.check_definition(body.len())?;
     let spec = definition_body(&body)?;
     let result = handle.put_definition(name.clone(), spec).await;
     let result = result.map(|def| (StatusCode::CREATED, def));
@@ -496,16 +511,20 @@ async fn list_definition_versions(
     responses(
         (status = 201, description = "started (journaled)", body = Saga),
         (status = 200, description = "started before with this idempotency key", body = Saga),
+        (status = 400, description = "not the expected JSON, or an idempotency key over its limit", body = ErrorBody),
         (status = 404, description = "unknown definition", body = ErrorBody),
         (status = 409, description = "idempotency key used by another request", body = ErrorBody),
+        (status = 413, description = "the input is over its limit", body = ErrorBody),
     )
 )]
 async fn start_saga(
     State(handle): State<Handle>,
+    axum::Extension(limits): axum::Extension<SizeLimits>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, AppError> {
     let request: StartRequest = json_body(&body)?;
+    limits.check_start(&request)?;
     // The saga's trace continues this request's span (or, untraced, the caller's own).
     let traceparent =
         strand_broker::telemetry::traceparent(&tracing::Span::current()).or_else(|| {

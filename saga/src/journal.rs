@@ -55,13 +55,26 @@ impl Journal {
     /// Creates the internal topics when missing (`partitions` journal partitions; an existing
     /// journal keeps its count).
     pub async fn open(cluster: Arc<Cluster>, partitions: u32) -> Result<Journal, JournalError> {
+        Journal::open_replicated(cluster, partitions, None).await
+    }
+
+    /// As [`Journal::open`], creating the internal topics on a Kafka cluster with
+    /// `replication` copies of each partition (`None`: the cluster's default replication
+    /// factor; a Strand broker keeps one copy whatever is asked).
+    pub async fn open_replicated(
+        cluster: Arc<Cluster>,
+        partitions: u32,
+        replication: Option<u16>,
+    ) -> Result<Journal, JournalError> {
         for (topic, n, kind) in [
             (JOURNAL_TOPIC, partitions, TopicKind::Kept),
             (SNAPSHOT_TOPIC, partitions, TopicKind::Compacted),
             (DEFINITION_TOPIC, 1, TopicKind::Compacted),
             (INSTANCES_TOPIC, 1, TopicKind::Compacted),
         ] {
-            cluster.ensure_topic(topic, n, kind).await?;
+            cluster
+                .ensure_topic_replicated(topic, n, kind, replication)
+                .await?;
         }
         let partitions = cluster.partitions(JOURNAL_TOPIC).await?;
         let snapshots = cluster.partitions(SNAPSHOT_TOPIC).await?;

@@ -34,6 +34,7 @@ pub mod engine;
 pub mod handle;
 pub mod http;
 pub mod journal;
+pub mod limits;
 pub mod metrics;
 pub mod observe;
 pub mod orchestrator;

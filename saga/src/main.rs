@@ -24,6 +24,7 @@ use strand_cluster::{properties, Cluster, ClusterConfig};
 use strand_saga::breaker::BreakerConfig;
 use strand_saga::http::{self, HttpConfig};
 use strand_saga::journal::Journal;
+use strand_saga::limits::SizeLimits;
 use strand_saga::orchestrator::{self, OrchestratorConfig};
 use strand_saga::ownership;
 use strand_saga::participants::{AllowedHosts, ParticipantTls, ParticipantsConfig};
@@ -139,6 +140,36 @@ struct Args {
     /// Largest request body, in bytes [default: 1048576]
     #[arg(long, env = "STRAND_SAGA_BODY_BYTES_MAX", default_value_t = 1 << 20)]
     body_bytes_max: usize,
+    /// Largest saga input (compact JSON), in bytes; a larger one is a 413 [default: 262144]
+    #[arg(long, env = "STRAND_SAGA_INPUT_BYTES_MAX", default_value_t = 256 * 1024)]
+    saga_input_bytes_max: usize,
+    /// Longest idempotency key, in bytes; a longer one is a 400 [default: 512]
+    #[arg(
+        long,
+        env = "STRAND_SAGA_IDEMPOTENCY_KEY_BYTES_MAX",
+        default_value_t = 512
+    )]
+    idempotency_key_bytes_max: usize,
+    /// Largest definition (PUT body), in bytes; a larger one is a 413 [default: 262144]
+    #[arg(long, env = "STRAND_SAGA_DEFINITION_BYTES_MAX", default_value_t = 256 * 1024)]
+    definition_bytes_max: usize,
+    /// Largest participant answer (compact JSON), in bytes; a larger one fails its step
+    /// permanently [default: 262144]
+    #[arg(
+        long,
+        env = "STRAND_SAGA_PARTICIPANT_OUTPUT_BYTES_MAX",
+        default_value_t = 256 * 1024
+    )]
+    participant_output_bytes_max: usize,
+    /// The broker's limit on one journal record (Kafka's max.message.bytes, a Strand broker's
+    /// batch limit); the size limits above must fit in it, or strand-saga does not start
+    /// [default: 1048576]
+    #[arg(long, env = "STRAND_SAGA_JOURNAL_RECORD_BYTES_MAX", default_value_t = 1 << 20)]
+    journal_record_bytes_max: usize,
+    /// Copies of each internal topic's partitions when they are created on a Kafka cluster
+    /// (ignored by a Strand broker) [default: the cluster's default.replication.factor]
+    #[arg(long, env = "STRAND_SAGA_JOURNAL_REPLICATION_FACTOR", value_name = "N")]
+    journal_replication_factor: Option<u16>,
     /// The `iss` bearer tokens on the API must carry; with --jwt-audience and keys, every route
     /// but /health and /openapi.json needs a token [default: the API is open]
     #[arg(long, env = "STRAND_SAGA_JWT_ISSUER", value_name = "ISSUER")]
@@ -229,6 +260,9 @@ struct Settings {
     /// Bearer-token verification of the API, when configured.
     auth: Option<Arc<Verifier>>,
     participants: ParticipantsConfig,
+    limits: SizeLimits,
+    /// The journal's record limit (the flag, or the embedded broker's batch limit if smaller).
+    record_bytes_max: usize,
 }
 
 impl Settings {
@@ -287,12 +321,29 @@ impl Settings {
             cert_file: args.participant_cert_file.clone(),
             key_file: args.participant_key_file.clone(),
         };
-        let participants = ParticipantsConfig::new(
+        let mut participants = ParticipantsConfig::new(
             args.participant_hosts.clone(),
             &tls,
             args.participant_secrets_dir.clone(),
         )
         .context("participant settings")?;
+        participants.output_bytes_max = args.participant_output_bytes_max;
+        let limits = SizeLimits {
+            input_bytes_max: args.saga_input_bytes_max,
+            idempotency_key_bytes_max: args.idempotency_key_bytes_max,
+            definition_bytes_max: args.definition_bytes_max,
+            output_bytes_max: args.participant_output_bytes_max,
+        };
+        let mut record_bytes_max = args.journal_record_bytes_max;
+        if let Some(broker) = &embedded {
+            record_bytes_max = record_bytes_max.min(broker.log.batch_bytes_max);
+        }
+        limits
+            .check_record_limit(record_bytes_max)
+            .map_err(|e| anyhow::anyhow!("size limits: {e}"))?;
+        if args.journal_replication_factor == Some(0) {
+            anyhow::bail!("--journal-replication-factor must be at least 1");
+        }
         Ok(Settings {
             args,
             embedded,
@@ -300,6 +351,8 @@ impl Settings {
             api_tls,
             auth,
             participants,
+            limits,
+            record_bytes_max,
         })
     }
 }
@@ -376,6 +429,8 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         api_tls,
         auth,
         participants,
+        limits,
+        record_bytes_max,
     } = settings;
     let broker_security = StrandSecurity {
         tls_ca_file: args.broker_tls_ca.clone(),
@@ -422,9 +477,13 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("connecting to the {name} cluster at {cluster_addr}"))?;
     let cluster = Arc::new(cluster);
-    let journal = Journal::open(cluster.clone(), args.journal_partitions)
-        .await
-        .context("opening the journal")?;
+    let journal = Journal::open_replicated(
+        cluster.clone(),
+        args.journal_partitions,
+        args.journal_replication_factor,
+    )
+    .await
+    .context("opening the journal")?;
     let listener = tokio::net::TcpListener::bind(args.api_listen)
         .await
         .with_context(|| format!("binding the API listener on {}", args.api_listen))?;
@@ -457,6 +516,7 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
             open_ms: args.breaker_open_ms,
         },
         finished_in_memory_max: args.finished_sagas_max,
+        snapshot_bytes_max: record_bytes_max,
         // On a shared journal every instance reads every reply (and drops the others').
         reply_group: match cluster.kafka_config() {
             Some(_) => format!("strand-saga-replies-{instance_id}"),
@@ -496,6 +556,7 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
     }
     let http_config = HttpConfig {
         body_bytes_max: args.body_bytes_max,
+        limits,
         auth,
         ..HttpConfig::default()
     };

@@ -50,6 +50,8 @@ pub struct OrchestratorConfig {
     /// Finished sagas kept in memory (for `GET /sagas`); older ones are dropped once their
     /// final state is in a snapshot, which keeps memory bounded in a long-running process.
     pub finished_in_memory_max: usize,
+    /// The largest snapshot record the journal's cluster takes.
+    pub snapshot_bytes_max: usize,
     /// Which hosts HTTP participants may be on, and how HTTPS ones are reached.
     pub participants: ParticipantsConfig,
     /// A file with the bearer token presented when a trigger's saga is forwarded to the
@@ -68,6 +70,7 @@ impl Default for OrchestratorConfig {
             api_url: "http://127.0.0.1:7190".into(),
             queue_max: 10_000,
             finished_in_memory_max: 100_000,
+            snapshot_bytes_max: 1 << 20,
             participants: ParticipantsConfig::default(),
             forward_token_file: None,
         }
@@ -113,6 +116,7 @@ pub async fn start(
         reply_topics_rx,
         reply_tx,
         shutdown.clone(),
+        participants.output_bytes_max(),
     ));
     let routes = Arc::new(Routes::default());
     tokio::spawn(routes.clone().follow(cluster.clone(), shutdown.clone()));
@@ -130,6 +134,7 @@ pub async fn start(
             partitions: journal.partitions(),
             instance_id: config.instance_id.clone(),
             finished_in_memory_max: config.finished_in_memory_max,
+            snapshot_bytes_max: config.snapshot_bytes_max,
         },
         fastrand::u64(..),
         owner_of,

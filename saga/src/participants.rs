@@ -28,6 +28,7 @@ use tokio::sync::{mpsc, watch};
 use crate::breaker::{Breaker, BreakerConfig};
 use crate::definition::{DefinitionSpec, Participant, SecretHeader};
 use crate::engine::{Call, Failure, Phase};
+use crate::limits::SizeLimits;
 
 /// Header names on HTTP calls and broker commands.
 pub mod headers {
@@ -111,6 +112,9 @@ pub struct ParticipantsConfig {
     /// The folder secret files must be in; a definition naming a file elsewhere is refused,
     /// so a definition cannot send any file the orchestrator can read to a participant.
     pub secrets_dir: PathBuf,
+    /// Largest answer a participant may give (the step's output, as compact JSON); a larger
+    /// one fails the step permanently. Default [`SizeLimits::default`]'s.
+    pub output_bytes_max: usize,
     http: reqwest::Client,
 }
 
@@ -199,6 +203,7 @@ impl ParticipantsConfig {
         Ok(ParticipantsConfig {
             allowed_hosts,
             secrets_dir,
+            output_bytes_max: SizeLimits::default().output_bytes_max,
             http: builder.build().map_err(ParticipantError::Client)?,
         })
     }
@@ -514,6 +519,7 @@ pub struct Participants {
     cluster: Arc<Cluster>,
     breakers: Mutex<BTreeMap<String, Breaker>>,
     breaker_config: BreakerConfig,
+    output_bytes_max: usize,
     replies: mpsc::UnboundedSender<Reply>,
 }
 
@@ -531,8 +537,14 @@ impl Participants {
             cluster,
             breakers: Mutex::new(BTreeMap::new()),
             breaker_config,
+            output_bytes_max: config.output_bytes_max,
             replies,
         }
+    }
+
+    /// Largest answer a participant may give (see [`ParticipantsConfig::output_bytes_max`]).
+    pub fn output_bytes_max(&self) -> usize {
+        self.output_bytes_max
     }
 
     /// The policy's view of a definition about to be stored (see
@@ -541,6 +553,7 @@ impl Participants {
         ParticipantsConfig {
             allowed_hosts: self.allowed_hosts.clone(),
             secrets_dir: self.secrets_dir.clone(),
+            output_bytes_max: self.output_bytes_max,
             http: self.http.clone(),
         }
         .check_definition(spec)
@@ -552,6 +565,7 @@ impl Participants {
     }
 
     fn reply(&self, call: &Call, result: Result<Value, Failure>) {
+        let result = checked_output(result, self.output_bytes_max);
         let _ = self.replies.send(Reply {
             saga_id: call.saga_id.clone(),
             step_name: call.step_name.clone(),
@@ -635,7 +649,7 @@ impl Participants {
             Ok(secret) => secret,
             Err(failure) => return self.reply(call, Err(failure)),
         };
-        let now = crate::now_ms();
+        let now = crate::clock::now_ms();
         let refused_until = {
             let mut breakers = self.breakers.lock().expect("breakers lock");
             let breaker = breakers.entry(endpoint.clone()).or_default();
@@ -685,7 +699,7 @@ impl Participants {
             let mut breakers = self.breakers.lock().expect("breakers lock");
             let breaker = breakers.entry(endpoint.clone()).or_default();
             if failed {
-                breaker.record_failure(&self.breaker_config, crate::now_ms());
+                breaker.record_failure(&self.breaker_config, crate::clock::now_ms());
             } else {
                 breaker.record_success();
             }
@@ -693,7 +707,12 @@ impl Participants {
         match outcome {
             Ok(response) => {
                 let status = response.status();
-                let text = response.text().await.unwrap_or_default();
+                // Read no further than an answer that may be kept (a little more, so that one
+                // just over the limit is told apart).
+                let text = match read_capped(response, self.output_bytes_max + 1024).await {
+                    Ok(text) => text,
+                    Err(error) => return self.reply(call, Err(Failure::permanent(error))),
+                };
                 let result = if status.is_success() {
                     Ok(if text.trim().is_empty() {
                         Value::Null
@@ -795,6 +814,42 @@ fn truncate(s: &str, n: usize) -> &str {
     }
 }
 
+/// `result`, or a permanent failure when its output is larger than `output_bytes_max`: the
+/// same call would answer the same, and a journal record that large could be refused.
+fn checked_output(
+    result: Result<Value, Failure>,
+    output_bytes_max: usize,
+) -> Result<Value, Failure> {
+    let output = result?;
+    let limits = SizeLimits {
+        output_bytes_max,
+        ..SizeLimits::default()
+    };
+    limits.check_output(&output).map_err(Failure::permanent)?;
+    Ok(output)
+}
+
+/// An HTTP answer's body as text, failing once it passes `cap` bytes.
+async fn read_capped(mut response: reqwest::Response, cap: usize) -> Result<String, String> {
+    let mut body = Vec::new();
+    loop {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                body.extend_from_slice(&chunk);
+                if body.len() > cap {
+                    return Err(format!(
+                        "the participant's answer is over {cap} bytes, more than the limit \
+                         (--participant-output-bytes-max)"
+                    ));
+                }
+            }
+            Ok(None) => return Ok(String::from_utf8_lossy(&body).into_owned()),
+            // Cut off mid-answer: no answer, as an unreadable body always was.
+            Err(_) => return Ok(String::new()),
+        }
+    }
+}
+
 /// A reply record's value: `{"ok": true, "output": ...}` or
 /// `{"ok": false, "error": "...", "retriable": false}` (`retriable` defaults to true).
 pub fn parse_reply_value(value: &[u8]) -> Result<Value, Failure> {
@@ -823,6 +878,7 @@ pub async fn consume_replies(
     mut topics: watch::Receiver<BTreeSet<String>>,
     replies: mpsc::UnboundedSender<Reply>,
     mut shutdown: watch::Receiver<bool>,
+    output_bytes_max: usize,
 ) {
     loop {
         let current: Vec<String> = topics.borrow_and_update().iter().cloned().collect();
@@ -860,6 +916,7 @@ pub async fn consume_replies(
                             continue;
                         };
                         let result = parse_reply_value(record.value.as_deref().unwrap_or_default());
+                        let result = checked_output(result, output_bytes_max);
                         let _ = replies.send(Reply { saga_id, step_name, phase, attempt, result });
                     }
                     Err(e) => {

@@ -521,6 +521,7 @@ impl World {
                 partitions: self.options.partitions,
                 instance_id: format!("instance-{i}"),
                 finished_in_memory_max: 1_000_000,
+                snapshot_bytes_max: usize::MAX,
             },
             self.seed
                 .wrapping_mul(31)
@@ -1004,6 +1005,7 @@ impl World {
                     partitions: self.options.partitions,
                     instance_id: "rebuild".into(),
                     finished_in_memory_max: usize::MAX,
+                    snapshot_bytes_max: usize::MAX,
                 },
                 0,
                 Box::new(|_| None),
@@ -1874,6 +1876,55 @@ mod tests {
             }
             Err(v) => panic!("{v}"),
         }
+    }
+
+    /// A partition with a saga whose snapshot is larger than the journal takes keeps its
+    /// checkpoint where it is, rather than failing the checkpoint (and every one after it).
+    #[test]
+    fn a_snapshot_too_large_holds_its_partitions_checkpoint() {
+        use super::*;
+        let mut rng = fastrand::Rng::with_seed(1);
+        let def = Arc::new(random_definition(&mut rng, 0));
+        let mut core = Core::new(
+            CoreConfig {
+                partitions: 1,
+                instance_id: "test".into(),
+                finished_in_memory_max: 10,
+                snapshot_bytes_max: 4_096,
+            },
+            1,
+            Box::new(|_| None),
+        );
+        core.install_definition(def.clone());
+        let mut recovered = crate::recovery::Recovered::default();
+        recovered.owners.insert(0, (7, 0));
+        let _ = core.take_over(&[(0, 7, 1)], recovered, 0);
+        let start = |input: Value| StartRequest {
+            definition: def.name.clone(),
+            version: None,
+            input,
+            idempotency_key: None,
+        };
+        let (tx, _rx) = oneshot::channel();
+        let batches = core.start(start(json!({"customer": "c", "n": 1})), 10, tx);
+        let mut offset = 1;
+        for b in batches {
+            let offsets: Vec<u64> = (offset..offset + b.entries.len() as u64).collect();
+            offset += b.entries.len() as u64;
+            let _ = core.confirmed(b.partition, b.id, offsets);
+        }
+        let ends = HashMap::from([(0, offset)]);
+        assert_eq!(core.checkpoint_plan(None, &ends).partitions, [(0, offset)]);
+        let (tx, _rx) = oneshot::channel();
+        let big = "x".repeat(8_192);
+        let batches = core.start(start(json!({"customer": "c", "pad": big})), 20, tx);
+        for b in batches {
+            let offsets: Vec<u64> = (offset..offset + b.entries.len() as u64).collect();
+            offset += b.entries.len() as u64;
+            let _ = core.confirmed(b.partition, b.id, offsets);
+        }
+        let ends = HashMap::from([(0, offset)]);
+        assert!(core.checkpoint_plan(None, &ends).partitions.is_empty());
     }
 
     #[test]

@@ -14,6 +14,17 @@ use serde_json::Value;
 /// it and would hold a worker for minutes. Real templates run a few hundred instructions.
 pub const RENDER_FUEL_MAX: u64 = 1_000_000;
 
+/// Deepest nesting (loops, calls, includes) one render may reach.
+pub const RENDER_RECURSION_MAX: usize = 64;
+
+/// Most bytes one template's source may have (checked when a definition is validated).
+pub const TEMPLATE_BYTES_MAX: usize = 16 * 1024;
+
+/// Most bytes one render may produce: a string template's text, or all the strings and lone
+/// expressions' JSON of one body together. A repeated string (`{{ "x" * 50000000 }}`) costs one
+/// instruction of fuel; this is what stops it reaching a participant or the journal.
+pub const RENDERED_BYTES_MAX: usize = 1 << 20;
+
 /// One environment for every render: building one registers every builtin filter and test,
 /// which costs more than rendering a small template.
 fn environment() -> &'static Environment<'static> {
@@ -22,6 +33,7 @@ fn environment() -> &'static Environment<'static> {
         let mut env = Environment::new();
         env.set_undefined_behavior(UndefinedBehavior::Strict);
         env.set_fuel(Some(RENDER_FUEL_MAX));
+        env.set_recursion_limit(RENDER_RECURSION_MAX);
         env
     })
 }
@@ -60,39 +72,71 @@ fn sole_expression(s: &str) -> Option<&str> {
     (!inner.contains("{{") && !inner.contains("}}")).then_some(inner.trim())
 }
 
-/// Renders one string template to a string.
+/// Renders one string template to a string of at most [`RENDERED_BYTES_MAX`] bytes.
 pub fn render_str(source: &str, context: &Value) -> Result<String, String> {
-    environment()
-        .render_str(source, context)
-        .map_err(|e| format!("{e:#}"))
+    let mut budget = RENDERED_BYTES_MAX;
+    render_str_within(source, context, &mut budget)
 }
 
-/// Renders every string in `value`, keeping the type of lone expressions.
+fn render_str_within(source: &str, context: &Value, budget: &mut usize) -> Result<String, String> {
+    let text = environment()
+        .render_str(
+            source,
+            minijinja::Value::from(minijinja::value::Serde(context)),
+        )
+        .map_err(|e| format!("{e:#}"))?;
+    spend(budget, text.len())?;
+    Ok(text)
+}
+
+/// Takes `bytes` off what a render may still produce.
+fn spend(budget: &mut usize, bytes: usize) -> Result<(), String> {
+    *budget = budget
+        .checked_sub(bytes)
+        .ok_or_else(|| format!("the rendered text is larger than {RENDERED_BYTES_MAX} bytes"))?;
+    Ok(())
+}
+
+/// Renders every string in `value`, keeping the type of lone expressions; all of it together
+/// at most [`RENDERED_BYTES_MAX`] bytes.
 pub fn render_value(value: &Value, context: &Value) -> Result<Value, String> {
+    let mut budget = RENDERED_BYTES_MAX;
+    render_value_within(value, context, &mut budget)
+}
+
+fn render_value_within(
+    value: &Value,
+    context: &Value,
+    budget: &mut usize,
+) -> Result<Value, String> {
     Ok(match value {
         Value::String(s) => match sole_expression(s) {
             Some(expr) => {
                 let compiled = environment()
                     .compile_expression(expr)
                     .map_err(|e| format!("{e:#}"))?;
-                let result = compiled.eval(context).map_err(|e| format!("{e:#}"))?;
+                let result = compiled
+                    .eval(minijinja::Value::from(minijinja::value::Serde(context)))
+                    .map_err(|e| format!("{e:#}"))?;
                 if result.is_undefined() {
                     return Err(format!("{{{{ {expr} }}}} is undefined"));
                 }
-                serde_json::to_value(&result).map_err(|e| e.to_string())?
+                let json = serde_json::to_value(&result).map_err(|e| e.to_string())?;
+                spend(budget, crate::limits::json_len(&json))?;
+                json
             }
-            None => Value::String(render_str(s, context)?),
+            None => Value::String(render_str_within(s, context, budget)?),
         },
         Value::Array(items) => Value::Array(
             items
                 .iter()
-                .map(|v| render_value(v, context))
+                .map(|v| render_value_within(v, context, budget))
                 .collect::<Result<_, _>>()?,
         ),
         Value::Object(fields) => Value::Object(
             fields
                 .iter()
-                .map(|(k, v)| Ok((k.clone(), render_value(v, context)?)))
+                .map(|(k, v)| Ok((k.clone(), render_value_within(v, context, budget)?)))
                 .collect::<Result<_, String>>()?,
         ),
         other => other.clone(),
@@ -155,6 +199,11 @@ mod tests {
         let started = std::time::Instant::now();
         let looping = "{% for x in input.items * 1000000000 %}{{ x }}{% endfor %}";
         let error = render_str(looping, &json!({"input": {"items": [1, 2]}})).unwrap_err();
+        // minijinja 3 refuses the repetition itself; a loop it lets through runs out of fuel.
+        assert!(error.contains("too large"), "{error}");
+        let looping =
+            "{% for x in range(100000) %}{% for y in range(100000) %}{% endfor %}{% endfor %}";
+        let error = render_str(looping, &json!({})).unwrap_err();
         assert!(error.contains("fuel"), "{error}");
         assert!(started.elapsed() < std::time::Duration::from_secs(5));
         // An ordinary loop over the input still renders.
@@ -165,6 +214,48 @@ mod tests {
             )
             .unwrap(),
             "1,2,"
+        );
+    }
+
+    /// Found by the saga_definition fuzz target: repeating a sequence a huge number of times
+    /// overflowed minijinja 2's length arithmetic (a panic in debug builds).
+    #[test]
+    fn a_sequence_repeated_past_usize_is_an_error() {
+        let context = json!({"input": {"items": [1, 2, 3], "n": u64::MAX / 2}});
+        for source in [
+            "{% for x in input.items * 9223372036854775807 %}{% endfor %}",
+            "{{ (input.items * input.n) | length }}",
+            "{{ input.items * input.n }}",
+        ] {
+            assert!(render_str(source, &context).is_err(), "{source}");
+        }
+    }
+
+    #[test]
+    fn output_recursion_and_fuel_are_bounded() {
+        let context = json!({"input": {"items": [1, 2]}});
+        // One instruction, 50 MB of text: minijinja 3 charges it as fuel.
+        let error = render_str("{{ 'x' * 50000000 }}", &context).unwrap_err();
+        assert!(error.contains("fuel"), "{error}");
+        // A lone expression is evaluated without fuel: its size is what stops it.
+        let error = render_value(&json!({"a": "{{ 'x' * 50000000 }}"}), &context).unwrap_err();
+        assert!(error.contains("larger than"), "{error}");
+        // Many strings under the limit each, over it together.
+        let half = format!("{{{{ 'x' * {} }}}}", RENDERED_BYTES_MAX / 2 + 1);
+        let error = render_value(&json!([half, half]), &context).unwrap_err();
+        assert!(error.contains("larger than"), "{error}");
+        assert!(render_value(&json!([half]), &context).is_ok());
+        // Nested loops run out of fuel.
+        let nested = "{% for a in range(1000) %}{% for b in range(1000) %}{% for c in range(1000) %}{% endfor %}{% endfor %}{% endfor %}";
+        let error = render_str(nested, &context).unwrap_err();
+        assert!(error.contains("fuel"), "{error}");
+        // A macro calling itself stops (at the recursion limit or out of fuel, whichever
+        // comes first).
+        let recursive = "{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}";
+        let error = render_str(recursive, &context).unwrap_err();
+        assert!(
+            error.contains("recursion") || error.contains("fuel"),
+            "{error}"
         );
     }
 

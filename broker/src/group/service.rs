@@ -271,6 +271,31 @@ impl Groups {
         Ok(())
     }
 
+    /// Makes a committed transaction's offsets the group's, durably first (no member or
+    /// generation check: the transaction coordinator fenced the producer that sent them).
+    pub async fn commit_transactional(
+        &self,
+        group: &str,
+        offsets: Vec<(TopicPartition, CommittedOffset)>,
+    ) -> Result<(), ServiceError> {
+        // Appended under the lock, as the coordinator's own commits, so the log keeps the
+        // order in which commits were applied.
+        let end = {
+            let mut state = self.state.lock().expect("groups lock");
+            let stored: Vec<_> = offsets
+                .iter()
+                .map(|(tp, committed)| (tp.clone(), Some(committed.clone())))
+                .collect();
+            let end = self.store.append(group, &stored)?;
+            for (tp, committed) in offsets {
+                state.coordinator.restore_commit(group, tp, committed);
+            }
+            end
+        };
+        self.store.wait_durable(end).await?;
+        Ok(())
+    }
+
     pub fn committed(&self, group: &str, tp: &TopicPartition) -> Option<CommittedOffset> {
         self.state
             .lock()

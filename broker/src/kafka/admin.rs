@@ -1,7 +1,5 @@
 //! CreateTopics, DeleteTopics and InitProducerId.
 
-use std::sync::atomic::{AtomicI64, Ordering};
-
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::create_topics_request::CreatableTopic;
 use kafka_protocol::messages::create_topics_response::CreatableTopicResult;
@@ -13,7 +11,6 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::StrBytes;
 
 use super::{error_code, Context};
-use crate::log::now_ms;
 use crate::security::acl::{Operation, ResourceType};
 use crate::security::Session;
 use crate::topics::{validate_topic_name, TopicConfig};
@@ -228,18 +225,14 @@ pub(super) async fn delete_topics(
     DeleteTopicsResponse::default().with_responses(responses)
 }
 
-/// Producer ids are unique across restarts without being stored: each run starts at its
-/// start time in milliseconds shifted left by 16 bits, so two runs would overlap only if one
-/// handed out more than 65,536 ids per millisecond it ran.
+/// Producer ids come from the transaction coordinator's one sequence (unique across restarts).
 fn next_producer_id() -> i64 {
-    static NEXT: AtomicI64 = AtomicI64::new(-1);
-    let _ = NEXT.compare_exchange(-1, now_ms() << 16, Ordering::Relaxed, Ordering::Relaxed);
-    NEXT.fetch_add(1, Ordering::Relaxed)
+    crate::txn::next_producer_id()
 }
 
 /// An idempotent producer needs IdempotentWrite on the cluster or Write on some topic
-/// (KIP-679), else CLUSTER_AUTHORIZATION_FAILED; a transactional one Write on its
-/// transactional id (and is then refused: no transactions).
+/// (KIP-679), else CLUSTER_AUTHORIZATION_FAILED. A transactional producer's request is
+/// served by `super::txn` (the listener routes it there).
 pub(super) fn init_producer_id(
     cx: &Context,
     session: &Session,
@@ -271,17 +264,6 @@ pub(super) fn init_producer_id(
             .authorize_any(session, Operation::Write, ResourceType::Topic)
     {
         return refused(ResponseError::ClusterAuthorizationFailed);
-    }
-    if request
-        .transactional_id
-        .as_ref()
-        .is_some_and(|id| !id.0.is_empty())
-    {
-        tracing::info!("refused a transactional producer: Strand does not support transactions");
-        return InitProducerIdResponse::default()
-            .with_error_code(ResponseError::UnsupportedVersion.code())
-            .with_producer_id(ProducerId(-1))
-            .with_producer_epoch(-1);
     }
     // Without a transactional id, Kafka always hands out a new producer id, whatever id and
     // epoch the request carries (KIP-360's bump applies to transactional producers only). Taking

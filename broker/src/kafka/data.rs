@@ -184,10 +184,25 @@ pub(super) async fn produce(
     let mut topics = Vec::new();
     for topic in request.topic_data {
         let name = topic.name.0.to_string();
-        let writable =
+        let mut writable =
             broker
                 .authorizer
                 .check(session, Operation::Write, ResourceType::Topic, &name);
+        // A transactional producer also needs Write on its transactional id, as in Kafka.
+        if let Some(id) = request
+            .transactional_id
+            .as_ref()
+            .filter(|id| !id.0.is_empty())
+        {
+            if let Err(denied) = broker.authorizer.check(
+                session,
+                Operation::Write,
+                ResourceType::TransactionalId,
+                &id.0,
+            ) {
+                writable = Err(denied);
+            }
+        }
         let mut partitions = Vec::new();
         for data in topic.partition_data {
             let mut response = PartitionProduceResponse::default()
@@ -247,6 +262,7 @@ pub(super) async fn fetch(
     let max_wait =
         Duration::from_millis(request.max_wait_ms.max(0) as u64).min(cx.broker.fetch_wait_max);
     let started = std::time::Instant::now();
+    let read_committed = request.isolation_level == 1;
     // Topics the session may not Read are answered TOPIC_AUTHORIZATION_FAILED, unread.
     let unreadable: HashSet<String> = request
         .topics
@@ -284,7 +300,15 @@ pub(super) async fn fetch(
         .map(|(name, p)| {
             let partition = partition_index(p.partition);
             let offset = p.fetch_offset.max(0) as u64;
-            async move { cx.broker.wait_for_data(&name, partition, offset).await }.boxed()
+            async move {
+                if read_committed {
+                    // Data past the last stable offset is not for this fetch: wait for it to move.
+                    super::txn::wait_stable(cx, &name, partition, offset).await;
+                } else {
+                    let _ = cx.broker.wait_for_data(&name, partition, offset).await;
+                }
+            }
+            .boxed()
         })
         .collect();
     if waits.is_empty() {
@@ -344,6 +368,10 @@ async fn fetch_once(
                 continue;
             }
             let index = partition_index(p.partition);
+            let fetch_offset = p.fetch_offset.max(0) as u64;
+            // Taken before the read, so everything the read returns below the stable offset
+            // has its transaction's marker written already.
+            let txns = super::txn::snapshot(cx, &name, index, fetch_offset);
             let left = bytes_max.saturating_sub(n_bytes);
             let read = if left == 0 {
                 // Nothing more fits: say where the partition stands without reading it.
@@ -373,12 +401,20 @@ async fn fetch_once(
             };
             partitions.push(match read {
                 Ok(read) => {
-                    n_bytes += read.batches.len();
+                    let view = super::txn::stable_view(
+                        fetch_offset,
+                        request.isolation_level == 1,
+                        txns,
+                        read.high_watermark,
+                        read.batches,
+                    );
+                    n_bytes += view.records.len();
                     response
                         .with_high_watermark(read.high_watermark as i64)
-                        .with_last_stable_offset(read.high_watermark as i64)
+                        .with_last_stable_offset(view.last_stable_offset as i64)
                         .with_log_start_offset(read.log_start_offset as i64)
-                        .with_records(Some(read.batches))
+                        .with_aborted_transactions(view.aborted)
+                        .with_records(Some(view.records))
                 }
                 Err(e) => response
                     .with_error_code(error_code(&e))
@@ -428,7 +464,15 @@ pub(super) async fn list_offsets(
                 .with_partition_index(p.partition_index)
                 .with_timestamp(-1);
             let index = partition_index(p.partition_index);
-            partitions.push(match cx.broker.list_offset(&name, index, spec).await {
+            let listed = cx.broker.list_offset(&name, index, spec).await;
+            // read_committed consumers start at the end of what is stable, not the log's end.
+            let listed = match listed {
+                Ok(Some(end)) if spec == OffsetSpec::Latest && request.isolation_level == 1 => {
+                    Ok(Some(super::txn::last_stable_offset(cx, &name, index, end)))
+                }
+                other => other,
+            };
+            partitions.push(match listed {
                 Ok(offset) => response.with_offset(offset.map_or(-1, |o| o as i64)),
                 Err(e) => response.with_error_code(error_code(&e)).with_offset(-1),
             });

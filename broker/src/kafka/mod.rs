@@ -15,7 +15,10 @@
 //! - `data`: Metadata, Produce, Fetch, ListOffsets.
 //! - `groups`: FindCoordinator, JoinGroup, SyncGroup, Heartbeat, LeaveGroup, OffsetCommit,
 //!   OffsetFetch, ListGroups, DescribeGroups on the broker's one coordinator.
-//! - `admin`: CreateTopics, DeleteTopics, InitProducerId.
+//! - `admin`: CreateTopics, DeleteTopics, InitProducerId (idempotent producers).
+//! - `txn`: InitProducerId with a transactional id, AddPartitionsToTxn, AddOffsetsToTxn,
+//!   TxnOffsetCommit, EndTxn; the last stable offset and aborted transactions `data` serves
+//!   `read_committed` fetches with.
 //! - `sasl`: SaslHandshake, SaslAuthenticate (both token framings), and the SCRAM user admin
 //!   APIs; until a connection on a SASL listener has authenticated, `connection` lets through
 //!   only ApiVersions and the SASL requests.
@@ -34,6 +37,7 @@ mod data;
 mod groups;
 mod legacy;
 mod sasl;
+mod txn;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -66,7 +70,7 @@ const NODE_ID: i32 = 0;
 
 /// Requests served, with the versions this listener speaks: Kafka 3.9's, except where noted.
 /// Versions below what `kafka-protocol` encodes are `legacy`'s.
-pub const SUPPORTED: [(ApiKey, i16, i16); 25] = [
+pub const SUPPORTED: [(ApiKey, i16, i16); 29] = [
     // v0-v2 carry message sets v0/v1, which Strand does not store: they are answered with
     // UNSUPPORTED_FOR_MESSAGE_FORMAT. They must be advertised all the same: librdkafka up to
     // 2.11 enables gzip, snappy and lz4 only when the broker lists Produce v0 (it checks the
@@ -91,8 +95,12 @@ pub const SUPPORTED: [(ApiKey, i16, i16); 25] = [
     (ApiKey::ApiVersions, 0, 3),
     (ApiKey::CreateTopics, 0, 7),
     (ApiKey::DeleteTopics, 0, 6),
-    // Transactions are not supported: InitProducerId serves idempotent producers only.
     (ApiKey::InitProducerId, 0, 4),
+    // Transactions (`txn`). AddPartitionsToTxn v4+ is the brokers' batched form (KIP-890).
+    (ApiKey::AddPartitionsToTxn, 0, 3),
+    (ApiKey::AddOffsetsToTxn, 0, 4),
+    (ApiKey::EndTxn, 0, 4),
+    (ApiKey::TxnOffsetCommit, 0, 4),
     (ApiKey::DescribeCluster, 0, 1),
     (ApiKey::SaslHandshake, 0, 1),
     (ApiKey::SaslAuthenticate, 0, 2),
@@ -736,9 +744,22 @@ async fn handle(
         RequestKind::DeleteTopics(r) => {
             ResponseKind::DeleteTopics(admin::delete_topics(cx, session, r, version).await)
         }
+        RequestKind::InitProducerId(r) if txn::is_transactional(&r) => {
+            ResponseKind::InitProducerId(txn::init_producer_id(cx, session, r, version).await)
+        }
         RequestKind::InitProducerId(r) => {
             ResponseKind::InitProducerId(admin::init_producer_id(cx, session, r))
         }
+        RequestKind::AddPartitionsToTxn(r) => {
+            ResponseKind::AddPartitionsToTxn(txn::add_partitions(cx, session, r, version).await)
+        }
+        RequestKind::AddOffsetsToTxn(r) => {
+            ResponseKind::AddOffsetsToTxn(txn::add_offsets(cx, session, r, version).await)
+        }
+        RequestKind::TxnOffsetCommit(r) => {
+            ResponseKind::TxnOffsetCommit(txn::txn_offset_commit(cx, session, r, version).await)
+        }
+        RequestKind::EndTxn(r) => ResponseKind::EndTxn(txn::end_txn(cx, session, r, version).await),
         RequestKind::CreateAcls(r) => {
             ResponseKind::CreateAcls(acls::create_acls(cx, session, r).await)
         }
@@ -826,6 +847,13 @@ fn error_code(e: &ServiceError) -> i16 {
             ResponseError::InvalidProducerEpoch
         }
         ServiceError::IdempotentBatchCount => ResponseError::InvalidRecord,
+        ServiceError::Txn(crate::txn::TxnAppendError::NotInTransaction { .. }) => {
+            ResponseError::InvalidTxnState
+        }
+        ServiceError::Txn(crate::txn::TxnAppendError::Fenced { .. }) => {
+            ResponseError::InvalidProducerEpoch
+        }
+        ServiceError::Txn(_) => ResponseError::InvalidRecord,
         ServiceError::Denied(denied) => authorization_failed(denied.resource_type),
         _ => {
             tracing::error!(error = %e, "kafka request failed");
@@ -1082,6 +1110,10 @@ mod tests {
             FindCoordinator => FindCoordinatorRequest,
             JoinGroup => JoinGroupRequest,
             Heartbeat => HeartbeatRequest,
+            AddPartitionsToTxn => AddPartitionsToTxnRequest,
+            AddOffsetsToTxn => AddOffsetsToTxnRequest,
+            EndTxn => EndTxnRequest,
+            TxnOffsetCommit => TxnOffsetCommitRequest,
             LeaveGroup => LeaveGroupRequest,
             SyncGroup => SyncGroupRequest,
             DescribeGroups => DescribeGroupsRequest,

@@ -97,7 +97,8 @@ impl LogCleaner {
         let mut latest: HashMap<Vec<u8>, u64> = HashMap::new();
         for segment in &sealed {
             for_each_batch(&segment.log_path, segment.size(), |header, bytes| {
-                if header.compression()? != Compression::None {
+                // Transaction markers are kept whole (below): their keys are not the data's.
+                if header.compression()? != Compression::None || header.is_control() {
                     return Ok(());
                 }
                 for record in Records::new(bytes, header) {
@@ -136,7 +137,7 @@ impl LogCleaner {
         let (mut removed, mut tombstones, mut bytes_after) = (0u64, 0u64, 0u64);
         let mut kept: Vec<Vec<u8>> = Vec::new();
         for_each_batch(&segment.log_path, segment.size(), |header, bytes| {
-            if header.compression()? != Compression::None {
+            if header.compression()? != Compression::None || header.is_control() {
                 out.write_all(bytes)
                     .ctx("write cleaned segment", &cleaned_path)?;
                 bytes_after += bytes.len() as u64;

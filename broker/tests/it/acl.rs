@@ -1035,3 +1035,59 @@ fn the_cli_adds_lists_and_removes_acls_that_the_broker_binary_enforces() {
     assert!(!refused.status.success());
     assert!(stop(broker).success());
 }
+
+/// Transactions need Write on the TransactionalId, as in Kafka: InitProducerId is refused
+/// without it; with it (and Write on the topic) AddPartitionsToTxn goes through, and a topic
+/// without Write is refused there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transactional_ids_need_write_on_the_transactional_id() {
+    use kafka_protocol::messages::add_partitions_to_txn_request::AddPartitionsToTxnTopic;
+    use kafka_protocol::messages::{
+        AddPartitionsToTxnRequest, AddPartitionsToTxnResponse, TransactionalId,
+    };
+    const TRANSACTIONAL_ID_AUTHORIZATION_FAILED: i16 = 53;
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(dir.path(), true).await;
+    create_topic(&broker, "allowed").await;
+    create_topic(&broker, "refused").await;
+    let mut socket = TcpStream::connect(broker.kafka_addr).await.unwrap();
+    let init_request = InitProducerIdRequest::default()
+        .with_transactional_id(Some(TransactionalId(str_bytes("tx"))))
+        .with_transaction_timeout_ms(60_000);
+    let init: InitProducerIdResponse =
+        kafka_call(&mut socket, ApiKey::InitProducerId, 4, &init_request).await;
+    assert_eq!(init.error_code, TRANSACTIONAL_ID_AUTHORIZATION_FAILED);
+    broker
+        .broker
+        .authorizer
+        .create(vec![
+            binding(Operation::Write, ResourceType::TransactionalId, "tx"),
+            binding(Operation::Write, ResourceType::Topic, "allowed"),
+        ])
+        .unwrap();
+    let init: InitProducerIdResponse =
+        kafka_call(&mut socket, ApiKey::InitProducerId, 4, &init_request).await;
+    assert_eq!(init.error_code, 0);
+    let add = |topic: &str| {
+        AddPartitionsToTxnRequest::default()
+            .with_v3_and_below_transactional_id(TransactionalId(str_bytes("tx")))
+            .with_v3_and_below_producer_id(init.producer_id)
+            .with_v3_and_below_producer_epoch(init.producer_epoch)
+            .with_v3_and_below_topics(vec![AddPartitionsToTxnTopic::default()
+                .with_name(TopicName(str_bytes(topic)))
+                .with_partitions(vec![0])])
+    };
+    let added: AddPartitionsToTxnResponse =
+        kafka_call(&mut socket, ApiKey::AddPartitionsToTxn, 3, &add("refused")).await;
+    assert_eq!(
+        added.results_by_topic_v3_and_below[0].results_by_partition[0].partition_error_code,
+        TOPIC_AUTHORIZATION_FAILED
+    );
+    let added: AddPartitionsToTxnResponse =
+        kafka_call(&mut socket, ApiKey::AddPartitionsToTxn, 3, &add("allowed")).await;
+    assert_eq!(
+        added.results_by_topic_v3_and_below[0].results_by_partition[0].partition_error_code,
+        0
+    );
+    broker.stop().await.unwrap();
+}

@@ -471,7 +471,7 @@ async fn ten_thousand_topics_are_refused_past_the_limits_and_the_broker_keeps_se
         .unwrap()
         .into_iter()
         .map(|t| t.name)
-        .filter(|n| n != OFFSETS)
+        .filter(|n| n != OFFSETS && n != "__transaction_state")
         .collect();
     names.sort();
     assert_eq!(names.len(), 10, "{names:?}");

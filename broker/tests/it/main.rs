@@ -25,3 +25,4 @@ mod server;
 mod support;
 mod tls;
 mod topics;
+mod transactions;

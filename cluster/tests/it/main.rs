@@ -3,6 +3,8 @@
 mod bridge;
 mod bridge_metrics;
 mod librdkafka;
+mod read_to_end;
 mod secure_bridge;
 mod support;
 mod tls;
+mod topics;

@@ -56,6 +56,9 @@ pub struct CoreConfig {
     /// Finished sagas kept in memory; older ones are dropped once their final state is in a
     /// snapshot.
     pub finished_in_memory_max: usize,
+    /// The largest snapshot record the journal's cluster takes; a partition with a saga whose
+    /// snapshot is larger keeps its checkpoint where it is (its journal stays the record).
+    pub snapshot_bytes_max: usize,
 }
 
 pub struct Core {

@@ -242,6 +242,23 @@ impl Core {
             if !held.pending.is_empty() || ends.get(&p) != Some(&held.next_offset) {
                 continue;
             }
+            let too_large = self.sagas.iter().find(|(id, saga)| {
+                self.partition_of(id) == p
+                    && (held.snapshot_all || self.dirty.contains(*id))
+                    && crate::recovery::snapshot_record(held.next_offset, saga)
+                        .value
+                        .as_ref()
+                        .is_some_and(|v| v.len() > self.config.snapshot_bytes_max)
+            });
+            if let Some((id, _)) = too_large {
+                tracing::warn!(
+                    partition = p,
+                    saga = %id,
+                    limit = self.config.snapshot_bytes_max,
+                    "a snapshot is larger than the journal takes: the partition's checkpoint stays where it is"
+                );
+                continue;
+            }
             plan.partitions.push((p, held.next_offset));
         }
         let chosen: BTreeSet<u32> = plan.partitions.iter().map(|(p, _)| *p).collect();

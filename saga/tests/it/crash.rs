@@ -42,12 +42,22 @@ pub fn start_saga(dir: &std::path::Path) -> SagaProcess {
 /// Starts `strand-saga` with `args`, its API on a port the kernel picks; returns once it
 /// listens.
 pub fn start_saga_with(args: &[&str]) -> SagaProcess {
+    let mut all = args.to_vec();
+    // The participants here fail on purpose; the breaker (tested on its own) stays out of it.
+    all.extend([
+        "--snapshot-interval-ms",
+        "500",
+        "--breaker-failures",
+        "1000",
+    ]);
+    start_saga_args(&all)
+}
+
+/// Starts `strand-saga` with `args` and nothing else but its API on a port the kernel picks.
+pub fn start_saga_args(args: &[&str]) -> SagaProcess {
     let mut child = Command::new(env!("CARGO_BIN_EXE_strand-saga"))
         .args(args)
         .args(["--api-listen", "127.0.0.1:0"])
-        .args(["--snapshot-interval-ms", "500"])
-        // The participants here fail on purpose; the breaker (tested on its own) stays out of it.
-        .args(["--breaker-failures", "1000"])
         .env("RUST_LOG", "info")
         .stderr(Stdio::piped())
         .spawn()

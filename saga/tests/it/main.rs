@@ -2,6 +2,7 @@
 
 mod auth;
 mod broker_participants;
+mod chaos;
 mod consistency;
 mod console;
 mod crash;
@@ -10,6 +11,7 @@ mod kafka_journal;
 mod locks;
 mod observability;
 mod secure;
+mod sizes;
 mod support;
 mod tls;
 mod triggers;

@@ -14,6 +14,7 @@ mod bridge;
 mod kafka;
 mod saga;
 mod tls;
+mod txn;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -112,6 +113,19 @@ enum Command {
         record_bytes: usize,
         #[arg(long, default_value_t = 4)]
         partitions: u32,
+    },
+    /// Transactional produce next to idempotent produce (librdkafka, acks=all, one producer)
+    /// on one broker's Kafka listener: records/s each and their ratio.
+    Txn {
+        #[arg(long, default_value_t = 200_000)]
+        records: u64,
+        #[arg(long, default_value_t = 100)]
+        record_bytes: usize,
+        #[arg(long, default_value_t = 4)]
+        partitions: u32,
+        /// Records per transaction.
+        #[arg(long, default_value_t = 1_000)]
+        records_per_txn: u64,
     },
     /// Produce at a fixed rate and measure produce-to-consume latency (push consumer).
     Latency {
@@ -226,6 +240,23 @@ fn main() -> anyhow::Result<()> {
                 seconds,
                 record_bytes,
             } => latency(client, rate, seconds, record_bytes).await,
+            Command::Txn {
+                records,
+                record_bytes,
+                partitions,
+                records_per_txn,
+            } => {
+                let kafka_addr = kafka_addr.context("--kafka-broker is needed with --broker")?;
+                compare_txn(
+                    &kafka_addr,
+                    client,
+                    records,
+                    record_bytes,
+                    partitions,
+                    records_per_txn.max(1),
+                )
+                .await
+            }
             Command::Saga { .. } | Command::Bridge { .. } | Command::Tls { .. } => {
                 unreachable!("handled before a broker is started")
             }
@@ -406,6 +437,56 @@ async fn compare_kafka(
         mb(raw_native),
         mb(raw_kafka),
         raw_kafka / raw_native
+    );
+    Ok(())
+}
+
+/// The same records produced idempotently, then in transactions, each to a topic of its own.
+async fn compare_txn(
+    kafka_addr: &str,
+    client: Client,
+    n_records: u64,
+    record_bytes: usize,
+    partitions: u32,
+    records_per_txn: u64,
+) -> anyhow::Result<()> {
+    let mut rates = Vec::new();
+    for (what, per_txn) in [
+        ("idempotent", None),
+        ("transactional", Some(records_per_txn)),
+    ] {
+        let topic = format!("{what}-bench-{}", std::process::id());
+        client
+            .admin()
+            .create_topic(
+                &topic,
+                TopicSettings {
+                    partitions,
+                    ..TopicSettings::default()
+                },
+            )
+            .await?;
+        let bootstrap = kafka_addr.to_string();
+        let rate = tokio::task::spawn_blocking(move || {
+            txn::produce(
+                &bootstrap,
+                &topic,
+                n_records,
+                record_bytes,
+                partitions,
+                per_txn,
+            )
+        })
+        .await??;
+        println!(
+            "{what} produce, librdkafka acks=all: {rate:.0} records/s ({:.1} MB/s)",
+            rate * record_bytes as f64 / 1e6
+        );
+        rates.push(rate);
+    }
+    println!(
+        "transactional/idempotent = {:.2} ({records_per_txn} records per transaction)",
+        rates[1] / rates[0]
     );
     Ok(())
 }

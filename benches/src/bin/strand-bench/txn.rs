@@ -1,0 +1,76 @@
+//! Transactional produce next to idempotent produce, both through librdkafka on the Kafka
+//! listener of one broker: the same records, acks=all, one producer; the transactional run
+//! commits a transaction every `records_per_txn` records.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer as _};
+use rdkafka::ClientConfig;
+
+const TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Produces `n_records` values of `record_bytes` to `topic` (partition `(i / 1000) %
+/// partitions`); with `records_per_txn`, in transactions of that many records. Returns
+/// records per second, from the first send to the last acknowledgement (or commit).
+pub fn produce(
+    bootstrap: &str,
+    topic: &str,
+    n_records: u64,
+    record_bytes: usize,
+    partitions: u32,
+    records_per_txn: Option<u64>,
+) -> anyhow::Result<f64> {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", bootstrap)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .set("batch.size", "1000000")
+        .set("queue.buffering.max.messages", "1000000")
+        .set("queue.buffering.max.kbytes", "1048576");
+    if records_per_txn.is_some() {
+        config.set("transactional.id", format!("strand-bench-{topic}"));
+    }
+    let producer: BaseProducer = config.create().context("creating the producer")?;
+    if records_per_txn.is_some() {
+        producer.init_transactions(TIMEOUT)?;
+    }
+    let value = vec![b'x'; record_bytes];
+    let started = Instant::now();
+    let mut in_txn = 0u64;
+    for i in 0..n_records {
+        if let (Some(_), 0) = (records_per_txn, in_txn) {
+            producer.begin_transaction()?;
+        }
+        let partition = ((i / 1000) % u64::from(partitions)) as i32;
+        let mut record: BaseRecord<'_, (), [u8]> = BaseRecord::to(topic)
+            .payload(&value[..])
+            .partition(partition);
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    producer.poll(Duration::from_millis(1));
+                    record = back;
+                }
+                Err((e, _)) => return Err(e).context("librdkafka send"),
+            }
+        }
+        if i % 1024 == 0 {
+            producer.poll(Duration::ZERO);
+        }
+        in_txn += 1;
+        if records_per_txn.is_some_and(|n| in_txn >= n) {
+            producer.commit_transaction(TIMEOUT)?;
+            in_txn = 0;
+        }
+    }
+    if in_txn > 0 {
+        producer.commit_transaction(TIMEOUT)?;
+    }
+    producer.flush(TIMEOUT).context("librdkafka flush")?;
+    Ok(n_records as f64 / started.elapsed().as_secs_f64())
+}
