@@ -68,7 +68,7 @@ pub fn produce(
             in_txn = 0;
         }
     }
-    if in_txn > 0 {
+    if records_per_txn.is_some() && in_txn > 0 {
         producer.commit_transaction(TIMEOUT)?;
     }
     producer.flush(TIMEOUT).context("librdkafka flush")?;
