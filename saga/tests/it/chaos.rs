@@ -276,12 +276,21 @@ async fn a_thousand_sagas_through_late_answers_an_open_breaker_and_three_kills()
         .build()
         .unwrap();
     let mut saga = start(dir.path());
-    let r = http
-        .put(format!("{}/definitions/order", saga.api))
-        .json(&definition(addrs.0, addrs.1, addrs.2))
-        .send()
-        .await
-        .unwrap();
+    // Until the orchestrator has taken its journal partitions over it answers 503: retry.
+    let mut tries = 0;
+    let r = loop {
+        let r = http
+            .put(format!("{}/definitions/order", saga.api))
+            .json(&definition(addrs.0, addrs.1, addrs.2))
+            .send()
+            .await
+            .unwrap();
+        tries += 1;
+        if r.status() != 503 || tries == 100 {
+            break r;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
     let api = Arc::new(Mutex::new(saga.api.clone()));
 

@@ -39,12 +39,21 @@ async fn a_stalled_instance_that_comes_back_is_fenced() {
     let a = start_instance(&kafka, 0);
     let b = start_instance(&kafka, 1);
     let (api_a, api_b) = (a.api.clone(), b.api.clone());
-    let r = http
-        .put(format!("{api_a}/definitions/order"))
-        .json(&order_definition(addr, 5))
-        .send()
-        .await
-        .unwrap();
+    // Until the group has given A the definition's partition, A answers 503: retry.
+    let mut tries = 0;
+    let r = loop {
+        let r = http
+            .put(format!("{api_a}/definitions/order"))
+            .json(&order_definition(addr, 5))
+            .send()
+            .await
+            .unwrap();
+        tries += 1;
+        if r.status() != 503 || tries == 300 {
+            break r;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     assert_eq!(r.status(), 201);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
     loop {
