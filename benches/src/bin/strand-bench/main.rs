@@ -11,6 +11,7 @@
 //! ```
 
 mod bridge;
+mod hgrm;
 mod kafka;
 mod saga;
 mod tls;
@@ -127,7 +128,8 @@ enum Command {
         #[arg(long, default_value_t = 1_000)]
         records_per_txn: u64,
     },
-    /// Produce at a fixed rate and measure produce-to-consume latency (push consumer).
+    /// Produce at a fixed rate and measure produce-to-consume latency (push consumer), each record
+    /// timed from the instant the schedule says it should leave (no coordinated omission).
     Latency {
         #[arg(long, default_value_t = 10_000)]
         rate: u64,
@@ -135,6 +137,10 @@ enum Command {
         seconds: u64,
         #[arg(long, default_value_t = 100)]
         record_bytes: usize,
+        /// Write the latency histogram to FILE as HdrHistogram's percentile distribution
+        /// (`.hgrm` text, milliseconds).
+        #[arg(long, value_name = "FILE")]
+        hdr_out: Option<std::path::PathBuf>,
     },
 }
 
@@ -239,7 +245,8 @@ fn main() -> anyhow::Result<()> {
                 rate,
                 seconds,
                 record_bytes,
-            } => latency(client, rate, seconds, record_bytes).await,
+                hdr_out,
+            } => latency(client, rate, seconds, record_bytes, hdr_out.as_deref()).await,
             Command::Txn {
                 records,
                 record_bytes,
@@ -598,12 +605,18 @@ async fn throughput(
     })
 }
 
+/// Produces on a fixed schedule and times each record from the instant the schedule says it
+/// should leave, not from when it did: a sender that falls behind (the producer's queue full, the
+/// thread descheduled) makes the records it delays count as late, so the histogram has no
+/// coordinated omission.
 async fn latency(
     client: Client,
     rate: u64,
     seconds: u64,
     record_bytes: usize,
+    hdr_out: Option<&std::path::Path>,
 ) -> anyhow::Result<()> {
+    anyhow::ensure!(rate > 0, "--rate must be at least 1");
     let topic = format!("latency-{}", std::process::id());
     client
         .admin()
@@ -616,23 +629,11 @@ async fn latency(
         )
         .await?;
     let n_records = rate * seconds;
-    let origin = Instant::now();
     let config = ConsumerConfig {
         delivery: Delivery::Push,
         ..ConsumerConfig::default()
     };
     let mut consumer = Consumer::new(client.clone(), &topic, None, config).await?;
-    let receiving = tokio::spawn(async move {
-        let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
-        for _ in 0..n_records {
-            let record = consumer.next().await?;
-            let value = record.value.context("record without value")?;
-            let sent_us = u64::from_be_bytes(value[..8].try_into()?);
-            let now_us = origin.elapsed().as_micros() as u64;
-            histogram.record(now_us.saturating_sub(sent_us).max(1))?;
-        }
-        anyhow::Ok(histogram)
-    });
     let producer = Producer::new(
         client,
         ProducerConfig {
@@ -641,26 +642,55 @@ async fn latency(
         },
     );
     let progress = bar(n_records, "latency");
-    let interval = Duration::from_secs_f64(1.0 / rate as f64);
-    let mut deliveries = Vec::new();
-    for i in 0..n_records {
-        // Records are sent on a fixed schedule (tokio's timer wakes at most once a millisecond,
-        // so they leave in small bursts) and carry the time they were handed to the producer.
-        let due = origin + interval.mul_f64(i as f64);
-        if due > Instant::now() {
-            tokio::time::sleep_until(due.into()).await;
+    // Record i is due at origin + i / rate; it carries that intended instant, in microseconds
+    // since the origin, and the consumer subtracts it from the instant it receives the record.
+    let origin = Instant::now();
+    let intended = move |i: u64| {
+        Duration::from_nanos((u128::from(i) * 1_000_000_000 / u128::from(rate)) as u64)
+    };
+    let receiving = tokio::spawn(async move {
+        let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+        for _ in 0..n_records {
+            let record = consumer.next().await?;
+            let value = record.value.context("record without value")?;
+            let intended_us = u64::from_be_bytes(value[..8].try_into()?);
+            let now_us = origin.elapsed().as_micros() as u64;
+            histogram.record(now_us.saturating_sub(intended_us).max(1))?;
         }
-        let mut value = vec![0u8; record_bytes.max(8)];
-        value[..8].copy_from_slice(&(origin.elapsed().as_micros() as u64).to_be_bytes());
-        deliveries.push(
-            producer
-                .send(ProducerRecord::new(topic.clone(), value))
-                .await?,
-        );
-        if i % 1000 == 0 {
-            progress.set_position(i);
+        anyhow::Ok(histogram)
+    });
+    // The schedule is kept by a thread of its own: tokio's timer wakes at most once a
+    // millisecond, std's sleep within tens of microseconds. Each wake-up sends every record due
+    // by then (a burst when the thread woke late), each stamped with its own intended instant.
+    let handle = tokio::runtime::Handle::current();
+    let sender_progress = progress.clone();
+    let sending = tokio::task::spawn_blocking(move || {
+        let mut deliveries = Vec::with_capacity(n_records as usize);
+        let mut behind_max = Duration::ZERO;
+        let mut i = 0u64;
+        while i < n_records {
+            let now = origin.elapsed();
+            let due = intended(i);
+            if due > now {
+                std::thread::sleep(due - now);
+                continue;
+            }
+            behind_max = behind_max.max(now - due);
+            while i < n_records && intended(i) <= now {
+                let mut value = vec![0u8; record_bytes.max(8)];
+                value[..8].copy_from_slice(&(intended(i).as_micros() as u64).to_be_bytes());
+                deliveries.push(
+                    handle.block_on(producer.send(ProducerRecord::new(topic.clone(), value)))?,
+                );
+                i += 1;
+                if i % 1000 == 0 {
+                    sender_progress.set_position(i);
+                }
+            }
         }
-    }
+        anyhow::Ok((producer, deliveries, behind_max))
+    });
+    let (producer, deliveries, behind_max) = sending.await??;
     for delivery in deliveries {
         delivery.await?;
     }
@@ -675,5 +705,17 @@ async fn latency(
         ms(0.999),
         histogram.max() as f64 / 1000.0
     );
+    println!(
+        "timed from each record's intended send time; the sender was at most {:.3} ms behind its schedule",
+        behind_max.as_secs_f64() * 1000.0
+    );
+    if let Some(path) = hdr_out {
+        let mut file = std::io::BufWriter::new(
+            std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
+        );
+        hgrm::write_percentile_distribution(&histogram, &mut file)
+            .and_then(|()| std::io::Write::flush(&mut file))
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
     Ok(())
 }
