@@ -15,6 +15,7 @@ use anyhow::Context as _;
 use hdrhistogram::Histogram;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig as KafkaConfig;
+use serde_json::json;
 use strand_broker::config::BrokerConfig;
 use strand_broker::run::RunningBroker;
 use strand_client::{
@@ -23,6 +24,8 @@ use strand_client::{
 };
 use strand_cluster::bridge::config::{BridgeConfig, ClusterConfig, Direction, Endpoint, RouteSpec};
 use tokio::sync::watch;
+
+use crate::report::{self, say};
 
 async fn broker(dir: &std::path::Path) -> anyhow::Result<RunningBroker> {
     RunningBroker::start(BrokerConfig {
@@ -42,7 +45,11 @@ async fn records_on(client: &Client, topic: &str) -> u64 {
     }
 }
 
-pub async fn run(n_records: u64, record_bytes: usize, partitions: u32) -> anyhow::Result<()> {
+pub async fn run(
+    n_records: u64,
+    record_bytes: usize,
+    partitions: u32,
+) -> anyhow::Result<serde_json::Value> {
     let dir = tempfile::Builder::new()
         .prefix(".strand-bench-")
         .tempdir_in(std::env::current_dir()?)?;
@@ -68,6 +75,7 @@ pub async fn run(n_records: u64, record_bytes: usize, partitions: u32) -> anyhow
         .set("acks", "all")
         .set("linger.ms", "5")
         .create()?;
+    let progress = report::bar(n_records, "alone");
     let started = Instant::now();
     let mut pending = Vec::new();
     for i in 0..n_records {
@@ -88,16 +96,19 @@ pub async fn run(n_records: u64, record_bytes: usize, partitions: u32) -> anyhow
             for d in pending.drain(..) {
                 d.await?.map_err(|(e, _)| e)?;
             }
+            progress.set_position(i + 1);
         }
     }
     for d in pending {
         d.await?.map_err(|(e, _)| e)?;
     }
     let alone = n_records as f64 / started.elapsed().as_secs_f64();
+    progress.finish();
     drop(producer);
 
     // The source filled first, then the bridge moves all of it.
     let native = Producer::new(ca.clone(), ProducerConfig::default());
+    let progress = report::bar(n_records, "source");
     let mut deliveries = Vec::new();
     for i in 0..n_records {
         let record = ProducerRecord {
@@ -107,10 +118,14 @@ pub async fn run(n_records: u64, record_bytes: usize, partitions: u32) -> anyhow
             ..ProducerRecord::default()
         };
         deliveries.push(native.send(record).await?);
+        if i % 10_000 == 0 {
+            progress.set_position(i);
+        }
     }
     for d in deliveries {
         d.await?;
     }
+    progress.finish();
     let config = BridgeConfig {
         checkpoint_interval_ms: 1_000,
         create_topics: true,
@@ -157,7 +172,13 @@ pub async fn run(n_records: u64, record_bytes: usize, partitions: u32) -> anyhow
     let started = Instant::now();
     let bridge = tokio::spawn(strand_cluster::bridge::run(config, stats, stopped));
     let deadline = started + Duration::from_secs(600);
-    while records_on(&cb, "mirrored").await < n_records {
+    let progress = report::bar(n_records, "bridged");
+    loop {
+        let on_b = records_on(&cb, "mirrored").await;
+        progress.set_position(on_b);
+        if on_b >= n_records {
+            break;
+        }
         anyhow::ensure!(
             Instant::now() < deadline,
             "the bridge did not finish in 600 s"
@@ -165,19 +186,30 @@ pub async fn run(n_records: u64, record_bytes: usize, partitions: u32) -> anyhow
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let bridged = n_records as f64 / started.elapsed().as_secs_f64();
+    progress.finish();
     let mb = |rate: f64| rate * record_bytes as f64 / 1e6;
-    println!(
+    say!(
         "bridge: {n_records} records of {record_bytes} B, {partitions} partitions: destination alone (librdkafka idempotent, acks=all) {alone:.0} records/s ({:.1} MB/s); through the bridge {bridged:.0} records/s ({:.1} MB/s): bridge/alone = {:.2}",
         mb(alone),
         mb(bridged),
         bridged / alone
     );
-    latency(&ca, &cb, record_bytes, partitions).await?;
+    let latency = latency(&ca, &cb, record_bytes, partitions).await?;
     let _ = stop.send(true);
     bridge.await?.context("bridge")?;
     a.stop().await?;
     b.stop().await?;
-    Ok(())
+    let way = |rate: f64| json!({"records_per_s": rate, "mb_per_s": mb(rate)});
+    Ok(json!({
+        "command": "bridge",
+        "records": n_records,
+        "record_bytes": record_bytes,
+        "partitions": partitions,
+        "destination_alone": way(alone),
+        "through_bridge": way(bridged),
+        "bridge_over_alone": bridged / alone,
+        "latency": latency,
+    }))
 }
 
 /// Microseconds since the Unix epoch.
@@ -220,7 +252,7 @@ async fn latency(
     cb: &Client,
     record_bytes: usize,
     partitions: u32,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<serde_json::Value> {
     const RATE: u64 = 2_000;
     const SECONDS: u64 = 5;
     let count = RATE * SECONDS;
@@ -236,6 +268,7 @@ async fn latency(
     let on_a = tokio::spawn(arrivals(ca.clone(), "latency", partitions, count));
     let on_b = tokio::spawn(arrivals(cb.clone(), "latency", partitions, count));
     let producer = Producer::new(ca.clone(), ProducerConfig::default());
+    let progress = report::bar(count, "latency");
     let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / RATE));
     let mut deliveries = Vec::with_capacity(count as usize);
     for i in 0..count {
@@ -249,13 +282,17 @@ async fn latency(
             ..ProducerRecord::default()
         };
         deliveries.push(producer.send(record).await?);
+        if i % 1_000 == 0 {
+            progress.set_position(i);
+        }
     }
     for d in deliveries {
         d.await?;
     }
+    progress.finish();
     let (a, b) = (on_a.await??, on_b.await??);
     let ms = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
-    println!(
+    say!(
         "bridge latency: {count} records at {RATE}/s: produce to consume on A p50 {:.1} ms p99 {:.1} ms; on B through the bridge p50 {:.1} ms p99 {:.1} ms; added p50 {:.1} ms p99 {:.1} ms",
         ms(&a, 0.5),
         ms(&a, 0.99),
@@ -264,5 +301,11 @@ async fn latency(
         ms(&b, 0.5) - ms(&a, 0.5),
         ms(&b, 0.99) - ms(&a, 0.99),
     );
-    Ok(())
+    Ok(json!({
+        "records": count,
+        "rate_per_s": RATE,
+        "on_source_ms": {"p50": ms(&a, 0.5), "p99": ms(&a, 0.99)},
+        "through_bridge_ms": {"p50": ms(&b, 0.5), "p99": ms(&b, 0.99)},
+        "added_ms": {"p50": ms(&b, 0.5) - ms(&a, 0.5), "p99": ms(&b, 0.99) - ms(&a, 0.99)},
+    }))
 }

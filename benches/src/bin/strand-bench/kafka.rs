@@ -13,6 +13,7 @@ use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer as _,
 use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 
 use bytes::{Buf, BytesMut};
+use indicatif::ProgressBar;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::{
     ApiKey, FetchRequest, FetchResponse, RequestHeader, ResponseHeader, TopicName,
@@ -36,6 +37,7 @@ pub async fn raw_kafka_consume(
     topic: &str,
     partitions: u32,
     n_records: u64,
+    progress: &ProgressBar,
 ) -> anyhow::Result<f64> {
     let mut socket = tokio::net::TcpStream::connect(bootstrap).await?;
     socket.set_nodelay(true)?;
@@ -92,6 +94,7 @@ pub async fn raw_kafka_consume(
                 }
             }
         }
+        progress.set_position(consumed);
     }
     Ok(n_records as f64 / started.elapsed().as_secs_f64())
 }
@@ -103,6 +106,7 @@ pub async fn raw_native_consume(
     topic: &str,
     partitions: u32,
     n_records: u64,
+    progress: &ProgressBar,
 ) -> anyhow::Result<f64> {
     let mut offsets = vec![0u64; partitions as usize];
     let mut consumed = 0u64;
@@ -127,6 +131,7 @@ pub async fn raw_native_consume(
                 offsets[p] = header.last_offset() as u64 + 1;
             }
         }
+        progress.set_position(consumed);
     }
     Ok(n_records as f64 / started.elapsed().as_secs_f64())
 }
@@ -199,6 +204,7 @@ pub fn throughput(
         .create_with_context(Deliveries::default())
         .context("creating the librdkafka producer")?;
     let value = vec![b'x'; record_bytes];
+    let progress = crate::report::bar(n_records, "produce");
     let started = Instant::now();
     for i in 0..n_records {
         let partition = ((i / 1000) % u64::from(partitions)) as i32;
@@ -217,12 +223,15 @@ pub fn throughput(
         }
         if i % 1024 == 0 {
             producer.poll(Duration::ZERO);
+            progress.set_position(producer.context().ok.load(Ordering::Relaxed));
         }
     }
     producer
         .flush(Duration::from_secs(120))
         .context("librdkafka flush")?;
     let produce_time = started.elapsed();
+    progress.set_position(producer.context().ok.load(Ordering::Relaxed));
+    progress.finish();
     let context = producer.context();
     let (ok, failed) = (
         context.ok.load(Ordering::Relaxed),
@@ -248,6 +257,7 @@ pub fn throughput(
         assignment.add_partition_offset(topic, p as i32, Offset::Beginning)?;
     }
     consumer.assign(&assignment)?;
+    let progress = crate::report::bar(n_records, "consume");
     let started = Instant::now();
     let deadline = started + Duration::from_secs(300);
     let mut consumed = 0u64;
@@ -259,8 +269,12 @@ pub fn throughput(
         if let Some(message) = consumer.poll(Duration::from_millis(100)) {
             message.context("librdkafka consume")?;
             consumed += 1;
+            if consumed % 10_000 == 0 {
+                progress.set_position(consumed);
+            }
         }
     }
+    progress.finish();
     Ok(Rates {
         produce: n_records as f64 / produce_time.as_secs_f64(),
         consume: n_records as f64 / started.elapsed().as_secs_f64(),

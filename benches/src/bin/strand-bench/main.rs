@@ -4,15 +4,21 @@
 //! working tree's disk), so client and broker share the machine as they would on one host.
 //! Every run is bounded by its record count or duration and stops by itself.
 //!
+//! Every subcommand shows progress on stderr (on a terminal, unless `--quiet`) and, with
+//! `--json`, prints one JSON object with its results on stdout (the text then goes to stderr).
+//! `latency`, `throughput` and `saga` draw an SVG chart with `--chart FILE.svg`.
+//!
 //! ```text
-//! strand-bench throughput --records 2000000 --record-bytes 100
-//! strand-bench latency --rate 10000 --seconds 10 --record-bytes 100
-//! strand-bench kafka --records 1000000 --record-bytes 100
+//! strand-bench throughput --records 2000000 --record-bytes 100 --chart throughput.svg
+//! strand-bench latency --rate 10000 --seconds 10 --record-bytes 100 --hdr-out latency.hgrm
+//! strand-bench --json kafka --records 1000000 --record-bytes 100
 //! ```
 
 mod bridge;
+mod chart;
 mod hgrm;
 mod kafka;
+mod report;
 mod saga;
 mod tls;
 mod txn;
@@ -24,7 +30,7 @@ use anyhow::Context;
 use bytes::Bytes;
 use clap::{Parser, Subcommand};
 use hdrhistogram::Histogram;
-use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::json;
 use strand_broker::listener::BoundListener;
 use strand_broker::log::{FsyncPolicy, LogConfig};
 use strand_broker::metrics::Metrics;
@@ -46,6 +52,12 @@ struct Cli {
     /// The same broker's Kafka listener, for `kafka` with `--broker`.
     #[arg(long, global = true)]
     kafka_broker: Option<String>,
+    /// Print the results as one JSON object on stdout; the text goes to stderr.
+    #[arg(long, global = true)]
+    json: bool,
+    /// No progress bars (they are drawn on stderr, and only when it is a terminal).
+    #[arg(long, global = true)]
+    quiet: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -68,6 +80,9 @@ enum Command {
         acks: String,
         #[arg(long, default_value_t = 5)]
         linger_ms: u64,
+        /// Draw produce and consume records/s over time into FILE (SVG).
+        #[arg(long, value_name = "FILE.svg")]
+        chart: Option<std::path::PathBuf>,
     },
     /// The throughput run twice on one broker: native client, then librdkafka through the
     /// Kafka listener; prints both and their ratio.
@@ -104,6 +119,9 @@ enum Command {
         /// Keep the journal and topics on the broker's Kafka listener, through librdkafka.
         #[arg(long)]
         kafka: bool,
+        /// Draw completed sagas/s and latency percentiles over time into FILE (SVG).
+        #[arg(long, value_name = "FILE.svg")]
+        chart: Option<std::path::PathBuf>,
     },
     /// The throughput runs over plaintext and over TLS on one broker, native client and
     /// librdkafka: records/s each way and the TLS/plaintext ratio.
@@ -141,6 +159,9 @@ enum Command {
         /// (`.hgrm` text, milliseconds).
         #[arg(long, value_name = "FILE")]
         hdr_out: Option<std::path::PathBuf>,
+        /// Draw the latency percentile curve into FILE (SVG).
+        #[arg(long, value_name = "FILE.svg")]
+        chart: Option<std::path::PathBuf>,
     },
 }
 
@@ -152,6 +173,13 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    report::init(cli.json, cli.quiet);
+    let result = run(cli)?;
+    report::finish(&result)
+}
+
+/// Runs the subcommand; its results as JSON.
+fn run(cli: Cli) -> anyhow::Result<serde_json::Value> {
     // Logs only when asked for (RUST_LOG=warn, say): they would mix with the results. Traces
     // when the OpenTelemetry variables ask for them (the brokers it starts run in-process).
     let _telemetry = if std::env::var_os("RUST_LOG").is_some()
@@ -170,7 +198,15 @@ fn main() -> anyhow::Result<()> {
             sagas,
             concurrency,
             kafka,
-        } => return runtime()?.block_on(saga::run(sagas, concurrency.max(1), kafka)),
+            chart,
+        } => {
+            return runtime()?.block_on(saga::run(
+                sagas,
+                concurrency.max(1),
+                kafka,
+                chart.as_deref(),
+            ))
+        }
         Command::Bridge {
             records,
             record_bytes,
@@ -228,25 +264,60 @@ fn main() -> anyhow::Result<()> {
                 producers,
                 acks,
                 linger_ms,
-            } => throughput(
-                &addr,
-                &ClientConfig::default(),
-                client,
-                records,
-                record_bytes,
-                partitions,
-                producers,
-                &acks,
-                linger_ms,
-            )
-            .await
-            .map(|_| ()),
+                chart,
+            } => {
+                let run = throughput(
+                    &addr,
+                    &ClientConfig::default(),
+                    client,
+                    records,
+                    record_bytes,
+                    partitions,
+                    producers,
+                    &acks,
+                    linger_ms,
+                )
+                .await?;
+                if let Some(path) = chart {
+                    let title = format!(
+                        "strand-bench throughput: {records} records of {record_bytes} B, {partitions} partitions, {producers} producers, acks={acks}"
+                    );
+                    chart::over_time(
+                        &path,
+                        &title,
+                        "records/s",
+                        &[
+                            chart::Series {
+                                name: "produce (acknowledged)".into(),
+                                points: run.produced.per_second(),
+                            },
+                            chart::Series {
+                                name: "consume".into(),
+                                points: run.consumed.per_second(),
+                            },
+                        ],
+                        &[],
+                    )?;
+                }
+                Ok(run.json)
+            }
             Command::Latency {
                 rate,
                 seconds,
                 record_bytes,
                 hdr_out,
-            } => latency(client, rate, seconds, record_bytes, hdr_out.as_deref()).await,
+                chart,
+            } => {
+                latency(
+                    client,
+                    rate,
+                    seconds,
+                    record_bytes,
+                    hdr_out.as_deref(),
+                    chart.as_deref(),
+                )
+                .await
+            }
             Command::Txn {
                 records,
                 record_bytes,
@@ -349,23 +420,30 @@ impl EmbeddedBroker {
     }
 }
 
-fn bar(len: u64, what: &str) -> ProgressBar {
-    let bar = ProgressBar::new(len);
-    bar.set_style(
-        ProgressStyle::default_bar()
-            .template(&format!(
-                "{what:>8} [{{bar:40}}] {{pos}}/{{len}} {{per_sec}} eta {{eta}}"
-            ))
-            .expect("valid template"),
-    );
-    bar
-}
-
 /// Records per second of a throughput run.
 #[derive(Debug, Clone, Copy)]
 pub struct Rates {
     pub produce: f64,
     pub consume: f64,
+}
+
+impl Rates {
+    /// Records/s and MB/s of values, each way.
+    pub fn json(&self, record_bytes: usize) -> serde_json::Value {
+        let way = |rate: f64| json!({"records_per_s": rate, "mb_per_s": rate * record_bytes as f64 / 1e6});
+        json!({"produce": way(self.produce), "consume": way(self.consume)})
+    }
+}
+
+/// A throughput run's figures, as JSON and as the time series the chart draws.
+#[derive(Debug)]
+pub struct ThroughputRun {
+    pub rates: Rates,
+    pub json: serde_json::Value,
+    /// Records acknowledged per time bin, from the start of the produce phase.
+    pub produced: chart::Timeline,
+    /// Records consumed per time bin, on the same clock.
+    pub consumed: chart::Timeline,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -378,8 +456,8 @@ async fn compare_kafka(
     partitions: u32,
     acks: &str,
     linger_ms: u64,
-) -> anyhow::Result<()> {
-    println!("native client, one producer:");
+) -> anyhow::Result<serde_json::Value> {
+    report::say!("native client, one producer:");
     let native = throughput(
         addr,
         &ClientConfig::default(),
@@ -391,7 +469,8 @@ async fn compare_kafka(
         acks,
         linger_ms,
     )
-    .await?;
+    .await?
+    .rates;
     let native_topic = format!("bench-{}", std::process::id());
     let topic = format!("kafka-bench-{}", std::process::id());
     client
@@ -419,7 +498,7 @@ async fn compare_kafka(
         )
     })
     .await??;
-    println!(
+    report::say!(
         "librdkafka {} through the Kafka listener:",
         rdkafka::util::get_rdkafka_version().1
     );
@@ -428,7 +507,7 @@ async fn compare_kafka(
         ("produce", native.produce, rdkafka.produce),
         ("consume", native.consume, rdkafka.consume),
     ] {
-        println!(
+        report::say!(
             "{what}: native {n:.0} records/s ({:.1} MB/s), librdkafka {k:.0} records/s ({:.1} MB/s): kafka/native = {:.2}",
             mb(n),
             mb(k),
@@ -436,16 +515,41 @@ async fn compare_kafka(
         );
     }
     // The protocols alone: fetch the same records again on each, counting from batch headers.
+    let progress = report::bar(n_records, "native");
     let raw_native =
-        kafka::raw_native_consume(&client, &native_topic, partitions, n_records).await?;
-    let raw_kafka = kafka::raw_kafka_consume(kafka_addr, &topic, partitions, n_records).await?;
-    println!(
+        kafka::raw_native_consume(&client, &native_topic, partitions, n_records, &progress).await?;
+    progress.finish_and_clear();
+    let progress = report::bar(n_records, "kafka");
+    let raw_kafka =
+        kafka::raw_kafka_consume(kafka_addr, &topic, partitions, n_records, &progress).await?;
+    progress.finish_and_clear();
+    report::say!(
         "consume, protocol only (records counted from batch headers): native {raw_native:.0} records/s ({:.1} MB/s), kafka {raw_kafka:.0} records/s ({:.1} MB/s): kafka/native = {:.2}",
         mb(raw_native),
         mb(raw_kafka),
         raw_kafka / raw_native
     );
-    Ok(())
+    let way = |rate: f64| json!({"records_per_s": rate, "mb_per_s": mb(rate)});
+    Ok(json!({
+        "command": "kafka",
+        "records": n_records,
+        "record_bytes": record_bytes,
+        "partitions": partitions,
+        "acks": acks,
+        "linger_ms": linger_ms,
+        "librdkafka_version": rdkafka::util::get_rdkafka_version().1,
+        "native": native.json(record_bytes),
+        "librdkafka": rdkafka.json(record_bytes),
+        "kafka_over_native": {
+            "produce": rdkafka.produce / native.produce,
+            "consume": rdkafka.consume / native.consume,
+        },
+        "consume_protocol_only": {
+            "native": way(raw_native),
+            "kafka": way(raw_kafka),
+            "kafka_over_native": raw_kafka / raw_native,
+        },
+    }))
 }
 
 /// The same records produced idempotently, then in transactions, each to a topic of its own.
@@ -456,7 +560,7 @@ async fn compare_txn(
     record_bytes: usize,
     partitions: u32,
     records_per_txn: u64,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<serde_json::Value> {
     let mut rates = Vec::new();
     for (what, per_txn) in [
         ("idempotent", None),
@@ -474,6 +578,8 @@ async fn compare_txn(
             )
             .await?;
         let bootstrap = kafka_addr.to_string();
+        let progress = report::bar(n_records, &what[..8.min(what.len())]);
+        let bar = progress.clone();
         let rate = tokio::task::spawn_blocking(move || {
             txn::produce(
                 &bootstrap,
@@ -482,20 +588,33 @@ async fn compare_txn(
                 record_bytes,
                 partitions,
                 per_txn,
+                &bar,
             )
         })
         .await??;
-        println!(
+        progress.finish_and_clear();
+        report::say!(
             "{what} produce, librdkafka acks=all: {rate:.0} records/s ({:.1} MB/s)",
             rate * record_bytes as f64 / 1e6
         );
         rates.push(rate);
     }
-    println!(
+    report::say!(
         "transactional/idempotent = {:.2} ({records_per_txn} records per transaction)",
         rates[1] / rates[0]
     );
-    Ok(())
+    let way =
+        |rate: f64| json!({"records_per_s": rate, "mb_per_s": rate * record_bytes as f64 / 1e6});
+    Ok(json!({
+        "command": "txn",
+        "records": n_records,
+        "record_bytes": record_bytes,
+        "partitions": partitions,
+        "records_per_txn": records_per_txn,
+        "idempotent": way(rates[0]),
+        "transactional": way(rates[1]),
+        "transactional_over_idempotent": rates[1] / rates[0],
+    }))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -507,10 +626,10 @@ async fn throughput(
     record_bytes: usize,
     partitions: u32,
     n_producers: usize,
-    acks: &str,
+    acks_name: &str,
     linger_ms: u64,
-) -> anyhow::Result<Rates> {
-    let acks = match acks {
+) -> anyhow::Result<ThroughputRun> {
+    let acks = match acks_name {
         "none" => Acks::None,
         "leader" => Acks::Leader,
         "durable" => Acks::Durable,
@@ -528,8 +647,9 @@ async fn throughput(
         )
         .await?;
     let value = Bytes::from(vec![b'x'; record_bytes]);
-    let progress = bar(n_records, "produce");
+    let progress = report::bar(n_records, "produce");
     let started = Instant::now();
+    let mut produced = chart::Timeline::new(started);
     let mut tasks = Vec::new();
     let per_producer = n_records.div_ceil(n_producers as u64);
     for p in 0..n_producers {
@@ -539,13 +659,15 @@ async fn throughput(
         let progress = progress.clone();
         let count = per_producer.min(n_records - per_producer * p as u64);
         tasks.push(tokio::spawn(async move {
+            let mut produced = chart::Timeline::new(started);
             let config = ProducerConfig {
                 acks,
                 linger: Duration::from_millis(linger_ms),
                 ..ProducerConfig::default()
             };
             let producer = Producer::new(client, config);
-            let mut pending = Vec::with_capacity(10_000);
+            // Up to 10,000 records in flight; the oldest thousand are awaited when it is full.
+            let mut pending = std::collections::VecDeque::with_capacity(10_000);
             for i in 0..count {
                 let record = ProducerRecord {
                     topic: topic.clone(),
@@ -553,12 +675,13 @@ async fn throughput(
                     value: Some(value.clone()),
                     ..ProducerRecord::default()
                 };
-                pending.push(producer.send(record).await?);
+                pending.push_back(producer.send(record).await?);
                 if pending.len() == 10_000 {
-                    for delivery in pending.drain(..) {
+                    for delivery in pending.drain(..1_000) {
                         delivery.await?;
                     }
-                    progress.inc(10_000);
+                    progress.inc(1_000);
+                    produced.add(Instant::now(), 1_000);
                 }
             }
             let left = pending.len() as u64;
@@ -566,42 +689,74 @@ async fn throughput(
                 delivery.await?;
             }
             progress.inc(left);
+            produced.add(Instant::now(), left);
             producer.close().await?;
-            anyhow::Ok(())
+            anyhow::Ok(produced)
         }));
     }
     for task in tasks {
-        task.await??;
+        produced.merge(&task.await??);
     }
     let produce_time = started.elapsed();
     progress.finish();
 
-    let progress = bar(n_records, "consume");
-    let started = Instant::now();
+    let progress = report::bar(n_records, "consume");
+    let mut consumed_over_time = chart::Timeline::new(started);
+    let consume_started = Instant::now();
     let mut consumer = Consumer::new(client, &topic, None, ConsumerConfig::default()).await?;
     let mut consumed = 0u64;
     while consumed < n_records {
         consumer.next().await?;
         consumed += 1;
+        if consumed % 1_000 == 0 || consumed == n_records {
+            let step = if consumed % 1_000 == 0 {
+                1_000
+            } else {
+                consumed % 1_000
+            };
+            consumed_over_time.add(Instant::now(), step);
+        }
         if consumed % 10_000 == 0 {
             progress.set_position(consumed);
         }
     }
-    let consume_time = started.elapsed();
+    let consume_time = consume_started.elapsed();
     progress.finish();
 
     let wire_bytes = n_records as f64 * record_bytes as f64;
     for (what, time) in [("produce", produce_time), ("consume", consume_time)] {
         let secs = time.as_secs_f64();
-        println!(
+        report::say!(
             "{what}: {n_records} records of {record_bytes} B in {secs:.2} s = {:.0} records/s, {:.1} MB/s of values",
             n_records as f64 / secs,
             wire_bytes / secs / 1e6
         );
     }
-    Ok(Rates {
+    let rates = Rates {
         produce: n_records as f64 / produce_time.as_secs_f64(),
         consume: n_records as f64 / consume_time.as_secs_f64(),
+    };
+    let mut json = json!({
+        "command": "throughput",
+        "records": n_records,
+        "record_bytes": record_bytes,
+        "partitions": partitions,
+        "producers": n_producers,
+        "acks": acks_name,
+        "linger_ms": linger_ms,
+    });
+    if let (Some(run), serde_json::Value::Object(figures)) =
+        (json.as_object_mut(), rates.json(record_bytes))
+    {
+        run.extend(figures);
+    }
+    json["produce"]["seconds"] = json!(produce_time.as_secs_f64());
+    json["consume"]["seconds"] = json!(consume_time.as_secs_f64());
+    Ok(ThroughputRun {
+        rates,
+        json,
+        produced,
+        consumed: consumed_over_time,
     })
 }
 
@@ -615,7 +770,8 @@ async fn latency(
     seconds: u64,
     record_bytes: usize,
     hdr_out: Option<&std::path::Path>,
-) -> anyhow::Result<()> {
+    chart_out: Option<&std::path::Path>,
+) -> anyhow::Result<serde_json::Value> {
     anyhow::ensure!(rate > 0, "--rate must be at least 1");
     let topic = format!("latency-{}", std::process::id());
     client
@@ -641,7 +797,7 @@ async fn latency(
             ..ProducerConfig::default()
         },
     );
-    let progress = bar(n_records, "latency");
+    let progress = report::bar(n_records, "latency");
     // Record i is due at origin + i / rate; it carries that intended instant, in microseconds
     // since the origin, and the consumer subtracts it from the instant it receives the record.
     let origin = Instant::now();
@@ -698,14 +854,14 @@ async fn latency(
     let histogram = tokio::time::timeout(Duration::from_secs(30), receiving).await???;
     producer.close().await?;
     let ms = |q: f64| histogram.value_at_quantile(q) as f64 / 1000.0;
-    println!(
+    report::say!(
         "end-to-end latency at {rate} records/s of {record_bytes} B, {n_records} records: p50 {:.3} ms, p99 {:.3} ms, p99.9 {:.3} ms, max {:.3} ms",
         ms(0.5),
         ms(0.99),
         ms(0.999),
         histogram.max() as f64 / 1000.0
     );
-    println!(
+    report::say!(
         "timed from each record's intended send time; the sender was at most {:.3} ms behind its schedule",
         behind_max.as_secs_f64() * 1000.0
     );
@@ -717,5 +873,34 @@ async fn latency(
             .and_then(|()| std::io::Write::flush(&mut file))
             .with_context(|| format!("writing {}", path.display()))?;
     }
-    Ok(())
+    if let Some(path) = chart_out {
+        let title = format!(
+            "strand-bench latency: {rate} records/s of {record_bytes} B, produce to push-consume, from intended send time"
+        );
+        chart::percentile_curve(path, &title, &[("end to end", &histogram)])?;
+    }
+    let percentiles: serde_json::Map<String, serde_json::Value> = [
+        ("p50", 0.5),
+        ("p90", 0.9),
+        ("p99", 0.99),
+        ("p99.9", 0.999),
+        ("p99.99", 0.9999),
+    ]
+    .into_iter()
+    .map(|(name, q)| (name.to_string(), json!(ms(q))))
+    .collect();
+    Ok(json!({
+        "command": "latency",
+        "rate_per_s": rate,
+        "seconds": seconds,
+        "record_bytes": record_bytes,
+        "records": n_records,
+        "latency_ms": {
+            "percentiles": percentiles,
+            "mean": histogram.mean() / 1000.0,
+            "max": histogram.max() as f64 / 1000.0,
+        },
+        "sender_behind_schedule_max_ms": behind_max.as_secs_f64() * 1000.0,
+        "method": "from each record's intended send time (no coordinated omission)",
+    }))
 }

@@ -25,6 +25,9 @@ use strand_saga::ownership;
 use strand_saga::participants::serve_commands;
 use tokio::sync::{watch, Semaphore};
 
+use crate::chart::{self, LatencyTimeline, Series, Timeline};
+use crate::report::{self, say};
+
 fn definition() -> anyhow::Result<DefinitionSpec> {
     let command = |step: &str, op: &str| {
         json!({
@@ -48,7 +51,12 @@ const WARM_UP: u64 = 200;
 
 /// `kafka`: the orchestrator keeps its journal and topics on the broker's Kafka listener through
 /// librdkafka (as on a Kafka cluster) instead of the native protocol.
-pub async fn run(n_sagas: u64, concurrency: usize, kafka: bool) -> anyhow::Result<()> {
+pub async fn run(
+    n_sagas: u64,
+    concurrency: usize,
+    kafka: bool,
+    chart_out: Option<&std::path::Path>,
+) -> anyhow::Result<serde_json::Value> {
     let dir = tempfile::Builder::new()
         .prefix(".strand-bench-")
         .tempdir_in(std::env::current_dir()?)
@@ -119,12 +127,17 @@ pub async fn run(n_sagas: u64, concurrency: usize, kafka: bool) -> anyhow::Resul
         stopped.clone(),
     ));
 
+    let setting_up = report::spinner("warm-up");
     let started_at: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    // The measured run's start: the clock of the charts' time axis, set after the warm-up.
+    let (begin_tx, begin_rx) = tokio::sync::oneshot::channel::<Instant>();
+    let progress = report::bar(n_sagas, "sagas");
     let permits = Arc::new(Semaphore::new(concurrency));
     let outcomes = {
         let started_at = started_at.clone();
         let permits = permits.clone();
         let client = Client::connect(addr.clone(), ClientConfig::default()).await?;
+        let progress = progress.clone();
         tokio::spawn(async move {
             let config = ConsumerConfig {
                 start: StartFrom::Latest,
@@ -134,18 +147,29 @@ pub async fn run(n_sagas: u64, concurrency: usize, kafka: bool) -> anyhow::Resul
             let mut consumer = Consumer::new(client, "bench-outcomes", None, config).await?;
             let mut histogram = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?;
             let mut n = 0u64;
+            let begin = begin_rx.await?;
+            let mut completed = Timeline::new(begin);
+            let mut latencies = LatencyTimeline::new(begin);
             while n < n_sagas {
                 let record = consumer.next().await?;
                 let outcome: serde_json::Value =
                     serde_json::from_slice(record.value.as_deref().unwrap_or_default())?;
                 let key = outcome["idempotency_key"].as_str().unwrap_or_default();
                 if let Some(t) = started_at.lock().expect("lock").remove(key) {
-                    histogram.record(t.elapsed().as_micros().max(1) as u64)?;
+                    let now = Instant::now();
+                    let micros = now.duration_since(t).as_micros().max(1) as u64;
+                    histogram.record(micros)?;
+                    completed.add(now, 1);
+                    latencies.record(now, micros)?;
                     n += 1;
                     permits.add_permits(1);
+                    if n % 100 == 0 {
+                        progress.set_position(n);
+                    }
                 }
             }
-            anyhow::Ok((histogram, Instant::now()))
+            progress.finish();
+            anyhow::Ok((histogram, Instant::now(), completed, latencies))
         })
     };
     // Warm up (consumer groups joined, connections open): sagas that are not measured.
@@ -178,7 +202,9 @@ pub async fn run(n_sagas: u64, concurrency: usize, kafka: bool) -> anyhow::Resul
         }
     }
 
+    setting_up.finish_and_clear();
     let begin = Instant::now();
+    let _ = begin_tx.send(begin);
     let mut starts = tokio::task::JoinSet::new();
     for i in 0..n_sagas {
         permits.acquire().await?.forget();
@@ -214,12 +240,13 @@ pub async fn run(n_sagas: u64, concurrency: usize, kafka: bool) -> anyhow::Resul
     while let Some(done) = starts.join_next().await {
         done??;
     }
-    let (histogram, end) = tokio::time::timeout(Duration::from_secs(300), outcomes)
-        .await
-        .context("outcomes did not all arrive in 300 s")???;
+    let (histogram, end, completed, latencies) =
+        tokio::time::timeout(Duration::from_secs(300), outcomes)
+            .await
+            .context("outcomes did not all arrive in 300 s")???;
     let secs = (end - begin).as_secs_f64();
     let ms = |q: f64| histogram.value_at_quantile(q) as f64 / 1000.0;
-    println!(
+    say!(
         "saga: {n_sagas} sagas of 3 broker steps, {concurrency} at once, journal durable on {}: {:.0} sagas/s; latency p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
         if kafka { "the Kafka listener (librdkafka)" } else { "the native protocol" },
         n_sagas as f64 / secs,
@@ -231,5 +258,37 @@ pub async fn run(n_sagas: u64, concurrency: usize, kafka: bool) -> anyhow::Resul
     let _ = orchestrator.await;
     let _ = participant.await;
     broker.stop().await?;
-    Ok(())
+    if let Some(path) = chart_out {
+        let title = format!(
+            "strand-bench saga: {n_sagas} sagas of 3 broker steps, {concurrency} at once, journal durable"
+        );
+        let latency = |name: &str, q: f64| Series {
+            name: name.into(),
+            points: latencies.quantile_ms(q),
+        };
+        chart::over_time(
+            path,
+            &title,
+            "sagas/s",
+            &[Series {
+                name: "completed".into(),
+                points: completed.per_second(),
+            }],
+            &[latency("p50", 0.5), latency("p99", 0.99)],
+        )?;
+    }
+    Ok(json!({
+        "command": "saga",
+        "sagas": n_sagas,
+        "concurrency": concurrency,
+        "journal": if kafka { "kafka" } else { "native" },
+        "seconds": secs,
+        "sagas_per_s": n_sagas as f64 / secs,
+        "latency_ms": {
+            "p50": ms(0.5),
+            "p99": ms(0.99),
+            "p99.9": ms(0.999),
+            "max": histogram.max() as f64 / 1000.0,
+        },
+    }))
 }

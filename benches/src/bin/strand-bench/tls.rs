@@ -16,6 +16,9 @@ use strand_broker::security::tls::TlsConfig;
 use strand_broker::security::SecurityProtocol;
 use strand_client::{Client, ClientConfig, ClientTlsConfig};
 
+use serde_json::json;
+
+use crate::report::say;
 use crate::{kafka, runtime, throughput, Rates};
 
 /// Writes a CA and a server certificate for 127.0.0.1 and localhost into `dir`.
@@ -44,7 +47,11 @@ fn certificates(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn run(records: u64, record_bytes: usize, partitions: u32) -> anyhow::Result<()> {
+pub fn run(
+    records: u64,
+    record_bytes: usize,
+    partitions: u32,
+) -> anyhow::Result<serde_json::Value> {
     let dir = tempfile::Builder::new()
         .prefix(".strand-bench-")
         .tempdir_in(std::env::current_dir()?)
@@ -111,22 +118,24 @@ pub fn run(records: u64, record_bytes: usize, partitions: u32) -> anyhow::Result
         ("plaintext", &native_plain, ClientConfig::default()),
         ("TLS", &native_tls, tls_config.clone()),
     ] {
-        println!("native client over {protocol}:");
-        let rates = client_runtime.block_on(async {
-            let client = Client::connect(addr.clone(), config.clone()).await?;
-            throughput(
-                addr,
-                &config,
-                client,
-                records,
-                record_bytes,
-                partitions,
-                2,
-                "leader",
-                5,
-            )
-            .await
-        })?;
+        say!("native client over {protocol}:");
+        let rates = client_runtime
+            .block_on(async {
+                let client = Client::connect(addr.clone(), config.clone()).await?;
+                throughput(
+                    addr,
+                    &config,
+                    client,
+                    records,
+                    record_bytes,
+                    partitions,
+                    2,
+                    "leader",
+                    5,
+                )
+                .await
+            })?
+            .rates;
         results.push(("native", protocol, rates));
         // Each run makes its topic `bench-<pid>`: the next one needs the name free.
         client_runtime.block_on(async {
@@ -157,7 +166,7 @@ pub fn run(records: u64, record_bytes: usize, partitions: u32) -> anyhow::Result
                 .await?;
             anyhow::Ok(())
         })?;
-        println!("librdkafka over {protocol}:");
+        say!("librdkafka over {protocol}:");
         let rates = kafka::throughput(
             bootstrap,
             &properties,
@@ -174,7 +183,13 @@ pub fn run(records: u64, record_bytes: usize, partitions: u32) -> anyhow::Result
     broker_runtime.block_on(broker.stop())?;
 
     let mb = |rate: f64| rate * record_bytes as f64 / 1e6;
-    println!("{records} records of {record_bytes} bytes, {partitions} partitions:");
+    let mut json = json!({
+        "command": "tls",
+        "records": records,
+        "record_bytes": record_bytes,
+        "partitions": partitions,
+    });
+    say!("{records} records of {record_bytes} bytes, {partitions} partitions:");
     for client in ["native", "librdkafka"] {
         let rates = |protocol| {
             results
@@ -184,11 +199,19 @@ pub fn run(records: u64, record_bytes: usize, partitions: u32) -> anyhow::Result
                 .expect("measured")
         };
         let (plain, tls) = (rates("plaintext"), rates("TLS"));
+        json[client] = json!({
+            "plaintext": plain.json(record_bytes),
+            "tls": tls.json(record_bytes),
+            "tls_over_plaintext": {
+                "produce": tls.produce / plain.produce,
+                "consume": tls.consume / plain.consume,
+            },
+        });
         for (what, p, t) in [
             ("produce", plain.produce, tls.produce),
             ("consume", plain.consume, tls.consume),
         ] {
-            println!(
+            say!(
                 "{client} {what}: plaintext {p:.0} records/s ({:.1} MB/s), TLS {t:.0} records/s ({:.1} MB/s): TLS/plaintext = {:.2}",
                 mb(p),
                 mb(t),
@@ -196,5 +219,5 @@ pub fn run(records: u64, record_bytes: usize, partitions: u32) -> anyhow::Result
             );
         }
     }
-    Ok(())
+    Ok(json)
 }

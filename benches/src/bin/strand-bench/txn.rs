@@ -5,6 +5,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use indicatif::ProgressBar;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer as _};
 use rdkafka::ClientConfig;
@@ -21,6 +22,7 @@ pub fn produce(
     record_bytes: usize,
     partitions: u32,
     records_per_txn: Option<u64>,
+    progress: &ProgressBar,
 ) -> anyhow::Result<f64> {
     let mut config = ClientConfig::new();
     config
@@ -61,6 +63,7 @@ pub fn produce(
         }
         if i % 1024 == 0 {
             producer.poll(Duration::ZERO);
+            progress.set_position(i);
         }
         in_txn += 1;
         if records_per_txn.is_some_and(|n| in_txn >= n) {
@@ -72,5 +75,6 @@ pub fn produce(
         producer.commit_transaction(TIMEOUT)?;
     }
     producer.flush(TIMEOUT).context("librdkafka flush")?;
+    progress.set_position(n_records);
     Ok(n_records as f64 / started.elapsed().as_secs_f64())
 }
