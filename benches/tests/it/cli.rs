@@ -66,8 +66,7 @@ fn latency_writes_json_the_histogram_and_a_percentile_chart() {
     let text = std::fs::read_to_string(&hgrm).unwrap();
     let last_row: Vec<&str> = text
         .lines()
-        .filter(|line| !line.starts_with('#') && !line.trim().is_empty())
-        .last()
+        .rfind(|line| !line.starts_with('#') && !line.trim().is_empty())
         .unwrap()
         .split_whitespace()
         .collect();
