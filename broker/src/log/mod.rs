@@ -36,6 +36,7 @@ pub use config::{FsyncPolicy, LogConfig};
 pub use error::{LogError, Result};
 pub(crate) use recovery::{replace_file, sync_dir, write_atomically as write_file_atomically};
 pub use recovery::{RecoveryReport, Truncation};
+pub use segment::FileRegion;
 
 use cache::SegmentCache;
 use error::IoContext;
@@ -82,6 +83,16 @@ pub enum FirstBatch {
 pub struct ReadResult {
     /// Concatenated batches exactly as stored; empty when the offset is the high watermark.
     pub batches: Bytes,
+    pub high_watermark: u64,
+    pub log_start_offset: u64,
+}
+
+/// A read's batches located in a segment file rather than read ([`LogReader::read_region`]),
+/// with the log's bounds at the time of the read.
+#[derive(Debug, Clone)]
+pub struct RegionRead {
+    /// `None` when the offset is the high watermark.
+    pub region: Option<FileRegion>,
     pub high_watermark: u64,
     pub log_start_offset: u64,
 }
@@ -880,6 +891,38 @@ impl LogReader {
         max_bytes: usize,
         first_batch: FirstBatch,
     ) -> Result<ReadResult> {
+        let (batches, high_watermark, log_start_offset) = self
+            .read_segments(offset, |segment| {
+                segment.read(offset, max_bytes, first_batch)
+            })?;
+        Ok(ReadResult {
+            batches: batches.unwrap_or_default(),
+            high_watermark,
+            log_start_offset,
+        })
+    }
+
+    /// What [`LogReader::read_limited`] with [`FirstBatch::Whole`] returns, located in its
+    /// segment file instead of read into memory: for sending with `sendfile`.
+    pub fn read_region(&self, offset: u64, max_bytes: usize) -> Result<RegionRead> {
+        retrying_retired(|| {
+            let (region, high_watermark, log_start_offset) =
+                self.read_segments(offset, |segment| segment.region(offset, max_bytes))?;
+            Ok(RegionRead {
+                region,
+                high_watermark,
+                log_start_offset,
+            })
+        })
+    }
+
+    /// The log's bounds, and what `read` finds in the first segment, from the one holding
+    /// `offset` on, where it finds anything (nothing when `offset` is the high watermark).
+    fn read_segments<T>(
+        &self,
+        offset: u64,
+        mut read: impl FnMut(&Segment) -> Result<Option<T>>,
+    ) -> Result<(Option<T>, u64, u64)> {
         // Watermark first, then the list: see `Shared::sync` for why this order is safe.
         let high_watermark = self.high_watermark();
         let log_start_offset = self.log_start_offset();
@@ -891,13 +934,8 @@ impl LogReader {
         if offset < log_start_offset || offset > high_watermark {
             return Err(out_of_range());
         }
-        let mut result = ReadResult {
-            batches: Bytes::new(),
-            high_watermark,
-            log_start_offset,
-        };
         if offset == high_watermark {
-            return Ok(result);
+            return Ok((None, high_watermark, log_start_offset));
         }
         let segments = self.shared.segments();
         let first = segments.partition_point(|s| s.base_offset <= offset);
@@ -906,12 +944,11 @@ impl LogReader {
             return Err(out_of_range());
         };
         for segment in &segments[first..] {
-            if let Some(batches) = segment.read(offset, max_bytes, first_batch)? {
-                result.batches = batches;
-                return Ok(result);
+            if let Some(found) = read(segment)? {
+                return Ok((Some(found), high_watermark, log_start_offset));
             }
         }
-        Ok(result)
+        Ok((None, high_watermark, log_start_offset))
     }
 
     /// The offset of the first record whose timestamp is at least `ts`, or `None` if every
@@ -1409,6 +1446,42 @@ mod tests {
         drop(log);
         drop(reader);
         assert_eq!(cache.n_open(), 0, "dropped segments are uncounted");
+    }
+
+    /// A region (located through the index, not read) holds exactly the batches a read
+    /// returns, for every offset and limit, across segment ends and index entries.
+    #[test]
+    fn regions_hold_the_bytes_a_read_returns() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _cache, written) = small_cached_log(dir.path());
+        let reader = log.reader();
+        for offset in 0..written.len() as u64 {
+            for max_bytes in [1, 60, 100, 129, 300, 700, 5000] {
+                let read = reader
+                    .read_limited(offset, max_bytes, FirstBatch::Whole)
+                    .unwrap();
+                let located = reader.read_region(offset, max_bytes).unwrap();
+                assert_eq!(
+                    (located.high_watermark, located.log_start_offset),
+                    (read.high_watermark, read.log_start_offset)
+                );
+                let region = located.region.expect("data below the high watermark");
+                assert_eq!(
+                    region.read().unwrap(),
+                    read.batches,
+                    "offset {offset}, limit {max_bytes}"
+                );
+                // One record a batch, no gaps: the offsets spanned are the batches.
+                let n_batches = strand_client::batch::Batches::new(&read.batches).count();
+                assert_eq!(region.offsets, n_batches as u64);
+            }
+        }
+        let end = reader.read_region(written.len() as u64, 100).unwrap();
+        assert!(end.region.is_none());
+        assert!(matches!(
+            reader.read_region(written.len() as u64 + 1, 100),
+            Err(LogError::OffsetOutOfRange { .. })
+        ));
     }
 
     #[test]
