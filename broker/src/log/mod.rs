@@ -892,8 +892,8 @@ impl LogReader {
         first_batch: FirstBatch,
     ) -> Result<ReadResult> {
         let (batches, high_watermark, log_start_offset) = self
-            .read_segments(offset, |segment| {
-                segment.read(offset, max_bytes, first_batch)
+            .read_segments(offset, |segment, high_watermark| {
+                segment.read(offset, max_bytes, first_batch, high_watermark)
             })?;
         Ok(ReadResult {
             batches: batches.unwrap_or_default(),
@@ -906,8 +906,10 @@ impl LogReader {
     /// segment file instead of read into memory: for sending with `sendfile`.
     pub fn read_region(&self, offset: u64, max_bytes: usize) -> Result<RegionRead> {
         retrying_retired(|| {
-            let (region, high_watermark, log_start_offset) =
-                self.read_segments(offset, |segment| segment.region(offset, max_bytes))?;
+            let (region, high_watermark, log_start_offset) = self
+                .read_segments(offset, |segment, high_watermark| {
+                    segment.region(offset, max_bytes, high_watermark)
+                })?;
             Ok(RegionRead {
                 region,
                 high_watermark,
@@ -918,10 +920,11 @@ impl LogReader {
 
     /// The log's bounds, and what `read` finds in the first segment, from the one holding
     /// `offset` on, where it finds anything (nothing when `offset` is the high watermark).
+    /// `read` is given the high watermark loaded here, past which it returns nothing.
     fn read_segments<T>(
         &self,
         offset: u64,
-        mut read: impl FnMut(&Segment) -> Result<Option<T>>,
+        mut read: impl FnMut(&Segment, u64) -> Result<Option<T>>,
     ) -> Result<(Option<T>, u64, u64)> {
         // Watermark first, then the list: see `Shared::sync` for why this order is safe.
         let high_watermark = self.high_watermark();
@@ -944,7 +947,7 @@ impl LogReader {
             return Err(out_of_range());
         };
         for segment in &segments[first..] {
-            if let Some(found) = read(segment)? {
+            if let Some(found) = read(segment, high_watermark)? {
                 return Ok((Some(found), high_watermark, log_start_offset));
             }
         }
@@ -1484,6 +1487,39 @@ mod tests {
         ));
     }
 
+    /// The writer publishes a batch's bytes before it moves the high watermark past it: a
+    /// read that loaded the watermark first returns nothing at or past it, even when the
+    /// segment already shows more.
+    #[test]
+    fn segment_reads_stop_at_the_high_watermark_they_were_given() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = Log::open(dir.path(), LogConfig::default()).unwrap();
+        let mut written = Vec::new();
+        for _ in 0..5 {
+            let mut batch = one_record_batch();
+            log.append(&mut batch).unwrap();
+            written.push(batch);
+        }
+        let segments = log.shared.segments();
+        let segment = &segments[0];
+        for hw in 1..=5u64 {
+            let expected: Vec<u8> = written[..hw as usize].concat();
+            let read = segment
+                .read(0, 1 << 20, FirstBatch::Whole, hw)
+                .unwrap()
+                .unwrap();
+            assert_eq!(&read[..], &expected[..], "high watermark {hw}");
+            let region = segment.region(0, 1 << 20, hw).unwrap().unwrap();
+            assert_eq!(&region.read().unwrap()[..], &expected[..]);
+            assert_eq!(region.offsets, hw);
+        }
+        assert!(segment
+            .read(3, 1 << 20, FirstBatch::Whole, 3)
+            .unwrap()
+            .is_none());
+        assert!(segment.region(3, 1 << 20, 3).unwrap().is_none());
+    }
+
     #[test]
     fn a_closed_segment_whose_file_was_replaced_is_not_reopened_onto_it() {
         let dir = tempfile::tempdir().unwrap();
@@ -1494,7 +1530,7 @@ mod tests {
         let copy = dir.path().join("copy");
         std::fs::copy(&closed.log_path, &copy).unwrap();
         std::fs::rename(&copy, &closed.log_path).unwrap();
-        let read = closed.read(closed.base_offset, 1, FirstBatch::Whole);
+        let read = closed.read(closed.base_offset, 1, FirstBatch::Whole, u64::MAX);
         assert!(
             matches!(read, Err(LogError::SegmentRetired { .. })),
             "{read:?}"
@@ -1512,7 +1548,7 @@ mod tests {
         assert!(report.segments_deleted > 10, "{report:?}");
         // A retired segment never opens anything again, even once a file is back at its path.
         std::fs::write(&closed.log_path, &written[0]).unwrap();
-        let read = closed.read(closed.base_offset, 1, FirstBatch::Whole);
+        let read = closed.read(closed.base_offset, 1, FirstBatch::Whole, u64::MAX);
         assert!(
             matches!(read, Err(LogError::SegmentRetired { .. })),
             "{read:?}"
@@ -1547,7 +1583,7 @@ mod tests {
         // A reader of the old list still reads the old bytes, not the rewritten file's.
         for old in before[..50].iter() {
             let read = old
-                .read(old.base_offset, 1, FirstBatch::Whole)
+                .read(old.base_offset, 1, FirstBatch::Whole, u64::MAX)
                 .unwrap()
                 .unwrap();
             assert_eq!(&read[..], &written[old.base_offset as usize][..]);

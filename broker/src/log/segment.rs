@@ -546,6 +546,19 @@ impl Segment {
         Ok((base, len, base + delta.max(0) as u64))
     }
 
+    /// How much of the file holds batches below `high_watermark`. The writer publishes a
+    /// batch's bytes (the size) before the log's high watermark moves past it, so a reader
+    /// that loaded the watermark first must stop where the batch at the watermark starts, or it
+    /// would return a batch past the watermark it reports.
+    fn visible_below(&self, io: &SegmentIo, high_watermark: u64) -> Result<u64> {
+        // The size first: the next offset stored before it covers at least what it shows.
+        let size = self.size();
+        if self.next_offset() <= high_watermark {
+            return Ok(size);
+        }
+        Ok(self.locate_in(io, high_watermark, size)?.unwrap_or(size))
+    }
+
     /// Finds the batch holding `offset` (or the first batch after it), returning its position,
     /// or `None` if no batch in the visible part of this segment ends at or after `offset`.
     pub(crate) fn locate(&self, offset: u64, visible: u64) -> Result<Option<u64>> {
@@ -569,14 +582,16 @@ impl Segment {
     /// Whole batches starting at the one that holds `offset`, up to `max_bytes` in all but at
     /// least one batch, so that a consumer with a small limit still makes progress.
     /// With [`FirstBatch::WithinLimit`], a first batch over `max_bytes` gives an empty read.
+    /// Only batches below `high_watermark` (the one the caller loaded first) are returned.
     pub(crate) fn read(
         &self,
         offset: u64,
         max_bytes: usize,
         first: FirstBatch,
+        high_watermark: u64,
     ) -> Result<Option<Bytes>> {
-        let visible = self.size();
         let io = self.io()?;
+        let visible = self.visible_below(&io, high_watermark)?;
         let Some(position) = self.locate_in(&io, offset, visible)? else {
             return Ok(None);
         };
@@ -609,9 +624,14 @@ impl Segment {
     /// `max_bytes` in all (at least the first). The batches are found by jumping to the last
     /// index entry within the limit and walking batch headers from there, so a region costs a
     /// few small reads however many batches it holds.
-    pub(crate) fn region(&self, offset: u64, max_bytes: usize) -> Result<Option<FileRegion>> {
-        let visible = self.size();
+    pub(crate) fn region(
+        &self,
+        offset: u64,
+        max_bytes: usize,
+        high_watermark: u64,
+    ) -> Result<Option<FileRegion>> {
         let io = self.io()?;
+        let visible = self.visible_below(&io, high_watermark)?;
         let Some(position) = self.locate_in(&io, offset, visible)? else {
             return Ok(None);
         };
