@@ -82,6 +82,10 @@ enum Command {
         acks: String,
         #[arg(long, default_value_t = 5)]
         linger_ms: u64,
+        /// A librdkafka property for the consumer, KEY=VALUE (repeatable), say
+        /// fetch.queue.backoff.ms=10.
+        #[arg(long = "consumer-property", value_parser = key_value)]
+        consumer_properties: Vec<(String, String)>,
     },
     /// strand-bridge's throughput against what its destination alone takes.
     Bridge {
@@ -136,6 +140,13 @@ enum Command {
         #[arg(long, default_value_t = 100)]
         record_bytes: usize,
     },
+}
+
+/// `KEY=VALUE`, for librdkafka properties.
+fn key_value(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("expected KEY=VALUE, got {s:?}"))
 }
 
 fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
@@ -201,6 +212,7 @@ fn main() -> anyhow::Result<()> {
                 partitions,
                 acks,
                 linger_ms,
+                consumer_properties,
             } => {
                 let kafka_addr = kafka_addr.context("--kafka-broker is needed with --broker")?;
                 compare_kafka(
@@ -212,6 +224,7 @@ fn main() -> anyhow::Result<()> {
                     partitions,
                     &acks,
                     linger_ms,
+                    &consumer_properties,
                 )
                 .await
             }
@@ -371,6 +384,7 @@ async fn compare_kafka(
     partitions: u32,
     acks: &str,
     linger_ms: u64,
+    consumer_properties: &[(String, String)],
 ) -> anyhow::Result<()> {
     println!("native client, one producer:");
     let native = throughput(
@@ -399,10 +413,12 @@ async fn compare_kafka(
         .await?;
     let (bootstrap, acks_owned, kafka_topic) =
         (kafka_addr.to_string(), acks.to_string(), topic.clone());
+    let properties = consumer_properties.to_vec();
     let rdkafka = tokio::task::spawn_blocking(move || {
         kafka::throughput(
             &bootstrap,
             &[],
+            &properties,
             &kafka_topic,
             n_records,
             record_bytes,
@@ -413,7 +429,7 @@ async fn compare_kafka(
     })
     .await??;
     println!(
-        "librdkafka {} through the Kafka listener:",
+        "librdkafka {} through the Kafka listener (consumer properties: {consumer_properties:?}):",
         rdkafka::util::get_rdkafka_version().1
     );
     let mb = |rate: f64| rate * record_bytes as f64 / 1e6;

@@ -161,6 +161,7 @@ pub fn run(records: u64, record_bytes: usize, partitions: u32) -> anyhow::Result
         let rates = kafka::throughput(
             bootstrap,
             &properties,
+            &[],
             &topic,
             records,
             record_bytes,
