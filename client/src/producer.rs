@@ -246,8 +246,26 @@ struct TopicState {
     n_partitions: u32,
     /// Where key-less records without a partition go until that batch closes.
     sticky: Option<u32>,
-    /// The open batch of each partition.
-    open: HashMap<u32, Pending>,
+    /// The open batch of each partition, by partition.
+    open: Vec<Option<Pending>>,
+}
+
+impl TopicState {
+    /// Takes the open batch of `partition` out onto `ready`, to be sent, moving the sticky
+    /// partition on if it was this one.
+    fn close_batch(&mut self, name: &str, partition: u32, ready: &mut VecDeque<Job>) {
+        let Some(pending) = self.open[partition as usize].take() else {
+            return;
+        };
+        if self.sticky == Some(partition) {
+            self.sticky = Some(fastrand_u32(self.n_partitions));
+        }
+        ready.push_back(Job::Batch {
+            topic: name.to_string(),
+            partition,
+            pending,
+        });
+    }
 }
 
 struct Pending {
@@ -268,47 +286,25 @@ enum Job {
 }
 
 impl State {
-    /// Takes the open batch of `partition` out, to be sent, moving the topic's sticky partition
-    /// on if it was this one.
-    fn close_batch(&mut self, topic: &str, partition: u32) {
-        let Some(state) = self.topics.get_mut(topic) else {
-            return;
-        };
-        let Some(pending) = state.open.remove(&partition) else {
-            return;
-        };
-        if state.sticky == Some(partition) {
-            state.sticky = Some(fastrand_u32(state.n_partitions));
-        }
-        self.ready.push_back(Job::Batch {
-            topic: topic.to_string(),
-            partition,
-            pending,
-        });
-    }
-
     /// Closes every open batch opened at or before `opened_by` (all of them with `None`).
     fn close_due(&mut self, opened_by: Option<Instant>) {
-        let due: Vec<(String, u32)> = self
-            .topics
-            .iter()
-            .flat_map(|(topic, state)| {
-                state
-                    .open
-                    .iter()
-                    .filter(|(_, p)| opened_by.is_none_or(|by| p.opened <= by))
-                    .map(|(&partition, _)| (topic.clone(), partition))
-            })
-            .collect();
-        for (topic, partition) in due {
-            self.close_batch(&topic, partition);
+        let State { topics, ready, .. } = self;
+        for (name, topic) in topics.iter_mut() {
+            for partition in 0..topic.n_partitions {
+                let due = topic.open[partition as usize]
+                    .as_ref()
+                    .is_some_and(|p| opened_by.is_none_or(|by| p.opened <= by));
+                if due {
+                    topic.close_batch(name, partition, ready);
+                }
+            }
         }
     }
 
     fn first_opened(&self) -> Option<Instant> {
         self.topics
             .values()
-            .flat_map(|t| t.open.values().map(|p| p.opened))
+            .flat_map(|t| t.open.iter().flatten().map(|p| p.opened))
             .min()
     }
 }
@@ -346,25 +342,6 @@ impl Producer {
             shared.queue.add_permits(1);
             Ok(DeliveryFuture(DeliveryState::Refused(Some(e))))
         };
-        let known = {
-            let state = shared.state.lock().expect("producer lock");
-            state.topics.contains_key(&record.topic)
-        };
-        if !known {
-            let n = match self.partitions_of(&record.topic).await {
-                Ok(n) => n,
-                Err(e) => return refused(e),
-            };
-            let mut state = shared.state.lock().expect("producer lock");
-            state
-                .topics
-                .entry(record.topic.clone())
-                .or_insert_with(|| TopicState {
-                    n_partitions: n,
-                    sticky: None,
-                    open: HashMap::new(),
-                });
-        }
         let headers: Vec<(&[u8], Option<&[u8]>)> = record
             .headers
             .iter()
@@ -384,61 +361,84 @@ impl Producer {
         }
         let timestamp = record.timestamp.unwrap_or_else(now_ms);
         let mut wake = false;
-        let future = {
-            let mut guard = shared.state.lock().expect("producer lock");
-            let state = &mut *guard;
-            let topic = state.topics.get_mut(&record.topic).expect("added above");
-            let n = topic.n_partitions;
-            let partition = match (record.partition, &record.key) {
-                (Some(p), _) if p < n => p,
-                (Some(p), _) => {
-                    drop(guard);
-                    return refused(ClientError::Invalid(format!(
-                        "partition {p} does not exist: topic {} has {n}",
-                        record.topic
-                    )));
-                }
-                (None, Some(key)) => partition_for_key(key, n),
-                (None, None) => *topic.sticky.get_or_insert_with(|| fastrand_u32(n)),
-            };
-            if topic
-                .open
-                .get(&partition)
-                .is_some_and(|p| p.builder.len() + record_bytes > batch_bytes_max)
+        let future = loop {
             {
-                state.close_batch(&record.topic, partition);
-                wake = true;
-            }
-            let topic = state.topics.get_mut(&record.topic).expect("added above");
-            let pending = topic.open.entry(partition).or_insert_with(|| {
-                // A new batch starts its linger: the sender may have no deadline yet.
-                wake = true;
-                Pending {
-                    builder: BatchBuilder::with_capacity(16 * 1024),
-                    n_records: 0,
-                    completion: Completion(Arc::new(Outcome::default())),
-                    opened: Instant::now(),
+                let mut guard = shared.state.lock().expect("producer lock");
+                let State { topics, ready, .. } = &mut *guard;
+                if let Some(topic) = topics.get_mut(&record.topic) {
+                    let n = topic.n_partitions;
+                    let partition = match (record.partition, &record.key) {
+                        (Some(p), _) if p < n => p,
+                        _ if n == 0 => {
+                            drop(guard);
+                            return refused(ClientError::Invalid(format!(
+                                "topic {} has no partitions",
+                                record.topic
+                            )));
+                        }
+                        (Some(p), _) => {
+                            drop(guard);
+                            return refused(ClientError::Invalid(format!(
+                                "partition {p} does not exist: topic {} has {n}",
+                                record.topic
+                            )));
+                        }
+                        (None, Some(key)) => partition_for_key(key, n),
+                        (None, None) => *topic.sticky.get_or_insert_with(|| fastrand_u32(n)),
+                    };
+                    let slot = partition as usize;
+                    if topic.open[slot]
+                        .as_ref()
+                        .is_some_and(|p| p.builder.len() + record_bytes > batch_bytes_max)
+                    {
+                        topic.close_batch(&record.topic, partition, ready);
+                        wake = true;
+                    }
+                    let pending = topic.open[slot].get_or_insert_with(|| {
+                        // A new batch starts its linger: the sender may have no deadline yet.
+                        wake = true;
+                        Pending {
+                            builder: BatchBuilder::with_capacity(16 * 1024),
+                            n_records: 0,
+                            completion: Completion(Arc::new(Outcome::default())),
+                            opened: Instant::now(),
+                        }
+                    });
+                    pending.builder.push(
+                        timestamp,
+                        record.key.as_deref(),
+                        record.value.as_deref(),
+                        &headers,
+                    );
+                    let index = pending.n_records;
+                    pending.n_records += 1;
+                    let future = DeliveryFuture(DeliveryState::Batched {
+                        outcome: pending.completion.0.clone(),
+                        partition,
+                        index,
+                        slot: None,
+                    });
+                    if pending.builder.len() >= batch_bytes_max {
+                        topic.close_batch(&record.topic, partition, ready);
+                        wake = true;
+                    }
+                    break future;
                 }
-            });
-            pending.builder.push(
-                timestamp,
-                record.key.as_deref(),
-                record.value.as_deref(),
-                &headers,
-            );
-            let index = pending.n_records;
-            pending.n_records += 1;
-            let future = DeliveryFuture(DeliveryState::Batched {
-                outcome: pending.completion.0.clone(),
-                partition,
-                index,
-                slot: None,
-            });
-            if pending.builder.len() >= batch_bytes_max {
-                state.close_batch(&record.topic, partition);
-                wake = true;
             }
-            future
+            // A topic not seen before: how many partitions it has, asked once.
+            let n = match self.partitions_of(&record.topic).await {
+                Ok(n) => n,
+                Err(e) => return refused(e),
+            };
+            let mut state = shared.state.lock().expect("producer lock");
+            state
+                .topics
+                .entry(record.topic.clone())
+                .or_insert_with(|| TopicState {
+                    n_partitions: n,
+                    sticky: None,
+                    open: (0..n).map(|_| None).collect(),
+                });
         };
         if wake {
             shared.wake.notify_one();
