@@ -211,12 +211,13 @@ impl Drop for Completion {
 /// linger ran out.
 #[derive(Debug)]
 pub struct Producer {
-    client: Client,
     shared: Arc<Shared>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
 
 struct Shared {
+    /// For the partition counts of topics `send` has not seen before.
+    client: Client,
     config: ProducerConfig,
     state: Mutex<State>,
     /// Wakes the sender: a batch closed, a batch opened (its linger starts), flush or close.
@@ -312,14 +313,14 @@ impl State {
 impl Producer {
     pub fn new(client: Client, config: ProducerConfig) -> Producer {
         let shared = Arc::new(Shared {
+            client: client.clone(),
             queue: Semaphore::new(config.queue_records_max.clamp(1, Semaphore::MAX_PERMITS)),
             config,
             state: Mutex::new(State::default()),
             wake: Notify::new(),
         });
-        let task = tokio::spawn(Sender::new(client.clone(), shared.clone()).run());
+        let task = tokio::spawn(Sender::new(client, shared.clone()).run());
         Producer {
-            client,
             shared,
             task: Some(task),
         }
@@ -447,7 +448,7 @@ impl Producer {
     }
 
     async fn partitions_of(&self, topic: &str) -> Result<u32, ClientError> {
-        let description = self.client.admin().describe_topic(topic).await?;
+        let description = self.shared.client.admin().describe_topic(topic).await?;
         Ok(description.partitions.len() as u32)
     }
 
