@@ -42,7 +42,7 @@ use crate::group::{
     Assignor, CommitError, CommittedOffset, GroupDescription, GroupError, GroupState, JoinRequest,
 };
 use crate::listener::{self, Admission, BoundListener, Stream};
-use crate::log::{FirstBatch, LogError};
+use crate::log::{FileRegion, FirstBatch, LogError};
 use crate::security::acl::{self, Operation, ResourceType};
 use crate::security::sasl::{Authenticator, Exchange, Step};
 use crate::security::users::UsersError;
@@ -141,6 +141,7 @@ pub async fn serve(
                     shutdown: shutdown.clone(),
                     session: Arc::new(session),
                     sasl: SaslState::Start,
+                    zero_copy: false,
                 };
                 connection.run(stream)
             },
@@ -159,7 +160,26 @@ struct Connection {
     /// session they were read under.
     session: Arc<Session>,
     sasl: SaslState,
+    /// Fetch answers go out with `sendfile`, straight from the segment files (plain TCP; over
+    /// TLS the bytes are encrypted in user space, so they are read into memory first).
+    zero_copy: bool,
 }
+
+/// A connection's write half: whether it is a plain socket that file regions can be sent to
+/// with `sendfile`.
+trait AnswerSink: AsyncWrite + Send + Unpin + 'static {
+    fn socket(&self) -> Option<&tokio::net::TcpStream> {
+        None
+    }
+}
+
+impl AnswerSink for tokio::net::tcp::OwnedWriteHalf {
+    fn socket(&self) -> Option<&tokio::net::TcpStream> {
+        Some(self.as_ref())
+    }
+}
+
+impl<T: AsyncRead + AsyncWrite + Send + 'static> AnswerSink for tokio::io::WriteHalf<T> {}
 
 /// Where a connection is in its SASL exchange.
 enum SaslState {
@@ -207,11 +227,12 @@ impl Connection {
     async fn serve<R, W>(mut self, mut reader: R, writer: W) -> Result<(), String>
     where
         R: AsyncRead + Unpin,
-        W: AsyncWrite + Send + Unpin + 'static,
+        W: AnswerSink,
     {
+        self.zero_copy = writer.socket().is_some();
         // Room for every in-flight answer plus pushes; the channel holds encoded frames.
         let (out_tx, out_rx) =
-            mpsc::channel::<(Bytes, Charge)>(self.config.in_flight_per_connection_max * 2);
+            mpsc::channel::<(OutFrame, Charge)>(self.config.in_flight_per_connection_max * 2);
         let writer_task = tokio::spawn(write_frames(writer, out_rx, self.config.write_timeout));
         let in_flight = Arc::new(Semaphore::new(self.config.in_flight_per_connection_max));
         let mut tasks = JoinSet::new();
@@ -471,7 +492,7 @@ impl Connection {
         request: Request,
         correlation_id: u32,
         held: Held,
-        out: &mpsc::Sender<(Bytes, Charge)>,
+        out: &mpsc::Sender<(OutFrame, Charge)>,
         tasks: &mut JoinSet<()>,
         subscriptions: &mut HashMap<u32, Subscription>,
     ) {
@@ -641,13 +662,19 @@ impl Connection {
                 let config = self.config.clone();
                 let budget = self.budget.clone();
                 let session = self.session.clone();
+                let zero_copy = self.zero_copy;
                 tasks.spawn(async move {
-                    let (response, charge) =
-                        handle(&broker, &session, other, &config, &budget).await;
+                    let (response, charge, region) =
+                        handle(&broker, &session, other, &config, &budget, zero_copy).await;
                     broker
                         .metrics
                         .observe_request(key.name(), started.elapsed());
-                    let _ = send(&out, response, correlation_id, charge).await;
+                    let _ = match region {
+                        Some(region) => {
+                            send_region(&out, response, correlation_id, charge, region).await
+                        }
+                        None => send(&out, response, correlation_id, charge).await,
+                    };
                     drop(permit);
                 });
             }
@@ -668,7 +695,7 @@ async fn run_subscription(
     mut offset: u64,
     subscription: u32,
     credit: Arc<Credit>,
-    out: mpsc::Sender<(Bytes, Charge)>,
+    out: mpsc::Sender<(OutFrame, Charge)>,
     frame_bytes_max: usize,
     budget: Budget,
 ) {
@@ -726,27 +753,35 @@ async fn run_subscription(
             high_watermark: result.high_watermark,
             records: result.batches,
         };
-        let mut buf = BytesMut::with_capacity(push.records.len() + 32);
-        push.encode(subscription, &mut buf);
-        drop(push);
-        if out.send((buf.freeze(), charge)).await.is_err() {
+        let mut buf = BytesMut::with_capacity(32);
+        push.encode_head(subscription, &mut buf);
+        let frame = OutFrame {
+            head: buf.freeze(),
+            records: push.records,
+            region: None,
+        };
+        if out.send((frame, charge)).await.is_err() {
             return;
         }
     }
 }
 
 /// Answers every request that needs no connection state.
-/// With the answer comes the budget charge of the records it carries (fetch), if any.
+/// With the answer comes the budget charge of the records it carries (fetch), if any, and,
+/// with `zero_copy`, a fetch answer's records as a region of a segment file to be sent after
+/// the answer (whose own records are then empty).
 async fn handle(
     broker: &Broker,
     session: &Session,
     request: Request,
     config: &ServerConfig,
     budget: &Budget,
-) -> (Response, Charge) {
+    zero_copy: bool,
+) -> (Response, Charge, Option<FileRegion>) {
     let frame_bytes_max = config.frame_bytes_max;
     let in_flight_max = config.in_flight_per_connection_max;
     let mut charge = Charge::default();
+    let mut region = None;
     let check = |operation, resource_type, name: &str| {
         authorize(broker, session, operation, resource_type, name)
     };
@@ -765,9 +800,9 @@ async fn handle(
             _ => Operation::Alter,
         };
         if let Err(e) = check_cluster(broker, session, operation) {
-            return (error_response(&e), charge);
+            return (error_response(&e), charge, None);
         }
-        return (users_request(config, request).await, charge);
+        return (users_request(config, request).await, charge, None);
     }
     let result: Result<ResponseBody, ServiceError> = async {
         Ok(match request {
@@ -838,27 +873,36 @@ async fn handle(
                     .min(frame_bytes_max.saturating_sub(64))
                     .min(config.fetch_bytes_max)
                     .max(1);
-                let (result, records_charge) = broker
-                    .fetch_charged(
-                        &topic,
-                        partition,
-                        offset,
-                        max_bytes,
-                        Duration::from_millis(max_wait_ms.into()),
-                        budget,
-                    )
-                    .instrument(tracing::info_span!(
-                        "native.fetch",
-                        otel.kind = "server",
-                        %topic,
-                        partition
-                    ))
-                    .await?;
-                charge = records_charge;
-                ResponseBody::Fetched {
-                    high_watermark: result.high_watermark,
-                    log_start_offset: result.log_start_offset,
-                    records: result.batches,
+                let wait = Duration::from_millis(max_wait_ms.into());
+                let span = tracing::info_span!(
+                    "native.fetch",
+                    otel.kind = "server",
+                    %topic,
+                    partition
+                );
+                if zero_copy {
+                    let (result, records_charge) = broker
+                        .fetch_region_charged(&topic, partition, offset, max_bytes, wait, budget)
+                        .instrument(span)
+                        .await?;
+                    charge = records_charge;
+                    region = result.region;
+                    ResponseBody::Fetched {
+                        high_watermark: result.high_watermark,
+                        log_start_offset: result.log_start_offset,
+                        records: Bytes::new(),
+                    }
+                } else {
+                    let (result, records_charge) = broker
+                        .fetch_charged(&topic, partition, offset, max_bytes, wait, budget)
+                        .instrument(span)
+                        .await?;
+                    charge = records_charge;
+                    ResponseBody::Fetched {
+                        high_watermark: result.high_watermark,
+                        log_start_offset: result.log_start_offset,
+                        records: result.batches,
+                    }
                 }
             }
             Request::ListOffsets {
@@ -1080,7 +1124,7 @@ async fn handle(
         Ok(body) => Response::Ok(body),
         Err(e) => error_response(&e),
     };
-    (response, charge)
+    (response, charge, region)
 }
 
 /// UpsertUser, DeleteUser and ListUsers on the user store. Changes write a file with fsyncs:
@@ -1346,30 +1390,79 @@ fn error_response(e: &ServiceError) -> Response {
 /// Queues an answer for the writer with the budget charge of its bytes (none for the small
 /// answers), which the writer gives back once the answer is written.
 async fn send(
-    out: &mpsc::Sender<(Bytes, Charge)>,
+    out: &mpsc::Sender<(OutFrame, Charge)>,
     response: Response,
     correlation_id: u32,
     charge: Charge,
 ) -> Result<(), ()> {
-    // Sized for the records (the charge) up front, rather than grown by doubling.
-    let mut buf = BytesMut::with_capacity(64 + charge.bytes());
-    response.encode(correlation_id, &mut buf);
-    // Only the encoded copy waits in the queue.
+    // A fetch answer's records are not copied: they are written after the head, as read.
+    let mut buf = BytesMut::with_capacity(64);
+    let records = response.encode_head(correlation_id, &mut buf);
+    // Only the encoded head and the records wait in the queue.
     drop(response);
-    out.send((buf.freeze(), charge)).await.map_err(|_| ())
+    let frame = OutFrame {
+        head: buf.freeze(),
+        records,
+        region: None,
+    };
+    out.send((frame, charge)).await.map_err(|_| ())
+}
+
+/// Queues a fetch answer whose records are `region`, sent from the segment file after the
+/// answer's head.
+async fn send_region(
+    out: &mpsc::Sender<(OutFrame, Charge)>,
+    response: Response,
+    correlation_id: u32,
+    charge: Charge,
+    region: FileRegion,
+) -> Result<(), ()> {
+    let Response::Ok(ResponseBody::Fetched {
+        high_watermark,
+        log_start_offset,
+        ..
+    }) = response
+    else {
+        return send(out, response, correlation_id, charge).await;
+    };
+    let mut buf = BytesMut::with_capacity(64);
+    Response::encode_fetched_head(
+        correlation_id,
+        high_watermark,
+        log_start_offset,
+        region.len,
+        &mut buf,
+    );
+    let frame = OutFrame {
+        head: buf.freeze(),
+        records: Bytes::new(),
+        region: Some(region),
+    };
+    out.send((frame, charge)).await.map_err(|_| ())
+}
+
+/// An answer or push on its way to the writer: the encoded head, and the records a fetch
+/// answer or push ends with (empty for the others), kept apart so they are never copied;
+/// or, instead of the records, the region of a segment file that holds them.
+struct OutFrame {
+    head: Bytes,
+    records: Bytes,
+    region: Option<FileRegion>,
 }
 
 /// Writes frames as they come, flushing when no more are queued, so that a burst of small
-/// answers goes out in few system calls.
-async fn write_frames<W: AsyncWrite + Unpin>(
+/// answers goes out in few system calls. Records of a fetch answer or push go out with their
+/// head in one vectored write (with whatever small answers are buffered before it flushed
+/// first), straight from the buffer they were read into.
+async fn write_frames<W: AnswerSink>(
     writer: W,
-    mut frames: mpsc::Receiver<(Bytes, Charge)>,
+    mut frames: mpsc::Receiver<(OutFrame, Charge)>,
     timeout: Duration,
 ) {
     let mut writer = BufWriter::with_capacity(64 * 1024, writer);
     while let Some((frame, charge)) = frames.recv().await {
         let written = tokio::time::timeout(timeout, async {
-            writer.write_all(&frame).await?;
+            write_frame(&mut writer, &frame).await?;
             if frames.is_empty() {
                 writer.flush().await?;
             }
@@ -1392,6 +1485,63 @@ async fn write_frames<W: AsyncWrite + Unpin>(
     }
     let _ = writer.flush().await;
     let _ = writer.shutdown().await;
+}
+
+/// Writes one frame: its head and records in vectored writes until both are out. Small
+/// frames land in the writer's buffer; large ones pass it by.
+async fn write_frame<W: AnswerSink>(
+    writer: &mut BufWriter<W>,
+    frame: &OutFrame,
+) -> std::io::Result<()> {
+    if let Some(region) = &frame.region {
+        writer.write_all(&frame.head).await?;
+        writer.flush().await?;
+        return match writer.get_ref().socket() {
+            Some(socket) => send_file(socket, region).await,
+            None => {
+                let region = region.clone();
+                let records = tokio::task::spawn_blocking(move || region.read())
+                    .await
+                    .map_err(std::io::Error::other)??;
+                writer.write_all(&records).await
+            }
+        };
+    }
+    let (mut head, mut records) = (&frame.head[..], &frame.records[..]);
+    while !head.is_empty() || !records.is_empty() {
+        let slices = [std::io::IoSlice::new(head), std::io::IoSlice::new(records)];
+        let n = writer.write_vectored(&slices).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        let from_head = n.min(head.len());
+        head = &head[from_head..];
+        records = &records[n - from_head..];
+    }
+    Ok(())
+}
+
+/// Sends `region` from its segment file to the socket with `sendfile`: the bytes go from the
+/// page cache to the socket without passing through the broker's memory.
+async fn send_file(socket: &tokio::net::TcpStream, region: &FileRegion) -> std::io::Result<()> {
+    let mut position = region.position;
+    let end = region.position + region.len as u64;
+    while position < end {
+        socket.writable().await?;
+        let sent = socket.try_io(tokio::io::Interest::WRITABLE, || {
+            let left = (end - position) as usize;
+            rustix::fs::sendfile(socket, region.file(), Some(&mut position), left)
+                .map_err(std::io::Error::from)
+        });
+        match sent {
+            // The file ended early: it cannot, for bytes below the high watermark.
+            Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// Resolves once shutdown has been signalled (or its sender is gone).

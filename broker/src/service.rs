@@ -11,7 +11,7 @@ use strand_client::batch::Batches;
 
 use crate::budget::{Budget, Charge};
 use crate::group::{CoordinatorConfig, GroupError, Groups};
-use crate::log::{AppendInfo, FirstBatch, LogError, ReadResult};
+use crate::log::{AppendInfo, FirstBatch, LogError, ReadResult, RegionRead};
 use crate::metrics::Metrics;
 use crate::producers::{BatchSequence, SequenceCheck, SequenceError};
 use crate::security::acl::{AclError, Authorizer, Denied};
@@ -399,10 +399,13 @@ impl Broker {
         max_wait: Duration,
         budget: &Budget,
     ) -> Result<(ReadResult, Charge), ServiceError> {
-        let deadline = tokio::time::Instant::now() + max_wait.min(self.fetch_wait_max);
-        loop {
-            let (result, charge) = self
-                .read_charged(
+        self.long_poll(
+            topic,
+            partition,
+            offset,
+            max_wait,
+            || {
+                self.read_charged(
                     topic,
                     partition,
                     offset,
@@ -410,8 +413,67 @@ impl Broker {
                     FirstBatch::Whole,
                     budget,
                 )
-                .await?;
-            if !result.batches.is_empty() || tokio::time::Instant::now() >= deadline {
+            },
+            |result| !result.batches.is_empty(),
+        )
+        .await
+    }
+
+    /// [`Broker::fetch_charged`] with the batches located in their segment file rather than
+    /// read ([`crate::log::LogReader::read_region`]): for a listener that sends them from the
+    /// file. The charge covers the region's bytes until the answer is written, as for a read.
+    pub async fn fetch_region_charged(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+        max_bytes: usize,
+        max_wait: Duration,
+        budget: &Budget,
+    ) -> Result<(RegionRead, Charge), ServiceError> {
+        let read = || async {
+            let mut charge = budget
+                .charge(self.read_bytes_max(max_bytes, FirstBatch::Whole))
+                .await;
+            let reader = self.partition(topic, partition)?.reader().clone();
+            let max_bytes = max_bytes.max(1);
+            let result = blocking(move || reader.read_region(offset, max_bytes))
+                .await?
+                .inspect_err(|e| self.metrics.count_storage_error("read", e))?;
+            let region = result.region.as_ref();
+            charge.shrink_to(region.map_or(0, |r| r.len));
+            if let Some(region) = region {
+                self.metrics
+                    .count_out(topic, region.len as u64, region.offsets);
+            }
+            Ok((result, charge))
+        };
+        self.long_poll(topic, partition, offset, max_wait, read, |result| {
+            result.region.is_some()
+        })
+        .await
+    }
+
+    /// Runs `read` until `has_data` says it found something or `max_wait` (within the
+    /// broker's limit) runs out, waiting for the partition's high watermark to pass `offset`
+    /// in between without holding the read's charge.
+    async fn long_poll<T, F, Fut>(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+        max_wait: Duration,
+        mut read: F,
+        has_data: impl Fn(&T) -> bool,
+    ) -> Result<(T, Charge), ServiceError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<(T, Charge), ServiceError>>,
+    {
+        let deadline = tokio::time::Instant::now() + max_wait.min(self.fetch_wait_max);
+        loop {
+            let (result, charge) = read().await?;
+            if has_data(&result) || tokio::time::Instant::now() >= deadline {
                 return Ok((result, charge));
             }
             drop(charge);

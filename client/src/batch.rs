@@ -610,19 +610,33 @@ impl BatchBuilder {
         if self.n_records == 0 {
             self.base_timestamp = timestamp;
         }
-        let mut body = Vec::with_capacity(Self::record_bytes_max(key, value, headers));
-        body.push(0); // record attributes: unused
-        put_varlong(&mut body, timestamp - self.base_timestamp);
-        put_varint(&mut body, self.n_records);
-        put_nullable(&mut body, key);
-        put_nullable(&mut body, value);
-        put_varint(&mut body, headers.len() as i32);
+        // The record's length prefix comes first, so its body length is worked out from the
+        // field sizes and the body written straight into the batch (no buffer per record).
+        let timestamp_delta = timestamp - self.base_timestamp;
+        let body_len = 1
+            + varlong_len(timestamp_delta)
+            + varint_len(self.n_records)
+            + nullable_len(key)
+            + nullable_len(value)
+            + varint_len(headers.len() as i32)
+            + headers
+                .iter()
+                .map(|(k, v)| nullable_len(Some(k)) + nullable_len(*v))
+                .sum::<usize>();
+        self.buf.reserve(5 + body_len);
+        put_varint(&mut self.buf, body_len as i32);
+        let body_start = self.buf.len();
+        self.buf.push(0); // record attributes: unused
+        put_varlong(&mut self.buf, timestamp_delta);
+        put_varint(&mut self.buf, self.n_records);
+        put_nullable(&mut self.buf, key);
+        put_nullable(&mut self.buf, value);
+        put_varint(&mut self.buf, headers.len() as i32);
         for (k, v) in headers {
-            put_nullable(&mut body, Some(k));
-            put_nullable(&mut body, *v);
+            put_nullable(&mut self.buf, Some(k));
+            put_nullable(&mut self.buf, *v);
         }
-        put_varint(&mut self.buf, body.len() as i32);
-        self.buf.extend_from_slice(&body);
+        debug_assert_eq!(self.buf.len() - body_start, body_len);
         self.n_records += 1;
         self.max_timestamp = self.max_timestamp.max(timestamp);
     }
@@ -648,6 +662,28 @@ impl BatchBuilder {
         self.n_records = 0;
         self.max_timestamp = i64::MIN;
         buf
+    }
+}
+
+/// Bytes of the zigzag varint encoding of `v`.
+fn varint_len(v: i32) -> usize {
+    uvarint_len(((v << 1) ^ (v >> 31)) as u32 as u64)
+}
+
+fn varlong_len(v: i64) -> usize {
+    uvarint_len(((v << 1) ^ (v >> 63)) as u64)
+}
+
+fn uvarint_len(v: u64) -> usize {
+    // 7 bits a byte; zero still takes one.
+    (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
+}
+
+/// Bytes `put_nullable` writes for `bytes`.
+fn nullable_len(bytes: Option<&[u8]>) -> usize {
+    match bytes {
+        None => varint_len(-1),
+        Some(b) => varint_len(b.len() as i32) + b.len(),
     }
 }
 
@@ -930,6 +966,52 @@ mod tests {
             let pos = covered[at.index(covered.len())];
             batch[pos] ^= 1 << bit;
             prop_assert!(validate(&batch, usize::MAX, OffsetDeltas::Contiguous).is_err());
+        }
+
+        #[test]
+        fn varint_lengths_match_what_is_written(v in any::<i64>(), small in any::<i32>()) {
+            let mut buf = Vec::new();
+            put_varlong(&mut buf, v);
+            prop_assert_eq!(buf.len(), varlong_len(v));
+            buf.clear();
+            put_varint(&mut buf, small);
+            prop_assert_eq!(buf.len(), varint_len(small));
+        }
+
+        #[test]
+        fn builder_round_trips_arbitrary_records(
+            records in proptest::collection::vec(
+                (
+                    -100_000i64..100_000,
+                    proptest::option::of(proptest::collection::vec(any::<u8>(), 0..40)),
+                    proptest::option::of(proptest::collection::vec(any::<u8>(), 0..300)),
+                    proptest::collection::vec(
+                        ("[a-z]{0,5}", proptest::option::of(proptest::collection::vec(any::<u8>(), 0..10))),
+                        0..3,
+                    ),
+                ),
+                1..200,
+            ),
+        ) {
+            let mut builder = BatchBuilder::with_capacity(0);
+            for (ts, key, value, headers) in &records {
+                let headers: Vec<(&[u8], Option<&[u8]>)> =
+                    headers.iter().map(|(k, v)| (k.as_bytes(), v.as_deref())).collect();
+                builder.push(1_000_000 + ts, key.as_deref(), value.as_deref(), &headers);
+            }
+            let batch = builder.finish();
+            let header = validate(&batch, usize::MAX, OffsetDeltas::Contiguous).unwrap();
+            prop_assert_eq!(header.record_count as usize, records.len());
+            let mut bytes = bytes::Bytes::from(batch);
+            let set = kafka_protocol::records::RecordBatchDecoder::decode(&mut bytes).unwrap();
+            prop_assert_eq!(set.records.len(), records.len());
+            for (i, (got, (ts, key, value, headers))) in set.records.iter().zip(&records).enumerate() {
+                prop_assert_eq!(got.offset, i as i64);
+                prop_assert_eq!(got.timestamp, 1_000_000 + ts);
+                prop_assert_eq!(got.key.as_deref(), key.as_deref());
+                prop_assert_eq!(got.value.as_deref(), value.as_deref());
+                prop_assert_eq!(got.headers.len(), headers.iter().map(|(k, _)| k).collect::<std::collections::HashSet<_>>().len());
+            }
         }
 
         #[test]

@@ -339,8 +339,17 @@ async fn read_frames(mut reader: Reader, shared: Arc<Shared>, frame_bytes_max: u
                 Err(e) => break 'outer ClientError::Decode(e),
             }
         }
-        if buf.capacity() - buf.len() < 4096 {
-            buf.reserve(64 * 1024);
+        // A frame whose length is known (and checked against the limit above) gets room for
+        // all of it at once: a large fetch answer is read in few system calls, into one
+        // buffer, without being copied as the buffer grows.
+        let missing = if buf.len() >= frame::LENGTH_BYTES {
+            let len = u32::from_be_bytes(buf[..frame::LENGTH_BYTES].try_into().expect("4 bytes"));
+            (frame::LENGTH_BYTES + len as usize).saturating_sub(buf.len())
+        } else {
+            0
+        };
+        if buf.capacity() - buf.len() < missing.max(4096) {
+            buf.reserve(missing.max(64 * 1024));
         }
         match reader.read_buf(&mut buf).await {
             Ok(0) => break ClientError::Closed,

@@ -7,15 +7,15 @@
 //! puts it (as any Kafka client would); records without a key stick to one partition until its
 //! batch is sent, then move on.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{oneshot, Notify, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
@@ -40,7 +40,8 @@ pub struct ProducerConfig {
     pub retry_backoff: Duration,
     /// Default 2 s.
     pub retry_backoff_max: Duration,
-    /// Records accepted but not yet batched, at most; `send` waits beyond. Default 100,000.
+    /// Records accepted but not yet on the wire (in open batches or waiting for their
+    /// partition's in-flight window), at most; `send` waits beyond. Default 100,000.
     pub queue_records_max: usize,
 }
 
@@ -94,195 +95,253 @@ pub struct Delivery {
 }
 
 /// Resolves when the record is acknowledged (as `acks` says) or has failed for good.
-#[derive(Debug)]
-pub struct DeliveryFuture(oneshot::Receiver<Result<Delivery, ClientError>>);
+///
+/// The records of one batch share one outcome: the future holds it and the record's index in
+/// the batch, so a record costs no channel of its own.
+pub struct DeliveryFuture(DeliveryState);
+
+enum DeliveryState {
+    /// Refused before it joined a batch (too large, no such partition, topic unknown).
+    Refused(Option<ClientError>),
+    Batched {
+        outcome: Arc<Outcome>,
+        partition: u32,
+        index: u32,
+        /// Where this future's waker sits in the outcome's list once it has polled.
+        slot: Option<usize>,
+    },
+}
+
+impl std::fmt::Debug for DeliveryFuture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            DeliveryState::Refused(e) => f.debug_tuple("DeliveryFuture").field(e).finish(),
+            DeliveryState::Batched {
+                partition, index, ..
+            } => f
+                .debug_struct("DeliveryFuture")
+                .field("partition", partition)
+                .field("index", index)
+                .finish(),
+        }
+    }
+}
 
 impl Future for DeliveryFuture {
     type Output = Result<Delivery, ClientError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        Pin::new(&mut self.0)
-            .poll(cx)
-            .map(|r| r.unwrap_or(Err(ClientError::Closed)))
+        match &mut self.0 {
+            DeliveryState::Refused(error) => {
+                Poll::Ready(Err(error.take().unwrap_or(ClientError::Closed)))
+            }
+            DeliveryState::Batched {
+                outcome,
+                partition,
+                index,
+                slot,
+            } => {
+                let mut state = outcome.state.lock().expect("outcome lock");
+                match &state.result {
+                    Some(Ok(base)) => Poll::Ready(Ok(Delivery {
+                        partition: *partition,
+                        offset: base + u64::from(*index),
+                    })),
+                    Some(Err(e)) => Poll::Ready(Err(e.duplicate())),
+                    None => {
+                        match *slot {
+                            Some(i) => {
+                                if !state.wakers[i].will_wake(cx.waker()) {
+                                    state.wakers[i] = cx.waker().clone();
+                                }
+                            }
+                            None => {
+                                state.wakers.push(cx.waker().clone());
+                                *slot = Some(state.wakers.len() - 1);
+                            }
+                        }
+                        Poll::Pending
+                    }
+                }
+            }
+        }
     }
 }
 
-enum Command {
-    Send(
-        ProducerRecord,
-        oneshot::Sender<Result<Delivery, ClientError>>,
-    ),
-    Flush(oneshot::Sender<()>),
+/// The fate of one batch: its base offset or its error, and who waits for it.
+#[derive(Default)]
+struct Outcome {
+    state: Mutex<OutcomeState>,
 }
 
+#[derive(Default)]
+struct OutcomeState {
+    result: Option<Result<u64, ClientError>>,
+    wakers: Vec<Waker>,
+}
+
+/// Completes a batch's outcome; if dropped first (the producer went away before the batch was
+/// answered), its records fail with `Closed` rather than wait forever.
+struct Completion(Arc<Outcome>);
+
+impl Completion {
+    fn complete(&self, result: Result<u64, ClientError>) {
+        let wakers = {
+            let mut state = self.0.state.lock().expect("outcome lock");
+            if state.result.is_some() {
+                return;
+            }
+            state.result = Some(result);
+            std::mem::take(&mut state.wakers)
+        };
+        for waker in wakers {
+            waker.wake();
+        }
+    }
+}
+
+impl Drop for Completion {
+    fn drop(&mut self) {
+        self.complete(Err(ClientError::Closed));
+    }
+}
+
+/// Batching happens in `send`, under a short lock, in the caller's task; a background task
+/// puts closed batches on the wire in order, waits for their answers and sends batches whose
+/// linger ran out.
 #[derive(Debug)]
 pub struct Producer {
-    tx: mpsc::Sender<Command>,
-    task: tokio::task::JoinHandle<()>,
+    shared: Arc<Shared>,
+    task: Option<tokio::task::JoinHandle<()>>,
 }
 
-impl Producer {
-    pub fn new(client: Client, config: ProducerConfig) -> Producer {
-        let (tx, rx) = mpsc::channel(config.queue_records_max.max(1));
-        let task = tokio::spawn(Accumulator::new(client, config).run(rx));
-        Producer { tx, task }
-    }
+struct Shared {
+    /// For the partition counts of topics `send` has not seen before.
+    client: Client,
+    config: ProducerConfig,
+    state: Mutex<State>,
+    /// Wakes the sender: a batch closed, a batch opened (its linger starts), flush or close.
+    wake: Notify,
+    /// Records accepted and not yet on the wire, at most `queue_records_max`.
+    queue: Semaphore,
+}
 
-    /// Queues a record; waits only when the queue is full. Await the returned future for the
-    /// delivery report.
-    pub async fn send(&self, record: ProducerRecord) -> Result<DeliveryFuture, ClientError> {
-        let (tx, rx) = oneshot::channel();
-        self.tx
-            .send(Command::Send(record, tx))
-            .await
-            .map_err(|_| ClientError::Closed)?;
-        Ok(DeliveryFuture(rx))
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("config", &self.config)
+            .finish()
     }
+}
 
-    /// Sends everything queued and waits until all of it is acknowledged or failed.
-    pub async fn flush(&self) -> Result<(), ClientError> {
-        let (tx, rx) = oneshot::channel();
-        self.tx
-            .send(Command::Flush(tx))
-            .await
-            .map_err(|_| ClientError::Closed)?;
-        rx.await.map_err(|_| ClientError::Closed)
-    }
+#[derive(Default)]
+struct State {
+    topics: HashMap<String, TopicState>,
+    /// Closed batches and flush marks, in the order they go on the wire.
+    ready: VecDeque<Job>,
+    /// Set when the producer is dropped or closed: the sender sends everything and ends.
+    closed: bool,
+}
 
-    /// Flushes and stops the background task.
-    pub async fn close(self) -> Result<(), ClientError> {
-        self.flush().await?;
-        drop(self.tx);
-        self.task.await.map_err(|_| ClientError::Closed)
+struct TopicState {
+    n_partitions: u32,
+    /// Where key-less records without a partition go until that batch closes.
+    sticky: Option<u32>,
+    /// The open batch of each partition, by partition.
+    open: Vec<Option<Pending>>,
+}
+
+impl TopicState {
+    /// Takes the open batch of `partition` out onto `ready`, to be sent, moving the sticky
+    /// partition on if it was this one.
+    fn close_batch(&mut self, name: &str, partition: u32, ready: &mut VecDeque<Job>) {
+        let Some(pending) = self.open[partition as usize].take() else {
+            return;
+        };
+        if self.sticky == Some(partition) {
+            self.sticky = Some(fastrand_u32(self.n_partitions));
+        }
+        ready.push_back(Job::Batch {
+            topic: name.to_string(),
+            partition,
+            pending,
+        });
     }
 }
 
 struct Pending {
     builder: BatchBuilder,
-    waiters: Vec<oneshot::Sender<Result<Delivery, ClientError>>>,
+    n_records: u32,
+    completion: Completion,
     opened: Instant,
 }
 
-struct Accumulator {
-    client: Client,
-    config: ProducerConfig,
-    pending: HashMap<(String, u32), Pending>,
-    n_partitions: HashMap<String, u32>,
-    sticky: HashMap<String, u32>,
-    windows: HashMap<(String, u32), Arc<Semaphore>>,
-    in_flight: JoinSet<()>,
+enum Job {
+    Batch {
+        topic: String,
+        partition: u32,
+        pending: Pending,
+    },
+    /// Answered once everything queued before it is acknowledged or failed.
+    Flush(oneshot::Sender<()>),
 }
 
-impl Accumulator {
-    fn new(client: Client, config: ProducerConfig) -> Accumulator {
-        Accumulator {
-            client,
+impl State {
+    /// Closes every open batch opened at or before `opened_by` (all of them with `None`).
+    fn close_due(&mut self, opened_by: Option<Instant>) {
+        let State { topics, ready, .. } = self;
+        for (name, topic) in topics.iter_mut() {
+            for partition in 0..topic.n_partitions {
+                let due = topic.open[partition as usize]
+                    .as_ref()
+                    .is_some_and(|p| opened_by.is_none_or(|by| p.opened <= by));
+                if due {
+                    topic.close_batch(name, partition, ready);
+                }
+            }
+        }
+    }
+
+    fn first_opened(&self) -> Option<Instant> {
+        self.topics
+            .values()
+            .flat_map(|t| t.open.iter().flatten().map(|p| p.opened))
+            .min()
+    }
+}
+
+impl Producer {
+    pub fn new(client: Client, config: ProducerConfig) -> Producer {
+        let shared = Arc::new(Shared {
+            client: client.clone(),
+            queue: Semaphore::new(config.queue_records_max.clamp(1, Semaphore::MAX_PERMITS)),
             config,
-            pending: HashMap::new(),
-            n_partitions: HashMap::new(),
-            sticky: HashMap::new(),
-            windows: HashMap::new(),
-            in_flight: JoinSet::new(),
+            state: Mutex::new(State::default()),
+            wake: Notify::new(),
+        });
+        let task = tokio::spawn(Sender::new(client, shared.clone()).run());
+        Producer {
+            shared,
+            task: Some(task),
         }
     }
 
-    async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
-        loop {
-            let next_deadline = self
-                .pending
-                .values()
-                .map(|p| p.opened + self.config.linger)
-                .min();
-            let command = tokio::select! {
-                command = rx.recv() => command,
-                _ = sleep_until_opt(next_deadline) => {
-                    let now = Instant::now();
-                    let due: Vec<_> = self
-                        .pending
-                        .iter()
-                        .filter(|(_, p)| p.opened + self.config.linger <= now)
-                        .map(|(k, _)| k.clone())
-                        .collect();
-                    for key in due {
-                        self.dispatch(key).await;
-                    }
-                    continue;
-                }
-            };
-            while self.in_flight.try_join_next().is_some() {}
-            let Some(command) = command else {
-                self.flush_all().await;
-                return;
-            };
-            self.handle(command).await;
-            // Take whatever else is already queued before deciding what to send, so that a
-            // burst becomes one batch even without linger.
-            while let Ok(command) = rx.try_recv() {
-                self.handle(command).await;
-            }
-            if self.config.linger.is_zero() {
-                let keys: Vec<_> = self.pending.keys().cloned().collect();
-                for key in keys {
-                    self.dispatch(key).await;
-                }
-            }
+    /// Adds a record to its partition's batch; waits only when `queue_records_max` records
+    /// are waiting to go on the wire. Await the returned future for the delivery report.
+    pub async fn send(&self, record: ProducerRecord) -> Result<DeliveryFuture, ClientError> {
+        let shared = &self.shared;
+        match shared.queue.try_acquire() {
+            Ok(permit) => permit.forget(),
+            Err(_) => shared
+                .queue
+                .acquire()
+                .await
+                .map_err(|_| ClientError::Closed)?
+                .forget(),
         }
-    }
-
-    async fn handle(&mut self, command: Command) {
-        match command {
-            Command::Flush(done) => {
-                self.flush_all().await;
-                let _ = done.send(());
-            }
-            Command::Send(record, waiter) => self.add(record, waiter).await,
-        }
-    }
-
-    async fn flush_all(&mut self) {
-        let keys: Vec<_> = self.pending.keys().cloned().collect();
-        for key in keys {
-            self.dispatch(key).await;
-        }
-        while self.in_flight.join_next().await.is_some() {}
-    }
-
-    async fn partitions_of(&mut self, topic: &str) -> Result<u32, ClientError> {
-        if let Some(&n) = self.n_partitions.get(topic) {
-            return Ok(n);
-        }
-        let description = self.client.admin().describe_topic(topic).await?;
-        let n = description.partitions.len() as u32;
-        self.n_partitions.insert(topic.to_string(), n);
-        Ok(n)
-    }
-
-    async fn add(
-        &mut self,
-        record: ProducerRecord,
-        waiter: oneshot::Sender<Result<Delivery, ClientError>>,
-    ) {
-        let n = match self.partitions_of(&record.topic).await {
-            Ok(n) => n,
-            Err(e) => {
-                let _ = waiter.send(Err(e));
-                return;
-            }
-        };
-        let partition = match (record.partition, &record.key) {
-            (Some(p), _) if p < n => p,
-            (Some(p), _) => {
-                let _ = waiter.send(Err(ClientError::Invalid(format!(
-                    "partition {p} does not exist: topic {} has {n}",
-                    record.topic
-                ))));
-                return;
-            }
-            (None, Some(key)) => partition_for_key(key, n),
-            (None, None) => *self
-                .sticky
-                .entry(record.topic.clone())
-                .or_insert_with(|| fastrand_u32(n)),
+        let refused = |e: ClientError| {
+            shared.queue.add_permits(1);
+            Ok(DeliveryFuture(DeliveryState::Refused(Some(e))))
         };
         let headers: Vec<(&[u8], Option<&[u8]>)> = record
             .headers
@@ -294,66 +353,220 @@ impl Accumulator {
             record.value.as_deref(),
             &headers,
         );
-        if record_bytes + crate::batch::BATCH_HEADER_BYTES > self.config.batch_bytes_max {
-            let _ = waiter.send(Err(ClientError::TooLarge {
+        let batch_bytes_max = shared.config.batch_bytes_max;
+        if record_bytes + crate::batch::BATCH_HEADER_BYTES > batch_bytes_max {
+            return refused(ClientError::TooLarge {
                 len: record_bytes,
-                max: self.config.batch_bytes_max,
-            }));
-            return;
+                max: batch_bytes_max,
+            });
         }
-        let key = (record.topic.clone(), partition);
-        if self
-            .pending
-            .get(&key)
-            .is_some_and(|p| p.builder.len() + record_bytes > self.config.batch_bytes_max)
-        {
-            self.dispatch(key.clone()).await;
-        }
-        let pending = self.pending.entry(key.clone()).or_insert_with(|| Pending {
-            builder: BatchBuilder::with_capacity(16 * 1024),
-            waiters: Vec::new(),
-            opened: Instant::now(),
-        });
         let timestamp = record.timestamp.unwrap_or_else(now_ms);
-        pending.builder.push(
-            timestamp,
-            record.key.as_deref(),
-            record.value.as_deref(),
-            &headers,
-        );
-        pending.waiters.push(waiter);
-        if pending.builder.len() >= self.config.batch_bytes_max {
-            self.dispatch(key).await;
+        let mut wake = false;
+        let future = loop {
+            {
+                let mut guard = shared.state.lock().expect("producer lock");
+                let State { topics, ready, .. } = &mut *guard;
+                if let Some(topic) = topics.get_mut(&record.topic) {
+                    let n = topic.n_partitions;
+                    let partition = match (record.partition, &record.key) {
+                        (Some(p), _) if p < n => p,
+                        _ if n == 0 => {
+                            drop(guard);
+                            return refused(ClientError::Invalid(format!(
+                                "topic {} has no partitions",
+                                record.topic
+                            )));
+                        }
+                        (Some(p), _) => {
+                            drop(guard);
+                            return refused(ClientError::Invalid(format!(
+                                "partition {p} does not exist: topic {} has {n}",
+                                record.topic
+                            )));
+                        }
+                        (None, Some(key)) => partition_for_key(key, n),
+                        (None, None) => *topic.sticky.get_or_insert_with(|| fastrand_u32(n)),
+                    };
+                    let slot = partition as usize;
+                    if topic.open[slot]
+                        .as_ref()
+                        .is_some_and(|p| p.builder.len() + record_bytes > batch_bytes_max)
+                    {
+                        topic.close_batch(&record.topic, partition, ready);
+                        wake = true;
+                    }
+                    let pending = topic.open[slot].get_or_insert_with(|| {
+                        // A new batch starts its linger: the sender may have no deadline yet.
+                        wake = true;
+                        Pending {
+                            builder: BatchBuilder::with_capacity(16 * 1024),
+                            n_records: 0,
+                            completion: Completion(Arc::new(Outcome::default())),
+                            opened: Instant::now(),
+                        }
+                    });
+                    pending.builder.push(
+                        timestamp,
+                        record.key.as_deref(),
+                        record.value.as_deref(),
+                        &headers,
+                    );
+                    let index = pending.n_records;
+                    pending.n_records += 1;
+                    let future = DeliveryFuture(DeliveryState::Batched {
+                        outcome: pending.completion.0.clone(),
+                        partition,
+                        index,
+                        slot: None,
+                    });
+                    if pending.builder.len() >= batch_bytes_max {
+                        topic.close_batch(&record.topic, partition, ready);
+                        wake = true;
+                    }
+                    break future;
+                }
+            }
+            // A topic not seen before: how many partitions it has, asked once.
+            let n = match self.partitions_of(&record.topic).await {
+                Ok(n) => n,
+                Err(e) => return refused(e),
+            };
+            let mut state = shared.state.lock().expect("producer lock");
+            state
+                .topics
+                .entry(record.topic.clone())
+                .or_insert_with(|| TopicState {
+                    n_partitions: n,
+                    sticky: None,
+                    open: (0..n).map(|_| None).collect(),
+                });
+        };
+        if wake {
+            shared.wake.notify_one();
+        }
+        Ok(future)
+    }
+
+    async fn partitions_of(&self, topic: &str) -> Result<u32, ClientError> {
+        let description = self.shared.client.admin().describe_topic(topic).await?;
+        Ok(description.partitions.len() as u32)
+    }
+
+    /// Sends everything batched so far and waits until all of it is acknowledged or failed.
+    pub async fn flush(&self) -> Result<(), ClientError> {
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut state = self.shared.state.lock().expect("producer lock");
+            state.close_due(None);
+            state.ready.push_back(Job::Flush(tx));
+        }
+        self.shared.wake.notify_one();
+        rx.await.map_err(|_| ClientError::Closed)
+    }
+
+    /// Flushes and stops the background task.
+    pub async fn close(mut self) -> Result<(), ClientError> {
+        self.flush().await?;
+        self.shared.state.lock().expect("producer lock").closed = true;
+        self.shared.wake.notify_one();
+        let task = self.task.take().expect("task until close");
+        task.await.map_err(|_| ClientError::Closed)
+    }
+}
+
+impl Drop for Producer {
+    /// What was sent is still delivered: the sender sends every batch, then ends.
+    fn drop(&mut self) {
+        if let Ok(mut state) = self.shared.state.lock() {
+            state.closed = true;
+        }
+        self.shared.wake.notify_one();
+    }
+}
+
+/// The background task: puts closed batches on the wire in order, each partition within its
+/// in-flight window, and closes batches whose linger has run out.
+struct Sender {
+    client: Client,
+    shared: Arc<Shared>,
+    windows: HashMap<(String, u32), Arc<Semaphore>>,
+    in_flight: JoinSet<()>,
+}
+
+impl Sender {
+    fn new(client: Client, shared: Arc<Shared>) -> Sender {
+        Sender {
+            client,
+            shared,
+            windows: HashMap::new(),
+            in_flight: JoinSet::new(),
         }
     }
 
-    /// Sends the pending batch of `key` once its partition has room in its in-flight window.
-    async fn dispatch(&mut self, key: (String, u32)) {
-        let Some(mut pending) = self.pending.remove(&key) else {
-            return;
-        };
-        if pending.builder.is_empty() {
-            return;
+    async fn run(mut self) {
+        let linger = self.shared.config.linger;
+        loop {
+            let (jobs, next_deadline, closed) = {
+                let mut state = self.shared.state.lock().expect("producer lock");
+                let closed = state.closed;
+                // On close every batch goes now; otherwise those whose linger ran out.
+                let by = (!closed)
+                    .then(|| Instant::now().checked_sub(linger))
+                    .flatten();
+                if closed || linger.is_zero() || by.is_some() {
+                    state.close_due(by);
+                }
+                let jobs: Vec<Job> = state.ready.drain(..).collect();
+                let next_deadline = state.first_opened().map(|opened| opened + linger);
+                (jobs, next_deadline, closed)
+            };
+            let worked = !jobs.is_empty();
+            for job in jobs {
+                match job {
+                    Job::Batch {
+                        topic,
+                        partition,
+                        pending,
+                    } => self.dispatch(topic, partition, pending).await,
+                    Job::Flush(done) => {
+                        while self.in_flight.join_next().await.is_some() {}
+                        let _ = done.send(());
+                    }
+                }
+            }
+            while self.in_flight.try_join_next().is_some() {}
+            if worked {
+                // More may have come while these went out.
+                continue;
+            }
+            if closed {
+                while self.in_flight.join_next().await.is_some() {}
+                return;
+            }
+            tokio::select! {
+                _ = self.shared.wake.notified() => {}
+                _ = sleep_until_opt(next_deadline) => {}
+            }
         }
-        if self.sticky.get(&key.0) == Some(&key.1) {
-            // The sticky partition's batch is gone: the next key-less records go elsewhere.
-            let n = self.n_partitions.get(&key.0).copied().unwrap_or(1);
-            self.sticky.insert(key.0.clone(), fastrand_u32(n));
-        }
+    }
+
+    /// Sends one batch once its partition has room in its in-flight window.
+    async fn dispatch(&mut self, topic: String, partition: u32, pending: Pending) {
+        let config = self.shared.config.clone();
         let window = self
             .windows
-            .entry(key.clone())
-            .or_insert_with(|| {
-                Arc::new(Semaphore::new(
-                    self.config.in_flight_per_partition_max.max(1),
-                ))
-            })
+            .entry((topic.clone(), partition))
+            .or_insert_with(|| Arc::new(Semaphore::new(config.in_flight_per_partition_max.max(1))))
             .clone();
         let permit = window.acquire_owned().await.expect("never closed");
-        let batch = Bytes::from(pending.builder.finish());
+        let Pending {
+            mut builder,
+            n_records,
+            completion,
+            ..
+        } = pending;
+        let batch = Bytes::from(builder.finish());
         let client = self.client.clone();
-        let config = self.config.clone();
-        let (topic, partition) = key;
         let request = Request::Produce {
             topic: topic.clone(),
             partition,
@@ -371,19 +584,12 @@ impl Accumulator {
         } else {
             client.send(request.clone()).await.map(Some)
         };
+        // These records left the queue (on the wire, or failed to get there).
+        self.shared.queue.add_permits(n_records as usize);
         self.in_flight.spawn(async move {
             let result =
                 send_with_retries(&client, &config, &topic, partition, request, first).await;
-            for (i, waiter) in pending.waiters.drain(..).enumerate() {
-                let report = match &result {
-                    Ok(base) => Ok(Delivery {
-                        partition,
-                        offset: base + i as u64,
-                    }),
-                    Err(e) => Err(e.duplicate()),
-                };
-                let _ = waiter.send(report);
-            }
+            completion.complete(result.map_err(|e| e.duplicate()));
             drop(permit);
         });
     }

@@ -260,6 +260,13 @@ impl OffsetIndex {
         }
     }
 
+    /// The last indexed batch starting at or before `position`, as (base offset, position).
+    pub(crate) fn floor_position(&self, position: u64) -> Option<(u64, u32)> {
+        self.entries
+            .floor(position, |[w]| w & u64::from(u32::MAX))
+            .map(|idx| self.get(idx))
+    }
+
     /// Number of entries that point below `position`, for cutting the index after a truncation.
     pub(crate) fn entries_below(&self, position: u64) -> usize {
         (0..self.len())

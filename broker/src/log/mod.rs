@@ -36,6 +36,7 @@ pub use config::{FsyncPolicy, LogConfig};
 pub use error::{LogError, Result};
 pub(crate) use recovery::{replace_file, sync_dir, write_atomically as write_file_atomically};
 pub use recovery::{RecoveryReport, Truncation};
+pub use segment::FileRegion;
 
 use cache::SegmentCache;
 use error::IoContext;
@@ -82,6 +83,16 @@ pub enum FirstBatch {
 pub struct ReadResult {
     /// Concatenated batches exactly as stored; empty when the offset is the high watermark.
     pub batches: Bytes,
+    pub high_watermark: u64,
+    pub log_start_offset: u64,
+}
+
+/// A read's batches located in a segment file rather than read ([`LogReader::read_region`]),
+/// with the log's bounds at the time of the read.
+#[derive(Debug, Clone)]
+pub struct RegionRead {
+    /// `None` when the offset is the high watermark.
+    pub region: Option<FileRegion>,
     pub high_watermark: u64,
     pub log_start_offset: u64,
 }
@@ -880,6 +891,41 @@ impl LogReader {
         max_bytes: usize,
         first_batch: FirstBatch,
     ) -> Result<ReadResult> {
+        let (batches, high_watermark, log_start_offset) = self
+            .read_segments(offset, |segment, high_watermark| {
+                segment.read(offset, max_bytes, first_batch, high_watermark)
+            })?;
+        Ok(ReadResult {
+            batches: batches.unwrap_or_default(),
+            high_watermark,
+            log_start_offset,
+        })
+    }
+
+    /// What [`LogReader::read_limited`] with [`FirstBatch::Whole`] returns, located in its
+    /// segment file instead of read into memory: for sending with `sendfile`.
+    pub fn read_region(&self, offset: u64, max_bytes: usize) -> Result<RegionRead> {
+        retrying_retired(|| {
+            let (region, high_watermark, log_start_offset) = self
+                .read_segments(offset, |segment, high_watermark| {
+                    segment.region(offset, max_bytes, high_watermark)
+                })?;
+            Ok(RegionRead {
+                region,
+                high_watermark,
+                log_start_offset,
+            })
+        })
+    }
+
+    /// The log's bounds, and what `read` finds in the first segment, from the one holding
+    /// `offset` on, where it finds anything (nothing when `offset` is the high watermark).
+    /// `read` is given the high watermark loaded here, past which it returns nothing.
+    fn read_segments<T>(
+        &self,
+        offset: u64,
+        mut read: impl FnMut(&Segment, u64) -> Result<Option<T>>,
+    ) -> Result<(Option<T>, u64, u64)> {
         // Watermark first, then the list: see `Shared::sync` for why this order is safe.
         let high_watermark = self.high_watermark();
         let log_start_offset = self.log_start_offset();
@@ -891,13 +937,8 @@ impl LogReader {
         if offset < log_start_offset || offset > high_watermark {
             return Err(out_of_range());
         }
-        let mut result = ReadResult {
-            batches: Bytes::new(),
-            high_watermark,
-            log_start_offset,
-        };
         if offset == high_watermark {
-            return Ok(result);
+            return Ok((None, high_watermark, log_start_offset));
         }
         let segments = self.shared.segments();
         let first = segments.partition_point(|s| s.base_offset <= offset);
@@ -906,12 +947,11 @@ impl LogReader {
             return Err(out_of_range());
         };
         for segment in &segments[first..] {
-            if let Some(batches) = segment.read(offset, max_bytes, first_batch)? {
-                result.batches = batches;
-                return Ok(result);
+            if let Some(found) = read(segment, high_watermark)? {
+                return Ok((Some(found), high_watermark, log_start_offset));
             }
         }
-        Ok(result)
+        Ok((None, high_watermark, log_start_offset))
     }
 
     /// The offset of the first record whose timestamp is at least `ts`, or `None` if every
@@ -1411,6 +1451,75 @@ mod tests {
         assert_eq!(cache.n_open(), 0, "dropped segments are uncounted");
     }
 
+    /// A region (located through the index, not read) holds exactly the batches a read
+    /// returns, for every offset and limit, across segment ends and index entries.
+    #[test]
+    fn regions_hold_the_bytes_a_read_returns() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _cache, written) = small_cached_log(dir.path());
+        let reader = log.reader();
+        for offset in 0..written.len() as u64 {
+            for max_bytes in [1, 60, 100, 129, 300, 700, 5000] {
+                let read = reader
+                    .read_limited(offset, max_bytes, FirstBatch::Whole)
+                    .unwrap();
+                let located = reader.read_region(offset, max_bytes).unwrap();
+                assert_eq!(
+                    (located.high_watermark, located.log_start_offset),
+                    (read.high_watermark, read.log_start_offset)
+                );
+                let region = located.region.expect("data below the high watermark");
+                assert_eq!(
+                    region.read().unwrap(),
+                    read.batches,
+                    "offset {offset}, limit {max_bytes}"
+                );
+                // One record a batch, no gaps: the offsets spanned are the batches.
+                let n_batches = strand_client::batch::Batches::new(&read.batches).count();
+                assert_eq!(region.offsets, n_batches as u64);
+            }
+        }
+        let end = reader.read_region(written.len() as u64, 100).unwrap();
+        assert!(end.region.is_none());
+        assert!(matches!(
+            reader.read_region(written.len() as u64 + 1, 100),
+            Err(LogError::OffsetOutOfRange { .. })
+        ));
+    }
+
+    /// The writer publishes a batch's bytes before it moves the high watermark past it: a
+    /// read that loaded the watermark first returns nothing at or past it, even when the
+    /// segment already shows more.
+    #[test]
+    fn segment_reads_stop_at_the_high_watermark_they_were_given() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = Log::open(dir.path(), LogConfig::default()).unwrap();
+        let mut written = Vec::new();
+        for _ in 0..5 {
+            let mut batch = one_record_batch();
+            log.append(&mut batch).unwrap();
+            written.push(batch);
+        }
+        let segments = log.shared.segments();
+        let segment = &segments[0];
+        for hw in 1..=5u64 {
+            let expected: Vec<u8> = written[..hw as usize].concat();
+            let read = segment
+                .read(0, 1 << 20, FirstBatch::Whole, hw)
+                .unwrap()
+                .unwrap();
+            assert_eq!(&read[..], &expected[..], "high watermark {hw}");
+            let region = segment.region(0, 1 << 20, hw).unwrap().unwrap();
+            assert_eq!(&region.read().unwrap()[..], &expected[..]);
+            assert_eq!(region.offsets, hw);
+        }
+        assert!(segment
+            .read(3, 1 << 20, FirstBatch::Whole, 3)
+            .unwrap()
+            .is_none());
+        assert!(segment.region(3, 1 << 20, 3).unwrap().is_none());
+    }
+
     #[test]
     fn a_closed_segment_whose_file_was_replaced_is_not_reopened_onto_it() {
         let dir = tempfile::tempdir().unwrap();
@@ -1421,7 +1530,7 @@ mod tests {
         let copy = dir.path().join("copy");
         std::fs::copy(&closed.log_path, &copy).unwrap();
         std::fs::rename(&copy, &closed.log_path).unwrap();
-        let read = closed.read(closed.base_offset, 1, FirstBatch::Whole);
+        let read = closed.read(closed.base_offset, 1, FirstBatch::Whole, u64::MAX);
         assert!(
             matches!(read, Err(LogError::SegmentRetired { .. })),
             "{read:?}"
@@ -1439,7 +1548,7 @@ mod tests {
         assert!(report.segments_deleted > 10, "{report:?}");
         // A retired segment never opens anything again, even once a file is back at its path.
         std::fs::write(&closed.log_path, &written[0]).unwrap();
-        let read = closed.read(closed.base_offset, 1, FirstBatch::Whole);
+        let read = closed.read(closed.base_offset, 1, FirstBatch::Whole, u64::MAX);
         assert!(
             matches!(read, Err(LogError::SegmentRetired { .. })),
             "{read:?}"
@@ -1474,7 +1583,7 @@ mod tests {
         // A reader of the old list still reads the old bytes, not the rewritten file's.
         for old in before[..50].iter() {
             let read = old
-                .read(old.base_offset, 1, FirstBatch::Whole)
+                .read(old.base_offset, 1, FirstBatch::Whole, u64::MAX)
                 .unwrap()
                 .unwrap();
             assert_eq!(&read[..], &written[old.base_offset as usize][..]);

@@ -54,6 +54,43 @@ pub(crate) struct SegmentIo {
     pub(crate) time_index: TimeIndex,
 }
 
+/// Whole batches of one segment file, located but not read, for a listener that sends them
+/// from the file (`sendfile`). Holding it keeps the file open, so the bytes stay readable
+/// even if retention or compaction takes the segment out of the log meanwhile.
+#[derive(Clone)]
+pub struct FileRegion {
+    io: Arc<SegmentIo>,
+    /// Where the batches start in the file.
+    pub position: u64,
+    pub len: usize,
+    /// Offsets the batches span, from the first one's base offset to past the last one (the
+    /// number of records unless compaction left gaps).
+    pub offsets: u64,
+}
+
+impl std::fmt::Debug for FileRegion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileRegion")
+            .field("position", &self.position)
+            .field("len", &self.len)
+            .finish()
+    }
+}
+
+impl FileRegion {
+    /// The segment file holding the batches.
+    pub fn file(&self) -> &File {
+        &self.io.file
+    }
+
+    /// The batches, read into memory (for a listener that cannot send from the file).
+    pub fn read(&self) -> std::io::Result<Bytes> {
+        let mut buf = vec![0u8; self.len];
+        self.io.file.read_exact_at(&mut buf, self.position)?;
+        Ok(Bytes::from(buf))
+    }
+}
+
 /// Whether a segment's files are open, and what reopening them needs.
 #[derive(Debug)]
 struct IoSlot {
@@ -509,6 +546,19 @@ impl Segment {
         Ok((base, len, base + delta.max(0) as u64))
     }
 
+    /// How much of the file holds batches below `high_watermark`. The writer publishes a
+    /// batch's bytes (the size) before the log's high watermark moves past it, so a reader
+    /// that loaded the watermark first must stop where the batch at the watermark starts, or it
+    /// would return a batch past the watermark it reports.
+    fn visible_below(&self, io: &SegmentIo, high_watermark: u64) -> Result<u64> {
+        // The size first: the next offset stored before it covers at least what it shows.
+        let size = self.size();
+        if self.next_offset() <= high_watermark {
+            return Ok(size);
+        }
+        Ok(self.locate_in(io, high_watermark, size)?.unwrap_or(size))
+    }
+
     /// Finds the batch holding `offset` (or the first batch after it), returning its position,
     /// or `None` if no batch in the visible part of this segment ends at or after `offset`.
     pub(crate) fn locate(&self, offset: u64, visible: u64) -> Result<Option<u64>> {
@@ -532,14 +582,16 @@ impl Segment {
     /// Whole batches starting at the one that holds `offset`, up to `max_bytes` in all but at
     /// least one batch, so that a consumer with a small limit still makes progress.
     /// With [`FirstBatch::WithinLimit`], a first batch over `max_bytes` gives an empty read.
+    /// Only batches below `high_watermark` (the one the caller loaded first) are returned.
     pub(crate) fn read(
         &self,
         offset: u64,
         max_bytes: usize,
         first: FirstBatch,
+        high_watermark: u64,
     ) -> Result<Option<Bytes>> {
-        let visible = self.size();
         let io = self.io()?;
+        let visible = self.visible_below(&io, high_watermark)?;
         let Some(position) = self.locate_in(&io, offset, visible)? else {
             return Ok(None);
         };
@@ -565,6 +617,50 @@ impl Segment {
         }
         buf.truncate(end);
         Ok(Some(Bytes::from(buf)))
+    }
+
+    /// Where [`Segment::read`] with [`FirstBatch::Whole`] would find its batches, without
+    /// reading them: the first batch at or after `offset` and the whole batches after it up to
+    /// `max_bytes` in all (at least the first). The batches are found by jumping to the last
+    /// index entry within the limit and walking batch headers from there, so a region costs a
+    /// few small reads however many batches it holds.
+    pub(crate) fn region(
+        &self,
+        offset: u64,
+        max_bytes: usize,
+        high_watermark: u64,
+    ) -> Result<Option<FileRegion>> {
+        let io = self.io()?;
+        let visible = self.visible_below(&io, high_watermark)?;
+        let Some(position) = self.locate_in(&io, offset, visible)? else {
+            return Ok(None);
+        };
+        let (first_base, first_len, first_last) = self.walk_header(&io, position)?;
+        let limit = (position + max_bytes.max(first_len) as u64).min(visible);
+        let mut end = position + first_len as u64;
+        let mut next_offset = first_last + 1;
+        // Every batch between the first one and an indexed batch start within the limit is
+        // whole and within it.
+        if let Some((base, at)) = io.index.floor_position(limit) {
+            if u64::from(at) > end {
+                end = u64::from(at);
+                next_offset = base;
+            }
+        }
+        while end + (WALK_HEADER_BYTES as u64) <= limit {
+            let (_, len, last) = self.walk_header(&io, end)?;
+            if end + len as u64 > limit {
+                break;
+            }
+            end += len as u64;
+            next_offset = last + 1;
+        }
+        Ok(Some(FileRegion {
+            io,
+            position,
+            len: (end - position) as usize,
+            offsets: next_offset.saturating_sub(first_base),
+        }))
     }
 
     /// Reads `len` bytes at `position` (used by recovery and timestamp lookups).

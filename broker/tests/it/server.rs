@@ -97,6 +97,91 @@ fn settings(partitions: u32) -> TopicSettings {
     }
 }
 
+/// The producer's bounds and endings: a queue of three records with tiny batches and no
+/// linger still delivers everything in order; a refused record fails alone; a producer dropped
+/// with a long linger still sends what it was given.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn producer_delivers_in_order_under_tight_bounds_and_when_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = TestBroker::start(dir.path(), ServerConfig::default()).await;
+    let client = broker.client().await;
+    client.admin().create_topic("t", settings(2)).await.unwrap();
+    let producer = Producer::new(
+        client.clone(),
+        ProducerConfig {
+            linger: Duration::ZERO,
+            batch_bytes_max: 300,
+            in_flight_per_partition_max: 1,
+            queue_records_max: 3,
+            ..ProducerConfig::default()
+        },
+    );
+    let mut deliveries = Vec::new();
+    for n in 0..500u64 {
+        let record = ProducerRecord {
+            partition: Some(0),
+            ..ProducerRecord::new("t", format!("v{n}"))
+        };
+        deliveries.push(producer.send(record).await.unwrap());
+    }
+    let refused = producer
+        .send(ProducerRecord {
+            partition: Some(7),
+            ..ProducerRecord::new("t", "nowhere")
+        })
+        .await
+        .unwrap();
+    assert!(matches!(refused.await, Err(ClientError::Invalid(_))));
+    for (n, delivery) in deliveries.into_iter().enumerate() {
+        let d = delivery.await.unwrap();
+        assert_eq!((d.partition, d.offset), (0, n as u64));
+    }
+    producer.close().await.unwrap();
+
+    let lingering = Producer::new(
+        client.clone(),
+        ProducerConfig {
+            linger: Duration::from_secs(3600),
+            ..ProducerConfig::default()
+        },
+    );
+    let mut deliveries = Vec::new();
+    for n in 0..10u64 {
+        let record = ProducerRecord {
+            partition: Some(1),
+            ..ProducerRecord::new("t", format!("late{n}"))
+        };
+        deliveries.push(lingering.send(record).await.unwrap());
+    }
+    drop(lingering);
+    for (n, delivery) in deliveries.into_iter().enumerate() {
+        let d = tokio::time::timeout(Duration::from_secs(30), delivery)
+            .await
+            .expect("a dropped producer still sends")
+            .unwrap();
+        assert_eq!((d.partition, d.offset), (1, n as u64));
+    }
+    let mut consumer = Consumer::new(client, "t", Some(vec![0, 1]), ConsumerConfig::default())
+        .await
+        .unwrap();
+    let mut seen: HashMap<u32, Vec<String>> = HashMap::new();
+    for _ in 0..510 {
+        let record = consumer.next().await.unwrap();
+        seen.entry(record.partition)
+            .or_default()
+            .push(String::from_utf8(record.value.unwrap().to_vec()).unwrap());
+    }
+    assert_eq!(
+        seen[&0],
+        (0..500).map(|n| format!("v{n}")).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        seen[&1],
+        (0..10).map(|n| format!("late{n}")).collect::<Vec<_>>()
+    );
+    broker.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_producers_round_trip_in_order_per_partition() {
     let dir = tempfile::tempdir().unwrap();

@@ -1018,6 +1018,55 @@ impl Response {
     }
 
     /// Appends the whole response frame to `buf`.
+    /// The head of a successful fetch answer whose `records_len` bytes of records the caller
+    /// writes after it (from a file, say): the frame's length counts them.
+    pub fn encode_fetched_head(
+        correlation_id: u32,
+        high_watermark: u64,
+        log_start_offset: u64,
+        records_len: usize,
+        buf: &mut BytesMut,
+    ) {
+        let at = frame::begin_frame(buf);
+        frame::put_server_header(
+            buf,
+            ServerHeader {
+                kind: ServerFrameKind::Response,
+                correlation_id,
+            },
+        );
+        buf.put_u16(ErrorCode::None as u16);
+        put_string(buf, "");
+        buf.put_u64(high_watermark);
+        buf.put_u64(log_start_offset);
+        buf.put_u32(records_len as u32);
+        end_frame_with_tail(buf, at, records_len);
+    }
+
+    /// Encodes the answer into `buf` except the records a fetch answer ends with, which it
+    /// returns (empty for any other answer) for the caller to write after `buf` as they are:
+    /// the frame's length already counts them. `buf` followed by the records is exactly what
+    /// [`Response::encode`] writes.
+    pub fn encode_head(&self, correlation_id: u32, buf: &mut BytesMut) -> Bytes {
+        let Response::Ok(ResponseBody::Fetched {
+            high_watermark,
+            log_start_offset,
+            records,
+        }) = self
+        else {
+            self.encode(correlation_id, buf);
+            return Bytes::new();
+        };
+        Response::encode_fetched_head(
+            correlation_id,
+            *high_watermark,
+            *log_start_offset,
+            records.len(),
+            buf,
+        );
+        records.clone()
+    }
+
     pub fn encode(&self, correlation_id: u32, buf: &mut BytesMut) {
         let at = frame::begin_frame(buf);
         frame::put_server_header(
@@ -1298,6 +1347,22 @@ pub struct Push {
 }
 
 impl Push {
+    /// [`Push::encode`] without the records, which the caller writes after `buf` (the
+    /// frame's length counts them).
+    pub fn encode_head(&self, subscription: u32, buf: &mut BytesMut) {
+        let at = frame::begin_frame(buf);
+        frame::put_server_header(
+            buf,
+            ServerHeader {
+                kind: ServerFrameKind::Push,
+                correlation_id: subscription,
+            },
+        );
+        buf.put_u64(self.high_watermark);
+        buf.put_u32(self.records.len() as u32);
+        end_frame_with_tail(buf, at, self.records.len());
+    }
+
     pub fn encode(&self, subscription: u32, buf: &mut BytesMut) {
         let at = frame::begin_frame(buf);
         frame::put_server_header(
@@ -1320,5 +1385,56 @@ impl Push {
         };
         r.finish()?;
         Ok(push)
+    }
+}
+
+/// [`frame::end_frame`] for a frame whose last `tail` bytes are written separately.
+fn end_frame_with_tail(buf: &mut BytesMut, at: usize, tail: usize) {
+    let len = (buf.len() - at - frame::LENGTH_BYTES + tail) as u32;
+    buf[at..at + frame::LENGTH_BYTES].copy_from_slice(&len.to_be_bytes());
+}
+
+#[cfg(test)]
+mod head_tests {
+    use super::*;
+
+    #[test]
+    fn a_head_and_its_records_are_the_whole_frame() {
+        let records = Bytes::from(vec![7u8; 1000]);
+        let answers = [
+            Response::Ok(ResponseBody::Fetched {
+                high_watermark: 42,
+                log_start_offset: 3,
+                records: records.clone(),
+            }),
+            Response::Ok(ResponseBody::Fetched {
+                high_watermark: 0,
+                log_start_offset: 0,
+                records: Bytes::new(),
+            }),
+            Response::Ok(ResponseBody::Offset(Some(9))),
+            Response::error(
+                ErrorCode::UnknownTopicOrPartition,
+                "no such topic".to_string(),
+            ),
+        ];
+        for answer in answers {
+            let mut whole = BytesMut::new();
+            answer.encode(17, &mut whole);
+            let mut head = BytesMut::new();
+            let tail = answer.encode_head(17, &mut head);
+            head.extend_from_slice(&tail);
+            assert_eq!(head, whole, "{answer:?}");
+        }
+        let push = Push {
+            high_watermark: 5,
+            records,
+        };
+        let mut whole = BytesMut::new();
+        push.encode(3, &mut whole);
+        let mut head = BytesMut::new();
+        push.encode_head(3, &mut head);
+        head.extend_from_slice(&push.records);
+        assert_eq!(head, whole);
     }
 }

@@ -175,11 +175,13 @@ fn kafka_acks(acks: &str) -> anyhow::Result<&'static str> {
 
 /// Produces `n_records` values of `record_bytes` to `topic` (partition `(i / 1000) %
 /// partitions`, as the native run), then reads them all back by assigned partitions.
-/// `properties` go to both clients (TLS settings, say).
+/// `properties` go to both clients (TLS settings, say), `consumer_properties` to the consumer
+/// only, after the bench's own.
 #[allow(clippy::too_many_arguments)]
 pub fn throughput(
     bootstrap: &str,
     properties: &[(String, String)],
+    consumer_properties: &[(String, String)],
     topic: &str,
     n_records: u64,
     record_bytes: usize,
@@ -245,11 +247,16 @@ pub fn throughput(
     }
     drop(producer);
 
-    let consumer: BaseConsumer = with(ClientConfig::new())
+    let mut consumer_config = with(ClientConfig::new());
+    consumer_config
         .set("bootstrap.servers", bootstrap)
         .set("group.id", "strand-bench")
         .set("enable.auto.commit", "false")
-        .set("fetch.wait.max.ms", "10")
+        .set("fetch.wait.max.ms", "10");
+    for (k, v) in consumer_properties {
+        consumer_config.set(k, v);
+    }
+    let consumer: BaseConsumer = consumer_config
         .create()
         .context("creating the librdkafka consumer")?;
     let mut assignment = TopicPartitionList::new();

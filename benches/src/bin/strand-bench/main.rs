@@ -98,6 +98,10 @@ enum Command {
         acks: String,
         #[arg(long, default_value_t = 5)]
         linger_ms: u64,
+        /// A librdkafka property for the consumer, KEY=VALUE (repeatable), say
+        /// fetch.queue.backoff.ms=10.
+        #[arg(long = "consumer-property", value_parser = key_value)]
+        consumer_properties: Vec<(String, String)>,
     },
     /// strand-bridge's throughput against what its destination alone takes.
     Bridge {
@@ -163,6 +167,13 @@ enum Command {
         #[arg(long, value_name = "FILE.svg")]
         chart: Option<std::path::PathBuf>,
     },
+}
+
+/// `KEY=VALUE`, for librdkafka properties.
+fn key_value(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("expected KEY=VALUE, got {s:?}"))
 }
 
 fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
@@ -243,6 +254,7 @@ fn run(cli: Cli) -> anyhow::Result<serde_json::Value> {
                 partitions,
                 acks,
                 linger_ms,
+                consumer_properties,
             } => {
                 let kafka_addr = kafka_addr.context("--kafka-broker is needed with --broker")?;
                 compare_kafka(
@@ -254,6 +266,7 @@ fn run(cli: Cli) -> anyhow::Result<serde_json::Value> {
                     partitions,
                     &acks,
                     linger_ms,
+                    &consumer_properties,
                 )
                 .await
             }
@@ -456,6 +469,7 @@ async fn compare_kafka(
     partitions: u32,
     acks: &str,
     linger_ms: u64,
+    consumer_properties: &[(String, String)],
 ) -> anyhow::Result<serde_json::Value> {
     report::say!("native client, one producer:");
     let native = throughput(
@@ -485,10 +499,12 @@ async fn compare_kafka(
         .await?;
     let (bootstrap, acks_owned, kafka_topic) =
         (kafka_addr.to_string(), acks.to_string(), topic.clone());
+    let properties = consumer_properties.to_vec();
     let rdkafka = tokio::task::spawn_blocking(move || {
         kafka::throughput(
             &bootstrap,
             &[],
+            &properties,
             &kafka_topic,
             n_records,
             record_bytes,
@@ -499,7 +515,7 @@ async fn compare_kafka(
     })
     .await??;
     report::say!(
-        "librdkafka {} through the Kafka listener:",
+        "librdkafka {} through the Kafka listener (consumer properties: {consumer_properties:?}):",
         rdkafka::util::get_rdkafka_version().1
     );
     let mb = |rate: f64| rate * record_bytes as f64 / 1e6;
@@ -537,6 +553,7 @@ async fn compare_kafka(
         "partitions": partitions,
         "acks": acks,
         "linger_ms": linger_ms,
+        "consumer_properties": consumer_properties,
         "librdkafka_version": rdkafka::util::get_rdkafka_version().1,
         "native": native.json(record_bytes),
         "librdkafka": rdkafka.json(record_bytes),

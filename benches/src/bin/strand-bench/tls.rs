@@ -170,6 +170,7 @@ pub fn run(
         let rates = kafka::throughput(
             bootstrap,
             &properties,
+            &[],
             &topic,
             records,
             record_bytes,
