@@ -139,7 +139,11 @@ struct Args {
     finished_sagas_max: usize,
     /// Finished sagas beyond memory still readable from their snapshots (about 24 bytes of
     /// index each); older ones are answered 404 [default: 1000000]
-    #[arg(long, env = "STRAND_SAGA_FINISHED_INDEXED", default_value_t = 1_000_000)]
+    #[arg(
+        long,
+        env = "STRAND_SAGA_FINISHED_INDEXED",
+        default_value_t = 1_000_000
+    )]
     finished_sagas_indexed: usize,
     /// Largest request body, in bytes [default: 1048576]
     #[arg(long, env = "STRAND_SAGA_BODY_BYTES_MAX", default_value_t = 1 << 20)]

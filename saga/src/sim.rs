@@ -19,6 +19,9 @@
 //! - **Clients**: starts (with repeated idempotency keys, sometimes while the first start is
 //!   still being written, sometimes with a different request), reads, aborts and operator
 //!   retries of failed sagas.
+//! - **Memory**: in about half the seeds an instance keeps one to four finished sagas in memory;
+//!   the others are read back (as `GET /sagas/{id}` does) from the snapshot record whose offset
+//!   the instance indexed, which must be that saga, finished, and as recovery rebuilds it.
 //!
 //! After a workload phase the faults stop and participants answer at once; then every
 //! invariant is checked (see [`check`]).
@@ -83,6 +86,8 @@ pub struct Summary {
     pub takeovers: usize,
     pub events: u64,
     pub simulated_ms: i64,
+    /// Acknowledged sagas that had left memory at the end, read back from their snapshots.
+    pub evicted: usize,
 }
 
 /// A run that broke an invariant: the seed, what broke, and the last things that happened.
@@ -1015,7 +1020,7 @@ impl World {
                     instance_id: "rebuild".into(),
                     finished_in_memory_max: usize::MAX,
                     snapshot_bytes_max: usize::MAX,
-                finished_indexed_max: usize::MAX,
+                    finished_indexed_max: usize::MAX,
                 },
                 0,
                 Box::new(|_| None),
@@ -1080,7 +1085,9 @@ impl World {
         let record = self.partitions[at.partition as usize]
             .snapshots
             .get(at.offset as usize)
-            .ok_or_else(|| format!("saga {id}: indexed at snapshot {at:?}, which does not exist"))?;
+            .ok_or_else(|| {
+                format!("saga {id}: indexed at snapshot {at:?}, which does not exist")
+            })?;
         if record.key.as_deref() != Some(id.as_bytes()) {
             return Err(format!(
                 "saga {id}: indexed at snapshot {at:?}, which is another record"
@@ -1598,6 +1605,7 @@ impl World {
                 let core = self.instances[i].core.as_ref().expect("running");
                 if let Some(at) = core.archived(id) {
                     self.read_archived(id, at)?;
+                    self.summary.evicted += 1;
                 }
             }
             let Some(saga) = self.live_saga(id) else {
@@ -1906,6 +1914,7 @@ pub fn run_many(first: u64, seeds: u64) -> Result<Summary, Violation> {
         total.takeovers += s.takeovers;
         total.events += s.events;
         total.simulated_ms += s.simulated_ms;
+        total.evicted += s.evicted;
     }
     Ok(total)
 }
@@ -1931,6 +1940,7 @@ mod tests {
                     summary.completed > 0 && summary.compensated > 0,
                     "{summary:?}"
                 );
+                assert!(summary.evicted > 0, "{summary:?}");
                 assert!(
                     summary.crashes > 0 && summary.takeovers > seeds as usize,
                     "{summary:?}"

@@ -41,8 +41,8 @@ mod archive;
 mod confirm;
 mod ownership;
 
-use confirm::Held;
 pub use archive::Archived;
+use confirm::Held;
 pub use confirm::{Batch, Confirmed, Effects};
 pub use ownership::CheckpointPlan;
 

@@ -935,8 +935,14 @@ async fn the_console_asks_for_a_token_and_operates_with_one_in_chromium() {
         json!({"fail": "reserve", "flaky_undo": "charge"}),
     ] {
         let body = json!({"definition": "order", "input": input});
-        let (status, _, saga) =
-            call(&stack, reqwest::Method::POST, "/sagas", Some(&admin), Some(&body)).await;
+        let (status, _, saga) = call(
+            &stack,
+            reqwest::Method::POST,
+            "/sagas",
+            Some(&admin),
+            Some(&body),
+        )
+        .await;
         assert_eq!(status, 201, "{saga}");
         ids.push(saga["id"].as_str().unwrap().to_string());
     }

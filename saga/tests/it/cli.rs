@@ -108,13 +108,23 @@ async fn every_saga_verb_of_the_cli_against_strand_saga() {
         .unwrap()
         .remove("compensation");
     let file2 = write(files.path(), "v2.json", &v2);
-    let put = cli(vec!["definitions", "put", &file2, "--name", "order", "--json"]).await;
+    let put = cli(vec![
+        "definitions",
+        "put",
+        &file2,
+        "--name",
+        "order",
+        "--json",
+    ])
+    .await;
     assert_eq!(put.json()["version"], 2);
     // An invalid one: the API's reasons, with their paths.
     let bad = write(files.path(), "bad.json", &json!({"steps": []}));
-    cli(vec!["definitions", "put", &bad])
-        .await
-        .failed_with(&["422", "invalid definition", "steps"]);
+    cli(vec!["definitions", "put", &bad]).await.failed_with(&[
+        "422",
+        "invalid definition",
+        "steps",
+    ]);
 
     // definitions list and get.
     let listed = cli(vec!["definitions", "list"]).await;
@@ -123,7 +133,9 @@ async fn every_saga_verb_of_the_cli_against_strand_saga() {
         line.starts_with("order") && line.contains(" 2 ") && line.contains("order,charge,reserve"),
         "{line}"
     );
-    let versions = cli(vec!["definitions", "list", "order", "--json"]).await.json();
+    let versions = cli(vec!["definitions", "list", "order", "--json"])
+        .await
+        .json();
     let numbers: Vec<u64> = versions
         .as_array()
         .unwrap()
@@ -134,18 +146,33 @@ async fn every_saga_verb_of_the_cli_against_strand_saga() {
     let got = cli(vec!["definitions", "get", "order", "--version", "1"])
         .await
         .json();
-    assert_eq!((got["name"].as_str(), got["version"].as_u64()), (Some("order"), Some(1)));
+    assert_eq!(
+        (got["name"].as_str(), got["version"].as_u64()),
+        (Some("order"), Some(1))
+    );
     assert_eq!(got["steps"][2]["kind"], "compensatable");
     cli(vec!["definitions", "get", "nope"])
         .await
         .failed_with(&["404", "no definition \"nope\""]);
 
     // start: inline JSON and @file, with keys; the same key with another input is refused.
-    let started = cli(vec!["start", "order", "--input", r#"{"n": 1}"#, "--key", "k-ok"]).await;
+    let started = cli(vec![
+        "start",
+        "order",
+        "--input",
+        r#"{"n": 1}"#,
+        "--key",
+        "k-ok",
+    ])
+    .await;
     let (ok_id, state) = started.ok().trim().split_once('\t').unwrap();
     let ok_id = ok_id.to_string();
     assert_eq!(state, "running");
-    let input = write(files.path(), "input.json", &json!({"n": 2, "fail": "reserve"}));
+    let input = write(
+        files.path(),
+        "input.json",
+        &json!({"n": 2, "fail": "reserve"}),
+    );
     let refused = cli(vec![
         "start",
         "order",
@@ -158,9 +185,16 @@ async fn every_saga_verb_of_the_cli_against_strand_saga() {
     .await
     .json();
     let refused_id = refused["id"].as_str().unwrap().to_string();
-    cli(vec!["start", "order", "--input", r#"{"n": 3}"#, "--key", "k-ok"])
-        .await
-        .failed_with(&["409", "different request"]);
+    cli(vec![
+        "start",
+        "order",
+        "--input",
+        r#"{"n": 3}"#,
+        "--key",
+        "k-ok",
+    ])
+    .await
+    .failed_with(&["409", "different request"]);
     cli(vec!["start", "order", "--input", "{not json"])
         .await
         .failed_with(&["--input is not JSON"]);
@@ -173,18 +207,18 @@ async fn every_saga_verb_of_the_cli_against_strand_saga() {
     assert!(text.contains("state       compensated"), "{text}");
     assert!(text.contains("definition  order v2"), "{text}");
     assert!(text.contains("compensated because:"), "{text}");
-    let timeline: Vec<&str> = text
-        .split("\ntimeline\n")
-        .nth(1)
-        .unwrap()
-        .lines()
-        .collect();
+    let timeline: Vec<&str> = text.split("\ntimeline\n").nth(1).unwrap().lines().collect();
     let order: Vec<String> = timeline
         .iter()
         .map(|l| {
             let l = l.replace(" (pivot)", "(pivot)");
             let cells: Vec<&str> = l.split_whitespace().collect();
-            format!("{} {} {}", cells[1], cells[2], cells[5].trim_end_matches(':'))
+            format!(
+                "{} {} {}",
+                cells[1],
+                cells[2],
+                cells[5].trim_end_matches(':')
+            )
         })
         .collect();
     assert_eq!(
@@ -217,9 +251,16 @@ async fn every_saga_verb_of_the_cli_against_strand_saga() {
     let later = format!("@{}", created + 1);
     let page = cli(vec!["list", "--from", &later, "--json"]).await.json();
     assert_eq!(page["sagas"], json!([]));
-    let page = cli(vec!["list", "--to", &later, "--definition", "order", "--json"])
-        .await
-        .json();
+    let page = cli(vec![
+        "list",
+        "--to",
+        &later,
+        "--definition",
+        "order",
+        "--json",
+    ])
+    .await
+    .json();
     assert_eq!(page["sagas"].as_array().unwrap().len(), 2);
     let first = cli(vec!["list", "--limit", "1"]).await;
     assert_eq!(first.ok().lines().count(), 2, "{}", first.stdout);
@@ -255,7 +296,10 @@ async fn every_saga_verb_of_the_cli_against_strand_saga() {
     let slow_id = slow["id"].as_str().unwrap().to_string();
     let aborted = cli(vec!["abort", &slow_id]).await;
     let state = aborted.ok().trim().split_once('\t').unwrap().1.to_string();
-    assert!(["compensating", "compensated"].contains(&state.as_str()), "{state}");
+    assert!(
+        ["compensating", "compensated"].contains(&state.as_str()),
+        "{state}"
+    );
     wait_for_state(&http, api, &slow_id, &["compensated"]).await;
     cli(vec!["abort", &slow_id]).await.failed_with(&["409"]);
 

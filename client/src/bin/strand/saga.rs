@@ -301,7 +301,11 @@ async fn list(
                 let finished = matches!(state, "completed" | "compensated");
                 rows.push(vec![
                     s["id"].as_str().unwrap_or_default().to_string(),
-                    format!("{} v{}", s["definition"].as_str().unwrap_or_default(), s["version"]),
+                    format!(
+                        "{} v{}",
+                        s["definition"].as_str().unwrap_or_default(),
+                        s["version"]
+                    ),
                     state.to_string(),
                     s["idempotency_key"].as_str().unwrap_or("-").to_string(),
                     utc(created),
