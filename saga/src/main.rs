@@ -137,7 +137,7 @@ struct Args {
     /// Finished sagas kept in memory for the API; older ones only in snapshots [default: 100000]
     #[arg(long, env = "STRAND_SAGA_FINISHED_MAX", default_value_t = 100_000)]
     finished_sagas_max: usize,
-    /// Finished sagas beyond memory still readable from their snapshots (about 24 bytes of
+    /// Finished sagas beyond memory still readable from their snapshots (about 50 bytes of
     /// index each); older ones are answered 404 [default: 1000000]
     #[arg(
         long,

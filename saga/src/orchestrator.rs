@@ -50,8 +50,8 @@ pub struct OrchestratorConfig {
     /// Finished sagas kept in memory (for `GET /sagas`); older ones are dropped once their
     /// final state is in a snapshot, which keeps memory bounded in a long-running process.
     pub finished_in_memory_max: usize,
-    /// Finished sagas beyond memory still readable from their snapshots (an index of 24 bytes
-    /// or so each); older ones are answered 404.
+    /// Finished sagas beyond memory still readable from their snapshots (an index of about 50
+    /// bytes each); older ones are answered 404.
     pub finished_indexed_max: usize,
     /// The largest snapshot record the journal's cluster takes.
     pub snapshot_bytes_max: usize,

@@ -4,7 +4,7 @@
 //! state is in a durable snapshot in `__saga_snapshots`. The [`Archive`] remembers, for up to
 //! `finished_indexed_max` finished sagas, the offset of that snapshot record (its partition is
 //! the saga's journal partition), so `GET /sagas/{id}` reads one record instead of answering
-//! 404. It holds 24 bytes or so per saga (the id as 128 bits and an offset) and forgets the
+//! 404. It holds about 50 bytes per saga (the id as 128 bits and an offset in a hash map, and the id again in the order kept for forgetting) and forgets the
 //! earliest noted first. It is rebuilt at a takeover: a partition taken over is snapshotted
 //! whole at its first checkpoint, which notes every finished saga again.
 
@@ -108,5 +108,38 @@ impl Core {
                 n,
             ))
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Archive;
+
+    fn id(n: u128) -> String {
+        uuid::Uuid::from_u128(n).to_string()
+    }
+
+    #[test]
+    fn the_index_is_bounded_and_forgets_the_earliest_noted() {
+        let mut a = Archive::new(2);
+        a.note(&id(1), 10);
+        a.note(&id(2), 20);
+        a.note(&id(1), 11); // noted again: a newer snapshot, same place in line
+        a.note(&id(3), 30);
+        assert_eq!(
+            (a.get(&id(1)), a.get(&id(2)), a.get(&id(3))),
+            (None, Some(20), Some(30))
+        );
+        assert_eq!(a.forgotten, 1);
+        assert_eq!(a.at.len(), 2);
+        assert_eq!(a.order.len(), 2);
+        a.forget(|s| s == id(2));
+        assert_eq!((a.get(&id(2)), a.get(&id(3))), (None, Some(30)));
+        assert_eq!(a.order.len(), 1);
+        a.note("not-a-saga-id", 1);
+        assert_eq!(a.at.len(), 1);
+        let mut none = Archive::new(0);
+        none.note(&id(1), 1);
+        assert_eq!(none.get(&id(1)), None);
     }
 }
