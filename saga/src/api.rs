@@ -28,6 +28,9 @@ pub enum ApiError {
     BadRequest(String),
     #[error("{0}")]
     Unavailable(String),
+    /// It was there and is no longer kept.
+    #[error("{0}")]
+    Gone(String),
     /// The saga belongs to a journal partition another instance drives (`owner`, its API
     /// address, when known).
     #[error("journal partition {partition} is driven by {}", owner.as_deref().unwrap_or("no instance right now (instances are rebalancing); retry"))]

@@ -103,6 +103,7 @@ impl From<ApiError> for AppError {
             ApiError::Conflict(m) => AppError::new(StatusCode::CONFLICT, m),
             ApiError::BadRequest(m) => AppError::new(StatusCode::BAD_REQUEST, m),
             ApiError::Unavailable(m) => AppError::new(StatusCode::SERVICE_UNAVAILABLE, m),
+            ApiError::Gone(m) => AppError::new(StatusCode::GONE, m),
             e @ ApiError::Elsewhere { .. } => {
                 AppError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
             }
@@ -595,7 +596,11 @@ async fn list_sagas(
 #[utoipa::path(
     get, path = "/sagas/{id}", params(("id" = String, Path,)),
     security(("bearer" = ["saga:read"])),
-    responses((status = 200, body = Saga), (status = 404, body = ErrorBody))
+    responses(
+        (status = 200, body = Saga),
+        (status = 404, body = ErrorBody),
+        (status = 410, description = "finished, and its snapshot is no longer kept", body = ErrorBody),
+    )
 )]
 async fn get_saga(
     State(handle): State<Handle>,

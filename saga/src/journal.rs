@@ -22,6 +22,7 @@ use std::time::Duration;
 use strand_client::partitioner::partition_for_key;
 use strand_cluster::{Cluster, MirroredRecord, Sent, SideError, TopicKind};
 
+use crate::api::ApiError;
 use crate::definition::Definition;
 use crate::engine::{Entry, Saga};
 use crate::recovery::{self, parse, Checkpoint, Recovered};
@@ -30,6 +31,9 @@ pub const JOURNAL_TOPIC: &str = "__saga_journal";
 pub const SNAPSHOT_TOPIC: &str = "__saga_snapshots";
 pub const DEFINITION_TOPIC: &str = "__saga_definitions";
 pub const INSTANCES_TOPIC: &str = "__saga_instances";
+
+/// How long reading one snapshot record (an evicted saga's) may take.
+const SNAPSHOT_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -213,12 +217,12 @@ impl Journal {
 
     /// Writes snapshots, then a checkpoint for each partition (`(partition, journal offset,
     /// epoch)`): every snapshot covers its partition's offset, so the caller must not append
-    /// to those partitions while this runs.
+    /// to those partitions while this runs. Answers each snapshot's offset, in order.
     pub async fn checkpoint(
         &self,
         partitions: &[(u32, u64, u64)],
         sagas: &[Saga],
-    ) -> Result<(), JournalError> {
+    ) -> Result<Vec<u64>, JournalError> {
         let end = |p: u32| {
             partitions
                 .iter()
@@ -235,8 +239,9 @@ impl Journal {
                     .await?,
             );
         }
+        let mut offsets = Vec::with_capacity(deliveries.len());
         for d in deliveries {
-            d.await?;
+            offsets.push(d.await?);
         }
         let mut deliveries = Vec::new();
         for &(p, journal_offset, epoch) in partitions {
@@ -250,7 +255,58 @@ impl Journal {
         for d in deliveries {
             d.await?;
         }
-        Ok(())
+        Ok(offsets)
+    }
+
+    /// Reads the snapshot record of saga `id` at `partition`@`offset` of the snapshots topic
+    /// (where the orchestrator noted it, see `core::archive`): [`ApiError::Gone`] when it is no
+    /// longer there (compaction replaced it, or retention dropped it), `Unavailable` when the
+    /// cluster does not answer.
+    pub async fn read_snapshot(
+        &self,
+        id: &str,
+        partition: u32,
+        offset: u64,
+    ) -> Result<Saga, ApiError> {
+        let at = format!("{SNAPSHOT_TOPIC}/{partition}@{offset}");
+        let unavailable = |e: &dyn std::fmt::Display| {
+            ApiError::Unavailable(format!("reading saga {id} from {at}: {e}; retry"))
+        };
+        let gone = |why: &str| {
+            ApiError::Gone(format!(
+                "saga {id} finished and left memory, and its snapshot at {at} is no longer kept ({why})"
+            ))
+        };
+        let marks = self
+            .cluster
+            .watermarks(SNAPSHOT_TOPIC)
+            .await
+            .map_err(|e| unavailable(&e))?;
+        let Some(&(low, high)) = marks.get(partition as usize) else {
+            return Err(gone("the partition is gone"));
+        };
+        if offset < low || offset >= high {
+            return Err(gone(&format!(
+                "retention dropped it: the partition holds {low}..{high}"
+            )));
+        }
+        let mut reader = self
+            .cluster
+            .reader_at(SNAPSHOT_TOPIC, vec![(partition, offset)])
+            .await
+            .map_err(|e| unavailable(&e))?;
+        let record = match tokio::time::timeout(SNAPSHOT_READ_TIMEOUT, reader.next()).await {
+            Ok(r) => r.map_err(|e| unavailable(&e))?,
+            Err(_) => return Err(unavailable(&"no answer within 10s")),
+        };
+        if record.offset != offset || record.key.as_deref() != Some(id.as_bytes()) {
+            return Err(gone("compaction replaced it"));
+        }
+        let Some(value) = &record.value else {
+            return Err(gone("a tombstone replaced it"));
+        };
+        let snapshot: recovery::Snapshot = parse(value, &record).map_err(|e| unavailable(&e))?;
+        Ok(snapshot.saga)
     }
 
     /// Reads the snapshots of `partitions` and the journal after their checkpoints.

@@ -137,6 +137,14 @@ struct Args {
     /// Finished sagas kept in memory for the API; older ones only in snapshots [default: 100000]
     #[arg(long, env = "STRAND_SAGA_FINISHED_MAX", default_value_t = 100_000)]
     finished_sagas_max: usize,
+    /// Finished sagas beyond memory still readable from their snapshots (about 50 bytes of
+    /// index each); older ones are answered 404 [default: 1000000]
+    #[arg(
+        long,
+        env = "STRAND_SAGA_FINISHED_INDEXED",
+        default_value_t = 1_000_000
+    )]
+    finished_sagas_indexed: usize,
     /// Largest request body, in bytes [default: 1048576]
     #[arg(long, env = "STRAND_SAGA_BODY_BYTES_MAX", default_value_t = 1 << 20)]
     body_bytes_max: usize,
@@ -516,6 +524,7 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
             open_ms: args.breaker_open_ms,
         },
         finished_in_memory_max: args.finished_sagas_max,
+        finished_indexed_max: args.finished_sagas_indexed,
         snapshot_bytes_max: record_bytes_max,
         // On a shared journal every instance reads every reply (and drops the others').
         reply_group: match cluster.kafka_config() {

@@ -50,6 +50,9 @@ pub struct OrchestratorConfig {
     /// Finished sagas kept in memory (for `GET /sagas`); older ones are dropped once their
     /// final state is in a snapshot, which keeps memory bounded in a long-running process.
     pub finished_in_memory_max: usize,
+    /// Finished sagas beyond memory still readable from their snapshots (an index of about 50
+    /// bytes each); older ones are answered 404.
+    pub finished_indexed_max: usize,
     /// The largest snapshot record the journal's cluster takes.
     pub snapshot_bytes_max: usize,
     /// Which hosts HTTP participants may be on, and how HTTPS ones are reached.
@@ -70,6 +73,7 @@ impl Default for OrchestratorConfig {
             api_url: "http://127.0.0.1:7190".into(),
             queue_max: 10_000,
             finished_in_memory_max: 100_000,
+            finished_indexed_max: 1_000_000,
             snapshot_bytes_max: 1 << 20,
             participants: ParticipantsConfig::default(),
             forward_token_file: None,
@@ -135,6 +139,7 @@ pub async fn start(
             instance_id: config.instance_id.clone(),
             finished_in_memory_max: config.finished_in_memory_max,
             snapshot_bytes_max: config.snapshot_bytes_max,
+            finished_indexed_max: config.finished_indexed_max,
         },
         fastrand::u64(..),
         owner_of,
@@ -480,7 +485,8 @@ impl Orchestrator {
             .iter()
             .map(|&(p, end)| (p, end, self.core.epoch(p).unwrap_or(0)))
             .collect();
-        self.journal.checkpoint(&with_epochs, &plan.sagas).await?;
+        let offsets = self.journal.checkpoint(&with_epochs, &plan.sagas).await?;
+        self.core.snapshots_written(&plan, &offsets);
         tracing::debug!(
             sagas = plan.sagas.len(),
             partitions = ?plan.partitions,
@@ -522,7 +528,17 @@ impl Orchestrator {
                 self.core.start(request, now, respond)
             }
             Command::Get(id, respond) => {
-                self.core.get(&id, respond);
+                match self.core.archived(&id) {
+                    // A finished saga that left memory: its snapshot is durable, read it aside.
+                    Some(at) => {
+                        let journal = self.journal.clone();
+                        tokio::spawn(async move {
+                            let saga = journal.read_snapshot(&id, at.partition, at.offset).await;
+                            let _ = respond.send(saga);
+                        });
+                    }
+                    None => self.core.get(&id, respond),
+                }
                 Vec::new()
             }
             Command::List(query, respond) => {

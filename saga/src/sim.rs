@@ -19,6 +19,9 @@
 //! - **Clients**: starts (with repeated idempotency keys, sometimes while the first start is
 //!   still being written, sometimes with a different request), reads, aborts and operator
 //!   retries of failed sagas.
+//! - **Memory**: in about half the seeds an instance keeps one to four finished sagas in memory;
+//!   the others are read back (as `GET /sagas/{id}` does) from the snapshot record whose offset
+//!   the instance indexed, which must be that saga, finished, and as recovery rebuilds it.
 //!
 //! After a workload phase the faults stop and participants answer at once; then every
 //! invariant is checked (see [`check`]).
@@ -50,6 +53,9 @@ pub struct Options {
     pub two_instances: bool,
     /// How long faults go on (simulated milliseconds).
     pub workload_ms: i64,
+    /// Finished sagas an instance keeps in memory; fewer than the run's sagas means evicted
+    /// ones are read back from their indexed snapshots (`core::archive`).
+    pub finished_in_memory_max: usize,
 }
 
 impl Options {
@@ -61,6 +67,11 @@ impl Options {
             partitions: rng.u32(1..=4),
             two_instances: rng.bool(),
             workload_ms: rng.i64(2_000..=15_000),
+            finished_in_memory_max: if rng.bool() {
+                1_000_000
+            } else {
+                rng.usize(1..=4)
+            },
         }
     }
 }
@@ -75,6 +86,8 @@ pub struct Summary {
     pub takeovers: usize,
     pub events: u64,
     pub simulated_ms: i64,
+    /// Acknowledged sagas that had left memory at the end, read back from their snapshots.
+    pub evicted: usize,
 }
 
 /// A run that broke an invariant: the seed, what broke, and the last things that happened.
@@ -520,8 +533,9 @@ impl World {
             CoreConfig {
                 partitions: self.options.partitions,
                 instance_id: format!("instance-{i}"),
-                finished_in_memory_max: 1_000_000,
+                finished_in_memory_max: self.options.finished_in_memory_max,
                 snapshot_bytes_max: usize::MAX,
+                finished_indexed_max: usize::MAX,
             },
             self.seed
                 .wrapping_mul(31)
@@ -1006,6 +1020,7 @@ impl World {
                     instance_id: "rebuild".into(),
                     finished_in_memory_max: usize::MAX,
                     snapshot_bytes_max: usize::MAX,
+                    finished_indexed_max: usize::MAX,
                 },
                 0,
                 Box::new(|_| None),
@@ -1047,9 +1062,54 @@ impl World {
     }
 
     /// The saga as the instance driving its partition has it.
-    fn live_saga(&self, id: &str) -> Option<&Saga> {
+    fn live_saga(&self, id: &str) -> Option<Saga> {
         let i = self.owner_of(id)?;
-        self.instances[i].core.as_ref()?.saga(id)
+        let core = self.instances[i].core.as_ref()?;
+        if let Some(saga) = core.saga(id) {
+            return Some(saga.clone());
+        }
+        // A finished saga that left memory: read where the instance indexed its snapshot.
+        let at = core.archived(id)?;
+        match self.read_archived(id, at) {
+            Ok(saga) => Some(saga),
+            Err(e) => {
+                tracing::error!("{e}");
+                None
+            }
+        }
+    }
+
+    /// An evicted saga as `GET /sagas/{id}` reads it: the snapshot record at the offset the
+    /// instance noted, which must be this saga, finished.
+    fn read_archived(&self, id: &str, at: crate::core::Archived) -> Result<Saga, String> {
+        let record = self.partitions[at.partition as usize]
+            .snapshots
+            .get(at.offset as usize)
+            .ok_or_else(|| {
+                format!("saga {id}: indexed at snapshot {at:?}, which does not exist")
+            })?;
+        if record.key.as_deref() != Some(id.as_bytes()) {
+            return Err(format!(
+                "saga {id}: indexed at snapshot {at:?}, which is another record"
+            ));
+        }
+        let snapshot: recovery::Snapshot =
+            recovery::parse(record.value.as_deref().unwrap_or_default(), record)
+                .map_err(|e| e.to_string())?;
+        let mut saga = snapshot.saga;
+        if !saga.state.is_finished() {
+            return Err(format!(
+                "saga {id}: evicted, but its indexed snapshot {at:?} is {}",
+                saga.state.as_str()
+            ));
+        }
+        let def = self
+            .definitions
+            .iter()
+            .find(|d| d.name == saga.definition && d.version == saga.version)
+            .ok_or_else(|| format!("saga {id}: no definition {}", saga.definition))?;
+        saga.attach(def.clone());
+        Ok(saga)
     }
 
     /// The running, not stalled instance that holds the partition of `key`.
@@ -1298,6 +1358,7 @@ impl World {
         crash_after: Option<usize>,
     ) {
         let mut written = 0;
+        let mut offsets = Vec::with_capacity(plan.sagas.len());
         for saga in &plan.sagas {
             if crash_after == Some(written) {
                 self.crash(i);
@@ -1316,6 +1377,7 @@ impl World {
             record.partition = p;
             let part = &mut self.partitions[p as usize];
             record.offset = part.snapshots.len() as u64;
+            offsets.push(record.offset);
             part.snapshots.push(record);
             let best = part.best_snapshot.entry(saga.id.clone()).or_default();
             if end >= best.0 {
@@ -1352,6 +1414,7 @@ impl World {
                 plan.partitions
             ));
         }
+        self.core(i).snapshots_written(&plan, &offsets);
         self.core(i).checkpoint_done(plan);
     }
 
@@ -1538,7 +1601,14 @@ impl World {
             .collect();
         for (id, def, lock) in &acked {
             // Never lost, never running forever.
-            let Some(saga) = self.live_saga(id).cloned() else {
+            if let Some(i) = self.owner_of(id) {
+                let core = self.instances[i].core.as_ref().expect("running");
+                if let Some(at) = core.archived(id) {
+                    self.read_archived(id, at)?;
+                    self.summary.evicted += 1;
+                }
+            }
+            let Some(saga) = self.live_saga(id) else {
                 return Err(format!("acknowledged saga {id} is lost"));
             };
             self.checking = Some(story(&saga));
@@ -1844,6 +1914,7 @@ pub fn run_many(first: u64, seeds: u64) -> Result<Summary, Violation> {
         total.takeovers += s.takeovers;
         total.events += s.events;
         total.simulated_ms += s.simulated_ms;
+        total.evicted += s.evicted;
     }
     Ok(total)
 }
@@ -1869,6 +1940,7 @@ mod tests {
                     summary.completed > 0 && summary.compensated > 0,
                     "{summary:?}"
                 );
+                assert!(summary.evicted > 0, "{summary:?}");
                 assert!(
                     summary.crashes > 0 && summary.takeovers > seeds as usize,
                     "{summary:?}"
@@ -1891,6 +1963,7 @@ mod tests {
                 instance_id: "test".into(),
                 finished_in_memory_max: 10,
                 snapshot_bytes_max: 4_096,
+                finished_indexed_max: 10,
             },
             1,
             Box::new(|_| None),

@@ -8,6 +8,8 @@
 //! strand group reset-offsets billing --to @1764700000000
 //! strand --user admin --password-file admin.pw user create alice --password-file alice.pw
 //! strand acl add --allow-principal User:alice --operation Read --topic orders
+//! strand saga list --state failed --from @-1h
+//! strand saga show 0193c0de-...
 //! ```
 
 use std::io::Write;
@@ -27,6 +29,9 @@ use strand_client::{
     TopicSettings,
 };
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
+
+#[path = "strand/saga.rs"]
+mod saga;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -196,6 +201,8 @@ enum Command {
         #[command(subcommand)]
         command: AclCommand,
     },
+    /// Sagas and definitions, through the orchestrator's HTTP API (`strand-saga`).
+    Saga(saga::SagaArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -361,10 +368,15 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    // The saga commands talk to the orchestrator's HTTP API, not to the broker.
+    if let Command::Saga(args) = cli.command {
+        return saga::run(args).await;
+    }
     let client = Client::connect(cli.broker.clone(), cli.client_config()?)
         .await
         .with_context(|| format!("connecting to {}", cli.broker))?;
     match cli.command {
+        Command::Saga(_) => unreachable!("answered before connecting"),
         Command::Topic { command } => topic(client, command).await,
         Command::Produce {
             topic,

@@ -50,11 +50,17 @@ impl Core {
                 );
             }
             None => {
+                let forgotten = self.archive_forgotten();
                 let found = self.owns_saga(id).and_then(|_| {
-                    Err(ApiError::NotFound(format!(
-                        "no saga {id:?} in memory (sagas that finished long ago are only in {})",
-                        crate::journal::SNAPSHOT_TOPIC
-                    )))
+                    Err(ApiError::NotFound(if forgotten == 0 {
+                        format!("no saga {id:?}")
+                    } else {
+                        format!(
+                            "no saga {id:?}: none was started, or it finished and is no longer kept ({forgotten} finished sagas were forgotten past the {} this instance indexes; their final states are only in {})",
+                            self.config.finished_indexed_max,
+                            crate::journal::SNAPSHOT_TOPIC
+                        )
+                    }))
                 });
                 let _ = respond.send(found);
             }

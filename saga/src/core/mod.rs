@@ -37,9 +37,11 @@ use crate::participants::Reply;
 use crate::recovery::Recovered;
 
 mod api;
+mod archive;
 mod confirm;
 mod ownership;
 
+pub use archive::Archived;
 use confirm::Held;
 pub use confirm::{Batch, Confirmed, Effects};
 pub use ownership::CheckpointPlan;
@@ -59,6 +61,9 @@ pub struct CoreConfig {
     /// The largest snapshot record the journal's cluster takes; a partition with a saga whose
     /// snapshot is larger keeps its checkpoint where it is (its journal stays the record).
     pub snapshot_bytes_max: usize,
+    /// Finished sagas beyond memory whose snapshot offsets are kept, so `GET /sagas/{id}`
+    /// still reads them (see `archive`); older ones are answered 404.
+    pub finished_indexed_max: usize,
 }
 
 pub struct Core {
@@ -81,6 +86,8 @@ pub struct Core {
     locks: HashMap<String, VecDeque<String>>,
     /// Locks released by sagas that just ended, to grant once their batch is out.
     pending_grants: Vec<(String, i64)>,
+    /// Where evicted finished sagas' snapshots are.
+    archive: archive::Archive,
 }
 
 impl std::fmt::Debug for Core {
@@ -99,6 +106,7 @@ impl Core {
         seed: u64,
         owner_of: Box<dyn Fn(u32) -> Option<String> + Send>,
     ) -> Core {
+        let archive = archive::Archive::new(config.finished_indexed_max);
         Core {
             config,
             rng: fastrand::Rng::with_seed(seed),
@@ -114,6 +122,7 @@ impl Core {
             next_batch: 0,
             locks: HashMap::new(),
             pending_grants: Vec::new(),
+            archive,
         }
     }
 

@@ -176,6 +176,7 @@ impl Core {
         for p in partitions {
             self.held.remove(p);
         }
+        self.archive_give_up(partitions);
         let gone: Vec<String> = self
             .sagas
             .keys()

@@ -94,6 +94,8 @@
     main.append(holder);
     let kinds = [];
     let definitionKey = null;
+    // An Abort or Retry the API refused stays on the page (the poll clears the page's error).
+    let refused = "";
     async function operate(action) {
       const ok = await confirmAction(action === "abort" ? "Abort this saga?" : "Retry this saga?",
         action === "abort" ? "Its completed steps are compensated in reverse order. This cannot be undone."
@@ -101,8 +103,12 @@
       if (!ok) return;
       try {
         await api("/sagas/" + enc(id) + "/" + action, { method: "POST" });
+        refused = "";
         Strand.showError("");
-      } catch (e) { Strand.showError(e.message); }
+      } catch (e) {
+        refused = action + " refused: " + e.message;
+        Strand.showError(e.message);
+      }
     }
     return every(1500, async () => {
       const s = await api("/sagas/" + enc(id));
@@ -129,6 +135,7 @@
         el("form", { class: "bar" },
           el("button", { type: "button", id: "abort", class: "danger", disabled: !running, onclick: () => operate("abort") }, "Abort"),
           el("button", { type: "button", id: "retry", disabled: s.state !== "failed", onclick: () => operate("retry") }, "Retry")),
+        refused ? el("div", { class: "error", id: "refused", role: "alert" }, refused) : null,
         el("h2", {}, "Steps"),
         table(["Step", "Kind", "State", { num: "Attempts" }, "Error"], s.steps.map((st, i) =>
           [st.name, kinds[i] || "", badge(st.state), { num: st.attempts.length }, st.error || ""]), { id: "steps" }),

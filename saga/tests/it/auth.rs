@@ -879,3 +879,112 @@ async fn the_allow_list_is_checked_again_when_sending_and_on_redirects() {
     );
     stack.stop().await;
 }
+
+/// The saga console with authentication on, in chromium (see
+/// `broker/tests/peers/console_saga_auth.js`): honest without a token, read-only with a
+/// read token, Abort and Retry with one that may operate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_asks_for_a_token_and_operates_with_one_in_chromium() {
+    let peers = concat!(env!("CARGO_MANIFEST_DIR"), "/../broker/tests/peers");
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    assert!(
+        Path::new(&chromium).exists(),
+        "{chromium} is missing: bash .ci/run installs Debian's chromium"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let keys = tempfile::tempdir().unwrap();
+    let key = pair(keys.path(), "console", Algorithm::RS256);
+    let verifier = Verifier::load(JwtConfig {
+        issuer: ISSUER.into(),
+        audience: AUDIENCE.into(),
+        key_files: vec![key.public.clone()],
+        ..JwtConfig::default()
+    })
+    .unwrap();
+    let http = HttpConfig {
+        auth: Some(Arc::new(verifier)),
+        ..HttpConfig::default()
+    };
+    let stack = Stack::start_with_http(dir.path(), OrchestratorConfig::default(), http).await;
+    let participants = Participants::default();
+    let addr = participants.serve().await;
+    let admin = token(
+        &key,
+        None,
+        "saga:define saga:start saga:read saga:operate",
+        json!({}),
+    );
+    // One attempt per call, and a minute before an action times out: a slow action keeps its
+    // saga running until the console aborts it.
+    let mut definition = order_definition(addr, 1);
+    for step in definition["steps"].as_array_mut().unwrap() {
+        step["timeout_ms"] = json!(60_000);
+    }
+    let put = call(
+        &stack,
+        reqwest::Method::PUT,
+        "/definitions/order",
+        Some(&admin),
+        Some(&definition),
+    )
+    .await;
+    assert_eq!(put.0, 201, "{:?}", put.2);
+    let mut ids = Vec::new();
+    for input in [
+        json!({"slow": "order", "slow_ms": 30_000}),
+        json!({"fail": "reserve", "flaky_undo": "charge"}),
+    ] {
+        let body = json!({"definition": "order", "input": input});
+        let (status, _, saga) = call(
+            &stack,
+            reqwest::Method::POST,
+            "/sagas",
+            Some(&admin),
+            Some(&body),
+        )
+        .await;
+        assert_eq!(status, 201, "{saga}");
+        ids.push(saga["id"].as_str().unwrap().to_string());
+    }
+    wait_for(&stack, &admin, &ids[1], &["failed"]).await;
+    let running = wait_for(&stack, &admin, &ids[0], &["running"]).await;
+    assert_eq!(running["state"], "running");
+
+    let read = token(&key, None, "saga:read", json!({}));
+    let operate = token(&key, None, "saga:read saga:operate", json!({}));
+
+    // The CLI the same way: no token, a 401 that says so; a read token lists and cannot abort.
+    use super::cli::strand_saga;
+    strand_saga(&stack.api, &["list"], &[])
+        .await
+        .failed_with(&["401", "bearer token is required"]);
+    let listed = strand_saga(&stack.api, &["list", "--json"], &[("STRAND_TOKEN", &read)]).await;
+    assert_eq!(listed.json()["sagas"].as_array().unwrap().len(), 2);
+    strand_saga(&stack.api, &["abort", &ids[0], "--token", &read], &[])
+        .await
+        .failed_with(&["403"]);
+
+    let api = stack.api.trim_start_matches("http://").to_string();
+    let args = [api, read, operate, ids[0].clone(), ids[1].clone()];
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("timeout")
+            .args(["300", "node", &format!("{peers}/console_saga_auth.js")])
+            .args(&args)
+            .env("CHROMIUM", &chromium)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("saga console auth ok"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // What the browser did is what the API holds.
+    let aborted = wait_for(&stack, &admin, &ids[0], &["compensated"]).await;
+    assert!(aborted["compensation_reason"].is_string(), "{aborted}");
+    wait_for(&stack, &admin, &ids[1], &["compensated"]).await;
+    stack.stop().await;
+}

@@ -23,6 +23,7 @@ use futures::StreamExt;
 use serde_json::{json, Value};
 
 use super::crash::{start_saga_args, SagaProcess};
+use super::support::put_definition_when_ready;
 
 const SAGAS: usize = 1_000;
 /// Each step's timeout; a late answer comes after `LATE_MS`.
@@ -277,21 +278,8 @@ async fn a_thousand_sagas_through_late_answers_an_open_breaker_and_three_kills()
         .unwrap();
     let mut saga = start(dir.path());
     // Until the orchestrator has taken its journal partitions over it answers 503: retry.
-    let mut tries = 0;
-    let r = loop {
-        let r = http
-            .put(format!("{}/definitions/order", saga.api))
-            .json(&definition(addrs.0, addrs.1, addrs.2))
-            .send()
-            .await
-            .unwrap();
-        tries += 1;
-        if r.status() != 503 || tries == 100 {
-            break r;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    let order = definition(addrs.0, addrs.1, addrs.2);
+    put_definition_when_ready(&http, &saga.api, "order", &order, 100).await;
     let api = Arc::new(Mutex::new(saga.api.clone()));
 
     // Starts go out 32 at a time, each retried across the kills until acknowledged.

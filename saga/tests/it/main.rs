@@ -1,8 +1,10 @@
 //! Integration tests of the saga orchestrator, one binary with a module per subject.
 
+mod archive;
 mod auth;
 mod broker_participants;
 mod chaos;
+mod cli;
 mod consistency;
 mod console;
 mod crash;

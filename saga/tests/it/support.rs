@@ -400,3 +400,31 @@ pub async fn wait_for_state(http: &reqwest::Client, api: &str, id: &str, states:
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Stores definition `name` at `api`, retrying while the orchestrator answers 503 (it has not
+/// taken the name's journal partition over yet), at most `tries` times 100 ms apart; asserts it
+/// was stored.
+pub async fn put_definition_when_ready(
+    http: &reqwest::Client,
+    api: &str,
+    name: &str,
+    definition: &Value,
+    tries: u32,
+) {
+    let mut tried = 0;
+    loop {
+        let r = http
+            .put(format!("{api}/definitions/{name}"))
+            .json(definition)
+            .send()
+            .await
+            .unwrap();
+        tried += 1;
+        if r.status() != 503 || tried >= tries {
+            let status = r.status();
+            assert_eq!(status, 201, "{}", r.text().await.unwrap_or_default());
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -13,7 +13,7 @@ use strand_saga::engine::{Entry, Event};
 use strand_saga::recovery;
 
 use super::kafka_journal::{health, journal_records, start_instance, states, KafkaJournal};
-use super::support::order_definition;
+use super::support::{order_definition, put_definition_when_ready};
 
 const SAGAS: usize = 60;
 const PARTITIONS: usize = 8;
@@ -40,21 +40,7 @@ async fn a_stalled_instance_that_comes_back_is_fenced() {
     let b = start_instance(&kafka, 1);
     let (api_a, api_b) = (a.api.clone(), b.api.clone());
     // Until the group has given A the definition's partition, A answers 503: retry.
-    let mut tries = 0;
-    let r = loop {
-        let r = http
-            .put(format!("{api_a}/definitions/order"))
-            .json(&order_definition(addr, 5))
-            .send()
-            .await
-            .unwrap();
-        tries += 1;
-        if r.status() != 503 || tries == 300 {
-            break r;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    assert_eq!(r.status(), 201);
+    put_definition_when_ready(&http, &api_a, "order", &order_definition(addr, 5), 300).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
     loop {
         let (pa, pb) = (
