@@ -178,6 +178,7 @@ pub async fn run(n_sagas: u64, concurrency: usize, kafka: bool) -> anyhow::Resul
         }
     }
 
+    let counted = counters(&broker.broker.metrics.render());
     let begin = Instant::now();
     let mut starts = tokio::task::JoinSet::new();
     for i in 0..n_sagas {
@@ -227,9 +228,33 @@ pub async fn run(n_sagas: u64, concurrency: usize, kafka: bool) -> anyhow::Resul
         ms(0.99),
         histogram.max() as f64 / 1000.0
     );
+    // Where the work went, per saga (on stderr: the result line stays as it is).
+    let counted_now = counters(&broker.broker.metrics.render());
+    let per_saga = |name: &str| {
+        let at = |c: &HashMap<String, f64>| c.get(name).copied().unwrap_or(0.0);
+        (at(&counted_now) - at(&counted)) / n_sagas as f64
+    };
+    eprintln!(
+        "saga counts per saga: {:.2} journal records, {:.2} produce requests, {:.2} fetch requests, {:.2} fsyncs",
+        per_saga("strand_records_in_total{topic=\"__saga_journal\"}"),
+        per_saga("strand_request_duration_seconds_count{request=\"produce\"}"),
+        per_saga("strand_request_duration_seconds_count{request=\"fetch\"}"),
+        per_saga("strand_fsync_duration_seconds_count"),
+    );
     let _ = stop.send(true);
     let _ = orchestrator.await;
     let _ = participant.await;
     broker.stop().await?;
     Ok(())
+}
+
+/// The counters and histogram counts of a broker's metrics text, by name with labels.
+fn counters(text: &str) -> HashMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            Some((name.to_string(), value.parse().ok()?))
+        })
+        .collect()
 }
