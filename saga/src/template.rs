@@ -103,8 +103,9 @@ type Compiled = std::sync::Arc<minijinja::Expression<'static, 'static>>;
 /// `expr` compiled, from a cache: the same few expressions of the definitions render for every
 /// step of every saga, and parsing one costs more than evaluating it.
 fn compiled_expression(expr: &str) -> Result<Compiled, String> {
-    static CACHE: std::sync::OnceLock<std::sync::Mutex<std::collections::HashMap<String, Compiled>>> =
-        std::sync::OnceLock::new();
+    static CACHE: std::sync::OnceLock<
+        std::sync::Mutex<std::collections::HashMap<String, Compiled>>,
+    > = std::sync::OnceLock::new();
     let cache = CACHE.get_or_init(Default::default);
     if let Some(c) = cache.lock().expect("expression cache").get(expr) {
         return Ok(c.clone());
@@ -220,9 +221,20 @@ mod tests {
     /// must render exactly as minijinja itself does.
     #[test]
     fn plain_text_and_cached_expressions_render_as_minijinja_does() {
-        for text in ["do", "", "a } b", "line\n", "two\n\n", "{ not a tag }", "{{ '{' }}"] {
+        for text in [
+            "do",
+            "",
+            "a } b",
+            "line\n",
+            "two\n\n",
+            "{ not a tag }",
+            "{{ '{' }}",
+        ] {
             let minijinja = environment()
-                .render_str(text, minijinja::Value::from(minijinja::value::Serde(&context())))
+                .render_str(
+                    text,
+                    minijinja::Value::from(minijinja::value::Serde(&context())),
+                )
                 .unwrap();
             assert_eq!(render_str(text, &context()).unwrap(), minijinja, "{text:?}");
         }
