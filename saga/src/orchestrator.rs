@@ -11,7 +11,7 @@
 //! a partition owned elsewhere is answered with [`ApiError::Elsewhere`], which the HTTP layer
 //! forwards.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -158,7 +158,7 @@ pub async fn start(
         instance_id: config.instance_id.clone(),
         api_url: config.api_url.clone(),
         observer: Observer::new(metrics),
-        start_traceparent: None,
+        start_traceparents: HashMap::new(),
     };
     let (definitions, next) = orchestrator.journal.definitions().await?;
     for d in definitions {
@@ -197,6 +197,11 @@ async fn follow_definitions(
     .await
 }
 
+/// Most messages of one kind (replies, commands, confirmations) handled in one turn of the
+/// task before what they produced is appended: a burst becomes one append per journal
+/// partition, and one task waiting for its confirmations, instead of one per message.
+const TURN_MESSAGES_MAX: usize = 256;
+
 /// A batch's journal append, confirmed (with its entries' offsets) or failed.
 struct Confirmation {
     partition: u32,
@@ -219,8 +224,9 @@ struct Orchestrator {
     api_url: String,
     /// Spans and metrics of the sagas, told every journal entry.
     observer: Observer,
-    /// The `traceparent` of the start request being handled, for its `Started` entry.
-    start_traceparent: Option<String>,
+    /// The `traceparent` of start requests handled this turn, by saga id, for their `Started`
+    /// entries.
+    start_traceparents: HashMap<String, String>,
 }
 
 impl Orchestrator {
@@ -237,13 +243,20 @@ impl Orchestrator {
         });
     }
 
-    /// Appends batches in order; a task per batch reports when it is durable.
+    /// Appends batches in order; a task per journal partition reports, batch by batch, when
+    /// they are durable.
     async fn submit(&mut self, batches: Vec<Batch>) -> Result<(), JournalError> {
+        if batches.is_empty() {
+            return Ok(());
+        }
+        let appended = std::time::Instant::now();
+        let mut waits: BTreeMap<u32, Vec<(u64, Vec<strand_cluster::Sent>, tracing::Span)>> =
+            BTreeMap::new();
         for batch in batches {
             for entry in &batch.entries {
                 if let Some(saga) = self.core.saga(&entry.saga_id) {
                     if matches!(entry.event, Event::Started { .. }) {
-                        let traceparent = self.start_traceparent.take();
+                        let traceparent = self.start_traceparents.remove(&entry.saga_id);
                         self.observer.started(saga, traceparent.as_deref());
                     }
                     self.observer.entry(saga, entry);
@@ -252,20 +265,26 @@ impl Orchestrator {
             let span = batch.entries.first().map_or_else(tracing::Span::none, |e| {
                 self.observer.append_span(&e.saga_id)
             });
-            let appended = std::time::Instant::now();
             let deliveries = self
                 .journal
                 .append(batch.partition, &batch.entries)
                 .instrument(span.clone())
                 .await?;
+            waits
+                .entry(batch.partition)
+                .or_default()
+                .push((batch.id, deliveries, span));
+        }
+        self.start_traceparents.clear();
+        for (partition, batches) in waits {
             let confirmations = self.confirmations.clone();
             let metrics = self.observer.metrics.clone();
-            tokio::spawn(
-                async move {
+            tokio::spawn(async move {
+                for (batch, deliveries, span) in batches {
                     let mut offsets = Vec::with_capacity(deliveries.len());
                     let mut failed = None;
                     for d in deliveries {
-                        match d.await {
+                        match d.instrument(span.clone()).await {
                             Ok(offset) => offsets.push(offset),
                             Err(e) => {
                                 failed = Some(JournalError::from(e));
@@ -275,13 +294,12 @@ impl Orchestrator {
                     }
                     metrics.observe_journal_append(appended.elapsed());
                     let _ = confirmations.send(Confirmation {
-                        partition: batch.partition,
-                        batch: batch.id,
+                        partition,
+                        batch,
                         offsets: failed.map_or(Ok(offsets), Err),
                     });
                 }
-                .instrument(span),
-            );
+            });
         }
         Ok(())
     }
@@ -415,10 +433,34 @@ impl Orchestrator {
                 }
             };
             tokio::select! {
-                Some(c) = confirmations.recv() => self.confirmed(c).await?,
-                Some(command) = commands.recv() => self.command(command).await?,
+                Some(c) = confirmations.recv() => {
+                    self.confirmed(c).await?;
+                    for _ in 1..TURN_MESSAGES_MAX {
+                        match confirmations.try_recv() {
+                            Ok(c) => self.confirmed(c).await?,
+                            Err(_) => break,
+                        }
+                    }
+                }
+                Some(command) = commands.recv() => {
+                    let mut batches = Vec::new();
+                    self.command(command, &mut batches).await;
+                    for _ in 1..TURN_MESSAGES_MAX {
+                        match commands.try_recv() {
+                            Ok(command) => self.command(command, &mut batches).await,
+                            Err(_) => break,
+                        }
+                    }
+                    self.submit(batches).await?;
+                }
                 Some(reply) = replies.recv() => {
-                    let batches = self.core.reply(reply, clock::now_ms());
+                    let mut batches = self.core.reply(reply, clock::now_ms());
+                    for _ in 1..TURN_MESSAGES_MAX {
+                        match replies.try_recv() {
+                            Ok(reply) => batches.extend(self.core.reply(reply, clock::now_ms())),
+                            Err(_) => break,
+                        }
+                    }
                     self.submit(batches).await?;
                 }
                 () = sleep => {
@@ -496,7 +538,9 @@ impl Orchestrator {
         Ok(())
     }
 
-    async fn command(&mut self, command: Command) -> Result<(), JournalError> {
+    /// Handles a command; the batches it leads to are added to `out`, for the caller to
+    /// submit.
+    async fn command(&mut self, command: Command, out: &mut Vec<Batch>) {
         let now = clock::now_ms();
         let batches = match command {
             Command::PutDefinition(name, spec, respond) => {
@@ -523,9 +567,17 @@ impl Orchestrator {
                 Vec::new()
             }
             Command::Start(request, traceparent, respond) => {
-                // Taken by the saga's Started entry in `submit` (every start sets it anew).
-                self.start_traceparent = traceparent;
-                self.core.start(request, now, respond)
+                let batches = self.core.start(request, now, respond);
+                // Taken by the saga's Started entry in `submit`.
+                if let Some(traceparent) = traceparent {
+                    let started = batches.iter().flat_map(|b| &b.entries).find_map(|e| {
+                        matches!(e.event, Event::Started { .. }).then(|| e.saga_id.clone())
+                    });
+                    if let Some(id) = started {
+                        self.start_traceparents.insert(id, traceparent);
+                    }
+                }
+                batches
             }
             Command::Get(id, respond) => {
                 match self.core.archived(&id) {
@@ -553,7 +605,7 @@ impl Orchestrator {
                 Vec::new()
             }
         };
-        self.submit(batches).await
+        out.extend(batches);
     }
 
     async fn put_definition(

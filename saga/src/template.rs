@@ -79,6 +79,12 @@ pub fn render_str(source: &str, context: &Value) -> Result<String, String> {
 }
 
 fn render_str_within(source: &str, context: &Value, budget: &mut usize) -> Result<String, String> {
+    // Text with no template syntax renders to itself (minijinja drops one trailing newline,
+    // so such text still goes through it): no parse, no environment.
+    if !source.contains('{') && !source.ends_with('\n') {
+        spend(budget, source.len())?;
+        return Ok(source.to_string());
+    }
     let text = environment()
         .render_str(
             source,
@@ -87,6 +93,34 @@ fn render_str_within(source: &str, context: &Value, budget: &mut usize) -> Resul
         .map_err(|e| format!("{e:#}"))?;
     spend(budget, text.len())?;
     Ok(text)
+}
+
+/// Most compiled lone expressions kept for reuse; past it the cache starts over.
+const EXPRESSIONS_CACHED_MAX: usize = 4096;
+
+type Compiled = std::sync::Arc<minijinja::Expression<'static, 'static>>;
+
+/// `expr` compiled, from a cache: the same few expressions of the definitions render for every
+/// step of every saga, and parsing one costs more than evaluating it.
+fn compiled_expression(expr: &str) -> Result<Compiled, String> {
+    static CACHE: std::sync::OnceLock<
+        std::sync::Mutex<std::collections::HashMap<String, Compiled>>,
+    > = std::sync::OnceLock::new();
+    let cache = CACHE.get_or_init(Default::default);
+    if let Some(c) = cache.lock().expect("expression cache").get(expr) {
+        return Ok(c.clone());
+    }
+    let compiled = std::sync::Arc::new(
+        environment()
+            .compile_expression_owned(expr.to_string())
+            .map_err(|e| format!("{e:#}"))?,
+    );
+    let mut cache = cache.lock().expect("expression cache");
+    if cache.len() >= EXPRESSIONS_CACHED_MAX {
+        cache.clear();
+    }
+    cache.insert(expr.to_string(), compiled.clone());
+    Ok(compiled)
 }
 
 /// Takes `bytes` off what a render may still produce.
@@ -112,9 +146,7 @@ fn render_value_within(
     Ok(match value {
         Value::String(s) => match sole_expression(s) {
             Some(expr) => {
-                let compiled = environment()
-                    .compile_expression(expr)
-                    .map_err(|e| format!("{e:#}"))?;
+                let compiled = compiled_expression(expr)?;
                 let result = compiled
                     .eval(minijinja::Value::from(minijinja::value::Serde(context)))
                     .map_err(|e| format!("{e:#}"))?;
@@ -183,6 +215,39 @@ mod tests {
             .unwrap(),
             "http://pay/refund/p-7"
         );
+    }
+
+    /// Text without template syntax skips minijinja and cached expressions skip parsing; both
+    /// must render exactly as minijinja itself does.
+    #[test]
+    fn plain_text_and_cached_expressions_render_as_minijinja_does() {
+        for text in [
+            "do",
+            "",
+            "a } b",
+            "line\n",
+            "two\n\n",
+            "{ not a tag }",
+            "{{ '{' }}",
+        ] {
+            let minijinja = environment()
+                .render_str(
+                    text,
+                    minijinja::Value::from(minijinja::value::Serde(&context())),
+                )
+                .unwrap();
+            assert_eq!(render_str(text, &context()).unwrap(), minijinja, "{text:?}");
+        }
+        for _ in 0..3 {
+            assert_eq!(
+                render_value(&json!("{{ input.order_id }}"), &context()).unwrap(),
+                json!(42)
+            );
+            assert!(render_value(&json!("{{ input.nope }}"), &context()).is_err());
+            assert!(render_value(&json!("{{ ( }}"), &context()).is_err());
+        }
+        let mut budget = 1;
+        assert!(render_str_within("too long", &context(), &mut budget).is_err());
     }
 
     #[test]

@@ -203,6 +203,7 @@ pub async fn run(
     }
 
     setting_up.finish_and_clear();
+    let counted = counters(&broker.broker.metrics.render());
     let begin = Instant::now();
     let _ = begin_tx.send(begin);
     let mut starts = tokio::task::JoinSet::new();
@@ -254,6 +255,21 @@ pub async fn run(
         ms(0.99),
         histogram.max() as f64 / 1000.0
     );
+    // Where the work went, per saga (on stderr: the result line stays as it is).
+    let counted_now = counters(&broker.broker.metrics.render());
+    let per_saga = |name: &str| {
+        let at = |c: &HashMap<String, f64>| c.get(name).copied().unwrap_or(0.0);
+        (at(&counted_now) - at(&counted)) / n_sagas as f64
+    };
+    let (journal_records, produces, fetches, fsyncs) = (
+        per_saga("strand_records_in_total{topic=\"__saga_journal\"}"),
+        per_saga("strand_request_duration_seconds_count{request=\"produce\"}"),
+        per_saga("strand_request_duration_seconds_count{request=\"fetch\"}"),
+        per_saga("strand_fsync_duration_seconds_count"),
+    );
+    eprintln!(
+        "saga counts per saga: {journal_records:.2} journal records, {produces:.2} produce requests, {fetches:.2} fetch requests, {fsyncs:.2} fsyncs",
+    );
     let _ = stop.send(true);
     let _ = orchestrator.await;
     let _ = participant.await;
@@ -290,5 +306,22 @@ pub async fn run(
             "p99.9": ms(0.999),
             "max": histogram.max() as f64 / 1000.0,
         },
+        "per_saga": {
+            "journal_records": journal_records,
+            "produce_requests": produces,
+            "fetch_requests": fetches,
+            "fsyncs": fsyncs,
+        },
     }))
+}
+
+/// The counters and histogram counts of a broker's metrics text, by name with labels.
+fn counters(text: &str) -> HashMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            Some((name.to_string(), value.parse().ok()?))
+        })
+        .collect()
 }
