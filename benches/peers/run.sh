@@ -208,7 +208,7 @@ done
 
 # The table: each system's median over the rounds, and its ratio to Strand's native median.
 echo
-awk -F'\t' '
+awk -F'\t' -v order="$SYSTEMS" '
   { v[$2 " " $3] = v[$2 " " $3] " " $5; r[$2 " " $3] = r[$2 " " $3] " " $4; seen[$2] = 1 }
   function median(list,   a, n, i, j, t) {
     n = split(list, a, " ")
@@ -219,10 +219,13 @@ awk -F'\t' '
     print "| system | produce MB/s (runs) | / Strand | consume MB/s (runs) | / Strand |"
     print "| --- | --- | --- | --- | --- |"
     sp = median(v["strand produce"]); sc = median(v["strand consume"])
-    for (s in seen) {
+    n = split(order, list, " ")
+    for (i = 1; i <= n; i++) {
+      s = list[i]
+      if (!(s in seen)) continue
       p = median(v[s " produce"]); c = median(v[s " consume"])
       printf "| %s | %.1f (%s) | %s | %.1f (%s) | %s |\n", s, p, substr(v[s " produce"], 2),
-        sp > 0 ? sprintf("%.2f", p / sp) : "-", c, substr(v[s " consume"], 2),
-        sc > 0 ? sprintf("%.2f", c / sc) : "-"
+        (sp > 0 ? sprintf("%.2f", p / sp) : "-"), c, substr(v[s " consume"], 2),
+        (sc > 0 ? sprintf("%.2f", c / sc) : "-")
     }
   }' "$RESULTS"
