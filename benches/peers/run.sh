@@ -173,6 +173,7 @@ run_one() { # run_one SYSTEM ROUND
         record "$round" ;;
     iggy)
       IGGY_SYSTEM_PATH="$dir" IGGY_TCP_ADDRESS="127.0.0.1:$P_IGGY" IGGY_HTTP_ENABLED=false \
+        IGGY_ROOT_USERNAME=iggy IGGY_ROOT_PASSWORD=iggy \
         IGGY_QUIC_ENABLED=false IGGY_WEBSOCKET_ENABLED=false \
         start "$dir.log" "$IGGY_SERVER"
       wait_port "$P_IGGY"
