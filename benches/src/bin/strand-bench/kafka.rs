@@ -7,6 +7,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer as _, ProducerContext};
@@ -163,6 +165,28 @@ impl ProducerContext for Deliveries {
     }
 }
 
+/// Waits until everything `producer` sent is acknowledged (and its delivery reports served),
+/// polling 1 ms at a time. The `rdkafka` crate's own `flush` polls 100 ms at a time, and its
+/// `BaseProducer::poll` returns only at its deadline, not at the first event: a flush with
+/// anything outstanding costs up to 100 ms more than the acknowledgements take. So does
+/// `commit_transaction`, which begins with that flush.
+pub fn flush_promptly<C: ProducerContext>(
+    producer: &BaseProducer<C>,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    while producer.in_flight_count() > 0 {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "librdkafka: {} messages not acknowledged in {timeout:?}",
+            producer.in_flight_count()
+        );
+        producer.poll(Duration::from_millis(1));
+    }
+    // Nothing is outstanding: this returns at once.
+    producer.flush(timeout).context("librdkafka flush")
+}
+
 /// librdkafka's acks for Strand's: leader is 1, durable is all (fsync before the answer).
 fn kafka_acks(acks: &str) -> anyhow::Result<&'static str> {
     Ok(match acks {
@@ -228,9 +252,7 @@ pub fn throughput(
             progress.set_position(producer.context().ok.load(Ordering::Relaxed));
         }
     }
-    producer
-        .flush(Duration::from_secs(120))
-        .context("librdkafka flush")?;
+    flush_promptly(&producer, Duration::from_secs(120))?;
     let produce_time = started.elapsed();
     progress.set_position(producer.context().ok.load(Ordering::Relaxed));
     progress.finish();
@@ -286,4 +308,60 @@ pub fn throughput(
         produce: n_records as f64 / produce_time.as_secs_f64(),
         consume: n_records as f64 / started.elapsed().as_secs_f64(),
     })
+}
+
+/// `kafka-peer`: creates a topic of `partitions` on the Kafka broker at `bootstrap` (any
+/// implementation), runs [`throughput`] on it and prints one `RESULT` line per direction, the
+/// format benches/peers/run.sh collects from every peer's runner.
+pub async fn peer(
+    bootstrap: &str,
+    label: &str,
+    n_records: u64,
+    record_bytes: usize,
+    partitions: u32,
+    acks: &str,
+    linger_ms: u64,
+) -> anyhow::Result<serde_json::Value> {
+    let topic = format!("peers-{}", std::process::id());
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .context("creating the librdkafka admin client")?;
+    let new_topic = NewTopic::new(&topic, partitions as i32, TopicReplication::Fixed(1));
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    for result in admin.create_topics([&new_topic], &options).await? {
+        result.map_err(|(name, code)| anyhow::anyhow!("creating topic {name}: {code}"))?;
+    }
+    let acks_label = acks.to_string();
+    let (bootstrap, acks, producer_topic) = (bootstrap.to_string(), acks.to_string(), topic);
+    let rates = tokio::task::spawn_blocking(move || {
+        throughput(
+            &bootstrap,
+            &[],
+            &[],
+            &producer_topic,
+            n_records,
+            record_bytes,
+            partitions,
+            &acks,
+            linger_ms,
+        )
+    })
+    .await??;
+    for (what, rate) in [("produce", rates.produce), ("consume", rates.consume)] {
+        super::report::say!(
+            "RESULT {label} {what} {rate:.0} {:.1}",
+            rate * record_bytes as f64 / 1e6
+        );
+    }
+    Ok(serde_json::json!({
+        "command": "kafka-peer",
+        "label": label,
+        "records": n_records,
+        "record_bytes": record_bytes,
+        "partitions": partitions,
+        "acks": acks_label,
+        "linger_ms": linger_ms,
+        "librdkafka": rates.json(record_bytes),
+    }))
 }

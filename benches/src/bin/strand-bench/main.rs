@@ -12,6 +12,7 @@
 //! strand-bench throughput --records 2000000 --record-bytes 100 --chart throughput.svg
 //! strand-bench latency --rate 10000 --seconds 10 --record-bytes 100 --hdr-out latency.hgrm
 //! strand-bench --json kafka --records 1000000 --record-bytes 100
+//! strand-bench kafka-peer --bootstrap 127.0.0.1:9092 --records 300000 --record-bytes 1024
 //! ```
 
 mod bridge;
@@ -102,6 +103,28 @@ enum Command {
         /// fetch.queue.backoff.ms=10.
         #[arg(long = "consumer-property", value_parser = key_value)]
         consumer_properties: Vec<(String, String)>,
+    },
+    /// librdkafka's produce-then-consume run against any Kafka broker (Strand's Kafka listener,
+    /// or a peer such as tansu): creates the topic, produces N records, reads them back.
+    /// Starts no broker. Prints `RESULT <label> produce|consume <records/s> <MB/s>` lines.
+    KafkaPeer {
+        /// The broker's Kafka address.
+        #[arg(long)]
+        bootstrap: String,
+        /// The name on the RESULT lines.
+        #[arg(long, default_value = "kafka")]
+        label: String,
+        #[arg(long, default_value_t = 300_000)]
+        records: u64,
+        #[arg(long, default_value_t = 1024)]
+        record_bytes: usize,
+        #[arg(long, default_value_t = 1)]
+        partitions: u32,
+        /// none, leader or durable (librdkafka acks 0, 1 or all).
+        #[arg(long, default_value = "leader")]
+        acks: String,
+        #[arg(long, default_value_t = 5)]
+        linger_ms: u64,
     },
     /// strand-bridge's throughput against what its destination alone takes.
     Bridge {
@@ -223,6 +246,25 @@ fn run(cli: Cli) -> anyhow::Result<serde_json::Value> {
             record_bytes,
             partitions,
         } => return runtime()?.block_on(bridge::run(records, record_bytes, partitions.max(1))),
+        Command::KafkaPeer {
+            bootstrap,
+            label,
+            records,
+            record_bytes,
+            partitions,
+            acks,
+            linger_ms,
+        } => {
+            return runtime()?.block_on(kafka::peer(
+                &bootstrap,
+                &label,
+                records,
+                record_bytes,
+                partitions.max(1),
+                &acks,
+                linger_ms,
+            ))
+        }
         // Its broker (with TLS listeners) runs on a runtime of its own, as the embedded one.
         Command::Tls {
             records,
@@ -348,7 +390,10 @@ fn run(cli: Cli) -> anyhow::Result<serde_json::Value> {
                 )
                 .await
             }
-            Command::Saga { .. } | Command::Bridge { .. } | Command::Tls { .. } => {
+            Command::Saga { .. }
+            | Command::Bridge { .. }
+            | Command::Tls { .. }
+            | Command::KafkaPeer { .. } => {
                 unreachable!("handled before a broker is started")
             }
         }
