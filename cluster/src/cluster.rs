@@ -586,6 +586,16 @@ impl Cluster {
                 producer.flush().await.map_err(|e| self.strand_error(e))
             }
             Cluster::Kafka { producer, .. } => {
+                // The rdkafka crate's flush polls the producer 100 ms at a time, and a poll
+                // returns only at its deadline when the producer's own thread took the events:
+                // a flush with anything outstanding would cost up to 100 ms more than the
+                // acknowledgements take. Wait for the queue to drain in 1 ms steps instead (the
+                // producer's thread serves the delivery reports); the flush after it returns at
+                // once, or reports what librdkafka still holds.
+                let deadline = tokio::time::Instant::now() + KAFKA_TIMEOUT;
+                while producer.in_flight_count() > 0 && tokio::time::Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
                 let p = producer.clone();
                 tokio::task::spawn_blocking(move || p.flush(KAFKA_TIMEOUT))
                     .await
