@@ -103,8 +103,11 @@ async fn otlp_receiver() -> (SocketAddr, Received) {
 struct TracedParticipant {
     provider: SdkTracerProvider,
     /// Each call's saga id and `traceparent` header, in arrival order.
-    seen: Arc<Mutex<Vec<(String, Option<String>)>>>,
+    seen: Calls,
 }
+
+/// What a participant was called with: the saga id and the `traceparent` header.
+type Calls = Arc<Mutex<Vec<(String, Option<String>)>>>;
 
 async fn participant_call(
     State(p): State<TracedParticipant>,
@@ -245,7 +248,7 @@ async fn a_saga_is_one_trace_with_its_steps_and_attempts_logs_carry_it_and_metri
                 .build(),
         )
         .build();
-    let seen: Arc<Mutex<Vec<(String, Option<String>)>>> = Arc::default();
+    let seen: Calls = Arc::default();
     let participant = {
         let app = Router::new()
             .route("/{step}/{op}", post(participant_call))
