@@ -103,9 +103,17 @@ pub fn init(service_name: &'static str, format: LogFormat) -> anyhow::Result<Tel
         None
     };
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
-    let otel_layer = provider
-        .as_ref()
-        .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer("strand")));
+    let otel_layer = provider.as_ref().map(|p| {
+        // Every enabled span costs this layer work whether its trace is sampled or not
+        // (README, "What tracing costs"), so the per-span extras no Strand span needs are
+        // off: attaching each entered span's context as OpenTelemetry's current one (parents
+        // come from tracing's own span tree, and `traceparent` reads a span's context
+        // directly) and the worker thread's id and name (meaningless under tokio).
+        tracing_opentelemetry::layer()
+            .with_context_activation(false)
+            .with_threads(false)
+            .with_tracer(p.tracer("strand"))
+    });
     let weak: Arc<OnceLock<WeakDispatch>> = Arc::default();
     let (text, json) = match format {
         LogFormat::Text => (
@@ -151,6 +159,15 @@ pub fn traceparent(span: &tracing::Span) -> Option<String> {
     let mut carrier = HashMap::new();
     TraceContextPropagator::new().inject_context(&cx, &mut carrier);
     carrier.remove(TRACEPARENT)
+}
+
+/// Whether OpenTelemetry knows `span` and its trace is not sampled: nothing under it will be
+/// exported, so a caller can skip making child spans. False when OpenTelemetry is off.
+pub fn is_unsampled(span: &tracing::Span) -> bool {
+    let cx = span.context();
+    let otel_span = cx.span();
+    let sc = otel_span.span_context();
+    sc.is_valid() && !sc.is_sampled()
 }
 
 /// Makes `span` (not yet entered) the child of the remote span a `traceparent` names, so the

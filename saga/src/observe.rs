@@ -10,6 +10,13 @@
 //! OpenTelemetry (see `strand_broker::telemetry`) the spans are plain `tracing` spans and the
 //! caller's own `traceparent`, when there was one, is passed on instead.
 //!
+//! A saga whose trace is not sampled (the sampler said no to its span, or the caller's
+//! `traceparent` had the sampled flag off) gets no step, attempt or journal-append spans: none
+//! would be exported, and making them is most of what tracing costs the orchestrator (README,
+//! "What tracing costs"). Its calls run in the saga span, so log lines still carry its trace and
+//! span ids, and participants get the saga span's `traceparent`, sampled flag `00`, so they do
+//! not sample their side either.
+//!
 //! Spans live in memory only: a saga taken over after a restart (or by another instance) gets
 //! a new saga span, in a new trace.
 
@@ -27,6 +34,9 @@ use crate::metrics::{Outcome, SagaMetrics};
 #[derive(Debug)]
 struct Traced {
     saga: Span,
+    /// The saga span's `traceparent` when its trace is not sampled (then it has no step,
+    /// attempt or journal-append spans, and this is what participants get).
+    unsampled: Option<String>,
     /// The caller's `traceparent`, passed on when OpenTelemetry is off.
     caller_traceparent: Option<String>,
     /// The step (index, phase) being worked on and its span.
@@ -39,6 +49,15 @@ struct Traced {
 pub struct Observer {
     pub metrics: Arc<SagaMetrics>,
     sagas: HashMap<String, Traced>,
+}
+
+/// `unsampled` of [`Traced`] for `span`.
+fn unsampled(span: &Span) -> Option<String> {
+    if telemetry::is_unsampled(span) {
+        telemetry::traceparent(span)
+    } else {
+        None
+    }
 }
 
 fn saga_span(saga: &Saga) -> Span {
@@ -73,6 +92,7 @@ impl Observer {
         self.sagas.insert(
             saga.id.clone(),
             Traced {
+                unsampled: unsampled(&span),
                 saga: span,
                 caller_traceparent: traceparent.map(str::to_string),
                 step: None,
@@ -85,10 +105,12 @@ impl Observer {
     fn traced(&mut self, saga: &Saga) -> &mut Traced {
         if !self.sagas.contains_key(&saga.id) {
             // Recovered (or resumed by an operator): a new trace from here on.
+            let span = saga_span(saga);
             self.sagas.insert(
                 saga.id.clone(),
                 Traced {
-                    saga: saga_span(saga),
+                    unsampled: unsampled(&span),
+                    saga: span,
                     caller_traceparent: None,
                     step: None,
                     attempt: None,
@@ -121,27 +143,32 @@ impl Observer {
                 ..
             } => {
                 let traced = self.traced(saga);
-                let same_step = matches!(&traced.step, Some((s, p, _)) if s == step && p == phase);
-                if !same_step {
-                    let name = step_name(*step);
-                    let span = tracing::info_span!(
-                        parent: &traced.saga,
-                        "step",
-                        otel.name = %format!("{} {name}", phase.as_str()),
-                        saga.step = %name,
-                        saga.phase = phase.as_str(),
-                    );
-                    traced.step = Some((*step, *phase, span));
-                }
-                let step_span = &traced.step.as_ref().expect("set above").2;
-                let span = tracing::info_span!(
-                    parent: step_span,
-                    "attempt",
-                    otel.name = %format!("attempt {attempt}"),
-                    otel.kind = "client",
-                    saga.attempt = attempt,
-                    saga.attempt_outcome = tracing::field::Empty,
-                );
+                let span = if traced.unsampled.is_some() {
+                    Span::none()
+                } else {
+                    let same_step =
+                        matches!(&traced.step, Some((s, p, _)) if s == step && p == phase);
+                    if !same_step {
+                        let name = step_name(*step);
+                        let span = tracing::info_span!(
+                            parent: &traced.saga,
+                            "step",
+                            otel.name = %format!("{} {name}", phase.as_str()),
+                            saga.step = %name,
+                            saga.phase = phase.as_str(),
+                        );
+                        traced.step = Some((*step, *phase, span));
+                    }
+                    let step_span = &traced.step.as_ref().expect("set above").2;
+                    tracing::info_span!(
+                        parent: step_span,
+                        "attempt",
+                        otel.name = %format!("attempt {attempt}"),
+                        otel.kind = "client",
+                        saga.attempt = attempt,
+                        saga.attempt_outcome = tracing::field::Empty,
+                    )
+                };
                 traced.attempt = Some((*attempt, span, Instant::now()));
             }
             Event::Succeeded {
@@ -246,6 +273,9 @@ impl Observer {
     /// own, else (OpenTelemetry off) the caller's.
     pub fn traceparent(&self, id: &str) -> Option<String> {
         let traced = self.sagas.get(id)?;
+        if let Some(unsampled) = &traced.unsampled {
+            return Some(unsampled.clone());
+        }
         traced
             .attempt
             .as_ref()
@@ -260,6 +290,9 @@ impl Observer {
         let Some(traced) = self.sagas.get(id) else {
             return Span::none();
         };
+        if traced.unsampled.is_some() {
+            return Span::none();
+        }
         let parent = traced
             .attempt
             .as_ref()
@@ -267,11 +300,13 @@ impl Observer {
         tracing::info_span!(parent: parent, "journal append", otel.name = "journal append")
     }
 
-    /// The span a call of saga `id` runs in: its attempt in flight, else the saga's.
+    /// The span a call of saga `id` runs in: its attempt in flight, else (none, or the trace is
+    /// not sampled) the saga's.
     pub fn call_span(&self, id: &str) -> Span {
         self.sagas.get(id).map_or_else(Span::none, |t| {
             t.attempt
                 .as_ref()
+                .filter(|(_, span, _)| !span.is_none())
                 .map_or_else(|| t.saga.clone(), |(_, span, _)| span.clone())
         })
     }

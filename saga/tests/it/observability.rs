@@ -102,7 +102,12 @@ async fn otlp_receiver() -> (SocketAddr, Received) {
 #[derive(Clone)]
 struct TracedParticipant {
     provider: SdkTracerProvider,
+    /// Each call's saga id and `traceparent` header, in arrival order.
+    seen: Calls,
 }
+
+/// What a participant was called with: the saga id and the `traceparent` header.
+type Calls = Arc<Mutex<Vec<(String, Option<String>)>>>;
 
 async fn participant_call(
     State(p): State<TracedParticipant>,
@@ -114,6 +119,10 @@ async fn participant_call(
         .iter()
         .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
         .collect();
+    p.seen.lock().unwrap().push((
+        body["saga"].as_str().unwrap_or_default().to_string(),
+        carrier.get("traceparent").cloned(),
+    ));
     let parent = TraceContextPropagator::new().extract(&carrier);
     let tracer = p.provider.tracer("order-participant");
     let mut span = tracer
@@ -219,6 +228,8 @@ fn sample(
 const CALLER_TRACE_OK: &str = "0af7651916cd43dd8448eb211c80319c";
 const CALLER_TRACE_UNDONE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const CALLER_SPAN: &str = "b7ad6b7169203331";
+/// A caller whose trace is not sampled (`traceparent` flags `00`).
+const CALLER_TRACE_UNSAMPLED: &str = "5c0d4e8a9f1b2c3d4e5f60718293a4b5";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_saga_is_one_trace_with_its_steps_and_attempts_logs_carry_it_and_metrics_move() {
@@ -237,11 +248,13 @@ async fn a_saga_is_one_trace_with_its_steps_and_attempts_logs_carry_it_and_metri
                 .build(),
         )
         .build();
+    let seen: Calls = Arc::default();
     let participant = {
         let app = Router::new()
             .route("/{step}/{op}", post(participant_call))
             .with_state(TracedParticipant {
                 provider: provider.clone(),
+                seen: seen.clone(),
             });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -394,6 +407,22 @@ async fn a_saga_is_one_trace_with_its_steps_and_attempts_logs_carry_it_and_metri
     );
     assert_eq!(sample(&samples, "strand_storage_errors_total", &[]), 0.0);
 
+    // A saga whose caller's trace is not sampled (started after the metrics above were read).
+    let started = http
+        .post(format!("{api}/sagas"))
+        .header(
+            "traceparent",
+            format!("00-{CALLER_TRACE_UNSAMPLED}-{CALLER_SPAN}-00"),
+        )
+        .json(&json!({"definition": "order", "input": {"order_id": 3, "sku": "book"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(started.status(), 201);
+    let saga: Value = started.json().await.unwrap();
+    ids.push(saga["id"].as_str().unwrap().to_string());
+    wait_for_state(&http, &api, &ids[2], &["completed"]).await;
+
     // Stop: SIGTERM flushes the spans still batched.
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
@@ -499,16 +528,55 @@ async fn a_saga_is_one_trace_with_its_steps_and_attempts_logs_carry_it_and_metri
             || s.parent_span_id == CALLER_SPAN));
     }
 
+    // The unsampled saga exported nothing, yet each of its calls carried a valid `traceparent`
+    // in its trace, from the orchestrator's own span (not the caller's), sampled flag off; the
+    // sampled sagas' calls had the flag on.
+    assert!(
+        spans.iter().all(|s| s.trace_id != CALLER_TRACE_UNSAMPLED),
+        "spans of an unsampled trace were exported"
+    );
+    let seen = seen.lock().unwrap().clone();
+    let unsampled_calls: Vec<&String> = seen
+        .iter()
+        .filter(|(saga, _)| *saga == ids[2])
+        .map(|(_, traceparent)| traceparent.as_ref().expect("a traceparent"))
+        .collect();
+    assert_eq!(unsampled_calls.len(), 3, "{seen:#?}");
+    for traceparent in unsampled_calls {
+        let parts: Vec<&str> = traceparent.split('-').collect();
+        assert_eq!(parts.len(), 4, "{traceparent}");
+        assert_eq!(parts[0], "00", "{traceparent}");
+        assert_eq!(parts[1], CALLER_TRACE_UNSAMPLED, "{traceparent}");
+        assert!(
+            parts[2].len() == 16
+                && parts[2].bytes().all(|b| b.is_ascii_hexdigit())
+                && parts[2] != "0000000000000000"
+                && parts[2] != CALLER_SPAN,
+            "{traceparent}"
+        );
+        assert_eq!(parts[3], "00", "{traceparent}");
+    }
+    for (saga, traceparent) in &seen {
+        if *saga == ids[0] || *saga == ids[1] {
+            let traceparent = traceparent.as_ref().expect("a traceparent");
+            assert!(traceparent.ends_with("-01"), "{traceparent}");
+        }
+    }
+
     // Every log line is JSON; those about a saga carry its trace id.
     let lines = lines.lock().unwrap().clone();
     assert!(!lines.is_empty());
-    let mut n_about = [0, 0];
+    let mut n_about = [0, 0, 0];
     for line in &lines {
         let parsed: Value =
             serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
-        for (i, (id, trace)) in [(&ids[0], CALLER_TRACE_OK), (&ids[1], CALLER_TRACE_UNDONE)]
-            .into_iter()
-            .enumerate()
+        for (i, (id, trace)) in [
+            (&ids[0], CALLER_TRACE_OK),
+            (&ids[1], CALLER_TRACE_UNDONE),
+            (&ids[2], CALLER_TRACE_UNSAMPLED),
+        ]
+        .into_iter()
+        .enumerate()
         {
             if parsed["fields"]["saga"] == id.as_str() {
                 n_about[i] += 1;
