@@ -8,81 +8,56 @@
 // Prints "saga console auth ok" and exits 0 when every check passed; otherwise exits 1.
 "use strict";
 
-const { chromium } = require("playwright-core");
+const { check, drive } = require("./console_support");
 
 const [apiAddr, readToken, operateToken, running, failed] = process.argv.slice(2);
 const base = `http://${apiAddr}/ui`;
 
-function check(condition, what) {
-  if (!condition) throw new Error("check failed: " + what);
-}
+drive(1000, "saga console auth ok", async (page) => {
+  const stateIs = (s) => page.waitForFunction((s) => document.querySelector("h1 .badge")?.textContent === s, s);
+  const useToken = async (token) => {
+    await page.fill("#token", token);
+    await page.click("#token-form button");
+  };
 
-async function main() {
-  const browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-    args: ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"],
-    timeout: 60000,
-  });
-  try {
-    const page = await browser.newPage({ viewport: { width: 1280, height: 1000 } });
-    page.setDefaultTimeout(20000);
-    const scriptErrors = [];
-    page.on("pageerror", (e) => scriptErrors.push(e.message));
-    const stateIs = (s) => page.waitForFunction((s) => document.querySelector("h1 .badge")?.textContent === s, s);
-    const useToken = async (token) => {
-      await page.fill("#token", token);
-      await page.click("#token-form button");
-    };
+  // No token: the page says a token is needed, and lists nothing.
+  await page.goto(base + "#/sagas");
+  await page.waitForFunction(() => document.querySelector("#error")?.textContent.startsWith("401"));
+  const error = await page.locator("#error").innerText();
+  check(error.includes("bearer token") && error.includes("Enter a bearer token above"), "no token: " + error);
+  check((await page.locator("#saga-list").count()) === 0, "no saga listed without a token");
+  await page.goto(base + "#/saga/" + running);
+  await page.waitForFunction(() => document.querySelector("#error")?.textContent.startsWith("401"));
+  check((await page.locator("#saga h1").count()) === 0, "no saga shown without a token");
 
-    // No token: the page says a token is needed, and lists nothing.
-    await page.goto(base + "#/sagas");
-    await page.waitForFunction(() => document.querySelector("#error")?.textContent.startsWith("401"));
-    const error = await page.locator("#error").innerText();
-    check(error.includes("bearer token") && error.includes("Enter a bearer token above"), "no token: " + error);
-    check((await page.locator("#saga-list").count()) === 0, "no saga listed without a token");
-    await page.goto(base + "#/saga/" + running);
-    await page.waitForFunction(() => document.querySelector("#error")?.textContent.startsWith("401"));
-    check((await page.locator("#saga h1").count()) === 0, "no saga shown without a token");
+  // A token that may read: the list and the saga show; Abort is refused, and the page says why.
+  await page.goto(base + "#/sagas");
+  await useToken(readToken);
+  await page.waitForFunction((ids) => {
+    const shown = [...document.querySelectorAll("#saga-list tbody tr")].map((r) => r.cells[0].textContent);
+    return ids.every((id) => shown.includes(id));
+  }, [running, failed]);
+  check((await page.locator("#error").innerText()) === "", "no error with a token");
+  await page.goto(base + "#/saga/" + running);
+  await stateIs("running");
+  await page.click("#abort");
+  await page.click("#confirm-ok");
+  await page.waitForFunction(() => document.querySelector("#refused")?.textContent.includes("403"));
+  const refused = await page.locator("#refused").innerText();
+  check(refused.includes("does not allow"), "read-only abort: " + refused);
+  check((await page.locator("h1 .badge").innerText()) === "running", "still running");
 
-    // A token that may read: the list and the saga show; Abort is refused, and the page says why.
-    await page.goto(base + "#/sagas");
-    await useToken(readToken);
-    await page.waitForFunction((ids) => {
-      const shown = [...document.querySelectorAll("#saga-list tbody tr")].map((r) => r.cells[0].textContent);
-      return ids.every((id) => shown.includes(id));
-    }, [running, failed]);
-    check((await page.locator("#error").innerText()) === "", "no error with a token");
-    await page.goto(base + "#/saga/" + running);
-    await stateIs("running");
-    await page.click("#abort");
-    await page.click("#confirm-ok");
-    await page.waitForFunction(() => document.querySelector("#refused")?.textContent.includes("403"));
-    const refused = await page.locator("#refused").innerText();
-    check(refused.includes("does not allow"), "read-only abort: " + refused);
-    check((await page.locator("h1 .badge").innerText()) === "running", "still running");
-
-    // A token that may operate: Abort compensates the running saga; Retry finishes the held one.
-    await useToken(operateToken);
-    await stateIs("running");
-    check((await page.locator("#refused").count()) === 0, "a new token starts afresh");
-    await page.click("#abort");
-    await page.click("#confirm-ok");
-    await stateIs("compensated");
-    check((await page.locator("#compensation-reason").innerText()).length > 0, "why it compensated");
-    await page.goto(base + "#/saga/" + failed);
-    await stateIs("failed");
-    await page.click("#retry");
-    await page.click("#confirm-ok");
-    await stateIs("compensated");
-
-    check(scriptErrors.length === 0, "no script errors: " + scriptErrors);
-    console.log("saga console auth ok");
-  } finally {
-    await browser.close();
-  }
-}
-
-main().catch((e) => {
-  console.error(e.stack || String(e));
-  process.exit(1);
+  // A token that may operate: Abort compensates the running saga; Retry finishes the held one.
+  await useToken(operateToken);
+  await stateIs("running");
+  check((await page.locator("#refused").count()) === 0, "a new token starts afresh");
+  await page.click("#abort");
+  await page.click("#confirm-ok");
+  await stateIs("compensated");
+  check((await page.locator("#compensation-reason").innerText()).length > 0, "why it compensated");
+  await page.goto(base + "#/saga/" + failed);
+  await stateIs("failed");
+  await page.click("#retry");
+  await page.click("#confirm-ok");
+  await stateIs("compensated");
 });
