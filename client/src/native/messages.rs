@@ -1017,7 +1017,6 @@ impl Response {
         }
     }
 
-    /// Appends the whole response frame to `buf`.
     /// The head of a successful fetch answer whose `records_len` bytes of records the caller
     /// writes after it (from a file, say): the frame's length counts them.
     pub fn encode_fetched_head(
@@ -1067,6 +1066,7 @@ impl Response {
         records.clone()
     }
 
+    /// Appends the whole response frame to `buf`.
     pub fn encode(&self, correlation_id: u32, buf: &mut BytesMut) {
         let at = frame::begin_frame(buf);
         frame::put_server_header(
@@ -1364,17 +1364,8 @@ impl Push {
     }
 
     pub fn encode(&self, subscription: u32, buf: &mut BytesMut) {
-        let at = frame::begin_frame(buf);
-        frame::put_server_header(
-            buf,
-            ServerHeader {
-                kind: ServerFrameKind::Push,
-                correlation_id: subscription,
-            },
-        );
-        buf.put_u64(self.high_watermark);
-        put_bytes(buf, &self.records);
-        frame::end_frame(buf, at);
+        self.encode_head(subscription, buf);
+        buf.extend_from_slice(&self.records);
     }
 
     pub fn decode(body: Bytes) -> Result<Push, DecodeError> {
