@@ -6,24 +6,19 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use super::crash::{start_saga_with, SagaProcess};
+use super::crash::{start_saga_on, SagaProcess};
 use super::support::{order_definition, wait_for_state, Participants};
 
 fn start(dir: &std::path::Path, indexed: &str) -> SagaProcess {
-    start_saga_with(&[
-        "--data-dir",
-        dir.to_str().unwrap(),
-        "--listen",
-        "127.0.0.1:0",
-        "--kafka-listen",
-        "127.0.0.1:0",
-        "--http-listen",
-        "127.0.0.1:0",
-        "--finished-sagas-max",
-        "1",
-        "--finished-sagas-indexed",
-        indexed,
-    ])
+    start_saga_on(
+        dir,
+        &[
+            "--finished-sagas-max",
+            "1",
+            "--finished-sagas-indexed",
+            indexed,
+        ],
+    )
 }
 
 async fn get(http: &reqwest::Client, api: &str, id: &str) -> (u16, Value) {

@@ -19,7 +19,7 @@ use strand_saga::journal::DEFINITION_TOPIC;
 use strand_saga::orchestrator::OrchestratorConfig;
 use strand_saga::participants::{ParticipantTls, ParticipantsConfig, SECRETS_DIR_DEFAULT};
 
-use super::support::{order_definition, Participants, Stack};
+use super::support::{chromium, drive_console, order_definition, Participants, Stack};
 
 fn openssl(args: &[&str]) -> Vec<u8> {
     let out = Command::new("openssl").args(args).output().unwrap();
@@ -885,12 +885,7 @@ async fn the_allow_list_is_checked_again_when_sending_and_on_redirects() {
 /// read token, Abort and Retry with one that may operate.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_console_asks_for_a_token_and_operates_with_one_in_chromium() {
-    let peers = concat!(env!("CARGO_MANIFEST_DIR"), "/../broker/tests/peers");
-    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
-    assert!(
-        Path::new(&chromium).exists(),
-        "{chromium} is missing: bash .ci/run installs Debian's chromium"
-    );
+    chromium();
     let dir = tempfile::tempdir().unwrap();
     let keys = tempfile::tempdir().unwrap();
     let key = pair(keys.path(), "console", Algorithm::RS256);
@@ -965,23 +960,8 @@ async fn the_console_asks_for_a_token_and_operates_with_one_in_chromium() {
         .failed_with(&["403"]);
 
     let api = stack.api.trim_start_matches("http://").to_string();
-    let args = [api, read, operate, ids[0].clone(), ids[1].clone()];
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new("timeout")
-            .args(["300", "node", &format!("{peers}/console_saga_auth.js")])
-            .args(&args)
-            .env("CHROMIUM", &chromium)
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && stdout.contains("saga console auth ok"),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let args = vec![api, read, operate, ids[0].clone(), ids[1].clone()];
+    drive_console("console_saga_auth.js", args, "saga console auth ok").await;
     // What the browser did is what the API holds.
     let aborted = wait_for(&stack, &admin, &ids[0], &["compensated"]).await;
     assert!(aborted["compensation_reason"].is_string(), "{aborted}");

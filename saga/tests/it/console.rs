@@ -2,11 +2,9 @@
 //! (`broker/tests/peers/console_saga.js`), and the API they read: list filters by time and
 //! key, counts by state, a definition's versions.
 
-use std::process::Command;
-
 use serde_json::{json, Value};
 
-use super::support::{order_definition, Participants, Stack};
+use super::support::{chromium, drive_console, order_definition, Participants, Stack};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_list_filters_by_time_and_key_counts_by_state_and_versions_are_listed() {
@@ -83,12 +81,7 @@ async fn the_list_filters_by_time_and_key_counts_by_state_and_versions_are_liste
 /// See `broker/tests/peers/console_saga.js` for what the browser checks.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_saga_pages_show_timelines_retry_filters_and_versions_in_chromium() {
-    let peers = concat!(env!("CARGO_MANIFEST_DIR"), "/../broker/tests/peers");
-    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
-    assert!(
-        std::path::Path::new(&chromium).exists(),
-        "{chromium} is missing: bash .ci/run installs Debian's chromium"
-    );
+    chromium();
     let dir = tempfile::tempdir().unwrap();
     let stack = Stack::start(dir.path()).await;
     let participants = Participants::default();
@@ -140,23 +133,9 @@ async fn the_saga_pages_show_timelines_retry_filters_and_versions_in_chromium() 
         dir.path().to_path_buf()
     };
     let api = stack.api.trim_start_matches("http://").to_string();
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new("timeout")
-            .args(["300", "node", &format!("{peers}/console_saga.js")])
-            .arg(&api)
-            .args(&ids)
-            .arg(&shots)
-            .env("CHROMIUM", &chromium)
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && stdout.contains("saga console ok"),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let mut args = vec![api];
+    args.extend(ids);
+    args.push(shots.to_str().unwrap().to_string());
+    drive_console("console_saga.js", args, "saga console ok").await;
     stack.stop().await;
 }

@@ -27,7 +27,12 @@ impl Drop for SagaProcess {
 
 /// Starts `strand-saga` with an embedded broker on `dir`, every port picked by the kernel.
 pub fn start_saga(dir: &std::path::Path) -> SagaProcess {
-    start_saga_with(&[
+    start_saga_on(dir, &[])
+}
+
+/// [`start_saga`] with `extra` arguments.
+pub fn start_saga_on(dir: &std::path::Path, extra: &[&str]) -> SagaProcess {
+    let mut args = vec![
         "--data-dir",
         dir.to_str().unwrap(),
         "--listen",
@@ -36,7 +41,9 @@ pub fn start_saga(dir: &std::path::Path) -> SagaProcess {
         "127.0.0.1:0",
         "--http-listen",
         "127.0.0.1:0",
-    ])
+    ];
+    args.extend_from_slice(extra);
+    start_saga_with(&args)
 }
 
 /// Starts `strand-saga` with `args`, its API on a port the kernel picks; returns once it

@@ -428,3 +428,39 @@ pub async fn put_definition_when_ready(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Debian's chromium (or `$CHROMIUM`), which the console tests drive; fails early when missing.
+pub fn chromium() -> String {
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    assert!(
+        std::path::Path::new(&chromium).exists(),
+        "{chromium} is missing: bash .ci/run installs Debian's chromium"
+    );
+    chromium
+}
+
+/// Runs the console script `broker/tests/peers/{script}` in node with `args` (it drives
+/// chromium through playwright-core) and asserts it exited 0 having printed `ok_line`.
+pub async fn drive_console(script: &str, args: Vec<String>, ok_line: &str) {
+    let path = format!(
+        "{}/../broker/tests/peers/{script}",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let chromium = chromium();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("timeout")
+            .args(["300", "node", &path])
+            .args(&args)
+            .env("CHROMIUM", &chromium)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains(ok_line),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
