@@ -558,7 +558,15 @@ impl BatchBuilder {
     }
 
     pub fn with_capacity(bytes: usize) -> BatchBuilder {
-        let mut buf = Vec::with_capacity(bytes.max(BATCH_HEADER_BYTES));
+        BatchBuilder::with_buffer(Vec::new(), bytes)
+    }
+
+    /// A builder writing into `buf` (its contents dropped), with room for at least `bytes`:
+    /// a buffer kept from an earlier batch is reused rather than freshly allocated, whose
+    /// pages the system would have to map in again as the batch is written.
+    pub fn with_buffer(mut buf: Vec<u8>, bytes: usize) -> BatchBuilder {
+        buf.clear();
+        buf.reserve(bytes.max(BATCH_HEADER_BYTES));
         buf.resize(BATCH_HEADER_BYTES, 0);
         BatchBuilder {
             buf,

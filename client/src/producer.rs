@@ -241,7 +241,18 @@ struct State {
     ready: VecDeque<Job>,
     /// Set when the producer is dropped or closed: the sender sends everything and ends.
     closed: bool,
+    /// Buffers of acknowledged batches, for new batches to be written into (at most
+    /// [`SPARE_BATCHES_MAX`]).
+    spare: Vec<Vec<u8>>,
 }
+
+/// Buffers of finished batches a producer keeps for reuse. Reusing them saves a fresh
+/// allocation per batch, which with the system allocator means mapping (and zeroing) new pages
+/// for every megabyte sent: about a fifth of the client's CPU at 1 KiB records.
+const SPARE_BATCHES_MAX: usize = 4;
+
+/// Room the first batch of a topic starts with.
+const BATCH_CAPACITY_MIN: usize = 16 * 1024;
 
 struct TopicState {
     n_partitions: u32,
@@ -249,6 +260,9 @@ struct TopicState {
     sticky: Option<u32>,
     /// The open batch of each partition, by partition.
     open: Vec<Option<Pending>>,
+    /// Room a new batch starts with: about the size the last closed one reached, so a batch
+    /// is not copied again and again as it grows to its usual size.
+    batch_capacity: usize,
 }
 
 impl TopicState {
@@ -261,6 +275,8 @@ impl TopicState {
         if self.sticky == Some(partition) {
             self.sticky = Some(fastrand_u32(self.n_partitions));
         }
+        let len = pending.builder.len();
+        self.batch_capacity = (len + len / 8).max(BATCH_CAPACITY_MIN);
         ready.push_back(Job::Batch {
             topic: name.to_string(),
             partition,
@@ -365,7 +381,12 @@ impl Producer {
         let future = loop {
             {
                 let mut guard = shared.state.lock().expect("producer lock");
-                let State { topics, ready, .. } = &mut *guard;
+                let State {
+                    topics,
+                    ready,
+                    spare,
+                    ..
+                } = &mut *guard;
                 if let Some(topic) = topics.get_mut(&record.topic) {
                     let n = topic.n_partitions;
                     let partition = match (record.partition, &record.key) {
@@ -395,11 +416,15 @@ impl Producer {
                         topic.close_batch(&record.topic, partition, ready);
                         wake = true;
                     }
+                    let capacity = topic.batch_capacity.min(batch_bytes_max);
                     let pending = topic.open[slot].get_or_insert_with(|| {
                         // A new batch starts its linger: the sender may have no deadline yet.
                         wake = true;
                         Pending {
-                            builder: BatchBuilder::with_capacity(16 * 1024),
+                            builder: BatchBuilder::with_buffer(
+                                spare.pop().unwrap_or_default(),
+                                capacity,
+                            ),
                             n_records: 0,
                             completion: Completion(Arc::new(Outcome::default())),
                             opened: Instant::now(),
@@ -439,6 +464,7 @@ impl Producer {
                     n_partitions: n,
                     sticky: None,
                     open: (0..n).map(|_| None).collect(),
+                    batch_capacity: BATCH_CAPACITY_MIN,
                 });
         };
         if wake {
@@ -567,11 +593,12 @@ impl Sender {
         } = pending;
         let batch = Bytes::from(builder.finish());
         let client = self.client.clone();
+        let shared = self.shared.clone();
         let request = Request::Produce {
             topic: topic.clone(),
             partition,
             acks: config.acks,
-            records: batch,
+            records: batch.clone(),
         };
         // The first attempt goes on the wire here, in dispatch order, so that a partition's
         // batches reach the broker in the order they were filled even with several in flight.
@@ -591,6 +618,14 @@ impl Sender {
                 send_with_retries(&client, &config, &topic, partition, request, first).await;
             completion.complete(result.map_err(|e| e.duplicate()));
             drop(permit);
+            // Nothing else holds the batch once it is answered (the connection wrote it before
+            // the answer came): its buffer goes back for a later batch.
+            if let Ok(buffer) = batch.try_into_mut() {
+                let mut state = shared.state.lock().expect("producer lock");
+                if state.spare.len() < SPARE_BATCHES_MAX {
+                    state.spare.push(buffer.into());
+                }
+            }
         });
     }
 }

@@ -536,6 +536,37 @@ impl Request {
         )
     }
 
+    /// [`Request::encode`] without a produce request's records, which it returns (empty for
+    /// any other request) for the caller to write after `buf` as they are: the frame's length
+    /// already counts them, so a batch goes to the socket without being copied into the frame.
+    pub fn encode_head(&self, correlation_id: u32, buf: &mut BytesMut) -> Bytes {
+        let Request::Produce {
+            topic,
+            partition,
+            acks,
+            records,
+        } = self
+        else {
+            self.encode(correlation_id, buf);
+            return Bytes::new();
+        };
+        let at = frame::begin_frame(buf);
+        frame::put_request_header(
+            buf,
+            RequestHeader {
+                api_key: ApiKey::Produce as u16,
+                version: 0,
+                correlation_id,
+            },
+        );
+        put_string(buf, topic);
+        buf.put_u32(*partition);
+        buf.put_u8(*acks as u8);
+        buf.put_u32(records.len() as u32);
+        end_frame_with_tail(buf, at, records.len());
+        records.clone()
+    }
+
     /// Appends the whole frame (length prefix included) to `buf`.
     pub fn encode(&self, correlation_id: u32, buf: &mut BytesMut) {
         let at = frame::begin_frame(buf);
@@ -1427,5 +1458,30 @@ mod head_tests {
         push.encode_head(3, &mut head);
         head.extend_from_slice(&push.records);
         assert_eq!(head, whole);
+        let requests = [
+            Request::Produce {
+                topic: "orders".to_string(),
+                partition: 2,
+                acks: Acks::Durable,
+                records: push.records.clone(),
+            },
+            Request::Produce {
+                topic: String::new(),
+                partition: 0,
+                acks: Acks::None,
+                records: Bytes::new(),
+            },
+            Request::DescribeTopic {
+                name: "orders".to_string(),
+            },
+        ];
+        for request in requests {
+            let mut whole = BytesMut::new();
+            request.encode(11, &mut whole);
+            let mut head = BytesMut::new();
+            let tail = request.encode_head(11, &mut head);
+            head.extend_from_slice(&tail);
+            assert_eq!(head, whole, "{request:?}");
+        }
     }
 }
