@@ -10,6 +10,7 @@ use bytes::Bytes;
 use futures::stream::{FuturesUnordered, StreamExt};
 use futures::Stream;
 use tokio::sync::mpsc;
+use tokio::task::AbortHandle;
 
 use crate::batch::{self, Batches, Compression, OffsetDeltas, Records};
 use crate::client::Client;
@@ -72,8 +73,11 @@ pub struct Record {
     pub headers: Vec<(Bytes, Option<Bytes>)>,
 }
 
-type FetchFuture =
-    Pin<Box<dyn std::future::Future<Output = (usize, Result<ResponseBody, ClientError>)> + Send>>;
+/// A partition's fetch: its index, the fetch's number (see [`Consumer::start_fetch`]) and the
+/// answer.
+type FetchFuture = Pin<
+    Box<dyn std::future::Future<Output = (usize, u64, Result<ResponseBody, ClientError>)> + Send>,
+>;
 
 struct Subscription {
     id: u32,
@@ -91,7 +95,20 @@ pub struct Consumer {
     fetch_offsets: Vec<u64>,
     buffer: VecDeque<Record>,
     fetches: FuturesUnordered<FetchFuture>,
+    /// Per partition, the number of its latest fetch (an answer to an older one is stale) and
+    /// the task sending it.
+    fetch_tasks: Vec<(u64, Option<AbortHandle>)>,
     subscriptions: Vec<Subscription>,
+}
+
+impl Drop for Consumer {
+    fn drop(&mut self) {
+        for (_, task) in &self.fetch_tasks {
+            if let Some(task) = task {
+                task.abort();
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for Consumer {
@@ -168,8 +185,10 @@ impl Consumer {
             fetch_offsets,
             buffer: VecDeque::new(),
             fetches: FuturesUnordered::new(),
+            fetch_tasks: Vec::new(),
             subscriptions: Vec::new(),
         };
+        consumer.fetch_tasks = (0..consumer.positions.len()).map(|_| (0, None)).collect();
         match consumer.config.delivery {
             Delivery::Fetch => {
                 for idx in 0..consumer.positions.len() {
@@ -222,6 +241,10 @@ impl Consumer {
             .collect()
     }
 
+    /// Sends the partition's next fetch now, on a task of its own, rather than when the
+    /// consumer next runs out of records: the broker reads and sends the next range while the
+    /// records of this one are checked, unpacked and consumed. A fetch the partition had in
+    /// flight is abandoned (its answer, if any, is stale).
     fn start_fetch(&mut self, idx: usize) {
         let (partition, _) = self.positions[idx];
         let offset = self.fetch_offsets[idx];
@@ -233,9 +256,17 @@ impl Consumer {
             max_bytes: self.config.fetch_bytes_max,
             max_wait_ms: self.config.fetch_wait.as_millis() as u32,
         };
-        self.fetches.push(Box::pin(
-            async move { (idx, client.request(request).await) },
-        ));
+        let task = tokio::spawn(async move { client.request(request).await });
+        let (number, previous) = &mut self.fetch_tasks[idx];
+        *number += 1;
+        if let Some(previous) = previous.replace(task.abort_handle()) {
+            previous.abort();
+        }
+        let number = *number;
+        self.fetches.push(Box::pin(async move {
+            let answer = task.await.unwrap_or(Err(ClientError::Closed));
+            (idx, number, answer)
+        }));
     }
 
     /// The next record, waiting for one to be produced if need be.
@@ -253,9 +284,12 @@ impl Consumer {
             }
             match self.config.delivery {
                 Delivery::Fetch => {
-                    let Some((idx, result)) = self.fetches.next().await else {
+                    let Some((idx, number, result)) = self.fetches.next().await else {
                         return Err(ClientError::Invalid("no partitions to consume".into()));
                     };
+                    if number != self.fetch_tasks[idx].0 {
+                        continue; // an abandoned fetch
+                    }
                     let outcome = match result {
                         Ok(ResponseBody::Fetched {
                             records,
@@ -268,18 +302,39 @@ impl Consumer {
                                 // holds no records any more (a compacted or expired tail).
                                 let at = &mut self.fetch_offsets[idx];
                                 *at = (*at).max(high_watermark);
+                                self.start_fetch(idx);
                                 Ok(())
                             } else {
-                                self.take_batches(idx, records)
+                                // The next range is asked for before these records are
+                                // unpacked, from where their batch headers end.
+                                let from = self.fetch_offsets[idx];
+                                self.fetch_offsets[idx] = Batches::new(&records)
+                                    .fold(from, |at, (header, _)| {
+                                        at.max(header.last_offset() as u64 + 1)
+                                    });
+                                self.start_fetch(idx);
+                                let (reached, unpacked) = self.take_batches(idx, from, records);
+                                if unpacked.is_err() {
+                                    // Fetch again from the first record not delivered.
+                                    self.fetch_offsets[idx] = reached;
+                                    self.start_fetch(idx);
+                                }
+                                unpacked
                             }
                         }
-                        Ok(other) => Err(ClientError::Invalid(format!(
-                            "unexpected answer: {other:?}"
-                        ))),
-                        Err(e) => Err(e),
+                        // Keep the partition's fetch going whatever happened; report the
+                        // failure.
+                        Ok(other) => {
+                            self.start_fetch(idx);
+                            Err(ClientError::Invalid(format!(
+                                "unexpected answer: {other:?}"
+                            )))
+                        }
+                        Err(e) => {
+                            self.start_fetch(idx);
+                            Err(e)
+                        }
                     };
-                    // Keep the partition's fetch going whatever happened; report the failure.
-                    self.start_fetch(idx);
                     outcome?;
                 }
                 Delivery::Push => {
@@ -294,7 +349,10 @@ impl Consumer {
                     let ((idx, push), _, _) = futures::future::select_all(receivers).await;
                     let push = push.ok_or(ClientError::Closed)??;
                     let consumed = push.records.len() as u32;
-                    self.take_batches(idx, push.records)?;
+                    let (reached, unpacked) =
+                        self.take_batches(idx, self.fetch_offsets[idx], push.records);
+                    self.fetch_offsets[idx] = reached;
+                    unpacked?;
                     let connection = self.client.connection().await?;
                     connection
                         .send_only(Request::AddCredit {
@@ -309,19 +367,38 @@ impl Consumer {
 
     /// Checks and unpacks fetched batches of the partition at `idx` into the buffer, skipping
     /// records before its position (a fetch starts with the whole batch holding the offset).
-    fn take_batches(&mut self, idx: usize, records: Bytes) -> Result<(), ClientError> {
+    /// Returns the offset after the last record delivered (or batch passed), and whether every
+    /// batch could be unpacked.
+    fn take_batches(
+        &mut self,
+        idx: usize,
+        from: u64,
+        records: Bytes,
+    ) -> (u64, Result<(), ClientError>) {
         let partition = self.positions[idx].0;
-        let mut position = self.fetch_offsets[idx];
+        let mut position = from;
         for (header, bytes) in Batches::new(&records) {
-            batch::validate(bytes, usize::MAX, OffsetDeltas::Increasing)?;
-            if header.compression()? != Compression::None {
-                return Err(ClientError::Invalid(format!(
-                    "{}/{partition} offset {}: compressed batches are not decompressed by the native consumer yet",
-                    self.topic, header.base_offset
-                )));
+            if let Err(e) = batch::validate(bytes, usize::MAX, OffsetDeltas::Increasing) {
+                return (position, Err(e.into()));
+            }
+            match header.compression() {
+                Ok(Compression::None) => {}
+                Ok(_) => {
+                    return (
+                        position,
+                        Err(ClientError::Invalid(format!(
+                            "{}/{partition} offset {}: compressed batches are not decompressed by the native consumer yet",
+                            self.topic, header.base_offset
+                        ))),
+                    )
+                }
+                Err(e) => return (position, Err(e.into())),
             }
             for record in Records::new(bytes, &header) {
-                let record = record?;
+                let record = match record {
+                    Ok(record) => record,
+                    Err(e) => return (position, Err(e.into())),
+                };
                 let offset = header.base_offset as u64 + record.offset_delta as u64;
                 if offset < position {
                     continue;
@@ -343,8 +420,7 @@ impl Consumer {
             }
             position = position.max(header.last_offset() as u64 + 1);
         }
-        self.fetch_offsets[idx] = position;
-        Ok(())
+        (position, Ok(()))
     }
 
     /// The consumer as a `Stream` of records.
