@@ -45,7 +45,8 @@ pub struct ConsumerConfig {
     pub fetch_bytes_max: u32,
     /// Longest a fetch waits at the end of the log. Default 500 ms.
     pub fetch_wait: Duration,
-    /// Bytes a subscription may push ahead of what was consumed. Default 4 MiB.
+    /// Bytes a subscription may push ahead of what was consumed. Default 4 MiB. What is
+    /// consumed is granted back once it reaches half of this.
     pub credit_bytes: u32,
 }
 
@@ -82,6 +83,8 @@ type FetchFuture = Pin<
 struct Subscription {
     id: u32,
     pushes: mpsc::UnboundedReceiver<Result<Push, ClientError>>,
+    /// Bytes taken from pushes and not yet granted back to the broker as credit.
+    owed: u32,
 }
 
 /// Reads one topic.
@@ -206,7 +209,11 @@ impl Consumer {
                             consumer.config.credit_bytes,
                         )
                         .await?;
-                    consumer.subscriptions.push(Subscription { id, pushes });
+                    consumer.subscriptions.push(Subscription {
+                        id,
+                        pushes,
+                        owed: 0,
+                    });
                 }
             }
         }
@@ -353,13 +360,23 @@ impl Consumer {
                         self.take_batches(idx, self.fetch_offsets[idx], push.records);
                     self.fetch_offsets[idx] = reached;
                     unpacked?;
-                    let connection = self.client.connection().await?;
-                    connection
-                        .send_only(Request::AddCredit {
-                            subscription: self.subscriptions[idx].id,
-                            credit_bytes: consumed,
-                        })
-                        .await?;
+                    // Credit goes back in grants of half the window rather than after every
+                    // push: each grant is a frame for both ends to wake up for, one per record
+                    // at low rates. The broker still holds at least half the window, so it
+                    // never waits for a grant while the consumer keeps up.
+                    let subscription = &mut self.subscriptions[idx];
+                    subscription.owed = subscription.owed.saturating_add(consumed);
+                    if subscription.owed >= (self.config.credit_bytes / 2).max(1) {
+                        let grant = std::mem::take(&mut subscription.owed);
+                        let id = subscription.id;
+                        let connection = self.client.connection().await?;
+                        connection
+                            .send_only(Request::AddCredit {
+                                subscription: id,
+                                credit_bytes: grant,
+                            })
+                            .await?;
+                    }
                 }
             }
         }
