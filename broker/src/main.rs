@@ -54,7 +54,8 @@ fn main() -> ExitCode {
 }
 
 async fn run(config: BrokerConfig) -> anyhow::Result<()> {
+    let shutdown = strand_broker::run::shutdown_signal();
     let running = RunningBroker::start(config).await?;
-    strand_broker::run::shutdown_signal().await;
+    shutdown.await;
     running.stop().await
 }

@@ -430,6 +430,7 @@ fn embedded_listener(broker: &RunningBroker, security: &StrandSecurity) -> std::
 }
 
 async fn run(settings: Settings) -> anyhow::Result<()> {
+    let shutdown = strand_broker::run::shutdown_signal();
     let Settings {
         args,
         embedded,
@@ -591,7 +592,7 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         "strand-saga listening"
     );
     let failure = tokio::select! {
-        () = strand_broker::run::shutdown_signal() => None,
+        () = shutdown => None,
         result = &mut orchestrator => Some(result),
     };
     let _ = shutdown_tx.send(true);

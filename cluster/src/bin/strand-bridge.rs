@@ -115,6 +115,7 @@ fn main() -> ExitCode {
 }
 
 async fn run(config: BridgeConfig) -> anyhow::Result<()> {
+    let shutdown = strand_broker::run::shutdown_signal();
     let stats: BTreeMap<String, Arc<RouteStats>> = config
         .routes()
         .iter()
@@ -179,7 +180,7 @@ async fn run(config: BridgeConfig) -> anyhow::Result<()> {
     let mut bridge = tokio::spawn(bridge::run(config, stats, stopped));
     tracing::info!(http = %http_addr, scheme, ?routes, "strand-bridge running");
     tokio::select! {
-        () = strand_broker::run::shutdown_signal() => {}
+        () = shutdown => {}
         result = &mut bridge => {
             // It returns early only when a cluster could not be reached at start.
             result??;
