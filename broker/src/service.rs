@@ -11,7 +11,7 @@ use strand_client::batch::Batches;
 
 use crate::budget::{Budget, Charge};
 use crate::group::{CoordinatorConfig, GroupError, Groups};
-use crate::log::{AppendInfo, FirstBatch, LogError, ReadResult, RegionRead};
+use crate::log::{AppendInfo, FirstBatch, LogError, LogReader, ReadResult, RegionRead};
 use crate::metrics::Metrics;
 use crate::producers::{BatchSequence, SequenceCheck, SequenceError};
 use crate::security::acl::{AclError, Authorizer, Denied};
@@ -381,9 +381,11 @@ impl Broker {
         let target = self.partition(topic, partition)?;
         let reader = target.reader().clone();
         let max_bytes = max_bytes.max(1);
-        let result = blocking(move || reader.read_limited(offset, max_bytes, first_batch))
-            .await?
-            .inspect_err(|e| self.metrics.count_storage_error("read", e))?;
+        let result = read_at(reader, offset, move |r| {
+            r.read_limited(offset, max_bytes, first_batch)
+        })
+        .await?
+        .inspect_err(|e| self.metrics.count_storage_error("read", e))?;
         self.count_out(topic, &result);
         Ok(result)
     }
@@ -437,7 +439,7 @@ impl Broker {
                 .await;
             let reader = self.partition(topic, partition)?.reader().clone();
             let max_bytes = max_bytes.max(1);
-            let result = blocking(move || reader.read_region(offset, max_bytes))
+            let result = read_at(reader, offset, move |r| r.read_region(offset, max_bytes))
                 .await?
                 .inspect_err(|e| self.metrics.count_storage_error("read", e))?;
             let region = result.region.as_ref();
@@ -559,6 +561,23 @@ fn describe(topic: &Topic) -> TopicInfo {
         name: topic.name.clone(),
         config: topic.config.clone(),
         partitions: topic.partitions.iter().map(|p| partition_info(p)).collect(),
+    }
+}
+
+/// Runs a read of `reader` from `offset`: in the calling task when the offset lies in the
+/// active segment, whose bytes were written lately and come from the page cache (a hand-off to
+/// the blocking pool and back, two thread wake-ups, would cost more than the copy; this is the
+/// read of every consumer that keeps up), on the blocking pool otherwise, where an older
+/// segment may have to come from disk without holding up the connections of this worker.
+async fn read_at<T: Send + 'static>(
+    reader: LogReader,
+    offset: u64,
+    read: impl FnOnce(&LogReader) -> T + Send + 'static,
+) -> Result<T, ServiceError> {
+    if reader.in_active_segment(offset) {
+        Ok(read(&reader))
+    } else {
+        blocking(move || read(&reader)).await
     }
 }
 

@@ -852,6 +852,15 @@ impl LogReader {
         &self.shared.dir
     }
 
+    /// Whether `offset` lies in the active (last) segment: bytes written lately, which a read
+    /// finds in the page cache rather than on disk.
+    pub fn in_active_segment(&self, offset: u64) -> bool {
+        self.shared
+            .segments()
+            .last()
+            .is_some_and(|segment| offset >= segment.base_offset)
+    }
+
     /// The base offset of the earliest of the last segments that together hold at least
     /// `bytes` (the log start when the whole log holds less): where a scan of the log's tail
     /// begins.
@@ -1569,6 +1578,22 @@ mod tests {
         // it in the middle of this loop (21 open, bound 4), which is not explained yet (see the
         // README's limits). The random-order read test checks the bound after every read.
         drop((before, cache));
+    }
+
+    #[test]
+    fn only_offsets_of_the_last_segment_are_in_the_active_segment() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _cache, written) = small_cached_log(dir.path());
+        let reader = log.reader();
+        let last_base = log.shared.segments().last().unwrap().base_offset;
+        assert!(last_base > 0, "the test log has several segments");
+        assert!(!reader.in_active_segment(0));
+        assert!(!reader.in_active_segment(last_base - 1));
+        assert!(reader.in_active_segment(last_base));
+        assert!(reader.in_active_segment(written.len() as u64));
+        log.roll().unwrap();
+        assert!(!reader.in_active_segment(last_base));
+        assert!(reader.in_active_segment(written.len() as u64));
     }
 
     #[test]
