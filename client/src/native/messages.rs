@@ -1441,12 +1441,11 @@ mod head_tests {
             ),
         ];
         for answer in answers {
-            let mut whole = BytesMut::new();
-            answer.encode(17, &mut whole);
-            let mut head = BytesMut::new();
-            let tail = answer.encode_head(17, &mut head);
-            head.extend_from_slice(&tail);
-            assert_eq!(head, whole, "{answer:?}");
+            head_and_tail_are_whole(
+                |buf| answer.encode(17, buf),
+                |buf| answer.encode_head(17, buf),
+                &answer,
+            );
         }
         let push = Push {
             high_watermark: 5,
@@ -1476,12 +1475,25 @@ mod head_tests {
             },
         ];
         for request in requests {
-            let mut whole = BytesMut::new();
-            request.encode(11, &mut whole);
-            let mut head = BytesMut::new();
-            let tail = request.encode_head(11, &mut head);
-            head.extend_from_slice(&tail);
-            assert_eq!(head, whole, "{request:?}");
+            head_and_tail_are_whole(
+                |buf| request.encode(11, buf),
+                |buf| request.encode_head(11, buf),
+                &request,
+            );
         }
+    }
+
+    /// What `encode_head` writes followed by the tail it returns is what `encode` writes.
+    fn head_and_tail_are_whole(
+        encode: impl FnOnce(&mut BytesMut),
+        encode_head: impl FnOnce(&mut BytesMut) -> Bytes,
+        what: &dyn std::fmt::Debug,
+    ) {
+        let mut whole = BytesMut::new();
+        encode(&mut whole);
+        let mut head = BytesMut::new();
+        let tail = encode_head(&mut head);
+        head.extend_from_slice(&tail);
+        assert_eq!(head, whole, "{what:?}");
     }
 }
