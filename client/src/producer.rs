@@ -43,6 +43,12 @@ pub struct ProducerConfig {
     /// Records accepted but not yet on the wire (in open batches or waiting for their
     /// partition's in-flight window), at most; `send` waits beyond. Default 100,000.
     pub queue_records_max: usize,
+    /// While the producer has no produce request unanswered, a batch goes out at once instead
+    /// of lingering, and the batches that filled while requests were out go when the last
+    /// answer comes (Nagle's rule, over the whole producer): a lone record is not delayed by
+    /// `linger`, and under load batches fill as before. Default false (every batch lingers,
+    /// as in Kafka).
+    pub send_when_idle: bool,
 }
 
 impl Default for ProducerConfig {
@@ -56,6 +62,7 @@ impl Default for ProducerConfig {
             retry_backoff: Duration::from_millis(100),
             retry_backoff_max: Duration::from_secs(2),
             queue_records_max: 100_000,
+            send_when_idle: false,
         }
     }
 }
@@ -244,6 +251,8 @@ struct State {
     /// Buffers of acknowledged batches, for new batches to be written into (at most
     /// [`SPARE_BATCHES_MAX`]).
     spare: Vec<Vec<u8>>,
+    /// Batches closed and not yet answered (for `send_when_idle`).
+    unanswered: u32,
 }
 
 /// Buffers of finished batches a producer keeps for reuse. Reusing them saves a fresh
@@ -268,7 +277,13 @@ struct TopicState {
 impl TopicState {
     /// Takes the open batch of `partition` out onto `ready`, to be sent, moving the sticky
     /// partition on if it was this one.
-    fn close_batch(&mut self, name: &str, partition: u32, ready: &mut VecDeque<Job>) {
+    fn close_batch(
+        &mut self,
+        name: &str,
+        partition: u32,
+        ready: &mut VecDeque<Job>,
+        unanswered: &mut u32,
+    ) {
         let Some(pending) = self.open[partition as usize].take() else {
             return;
         };
@@ -277,6 +292,7 @@ impl TopicState {
         }
         let len = pending.builder.len();
         self.batch_capacity = (len + len / 8).max(BATCH_CAPACITY_MIN);
+        *unanswered += 1;
         ready.push_back(Job::Batch {
             topic: name.to_string(),
             partition,
@@ -305,14 +321,19 @@ enum Job {
 impl State {
     /// Closes every open batch opened at or before `opened_by` (all of them with `None`).
     fn close_due(&mut self, opened_by: Option<Instant>) {
-        let State { topics, ready, .. } = self;
+        let State {
+            topics,
+            ready,
+            unanswered,
+            ..
+        } = self;
         for (name, topic) in topics.iter_mut() {
             for partition in 0..topic.n_partitions {
                 let due = topic.open[partition as usize]
                     .as_ref()
                     .is_some_and(|p| opened_by.is_none_or(|by| p.opened <= by));
                 if due {
-                    topic.close_batch(name, partition, ready);
+                    topic.close_batch(name, partition, ready, unanswered);
                 }
             }
         }
@@ -370,6 +391,7 @@ impl Producer {
             &headers,
         );
         let batch_bytes_max = shared.config.batch_bytes_max;
+        let send_when_idle = shared.config.send_when_idle;
         if record_bytes + crate::batch::BATCH_HEADER_BYTES > batch_bytes_max {
             return refused(ClientError::TooLarge {
                 len: record_bytes,
@@ -385,6 +407,7 @@ impl Producer {
                     topics,
                     ready,
                     spare,
+                    unanswered,
                     ..
                 } = &mut *guard;
                 if let Some(topic) = topics.get_mut(&record.topic) {
@@ -413,7 +436,7 @@ impl Producer {
                         .as_ref()
                         .is_some_and(|p| p.builder.len() + record_bytes > batch_bytes_max)
                     {
-                        topic.close_batch(&record.topic, partition, ready);
+                        topic.close_batch(&record.topic, partition, ready, unanswered);
                         wake = true;
                     }
                     let capacity = topic.batch_capacity.min(batch_bytes_max);
@@ -444,8 +467,10 @@ impl Producer {
                         index,
                         slot: None,
                     });
-                    if pending.builder.len() >= batch_bytes_max {
-                        topic.close_batch(&record.topic, partition, ready);
+                    if pending.builder.len() >= batch_bytes_max
+                        || (send_when_idle && *unanswered == 0)
+                    {
+                        topic.close_batch(&record.topic, partition, ready, unanswered);
                         wake = true;
                     }
                     break future;
@@ -618,6 +643,21 @@ impl Sender {
                 send_with_retries(&client, &config, &topic, partition, request, first).await;
             completion.complete(result.map_err(|e| e.duplicate()));
             drop(permit);
+            let wake = {
+                let mut state = shared.state.lock().expect("producer lock");
+                state.unanswered = state.unanswered.saturating_sub(1);
+                // The batches that filled while requests were out go now, not at their linger.
+                let go = config.send_when_idle
+                    && state.unanswered == 0
+                    && state.first_opened().is_some();
+                if go {
+                    state.close_due(None);
+                }
+                go
+            };
+            if wake {
+                shared.wake.notify_one();
+            }
             // Nothing else holds the batch once it is answered (the connection wrote it before
             // the answer came): its buffer goes back for a later batch.
             if let Ok(buffer) = batch.try_into_mut() {

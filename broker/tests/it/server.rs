@@ -97,6 +97,50 @@ fn settings(partitions: u32) -> TopicSettings {
     }
 }
 
+/// With `send_when_idle`, a record sent while nothing is unanswered goes out at once, not after
+/// the hour-long linger; records sent while requests are out are batched and go when the last
+/// answer comes, also long before the linger; all arrive in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_producer_that_sends_when_idle_does_not_wait_out_its_linger() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = TestBroker::start(dir.path(), ServerConfig::default()).await;
+    let client = broker.client().await;
+    client.admin().create_topic("t", settings(1)).await.unwrap();
+    let producer = Producer::new(
+        client.clone(),
+        ProducerConfig {
+            linger: Duration::from_secs(3600),
+            send_when_idle: true,
+            ..ProducerConfig::default()
+        },
+    );
+    let lone = producer
+        .send(ProducerRecord::new("t", "lone"))
+        .await
+        .unwrap();
+    let d = tokio::time::timeout(Duration::from_secs(30), lone)
+        .await
+        .expect("a lone record is not held for the linger")
+        .unwrap();
+    assert_eq!(d.offset, 0);
+    let mut deliveries = Vec::new();
+    for n in 0..200u64 {
+        deliveries.push(
+            producer
+                .send(ProducerRecord::new("t", format!("burst{n}")))
+                .await
+                .unwrap(),
+        );
+    }
+    for (n, delivery) in deliveries.into_iter().enumerate() {
+        let d = tokio::time::timeout(Duration::from_secs(30), delivery)
+            .await
+            .expect("records batched behind an answer go when it comes")
+            .unwrap();
+        assert_eq!(d.offset, n as u64 + 1);
+    }
+}
+
 /// The producer's bounds and endings: a queue of three records with tiny batches and no
 /// linger still delivers everything in order; a refused record fails alone; a producer dropped
 /// with a long linger still sends what it was given.
