@@ -222,6 +222,12 @@ impl Shared {
                 reason,
             });
         }
+        // Taken before the segment list is read: a roll retires a segment before it publishes
+        // the next, so each of these is in the list and fsynced below before it is sealed and
+        // offered to the cache. One retired while this pass runs waits for the next: sealed
+        // unsynced, the cache could not close it, and it stayed open beyond the cache's bound
+        // until some later admission.
+        let retired = std::mem::take(&mut *self.unsealed.lock().expect("unsealed lock"));
         // The watermark is read before the segment list, so every segment holding offsets
         // below it is in the list (the writer publishes a segment before writing to it).
         let target = self.high_watermark.load(Ordering::Acquire);
@@ -245,11 +251,12 @@ impl Shared {
                 Ok(did) => synced += usize::from(did),
                 Err(e) => {
                     self.poison(e.to_string());
+                    self.unsealed.lock().expect("unsealed lock").extend(retired);
                     return Err(e);
                 }
             }
         }
-        self.seal_retired();
+        self.seal(retired);
         if self.dir_sync_due.swap(false, Ordering::AcqRel) {
             if let Err(e) = recovery::sync_dir(&self.dir) {
                 self.dir_sync_due.store(true, Ordering::Release);
@@ -289,6 +296,10 @@ impl Shared {
     /// else seals them must not both do it.
     fn seal_retired(&self) {
         let retired = std::mem::take(&mut *self.unsealed.lock().expect("unsealed lock"));
+        self.seal(retired);
+    }
+
+    fn seal(&self, retired: Vec<Arc<Segment>>) {
         for segment in retired {
             match segment.seal() {
                 Ok(()) => self.cache.admit(&segment),
