@@ -180,6 +180,7 @@ impl Consumer {
         config: ConsumerConfig,
     ) -> Result<Consumer, ClientError> {
         let fetch_offsets = positions.iter().map(|(_, offset)| *offset).collect();
+        let n_partitions = positions.len();
         let mut consumer = Consumer {
             client,
             topic: topic.to_string(),
@@ -188,10 +189,9 @@ impl Consumer {
             fetch_offsets,
             buffer: VecDeque::new(),
             fetches: FuturesUnordered::new(),
-            fetch_tasks: Vec::new(),
+            fetch_tasks: vec![(0, None); n_partitions],
             subscriptions: Vec::new(),
         };
-        consumer.fetch_tasks = (0..consumer.positions.len()).map(|_| (0, None)).collect();
         match consumer.config.delivery {
             Delivery::Fetch => {
                 for idx in 0..consumer.positions.len() {

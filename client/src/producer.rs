@@ -643,28 +643,26 @@ impl Sender {
                 send_with_retries(&client, &config, &topic, partition, request, first).await;
             completion.complete(result.map_err(|e| e.duplicate()));
             drop(permit);
+            // Nothing else holds the batch once it is answered (the connection wrote it before
+            // the answer came): its buffer goes back for a later batch.
+            let buffer = batch.try_into_mut().ok();
             let wake = {
                 let mut state = shared.state.lock().expect("producer lock");
-                state.unanswered = state.unanswered.saturating_sub(1);
-                // The batches that filled while requests were out go now, not at their linger.
-                let go = config.send_when_idle
-                    && state.unanswered == 0
-                    && state.first_opened().is_some();
-                if go {
-                    state.close_due(None);
+                if let Some(buffer) = buffer {
+                    if state.spare.len() < SPARE_BATCHES_MAX {
+                        state.spare.push(buffer.into());
+                    }
                 }
-                go
+                state.unanswered = state.unanswered.saturating_sub(1);
+                // The batches that filled while requests were out go now, not at their linger
+                // (closing them counts them as unanswered).
+                config.send_when_idle && state.unanswered == 0 && {
+                    state.close_due(None);
+                    state.unanswered > 0
+                }
             };
             if wake {
                 shared.wake.notify_one();
-            }
-            // Nothing else holds the batch once it is answered (the connection wrote it before
-            // the answer came): its buffer goes back for a later batch.
-            if let Ok(buffer) = batch.try_into_mut() {
-                let mut state = shared.state.lock().expect("producer lock");
-                if state.spare.len() < SPARE_BATCHES_MAX {
-                    state.spare.push(buffer.into());
-                }
             }
         });
     }
