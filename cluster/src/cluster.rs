@@ -305,10 +305,10 @@ impl Cluster {
                 ProducerConfig {
                     acks,
                     linger: Duration::from_millis(2),
-                    // send_when_idle takes a lone saga from 39 ms to 3-5 ms, but the faster
-                    // steps made the chaos test's compensations spend their attempts on an open
-                    // breaker (see README); off until that budget is fixed.
-                    send_when_idle: false,
+                    // A saga's step waits for its journal entry, command and reply in turn:
+                    // at low load each would otherwise wait out the linger (a lone saga took
+                    // 39 ms, 3 ms without it); under load batches still fill while one is out.
+                    send_when_idle: true,
                     ..ProducerConfig::default()
                 },
             )

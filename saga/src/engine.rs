@@ -186,6 +186,10 @@ pub enum Event {
         attempt: u32,
         error: String,
         retry_at_ms: Option<i64>,
+        /// A compensation's attempt that was never sent (an open breaker refused it): it gives
+        /// its attempt back.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        refunded: bool,
     },
     TimedOut {
         step: usize,
@@ -233,6 +237,11 @@ pub struct Failure {
     /// The earliest the participant may be tried again (an open circuit breaker says when it
     /// lets a trial call through); the retry waits at least this long.
     pub retry_after_ms: u64,
+    /// Never sent: an open circuit breaker refused the call. A compensation's refused attempt
+    /// is given back, so a breaker that other calls keep open cannot spend a compensation's
+    /// budget without it ever reaching its participant; the trial calls that do go through
+    /// still count, so one that keeps failing is still held in `failed` for an operator.
+    pub refused: bool,
 }
 
 impl Failure {
@@ -241,6 +250,7 @@ impl Failure {
             error: error.into(),
             retriable: true,
             retry_after_ms: 0,
+            refused: false,
         }
     }
 
@@ -249,6 +259,17 @@ impl Failure {
             error: error.into(),
             retriable: false,
             retry_after_ms: 0,
+            refused: false,
+        }
+    }
+
+    /// An open breaker's refusal: nothing was sent, and a trial call may go at `retry_after_ms`.
+    pub fn refused(error: impl Into<String>, retry_after_ms: u64) -> Failure {
+        Failure {
+            error: error.into(),
+            retriable: true,
+            retry_after_ms,
+            refused: true,
         }
     }
 }
@@ -634,8 +655,18 @@ impl Saga {
                         error,
                         retriable,
                         retry_after_ms,
+                        refused,
                     }) => {
-                        let retry_at_ms = if retriable {
+                        // A compensation has no way out but through its participant: a call
+                        // the breaker kept back spends nothing and waits for the breaker.
+                        let refunded = refused && retriable && phase == Phase::Compensation;
+                        let retry_at_ms = if refunded {
+                            // Backs off by the attempts made, refused or not, so sagas waiting
+                            // on a half-open breaker's trial do not poll it.
+                            let policy = &self.definition().spec.steps[step].retry;
+                            let backoff = policy.backoff_ms(attempt, random_unit);
+                            Some(now_ms + backoff.max(retry_after_ms) as i64)
+                        } else if retriable {
                             self.retry_at(step, now_ms, random_unit)
                                 .map(|t| t.max(now_ms + retry_after_ms as i64))
                         } else {
@@ -647,6 +678,7 @@ impl Saga {
                             attempt,
                             error: error.clone(),
                             retry_at_ms,
+                            refunded,
                         });
                         if retry_at_ms.is_none() {
                             events.extend(self.exhausted(step, phase, error, false));
@@ -885,10 +917,14 @@ impl Saga {
                 phase,
                 error,
                 retry_at_ms,
+                refunded,
                 ..
             } => {
                 let s = &mut self.steps[*step];
                 end_attempt(s, now, "failed", Some(error.clone()));
+                if *refunded {
+                    s.budget_used = s.budget_used.saturating_sub(1);
+                }
                 s.timeout_at_ms = None;
                 s.error = Some(error.clone());
                 s.retry_at_ms = *retry_at_ms;

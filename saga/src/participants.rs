@@ -659,11 +659,10 @@ impl Participants {
             // Not sent: retry no sooner than the breaker lets a trial call through.
             return self.reply(
                 call,
-                Err(Failure {
-                    error: format!("circuit open for {endpoint}"),
-                    retriable: true,
-                    retry_after_ms: (until - now).max(0) as u64,
-                }),
+                Err(Failure::refused(
+                    format!("circuit open for {endpoint}"),
+                    (until - now).max(0) as u64,
+                )),
             );
         }
         let method =
@@ -729,6 +728,7 @@ impl Participants {
                         error,
                         retriable,
                         retry_after_ms: 0,
+                        refused: false,
                     })
                 };
                 self.reply(call, result);
@@ -865,6 +865,7 @@ pub fn parse_reply_value(value: &[u8]) -> Result<Value, Failure> {
                 .to_string(),
             retriable: v.get("retriable").and_then(Value::as_bool).unwrap_or(true),
             retry_after_ms: 0,
+            refused: false,
         }),
         None => Err(Failure::retriable("reply without \"ok\"")),
     }

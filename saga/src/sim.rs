@@ -1194,11 +1194,7 @@ impl World {
         }
         // An open breaker refuses the call without sending it.
         if !self.quiet && self.rng.u8(..100) < 4 {
-            let r = reply(Err(Failure {
-                error: "circuit open".into(),
-                retriable: true,
-                retry_after_ms: self.rng.u64(10..500),
-            }));
+            let r = reply(Err(Failure::refused("circuit open", self.rng.u64(10..500))));
             self.at(0, Ev::Answer { reply: r, to: from });
             return;
         }

@@ -337,6 +337,52 @@ fn a_stuck_compensation_holds_the_saga_until_an_operator_retries() {
 }
 
 #[test]
+fn a_breaker_refusal_spends_a_compensations_attempt_only_when_the_call_went_out() {
+    // Two attempts each. The action refused by the breaker spends its attempts like any
+    // failure (the saga may compensate instead). The refund is refused five times, more than
+    // its budget, and still gets through; then two real failures hold it for an operator.
+    let mut sim = Sim::start(order_saga(2));
+    let refuse = |sim: &mut Sim| {
+        let (step, phase, attempt) = sim.saga.in_flight().expect("an attempt in flight");
+        sim.now += 10;
+        sim.feed(Input::Reply {
+            step,
+            phase,
+            attempt,
+            result: Err(Failure::refused("circuit open", 300)),
+        })
+    };
+    sim.reply(Ok(json!({})));
+    refuse(&mut sim);
+    sim.wake();
+    refuse(&mut sim);
+    assert_eq!(
+        sim.saga.state,
+        SagaState::Compensating,
+        "an action's refusals count"
+    );
+    for n in 0..5 {
+        let refusal = refuse(&mut sim);
+        assert!(
+            matches!(refusal[0].event, Event::Failed { refunded: true, retry_at_ms: Some(t), .. } if t >= sim.now + 300),
+            "refusal {n}: waits for the breaker and gives its attempt back: {:?}",
+            refusal[0].event
+        );
+        assert_eq!(sim.saga.steps[0].state, StepState::Compensating);
+        sim.wake();
+    }
+    sim.reply(Err("orders down".into()));
+    sim.wake();
+    sim.reply(Err("orders down".into()));
+    assert_eq!(
+        sim.saga.state,
+        SagaState::Failed,
+        "calls that went out still count"
+    );
+    assert_eq!(sim.saga.steps[0].state, StepState::CompensationFailed);
+}
+
+#[test]
 fn past_the_pivot_the_saga_only_goes_forward() {
     let def = definition(vec![
         step("order", StepKind::Compensatable, 2),
