@@ -204,6 +204,7 @@ pub async fn run(
 
     setting_up.finish_and_clear();
     let counted = counters(&broker.broker.metrics.render());
+    let orchestrator_counted = counters(&handle.render_metrics());
     let begin = Instant::now();
     let _ = begin_tx.send(begin);
     let mut starts = tokio::task::JoinSet::new();
@@ -270,32 +271,33 @@ pub async fn run(
     eprintln!(
         "saga counts per saga: {journal_records:.2} journal records, {produces:.2} produce requests, {fetches:.2} fetch requests, {fsyncs:.2} fsyncs",
     );
-    // Where a saga's time went, as means over the run (warm-up included): a journal batch's
-    // wait until durable, an attempt from its dispatch being journaled to its answer, and the
-    // broker's fsyncs and produce requests.
+    // Where a saga's time went, as means over the measured run: a journal batch's wait until
+    // durable, an attempt from its dispatch (before its entry is durable) to its answer, and
+    // the broker's fsyncs and produce requests.
     let orchestrator_now = counters(&handle.render_metrics());
-    let mean_ms = |c: &HashMap<String, f64>, name: &str, label: &str| {
-        let total = |suffix: &str| -> f64 {
-            c.iter()
-                .filter(|(k, _)| k.starts_with(&format!("{name}{suffix}")) && k.contains(label))
-                .map(|(_, v)| v)
-                .sum()
+    let mean_ms =
+        |after: &HashMap<String, f64>, before: &HashMap<String, f64>, name: &str, label: &str| {
+            let total = |suffix: &str| -> f64 {
+                after
+                    .iter()
+                    .filter(|(k, _)| k.starts_with(&format!("{name}{suffix}")) && k.contains(label))
+                    .map(|(k, v)| v - before.get(k).copied().unwrap_or(0.0))
+                    .sum()
+            };
+            let n = total("_count");
+            if n > 0.0 {
+                total("_sum") / n * 1000.0
+            } else {
+                f64::NAN
+            }
         };
-        let n = total("_count");
-        if n > 0.0 {
-            total("_sum") / n * 1000.0
-        } else {
-            f64::NAN
-        }
-    };
-    let broker_now = &counted_now;
     eprintln!(
         "saga time means: saga {:.1} ms, journal batch durable {:.2} ms, step attempt {:.2} ms; broker fsync {:.2} ms, produce request {:.2} ms",
-        mean_ms(&orchestrator_now, "strand_saga_duration_seconds", ""),
-        mean_ms(&orchestrator_now, "strand_saga_journal_append_duration_seconds", ""),
-        mean_ms(&orchestrator_now, "strand_saga_step_duration_seconds", ""),
-        mean_ms(broker_now, "strand_fsync_duration_seconds", ""),
-        mean_ms(broker_now, "strand_request_duration_seconds", "request=\"produce\""),
+        mean_ms(&orchestrator_now, &orchestrator_counted, "strand_saga_duration_seconds", ""),
+        mean_ms(&orchestrator_now, &orchestrator_counted, "strand_saga_journal_append_duration_seconds", ""),
+        mean_ms(&orchestrator_now, &orchestrator_counted, "strand_saga_step_duration_seconds", ""),
+        mean_ms(&counted_now, &counted, "strand_fsync_duration_seconds", ""),
+        mean_ms(&counted_now, &counted, "strand_request_duration_seconds", "request=\"produce\""),
     );
     let _ = stop.send(true);
     let _ = orchestrator.await;
