@@ -19,6 +19,7 @@
 //! - [`telemetry`]: logs (text or JSON with trace ids) and OpenTelemetry traces over OTLP,
 //!   set up the same way by every Strand binary.
 
+pub mod alloc;
 pub mod budget;
 pub mod config;
 pub mod console;

@@ -3,6 +3,10 @@
 //! `strand-broker user add|delete|list` edits the SCRAM users of a stopped broker's data
 //! directory instead, so that the first user exists before anyone can log in.
 
+/// mimalloc without transparent huge pages (see `strand_broker::alloc`).
+#[global_allocator]
+static ALLOCATOR: strand_broker::alloc::MiMalloc = strand_broker::alloc::MiMalloc;
+
 use std::process::ExitCode;
 
 use clap::Parser;

@@ -4,6 +4,10 @@
 //! `--kafka-brokers` the journal, snapshots and participants' topics live on a Kafka cluster,
 //! and several instances share the journal's partitions.
 
+/// mimalloc without transparent huge pages (see `strand_broker::alloc`).
+#[global_allocator]
+static ALLOCATOR: strand_broker::alloc::MiMalloc = strand_broker::alloc::MiMalloc;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;

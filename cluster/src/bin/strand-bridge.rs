@@ -4,6 +4,10 @@
 //! backoff. `/health` (JSON, per-route counters) and `/metrics` (Prometheus text) on
 //! `--http-listen`.
 
+/// mimalloc without transparent huge pages (see `strand_broker::alloc`).
+#[global_allocator]
+static ALLOCATOR: strand_broker::alloc::MiMalloc = strand_broker::alloc::MiMalloc;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;

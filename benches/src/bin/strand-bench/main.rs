@@ -24,6 +24,10 @@ mod saga;
 mod tls;
 mod txn;
 
+/// mimalloc without transparent huge pages (see `strand_broker::alloc`).
+#[global_allocator]
+static ALLOCATOR: strand_broker::alloc::MiMalloc = strand_broker::alloc::MiMalloc;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
