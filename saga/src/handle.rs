@@ -189,6 +189,17 @@ impl Handle {
         self.participants.breakers()
     }
 
+    /// Waits until this instance drives at least `n` journal partitions (it has taken them
+    /// over: sagas recovered, owner markers durable), or `within` has passed; whether it does.
+    pub async fn wait_for_partitions(&self, n: usize, within: Duration) -> bool {
+        let mut owned = self.owned.clone();
+        let taken = tokio::time::timeout(within, async move {
+            owned.wait_for(|p| p.len() >= n).await.is_ok()
+        })
+        .await;
+        taken == Ok(true)
+    }
+
     /// This instance's name and the journal partitions it drives now.
     pub fn ownership(&self) -> (String, Vec<u32>) {
         (self.instance_id.clone(), self.owned.borrow().clone())

@@ -36,6 +36,9 @@ use tokio::sync::watch;
 
 /// A TLS handshake on the API port must finish within this.
 const HTTPS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the API waits, at start, for the journal partitions to be taken over before it
+/// serves anyway.
+const RECOVERY_WAIT_BEFORE_SERVING: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Parser)]
 #[command(name = "strand-saga", version, about = "Strand saga orchestrator")]
@@ -507,6 +510,10 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         id[id.len() - 12..].to_string()
     });
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    // Alone on its journal, this instance drives every partition; in a Kafka group it drives
+    // what the group assigns, which may be none.
+    let drives_all = cluster.kafka_config().is_none();
+    let journal_partitions = journal.partitions();
     let (ownership, group_thread) = match cluster.kafka_config() {
         Some(kafka) => {
             let (rx, thread) = ownership::kafka(
@@ -574,6 +581,19 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         auth,
         ..HttpConfig::default()
     };
+    // Serve once the partitions are taken over, so the first requests are not refused with
+    // "drives no journal partition" while recovery runs (they wait in the listen backlog).
+    // Bounded: a long recovery still serves, refusing starts until it is done.
+    if drives_all
+        && !handle
+            .wait_for_partitions(journal_partitions as usize, RECOVERY_WAIT_BEFORE_SERVING)
+            .await
+    {
+        tracing::warn!(
+            waited_s = RECOVERY_WAIT_BEFORE_SERVING.as_secs(),
+            "serving before the journal partitions are taken over: starts are refused with 503 until they are"
+        );
+    }
     let app = http::router(handle, &http_config);
     let mut http_shutdown = shutdown_rx.clone();
     if let Some(tls) = &api_tls {

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use super::support::{order_definition, wait_for_state, Participants};
+use super::support::{order_definition, put_definition_when_ready, wait_for_state, Participants};
 
 pub struct SagaProcess {
     pub child: Child,
@@ -185,4 +185,41 @@ async fn kill_9_mid_flight_loses_no_saga_and_applies_each_effect_once() {
         ledger.calls.len()
     );
     assert!(calls_before_kill > 0 && ledger.calls.len() > calls_before_kill);
+}
+
+/// "strand-saga listening" means ready: a start sent the moment it is logged is taken, not
+/// refused with 503 while the journal partitions are still being taken over, both on a fresh
+/// data folder and after a kill -9 with sagas to recover.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_start_after_listening_is_taken_fresh_and_after_a_kill() {
+    let dir = tempfile::tempdir().unwrap();
+    let participants = Participants::default();
+    let addr = participants.serve().await;
+    let http = reqwest::Client::new();
+    let first_start = |api: String, n: usize| {
+        let http = http.clone();
+        async move {
+            let r = http
+                .post(format!("{api}/sagas"))
+                .json(&json!({"definition": "order", "input": {"n": n}}))
+                .send()
+                .await
+                .unwrap();
+            let status = r.status();
+            (status, r.text().await.unwrap_or_default())
+        }
+    };
+    let saga = start_saga(dir.path());
+    let (status, body) = first_start(saga.api.clone(), 0).await;
+    // No definition yet: a 404 says the start was looked at (a 503 would be the refusal).
+    assert_eq!(status, 404, "fresh start: {body}");
+    put_definition_when_ready(&http, &saga.api, "order", &order_definition(addr, 3), 1).await;
+    for n in 1..=50 {
+        let (status, body) = first_start(saga.api.clone(), n).await;
+        assert_eq!(status, 201, "{body}");
+    }
+    drop(saga); // SIGKILL
+    let saga = start_saga(dir.path());
+    let (status, body) = first_start(saga.api.clone(), 51).await;
+    assert_eq!(status, 201, "after kill -9: {body}");
 }
